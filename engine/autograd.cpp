@@ -1,0 +1,175 @@
+// The tape walker: topological order, the "needed" set that makes grad() selective, and
+// gradient accumulation. About as small as it can be and still do double backward.
+#include "engine/autograd.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "engine/ops.h"
+
+namespace bulwark {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+thread_local BackwardStats g_stats;
+
+// Post-order of the nodes reachable from `roots` (inputs before the ops that consume them).
+std::vector<Node*> topo_order(const std::vector<Tensor>& roots) {
+  std::vector<Node*> order;
+  std::unordered_set<Node*> seen;
+  std::vector<std::pair<Node*, size_t>> stack;  // iterative DFS: ResNets make deep graphs
+  for (const Tensor& r : roots) {
+    Node* root = r.impl()->grad_fn.get();
+    if (!root || !seen.insert(root).second) continue;
+    stack.emplace_back(root, 0);
+    while (!stack.empty()) {
+      auto& [node, next] = stack.back();
+      if (next < node->inputs.size()) {
+        Node* child = node->inputs[next++].impl()->grad_fn.get();
+        if (child && seen.insert(child).second) stack.emplace_back(child, 0);
+      } else {
+        order.push_back(node);
+        stack.pop_back();
+      }
+    }
+  }
+  return order;
+}
+
+using GradMap = std::unordered_map<TensorImpl*, Tensor>;
+
+void accumulate(GradMap& grads, TensorImpl* key, const Tensor& g) {
+  auto it = grads.find(key);
+  if (it == grads.end() || !it->second.defined())
+    grads[key] = g;
+  else
+    it->second = add(it->second, g);
+}
+
+// Runs the backward pass from `outputs` and returns the gradient map restricted to what
+// reaches a target. `is_target(impl)` selects the tensors whose gradients are wanted.
+template <class IsTarget>
+GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tensor>& grad_outputs,
+                     bool create_graph, IsTarget is_target) {
+  const std::vector<Node*> order = topo_order(outputs);
+
+  // needed[node]: some target is reachable from the node's inputs.
+  std::unordered_map<Node*, bool> node_needed;
+  auto input_needed = [&](const Tensor& t) {
+    if (is_target(t.impl())) return true;
+    Node* fn = t.impl()->grad_fn.get();
+    return fn != nullptr && node_needed[fn];
+  };
+  for (Node* n : order) {
+    bool any = false;
+    for (const Tensor& in : n->inputs) any = any || input_needed(in);
+    node_needed[n] = any;
+  }
+
+  GradMap grads;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    Tensor seed = i < grad_outputs.size() && grad_outputs[i].defined() ? grad_outputs[i] : ones_like(outputs[i]);
+    if (seed.shape() != outputs[i].shape())
+      throw std::invalid_argument(fmt::format("grad: grad_output {} does not match output {}", seed.str(), outputs[i].str()));
+    accumulate(grads, outputs[i].impl(), seed);
+  }
+
+  GradModeGuard mode(create_graph);
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node* node = *it;
+    if (!node_needed[node]) continue;
+    const Tensor out = node->output();
+    if (!out.defined()) continue;
+    auto git = grads.find(out.impl());
+    if (git == grads.end() || !git->second.defined()) continue;
+    const Tensor g = git->second;
+    if (!is_target(out.impl())) grads.erase(git);  // no longer needed: free it early
+
+    std::vector<bool> needs(node->inputs.size());
+    for (size_t i = 0; i < needs.size(); ++i) {
+      needs[i] = input_needed(node->inputs[i]);
+      if (!needs[i]) ++g_stats.inputs_skipped;
+    }
+    ++g_stats.nodes_run;
+    std::vector<Tensor> in_grads = node->backward(*node, g, needs);
+    for (size_t i = 0; i < node->inputs.size() && i < in_grads.size(); ++i) {
+      if (!needs[i] || !in_grads[i].defined()) continue;
+      const Tensor& in = node->inputs[i];
+      if (in_grads[i].shape() != in.shape())
+        throw std::logic_error(fmt::format("backward of '{}' returned gradient {} for input {}", node->op,
+                                           in_grads[i].str(), in.str()));
+      accumulate(grads, in.impl(), in_grads[i]);
+    }
+  }
+  return grads;
+}
+}  // namespace
+
+Tensor Node::output() const { return Tensor(out.lock()); }
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+GradModeGuard::GradModeGuard(bool on) : prev_(g_grad_enabled) { g_grad_enabled = on; }
+GradModeGuard::~GradModeGuard() { g_grad_enabled = prev_; }
+
+BackwardStats& backward_stats() { return g_stats; }
+
+Tensor record(Tensor out, const char* op, std::vector<Tensor> inputs, Node::Backward backward) {
+  if (!g_grad_enabled) return out;
+  bool any = false;
+  for (const Tensor& in : inputs) any = any || (in.defined() && in.requires_grad());
+  if (!any) return out;
+  auto node = std::make_shared<Node>();
+  node->op = op;
+  node->inputs = std::move(inputs);
+  node->out = out.impl_ptr();
+  node->backward = std::move(backward);
+  out.impl()->grad_fn = std::move(node);
+  out.impl()->requires_grad = true;
+  return out;
+}
+
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
+                         const std::vector<Tensor>& grad_outputs, bool create_graph, bool allow_unused) {
+  std::unordered_set<TensorImpl*> targets;
+  for (const Tensor& in : inputs) {
+    if (!in.requires_grad())
+      throw std::invalid_argument(fmt::format("grad: input {} does not require grad", in.str()));
+    targets.insert(in.impl());
+  }
+  GradMap grads = run_backward(outputs, grad_outputs, create_graph,
+                               [&](TensorImpl* t) { return targets.count(t) > 0; });
+  std::vector<Tensor> result;
+  for (const Tensor& in : inputs) {
+    auto it = grads.find(in.impl());
+    if (it != grads.end() && it->second.defined()) {
+      result.push_back(create_graph ? it->second : it->second.detach());
+    } else if (allow_unused) {
+      result.push_back(zeros_like(in));
+    } else {
+      throw std::invalid_argument(fmt::format("grad: the outputs do not depend on input {}", in.str()));
+    }
+  }
+  return result;
+}
+
+void backward(const Tensor& loss, const Tensor& grad_output, bool create_graph) {
+  if (!loss.requires_grad()) throw std::invalid_argument("backward: the loss does not require grad");
+  auto is_leaf_param = [](TensorImpl* t) { return t->requires_grad && t->grad_fn == nullptr; };
+  GradMap grads = run_backward({loss}, {grad_output}, create_graph, is_leaf_param);
+  GradModeGuard mode(create_graph);
+  for (auto& [impl, g] : grads) {
+    if (!is_leaf_param(impl) || !g.defined()) continue;
+    Tensor gg = create_graph ? g : g.contiguous().detach();
+    if (impl->grad)
+      impl->grad = add(Tensor(impl->grad), gg).impl_ptr();
+    else
+      impl->grad = gg.impl_ptr();
+  }
+}
+
+}  // namespace bulwark

@@ -1,0 +1,74 @@
+#pragma once
+// Reverse-mode autograd on a dynamic tape, in the spirit of micrograd.
+//
+// Every op that sees an input requiring grad records a Node: its inputs and a backward closure.
+// The closure is written with engine ops, so when `create_graph` is on the gradients are
+// themselves recorded and can be differentiated again (double backward, needed to attack
+// self-gradient networks through their full graph).
+//
+// grad(outputs, inputs) walks only the part of the graph from which `inputs` can be reached,
+// and tells each closure which of its inputs need a gradient: an attack asking for d loss / d x
+// never computes a weight gradient.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace bulwark {
+
+struct Node {
+  // g: gradient w.r.t. the node's output; needs[i]: whether inputs[i] needs a gradient.
+  // Returns one tensor per input (undefined where not needed).
+  using Backward = std::function<std::vector<Tensor>(const Node& node, const Tensor& g,
+                                                     const std::vector<bool>& needs)>;
+  std::string op;
+  std::vector<Tensor> inputs;
+  std::weak_ptr<TensorImpl> out;  // weak: the output owns the node, not the reverse
+  Backward backward;
+
+  Tensor output() const;  // the op's output (alive whenever its gradient is being computed)
+};
+
+// Grad mode: when off, ops record nothing (thread-local, like torch.no_grad).
+bool grad_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+ private:
+  bool prev_;
+};
+class GradModeGuard {  // sets grad mode to `on` for a scope
+ public:
+  explicit GradModeGuard(bool on);
+  ~GradModeGuard();
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
+ private:
+  bool prev_;
+};
+
+// Attaches a node to `out` when grad mode is on and some input requires grad. Returns `out`.
+Tensor record(Tensor out, const char* op, std::vector<Tensor> inputs, Node::Backward backward);
+
+// d outputs / d inputs, seeded with grad_outputs (default: ones, outputs must be scalars).
+// Computes only the gradients that reach `inputs`. An input the outputs do not depend on
+// gets a zero tensor when allow_unused, else an error.
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
+                         const std::vector<Tensor>& grad_outputs = {}, bool create_graph = false,
+                         bool allow_unused = false);
+
+// Accumulates d loss / d leaf into leaf.grad() for every leaf that requires grad.
+void backward(const Tensor& loss, const Tensor& grad_output = Tensor(), bool create_graph = false);
+
+// Counts Node::backward invocations since start (tests use it to prove selectivity).
+struct BackwardStats {
+  int64_t nodes_run = 0;
+  int64_t inputs_skipped = 0;  // gradients a closure was told not to compute
+};
+BackwardStats& backward_stats();
+
+}  // namespace bulwark

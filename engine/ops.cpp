@@ -1,0 +1,720 @@
+// The op API: each op is its forward (a kernel call) and its backward formula (engine ops).
+#include "engine/ops.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+
+#include "engine/dispatch.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace bulwark {
+
+using Grads = std::vector<Tensor>;
+using Needs = std::vector<bool>;
+
+// ---- dispatch helpers ------------------------------------------------------------------------
+
+void require_cpu(const Tensor& t, const char* op) {
+  if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", op));
+  if (t.device() != Device::cpu)
+    throw std::invalid_argument(fmt::format("{}: {} tensor, but this build only has the CPU backend", op,
+                                            device_name(t.device())));
+}
+void require_float(const Tensor& t, const char* op) {
+  require_cpu(t, op);
+  if (t.dtype() == DType::i32) throw std::invalid_argument(fmt::format("{}: needs a float tensor, got {}", op, t.str()));
+}
+
+static cpu::Strided strided_of(const Shape& shape, const Shape& strides) {
+  if (shape.size() > static_cast<size_t>(cpu::kMaxDims))
+    throw std::invalid_argument(fmt::format("tensors have at most {} dims, got {}", cpu::kMaxDims, shape_str(shape)));
+  cpu::Strided s;
+  s.ndim = static_cast<int>(shape.size());
+  for (int d = 0; d < s.ndim; ++d) {
+    s.shape[d] = shape[d];
+    s.stride[d] = strides[d];
+  }
+  return s;
+}
+
+Shape broadcast_shapes(const Shape& a, const Shape& b) {
+  const size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    const int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    if (da != db && da != 1 && db != 1)
+      throw std::invalid_argument(fmt::format("shapes {} and {} do not broadcast", shape_str(a), shape_str(b)));
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+cpu::Strided broadcast_view(const Tensor& t, const Shape& out) {
+  const size_t lead = out.size() - t.shape().size();
+  Shape st(out.size(), 0);
+  for (size_t i = 0; i < t.shape().size(); ++i)
+    st[lead + i] = t.shape()[i] == 1 && out[lead + i] != 1 ? 0 : t.strides()[i];
+  return strided_of(out, st);
+}
+
+void copy_strided(const Tensor& src, Tensor& dst) {
+  const cpu::Strided s = strided_of(src.shape(), src.strides());
+  switch (src.dtype()) {
+    case DType::f32: cpu::strided_copy(src.data<float>(), s, dst.data<float>()); break;
+    case DType::f64: cpu::strided_copy(src.data<double>(), s, dst.data<double>()); break;
+    case DType::i32: cpu::strided_copy(src.data<int32_t>(), s, dst.data<int32_t>()); break;
+  }
+}
+
+void convert_dtype(const Tensor& src, Tensor& dst) {
+  const int64_t n = src.numel();
+  const DType a = src.dtype(), b = dst.dtype();
+  if (a == DType::f32 && b == DType::f64) cpu::convert(src.data<float>(), dst.data<double>(), n);
+  else if (a == DType::f64 && b == DType::f32) cpu::convert(src.data<double>(), dst.data<float>(), n);
+  else if (a == DType::i32 && b == DType::f32) cpu::convert(src.data<int32_t>(), dst.data<float>(), n);
+  else if (a == DType::i32 && b == DType::f64) cpu::convert(src.data<int32_t>(), dst.data<double>(), n);
+  else if (a == DType::f32 && b == DType::i32) cpu::convert(src.data<float>(), dst.data<int32_t>(), n);
+  else if (a == DType::f64 && b == DType::i32) cpu::convert(src.data<double>(), dst.data<int32_t>(), n);
+}
+
+// ---- raw (unrecorded) elementwise maps ----------------------------------------------------------
+
+static Tensor unary_raw(ew::Unary op, const Tensor& a_in, double p0 = 0, double p1 = 0) {
+  require_float(a_in, "unary op");
+  const Tensor a = a_in.contiguous();
+  Tensor out = Tensor::empty(a.shape(), a.dtype());
+  BW_DISPATCH_FLOAT(a.dtype(), "unary op",
+                    cpu::unary(op, a.data<T>(), out.data<T>(), a.numel(), static_cast<T>(p0), static_cast<T>(p1)));
+  return out;
+}
+
+static Tensor binary_raw(ew::Binary op, const Tensor& a, const Tensor& b) {
+  require_float(a, "binary op");
+  require_float(b, "binary op");
+  if (a.dtype() != b.dtype())
+    throw std::invalid_argument(fmt::format("binary op on {} and {}: dtypes differ", a.str(), b.str()));
+  const Shape shape = broadcast_shapes(a.shape(), b.shape());
+  Tensor out = Tensor::empty(shape, a.dtype());
+  const cpu::Strided sa = broadcast_view(a, shape), sb = broadcast_view(b, shape);
+  BW_DISPATCH_FLOAT(a.dtype(), "binary op", cpu::binary(op, a.data<T>(), sa, b.data<T>(), sb, out.data<T>()));
+  return out;
+}
+
+// ---- elementwise ---------------------------------------------------------------------------------
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  return record(binary_raw(ew::Binary::add, a, b), "add", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
+    return Grads{need[0] ? sum_to(g, n.inputs[0].shape()) : Tensor(), need[1] ? sum_to(g, n.inputs[1].shape()) : Tensor()};
+  });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return record(binary_raw(ew::Binary::sub, a, b), "sub", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
+    return Grads{need[0] ? sum_to(g, n.inputs[0].shape()) : Tensor(), need[1] ? sum_to(neg(g), n.inputs[1].shape()) : Tensor()};
+  });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return record(binary_raw(ew::Binary::mul, a, b), "mul", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
+    const Tensor &x = n.inputs[0], &y = n.inputs[1];
+    return Grads{need[0] ? sum_to(g * y, x.shape()) : Tensor(), need[1] ? sum_to(g * x, y.shape()) : Tensor()};
+  });
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  return record(binary_raw(ew::Binary::div, a, b), "div", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
+    const Tensor &x = n.inputs[0], &y = n.inputs[1];
+    return Grads{need[0] ? sum_to(g / y, x.shape()) : Tensor(),
+                 need[1] ? sum_to(neg(g * x) / square(y), y.shape()) : Tensor()};
+  });
+}
+
+// maximum/minimum: the gradient goes to a where the mask holds, to b elsewhere.
+static Tensor select_op(const Tensor& a, const Tensor& b, ew::Binary value_op, ew::Binary mask_op, const char* name) {
+  return record(binary_raw(value_op, a, b), name, {a, b}, [mask_op](const Node& n, const Tensor& g, const Needs& need) {
+    const Tensor mask = binary_raw(mask_op, n.inputs[0].detach(), n.inputs[1].detach());
+    return Grads{need[0] ? sum_to(g * mask, n.inputs[0].shape()) : Tensor(),
+                 need[1] ? sum_to(g - g * mask, n.inputs[1].shape()) : Tensor()};
+  });
+}
+Tensor maximum(const Tensor& a, const Tensor& b) { return select_op(a, b, ew::Binary::maximum, ew::Binary::ge, "maximum"); }
+Tensor minimum(const Tensor& a, const Tensor& b) { return select_op(a, b, ew::Binary::minimum, ew::Binary::le, "minimum"); }
+
+Tensor affine(const Tensor& a, double scale, double shift) {
+  return record(unary_raw(ew::Unary::affine, a, scale, shift), "affine", {a},
+                [scale](const Node&, const Tensor& g, const Needs&) { return Grads{mul(g, scale)}; });
+}
+Tensor add(const Tensor& a, double s) { return affine(a, 1.0, s); }
+Tensor mul(const Tensor& a, double s) { return affine(a, s, 0.0); }
+Tensor neg(const Tensor& a) { return affine(a, -1.0, 0.0); }
+
+Tensor abs(const Tensor& a) {
+  return record(unary_raw(ew::Unary::abs, a), "abs", {a},
+                [](const Node& n, const Tensor& g, const Needs&) { return Grads{g * sign(n.inputs[0].detach())}; });
+}
+
+Tensor sign(const Tensor& a) { return unary_raw(ew::Unary::sign, a); }  // piecewise constant: no gradient
+
+Tensor exp(const Tensor& a) {
+  return record(unary_raw(ew::Unary::exp, a), "exp", {a},
+                [](const Node& n, const Tensor& g, const Needs&) { return Grads{g * n.output()}; });
+}
+
+Tensor log(const Tensor& a) {
+  return record(unary_raw(ew::Unary::log, a), "log", {a},
+                [](const Node& n, const Tensor& g, const Needs&) { return Grads{g / n.inputs[0]}; });
+}
+
+Tensor sqrt(const Tensor& a) {
+  return record(unary_raw(ew::Unary::sqrt, a), "sqrt", {a},
+                [](const Node& n, const Tensor& g, const Needs&) { return Grads{g / (n.output() * 2.0)}; });
+}
+
+Tensor square(const Tensor& a) {
+  return record(unary_raw(ew::Unary::square, a), "square", {a},
+                [](const Node& n, const Tensor& g, const Needs&) { return Grads{g * n.inputs[0] * 2.0}; });
+}
+
+Tensor relu(const Tensor& a) {
+  return record(unary_raw(ew::Unary::relu, a), "relu", {a}, [](const Node& n, const Tensor& g, const Needs&) {
+    return Grads{g * unary_raw(ew::Unary::relu_mask, n.inputs[0].detach())};
+  });
+}
+
+Tensor sigmoid(const Tensor& a) {
+  return record(unary_raw(ew::Unary::sigmoid, a), "sigmoid", {a}, [](const Node& n, const Tensor& g, const Needs&) {
+    const Tensor s = n.output();
+    return Grads{g * s * affine(s, -1.0, 1.0)};
+  });
+}
+
+Tensor softplus(const Tensor& a) {
+  return record(unary_raw(ew::Unary::softplus, a), "softplus", {a},
+                [](const Node& n, const Tensor& g, const Needs&) { return Grads{g * sigmoid(n.inputs[0])}; });
+}
+
+Tensor clamp(const Tensor& a, double lo, double hi) {
+  return record(unary_raw(ew::Unary::clamp, a, lo, hi), "clamp", {a}, [lo, hi](const Node& n, const Tensor& g, const Needs&) {
+    return Grads{g * unary_raw(ew::Unary::clamp_mask, n.inputs[0].detach(), lo, hi)};
+  });
+}
+
+Tensor clamp(const Tensor& a, const Tensor& lo, const Tensor& hi) { return minimum(maximum(a, lo), hi); }
+
+static Tensor where_raw(const Tensor& c, const Tensor& a, const Tensor& b) {
+  require_float(a, "where");
+  require_float(b, "where");
+  const Tensor cf = c.dtype() == a.dtype() ? c : c.detach().to(a.dtype());
+  const Shape shape = broadcast_shapes(broadcast_shapes(cf.shape(), a.shape()), b.shape());
+  Tensor out = Tensor::empty(shape, a.dtype());
+  const cpu::Strided sc = broadcast_view(cf, shape), sa = broadcast_view(a, shape), sb = broadcast_view(b, shape);
+  BW_DISPATCH_FLOAT(a.dtype(), "where",
+                    cpu::where(cf.data<T>(), sc, a.data<T>(), sa, b.data<T>(), sb, out.data<T>()));
+  return out;
+}
+
+Tensor where(const Tensor& c, const Tensor& a, const Tensor& b) {
+  const Tensor cond = c.detach();
+  return record(where_raw(cond, a, b), "where", {a, b}, [cond](const Node& n, const Tensor& g, const Needs& need) {
+    const Tensor z = zeros_like(g);
+    return Grads{need[0] ? sum_to(where(cond, g, z), n.inputs[0].shape()) : Tensor(),
+                 need[1] ? sum_to(where(cond, z, g), n.inputs[1].shape()) : Tensor()};
+  });
+}
+
+Tensor gt(const Tensor& a, const Tensor& b) { return binary_raw(ew::Binary::gt, a.detach(), b.detach()); }
+Tensor ge(const Tensor& a, const Tensor& b) { return binary_raw(ew::Binary::ge, a.detach(), b.detach()); }
+Tensor eq(const Tensor& a, const Tensor& b) { return binary_raw(ew::Binary::eq, a.detach(), b.detach()); }
+Tensor gt(const Tensor& a, double s) { return unary_raw(ew::Unary::gt_scalar, a.detach(), s); }
+
+// ---- reductions ------------------------------------------------------------------------------------
+
+static std::vector<int64_t> normalize_dims(const std::vector<int64_t>& dims, int64_t ndim) {
+  std::vector<int64_t> r;
+  for (int64_t d : dims) r.push_back(normalize_dim(d, ndim));
+  std::sort(r.begin(), r.end());
+  if (std::adjacent_find(r.begin(), r.end()) != r.end()) throw std::invalid_argument("repeated dimension in reduction");
+  return r;
+}
+
+// Sums `a` over `dims` (sorted, unique), keeping them as size-1 dims.
+static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims) {
+  const int64_t nd = a.dim();
+  Shape keep_shape = a.shape();
+  for (int64_t d : dims) keep_shape[d] = 1;
+  Tensor src = a;
+  int64_t outer = 1, n = 1, inner = 1;
+  const bool run = dims.empty() || dims.back() - dims.front() + 1 == static_cast<int64_t>(dims.size());
+  if (run && a.is_contiguous()) {
+    // Reduced dims form one block: view as [outer, n, inner] without copying.
+    const int64_t lo = dims.empty() ? 0 : dims.front(), hi = dims.empty() ? -1 : dims.back();
+    for (int64_t d = 0; d < nd; ++d) (d < lo ? outer : d > hi ? inner : n) *= a.shape()[d];
+  } else {
+    // Move the reduced dims last (a copy), then reduce rows.
+    std::vector<int64_t> perm;
+    for (int64_t d = 0; d < nd; ++d)
+      if (!std::binary_search(dims.begin(), dims.end(), d)) perm.push_back(d);
+    for (int64_t d : dims) perm.push_back(d);
+    src = a.detach().permute(perm).contiguous();
+    for (int64_t d : dims) n *= a.shape()[d];
+    outer = a.numel() / std::max<int64_t>(n, 1);
+  }
+  Tensor out = Tensor::empty(keep_shape, a.dtype());
+  BW_DISPATCH_FLOAT(a.dtype(), "sum", cpu::sum_middle(src.data<T>(), out.data<T>(), outer, n, inner));
+  return out;
+}
+
+Tensor sum(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim) {
+  require_float(a, "sum");
+  const std::vector<int64_t> dims = normalize_dims(dims_in, a.dim());
+  Tensor out = sum_raw_keepdim(a.contiguous().detach(), dims);
+  const Shape keep_shape = out.shape();
+  if (!keepdim) {
+    Shape s;
+    for (int64_t d = 0; d < a.dim(); ++d)
+      if (!std::binary_search(dims.begin(), dims.end(), d)) s.push_back(a.shape()[d]);
+    out = make_view(out, s, contiguous_strides(s), 0);
+  }
+  return record(out, "sum", {a}, [keep_shape](const Node& n, const Tensor& g, const Needs&) {
+    return Grads{g.reshape(keep_shape).expand(n.inputs[0].shape())};
+  });
+}
+
+Tensor sum(const Tensor& a) {
+  std::vector<int64_t> all(a.dim());
+  std::iota(all.begin(), all.end(), 0);
+  return sum(a, all, false);
+}
+
+Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
+  int64_t n = 1;
+  for (int64_t d : normalize_dims(dims, a.dim())) n *= a.shape()[d];
+  return mul(sum(a, dims, keepdim), 1.0 / static_cast<double>(std::max<int64_t>(n, 1)));
+}
+
+Tensor mean(const Tensor& a) { return mul(sum(a), 1.0 / static_cast<double>(std::max<int64_t>(a.numel(), 1))); }
+
+Tensor sum_to(const Tensor& a, const Shape& shape) {
+  if (a.shape() == shape) return a;
+  const int64_t lead = a.dim() - static_cast<int64_t>(shape.size());
+  if (lead < 0) throw std::invalid_argument(fmt::format("sum_to: {} has fewer dims than {}", a.str(), shape_str(shape)));
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (d < lead || (shape[d - lead] == 1 && a.shape()[d] != 1)) dims.push_back(d);
+  return sum(a, dims, true).reshape(shape);
+}
+
+// [outer, n, inner] decomposition of a contiguous tensor around `dim`.
+struct Around {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+static Around around(const Shape& s, int64_t dim) {
+  Around r;
+  for (int64_t d = 0; d < static_cast<int64_t>(s.size()); ++d) (d < dim ? r.outer : d > dim ? r.inner : r.n) *= s[d];
+  return r;
+}
+
+Tensor argmax(const Tensor& a_in, int64_t dim, bool keepdim) {
+  require_float(a_in, "argmax");
+  dim = normalize_dim(dim, a_in.dim());
+  const Tensor a = a_in.contiguous();
+  const Around g = around(a.shape(), dim);
+  Shape s = a.shape();
+  s[dim] = 1;
+  Tensor idx = Tensor::empty(s, DType::i32);
+  BW_DISPATCH_FLOAT(a.dtype(), "argmax", cpu::argmax_middle(a.data<T>(), idx.data<int32_t>(), g.outer, g.n, g.inner));
+  if (!keepdim) s.erase(s.begin() + dim);
+  return make_view(idx, s, contiguous_strides(s), 0);
+}
+
+Tensor max(const Tensor& a, int64_t dim, bool keepdim) {
+  dim = normalize_dim(dim, a.dim());
+  Tensor v = gather(a, argmax(a, dim, true), dim);
+  if (keepdim) return v;
+  Shape s = a.shape();
+  s.erase(s.begin() + dim);
+  return v.reshape(s);
+}
+
+// ---- indexing --------------------------------------------------------------------------------------
+
+static void check_index_shapes(const Shape& data, const Tensor& idx, int64_t dim, const char* op) {
+  if (idx.dtype() != DType::i32) throw std::invalid_argument(fmt::format("{}: indices must be i32, got {}", op, idx.str()));
+  bool ok = idx.dim() == static_cast<int64_t>(data.size());
+  for (int64_t d = 0; ok && d < idx.dim(); ++d) ok = d == dim || idx.shape()[d] == data[d];
+  if (!ok) throw std::invalid_argument(fmt::format("{}: indices {} do not match data {} along dim {}", op, idx.str(), shape_str(data), dim));
+  const int64_t n = data[dim];
+  const Tensor c = idx.contiguous();
+  const int32_t* p = c.data<int32_t>();
+  for (int64_t i = 0; i < c.numel(); ++i)
+    if (p[i] < 0 || p[i] >= n) throw std::out_of_range(fmt::format("{}: index {} out of range [0, {})", op, p[i], n));
+}
+
+Tensor gather(const Tensor& a_in, const Tensor& idx_in, int64_t dim) {
+  require_float(a_in, "gather");
+  dim = normalize_dim(dim, a_in.dim());
+  check_index_shapes(a_in.shape(), idx_in, dim, "gather");
+  const Tensor a = a_in.contiguous(), idx = idx_in.contiguous();
+  const Around g = around(a.shape(), dim);
+  Tensor out = Tensor::empty(idx.shape(), a.dtype());
+  BW_DISPATCH_FLOAT(a.dtype(), "gather",
+                    cpu::gather_middle(a.data<T>(), idx.data<int32_t>(), out.data<T>(), g.outer, g.n, idx.shape()[dim], g.inner));
+  return record(out, "gather", {a_in}, [idx, dim](const Node& n, const Tensor& gr, const Needs&) {
+    return Grads{scatter_add(gr, idx, dim, n.inputs[0].shape())};
+  });
+}
+
+Tensor scatter_add(const Tensor& src_in, const Tensor& idx_in, int64_t dim, const Shape& shape) {
+  require_float(src_in, "scatter_add");
+  dim = normalize_dim(dim, static_cast<int64_t>(shape.size()));
+  check_index_shapes(shape, idx_in, dim, "scatter_add");
+  const Tensor src = src_in.contiguous(), idx = idx_in.contiguous();
+  if (src.shape() != idx.shape())
+    throw std::invalid_argument(fmt::format("scatter_add: source {} and indices {} differ", src.str(), idx.str()));
+  const Around g = around(shape, dim);
+  Tensor out = Tensor::zeros(shape, src.dtype());
+  BW_DISPATCH_FLOAT(src.dtype(), "scatter_add",
+                    cpu::scatter_add_middle(src.data<T>(), idx.data<int32_t>(), out.data<T>(), g.outer, g.n, idx.shape()[dim], g.inner));
+  return record(out, "scatter_add", {src_in}, [idx, dim](const Node&, const Tensor& gr, const Needs&) {
+    return Grads{gather(gr, idx, dim)};
+  });
+}
+
+Tensor one_hot(const Tensor& labels, int64_t num_classes, DType dtype) {
+  if (labels.dtype() != DType::i32) throw std::invalid_argument("one_hot: labels must be i32");
+  const std::vector<int32_t> y = labels.to_vector_i32();
+  Shape s = labels.shape();
+  s.push_back(num_classes);
+  Tensor out = Tensor::zeros(s, DType::f64);
+  double* p = out.data<double>();
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (y[i] < 0 || y[i] >= num_classes)
+      throw std::out_of_range(fmt::format("one_hot: label {} out of range [0, {})", y[i], num_classes));
+    p[i * num_classes + y[i]] = 1.0;
+  }
+  return out.to(dtype);
+}
+
+// Copies `src` (contiguous, [outer, n, inner] around dim) into rows [start, start+n) of `dst`.
+static void copy_block(const Tensor& src, Tensor& dst, int64_t dim, int64_t start) {
+  const Around s = around(src.shape(), dim), d = around(dst.shape(), dim);
+  const size_t es = dtype_size(src.dtype());
+  const char* from = static_cast<const char*>(src.impl()->storage->data) + src.offset() * es;
+  char* to = static_cast<char*>(dst.impl()->storage->data) + dst.offset() * es;
+  for (int64_t o = 0; o < s.outer; ++o)
+    std::memcpy(to + ((o * d.n + start) * d.inner) * es, from + (o * s.n * s.inner) * es, s.n * s.inner * es);
+}
+
+Tensor concat(const std::vector<Tensor>& ts, int64_t dim) {
+  if (ts.empty()) throw std::invalid_argument("concat: no tensors");
+  dim = normalize_dim(dim, ts[0].dim());
+  Shape s = ts[0].shape();
+  s[dim] = 0;
+  for (const Tensor& t : ts) {
+    require_cpu(t, "concat");
+    bool ok = t.dim() == ts[0].dim() && t.dtype() == ts[0].dtype();
+    for (int64_t d = 0; ok && d < t.dim(); ++d) ok = d == dim || t.shape()[d] == ts[0].shape()[d];
+    if (!ok) throw std::invalid_argument(fmt::format("concat: {} does not match {} along dim {}", t.str(), ts[0].str(), dim));
+    s[dim] += t.shape()[dim];
+  }
+  Tensor out = Tensor::empty(s, ts[0].dtype());
+  std::vector<int64_t> starts;
+  int64_t at = 0;
+  for (const Tensor& t : ts) {
+    starts.push_back(at);
+    copy_block(t.contiguous(), out, dim, at);
+    at += t.shape()[dim];
+  }
+  return record(out, "concat", ts, [starts, dim](const Node& n, const Tensor& g, const Needs& need) {
+    Grads r(n.inputs.size());
+    for (size_t i = 0; i < r.size(); ++i)
+      if (need[i]) r[i] = g.slice(dim, starts[i], starts[i] + n.inputs[i].shape()[dim]);
+    return r;
+  });
+}
+
+Tensor slice_backward(const Tensor& g, const Shape& shape, int64_t dim, int64_t start) {
+  Tensor out = Tensor::zeros(shape, g.dtype());
+  copy_block(g.contiguous(), out, dim, start);
+  const int64_t len = g.shape()[dim];
+  return record(out, "slice_backward", {g}, [dim, start, len](const Node&, const Tensor& gg, const Needs&) {
+    return Grads{gg.slice(dim, start, start + len)};
+  });
+}
+
+// ---- linear algebra -----------------------------------------------------------------------------------
+
+// A 2-D operand as BLAS sees it: row-major data with an optional transpose flag.
+struct GemmOperand {
+  Tensor t;
+  bool trans = false;
+  int64_t ld = 0;
+};
+static GemmOperand gemm_operand(const Tensor& m) {
+  if (m.is_contiguous()) return {m, false, std::max<int64_t>(m.shape()[1], 1)};
+  if (m.strides()[0] == 1 && m.strides()[1] >= std::max<int64_t>(m.shape()[0], 1))
+    return {m, true, m.strides()[1]};  // a transposed view of a row-major matrix
+  const Tensor c = m.contiguous();
+  return {c, false, std::max<int64_t>(c.shape()[1], 1)};
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  require_float(a, "matmul");
+  require_float(b, "matmul");
+  if (a.dim() != 2 || b.dim() != 2 || a.shape()[1] != b.shape()[0] || a.dtype() != b.dtype())
+    throw std::invalid_argument(fmt::format("matmul: cannot multiply {} by {}", a.str(), b.str()));
+  const int64_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
+  const GemmOperand A = gemm_operand(a.detach()), B = gemm_operand(b.detach());
+  Tensor out = Tensor::empty({M, N}, a.dtype());
+  BW_DISPATCH_FLOAT(a.dtype(), "matmul",
+                    cpu::gemm<T>(A.trans, B.trans, M, N, K, T(1), A.t.data<T>(), A.ld, B.t.data<T>(), B.ld, T(0), out.data<T>(), std::max<int64_t>(N, 1)));
+  return record(out, "matmul", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
+    return Grads{need[0] ? matmul(g, n.inputs[1].t()) : Tensor(), need[1] ? matmul(n.inputs[0].t(), g) : Tensor()};
+  });
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  Tensor y = matmul(x, w.t());
+  return b.defined() ? add(y, b) : y;
+}
+
+// ---- convolution ----------------------------------------------------------------------------------------
+
+static cpu::ConvShape conv_shape(const Shape& x, const Shape& w, Conv2dParams p) {
+  if (x.size() != 4 || w.size() != 4 || x[1] != w[1])
+    throw std::invalid_argument(fmt::format("conv2d: input {} and weight {} do not match (want [N,C,H,W] and [O,C,KH,KW])",
+                                            shape_str(x), shape_str(w)));
+  if (p.stride < 1 || p.padding < 0) throw std::invalid_argument("conv2d: stride must be >= 1 and padding >= 0");
+  cpu::ConvShape s{x[0], x[1], x[2], x[3], w[0], w[2], w[3], p.stride, p.padding, 0, 0};
+  s.oh = (s.h + 2 * s.pad - s.kh) / s.stride + 1;
+  s.ow = (s.w + 2 * s.pad - s.kw) / s.stride + 1;
+  if (s.oh <= 0 || s.ow <= 0)
+    throw std::invalid_argument(fmt::format("conv2d: kernel {}x{} larger than padded input {}", s.kh, s.kw, shape_str(x)));
+  return s;
+}
+
+Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2dParams p) {
+  require_float(x_in, "conv2d");
+  require_float(w_in, "conv2d");
+  const cpu::ConvShape s = conv_shape(x_in.shape(), w_in.shape(), p);
+  const Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  Tensor bc;
+  if (bias.defined()) {
+    if (bias.shape() != Shape{s.o}) throw std::invalid_argument(fmt::format("conv2d: bias {} for {} filters", bias.str(), s.o));
+    bc = bias.contiguous();
+  }
+  Tensor out = Tensor::empty({s.n, s.o, s.oh, s.ow}, x.dtype());
+  BW_DISPATCH_FLOAT(x.dtype(), "conv2d",
+                    cpu::conv2d_forward<T>(s, x.data<T>(), w.data<T>(), bc.defined() ? bc.data<T>() : nullptr, out.data<T>()));
+  std::vector<Tensor> inputs{x_in, w_in};
+  if (bias.defined()) inputs.push_back(bias);
+  return record(out, "conv2d", inputs, [p](const Node& n, const Tensor& g, const Needs& need) {
+    const Tensor &xx = n.inputs[0], &ww = n.inputs[1];
+    Grads r(n.inputs.size());
+    if (need[0]) r[0] = conv2d_backward_input(g, ww, xx.shape(), p);
+    if (need[1]) r[1] = conv2d_backward_weight(xx, g, ww.shape(), p);
+    if (n.inputs.size() > 2 && need[2]) r[2] = sum(g, {0, 2, 3});
+    return r;
+  });
+}
+
+Tensor conv2d_backward_input(const Tensor& g_in, const Tensor& w_in, const Shape& x_shape, Conv2dParams p) {
+  const cpu::ConvShape s = conv_shape(x_shape, w_in.shape(), p);
+  const Tensor g = g_in.contiguous(), w = w_in.contiguous();
+  if (g.shape() != Shape{s.n, s.o, s.oh, s.ow})
+    throw std::invalid_argument(fmt::format("conv2d_backward_input: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
+  Tensor out = Tensor::empty(x_shape, g.dtype());
+  BW_DISPATCH_FLOAT(g.dtype(), "conv2d_backward_input", cpu::conv2d_backward_input<T>(s, g.data<T>(), w.data<T>(), out.data<T>()));
+  return record(out, "conv2d_backward_input", {g_in, w_in}, [p](const Node& n, const Tensor& gg, const Needs& need) {
+    return Grads{need[0] ? conv2d(gg, n.inputs[1], Tensor(), p) : Tensor(),
+                 need[1] ? conv2d_backward_weight(gg, n.inputs[0], n.inputs[1].shape(), p) : Tensor()};
+  });
+}
+
+Tensor conv2d_backward_weight(const Tensor& x_in, const Tensor& g_in, const Shape& w_shape, Conv2dParams p) {
+  const cpu::ConvShape s = conv_shape(x_in.shape(), w_shape, p);
+  const Tensor x = x_in.contiguous(), g = g_in.contiguous();
+  if (g.shape() != Shape{s.n, s.o, s.oh, s.ow})
+    throw std::invalid_argument(fmt::format("conv2d_backward_weight: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
+  Tensor out = Tensor::empty(w_shape, x.dtype());
+  BW_DISPATCH_FLOAT(x.dtype(), "conv2d_backward_weight", cpu::conv2d_backward_weight<T>(s, x.data<T>(), g.data<T>(), out.data<T>()));
+  return record(out, "conv2d_backward_weight", {x_in, g_in}, [p](const Node& n, const Tensor& gg, const Needs& need) {
+    return Grads{need[0] ? conv2d_backward_input(n.inputs[1], gg, n.inputs[0].shape(), p) : Tensor(),
+                 need[1] ? conv2d(n.inputs[0], gg, Tensor(), p) : Tensor()};
+  });
+}
+
+// ---- pooling ------------------------------------------------------------------------------------------
+
+static cpu::PoolShape pool_shape(const Tensor& x, int64_t k, int64_t s, int64_t p, const char* op) {
+  if (x.dim() != 4) throw std::invalid_argument(fmt::format("{}: input must be [N,C,H,W], got {}", op, x.str()));
+  if (k < 1 || s < 1 || p < 0 || 2 * p > k)
+    throw std::invalid_argument(fmt::format("{}: bad kernel {}, stride {}, padding {}", op, k, s, p));
+  cpu::PoolShape ps{x.size(0) * x.size(1), x.size(2), x.size(3), k, s, p, 0, 0};
+  ps.oh = (ps.h + 2 * p - k) / s + 1;
+  ps.ow = (ps.w + 2 * p - k) / s + 1;
+  if (ps.oh <= 0 || ps.ow <= 0) throw std::invalid_argument(fmt::format("{}: window {} larger than input {}", op, k, x.str()));
+  return ps;
+}
+
+Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t padding) {
+  require_float(x_in, "max_pool2d");
+  const cpu::PoolShape s = pool_shape(x_in, kernel, stride, padding, "max_pool2d");
+  const Tensor x = x_in.contiguous();
+  Tensor idx = Tensor::empty({s.planes, s.oh * s.ow}, DType::i32);
+  BW_DISPATCH_FLOAT(x.dtype(), "max_pool2d", cpu::max_pool2d_indices<T>(s, x.data<T>(), idx.data<int32_t>()));
+  return gather(x_in.reshape({s.planes, s.h * s.w}), idx, 1).reshape({x.size(0), x.size(1), s.oh, s.ow});
+}
+
+static Tensor avg_pool2d_backward(const Tensor& g, const Shape& x_shape, int64_t k, int64_t st, int64_t p);
+
+Tensor avg_pool2d(const Tensor& x_in, int64_t k, int64_t st, int64_t p) {
+  require_float(x_in, "avg_pool2d");
+  const cpu::PoolShape s = pool_shape(x_in, k, st, p, "avg_pool2d");
+  const Tensor x = x_in.contiguous();
+  Tensor out = Tensor::empty({x.size(0), x.size(1), s.oh, s.ow}, x.dtype());
+  BW_DISPATCH_FLOAT(x.dtype(), "avg_pool2d", cpu::avg_pool2d_forward<T>(s, x.data<T>(), out.data<T>()));
+  return record(out, "avg_pool2d", {x_in}, [k, st, p](const Node& n, const Tensor& g, const Needs&) {
+    return Grads{avg_pool2d_backward(g, n.inputs[0].shape(), k, st, p)};
+  });
+}
+
+static Tensor avg_pool2d_backward(const Tensor& g_in, const Shape& x_shape, int64_t k, int64_t st, int64_t p) {
+  const Tensor g = g_in.contiguous();
+  const cpu::PoolShape s = pool_shape(Tensor::empty(x_shape, g.dtype()), k, st, p, "avg_pool2d");
+  Tensor out = Tensor::empty(x_shape, g.dtype());
+  BW_DISPATCH_FLOAT(g.dtype(), "avg_pool2d_backward", cpu::avg_pool2d_backward<T>(s, g.data<T>(), out.data<T>()));
+  return record(out, "avg_pool2d_backward", {g_in}, [k, st, p](const Node&, const Tensor& gg, const Needs&) {
+    return Grads{avg_pool2d(gg, k, st, p)};
+  });
+}
+
+static Tensor adaptive_avg_pool2d_backward(const Tensor& g_in, const Shape& x_shape) {
+  const Tensor g = g_in.contiguous();
+  const int64_t oh = g.size(2), ow = g.size(3);
+  Tensor out = Tensor::empty(x_shape, g.dtype());
+  BW_DISPATCH_FLOAT(g.dtype(), "adaptive_avg_pool2d_backward",
+                    cpu::adaptive_avg_pool2d_backward<T>(x_shape[0] * x_shape[1], x_shape[2], x_shape[3], oh, ow, g.data<T>(), out.data<T>()));
+  return record(out, "adaptive_avg_pool2d_backward", {g_in}, [oh, ow](const Node&, const Tensor& gg, const Needs&) {
+    return Grads{adaptive_avg_pool2d(gg, oh, ow)};
+  });
+}
+
+Tensor adaptive_avg_pool2d(const Tensor& x_in, int64_t oh, int64_t ow) {
+  require_float(x_in, "adaptive_avg_pool2d");
+  if (x_in.dim() != 4 || oh < 1 || ow < 1)
+    throw std::invalid_argument(fmt::format("adaptive_avg_pool2d: input {} to {}x{}", x_in.str(), oh, ow));
+  const Tensor x = x_in.contiguous();
+  Tensor out = Tensor::empty({x.size(0), x.size(1), oh, ow}, x.dtype());
+  BW_DISPATCH_FLOAT(x.dtype(), "adaptive_avg_pool2d",
+                    cpu::adaptive_avg_pool2d_forward<T>(x.size(0) * x.size(1), x.size(2), x.size(3), oh, ow, x.data<T>(), out.data<T>()));
+  return record(out, "adaptive_avg_pool2d", {x_in}, [](const Node& n, const Tensor& g, const Needs&) {
+    return Grads{adaptive_avg_pool2d_backward(g, n.inputs[0].shape())};
+  });
+}
+
+// ---- normalisation ----------------------------------------------------------------------------------
+
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
+                  bool training, double momentum, double eps) {
+  if (x.dim() != 2 && x.dim() != 4) throw std::invalid_argument(fmt::format("batch_norm: input {} must be [N,C] or [N,C,H,W]", x.str()));
+  const int64_t c = x.size(1);
+  Shape bshape(x.dim(), 1);
+  bshape[1] = c;
+  const std::vector<int64_t> dims = x.dim() == 4 ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0};
+  Tensor xhat;
+  if (training) {
+    const int64_t n = x.numel() / c;
+    if (n < 2) throw std::invalid_argument(fmt::format("batch_norm: training needs more than one value per channel, got {}", x.str()));
+    const Tensor mu = mean(x, dims, true);
+    const Tensor xc = x - mu;
+    const Tensor var = mean(square(xc), dims, true);
+    xhat = xc / sqrt(var + eps);
+    NoGradGuard ng;
+    const double unbias = static_cast<double>(n) / static_cast<double>(n - 1);
+    running_mean.copy_(affine(running_mean, 1.0 - momentum, 0.0) + mu.detach().reshape({c}) * momentum);
+    running_var.copy_(affine(running_var, 1.0 - momentum, 0.0) + var.detach().reshape({c}) * (momentum * unbias));
+  } else {
+    xhat = (x - running_mean.detach().reshape(bshape)) / sqrt(running_var.detach().reshape(bshape) + eps);
+  }
+  return xhat * gamma.reshape(bshape) + beta.reshape(bshape);
+}
+
+// ---- softmax and losses -----------------------------------------------------------------------------
+
+Tensor log_softmax(const Tensor& z_in, int64_t dim) {
+  require_float(z_in, "log_softmax");
+  dim = normalize_dim(dim, z_in.dim());
+  if (dim != z_in.dim() - 1) return log_softmax(z_in.transpose(dim, -1), -1).transpose(dim, -1);
+  const Tensor z = z_in.contiguous();
+  const int64_t cols = z.size(-1), rows = z.numel() / std::max<int64_t>(cols, 1);
+  Tensor out = Tensor::empty(z.shape(), z.dtype());
+  BW_DISPATCH_FLOAT(z.dtype(), "log_softmax", cpu::log_softmax_rows<T>(z.data<T>(), out.data<T>(), rows, cols));
+  return record(out, "log_softmax", {z_in}, [](const Node& n, const Tensor& g, const Needs&) {
+    return Grads{g - exp(n.output()) * sum(g, {-1}, true)};
+  });
+}
+
+Tensor softmax(const Tensor& z, int64_t dim) { return exp(log_softmax(z, dim)); }
+
+static void check_logits_labels(const Tensor& z, const Tensor& labels, const char* op) {
+  if (z.dim() != 2 || labels.dtype() != DType::i32 || labels.dim() != 1 || labels.size(0) != z.size(0))
+    throw std::invalid_argument(fmt::format("{}: logits {} and labels {} (want [N,K] and i32[N])", op, z.str(), labels.str()));
+}
+
+Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
+  require_float(z_in, "cross_entropy");
+  check_logits_labels(z_in, labels, "cross_entropy");
+  const Tensor z = z_in.contiguous(), y = labels.contiguous();
+  const int64_t rows = z.size(0), cols = z.size(1);
+  const int32_t* py = y.data<int32_t>();
+  for (int64_t i = 0; i < rows; ++i)
+    if (py[i] < 0 || py[i] >= cols)
+      throw std::out_of_range(fmt::format("cross_entropy: label {} of sample {} out of range [0, {})", py[i], i, cols));
+  Tensor loss = Tensor::empty({rows}, z.dtype());
+  BW_DISPATCH_FLOAT(z.dtype(), "cross_entropy", cpu::softmax_xent_rows<T>(z.data<T>(), py, loss.data<T>(), rows, cols));
+  loss = record(loss, "cross_entropy", {z_in}, [y](const Node& n, const Tensor& g, const Needs&) {
+    const Tensor& zz = n.inputs[0];
+    return Grads{(softmax(zz, 1) - one_hot(y, zz.size(1), zz.dtype())) * g.reshape({-1, 1})};
+  });
+  return reduce ? mean(loss) : loss;
+}
+
+Tensor cw_margin(const Tensor& z, const Tensor& labels) {
+  check_logits_labels(z, labels, "cw_margin");
+  const Tensor y = labels.reshape({-1, 1});
+  const Tensor zy = gather(z, y, 1).reshape({-1});
+  const Tensor mask = one_hot(labels, z.size(1), z.dtype());
+  const Tensor others = where(mask, Tensor::full(z.shape(), -1e30, z.dtype()), z);
+  return max(others, 1) - zy;
+}
+
+// ---- helpers ------------------------------------------------------------------------------------------
+
+Tensor zeros_like(const Tensor& a) { return Tensor::zeros(a.shape(), a.dtype(), a.device()); }
+Tensor ones_like(const Tensor& a) { return Tensor::ones(a.shape(), a.dtype(), a.device()); }
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape()) throw std::invalid_argument(fmt::format("max_abs_diff: {} vs {}", a.str(), b.str()));
+  const std::vector<double> x = a.to_vector_f64(), y = b.to_vector_f64();
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::abs(x[i] - y[i]));
+  return m;
+}
+
+bool allclose(const Tensor& a, const Tensor& b, double rtol, double atol) {
+  if (a.shape() != b.shape()) return false;
+  const std::vector<double> x = a.to_vector_f64(), y = b.to_vector_f64();
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!(std::abs(x[i] - y[i]) <= atol + rtol * std::abs(y[i]))) return false;
+  return true;
+}
+
+}  // namespace bulwark

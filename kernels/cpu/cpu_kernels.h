@@ -1,0 +1,73 @@
+#pragma once
+// CPU kernels: the reference implementation of every op, and the CPU backend.
+// Raw pointers in, raw pointers out; the engine does shapes, dtypes and autograd.
+// Instantiated for float and double (double is used by the gradient checks).
+#include <cstdint>
+
+#include "kernels/common/elementwise.h"
+
+namespace bulwark::cpu {
+
+constexpr int kMaxDims = 8;
+
+// Iteration over an N-d strided view, outputs written contiguously.
+struct Strided {
+  int ndim = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};
+};
+
+void set_num_threads(int n);  // OpenMP threads for the kernels (BLAS stays single-threaded)
+int num_threads();
+
+template <class T> void strided_copy(const T* src, const Strided& s, T* dst);
+template <class T> void fill(T* dst, int64_t n, T value);
+template <class Src, class Dst> void convert(const Src* src, Dst* dst, int64_t n);
+
+template <class T> void unary(ew::Unary op, const T* x, T* y, int64_t n, T p0, T p1);
+// out (contiguous, shape `a.shape` == `b.shape` after broadcasting, strides 0 on broadcast dims)
+template <class T> void binary(ew::Binary op, const T* a, const Strided& sa, const T* b, const Strided& sb, T* out);
+template <class T> void where(const T* c, const Strided& sc, const T* a, const Strided& sa, const T* b,
+                              const Strided& sb, T* out);
+
+// x viewed as [outer, n, inner]: y[o, i] = sum_k x[o, k, i]
+template <class T> void sum_middle(const T* x, T* y, int64_t outer, int64_t n, int64_t inner);
+// idx[o, i] = argmax_k x[o, k, i] (first maximum)
+template <class T> void argmax_middle(const T* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner);
+// out[o, k, i] = x[o, idx[o, k, i], i]; x is [outer, n, inner], idx/out are [outer, m, inner]
+template <class T> void gather_middle(const T* x, const int32_t* idx, T* out, int64_t outer, int64_t n, int64_t m, int64_t inner);
+// out (zeroed by the caller) [outer, n, inner] += src[o, k, i] at idx[o, k, i]
+template <class T> void scatter_add_middle(const T* src, const int32_t* idx, T* out, int64_t outer, int64_t n, int64_t m, int64_t inner);
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, row-major, op = transpose when ta/tb.
+template <class T> void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                             const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+struct ConvShape {
+  int64_t n, c, h, w;    // input
+  int64_t o, kh, kw;     // filters
+  int64_t stride, pad;
+  int64_t oh, ow;        // output
+};
+template <class T> void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);
+template <class T> void conv2d_backward_input(const ConvShape& s, const T* g, const T* w, T* dx);
+template <class T> void conv2d_backward_weight(const ConvShape& s, const T* x, const T* g, T* dw);
+
+struct PoolShape {
+  int64_t planes, h, w;  // planes = N * C
+  int64_t kernel, stride, pad;
+  int64_t oh, ow;
+};
+// idx[p, q] = flat index (within the plane) of the max of window q; padding never wins.
+template <class T> void max_pool2d_indices(const PoolShape& s, const T* x, int32_t* idx);
+template <class T> void avg_pool2d_forward(const PoolShape& s, const T* x, T* y);
+template <class T> void avg_pool2d_backward(const PoolShape& s, const T* g, T* dx);
+template <class T> void adaptive_avg_pool2d_forward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const T* x, T* y);
+template <class T> void adaptive_avg_pool2d_backward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const T* g, T* dx);
+
+// Row-wise over [rows, cols].
+template <class T> void log_softmax_rows(const T* z, T* y, int64_t rows, int64_t cols);
+// Fused softmax cross-entropy: loss[r] = logsumexp(z[r]) - z[r, y[r]].
+template <class T> void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows, int64_t cols);
+
+}  // namespace bulwark::cpu

@@ -1,0 +1,40 @@
+// Row-wise log-softmax and the fused softmax cross-entropy loss. Both subtract the row max
+// first so exp never overflows.
+#include <cmath>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace bulwark::cpu {
+
+namespace {
+template <class T>
+T row_logsumexp(const T* z, int64_t cols) {
+  T m = z[0];
+  for (int64_t j = 1; j < cols; ++j) m = z[j] > m ? z[j] : m;
+  T s = 0;
+  for (int64_t j = 0; j < cols; ++j) s += std::exp(z[j] - m);
+  return m + std::log(s);
+}
+}  // namespace
+
+template <class T>
+void log_softmax_rows(const T* z, T* y, int64_t rows, int64_t cols) {
+#pragma omp parallel for if (rows * cols >= (1 << 14)) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T lse = row_logsumexp(z + r * cols, cols);
+    for (int64_t j = 0; j < cols; ++j) y[r * cols + j] = z[r * cols + j] - lse;
+  }
+}
+
+template <class T>
+void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows, int64_t cols) {
+#pragma omp parallel for if (rows * cols >= (1 << 14)) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) loss[r] = row_logsumexp(z + r * cols, cols) - z[r * cols + labels[r]];
+}
+
+template void log_softmax_rows<float>(const float*, float*, int64_t, int64_t);
+template void log_softmax_rows<double>(const double*, double*, int64_t, int64_t);
+template void softmax_xent_rows<float>(const float*, const int32_t*, float*, int64_t, int64_t);
+template void softmax_xent_rows<double>(const double*, const int32_t*, double*, int64_t, int64_t);
+
+}  // namespace bulwark::cpu

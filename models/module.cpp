@@ -1,0 +1,81 @@
+#include "models/module.h"
+
+#include <fmt/format.h>
+
+#include <set>
+#include <stdexcept>
+
+namespace bulwark {
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& [name, child] : children_) child->train(on);
+}
+
+NamedTensors Module::named_parameters(const std::string& prefix) const {
+  NamedTensors out;
+  for (const auto& [name, t] : params_) out.emplace_back(prefix + name, t);
+  for (const auto& [name, child] : children_)
+    for (auto& p : child->named_parameters(prefix + name + ".")) out.push_back(std::move(p));
+  return out;
+}
+
+NamedTensors Module::named_buffers(const std::string& prefix) const {
+  NamedTensors out;
+  for (const auto& [name, t] : buffers_) out.emplace_back(prefix + name, t);
+  for (const auto& [name, child] : children_)
+    for (auto& b : child->named_buffers(prefix + name + ".")) out.push_back(std::move(b));
+  return out;
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& [name, t] : named_parameters()) out.push_back(t);
+  return out;
+}
+
+NamedTensors Module::state_dict() const {
+  NamedTensors out = named_parameters();
+  for (auto& b : named_buffers()) out.push_back(std::move(b));
+  return out;
+}
+
+void Module::load_state_dict(const std::map<std::string, Tensor>& state, bool strict) {
+  std::set<std::string> used;
+  for (auto& [name, t] : state_dict()) {
+    auto it = state.find(name);
+    if (it == state.end()) throw std::runtime_error(fmt::format("state dict is missing '{}' ({})", name, t.str()));
+    if (it->second.shape() != t.shape())
+      throw std::runtime_error(fmt::format("state dict entry '{}' has shape {}, the model expects {}", name,
+                                           shape_str(it->second.shape()), shape_str(t.shape())));
+    Tensor dst = t;
+    dst.copy_(it->second.detach());
+    used.insert(name);
+  }
+  if (strict)
+    for (auto& [name, t] : state)
+      if (!used.count(name)) throw std::runtime_error(fmt::format("state dict has unexpected entry '{}' ({})", name, t.str()));
+}
+
+int64_t Module::num_parameters() const {
+  int64_t n = 0;
+  for (auto& t : parameters()) n += t.numel();
+  return n;
+}
+
+void Module::zero_grad() {
+  for (auto& t : parameters()) t.zero_grad();
+}
+
+Tensor Module::register_parameter(const std::string& name, Tensor t) {
+  t.set_requires_grad(true);
+  params_.emplace_back(name, t);
+  return t;
+}
+
+Tensor Module::register_buffer(const std::string& name, Tensor t) {
+  buffers_.emplace_back(name, t);
+  return t;
+}
+
+}  // namespace bulwark

@@ -1,0 +1,57 @@
+#pragma once
+// Module: the base of every layer and model, like torch.nn.Module.
+//
+// A module owns named parameters (leaf tensors that require grad), named buffers (state that
+// is saved but not trained, e.g. BatchNorm running statistics) and named child modules. Names
+// compose with dots, so a parameter is addressed as "layer1.0.conv1.weight", the same name
+// PyTorch gives it: checkpoints and fixtures line up with PyTorch models one to one.
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/ops.h"
+
+namespace bulwark {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  virtual Tensor forward(const Tensor& x) = 0;
+  Tensor operator()(const Tensor& x) { return forward(x); }
+
+  // Train/eval mode, applied to the whole tree (BatchNorm reads it).
+  void train(bool on = true);
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+
+  NamedTensors named_parameters(const std::string& prefix = "") const;
+  NamedTensors named_buffers(const std::string& prefix = "") const;
+  std::vector<Tensor> parameters() const;
+  // Parameters and buffers, in registration order.
+  NamedTensors state_dict() const;
+  // Copies values into the existing tensors; every name must be present with the same shape
+  // (and no unexpected names when strict). Errors name the offending tensor.
+  void load_state_dict(const std::map<std::string, Tensor>& state, bool strict = true);
+  int64_t num_parameters() const;
+  void zero_grad();
+
+ protected:
+  Tensor register_parameter(const std::string& name, Tensor t);
+  Tensor register_buffer(const std::string& name, Tensor t);
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+    children_.emplace_back(name, m);
+    return m;
+  }
+
+ private:
+  bool training_ = true;
+  NamedTensors params_, buffers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+};
+
+}  // namespace bulwark
