@@ -20,6 +20,7 @@ constexpr double kPi = 3.14159265358979323846;
 constexpr double kGratingAmplitude = 0.5;
 constexpr double kBlobAmplitude = 0.7;
 constexpr int kBlobsPerClass = 3;
+constexpr double kDistractorAmplitude = 0.7;
 constexpr float kContrastLo = 0.15f, kContrastHi = 0.35f;
 constexpr float kBackgroundLo = 0.3f, kBackgroundHi = 0.7f;
 constexpr float kTintLo = 0.5f, kTintHi = 1.0f;
@@ -66,7 +67,7 @@ Prototype make_prototype(uint64_t seed, int k, int num_classes, int h, int w, in
   return p;
 }
 
-// Sample i: words 0..9 of its stream are the per-sample parameters, words 16.. its noise
+// Sample i: words 0..13 of its stream are the per-sample parameters, words 16.. its noise
 // (word 16 + k for pixel k of the NCHW image).
 void render_sample(const Prototype& p, uint64_t seed, uint64_t base, int c, int h, int w, int shift, float* out) {
   auto u = [&](uint64_t j) { return philox::uniform(seed, base, j); };
@@ -86,6 +87,14 @@ void render_sample(const Prototype& p, uint64_t seed, uint64_t base, int c, int 
   const float contrast = kContrastLo + (kContrastHi - kContrastLo) * u(3);
   const int cw = w + 2 * shift;
   const int64_t plane = int64_t{h} * w;
+  // One distractor blob anywhere, of either sign, shared by no class: it breaks "one bright spot
+  // at a fixed place" shortcuts and makes the blob detectors work for their accuracy.
+  const double ry = h * u(10), rx = w * u(11), rs = std::min(h, w) / 32.0 * (2.5 + 2.5 * u(12));
+  const float ra = static_cast<float>((u(13) < 0.5f ? -1.0 : 1.0) * kDistractorAmplitude);
+  std::vector<float> distractor(static_cast<size_t>(plane));
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      distractor[y * w + x] = ra * static_cast<float>(std::exp(-((y - ry) * (y - ry) + (x - rx) * (x - rx)) / (2 * rs * rs)));
   for (int ch = 0; ch < c; ++ch) {
     const float background = kBackgroundLo + (kBackgroundHi - kBackgroundLo) * u(4 + ch % 3);
     const float gain = contrast * (kTintLo + (kTintHi - kTintLo) * u(7 + ch % 3));
@@ -94,7 +103,7 @@ void render_sample(const Prototype& p, uint64_t seed, uint64_t base, int c, int 
       const float* blob_row = p.blobs.data() + static_cast<int64_t>(y + dy) * cw + dx;
       for (int x = 0; x < w; ++x) {
         const int64_t k = int64_t{y} * w + x;
-        const float pattern = cos_phi * p.grating_cos[k] - sin_phi * p.grating_sin[k] + blob_row[x];
+        const float pattern = cos_phi * p.grating_cos[k] - sin_phi * p.grating_sin[k] + blob_row[x] + distractor[k];
         dst[k] = std::clamp(background + gain * pattern + dst[k], 0.0f, 1.0f);
       }
     }

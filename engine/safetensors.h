@@ -1,0 +1,29 @@
+#pragma once
+// safetensors I/O (the format of Hugging Face's `safetensors`): an 8-byte little-endian header
+// length, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__":
+// {string: string}}, then the raw little-endian tensor bytes. Files written here load in
+// PyTorch with safetensors.torch.load_file, and vice versa (F32, F64 and I32 tensors).
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace bulwark {
+
+struct SafetensorsFile {
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::string> metadata;
+};
+
+// Writes atomically: to `path + ".tmp"`, flushed, then renamed over `path`, so an interrupted
+// write never leaves a truncated file where a good one was.
+void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+// Validates the header, dtypes, shapes and offsets against the file size; errors name the file
+// and what is wrong.
+SafetensorsFile load_safetensors(const std::string& path);
+
+}  // namespace bulwark
