@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -14,6 +15,25 @@
 namespace bulwark::data {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// How many bytes to allocate up front. gzip ends with the uncompressed size mod 2^32 (ISIZE),
+// exact for any dataset file under 4 GiB; +1 lets the read loop see end-of-file without
+// growing. A damaged trailer only costs reallocations, so it is bounded by deflate's maximum
+// ratio (1032:1) and otherwise ignored.
+size_t initial_capacity(const std::string& path, uintmax_t on_disk) {
+  const size_t fallback = std::max<size_t>(static_cast<size_t>(on_disk) * 4, 1 << 16);
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
+  uint8_t head[2] = {0, 0}, tail[4] = {0, 0, 0, 0};
+  if (!file || on_disk < 18 || std::fread(head, 1, 2, file.get()) != 2 || head[0] != 0x1f || head[1] != 0x8b)
+    return static_cast<size_t>(on_disk) + 1;
+  if (std::fseek(file.get(), -4, SEEK_END) != 0 || std::fread(tail, 1, 4, file.get()) != 4) return fallback;
+  const size_t isize = size_t{tail[0]} | size_t{tail[1]} << 8 | size_t{tail[2]} << 16 | size_t{tail[3]} << 24;
+  return isize <= on_disk * 1032 ? isize + 1 : fallback;
+}
+
+}  // namespace
 
 FileBytes read_file_maybe_gzip(const std::string& path) {
   std::error_code ec;
@@ -26,27 +46,29 @@ FileBytes read_file_maybe_gzip(const std::string& path) {
   gzbuffer(file.get(), 1 << 20);
 
   FileBytes out;
-  // Start from the on-disk size (exact for plain files; MNIST-like data inflates ~5x) and grow
-  // geometrically, so a 47 MB image file costs one or two reallocations.
-  size_t capacity = std::max<size_t>(on_disk, 1 << 16);
-  size_t used = 0;
-  out.bytes.resize(capacity);
+  size_t capacity = initial_capacity(path, on_disk);
+  // Grow to at least `want` bytes, or throw with the file's name.
+  auto reserve = [&](size_t want) {
+    void* grown = std::realloc(out.data.get(), want);
+    if (!grown)
+      throw std::runtime_error(fmt::format("{}: out of memory reading {} bytes", path, with_commas(static_cast<int64_t>(want))));
+    out.data.release();
+    out.data.reset(static_cast<uint8_t*>(grown));
+    capacity = want;
+  };
+  reserve(capacity);
   for (;;) {
-    if (used == capacity) {
-      capacity *= 2;
-      out.bytes.resize(capacity);
-    }
-    const unsigned want = static_cast<unsigned>(std::min<size_t>(capacity - used, 1u << 30));
-    const int got = gzread(file.get(), out.bytes.data() + used, want);
+    if (out.size == capacity) reserve(capacity * 2);
+    const unsigned want = static_cast<unsigned>(std::min<size_t>(capacity - out.size, 1u << 30));
+    const int got = gzread(file.get(), out.data.get() + out.size, want);
     if (got < 0) {
       int code = Z_OK;
-      const char* what = gzerror(file.get(), &code);
-      throw std::runtime_error(fmt::format(
-          "{}: gzip data is corrupt after {} decompressed bytes ({}): re-download the file",
-          path, with_commas(static_cast<int64_t>(used)), what));
+      std::string what = gzerror(file.get(), &code);
+      if (what.rfind(path + ": ", 0) == 0) what.erase(0, path.size() + 2);  // zlib prefixes the path
+      throw std::runtime_error(fmt::format("{}: gzip data is corrupt ({}): re-download the file", path, what));
     }
     if (got == 0) break;
-    used += static_cast<size_t>(got);
+    out.size += static_cast<size_t>(got);
   }
   out.gzipped = gzdirect(file.get()) == 0;
   int code = Z_OK;
@@ -54,7 +76,7 @@ FileBytes read_file_maybe_gzip(const std::string& path) {
   // zlib reports a gzip stream that ends before its trailer as Z_BUF_ERROR and still hands out
   // the data it could inflate.
   out.gzip_truncated = out.gzipped && code == Z_BUF_ERROR;
-  out.bytes.resize(used);
+  if (out.size > 0) reserve(out.size);  // give back what the size hint over-estimated
   return out;
 }
 

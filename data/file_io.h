@@ -2,6 +2,8 @@
 // File reading shared by the dataset readers. Internal to data/: the readers turn what these
 // return into validated Datasets, so every message names the dataset and the file.
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,7 +14,10 @@ namespace bulwark::data {
 // the name). A gzip stream that stops early is not an error here: `gzip_truncated` is set and
 // `bytes` holds what could be decompressed, so the caller can report the size it expected.
 struct FileBytes {
-  std::vector<uint8_t> bytes;
+  // malloc'd so the buffer can start at the size the gzip trailer claims without touching (or
+  // zero-filling) memory it never uses, and grow or shrink with realloc.
+  std::unique_ptr<uint8_t, void (*)(void*)> data{nullptr, std::free};
+  size_t size = 0;
   bool gzipped = false;
   bool gzip_truncated = false;
 };

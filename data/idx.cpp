@@ -20,12 +20,12 @@ uint32_t big_endian_u32(const uint8_t* p) {
 
 // "got 1,024" plus the reason when zlib saw the stream end early.
 std::string got_bytes(const FileBytes& f) {
-  return fmt::format("got {}{}", with_commas(static_cast<int64_t>(f.bytes.size())),
+  return fmt::format("got {}{}", with_commas(static_cast<int64_t>(f.size)),
                      f.gzip_truncated ? " before the gzip stream ended early" : "");
 }
 
 std::string size_hint(const FileBytes& f, size_t expected) {
-  return f.bytes.size() < expected ? "truncated download?" : "extra data after the payload: wrong header or a concatenated file?";
+  return f.size < expected ? "truncated download?" : "extra data after the payload: wrong header or a concatenated file?";
 }
 
 void check_magic(const std::string& where, uint32_t magic, uint32_t expected) {
@@ -49,16 +49,16 @@ FileBytes read_idx(const std::string& path, const std::string& dataset, bool ima
   const std::string where = fmt::format("{} file {}", dataset, path);
   FileBytes f = read_file_maybe_gzip(path);
   const size_t header = images ? 16 : 8;
-  if (f.bytes.size() < header)
+  if (f.size < header)
     throw std::runtime_error(fmt::format("{}: {}, too short for the {}-byte IDX {} header: truncated download?",
                                          where, got_bytes(f), header, images ? "images" : "labels"));
-  check_magic(where, big_endian_u32(f.bytes.data()), images ? kImagesMagic : kLabelsMagic);
-  const uint8_t* p = f.bytes.data() + 4;
+  check_magic(where, big_endian_u32(f.data.get()), images ? kImagesMagic : kLabelsMagic);
+  const uint8_t* p = f.data.get() + 4;
   dims = {big_endian_u32(p), images ? big_endian_u32(p + 4) : 1u, images ? big_endian_u32(p + 8) : 1u};
   if (images && (dims[1] == 0 || dims[2] == 0 || dims[1] > 4096 || dims[2] > 4096))
     throw std::runtime_error(fmt::format("{}: header says {}x{} images: corrupted header?", where, dims[1], dims[2]));
   const size_t expected = header + size_t{dims[0]} * dims[1] * dims[2];
-  if (f.bytes.size() != expected) {
+  if (f.size != expected) {
     const std::string what = images ? fmt::format("{} {}x{} images", with_commas(dims[0]), dims[1], dims[2])
                                     : fmt::format("{} labels", with_commas(dims[0]));
     throw std::runtime_error(fmt::format("{}: expected {} bytes{} for {}, {}: {}", where,
@@ -91,7 +91,7 @@ Dataset read_idx_pair(const std::string& images_path, const std::string& labels_
   d.w = static_cast<int>(image_dims[2]);
   d.num_classes = num_classes;
   d.labels.resize(d.n);
-  const uint8_t* label_bytes = labels.bytes.data() + 8;
+  const uint8_t* label_bytes = labels.data.get() + 8;
   for (int64_t i = 0; i < d.n; ++i) {
     if (label_bytes[i] >= num_classes)
       throw std::runtime_error(fmt::format("{} file {}: label {} at index {} is outside 0..{}: corrupted file?",
@@ -101,7 +101,7 @@ Dataset read_idx_pair(const std::string& images_path, const std::string& labels_
   // x / 255 exactly as torchvision's ToTensor computes it, through a 256-entry table.
   std::array<float, 256> to_unit{};
   for (int v = 0; v < 256; ++v) to_unit[v] = static_cast<float>(v) / 255.0f;
-  const uint8_t* pixels = images.bytes.data() + 16;
+  const uint8_t* pixels = images.data.get() + 16;
   d.images.resize(static_cast<size_t>(d.n) * d.h * d.w);
   for (size_t i = 0; i < d.images.size(); ++i) d.images[i] = to_unit[pixels[i]];
   return d;

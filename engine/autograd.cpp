@@ -71,8 +71,12 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
 
   GradMap grads;
   for (size_t i = 0; i < outputs.size(); ++i) {
-    Tensor seed = i < grad_outputs.size() && grad_outputs[i].defined() ? grad_outputs[i] : ones_like(outputs[i]);
-    if (seed.shape() != outputs[i].shape())
+    const bool given = i < grad_outputs.size() && grad_outputs[i].defined();
+    if (!given && outputs[i].numel() != 1)
+      throw std::invalid_argument(fmt::format(
+          "grad: output {} is not a scalar; reduce it (sum, mean) or pass its grad_output", outputs[i].str()));
+    Tensor seed = given ? grad_outputs[i] : ones_like(outputs[i]);
+    if (seed.shape() != outputs[i].shape() || seed.dtype() != outputs[i].dtype())
       throw std::invalid_argument(fmt::format("grad: grad_output {} does not match output {}", seed.str(), outputs[i].str()));
     accumulate(grads, outputs[i].impl(), seed);
   }
@@ -95,6 +99,8 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
     }
     ++g_stats.nodes_run;
     std::vector<Tensor> in_grads = node->backward(*node, g, needs);
+    for (size_t i = 0; i < in_grads.size(); ++i)
+      if (in_grads[i].defined()) ++g_stats.grads_computed[node->op + "[" + std::to_string(i) + "]"];
     for (size_t i = 0; i < node->inputs.size() && i < in_grads.size(); ++i) {
       if (!needs[i] || !in_grads[i].defined()) continue;
       const Tensor& in = node->inputs[i];
@@ -106,9 +112,35 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
   }
   return grads;
 }
+// A gradient handed to the caller must be its own memory: backward passes often produce one
+// tensor for several inputs (add gives g to both sides) or pass the caller's seed through,
+// and an in-place update of one .grad (clipping, zeroing) must not change another.
+Tensor owned_gradient(const Tensor& g, bool create_graph) {
+  const bool shared = g.impl_ptr().use_count() > 1 || g.impl()->storage.use_count() > 1;
+  if (create_graph) return shared ? g.clone() : g;
+  return shared || !g.is_contiguous() ? g.detach().clone() : g.detach();
+}
 }  // namespace
 
 Tensor Node::output() const { return Tensor(out.lock()); }
+
+// A long chain (x -> node -> input -> node -> ...) would otherwise be freed recursively, one
+// stack frame group per node, and overflow the stack at a few hundred thousand nodes. Instead,
+// whenever this node holds the last reference to an input whose node would die with it, that
+// node's inputs are taken over first, so every node dies with no inputs left to recurse into.
+Node::~Node() {
+  std::vector<Tensor> pending = std::move(inputs);
+  while (!pending.empty()) {
+    Tensor t = std::move(pending.back());
+    pending.pop_back();
+    if (!t.defined() || t.impl_ptr().use_count() != 1) continue;
+    std::shared_ptr<Node>& fn = t.impl()->grad_fn;
+    if (fn && fn.use_count() == 1) {
+      for (Tensor& in : fn->inputs) pending.push_back(std::move(in));
+      fn->inputs.clear();
+    }
+  }  // t is released at the end of each iteration, its node (if any) with no inputs
+}
 
 bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
@@ -143,11 +175,12 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   }
   GradMap grads = run_backward(outputs, grad_outputs, create_graph,
                                [&](TensorImpl* t) { return targets.count(t) > 0; });
+  GradModeGuard mode(create_graph);
   std::vector<Tensor> result;
   for (const Tensor& in : inputs) {
     auto it = grads.find(in.impl());
     if (it != grads.end() && it->second.defined()) {
-      result.push_back(create_graph ? it->second : it->second.detach());
+      result.push_back(owned_gradient(it->second, create_graph));
     } else if (allow_unused) {
       result.push_back(zeros_like(in));
     } else {
@@ -164,7 +197,7 @@ void backward(const Tensor& loss, const Tensor& grad_output, bool create_graph) 
   GradModeGuard mode(create_graph);
   for (auto& [impl, g] : grads) {
     if (!is_leaf_param(impl) || !g.defined()) continue;
-    Tensor gg = create_graph ? g : g.contiguous().detach();
+    const Tensor gg = owned_gradient(g, create_graph);
     if (impl->grad)
       impl->grad = add(Tensor(impl->grad), gg).impl_ptr();
     else

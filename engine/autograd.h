@@ -10,6 +10,7 @@
 // and tells each closure which of its inputs need a gradient: an attack asking for d loss / d x
 // never computes a weight gradient.
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,7 @@ struct Node {
   Backward backward;
 
   Tensor output() const;  // the op's output (alive whenever its gradient is being computed)
+  ~Node();                // frees long chains of nodes without recursion
 };
 
 // Grad mode: when off, ops record nothing (thread-local, like torch.no_grad).
@@ -68,6 +70,9 @@ void backward(const Tensor& loss, const Tensor& grad_output = Tensor(), bool cre
 struct BackwardStats {
   int64_t nodes_run = 0;
   int64_t inputs_skipped = 0;  // gradients a closure was told not to compute
+  // Gradients closures actually returned, by "op[input index]": "conv2d[1]" counts weight
+  // gradients of conv2d (each one a conv2d_backward_weight call).
+  std::map<std::string, int64_t> grads_computed;
 };
 BackwardStats& backward_stats();
 

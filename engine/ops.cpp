@@ -244,37 +244,38 @@ static std::vector<int64_t> normalize_dims(const std::vector<int64_t>& dims, int
   return r;
 }
 
-// Sums `a` over `dims` (sorted, unique), keeping them as size-1 dims.
+// Sums contiguous `a` over `dims` (sorted, unique), keeping them as size-1 dims. Each run of
+// adjacent reduced dims is one [outer, n, inner] pass, last run first, so [N,C,H,W] over
+// {0,2,3} reads the input once (rows of H*W) and then sums the small [N,C] result over N:
+// no transposing copy.
 static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims) {
-  const int64_t nd = a.dim();
-  Shape keep_shape = a.shape();
-  for (int64_t d : dims) keep_shape[d] = 1;
-  Tensor src = a;
-  int64_t outer = 1, n = 1, inner = 1;
-  const bool run = dims.empty() || dims.back() - dims.front() + 1 == static_cast<int64_t>(dims.size());
-  if (run && a.is_contiguous()) {
-    // Reduced dims form one block: view as [outer, n, inner] without copying.
-    const int64_t lo = dims.empty() ? 0 : dims.front(), hi = dims.empty() ? -1 : dims.back();
-    for (int64_t d = 0; d < nd; ++d) (d < lo ? outer : d > hi ? inner : n) *= a.shape()[d];
-  } else {
-    // Move the reduced dims last (a copy), then reduce rows.
-    std::vector<int64_t> perm;
-    for (int64_t d = 0; d < nd; ++d)
-      if (!std::binary_search(dims.begin(), dims.end(), d)) perm.push_back(d);
-    for (int64_t d : dims) perm.push_back(d);
-    src = a.detach().permute(perm).contiguous();
-    for (int64_t d : dims) n *= a.shape()[d];
-    outer = a.numel() / std::max<int64_t>(n, 1);
+  Tensor cur = a;
+  size_t end = dims.size();
+  if (dims.empty()) {  // nothing reduced: a copy
+    Tensor out = Tensor::empty(a.shape(), a.dtype());
+    copy_strided(a, out);
+    return out;
   }
-  Tensor out = Tensor::empty(keep_shape, a.dtype());
-  BW_DISPATCH_FLOAT(a.dtype(), "sum", cpu::sum_middle(src.data<T>(), out.data<T>(), outer, n, inner));
-  return out;
+  while (end > 0) {
+    size_t begin = end - 1;
+    while (begin > 0 && dims[begin - 1] + 1 == dims[begin]) --begin;
+    const int64_t lo = dims[begin], hi = dims[end - 1];
+    int64_t outer = 1, n = 1, inner = 1;
+    for (int64_t d = 0; d < cur.dim(); ++d) (d < lo ? outer : d > hi ? inner : n) *= cur.shape()[d];
+    Shape s = cur.shape();
+    for (int64_t d = lo; d <= hi; ++d) s[d] = 1;
+    Tensor out = Tensor::empty(s, a.dtype());
+    BW_DISPATCH_FLOAT(a.dtype(), "sum", cpu::sum_middle(cur.data<T>(), out.data<T>(), outer, n, inner));
+    cur = out;
+    end = begin;
+  }
+  return cur;
 }
 
 Tensor sum(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim) {
   require_float(a, "sum");
   const std::vector<int64_t> dims = normalize_dims(dims_in, a.dim());
-  Tensor out = sum_raw_keepdim(a.contiguous().detach(), dims);
+  Tensor out = sum_raw_keepdim(a.detach().contiguous(), dims);
   const Shape keep_shape = out.shape();
   if (!keepdim) {
     Shape s;
@@ -353,14 +354,16 @@ static void check_index_shapes(const Shape& data, const Tensor& idx, int64_t dim
   const int64_t n = data[dim];
   const Tensor c = idx.contiguous();
   const int32_t* p = c.data<int32_t>();
-  for (int64_t i = 0; i < c.numel(); ++i)
+  const int64_t count = c.numel();
+  for (int64_t i = 0; i < count; ++i)
     if (p[i] < 0 || p[i] >= n) throw std::out_of_range(fmt::format("{}: index {} out of range [0, {})", op, p[i], n));
 }
 
-Tensor gather(const Tensor& a_in, const Tensor& idx_in, int64_t dim) {
+// gather with `check` off trusts the indices (max_pool2d's come from its own kernel).
+static Tensor gather_impl(const Tensor& a_in, const Tensor& idx_in, int64_t dim, bool check) {
   require_float(a_in, "gather");
   dim = normalize_dim(dim, a_in.dim());
-  check_index_shapes(a_in.shape(), idx_in, dim, "gather");
+  if (check) check_index_shapes(a_in.shape(), idx_in, dim, "gather");
   const Tensor a = a_in.contiguous(), idx = idx_in.contiguous();
   const Around g = around(a.shape(), dim);
   Tensor out = Tensor::empty(idx.shape(), a.dtype());
@@ -370,6 +373,8 @@ Tensor gather(const Tensor& a_in, const Tensor& idx_in, int64_t dim) {
     return Grads{scatter_add(gr, idx, dim, n.inputs[0].shape())};
   });
 }
+
+Tensor gather(const Tensor& a, const Tensor& idx, int64_t dim) { return gather_impl(a, idx, dim, true); }
 
 Tensor scatter_add(const Tensor& src_in, const Tensor& idx_in, int64_t dim, const Shape& shape) {
   require_float(src_in, "scatter_add");
@@ -459,6 +464,8 @@ struct GemmOperand {
 };
 static GemmOperand gemm_operand(const Tensor& m) {
   if (m.is_contiguous()) return {m, false, std::max<int64_t>(m.shape()[1], 1)};
+  if (m.strides()[1] == 1 && m.strides()[0] >= std::max<int64_t>(m.shape()[1], 1))
+    return {m, false, m.strides()[0]};  // rows with a gap between them (a column slice)
   if (m.strides()[0] == 1 && m.strides()[1] >= std::max<int64_t>(m.shape()[0], 1))
     return {m, true, m.strides()[1]};  // a transposed view of a row-major matrix
   const Tensor c = m.contiguous();
@@ -476,7 +483,14 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   BW_DISPATCH_FLOAT(a.dtype(), "matmul",
                     cpu::gemm<T>(A.trans, B.trans, M, N, K, T(1), A.t.data<T>(), A.ld, B.t.data<T>(), B.ld, T(0), out.data<T>(), std::max<int64_t>(N, 1)));
   return record(out, "matmul", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
-    return Grads{need[0] ? matmul(g, n.inputs[1].t()) : Tensor(), need[1] ? matmul(n.inputs[0].t(), g) : Tensor()};
+    const Tensor &x = n.inputs[0], &y = n.inputs[1];
+    // When b is a transposed view (linear's w.t()), (g^T a)^T is the same gradient, and the
+    // transpose's backward turns it into a contiguous dW; x^T g would end as a transposed view
+    // that backward() copies (a 64 MiB strided copy for cnn7's FC 32768 -> 512).
+    const bool b_transposed = !y.is_contiguous() && y.strides()[0] == 1;
+    Tensor gb;
+    if (need[1]) gb = b_transposed ? matmul(g.t(), x).t() : matmul(x.t(), g);
+    return Grads{need[0] ? matmul(g, y.t()) : Tensor(), gb};
   });
 }
 
@@ -570,7 +584,7 @@ Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t pa
   const Tensor x = x_in.contiguous();
   Tensor idx = Tensor::empty({s.planes, s.oh * s.ow}, DType::i32);
   BW_DISPATCH_FLOAT(x.dtype(), "max_pool2d", cpu::max_pool2d_indices<T>(s, x.data<T>(), idx.data<int32_t>()));
-  return gather(x_in.reshape({s.planes, s.h * s.w}), idx, 1).reshape({x.size(0), x.size(1), s.oh, s.ow});
+  return gather_impl(x_in.reshape({s.planes, s.h * s.w}), idx, 1, false).reshape({x.size(0), x.size(1), s.oh, s.ow});
 }
 
 static Tensor avg_pool2d_backward(const Tensor& g, const Shape& x_shape, int64_t k, int64_t st, int64_t p);
@@ -622,29 +636,75 @@ Tensor adaptive_avg_pool2d(const Tensor& x_in, int64_t oh, int64_t ow) {
 
 // ---- normalisation ----------------------------------------------------------------------------------
 
-Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
-                  bool training, double momentum, double eps) {
-  if (x.dim() != 2 && x.dim() != 4) throw std::invalid_argument(fmt::format("batch_norm: input {} must be [N,C] or [N,C,H,W]", x.str()));
+// The backward of training-mode batch norm written with tensor ops, so it can be differentiated
+// again (create_graph): with xhat = (x - mean) * invstd over the per-channel dims,
+//   dbeta = sum g,  dgamma = sum g * xhat,  dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m).
+// The statistics are recomputed from x, which puts their dependence on x into the new graph.
+static Grads batch_norm_backward_ops(const Tensor& x, const Tensor& gamma, const Tensor& g, double eps, const Needs& need) {
   const int64_t c = x.size(1);
   Shape bshape(x.dim(), 1);
   bshape[1] = c;
   const std::vector<int64_t> dims = x.dim() == 4 ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0};
-  Tensor xhat;
-  if (training) {
-    const int64_t n = x.numel() / c;
-    if (n < 2) throw std::invalid_argument(fmt::format("batch_norm: training needs more than one value per channel, got {}", x.str()));
-    const Tensor mu = mean(x, dims, true);
-    const Tensor xc = x - mu;
-    const Tensor var = mean(square(xc), dims, true);
-    xhat = xc / sqrt(var + eps);
-    NoGradGuard ng;
-    const double unbias = static_cast<double>(n) / static_cast<double>(n - 1);
-    running_mean.copy_(affine(running_mean, 1.0 - momentum, 0.0) + mu.detach().reshape({c}) * momentum);
-    running_var.copy_(affine(running_var, 1.0 - momentum, 0.0) + var.detach().reshape({c}) * (momentum * unbias));
-  } else {
-    xhat = (x - running_mean.detach().reshape(bshape)) / sqrt(running_var.detach().reshape(bshape) + eps);
+  const double m = static_cast<double>(x.numel() / c);
+  const Tensor xc = x - mean(x, dims, true);
+  const Tensor invstd = div(Tensor::scalar(1.0, x.dtype()), sqrt(mean(square(xc), dims, true) + eps));
+  const Tensor xhat = xc * invstd;
+  const Tensor dbeta = sum(g, dims, true), dgamma = sum(g * xhat, dims, true);
+  Grads r(3);
+  if (need[0]) r[0] = gamma.reshape(bshape) * invstd * (g - dbeta * (1.0 / m) - xhat * (dgamma * (1.0 / m)));
+  if (need[1]) r[1] = dgamma.reshape({c});
+  if (need[2]) r[2] = dbeta.reshape({c});
+  return r;
+}
+
+// Training mode runs the fused kernels of kernels/cpu/batch_norm.cpp (2-3 passes over x each way
+// instead of ~30 elementwise passes); the backward falls back to batch_norm_backward_ops when a
+// differentiable gradient is asked for. Eval mode is (x - running_mean) * scale + beta with the
+// per-channel scale = gamma / sqrt(running_var + eps) computed on [C] first.
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
+                  bool training, double momentum, double eps) {
+  if (x.dim() != 2 && x.dim() != 4) throw std::invalid_argument(fmt::format("batch_norm: input {} must be [N,C] or [N,C,H,W]", x.str()));
+  require_float(x, "batch_norm");
+  const int64_t c = x.size(1);
+  for (const Tensor* p : {&gamma, &beta})
+    if (p->shape() != Shape{c} || p->dtype() != x.dtype())
+      throw std::invalid_argument(fmt::format("batch_norm: weight and bias must be {}[{}] for input {}, got {}",
+                                              dtype_name(x.dtype()), c, x.str(), p->str()));
+  Shape bshape(x.dim(), 1);
+  bshape[1] = c;
+  if (!training) {
+    const Tensor scale = gamma / sqrt(running_var.detach() + eps);
+    return (x - running_mean.detach().reshape(bshape)) * scale.reshape(bshape) + beta.reshape(bshape);
   }
-  return xhat * gamma.reshape(bshape) + beta.reshape(bshape);
+  const int64_t m = x.numel() / std::max<int64_t>(c, 1);
+  if (m < 2) throw std::invalid_argument(fmt::format("batch_norm: training needs more than one value per channel, got {}", x.str()));
+  const int64_t n = x.size(0), inner = m / n;
+  const Tensor xc = x.detach().contiguous(), gc = gamma.detach().contiguous(), bc = beta.detach().contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype());
+  Tensor mu = Tensor::empty({c}, x.dtype()), invstd = Tensor::empty({c}, x.dtype()), var = Tensor::empty({c}, x.dtype());
+  BW_DISPATCH_FLOAT(x.dtype(), "batch_norm",
+                    cpu::batch_norm_forward_train<T>(xc.data<T>(), gc.data<T>(), bc.data<T>(), y.data<T>(), mu.data<T>(),
+                                                     invstd.data<T>(), var.data<T>(), n, c, inner, eps));
+  {
+    NoGradGuard ng;
+    const double unbias = static_cast<double>(m) / static_cast<double>(m - 1);
+    running_mean.copy_(affine(running_mean, 1.0 - momentum, 0.0) + mu * momentum);
+    running_var.copy_(affine(running_var, 1.0 - momentum, 0.0) + var * (momentum * unbias));
+  }
+  return record(y, "batch_norm", {x, gamma, beta}, [mu, invstd, eps, n, c, inner](const Node& node, const Tensor& g_in, const Needs& need) {
+    const Tensor &xx = node.inputs[0], &gm = node.inputs[1];
+    if (grad_enabled()) return batch_norm_backward_ops(xx, gm, g_in, eps, need);  // create_graph
+    const Tensor xd = xx.detach().contiguous(), g = g_in.detach().contiguous(), gmc = gm.detach().contiguous();
+    Grads r(3);
+    if (need[0]) r[0] = Tensor::empty(xx.shape(), xx.dtype());
+    if (need[1]) r[1] = Tensor::empty({c}, xx.dtype());
+    if (need[2]) r[2] = Tensor::empty({c}, xx.dtype());
+    BW_DISPATCH_FLOAT(xx.dtype(), "batch_norm backward",
+                      cpu::batch_norm_backward_train<T>(xd.data<T>(), g.data<T>(), gmc.data<T>(), mu.data<T>(), invstd.data<T>(),
+                                                        need[0] ? r[0].data<T>() : nullptr, need[1] ? r[1].data<T>() : nullptr,
+                                                        need[2] ? r[2].data<T>() : nullptr, n, c, inner));
+    return r;
+  });
 }
 
 // ---- softmax and losses -----------------------------------------------------------------------------

@@ -22,12 +22,12 @@ BW_HD inline uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
   return static_cast<uint32_t>(p);
 }
 
-BW_HD inline Block philox4x32_10(uint64_t counter, uint64_t seed) {
+// The full generator: a 128-bit counter (4 words) and a 64-bit key (2 words), 10 rounds.
+// This is the form the Random123 known-answer tests are written in.
+BW_HD inline Block philox4x32_10(Block ctr, uint32_t k0, uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32);
-  uint32_t c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  uint32_t c0 = ctr.v[0], c1 = ctr.v[1], c2 = ctr.v[2], c3 = ctr.v[3];
   for (int round = 0; round < 10; ++round) {
     uint32_t hi0, hi1;
     const uint32_t lo0 = mulhilo(kM0, c0, &hi0);
@@ -37,6 +37,13 @@ BW_HD inline Block philox4x32_10(uint64_t counter, uint64_t seed) {
     k0 += kW0; k1 += kW1;
   }
   return Block{{c0, c1, c2, c3}};
+}
+
+// bulwark's streams: the 64-bit counter fills words 0 and 1, words 2 and 3 are zero, and the
+// 64-bit seed is the key (low word first).
+BW_HD inline Block philox4x32_10(uint64_t counter, uint64_t seed) {
+  return philox4x32_10(Block{{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0u, 0u}},
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 // The i-th 32-bit word of the stream (seed, offset).

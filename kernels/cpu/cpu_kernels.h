@@ -70,4 +70,12 @@ template <class T> void log_softmax_rows(const T* z, T* y, int64_t rows, int64_t
 // Fused softmax cross-entropy: loss[r] = logsumexp(z[r]) - z[r, y[r]].
 template <class T> void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows, int64_t cols);
 
+// Training-mode batch norm over x viewed as [n, c, inner] (kernels/cpu/batch_norm.cpp): per-channel
+// batch mean, biased var and invstd = 1/sqrt(var + eps) out, y = (x - mean) * invstd * gamma + beta.
+template <class T> void batch_norm_forward_train(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* invstd,
+                                                 T* var, int64_t n, int64_t c, int64_t inner, double eps);
+// Its backward given the saved mean and invstd; dx, dgamma, dbeta may each be null (not wanted).
+template <class T> void batch_norm_backward_train(const T* x, const T* g, const T* gamma, const T* mean, const T* invstd,
+                                                  T* dx, T* dgamma, T* dbeta, int64_t n, int64_t c, int64_t inner);
+
 }  // namespace bulwark::cpu

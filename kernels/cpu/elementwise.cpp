@@ -12,12 +12,42 @@ namespace bulwark::cpu {
 namespace {
 constexpr int64_t kParallelMin = 1 << 15;  // below this, threads cost more than they save
 
+// Merges adjacent dims that every view walks as one (stride[d] == stride[d+1] * shape[d+1])
+// and drops size-1 dims, so [N,C,H,W] + bias[1,C,1,1] is walked as [N, C, H*W] with long rows.
+template <int K>
+void coalesce(Strided (&v)[K]) {
+  Strided out[K];
+  int nd = 0;
+  for (int d = 0; d < v[0].ndim; ++d) {
+    if (v[0].shape[d] == 1) continue;
+    bool merge = nd > 0;
+    for (int k = 0; k < K && merge; ++k) merge = out[k].stride[nd - 1] == v[k].stride[d] * v[k].shape[d];
+    for (int k = 0; k < K; ++k) {
+      if (merge) {
+        out[k].shape[nd - 1] *= v[k].shape[d];
+        out[k].stride[nd - 1] = v[k].stride[d];
+      } else {
+        out[k].shape[nd] = v[k].shape[d];
+        out[k].stride[nd] = v[k].stride[d];
+      }
+    }
+    if (!merge) ++nd;
+  }
+  for (int k = 0; k < K; ++k) {
+    out[k].ndim = nd;
+    v[k] = out[k];
+  }
+}
+
 // Walks the rows (all dims but the last) of up to three strided views of one shape, in
 // row-major order, and calls f(out_row_start, off[0..2], inner, inner_stride[0..2]) per row.
-// The caller runs the innermost dimension as a tight loop.
+// The caller runs the innermost dimension as a tight loop. Dims are coalesced first.
 template <int K, class F>
-void for_rows(const Strided* const (&views)[K], F&& f) {
-  const Strided& s = *views[0];
+void for_rows(const Strided* const (&views_in)[K], F&& f) {
+  Strided views[K];
+  for (int k = 0; k < K; ++k) views[k] = *views_in[k];
+  coalesce<K>(views);
+  const Strided& s = views[0];
   int64_t total = 1;
   for (int d = 0; d < s.ndim; ++d) total *= s.shape[d];
   if (total == 0) return;
@@ -30,14 +60,14 @@ void for_rows(const Strided* const (&views)[K], F&& f) {
   const int64_t inner = s.shape[last];
   const int64_t rows = total / inner;
   int64_t inner_stride[K];
-  for (int k = 0; k < K; ++k) inner_stride[k] = views[k]->stride[last];
+  for (int k = 0; k < K; ++k) inner_stride[k] = views[k].stride[last];
 #pragma omp parallel for if (total >= kParallelMin) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     int64_t rem = r, off[K] = {};
     for (int d = last - 1; d >= 0; --d) {
       const int64_t i = rem % s.shape[d];
       rem /= s.shape[d];
-      for (int k = 0; k < K; ++k) off[k] += i * views[k]->stride[d];
+      for (int k = 0; k < K; ++k) off[k] += i * views[k].stride[d];
     }
     f(r * inner, off, inner, inner_stride);
   }
@@ -78,11 +108,26 @@ void binary_loop(const T* a, const Strided& sa, const T* b, const Strided& sb, T
 #pragma omp parallel for simd if (n >= kParallelMin) schedule(static)
     for (int64_t i = 0; i < n; ++i) out[i] = ew::binary_apply(OP, a[i], bv);
   } else {
+    // Rows of a broadcast: unit/zero inner strides get their own (vectorised) loops.
     const Strided* const views[2] = {&sa, &sb};
     for_rows<2>(views, [&](int64_t o, const int64_t* off, int64_t inner, const int64_t* st) {
       const T* pa = a + off[0];
       const T* pb = b + off[1];
-      for (int64_t j = 0; j < inner; ++j) out[o + j] = ew::binary_apply(OP, pa[j * st[0]], pb[j * st[1]]);
+      T* po = out + o;
+      if (st[0] == 1 && st[1] == 1) {
+#pragma omp simd
+        for (int64_t j = 0; j < inner; ++j) po[j] = ew::binary_apply(OP, pa[j], pb[j]);
+      } else if (st[0] == 1 && st[1] == 0) {
+        const T bv = pb[0];
+#pragma omp simd
+        for (int64_t j = 0; j < inner; ++j) po[j] = ew::binary_apply(OP, pa[j], bv);
+      } else if (st[0] == 0 && st[1] == 1) {
+        const T av = pa[0];
+#pragma omp simd
+        for (int64_t j = 0; j < inner; ++j) po[j] = ew::binary_apply(OP, av, pb[j]);
+      } else {
+        for (int64_t j = 0; j < inner; ++j) po[j] = ew::binary_apply(OP, pa[j * st[0]], pb[j * st[1]]);
+      }
     });
   }
 }
@@ -99,7 +144,10 @@ void strided_copy(const T* src, const Strided& s, T* dst) {
   }
   const Strided* const views[1] = {&s};
   for_rows<1>(views, [&](int64_t o, const int64_t* off, int64_t inner, const int64_t* st) {
-    for (int64_t j = 0; j < inner; ++j) dst[o + j] = src[off[0] + j * st[0]];
+    if (st[0] == 1)
+      std::memcpy(dst + o, src + off[0], sizeof(T) * inner);
+    else
+      for (int64_t j = 0; j < inner; ++j) dst[o + j] = src[off[0] + j * st[0]];
   });
 }
 

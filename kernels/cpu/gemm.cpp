@@ -35,20 +35,30 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   if (M == 0 || N == 0) return;
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const double flops = 2.0 * M * N * K;
-  if (threads == 1 || flops < 4e6 || M < 2 * threads) {
+  // Split the longer side of C. Each thread reads all of the operand along the side it does not
+  // split, so splitting rows of a wide C (cnn7's FC backward-input, M = 128, N = 32768) would
+  // stream the 64 MiB weight once per thread; splitting its columns streams half each.
+  const bool split_columns = N > M;
+  const int64_t extent = split_columns ? N : M;
+  if (threads == 1 || flops < 4e6 || extent < 2 * threads) {
     blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // Row blocks of C depend only on the matching rows of op(A): fixed split, same bits for any
-  // thread count as long as each block's K-loop is unchanged (it is: only M is split).
+  // A block of C depends only on the matching rows of op(A) (or columns of op(B)), and each
+  // element's K-loop is the same whatever the split: same bits for any thread count.
   const int64_t blocks = threads;
-  const int64_t rows = (M + blocks - 1) / blocks;
+  const int64_t per = (extent + blocks - 1) / blocks;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t r0 = b * rows, r1 = std::min(M, r0 + rows);
-    if (r0 >= r1) continue;
-    const T* Ab = ta ? A + r0 : A + r0 * lda;
-    blas(ta, tb, r1 - r0, N, K, alpha, Ab, lda, B, ldb, beta, C + r0 * ldc, ldc);
+    const int64_t i0 = b * per, i1 = std::min(extent, i0 + per);
+    if (i0 >= i1) continue;
+    if (split_columns) {
+      const T* Bb = tb ? B + i0 * ldb : B + i0;
+      blas(ta, tb, M, i1 - i0, K, alpha, A, lda, Bb, ldb, beta, C + i0, ldc);
+    } else {
+      const T* Ab = ta ? A + i0 : A + i0 * lda;
+      blas(ta, tb, i1 - i0, N, K, alpha, Ab, lda, B, ldb, beta, C + i0 * ldc, ldc);
+    }
   }
 }
 

@@ -1,0 +1,103 @@
+// bulwark-bench: the benchmarks of the CPU backend.
+//
+//   bulwark-bench train-step [--model NAME] [options]   one adversarial training step, end to end
+//   bulwark-bench kernels [Google Benchmark flags]       GEMM, conv2d, attack step throughput
+//
+// bench/compare.sh runs train-step next to bench/peer_pytorch.py and prints the ratio table;
+// docs/bench.md has the measured numbers and what limits them.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bench/train_step.h"
+
+namespace bulwark::bench {
+int run_kernel_benchmarks(int argc, char** argv, int threads);
+}
+
+namespace {
+
+int train_step_main(int argc, char** argv) {
+  using namespace bulwark::bench;
+  CLI::App app{"bulwark-bench train-step: time one adversarial training step (attack + forward + backward + SGD)"};
+  std::vector<std::string> models;
+  int64_t batch = 128;
+  int threads = 2, warmup = 2, iters = 10, attack_steps = -1;
+  double eps = -1, alpha = -1;
+  bool no_random_start = false, json = false;
+  app.add_option("--model", models, "zoo models to time (default: wong_small and cnn7)");
+  app.add_option("--batch", batch, "batch size")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  app.add_option("--threads", threads, "OpenMP threads")->check(CLI::Range(1, 1024));
+  app.add_option("--warmup", warmup, "untimed iterations first")->check(CLI::Range(0, 1000));
+  app.add_option("--iters", iters, "timed iterations (the median is reported)")->check(CLI::Range(1, 100000));
+  app.add_option("--attack-steps", attack_steps, "attack steps k (default: 10 on MNIST models, 1 on CIFAR)")
+      ->check(CLI::Range(0, 10000));
+  app.add_option("--eps", eps, "L-inf budget (default: 0.3 MNIST, 8/255 CIFAR)")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--alpha", alpha, "step size (default: eps/4 for PGD, 1.25 eps for FGSM-RS)")->check(CLI::Range(0.0, 1.0));
+  app.add_flag("--no-random-start", no_random_start, "start the attack at the clean input");
+  app.add_flag("--json", json, "print one JSON line per model instead of the table");
+  CLI11_PARSE(app, argc, argv);
+  if (models.empty()) models = {"wong_small", "cnn7"};
+
+  for (const std::string& model : models) {
+    TrainStepConfig c = default_train_step(model);
+    c.batch = batch, c.threads = threads, c.warmup = warmup, c.iters = iters;
+    if (attack_steps >= 0) c.attack_steps = attack_steps;
+    if (eps >= 0) c.eps = eps;
+    if (alpha >= 0) c.alpha = alpha;
+    else if (eps >= 0) c.alpha = c.attack_steps == 1 ? 1.25 * c.eps : c.eps / 4;
+    c.random_start = !no_random_start;
+    const TrainStepResult r = run_train_step(c);
+    if (json)
+      print_train_step_json(r);
+    else
+      print_train_step(r);
+  }
+  return 0;
+}
+
+void usage() {
+  fmt::print(
+      "usage: bulwark-bench train-step [--model NAME]... [--batch N] [--threads N] [--iters N] [--json] ...\n"
+      "       bulwark-bench kernels [--threads=N] [--benchmark_filter=REGEX] [other Google Benchmark flags]\n"
+      "run a subcommand with --help for its options\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage();
+    return 2;
+  }
+  const std::string command = argv[1];
+  try {
+    if (command == "train-step") return train_step_main(argc - 1, argv + 1);
+    if (command == "kernels") {
+      // --threads=N is ours; everything else goes to Google Benchmark.
+      int threads = 2;
+      std::vector<char*> rest{argv[0]};
+      for (int i = 2; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg.rfind("--threads=", 0) == 0) {
+          threads = std::atoi(arg.c_str() + 10);
+          if (threads < 1) throw std::invalid_argument(fmt::format("{}: want a thread count >= 1", arg));
+        } else {
+          rest.push_back(argv[i]);
+        }
+      }
+      int rest_argc = static_cast<int>(rest.size());
+      return bulwark::bench::run_kernel_benchmarks(rest_argc, rest.data(), threads);
+    }
+    usage();
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "bulwark-bench: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+"""The PyTorch peer of `bulwark-bench train-step`: the same adversarial training step, timed.
+
+One step = attack (k x (forward + input-gradient backward) + projected sign step)
+         + forward + backward + SGD(momentum 0.9, weight decay 5e-4),
+model in train mode throughout, batch of uniform random images and labels i % 10.
+
+Models, exactly as bulwark's zoo builds them (models/zoo.cpp), each after a per-channel
+normalisation layer so the attack works in [0, 1] pixel space:
+  wong_small  conv16 4x4/2 p1, conv32 4x4/2 p1, FC 100, FC 10 (ReLU between)       MNIST 1x28x28
+  cnn7        conv 64, 64, 128/2, 128, 128 (3x3 p1, BatchNorm, ReLU), FC 512 (BatchNorm1d,
+              ReLU), FC 10                                                          CIFAR 3x32x32
+Attacks: wong_small PGD-10 eps 0.3 alpha eps/4; cnn7 FGSM-RS (random start + one step) eps 8/255
+alpha 1.25 eps; both start from x + U(-eps, eps) clipped to [0, 1].
+
+Run with Debian's python3 and torch 1.13 (CPU):
+  /usr/bin/python3 bench/peer_pytorch.py [--model cnn7] [--threads 2] [--iters 10] [--json]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MNIST = dict(shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,))
+CIFAR = dict(shape=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616))
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def wong_small(data):
+    return nn.Sequential(
+        Normalize(data["mean"], data["std"]),
+        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def cnn7(data):
+    def conv(cin, cout, stride):
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+    return nn.Sequential(
+        Normalize(data["mean"], data["std"]),
+        *conv(3, 64, 1), *conv(64, 64, 1), *conv(64, 128, 2), *conv(128, 128, 1), *conv(128, 128, 1),
+        nn.Flatten(), nn.Linear(128 * 16 * 16, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 10))
+
+
+MODELS = {"wong_small": (wong_small, MNIST, 10, 0.3, 0.25),
+          "cnn7": (cnn7, CIFAR, 1, 8 / 255, 1.25)}  # builder, data, attack steps, eps, alpha / eps
+
+
+def attack(model, x, y, eps, alpha, steps):
+    """PGD-k from a random start (FGSM-RS when k = 1), input gradients only."""
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        (g,) = torch.autograd.grad(loss, [x_adv])
+        with torch.no_grad():
+            x_adv = torch.min(torch.max(x_adv + alpha * g.sign(), x - eps), x + eps).clamp_(0, 1)
+    return x_adv.detach()
+
+
+def train_step_times(name, batch, threads, warmup, iters):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    build, data, steps, eps, alpha_over_eps = MODELS[name]
+    model = build(data).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.rand(batch, *data["shape"])
+    y = torch.arange(batch) % 10
+    phases = {k: [] for k in ("attack", "forward", "backward", "optimizer", "total", "total_cpu")}
+    for it in range(warmup + iters):
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        x_adv = attack(model, x, y, eps, alpha_over_eps * eps, steps)
+        t1 = time.perf_counter()
+        loss = F.cross_entropy(model(x_adv), y)
+        t2 = time.perf_counter()
+        loss.backward()
+        del loss
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t4, cpu4 = time.perf_counter(), time.process_time()
+        if it >= warmup:
+            for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, cpu4 - cpu0)):
+                phases[k].append(v * 1e3)
+    return steps, phases
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", choices=sorted(MODELS), help="default: wong_small and cnn7")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="one JSON line per model")
+    a = p.parse_args()
+    for name in a.model or ["wong_small", "cnn7"]:
+        steps, ph = train_step_times(name, a.batch, a.threads, a.warmup, a.iters)
+        med = {k: statistics.median(v) for k, v in ph.items()}
+        if a.json:
+            print(json.dumps({"impl": "pytorch", "model": name, "batch": a.batch, "threads": a.threads,
+                              "attack_steps": steps, "ms_per_step": round(med["total"], 3),
+                              "min_ms_per_step": round(min(ph["total"]), 3),
+                              "cpu_ms_per_step": round(med["total_cpu"], 3),
+                              **{f"{k}_ms": round(med[k], 3) for k in ("attack", "forward", "backward", "optimizer")}}),
+                  flush=True)
+        else:
+            print(f"pytorch {torch.__version__} train-step {name}, batch {a.batch}, {a.threads} threads, "
+                  f"{steps} attack steps; {a.iters} iterations after {a.warmup} warm-up")
+            for k in ("attack", "forward", "backward", "optimizer", "total"):
+                print(f"  {k:<10} {med[k]:10.2f} ms (min {min(ph[k]):.2f})")
+            print(f"  => {med['total']:.1f} ms/step, {a.batch * 1e3 / med['total']:.0f} images/s, "
+                  f"{med['total_cpu']:.1f} CPU ms/step", flush=True)
+
+
+if __name__ == "__main__":
+    main()

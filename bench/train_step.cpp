@@ -1,0 +1,209 @@
+// One adversarial training step, timed phase by phase (see train_step.h).
+#include "bench/train_step.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <stdexcept>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "models/zoo.h"
+#include "robust/attacks.h"
+#include "training/optim.h"
+
+namespace bulwark::bench {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// CPU time of the whole process, all threads. On a shared machine wall time also counts the
+// time other jobs held the cores; CPU time (with OMP_WAIT_POLICY=passive, so idle OpenMP
+// workers sleep instead of spinning) counts only this process's work.
+double process_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) * 1e-6;
+}
+
+// Walks a Sequential model layer by layer on a real batch and counts 2 FLOPs per multiply-add of
+// each conv and linear layer. Models that are not a Sequential (the ResNets) get zeros.
+PassFlops count_flops(Module& model, const Tensor& x) {
+  PassFlops f;
+  auto* seq = dynamic_cast<Sequential*>(&model);
+  if (!seq) return f;
+  NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();  // no BatchNorm statistics update while counting
+  Tensor h = x;
+  bool first = true;
+  for (const auto& [name, layer] : seq->layers()) {
+    const Tensor out = layer->forward(h);
+    double macs = 0;
+    if (const auto* conv = dynamic_cast<const Conv2d*>(layer.get()))
+      macs = static_cast<double>(out.numel()) * conv->in_channels * conv->kernel_size * conv->kernel_size;
+    else if (const auto* lin = dynamic_cast<const Linear*>(layer.get()))
+      macs = static_cast<double>(out.numel()) * lin->in_features;
+    if (macs > 0) {
+      f.forward += 2 * macs;
+      f.backward_weights += 2 * macs;
+      f.backward_inputs += 2 * macs;
+      if (first) f.first_layer_input = 2 * macs;
+      first = false;
+    }
+    h = out;
+  }
+  model.train(was_training);
+  return f;
+}
+
+}  // namespace
+
+TrainStepConfig default_train_step(const std::string& model) {
+  TrainStepConfig c;
+  c.model = model;
+  if (model == "wong_small" || model == "mlp" || model == "ibp_small" || model == "wong_large") {
+    c.channels = 1, c.height = 28, c.width = 28;
+    c.mean = {0.1307};
+    c.std = {0.3081};
+    c.attack_steps = 10;
+    c.eps = 0.3;
+    c.alpha = c.eps / 4;
+  } else {
+    c.channels = 3, c.height = 32, c.width = 32;
+    c.mean = {0.4914, 0.4822, 0.4465};
+    c.std = {0.2471, 0.2435, 0.2616};
+    c.attack_steps = 1;
+    c.eps = 8.0 / 255.0;
+    c.alpha = 1.25 * c.eps;
+  }
+  return c;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+double minimum(const std::vector<double>& v) { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
+
+TrainStepResult run_train_step(const TrainStepConfig& c) {
+  if (c.batch < 2 || c.iters < 1 || c.warmup < 0 || c.threads < 1 || c.attack_steps < 0)
+    throw std::invalid_argument(fmt::format("train-step: batch ({}) >= 2, iters ({}) >= 1, warmup ({}) >= 0, "
+                                            "threads ({}) >= 1 and attack steps ({}) >= 0 are required",
+                                            c.batch, c.iters, c.warmup, c.threads, c.attack_steps));
+  cpu::set_num_threads(c.threads);
+  ModelConfig mc;
+  mc.in_channels = c.channels, mc.height = c.height, mc.width = c.width;
+  mc.mean = c.mean, mc.std = c.std;
+  mc.seed = c.seed;
+  std::shared_ptr<Module> model = make_model(c.model, mc);
+  model->train();
+
+  Generator gen(c.seed + 1);
+  const Tensor x = rand_uniform({c.batch, c.channels, c.height, c.width}, 0.0, 1.0, gen);
+  std::vector<int32_t> labels(static_cast<size_t>(c.batch));
+  for (int64_t i = 0; i < c.batch; ++i) labels[i] = static_cast<int32_t>(i % 10);
+  const Tensor y = Tensor::from_vector(labels, {c.batch});
+
+  training::OptimizerConfig oc;
+  oc.name = "sgd", oc.lr = 0.01, oc.momentum = 0.9, oc.weight_decay = 5e-4;
+  std::unique_ptr<training::Optimizer> optimizer = training::make_optimizer(oc, model->named_parameters());
+
+  TrainStepResult r;
+  r.config = c;
+  r.flops = count_flops(*model, x);
+  PgdOptions attack;
+  attack.eps = c.eps, attack.alpha = c.alpha, attack.steps = c.attack_steps;
+  attack.random_start = c.random_start, attack.seed = c.seed + 2;
+
+  for (int it = 0; it < c.warmup + c.iters; ++it) {
+    const auto t0 = Clock::now();
+    const double cpu0 = process_cpu_ms();
+    attack.offset = gen.reserve(random_start_counters(x.numel()));
+    const Tensor x_adv = pgd_attack(*model, x, y, attack);
+    const double attack_ms = ms_since(t0);
+
+    auto t = Clock::now();
+    Tensor loss = cross_entropy(model->forward(x_adv), y);
+    const double forward_ms = ms_since(t);
+
+    t = Clock::now();
+    backward(loss);
+    r.final_loss = loss.item();
+    loss = Tensor();  // drop the graph inside the timed phase that built it
+    const double backward_ms = ms_since(t);
+
+    t = Clock::now();
+    optimizer->step();
+    optimizer->zero_grad();
+    const double optimizer_ms = ms_since(t);
+    const double total_ms = ms_since(t0), total_cpu_ms = process_cpu_ms() - cpu0;
+
+    if (it < c.warmup) continue;
+    r.times.attack.push_back(attack_ms);
+    r.times.forward.push_back(forward_ms);
+    r.times.backward.push_back(backward_ms);
+    r.times.optimizer.push_back(optimizer_ms);
+    r.times.total.push_back(total_ms);
+    r.times.total_cpu.push_back(total_cpu_ms);
+  }
+  return r;
+}
+
+namespace {
+std::string attack_name(const TrainStepConfig& c) {
+  if (c.attack_steps == 0) return "none";
+  const std::string kind = c.attack_steps == 1 ? (c.random_start ? "FGSM-RS" : "FGSM") : fmt::format("PGD-{}", c.attack_steps);
+  return fmt::format("{} (eps {:.4g}, alpha {:.4g}{})", kind, c.eps, c.alpha, c.random_start ? ", random start" : "");
+}
+
+std::string gflops(double flops, double ms) {
+  return flops > 0 && ms > 0 ? fmt::format("{:8.1f}", flops / (ms * 1e6)) : fmt::format("{:>8}", "-");
+}
+}  // namespace
+
+void print_train_step(const TrainStepResult& r) {
+  const TrainStepConfig& c = r.config;
+  const PassFlops& f = r.flops;
+  const double attack_flops = c.attack_steps * (f.forward + f.backward_inputs);
+  const double backward_flops = f.backward_weights + f.backward_inputs - f.first_layer_input;
+  fmt::print("train-step {} on {}x{}x{}, batch {}, {} threads, attack {}; {} iterations after {} warm-up\n", c.model,
+             c.channels, c.height, c.width, c.batch, c.threads, attack_name(c), c.iters, c.warmup);
+  fmt::print("  {:<10} {:>10} {:>10} {:>9} {:>8}\n", "phase", "median ms", "min ms", "GFLOP", "GFLOP/s");
+  auto row = [&](const char* name, const std::vector<double>& ms, double flops) {
+    fmt::print("  {:<10} {:10.2f} {:10.2f} {:9.2f} {}\n", name, median(ms), minimum(ms), flops / 1e9, gflops(flops, median(ms)));
+  };
+  row("attack", r.times.attack, attack_flops);
+  row("forward", r.times.forward, f.forward);
+  row("backward", r.times.backward, backward_flops);
+  row("optimizer", r.times.optimizer, 0);
+  row("step", r.times.total, attack_flops + f.forward + backward_flops);
+  const double step_ms = median(r.times.total);
+  fmt::print("  => {:.1f} ms/step, {:.0f} images/s, {:.1f} CPU ms/step (final loss {:.4f})\n", step_ms, c.batch * 1e3 / step_ms,
+             median(r.times.total_cpu), r.final_loss);
+}
+
+void print_train_step_json(const TrainStepResult& r) {
+  const TrainStepConfig& c = r.config;
+  fmt::print(
+      "{{\"impl\": \"bulwark\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"attack_steps\": {}, "
+      "\"ms_per_step\": {:.3f}, \"min_ms_per_step\": {:.3f}, \"cpu_ms_per_step\": {:.3f}, \"attack_ms\": {:.3f}, "
+      "\"forward_ms\": {:.3f}, \"backward_ms\": {:.3f}, \"optimizer_ms\": {:.3f}, \"forward_gflop\": {:.4f}}}\n",
+      c.model, c.batch, c.threads, c.attack_steps, median(r.times.total), minimum(r.times.total), median(r.times.total_cpu),
+      median(r.times.attack), median(r.times.forward), median(r.times.backward), median(r.times.optimizer),
+      r.flops.forward / 1e9);
+}
+
+}  // namespace bulwark::bench

@@ -1,0 +1,66 @@
+#pragma once
+// The end-to-end benchmark: one adversarial training step of a zoo model on the CPU,
+//
+//   attack    k x (forward + backward to the input only), then the fused pgd step
+//   forward   the training forward on the adversarial batch
+//   backward  the weight gradients (loss.backward())
+//   optimizer SGD momentum 0.9, weight decay 5e-4
+//
+// the model in train mode throughout (BatchNorm uses batch statistics in the attack too, as in
+// the Fast-AT and DEAT code). bench/peer_pytorch.py runs the same step in PyTorch.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bulwark::bench {
+
+struct TrainStepConfig {
+  std::string model = "wong_small";
+  int64_t channels = 1, height = 28, width = 28;
+  std::vector<double> mean, std;  // the model's input normalisation
+  int64_t batch = 128;
+  int threads = 2;
+  int attack_steps = 10;
+  double eps = 0.3, alpha = 0.075;
+  bool random_start = true;
+  int warmup = 2, iters = 10;
+  uint64_t seed = 0;
+};
+
+// The two configurations the benches compare with PyTorch:
+//   wong_small  MNIST 1x28x28, PGD-10, eps 0.3, alpha eps/4, random start
+//   cnn7        CIFAR 3x32x32, FGSM-RS (random start + 1 step), eps 8/255, alpha 1.25 eps
+// Any other zoo model gets the CIFAR input and the FGSM-RS attack.
+TrainStepConfig default_train_step(const std::string& model);
+
+// Matrix-multiply FLOPs of one pass of the model at the configured batch (2 per multiply-add of
+// every conv and linear layer; normalisation, BatchNorm, ReLU and bias adds are not counted).
+struct PassFlops {
+  double forward = 0;
+  double backward_weights = 0;   // dW of every layer
+  double backward_inputs = 0;    // dx of every layer (what an attack step needs)
+  double first_layer_input = 0;  // the first layer's dx, which a training backward skips
+};
+
+struct PhaseTimes {  // milliseconds, one entry per measured iteration
+  std::vector<double> attack, forward, backward, optimizer, total;
+  std::vector<double> total_cpu;  // process CPU time of the step (all threads)
+};
+
+struct TrainStepResult {
+  TrainStepConfig config;
+  PassFlops flops;
+  PhaseTimes times;
+  double final_loss = 0;
+};
+
+TrainStepResult run_train_step(const TrainStepConfig& config);
+
+double median(std::vector<double> v);
+double minimum(const std::vector<double>& v);
+
+// A human-readable table of the phases, and one JSON line for scripts (bench/compare.sh).
+void print_train_step(const TrainStepResult& result);
+void print_train_step_json(const TrainStepResult& result);
+
+}  // namespace bulwark::bench

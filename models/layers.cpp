@@ -1,0 +1,148 @@
+#include "models/layers.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace bulwark {
+
+namespace {
+void require_positive(int64_t v, const char* what, const char* layer) {
+  if (v < 1) throw std::invalid_argument(fmt::format("{}: {} must be >= 1, got {}", layer, what, v));
+}
+
+// PyTorch's default init for Linear and Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+Tensor kaiming_uniform(const Shape& shape, int64_t fan_in, Generator& gen, DType dtype) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  return rand_uniform(shape, -bound, bound, gen, dtype);
+}
+}  // namespace
+
+// ---- Linear ----------------------------------------------------------------------------------
+
+Linear::Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opts) : in_features(in), out_features(out) {
+  require_positive(in, "in_features", "Linear");
+  require_positive(out, "out_features", "Linear");
+  weight = register_parameter("weight", kaiming_uniform({out, in}, in, gen, opts.dtype));
+  if (opts.bias) bias = register_parameter("bias", kaiming_uniform({out}, in, gen, opts.dtype));
+}
+
+Tensor Linear::forward(const Tensor& x) {
+  if (x.dim() != 2 || x.size(1) != in_features)
+    throw std::invalid_argument(fmt::format("Linear({} -> {}): input {} should be [N, {}]", in_features, out_features,
+                                            x.str(), in_features));
+  return linear(x, weight, bias);
+}
+
+// ---- Conv2d ----------------------------------------------------------------------------------
+
+Conv2d::Conv2d(int64_t in, int64_t out, int64_t k, Generator& gen, Conv2dOptions opts)
+    : in_channels(in), out_channels(out), kernel_size(k), stride(opts.stride), padding(opts.padding) {
+  require_positive(in, "in_channels", "Conv2d");
+  require_positive(out, "out_channels", "Conv2d");
+  require_positive(k, "kernel_size", "Conv2d");
+  require_positive(opts.stride, "stride", "Conv2d");
+  if (opts.padding < 0) throw std::invalid_argument(fmt::format("Conv2d: padding must be >= 0, got {}", opts.padding));
+  const int64_t fan_in = in * k * k;
+  weight = register_parameter("weight", kaiming_uniform({out, in, k, k}, fan_in, gen, opts.dtype));
+  if (opts.bias) bias = register_parameter("bias", kaiming_uniform({out}, fan_in, gen, opts.dtype));
+}
+
+int64_t Conv2d::output_size(int64_t in) const {
+  if (in + 2 * padding < kernel_size)
+    throw std::invalid_argument(fmt::format("Conv2d({} -> {}, {}x{}, stride {}, padding {}): input size {} is smaller than the kernel",
+                                            in_channels, out_channels, kernel_size, kernel_size, stride, padding, in));
+  return (in + 2 * padding - kernel_size) / stride + 1;
+}
+
+Tensor Conv2d::forward(const Tensor& x) {
+  if (x.dim() != 4 || x.size(1) != in_channels)
+    throw std::invalid_argument(fmt::format("Conv2d({} -> {}): input {} should be [N, {}, H, W]", in_channels,
+                                            out_channels, x.str(), in_channels));
+  return conv2d(x, weight, bias, {stride, padding});
+}
+
+// ---- BatchNorm -------------------------------------------------------------------------------
+
+BatchNorm::BatchNorm(int64_t features, int64_t input_dims, DType dtype, double eps, double momentum)
+    : num_features(features), eps(eps), momentum(momentum), input_dims_(input_dims) {
+  require_positive(features, "num_features", "BatchNorm");
+  weight = register_parameter("weight", Tensor::ones({features}, dtype));
+  bias = register_parameter("bias", Tensor::zeros({features}, dtype));
+  running_mean = register_buffer("running_mean", Tensor::zeros({features}, dtype));
+  running_var = register_buffer("running_var", Tensor::ones({features}, dtype));
+  num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::i32));
+}
+
+Tensor BatchNorm::forward(const Tensor& x) {
+  if (x.dim() != input_dims_ || x.size(1) != num_features)
+    throw std::invalid_argument(fmt::format("BatchNorm{}d({}): input {} should be {}", input_dims_ == 2 ? 1 : 2,
+                                            num_features, x.str(),
+                                            input_dims_ == 2 ? fmt::format("[N, {}]", num_features)
+                                                             : fmt::format("[N, {}, H, W]", num_features)));
+  Tensor out = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  if (is_training()) num_batches_tracked.fill_(num_batches_tracked.item() + 1);
+  return out;
+}
+
+// ---- shape and pooling layers ------------------------------------------------------------------
+
+Tensor Flatten::forward(const Tensor& x) {
+  if (x.dim() < 2) throw std::invalid_argument(fmt::format("Flatten: input {} has no dims to flatten after the batch", x.str()));
+  return x.flatten(1);
+}
+
+MaxPool2d::MaxPool2d(int64_t k, int64_t s, int64_t p) : kernel_size(k), stride(s ? s : k), padding(p) {
+  require_positive(k, "kernel_size", "MaxPool2d");
+}
+
+AvgPool2d::AvgPool2d(int64_t k, int64_t s, int64_t p) : kernel_size(k), stride(s ? s : k), padding(p) {
+  require_positive(k, "kernel_size", "AvgPool2d");
+}
+
+// ---- Normalize -------------------------------------------------------------------------------
+
+Normalize::Normalize(const std::vector<double>& m, const std::vector<double>& s, DType dtype) {
+  if (m.empty() || m.size() != s.size())
+    throw std::invalid_argument(fmt::format("Normalize: {} means and {} standard deviations; give one of each per channel",
+                                            m.size(), s.size()));
+  for (double v : s)
+    if (!(v > 0)) throw std::invalid_argument(fmt::format("Normalize: standard deviation {} must be > 0", v));
+  const auto c = static_cast<int64_t>(m.size());
+  mean = register_buffer("mean", Tensor::from_vector(m, {c}).to(dtype));
+  std = register_buffer("std", Tensor::from_vector(s, {c}).to(dtype));
+}
+
+Tensor Normalize::forward(const Tensor& x) {
+  const int64_t c = mean.numel();
+  if (x.dim() != 4 || x.size(1) != c)
+    throw std::invalid_argument(fmt::format("Normalize: input {} should be images [N, {}, H, W]", x.str(), c));
+  const Shape per_channel{1, c, 1, 1};
+  return (x - mean.reshape(per_channel)) / std.reshape(per_channel);
+}
+
+// ---- Sequential ------------------------------------------------------------------------------
+
+Sequential::Sequential(const std::vector<std::shared_ptr<Module>>& layers) {
+  for (const auto& l : layers) add(l);
+}
+
+Sequential& Sequential::add(std::shared_ptr<Module> layer) { return add(std::to_string(unnamed_++), std::move(layer)); }
+
+Sequential& Sequential::add(const std::string& name, std::shared_ptr<Module> layer) {
+  if (!layer) throw std::invalid_argument(fmt::format("Sequential: layer '{}' is null", name));
+  for (const auto& [existing, l] : layers_)
+    if (existing == name) throw std::invalid_argument(fmt::format("Sequential: two layers named '{}'", name));
+  register_module(name, layer);
+  layers_.emplace_back(name, std::move(layer));
+  return *this;
+}
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (auto& [name, layer] : layers_) h = layer->forward(h);
+  return h;
+}
+
+}  // namespace bulwark

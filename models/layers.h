@@ -1,0 +1,150 @@
+#pragma once
+// The layers the model zoo is built from, with PyTorch's names, defaults and initialisation, so
+// a bulwark model and its torch.nn twin have the same state_dict and compute the same function.
+//
+// Initialisation (PyTorch's default for nn.Linear and nn.Conv2d): kaiming_uniform_ with
+// a = sqrt(5) gives weights U(-b, b) with b = gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)),
+// which simplifies to b = 1 / sqrt(fan_in); the bias uses the same bound. fan_in is in_features
+// for Linear and in_channels * kh * kw for Conv2d. Draws come from a seeded Philox Generator, in
+// construction order (weight, then bias), so a seed fixes every weight of a model.
+//
+// Layer fields (weight, bias, stride, ...) are public like in PyTorch: the bound-propagation code
+// in robust/ walks a Sequential and reads them.
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/rng.h"
+#include "models/module.h"
+
+namespace bulwark {
+
+struct LinearOptions {
+  bool bias = true;
+  DType dtype = DType::f32;
+};
+
+// y = x W^T + b, x [N, in_features], W [out_features, in_features].
+class Linear : public Module {
+ public:
+  Linear(int64_t in_features, int64_t out_features, Generator& gen, LinearOptions opts = {});
+  Tensor forward(const Tensor& x) override;
+
+  const int64_t in_features, out_features;
+  Tensor weight, bias;  // bias is undefined when opts.bias is false
+};
+
+struct Conv2dOptions {
+  int64_t stride = 1, padding = 0;
+  bool bias = true;
+  DType dtype = DType::f32;
+};
+
+// Square kernels, zero padding; x [N, in_channels, H, W], W [out_channels, in_channels, k, k].
+class Conv2d : public Module {
+ public:
+  Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, Generator& gen, Conv2dOptions opts = {});
+  Tensor forward(const Tensor& x) override;
+  // Spatial size of the output for an input of size `in` (throws when the kernel does not fit).
+  int64_t output_size(int64_t in) const;
+
+  const int64_t in_channels, out_channels, kernel_size, stride, padding;
+  Tensor weight, bias;
+};
+
+// Batch normalisation over the channel dim 1, PyTorch's BatchNorm: in training mode the batch
+// statistics normalise and the running statistics move by `momentum` (running_var with the
+// unbiased batch variance); in eval mode the running statistics normalise. Buffers have
+// PyTorch's names; num_batches_tracked is an i32 scalar (PyTorch: int64) counting train steps.
+class BatchNorm : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+
+  const int64_t num_features;
+  const double eps, momentum;
+  Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+
+ protected:
+  BatchNorm(int64_t num_features, int64_t input_dims, DType dtype, double eps, double momentum);
+
+ private:
+  int64_t input_dims_;  // 2 for BatchNorm1d ([N, C]), 4 for BatchNorm2d ([N, C, H, W])
+};
+
+class BatchNorm1d : public BatchNorm {
+ public:
+  explicit BatchNorm1d(int64_t num_features, DType dtype = DType::f32, double eps = 1e-5, double momentum = 0.1)
+      : BatchNorm(num_features, 2, dtype, eps, momentum) {}
+};
+
+class BatchNorm2d : public BatchNorm {
+ public:
+  explicit BatchNorm2d(int64_t num_features, DType dtype = DType::f32, double eps = 1e-5, double momentum = 0.1)
+      : BatchNorm(num_features, 4, dtype, eps, momentum) {}
+};
+
+class ReLU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return relu(x); }
+};
+
+// [N, d1, d2, ...] -> [N, d1 * d2 * ...].
+class Flatten : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;
+};
+
+class MaxPool2d : public Module {
+ public:
+  // stride 0 means stride = kernel_size, PyTorch's default.
+  explicit MaxPool2d(int64_t kernel_size, int64_t stride = 0, int64_t padding = 0);
+  Tensor forward(const Tensor& x) override { return max_pool2d(x, kernel_size, stride, padding); }
+  const int64_t kernel_size, stride, padding;
+};
+
+// Padding counts towards the window average (PyTorch's count_include_pad=True).
+class AvgPool2d : public Module {
+ public:
+  explicit AvgPool2d(int64_t kernel_size, int64_t stride = 0, int64_t padding = 0);
+  Tensor forward(const Tensor& x) override { return avg_pool2d(x, kernel_size, stride, padding); }
+  const int64_t kernel_size, stride, padding;
+};
+
+class AdaptiveAvgPool2d : public Module {
+ public:
+  AdaptiveAvgPool2d(int64_t out_h, int64_t out_w) : out_h(out_h), out_w(out_w) {}
+  Tensor forward(const Tensor& x) override { return adaptive_avg_pool2d(x, out_h, out_w); }
+  const int64_t out_h, out_w;
+};
+
+// (x - mean) / std per channel, the first layer of every zoo model: inputs stay in [0, 1] pixel
+// space, which is where attacks clip and where eps is measured. mean and std are buffers (saved
+// with the model, never trained), shape [C].
+class Normalize : public Module {
+ public:
+  Normalize(const std::vector<double>& mean, const std::vector<double>& stddev, DType dtype = DType::f32);
+  Tensor forward(const Tensor& x) override;
+  Tensor mean, std;
+};
+
+// Runs its children in order (an empty Sequential is the identity). Children added without a
+// name are named by their position among the unnamed ones ("0", "1", ...), like nn.Sequential;
+// a named child (a zoo model's leading "normalize") does not take a number, so the layers after
+// it keep the numbering of the unnormalised PyTorch model.
+class Sequential : public Module {
+ public:
+  Sequential() = default;
+  explicit Sequential(const std::vector<std::shared_ptr<Module>>& layers);
+  Sequential& add(std::shared_ptr<Module> layer);
+  Sequential& add(const std::string& name, std::shared_ptr<Module> layer);
+  Tensor forward(const Tensor& x) override;
+
+  const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& layers() const { return layers_; }
+
+ private:
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> layers_;
+  int64_t unnamed_ = 0;
+};
+
+}  // namespace bulwark

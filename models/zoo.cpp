@@ -1,0 +1,249 @@
+#include "models/zoo.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <functional>
+#include <stdexcept>
+
+namespace bulwark {
+
+namespace {
+
+std::shared_ptr<Normalize> make_normalize(const ModelConfig& cfg) {
+  const auto c = static_cast<size_t>(cfg.in_channels);
+  const std::vector<double> mean = cfg.mean.empty() ? std::vector<double>(c, 0.0) : cfg.mean;
+  const std::vector<double> stddev = cfg.std.empty() ? std::vector<double>(c, 1.0) : cfg.std;
+  if (mean.size() != c || stddev.size() != c)
+    throw std::invalid_argument(fmt::format("model config: {} input channels but {} means and {} standard deviations",
+                                            c, mean.size(), stddev.size()));
+  return std::make_shared<Normalize>(mean, stddev, cfg.dtype);
+}
+
+// The residual models' convs: "same" padding, no bias (a BatchNorm follows each of them).
+std::shared_ptr<Conv2d> conv_no_bias(int64_t in, int64_t out, int64_t kernel, int64_t stride, Generator& gen, DType dt) {
+  return std::make_shared<Conv2d>(in, out, kernel, gen,
+                                  Conv2dOptions{.stride = stride, .padding = kernel / 2, .bias = false, .dtype = dt});
+}
+
+// Appends layers to a Sequential while tracking the activation shape [c, h, w] (or [features]
+// after flatten), so each layer is sized from what actually reaches it.
+class SequentialBuilder {
+ public:
+  explicit SequentialBuilder(const ModelConfig& cfg)
+      : gen_(cfg.seed), dtype_(cfg.dtype), c_(cfg.in_channels), h_(cfg.height), w_(cfg.width) {
+    net_->add("normalize", make_normalize(cfg));
+  }
+
+  // conv (+ BatchNorm2d) + ReLU
+  SequentialBuilder& conv(int64_t out, int64_t kernel, int64_t stride, int64_t padding, bool batch_norm = false) {
+    auto layer = std::make_shared<Conv2d>(c_, out, kernel, gen_,
+                                          Conv2dOptions{.stride = stride, .padding = padding, .dtype = dtype_});
+    h_ = layer->output_size(h_);
+    w_ = layer->output_size(w_);
+    c_ = out;
+    net_->add(layer);
+    if (batch_norm) net_->add(std::make_shared<BatchNorm2d>(out, dtype_));
+    net_->add(std::make_shared<ReLU>());
+    return *this;
+  }
+  SequentialBuilder& flatten() {
+    net_->add(std::make_shared<Flatten>());
+    features_ = c_ * h_ * w_;
+    return *this;
+  }
+  // linear (+ BatchNorm1d) + ReLU
+  SequentialBuilder& hidden(int64_t out, bool batch_norm = false) {
+    net_->add(std::make_shared<Linear>(features_, out, gen_, LinearOptions{.dtype = dtype_}));
+    if (batch_norm) net_->add(std::make_shared<BatchNorm1d>(out, dtype_));
+    net_->add(std::make_shared<ReLU>());
+    features_ = out;
+    return *this;
+  }
+  std::shared_ptr<Module> logits(int64_t classes) {
+    net_->add(std::make_shared<Linear>(features_, classes, gen_, LinearOptions{.dtype = dtype_}));
+    return net_;
+  }
+
+ private:
+  std::shared_ptr<Sequential> net_ = std::make_shared<Sequential>();
+  Generator gen_;
+  DType dtype_;
+  int64_t c_, h_, w_, features_ = 0;
+};
+
+std::shared_ptr<Module> make_mlp(const ModelConfig& cfg) {
+  return SequentialBuilder(cfg).flatten().hidden(100).hidden(100).logits(cfg.num_classes);
+}
+
+std::shared_ptr<Module> make_wong_small(const ModelConfig& cfg) {
+  return SequentialBuilder(cfg).conv(16, 4, 2, 1).conv(32, 4, 2, 1).flatten().hidden(100).logits(cfg.num_classes);
+}
+
+std::shared_ptr<Module> make_wong_large(const ModelConfig& cfg) {
+  return SequentialBuilder(cfg)
+      .conv(32, 3, 1, 1).conv(32, 4, 2, 1).conv(64, 3, 1, 1).conv(64, 4, 2, 1)
+      .flatten().hidden(512).hidden(512).logits(cfg.num_classes);
+}
+
+std::shared_ptr<Module> make_ibp_small(const ModelConfig& cfg) {
+  return SequentialBuilder(cfg).conv(16, 4, 2, 0).conv(32, 4, 1, 0).flatten().hidden(100).logits(cfg.num_classes);
+}
+
+// Padding 1 on every conv, as in the CROWN-IBP code's IBP_large.
+std::shared_ptr<Module> make_ibp_large(const ModelConfig& cfg) {
+  return SequentialBuilder(cfg)
+      .conv(64, 3, 1, 1).conv(64, 3, 1, 1).conv(128, 3, 2, 1).conv(128, 3, 1, 1).conv(128, 3, 1, 1)
+      .flatten().hidden(512).logits(cfg.num_classes);
+}
+
+// cnn_7layer_bn of Shi et al. 2021 (width 64, linear size 512).
+std::shared_ptr<Module> make_cnn7(const ModelConfig& cfg) {
+  return SequentialBuilder(cfg)
+      .conv(64, 3, 1, 1, true).conv(64, 3, 1, 1, true).conv(128, 3, 2, 1, true).conv(128, 3, 1, 1, true)
+      .conv(128, 3, 1, 1, true).flatten().hidden(512, true).logits(cfg.num_classes);
+}
+
+using Factory = std::function<std::shared_ptr<Module>(const ModelConfig&)>;
+
+const std::vector<std::pair<std::string, Factory>>& registry() {
+  static const std::vector<std::pair<std::string, Factory>> models = {
+      {"mlp", make_mlp},
+      {"wong_small", make_wong_small},
+      {"wong_large", make_wong_large},
+      {"ibp_small", make_ibp_small},
+      {"ibp_large", make_ibp_large},
+      {"cnn7", make_cnn7},
+      {"preact_resnet18", [](const ModelConfig& cfg) { return std::make_shared<PreActResNet18>(cfg); }},
+      {"wide_resnet", [](const ModelConfig& cfg) { return std::make_shared<WideResNet>(cfg); }},
+  };
+  return models;
+}
+
+void validate(const ModelConfig& cfg) {
+  if (cfg.in_channels < 1 || cfg.height < 1 || cfg.width < 1)
+    throw std::invalid_argument(fmt::format("model config: input shape {}x{}x{} must be positive", cfg.in_channels,
+                                            cfg.height, cfg.width));
+  if (cfg.num_classes < 2)
+    throw std::invalid_argument(fmt::format("model config: num_classes is {}, a classifier needs at least 2", cfg.num_classes));
+  if (cfg.dtype == DType::i32) throw std::invalid_argument("model config: dtype must be f32 or f64");
+}
+
+}  // namespace
+
+std::vector<std::string> model_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, factory] : registry()) names.push_back(name);
+  return names;
+}
+
+std::shared_ptr<Module> make_model(const std::string& name, const ModelConfig& cfg) {
+  for (const auto& [known, factory] : registry())
+    if (known == name) {
+      validate(cfg);
+      return factory(cfg);
+    }
+  throw std::invalid_argument(fmt::format("unknown model '{}'; valid models: {}", name, fmt::join(model_names(), ", ")));
+}
+
+// ---- PreAct ResNet-18 ----------------------------------------------------------------------------
+
+PreActBlock::PreActBlock(int64_t in_planes, int64_t planes, int64_t stride, Generator& gen, DType dtype) {
+  bn1 = register_module("bn1", std::make_shared<BatchNorm2d>(in_planes, dtype));
+  conv1 = register_module("conv1", conv_no_bias(in_planes, planes, 3, stride, gen, dtype));
+  bn2 = register_module("bn2", std::make_shared<BatchNorm2d>(planes, dtype));
+  conv2 = register_module("conv2", conv_no_bias(planes, planes, 3, 1, gen, dtype));
+  if (stride != 1 || in_planes != planes) {
+    shortcut = register_module("shortcut", std::make_shared<Sequential>());
+    shortcut->add(conv_no_bias(in_planes, planes, 1, stride, gen, dtype));
+  }
+}
+
+Tensor PreActBlock::forward(const Tensor& x) {
+  const Tensor a = relu(bn1->forward(x));
+  const Tensor skip = shortcut ? shortcut->forward(a) : x;
+  return conv2->forward(relu(bn2->forward(conv1->forward(a)))) + skip;
+}
+
+PreActResNet18::PreActResNet18(const ModelConfig& cfg) {
+  Generator gen(cfg.seed);
+  const DType dt = cfg.dtype;
+  normalize = register_module("normalize", make_normalize(cfg));
+  conv1 = register_module("conv1", conv_no_bias(cfg.in_channels, 64, 3, 1, gen, dt));
+  int64_t in_planes = 64;
+  auto make_layer = [&](const std::string& name, int64_t planes, int64_t stride) {
+    auto layer = register_module(name, std::make_shared<Sequential>());
+    for (int64_t s : {stride, int64_t{1}}) {
+      layer->add(std::make_shared<PreActBlock>(in_planes, planes, s, gen, dt));
+      in_planes = planes;
+    }
+    return layer;
+  };
+  layer1 = make_layer("layer1", 64, 1);
+  layer2 = make_layer("layer2", 128, 2);
+  layer3 = make_layer("layer3", 256, 2);
+  layer4 = make_layer("layer4", 512, 2);
+  bn = register_module("bn", std::make_shared<BatchNorm2d>(512, dt));
+  linear = register_module("linear", std::make_shared<Linear>(512, cfg.num_classes, gen, LinearOptions{.dtype = dt}));
+}
+
+Tensor PreActResNet18::forward(const Tensor& x) {
+  Tensor h = conv1->forward(normalize->forward(x));
+  h = layer4->forward(layer3->forward(layer2->forward(layer1->forward(h))));
+  h = adaptive_avg_pool2d(relu(bn->forward(h)), 1, 1).flatten(1);
+  return linear->forward(h);
+}
+
+// ---- WideResNet ------------------------------------------------------------------------------------
+
+WideBasicBlock::WideBasicBlock(int64_t in_planes, int64_t out_planes, int64_t stride, Generator& gen, DType dtype) {
+  bn1 = register_module("bn1", std::make_shared<BatchNorm2d>(in_planes, dtype));
+  conv1 = register_module("conv1", conv_no_bias(in_planes, out_planes, 3, stride, gen, dtype));
+  bn2 = register_module("bn2", std::make_shared<BatchNorm2d>(out_planes, dtype));
+  conv2 = register_module("conv2", conv_no_bias(out_planes, out_planes, 3, 1, gen, dtype));
+  // The original block skips with the identity whenever the channel counts agree; it is only
+  // ever built with stride 1 in that case.
+  if (in_planes != out_planes)
+    convShortcut = register_module("convShortcut", conv_no_bias(in_planes, out_planes, 1, stride, gen, dtype));
+  else if (stride != 1)
+    throw std::invalid_argument("WideBasicBlock: an identity shortcut cannot have stride > 1");
+}
+
+Tensor WideBasicBlock::forward(const Tensor& x) {
+  const Tensor a = relu(bn1->forward(x));
+  const Tensor skip = convShortcut ? convShortcut->forward(a) : x;
+  return conv2->forward(relu(bn2->forward(conv1->forward(a)))) + skip;
+}
+
+WideNetworkBlock::WideNetworkBlock(int64_t num_blocks, int64_t in_planes, int64_t out_planes, int64_t stride,
+                                   Generator& gen, DType dtype) {
+  layer = register_module("layer", std::make_shared<Sequential>());
+  for (int64_t i = 0; i < num_blocks; ++i)
+    layer->add(std::make_shared<WideBasicBlock>(i == 0 ? in_planes : out_planes, out_planes, i == 0 ? stride : 1, gen, dtype));
+}
+
+WideResNet::WideResNet(const ModelConfig& cfg) {
+  if (cfg.depth < 10 || (cfg.depth - 4) % 6 != 0)
+    throw std::invalid_argument(fmt::format("wide_resnet: depth {} is not 6n + 4 with n >= 1 (e.g. 10, 16, 22, 28, 34)", cfg.depth));
+  if (cfg.widen_factor < 1)
+    throw std::invalid_argument(fmt::format("wide_resnet: widen_factor {} must be >= 1", cfg.widen_factor));
+  Generator gen(cfg.seed);
+  const DType dt = cfg.dtype;
+  const int64_t n = (cfg.depth - 4) / 6, k = cfg.widen_factor;
+  normalize = register_module("normalize", make_normalize(cfg));
+  conv1 = register_module("conv1", conv_no_bias(cfg.in_channels, 16, 3, 1, gen, dt));
+  block1 = register_module("block1", std::make_shared<WideNetworkBlock>(n, 16, 16 * k, 1, gen, dt));
+  block2 = register_module("block2", std::make_shared<WideNetworkBlock>(n, 16 * k, 32 * k, 2, gen, dt));
+  block3 = register_module("block3", std::make_shared<WideNetworkBlock>(n, 32 * k, 64 * k, 2, gen, dt));
+  bn1 = register_module("bn1", std::make_shared<BatchNorm2d>(64 * k, dt));
+  fc = register_module("fc", std::make_shared<Linear>(64 * k, cfg.num_classes, gen, LinearOptions{.dtype = dt}));
+}
+
+Tensor WideResNet::forward(const Tensor& x) {
+  Tensor h = conv1->forward(normalize->forward(x));
+  h = block3->forward(block2->forward(block1->forward(h)));
+  h = adaptive_avg_pool2d(relu(bn1->forward(h)), 1, 1).flatten(1);
+  return fc->forward(h);
+}
+
+}  // namespace bulwark

@@ -1,0 +1,205 @@
+// The `bulwark` executable (BULWARK_BINARY): exit codes and messages for bad options, the help
+// text, and a tiny end-to-end train + eval on the synthetic data.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+fs::path scratch_dir() {
+  static int counter = 0;
+  fs::path p = fs::temp_directory_path() / ("bulwark-cli-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// Runs `bulwark <args>` with stdout and stderr captured in files of `dir`.
+Result run(const std::string& args, const fs::path& dir) {
+  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+  const std::string cmd =
+      std::string("'") + BULWARK_BINARY + "' " + args + " > '" + out.string() + "' 2> '" + err.string() + "'";
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_file(out);
+  r.err = read_file(err);
+  return r;
+}
+
+struct Scratch {
+  fs::path path = scratch_dir();
+  ~Scratch() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+const char* kTinyTrain =
+    "train --dataset synthetic --model mlp --train-size 300 --val-size 100 --test-size 100 --epochs 2 "
+    "--batch-size 50 --optimizer adam --threads 1 --quiet";
+
+}  // namespace
+
+TEST_CASE("bad options exit with code 2 and say what is wrong", "[cli]") {
+  Scratch s;
+  struct Case {
+    std::string args, message;
+  };
+  const std::vector<Case> cases{
+      {"train --model nope", "unknown model 'nope'"},
+      {"train --epochs -1", "--epochs must be >= 1, got -1"},
+      {"train --epochs many", "--epochs"},
+      {"train --device cuda", "this build has no CUDA backend"},
+      {"train --dataset mnist --data-dir /nonexistent/mnist", "/nonexistent/mnist"},
+      {"train --dataset imagenet", "unknown dataset 'imagenet'"},
+      {"train --optimizer rmsprop", "unknown optimizer 'rmsprop'"},
+      {"train --schedule warmup", "unknown schedule 'warmup'"},
+      {"train --lr -0.1", "learning rate must be > 0"},
+      {"train --no-such-option", "--no-such-option"},
+      {"train --resume /nonexistent/run", "not a run directory"},
+      {"train --resume /nonexistent/run --lr 0.1", "--lr cannot be combined with --resume"},
+      {"eval", "--checkpoint"},
+      {"eval --checkpoint /nonexistent/last.safetensors", "does not exist"},
+      {"", "subcommand"},
+  };
+  for (const Case& c : cases) {
+    INFO("bulwark " << c.args);
+    const Result r = run(c.args, s.path);
+    INFO("stderr: " << r.err);
+    CHECK(r.code == 2);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK(r.err.find("bulwark: error:") != std::string::npos);
+  }
+}
+
+TEST_CASE("bulwark train --help lists every option", "[cli]") {
+  Scratch s;
+  const Result r = run("train --help", s.path);
+  CHECK(r.code == 0);
+  for (const char* opt : {"--model", "--dataset", "--data-dir", "--train-size", "--val-size", "--test-size",
+                          "--data-seed", "--crop-pad", "--flip", "--epochs", "--batch-size", "--eval-batch-size",
+                          "--optimizer", "--lr", "--momentum", "--nesterov", "--weight-decay", "--beta1", "--beta2",
+                          "--adam-eps", "--schedule", "--milestones", "--gamma", "--min-lr", "--cyclic-peak",
+                          "--method", "--seed", "--threads", "--device", "--out", "--resume", "--stop-after",
+                          "--quiet"}) {
+    INFO(opt);
+    CHECK(r.out.find(std::string(opt) + " ") != std::string::npos);
+  }
+  CHECK(r.out.find("wong_small") != std::string::npos);
+  CHECK(r.out.find("one-cycle") != std::string::npos);
+  const Result e = run("eval --help", s.path);
+  CHECK(e.code == 0);
+  for (const char* opt : {"--checkpoint", "--dataset", "--data-dir", "--test-size", "--batch-size", "--json"}) {
+    INFO(opt);
+    CHECK(e.out.find(std::string(opt) + " ") != std::string::npos);
+  }
+}
+
+TEST_CASE("bulwark train writes a run directory and bulwark eval reads it", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  const Result t = run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path);
+  INFO("stderr: " << t.err);
+  REQUIRE(t.code == 0);
+  CHECK(t.out.empty());  // --quiet
+
+  const auto config = nlohmann::json::parse(read_file(run_dir / "config.json"));
+  CHECK(config["model"] == "mlp");
+  CHECK(config["data"]["dataset"] == "synthetic");
+  CHECK(config["epochs"] == 2);
+  CHECK(config["optimizer"]["lr"] == 1e-3);  // adam's default learning rate
+  CHECK(config["device"] == "cpu");
+
+  std::ifstream metrics(run_dir / "metrics.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(metrics, line); ++lines) {
+    const auto m = nlohmann::json::parse(line);
+    for (const char* key : {"epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds", "fwd_passes",
+                            "bwd_passes", "images_per_s"}) {
+      INFO(key);
+      CHECK(m.contains(key));
+    }
+    CHECK(m["epoch"] == lines + 1);
+    CHECK(m["fwd_passes"] == 6);  // 300 samples in batches of 50
+  }
+  CHECK(lines == 2);
+  CHECK(fs::exists(run_dir / "last.safetensors"));
+  CHECK(fs::exists(run_dir / "best.safetensors"));
+  const auto summary = nlohmann::json::parse(read_file(run_dir / "summary.json"));
+  CHECK(summary["complete"] == true);
+
+  // eval on the same 100 test samples reproduces the run's final test accuracy.
+  const Result e = run("eval --checkpoint '" + run_dir.string() + "' --test-size 100 --json", s.path);
+  INFO("stderr: " << e.err);
+  REQUIRE(e.code == 0);
+  const auto ev = nlohmann::json::parse(e.out);
+  CHECK(ev["samples"] == 100);
+  CHECK(ev["model"] == "mlp");
+  CHECK(ev["clean_acc"].get<double>() == summary["test_acc"].get<double>());
+
+  const Result table = run("eval --checkpoint '" + (run_dir / "best.safetensors").string() + "'", s.path);
+  CHECK(table.code == 0);
+  CHECK(table.out.find("clean acc") != std::string::npos);
+  CHECK(table.out.find("synthetic/test") != std::string::npos);
+
+  // A model trained on 3x32x32 images cannot be evaluated on 1x28x28 ones.
+  const std::string mnist = std::string(BULWARK_SHARED_DATA) + "/mnist";
+  if (fs::exists(mnist)) {
+    const Result bad = run("eval --checkpoint '" + run_dir.string() + "' --dataset mnist --data-dir '" + mnist + "'",
+                           s.path);
+    CHECK(bad.code == 2);
+    CHECK(bad.err.find("3x32x32") != std::string::npos);
+  }
+}
+
+TEST_CASE("bulwark train --stop-after then --resume finishes the run", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  const Result first = run(std::string(kTinyTrain) + " --stop-after 1 --out '" + run_dir.string() + "'", s.path);
+  INFO("stderr: " << first.err);
+  REQUIRE(first.code == 0);
+  CHECK_FALSE(fs::exists(run_dir / "summary.json"));
+  const Result again = run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path);
+  CHECK(again.code == 2);
+  CHECK(again.err.find("already holds a run") != std::string::npos);
+  const Result second = run("train --resume '" + run_dir.string() + "' --quiet", s.path);
+  INFO("stderr: " << second.err);
+  REQUIRE(second.code == 0);
+  const auto summary = nlohmann::json::parse(read_file(run_dir / "summary.json"));
+  CHECK(summary["epochs_completed"] == 2);
+}
+
+TEST_CASE("a diverging run exits with code 1 and names the epoch and batch", "[cli]") {
+  Scratch s;
+  const Result r = run(std::string(kTinyTrain) + " --optimizer sgd --lr 1e30 --schedule constant --out '" +
+                           (s.path / "run").string() + "'",
+                       s.path);
+  INFO("stderr: " << r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("diverged") != std::string::npos);
+  CHECK(r.err.find("epoch 1/2, batch") != std::string::npos);
+}

@@ -1,0 +1,1155 @@
+// Every op of engine/ops.h and the view ops of engine/tensor.h, through one harness
+// (tests/op_harness.h): forward f32/f64 against a plain f64 reference written here with index
+// loops, gradcheck in f64, and double backward where the trainers need it. Adding an op means
+// adding lines to a table below.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <limits>
+
+#include "engine/ops.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "tests/op_harness.h"
+
+using namespace bulwark;
+using namespace bulwark::test;
+
+namespace {
+
+using Refs = std::vector<RT>;
+using Idx = std::vector<int64_t>;
+
+// ---- reference helpers: plain index loops, nothing from the engine's kernels ------------------
+
+Shape broadcast(const Shape& a, const Shape& b) {
+  const size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t da = i + a.size() < n ? 1 : a[i + a.size() - n];
+    const int64_t db = i + b.size() < n ? 1 : b[i + b.size() - n];
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+// The element of `t` that broadcasting maps to output index `out`.
+double bget(const RT& t, const Idx& out) {
+  const size_t lead = out.size() - t.shape.size();
+  int64_t f = 0;
+  for (size_t d = 0; d < t.shape.size(); ++d) f = f * t.shape[d] + (t.shape[d] == 1 ? 0 : out[lead + d]);
+  return t.v[f];
+}
+
+template <class F>
+RT map1(const RT& a, F f) {
+  RT r(a.shape);
+  for (int64_t i = 0; i < a.numel(); ++i) r.v[i] = f(a.v[i]);
+  return r;
+}
+
+template <class F>
+RT map2(const RT& a, const RT& b, F f) {
+  RT r(broadcast(a.shape, b.shape));
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const Idx idx = unravel(i, r.shape);
+    r.v[i] = f(bget(a, idx), bget(b, idx));
+  }
+  return r;
+}
+
+template <class F>
+RT map3(const RT& a, const RT& b, const RT& c, F f) {
+  RT r(broadcast(broadcast(a.shape, b.shape), c.shape));
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const Idx idx = unravel(i, r.shape);
+    r.v[i] = f(bget(a, idx), bget(b, idx), bget(c, idx));
+  }
+  return r;
+}
+
+Idx norm_dims(Idx dims, int64_t nd) {
+  for (int64_t& d : dims) d = d < 0 ? d + nd : d;
+  return dims;
+}
+bool has(const Idx& dims, int64_t d) { return std::find(dims.begin(), dims.end(), d) != dims.end(); }
+
+// Output shape of a reduction, and where input index `idx` lands in it.
+Shape reduced_shape(const Shape& s, const Idx& dims, bool keepdim) {
+  Shape out;
+  for (int64_t d = 0; d < static_cast<int64_t>(s.size()); ++d) {
+    if (!has(dims, d)) out.push_back(s[d]);
+    else if (keepdim) out.push_back(1);
+  }
+  return out;
+}
+Idx reduced_index(const Idx& idx, const Idx& dims, bool keepdim) {
+  Idx out;
+  for (int64_t d = 0; d < static_cast<int64_t>(idx.size()); ++d) {
+    if (!has(dims, d)) out.push_back(idx[d]);
+    else if (keepdim) out.push_back(0);
+  }
+  return out;
+}
+
+RT ref_sum(const RT& a, Idx dims, bool keepdim, bool mean = false) {
+  dims = norm_dims(dims, a.dim());
+  RT r(reduced_shape(a.shape, dims, keepdim));
+  int64_t count = 1;
+  for (int64_t d : dims) count *= a.shape[d];
+  for (int64_t i = 0; i < a.numel(); ++i) r[reduced_index(unravel(i, a.shape), dims, keepdim)] += a.v[i];
+  if (mean)
+    for (double& x : r.v) x /= static_cast<double>(count);
+  return r;
+}
+Idx all_dims(const RT& a) {
+  Idx d(a.dim());
+  for (int64_t i = 0; i < a.dim(); ++i) d[i] = i;
+  return d;
+}
+
+// Max (or its index) along one dim.
+RT ref_max(const RT& a, int64_t dim, bool keepdim, bool want_index) {
+  dim = dim < 0 ? dim + a.dim() : dim;
+  RT best(reduced_shape(a.shape, {dim}, keepdim), -std::numeric_limits<double>::infinity());
+  RT at(best.shape, -1);
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const Idx idx = unravel(i, a.shape);
+    const Idx o = reduced_index(idx, {dim}, keepdim);
+    if (a.v[i] > best[o]) {
+      best[o] = a.v[i];
+      at[o] = static_cast<double>(idx[dim]);
+    }
+  }
+  return want_index ? at : best;
+}
+
+RT ref_permute(const RT& a, const Idx& perm) {
+  Shape s(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) s[i] = a.shape[perm[i]];
+  RT r(s);
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const Idx o = unravel(i, s);
+    Idx src(perm.size());
+    for (size_t k = 0; k < perm.size(); ++k) src[perm[k]] = o[k];
+    r.v[i] = a[src];
+  }
+  return r;
+}
+
+RT ref_reshape(const RT& a, const Shape& s) {
+  RT r = a;
+  r.shape = s;
+  return r;
+}
+
+RT ref_matmul(const RT& a, const RT& b) {
+  const int64_t M = a.shape[0], K = a.shape[1], N = b.shape[1];
+  RT r({M, N});
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) r[{i, j}] += a[{i, k}] * b[{k, j}];
+  return r;
+}
+
+RT ref_linear(const RT& x, const RT& w, const RT* b) {
+  RT r({x.shape[0], w.shape[0]});
+  for (int64_t i = 0; i < x.shape[0]; ++i)
+    for (int64_t o = 0; o < w.shape[0]; ++o) {
+      double acc = b ? b->v[o] : 0.0;
+      for (int64_t k = 0; k < x.shape[1]; ++k) acc += x[{i, k}] * w[{o, k}];
+      r[{i, o}] = acc;
+    }
+  return r;
+}
+
+// ---- convolution references ---------------------------------------------------------------------
+
+struct ConvGeom {
+  int64_t n, c, h, w, o, kh, kw, stride, pad, oh, ow;
+};
+ConvGeom geom(const Shape& x, const Shape& w, int64_t stride, int64_t pad) {
+  ConvGeom g{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, 0, 0};
+  g.oh = (g.h + 2 * pad - g.kh) / stride + 1;
+  g.ow = (g.w + 2 * pad - g.kw) / stride + 1;
+  return g;
+}
+
+// Calls f(n, o, oy, ox, c, iy, ix, ki, kj) for every (output, tap) pair that reads a real input.
+template <class F>
+void for_conv_taps(const ConvGeom& g, F f) {
+  for (int64_t n = 0; n < g.n; ++n)
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t oy = 0; oy < g.oh; ++oy)
+        for (int64_t ox = 0; ox < g.ow; ++ox)
+          for (int64_t c = 0; c < g.c; ++c)
+            for (int64_t ki = 0; ki < g.kh; ++ki)
+              for (int64_t kj = 0; kj < g.kw; ++kj) {
+                const int64_t iy = oy * g.stride - g.pad + ki, ix = ox * g.stride - g.pad + kj;
+                if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) f(n, o, oy, ox, c, iy, ix, ki, kj);
+              }
+}
+
+RT ref_conv2d(const RT& x, const RT& w, const RT* b, int64_t stride, int64_t pad) {
+  const ConvGeom g = geom(x.shape, w.shape, stride, pad);
+  RT y({g.n, g.o, g.oh, g.ow});
+  for_conv_taps(g, [&](int64_t n, int64_t o, int64_t oy, int64_t ox, int64_t c, int64_t iy, int64_t ix, int64_t ki, int64_t kj) {
+    y[{n, o, oy, ox}] += x[{n, c, iy, ix}] * w[{o, c, ki, kj}];
+  });
+  if (b)
+    for (int64_t i = 0; i < y.numel(); ++i) y.v[i] += b->v[unravel(i, y.shape)[1]];
+  return y;
+}
+
+RT ref_conv2d_backward_input(const RT& gy, const RT& w, const Shape& xs, int64_t stride, int64_t pad) {
+  const ConvGeom g = geom(xs, w.shape, stride, pad);
+  RT dx(xs);
+  for_conv_taps(g, [&](int64_t n, int64_t o, int64_t oy, int64_t ox, int64_t c, int64_t iy, int64_t ix, int64_t ki, int64_t kj) {
+    dx[{n, c, iy, ix}] += gy[{n, o, oy, ox}] * w[{o, c, ki, kj}];
+  });
+  return dx;
+}
+
+RT ref_conv2d_backward_weight(const RT& x, const RT& gy, const Shape& ws, int64_t stride, int64_t pad) {
+  const ConvGeom g = geom(x.shape, ws, stride, pad);
+  RT dw(ws);
+  for_conv_taps(g, [&](int64_t n, int64_t o, int64_t oy, int64_t ox, int64_t c, int64_t iy, int64_t ix, int64_t ki, int64_t kj) {
+    dw[{o, c, ki, kj}] += gy[{n, o, oy, ox}] * x[{n, c, iy, ix}];
+  });
+  return dw;
+}
+
+// ---- pooling references -------------------------------------------------------------------------
+
+RT ref_pool(const RT& x, int64_t k, int64_t s, int64_t p, bool is_max) {
+  const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
+  const int64_t OH = (H + 2 * p - k) / s + 1, OW = (W + 2 * p - k) / s + 1;
+  RT y({N, C, OH, OW});
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t oy = 0; oy < OH; ++oy)
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          double acc = is_max ? -std::numeric_limits<double>::infinity() : 0.0;
+          for (int64_t ki = 0; ki < k; ++ki)
+            for (int64_t kj = 0; kj < k; ++kj) {
+              const int64_t iy = oy * s - p + ki, ix = ox * s - p + kj;
+              if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;  // padding: never the max, adds 0
+              const double v = x[{n, c, iy, ix}];
+              acc = is_max ? std::max(acc, v) : acc + v;
+            }
+          y[{n, c, oy, ox}] = is_max ? acc : acc / static_cast<double>(k * k);
+        }
+  return y;
+}
+
+// PyTorch's adaptive windows: [floor(i * in / out), ceil((i + 1) * in / out)).
+RT ref_adaptive_avg_pool2d(const RT& x, int64_t OH, int64_t OW) {
+  const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
+  RT y({N, C, OH, OW});
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t oy = 0; oy < OH; ++oy)
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          const int64_t y0 = static_cast<int64_t>(std::floor(double(oy) * H / OH));
+          const int64_t y1 = static_cast<int64_t>(std::ceil(double(oy + 1) * H / OH));
+          const int64_t x0 = static_cast<int64_t>(std::floor(double(ox) * W / OW));
+          const int64_t x1 = static_cast<int64_t>(std::ceil(double(ox + 1) * W / OW));
+          double acc = 0;
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) acc += x[{n, c, iy, ix}];
+          y[{n, c, oy, ox}] = acc / static_cast<double>((y1 - y0) * (x1 - x0));
+        }
+  return y;
+}
+
+// ---- normalisation and losses --------------------------------------------------------------------
+
+// Per-channel mean and biased variance of x ([N,C] or [N,C,H,W]).
+void channel_stats(const RT& x, std::vector<double>& mu, std::vector<double>& var) {
+  const int64_t C = x.shape[1];
+  mu.assign(C, 0.0);
+  var.assign(C, 0.0);
+  std::vector<double> cnt(C, 0.0);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = unravel(i, x.shape)[1];
+    mu[c] += x.v[i];
+    cnt[c] += 1;
+  }
+  for (int64_t c = 0; c < C; ++c) mu[c] /= cnt[c];
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = unravel(i, x.shape)[1];
+    var[c] += (x.v[i] - mu[c]) * (x.v[i] - mu[c]);
+  }
+  for (int64_t c = 0; c < C; ++c) var[c] /= cnt[c];
+}
+
+RT ref_batch_norm(const RT& x, const RT& gamma, const RT& beta, const std::vector<double>& mu,
+                  const std::vector<double>& var, double eps) {
+  RT y(x.shape);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = unravel(i, x.shape)[1];
+    y.v[i] = (x.v[i] - mu[c]) / std::sqrt(var[c] + eps) * gamma.v[c] + beta.v[c];
+  }
+  return y;
+}
+
+RT ref_log_softmax(const RT& z, int64_t dim) {
+  dim = dim < 0 ? dim + z.dim() : dim;
+  const RT m = ref_max(z, dim, true, false);
+  RT se(m.shape);
+  for (int64_t i = 0; i < z.numel(); ++i) {
+    const Idx o = reduced_index(unravel(i, z.shape), {dim}, true);
+    se[o] += std::exp(z.v[i] - m[o]);
+  }
+  RT r(z.shape);
+  for (int64_t i = 0; i < z.numel(); ++i) {
+    const Idx o = reduced_index(unravel(i, z.shape), {dim}, true);
+    r.v[i] = z.v[i] - m[o] - std::log(se[o]);
+  }
+  return r;
+}
+
+RT ref_cross_entropy(const RT& z, const RT& y, bool reduce) {
+  const RT lp = ref_log_softmax(z, 1);
+  const int64_t N = z.shape[0];
+  RT per({N});
+  for (int64_t n = 0; n < N; ++n) per.v[n] = -lp[{n, static_cast<int64_t>(y.v[n])}];
+  if (!reduce) return per;
+  RT r(Shape{});
+  for (double v : per.v) r.v[0] += v / static_cast<double>(N);
+  return r;
+}
+
+RT ref_cw_margin(const RT& z, const RT& y) {
+  const int64_t N = z.shape[0], K = z.shape[1];
+  RT r({N});
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t label = static_cast<int64_t>(y.v[n]);
+    double other = -std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < K; ++k)
+      if (k != label) other = std::max(other, z[{n, k}]);
+    r.v[n] = other - z[{n, label}];
+  }
+  return r;
+}
+
+// ---- case builders ---------------------------------------------------------------------------------
+
+InputSpec in(Shape s, Gen g = uniform()) { return InputSpec{std::move(s), std::move(g)}; }
+InputSpec in_t(Shape s, Gen g = uniform()) { return InputSpec{std::move(s), std::move(g), Layout::transposed}; }
+InputSpec in_o(Shape s, Gen g = uniform()) { return InputSpec{std::move(s), std::move(g), Layout::offset}; }
+InputSpec constant(Shape s, Gen g) { return InputSpec{std::move(s), std::move(g), Layout::contiguous, false}; }
+
+// 0/1 floats (a mask passed as a float tensor).
+Gen float_bits() {
+  Gen g = ints(0, 1);
+  g.integer = false;
+  return g;
+}
+
+std::string with_shapes(const std::string& name, const std::vector<InputSpec>& ins) {
+  std::string s = name + " ";
+  for (size_t i = 0; i < ins.size(); ++i)
+    s += (i ? "," : "") + shape_str(ins[i].shape) +
+         (ins[i].layout == Layout::transposed ? "T" : ins[i].layout == Layout::offset ? "+off" : "");
+  return s;
+}
+
+OpCase unary(const std::string& name, InputSpec x, std::function<Tensor(const Tensor&)> op, std::function<double(double)> f) {
+  OpCase c;
+  c.name = with_shapes(name, {x});
+  c.inputs = {std::move(x)};
+  c.op = [op](const Args& a) { return op(a[0]); };
+  c.ref = [f](const Refs& r) { return map1(r[0], f); };
+  return c;
+}
+
+OpCase binary(const std::string& name, InputSpec a, InputSpec b, std::function<Tensor(const Tensor&, const Tensor&)> op,
+              std::function<double(double, double)> f) {
+  OpCase c;
+  c.name = with_shapes(name, {a, b});
+  c.inputs = {std::move(a), std::move(b)};
+  c.op = [op](const Args& x) { return op(x[0], x[1]); };
+  c.ref = [f](const Refs& r) { return map2(r[0], r[1], f); };
+  return c;
+}
+
+OpCase with_gradgrad(OpCase c) {
+  c.gradgrad = true;
+  return c;
+}
+OpCase forward_only(OpCase c) {
+  c.grad = false;
+  return c;
+}
+
+// Shapes every unary op is run on: a vector, 3-d, ones, a 0-d scalar, a transposed view.
+std::vector<InputSpec> unary_shapes(const Gen& g) {
+  return {in({7}, g), in({2, 3, 4}, g), in({1, 1}, g), in({}, g), in_t({3, 5}, g), in_o({2, 3}, g), in({0, 3}, g)};
+}
+
+void add_unary(std::vector<OpCase>& cases, const std::string& name, const Gen& g, std::function<Tensor(const Tensor&)> op,
+               std::function<double(double)> f, bool gradgrad = false, bool grad = true) {
+  for (const InputSpec& s : unary_shapes(g)) {
+    OpCase c = unary(name, s, op, f);
+    c.gradgrad = gradgrad;
+    c.grad = grad;
+    cases.push_back(c);
+  }
+}
+
+// Broadcasting pairs every binary op is run on.
+std::vector<std::pair<Shape, Shape>> binary_shapes() {
+  return {{{3, 1, 5}, {4, 5}}, {{2, 3}, {2, 3}}, {{2, 3}, {}}, {{}, {4}}, {{4, 1}, {1, 3}}, {{1}, {2, 1, 1}}, {{5}, {1}}};
+}
+
+void add_binary(std::vector<OpCase>& cases, const std::string& name, const Gen& ga, const Gen& gb,
+                std::function<Tensor(const Tensor&, const Tensor&)> op, std::function<double(double, double)> f,
+                bool gradgrad = false) {
+  for (const auto& [sa, sb] : binary_shapes()) {
+    OpCase c = binary(name, in(sa, ga), in(sb, gb), op, f);
+    c.gradgrad = gradgrad;
+    cases.push_back(c);
+  }
+  // Strided operands: a transposed view with a broadcast row, and two transposed views.
+  OpCase t1 = binary(name, in_t({4, 5}, ga), in({5}, gb), op, f);
+  OpCase t2 = binary(name, in_t({3, 4}, ga), in_t({3, 4}, gb), op, f);
+  OpCase t3 = binary(name, in_o({2, 3}, ga), in_o({3}, gb), op, f);
+  t1.gradgrad = t2.gradgrad = t3.gradgrad = gradgrad;
+  cases.push_back(t1);
+  cases.push_back(t2);
+  cases.push_back(t3);
+  cases.push_back(binary(name, in({0, 3}, ga), in({3}, gb), op, f));  // empty
+  // Big enough for the multi-threaded paths; forward only (gradcheck would be slow).
+  cases.push_back(forward_only(binary(name, in({48, 33, 25}, ga), in({33, 1}, gb), op, f)));
+  cases.push_back(forward_only(binary(name, in({40, 1000}, ga), in({40, 1000}, gb), op, f)));
+}
+
+double sigmoid_ref(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+}  // namespace
+
+// ==== elementwise ==================================================================================
+
+TEST_CASE("ops: elementwise binary", "[ops]") {
+  std::vector<OpCase> cases;
+  add_binary(cases, "add", uniform(), uniform(), [](auto& a, auto& b) { return add(a, b); },
+             [](double a, double b) { return a + b; }, true);
+  add_binary(cases, "sub", uniform(), uniform(), [](auto& a, auto& b) { return a - b; },
+             [](double a, double b) { return a - b; });
+  add_binary(cases, "mul", uniform(), uniform(), [](auto& a, auto& b) { return a * b; },
+             [](double a, double b) { return a * b; }, true);
+  add_binary(cases, "div", uniform(), away_from_zero(0.5, 2.0), [](auto& a, auto& b) { return a / b; },
+             [](double a, double b) { return a / b; }, true);
+  add_binary(cases, "maximum", grid(0.0), grid(0.04), [](auto& a, auto& b) { return maximum(a, b); },
+             [](double a, double b) { return std::max(a, b); });
+  add_binary(cases, "minimum", grid(0.0), grid(0.04), [](auto& a, auto& b) { return minimum(a, b); },
+             [](double a, double b) { return std::min(a, b); });
+  check_ops(cases);
+}
+
+TEST_CASE("ops: elementwise unary", "[ops]") {
+  std::vector<OpCase> cases;
+  add_unary(cases, "affine", uniform(), [](auto& a) { return affine(a, -1.5, 0.25); },
+            [](double a) { return -1.5 * a + 0.25; });
+  add_unary(cases, "add scalar", uniform(), [](auto& a) { return a + 0.75; }, [](double a) { return a + 0.75; });
+  add_unary(cases, "sub scalar", uniform(), [](auto& a) { return a - 0.75; }, [](double a) { return a - 0.75; });
+  add_unary(cases, "mul scalar", uniform(), [](auto& a) { return 3.0 * a; }, [](double a) { return 3.0 * a; });
+  add_unary(cases, "div scalar", uniform(), [](auto& a) { return a / 4.0; }, [](double a) { return a / 4.0; });
+  add_unary(cases, "neg", uniform(), [](auto& a) { return -a; }, [](double a) { return -a; });
+  add_unary(cases, "abs", away_from_zero(), [](auto& a) { return abs(a); }, [](double a) { return std::abs(a); });
+  add_unary(cases, "sign", away_from_zero(), [](auto& a) { return sign(a); },
+            [](double a) { return a > 0 ? 1.0 : -1.0; }, false, /*grad=*/false);
+  cases.push_back(forward_only(unary("sign of zeros", in({3}, values({0.0, -0.0, 2.0})), [](auto& a) { return sign(a); },
+                                     [](double a) { return a > 0 ? 1.0 : a < 0 ? -1.0 : 0.0; })));
+  add_unary(cases, "exp", uniform(-2, 2), [](auto& a) { return exp(a); }, [](double a) { return std::exp(a); }, true);
+  add_unary(cases, "log", positive(0.5, 3), [](auto& a) { return log(a); }, [](double a) { return std::log(a); }, true);
+  add_unary(cases, "sqrt", positive(0.5, 3), [](auto& a) { return sqrt(a); }, [](double a) { return std::sqrt(a); }, true);
+  add_unary(cases, "square", uniform(), [](auto& a) { return square(a); }, [](double a) { return a * a; }, true);
+  add_unary(cases, "relu", away_from_zero(0.05), [](auto& a) { return relu(a); },
+            [](double a) { return a > 0 ? a : 0.0; }, true);
+  add_unary(cases, "softplus", uniform(-4, 4), [](auto& a) { return softplus(a); },
+            [](double a) { return std::log1p(std::exp(a)); }, true);
+  cases.push_back(unary("softplus far tails", in({4}, values({-60, -30, 30, 60})), [](auto& a) { return softplus(a); },
+                        [](double a) { return a > 0 ? a + std::log1p(std::exp(-a)) : std::log1p(std::exp(a)); }));
+  add_unary(cases, "sigmoid", uniform(-4, 4), [](auto& a) { return sigmoid(a); }, sigmoid_ref, true);
+  add_unary(cases, "clamp", grid(0.05), [](auto& a) { return clamp(a, -0.5, 0.5); },
+            [](double a) { return std::min(std::max(a, -0.5), 0.5); });
+  // Big inputs take the multi-threaded loops.
+  cases.push_back(forward_only(unary("exp", in({70000}, uniform(-2, 2)), [](auto& a) { return exp(a); },
+                                     [](double a) { return std::exp(a); })));
+  cases.push_back(forward_only(unary("relu", in_t({300, 250}), [](auto& a) { return relu(a); },
+                                     [](double a) { return a > 0 ? a : 0.0; })));
+  check_ops(cases);
+}
+
+TEST_CASE("ops: clamp with tensor bounds, where, comparisons", "[ops]") {
+  const auto clamp3 = [](const Refs& r) {
+    return map3(r[0], r[1], r[2], [](double a, double lo, double hi) { return std::min(std::max(a, lo), hi); });
+  };
+  const auto where3 = [](const Refs& r) {
+    return map3(r[0], r[1], r[2], [](double c, double a, double b) { return c != 0 ? a : b; });
+  };
+  std::vector<OpCase> cases = {
+      {.name = "clamp tensor bounds [3,4],[3,4],[3,4]",
+       .inputs = {in({3, 4}, grid(0.0)), in({3, 4}, grid(-0.47, 5)), in({3, 4}, grid(0.53, 5))},
+       .op = [](const Args& a) { return clamp(a[0], a[1], a[2]); }, .ref = clamp3},
+      {.name = "clamp tensor bounds broadcast [2,3,4],[4],[]",
+       .inputs = {in({2, 3, 4}, grid(0.0)), in({4}, grid(-0.47, 3)), in({}, values({0.43}))},
+       .op = [](const Args& a) { return clamp(a[0], a[1], a[2]); }, .ref = clamp3},
+      {.name = "where f32 mask [3,4]",
+       .inputs = {constant({3, 4}, float_bits()), in({3, 4}), in({3, 4})},
+       .op = [](const Args& a) { return where(a[0], a[1], a[2]); }, .ref = where3, .gradgrad = true},
+      {.name = "where i32 mask broadcast [3,1],[3,4],[4]",
+       .inputs = {in({3, 1}, ints(0, 1)), in({3, 4}), in({4})},
+       .op = [](const Args& a) { return where(a[0], a[1], a[2]); }, .ref = where3},
+      {.name = "where scalar branch [2,1,3],[],[2,3]",
+       .inputs = {constant({2, 1, 3}, float_bits()), in({}), in_t({2, 3})},
+       .op = [](const Args& a) { return where(a[0], a[1], a[2]); }, .ref = where3},
+  };
+  const auto cmp = [&](const std::string& name, std::function<Tensor(const Tensor&, const Tensor&)> op,
+                       std::function<double(double, double)> f) {
+    cases.push_back(forward_only(binary(name, in({3, 4}, grid(0.0, 3)), in({4}, grid(0.0, 3)), op, f)));
+    cases.push_back(forward_only(binary(name, in_t({2, 5}, grid(0.0, 2)), in({2, 1}, grid(0.0, 2)), op, f)));
+  };
+  cmp("gt", [](auto& a, auto& b) { return gt(a, b); }, [](double a, double b) { return a > b ? 1.0 : 0.0; });
+  cmp("ge", [](auto& a, auto& b) { return ge(a, b); }, [](double a, double b) { return a >= b ? 1.0 : 0.0; });
+  cmp("eq", [](auto& a, auto& b) { return eq(a, b); }, [](double a, double b) { return a == b ? 1.0 : 0.0; });
+  cases.push_back(forward_only(unary("gt scalar", in({3, 4}, grid(0.0, 3)), [](auto& a) { return gt(a, 0.15); },
+                                     [](double a) { return a > 0.15 ? 1.0 : 0.0; })));
+  check_ops(cases);
+}
+
+// ==== reductions ===================================================================================
+
+TEST_CASE("ops: sum and mean", "[ops]") {
+  std::vector<OpCase> cases;
+  struct R {
+    Shape shape;
+    Idx dims;  // empty: all elements, through sum(a) / mean(a)
+    bool keepdim;
+    bool transposed;
+  };
+  const std::vector<R> reds = {
+      {{3, 4, 5}, {}, false, false}, {{7}, {}, false, false}, {{}, {}, false, false}, {{4, 5}, {}, false, true},
+      {{3, 4, 5}, {1}, false, false}, {{3, 4, 5}, {1}, true, false}, {{3, 4, 5}, {0, 2}, false, false},
+      {{3, 4, 5}, {0, 2}, true, false}, {{2, 3, 4, 5}, {0, 2, 3}, false, false}, {{2, 3, 4, 5}, {0, 2, 3}, true, false},
+      {{3, 4, 5}, {-1}, false, false}, {{3, 4, 5}, {1, 2}, true, false}, {{3, 1, 5}, {1}, false, false},
+      {{4, 6}, {0}, false, true}, {{4, 6}, {1}, true, true}, {{1, 1}, {0, 1}, false, false},
+      {{2, 3, 4, 5}, {0, 1, 2, 3}, true, false}, {{2, 3, 4, 5}, {3, 1}, false, false},
+  };
+  for (bool is_mean : {false, true})
+    for (const R& r : reds) {
+      OpCase c;
+      c.name = fmt::format("{} {}{} dims {} keepdim {}", is_mean ? "mean" : "sum", shape_str(r.shape), r.transposed ? "T" : "",
+                           shape_str(r.dims), r.keepdim);
+      c.inputs = {r.transposed ? in_t(r.shape) : in(r.shape)};
+      const R rr = r;
+      c.op = [rr, is_mean](const Args& a) {
+        if (rr.dims.empty()) return is_mean ? mean(a[0]) : sum(a[0]);
+        return is_mean ? mean(a[0], rr.dims, rr.keepdim) : sum(a[0], rr.dims, rr.keepdim);
+      };
+      c.ref = [rr, is_mean](const Refs& x) {
+        return ref_sum(x[0], rr.dims.empty() ? all_dims(x[0]) : rr.dims, rr.keepdim, is_mean);
+      };
+      c.gradgrad = r.dims.size() == 3;
+      cases.push_back(c);
+    }
+  // Offset storage, and empty tensors (a sum over nothing is 0; a mean over nothing is NaN,
+  // as in PyTorch, so only sums here).
+  for (const auto& [x, dims] : std::vector<std::pair<InputSpec, Idx>>{
+           {in_o({3, 4}), {1}}, {in_o({2, 3, 2}), {0, 2}}, {in({0, 3}), {0}}, {in({0, 3}), {1}}, {in({2, 0}), {0, 1}}}) {
+    const Idx d = dims;
+    cases.push_back({.name = with_shapes(fmt::format("sum dims {}", shape_str(d)), {x}), .inputs = {x},
+                     .op = [d](const Args& a) { return sum(a[0], d); },
+                     .ref = [d](const Refs& r) { return ref_sum(r[0], d, false); }});
+  }
+  // Big reductions: the multi-threaded and non-leading-dim paths, forward only.
+  for (const Idx& dims : {Idx{0, 2, 3}, Idx{1}, Idx{0}, Idx{3}, Idx{0, 1, 2, 3}}) {
+    OpCase c;
+    c.name = fmt::format("sum big [16,32,12,11] dims {}", shape_str(dims));
+    c.inputs = {in({16, 32, 12, 11})};
+    c.op = [dims](const Args& a) { return sum(a[0], dims, false); };
+    c.ref = [dims](const Refs& x) { return ref_sum(x[0], dims, false); };
+    c.grad = false;
+    c.f32 = {1e-4, 1e-5};
+    cases.push_back(c);
+  }
+  check_ops(cases);
+}
+
+TEST_CASE("ops: max, argmax, sum_to", "[ops]") {
+  std::vector<OpCase> cases;
+  struct M {
+    Shape shape;
+    int64_t dim;
+    bool keepdim, transposed;
+  };
+  for (const M& m : std::vector<M>{{{3, 5}, 1, false, false}, {{4, 3, 2}, 0, true, false}, {{4, 3, 2}, -1, false, false},
+                                   {{2, 3, 4}, 1, false, false}, {{3, 5}, 0, false, true}, {{1, 1}, 1, false, false},
+                                   {{6}, 0, false, false}}) {
+    const std::string s = fmt::format("{}{} dim {} keepdim {}", shape_str(m.shape), m.transposed ? "T" : "", m.dim, m.keepdim);
+    const InputSpec x = m.transposed ? in_t(m.shape, distinct()) : in(m.shape, distinct());
+    cases.push_back({.name = "max " + s, .inputs = {x},
+                     .op = [m](const Args& a) { return max(a[0], m.dim, m.keepdim); },
+                     .ref = [m](const Refs& r) { return ref_max(r[0], m.dim, m.keepdim, false); }, .gradgrad = true});
+    cases.push_back({.name = "argmax " + s, .inputs = {x},
+                     .op = [m](const Args& a) { return argmax(a[0], m.dim, m.keepdim); },
+                     .ref = [m](const Refs& r) { return ref_max(r[0], m.dim, m.keepdim, true); }, .grad = false});
+  }
+  // Ties: argmax returns the first maximum.
+  cases.push_back({.name = "argmax ties", .inputs = {in({2, 4}, values({1, 3, 3, 0, 2, 2, 2, 2}))},
+                   .op = [](const Args& a) { return argmax(a[0], 1); },
+                   .ref = [](const Refs&) { RT r({2}); r.v = {1, 0}; return r; }, .grad = false});
+  for (const auto& [from, to] : std::vector<std::pair<Shape, Shape>>{
+           {{2, 3, 4}, {3, 1}}, {{2, 3, 4}, {1, 4}}, {{2, 3, 4}, {4}}, {{2, 3, 4}, {}}, {{2, 3, 4}, {2, 1, 4}}, {{5, 1}, {1}},
+           {{3, 4}, {3, 4}}}) {
+    const Shape target = to;
+    cases.push_back({.name = fmt::format("sum_to {} -> {}", shape_str(from), shape_str(to)), .inputs = {in(from)},
+                     .op = [target](const Args& a) { return sum_to(a[0], target); },
+                     .ref = [target](const Refs& r) {
+                       RT out(target);
+                       for (int64_t i = 0; i < r[0].numel(); ++i) {
+                         const Idx idx = unravel(i, r[0].shape);
+                         const size_t lead = idx.size() - target.size();
+                         Idx o(target.size());
+                         for (size_t d = 0; d < target.size(); ++d) o[d] = target[d] == 1 ? 0 : idx[lead + d];
+                         out[o] += r[0].v[i];
+                       }
+                       return out;
+                     }});
+  }
+  check_ops(cases);
+}
+
+// ==== indexing =====================================================================================
+
+namespace {
+RT ref_gather(const RT& a, const RT& idx, int64_t dim) {
+  RT r(idx.shape);
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    Idx k = unravel(i, idx.shape);
+    k[dim] = static_cast<int64_t>(idx.v[i]);
+    r.v[i] = a[k];
+  }
+  return r;
+}
+RT ref_scatter_add(const RT& src, const RT& idx, int64_t dim, const Shape& shape) {
+  RT r(shape);
+  for (int64_t i = 0; i < src.numel(); ++i) {
+    Idx k = unravel(i, idx.shape);
+    k[dim] = static_cast<int64_t>(idx.v[i]);
+    r[k] += src.v[i];
+  }
+  return r;
+}
+RT ref_concat(const Refs& ts, int64_t dim) {
+  Shape s = ts[0].shape;
+  s[dim] = 0;
+  for (const RT& t : ts) s[dim] += t.shape[dim];
+  RT r(s);
+  int64_t at = 0;
+  for (const RT& t : ts) {
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      Idx k = unravel(i, t.shape);
+      k[dim] += at;
+      r[k] = t.v[i];
+    }
+    at += t.shape[dim];
+  }
+  return r;
+}
+RT ref_slice(const RT& a, int64_t dim, int64_t start, int64_t end) {
+  Shape s = a.shape;
+  s[dim] = end - start;
+  RT r(s);
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    Idx k = unravel(i, s);
+    k[dim] += start;
+    r.v[i] = a[k];
+  }
+  return r;
+}
+}  // namespace
+
+TEST_CASE("ops: gather, scatter_add, one_hot, concat, slice", "[ops]") {
+  std::vector<OpCase> cases;
+  struct G {
+    Shape data, idx;
+    int64_t dim;
+  };
+  for (const G& g : std::vector<G>{{{3, 5}, {3, 2}, 1}, {{4, 3}, {2, 3}, 0}, {{2, 4, 3}, {2, 5, 3}, 1}, {{2, 3}, {2, 1}, -1},
+                                   {{1, 1}, {1, 1}, 0}}) {
+    const int64_t dim = g.dim < 0 ? g.dim + static_cast<int64_t>(g.data.size()) : g.dim;
+    const int hi = static_cast<int>(g.data[dim]) - 1;
+    const Shape data = g.data;
+    cases.push_back({.name = fmt::format("gather {} idx {} dim {}", shape_str(g.data), shape_str(g.idx), g.dim),
+                     .inputs = {in(g.data), in(g.idx, ints(0, hi))},
+                     .op = [g](const Args& a) { return gather(a[0], a[1], g.dim); },
+                     .ref = [dim](const Refs& r) { return ref_gather(r[0], r[1], dim); }, .gradgrad = true});
+    cases.push_back({.name = fmt::format("scatter_add {} idx {} dim {}", shape_str(g.idx), shape_str(g.idx), g.dim),
+                     .inputs = {in(g.idx), in(g.idx, ints(0, hi))},
+                     .op = [g, data](const Args& a) { return scatter_add(a[0], a[1], g.dim, data); },
+                     .ref = [dim, data](const Refs& r) { return ref_scatter_add(r[0], r[1], dim, data); }, .gradgrad = true});
+  }
+  cases.push_back({.name = "gather offset data and indices", .inputs = {in_o({3, 4}), in_o({3, 2}, ints(0, 3))},
+                   .op = [](const Args& a) { return gather(a[0], a[1], 1); },
+                   .ref = [](const Refs& r) { return ref_gather(r[0], r[1], 1); }});
+  cases.push_back({.name = "gather transposed data", .inputs = {in_t({4, 3}), in({4, 2}, ints(0, 2))},
+                   .op = [](const Args& a) { return gather(a[0], a[1], 1); },
+                   .ref = [](const Refs& r) { return ref_gather(r[0], r[1], 1); }});
+  for (const auto& [shape, k] : std::vector<std::pair<Shape, int>>{{{5}, 4}, {{2, 3}, 3}, {{1}, 1}}) {
+    const int64_t classes = k;
+    cases.push_back({.name = fmt::format("one_hot {} {}", shape_str(shape), k), .inputs = {in(shape, ints(0, k - 1))},
+                     .op = [classes](const Args& a) { return one_hot(a[0], classes, a.dtype); },
+                     .ref = [classes](const Refs& r) {
+                       Shape s = r[0].shape;
+                       s.push_back(classes);
+                       RT out(s);
+                       for (int64_t i = 0; i < r[0].numel(); ++i) out.v[i * classes + static_cast<int64_t>(r[0].v[i])] = 1;
+                       return out;
+                     }});
+  }
+  const auto concat_case = [&](std::vector<InputSpec> ins, int64_t dim) {
+    OpCase c{.name = with_shapes(fmt::format("concat dim {}", dim), ins), .inputs = ins,
+             .op = [dim](const Args& a) { return concat(a.t, dim); },
+             .ref = [dim, n = static_cast<int64_t>(ins[0].shape.size())](const Refs& r) { return ref_concat(r, dim < 0 ? dim + n : dim); }};
+    cases.push_back(c);
+  };
+  concat_case({in({2, 3}), in({2, 1}), in({2, 4})}, 1);
+  concat_case({in({1, 3}), in({2, 3})}, 0);
+  concat_case({in({2, 3, 2}), in_t({2, 3, 3})}, -1);
+  concat_case({in({4})}, 0);
+  concat_case({in_o({2, 2}), in_o({2, 3})}, 1);
+  concat_case({in({2, 0, 3}), in({2, 2, 3})}, 1);
+  struct S {
+    Shape shape;
+    int64_t dim, start, end;  // as passed to slice (negative allowed)
+    bool transposed;
+  };
+  for (const S& s : std::vector<S>{{{5, 4}, 0, 1, 4, false}, {{5, 4}, 1, -3, -1, false}, {{2, 5, 3}, 1, 2, 5, false},
+                                   {{4, 6}, 1, 0, 100, true}, {{3, 3}, 0, 1, 2, false}}) {
+    const int64_t n = s.shape[s.dim], st = s.start < 0 ? s.start + n : s.start;
+    const int64_t en = std::min(s.end < 0 ? s.end + n : s.end, n);
+    cases.push_back({.name = fmt::format("slice {}{} dim {} [{}, {})", shape_str(s.shape), s.transposed ? "T" : "", s.dim, s.start, s.end),
+                     .inputs = {s.transposed ? in_t(s.shape) : in(s.shape)},
+                     .op = [s](const Args& a) { return a[0].slice(s.dim, s.start, s.end); },
+                     .ref = [s, st, en](const Refs& r) { return ref_slice(r[0], s.dim, st, en); }, .gradgrad = true});
+  }
+  for (const auto& [g, shape, dim, start] : std::vector<std::tuple<Shape, Shape, int64_t, int64_t>>{
+           {{2, 4}, {5, 4}, 0, 1}, {{3, 2, 2}, {3, 5, 2}, 1, 3}, {{3, 1}, {3, 3}, 1, 0}}) {
+    cases.push_back({.name = fmt::format("slice_backward {} into {} dim {} at {}", shape_str(g), shape_str(shape), dim, start),
+                     .inputs = {in(g)},
+                     .op = [shape, dim, start](const Args& a) { return slice_backward(a[0], shape, dim, start); },
+                     .ref = [shape, dim, start](const Refs& r) {
+                       RT out(shape);
+                       for (int64_t i = 0; i < r[0].numel(); ++i) {
+                         Idx k = unravel(i, r[0].shape);
+                         k[dim] += start;
+                         out[k] = r[0].v[i];
+                       }
+                       return out;
+                     },
+                     .gradgrad = true});
+  }
+  check_ops(cases);
+}
+
+// ==== views and copies ===============================================================================
+
+TEST_CASE("ops: views, reshape, contiguous, dtype conversion", "[ops]") {
+  std::vector<OpCase> cases;
+  const auto view_case = [&](const std::string& name, InputSpec x, std::function<Tensor(const Tensor&)> op,
+                             std::function<RT(const RT&)> ref) {
+    cases.push_back({.name = with_shapes(name, {x}), .inputs = {x}, .op = [op](const Args& a) { return op(a[0]); },
+                     .ref = [ref](const Refs& r) { return ref(r[0]); }, .gradgrad = true});
+  };
+  for (const InputSpec& x : {in({2, 3, 4}), in_t({2, 3, 4})}) {
+    view_case("reshape [6,4]", x, [](auto& t) { return t.reshape({6, 4}); }, [](const RT& r) { return ref_reshape(r, {6, 4}); });
+    view_case("reshape [-1,2]", x, [](auto& t) { return t.reshape({-1, 2}); }, [](const RT& r) { return ref_reshape(r, {12, 2}); });
+    view_case("reshape [24]", x, [](auto& t) { return t.reshape({24}); }, [](const RT& r) { return ref_reshape(r, {24}); });
+    view_case("flatten 1", x, [](auto& t) { return t.flatten(); }, [](const RT& r) { return ref_reshape(r, {2, 12}); });
+    view_case("flatten 0", x, [](auto& t) { return t.flatten(0); }, [](const RT& r) { return ref_reshape(r, {24}); });
+    view_case("transpose 0 2", x, [](auto& t) { return t.transpose(0, 2); }, [](const RT& r) { return ref_permute(r, {2, 1, 0}); });
+    view_case("transpose -1 -2", x, [](auto& t) { return t.transpose(-1, -2); }, [](const RT& r) { return ref_permute(r, {0, 2, 1}); });
+    view_case("permute 2 0 1", x, [](auto& t) { return t.permute({2, 0, 1}); }, [](const RT& r) { return ref_permute(r, {2, 0, 1}); });
+    view_case("contiguous", x, [](auto& t) { return t.contiguous(); }, [](const RT& r) { return r; });
+    view_case("clone", x, [](auto& t) { return t.clone(); }, [](const RT& r) { return r; });
+    view_case("permute then reshape", x, [](auto& t) { return t.permute({1, 0, 2}).reshape({3, 8}); },
+              [](const RT& r) { return ref_reshape(ref_permute(r, {1, 0, 2}), {3, 8}); });
+  }
+  view_case("t()", in({3, 5}), [](auto& t) { return t.t(); }, [](const RT& r) { return ref_permute(r, {1, 0}); });
+  view_case("reshape scalar", in({1, 1}), [](auto& t) { return t.reshape({}); }, [](const RT& r) { return ref_reshape(r, {}); });
+  const auto expand_ref = [](Shape target) {
+    return [target](const RT& r) {
+      RT out(target);
+      for (int64_t i = 0; i < out.numel(); ++i) out.v[i] = bget(r, unravel(i, target));
+      return out;
+    };
+  };
+  view_case("expand [2,3,4]", in({3, 1}), [](auto& t) { return t.expand({2, 3, 4}); }, expand_ref({2, 3, 4}));
+  view_case("expand [2,2]", in({}), [](auto& t) { return t.expand({2, 2}); }, expand_ref({2, 2}));
+  view_case("expand [3]", in({1}), [](auto& t) { return t.expand({3}); }, expand_ref({3}));
+  view_case("expand then op", in_t({3, 1}), [](auto& t) { return t.expand({2, 3, 4}) * 2.0; },
+            [&](const RT& r) { return map1(expand_ref({2, 3, 4})(r), [](double v) { return 2 * v; }); });
+  // dtype conversion: the values of f32-representable inputs survive f32 <-> f64 exactly.
+  cases.push_back({.name = "to f64", .inputs = {in({3, 4})}, .op = [](const Args& a) { return a[0].to(DType::f64); },
+                   .ref = [](const Refs& r) { return r[0]; }, .same_dtype = false});
+  cases.push_back({.name = "to f32 (transposed)", .inputs = {in_t({3, 4})}, .op = [](const Args& a) { return a[0].to(DType::f32); },
+                   .ref = [](const Refs& r) { return r[0]; }, .grad = false, .same_dtype = false});
+  cases.push_back({.name = "to f64 and back", .inputs = {in({5})},
+                   .op = [](const Args& a) { return a[0].to(DType::f64).to(a.dtype) * 3.0; },
+                   .ref = [](const Refs& r) { return map1(r[0], [](double v) { return 3 * v; }); }});
+  cases.push_back({.name = "to i32 truncates", .inputs = {in({4}, values({1.75, -1.75, 0.5, 3}))},
+                   .op = [](const Args& a) { return a[0].to(DType::i32); },
+                   .ref = [](const Refs& r) { return map1(r[0], [](double v) { return std::trunc(v); }); }, .grad = false});
+  check_ops(cases);
+}
+
+// ==== linear algebra ==================================================================================
+
+TEST_CASE("ops: matmul and linear", "[ops]") {
+  std::vector<OpCase> cases;
+  const auto mm = [](const Refs& r) { return ref_matmul(r[0], r[1]); };
+  const auto op_mm = [](const Args& a) { return matmul(a[0], a[1]); };
+  for (const auto& [a, b] : std::vector<std::pair<InputSpec, InputSpec>>{
+           {in({3, 4}), in({4, 5})}, {in({1, 4}), in({4, 1})}, {in({5, 1}), in({1, 3})}, {in_t({3, 4}), in({4, 5})},
+           {in({3, 4}), in_t({4, 5})}, {in_t({3, 4}), in_t({4, 5})}, {in({1, 1}), in({1, 1})}, {in_t({1, 6}), in({6, 2})},
+           {in_o({3, 4}), in_o({4, 2})}, {in({2, 0}), in({0, 3})}, {in({0, 4}), in({4, 3})}})
+    cases.push_back({.name = with_shapes("matmul", {a, b}), .inputs = {a, b}, .op = op_mm, .ref = mm, .gradgrad = true});
+  // Views the op builds itself: a.t() and a column slice (row stride > cols).
+  cases.push_back({.name = "matmul a @ b.t()", .inputs = {in({3, 4}), in({5, 4})},
+                   .op = [](const Args& a) { return matmul(a[0], a[1].t()); },
+                   .ref = [](const Refs& r) { return ref_matmul(r[0], ref_permute(r[1], {1, 0})); }});
+  cases.push_back({.name = "matmul of a column slice", .inputs = {in({3, 6}), in({2, 4})},
+                   .op = [](const Args& a) { return matmul(a[0].slice(1, 1, 3), a[1]); },
+                   .ref = [](const Refs& r) { return ref_matmul(ref_slice(r[0], 1, 1, 3), r[1]); }});
+  cases.push_back({.name = "matmul of a transposed row slice", .inputs = {in({6, 3}), in({4, 2})},
+                   .op = [](const Args& a) { return matmul(a[0].slice(0, 1, 5).t(), a[1]); },
+                   .ref = [](const Refs& r) { return ref_matmul(ref_permute(ref_slice(r[0], 0, 1, 5), {1, 0}), r[1]); }});
+  cases.push_back({.name = "matmul of a transposed column slice", .inputs = {in({3, 6}), in({3, 2})},
+                   .op = [](const Args& a) { return matmul(a[0].slice(1, 2, 5).t(), a[1]); },
+                   .ref = [](const Refs& r) { return ref_matmul(ref_permute(ref_slice(r[0], 1, 2, 5), {1, 0}), r[1]); }});
+  // Large enough for the threaded row split.
+  cases.push_back({.name = "matmul big [256,128]x[128,80]", .inputs = {in({256, 128}), in_t({128, 80})}, .op = op_mm, .ref = mm,
+                   .grad = false, .f32 = {1e-4, 1e-5}});
+  for (bool bias : {true, false})
+    for (const auto& [x, w] : std::vector<std::pair<Shape, Shape>>{{{3, 4}, {5, 4}}, {{1, 3}, {2, 3}}, {{4, 1}, {1, 1}}}) {
+      std::vector<InputSpec> ins = {in(x), in(w)};
+      if (bias) ins.push_back(in({w[0]}));
+      cases.push_back({.name = with_shapes("linear", ins), .inputs = ins,
+                       .op = [bias](const Args& a) { return bias ? linear(a[0], a[1], a[2]) : linear(a[0], a[1]); },
+                       .ref = [bias](const Refs& r) { return ref_linear(r[0], r[1], bias ? &r[2] : nullptr); },
+                       .gradgrad = true});
+    }
+  check_ops(cases);
+}
+
+// ==== convolution ======================================================================================
+
+namespace {
+struct ConvCfg {
+  int64_t n, c, h, w, o, k, stride, pad;
+  bool bias, gradgrad;
+  bool transposed_input = false;
+  int64_t kw = 0;  // non-square kernel when set
+};
+std::string conv_name(const ConvCfg& c) {
+  return fmt::format("x[{},{},{},{}]{} w[{},{},{},{}] s{} p{}{}", c.n, c.c, c.h, c.w, c.transposed_input ? "T" : "", c.o, c.c, c.k,
+                     c.kw ? c.kw : c.k, c.stride, c.pad, c.bias ? " bias" : "");
+}
+const std::vector<ConvCfg> conv_cfgs = {
+    {2, 3, 5, 5, 4, 3, 1, 1, true, true},    // 3x3 same
+    {1, 1, 4, 4, 1, 1, 1, 0, false, false},  // pointwise, batch 1
+    {2, 3, 4, 3, 2, 1, 1, 0, true, true},    // pointwise, non-square
+    {2, 3, 7, 6, 2, 3, 2, 0, true, true},    // stride 2, non-square input
+    {1, 5, 6, 6, 3, 4, 2, 1, true, true},    // 4x4 stride 2 pad 1 (the IBP CNNs), odd channels
+    {2, 2, 5, 4, 3, 3, 1, 2, false, false},  // padding 2
+    {1, 3, 5, 5, 2, 1, 2, 0, true, false},   // 1x1 stride 2 (not pointwise)
+    {2, 3, 3, 3, 2, 3, 1, 0, false, false},  // 1x1 output
+    {1, 2, 8, 5, 3, 4, 2, 2, true, false},   // 4x4 stride 2 pad 2, odd width
+    {3, 1, 6, 5, 1, 3, 3, 1, true, false},   // stride 3 (rows left over)
+    {2, 3, 5, 6, 2, 3, 1, 1, true, false, true},      // non-contiguous input
+    {1, 2, 5, 6, 3, 2, 1, 1, true, false, false, 3},  // 2x3 kernel
+    {1, 2, 3, 3, 2, 1, 1, 1, false, false},  // 1x1 kernel with padding: a zero border
+    {2, 2, 2, 2, 3, 4, 1, 1, true, false},   // kernel larger than the input, padding makes it fit
+    {1, 2, 7, 7, 2, 2, 3, 0, false, false},  // stride larger than the kernel: skipped pixels
+};
+Shape conv_x(const ConvCfg& c) { return {c.n, c.c, c.h, c.w}; }
+Shape conv_w(const ConvCfg& c) { return {c.o, c.c, c.k, c.kw ? c.kw : c.k}; }
+Shape conv_y(const ConvCfg& c) {
+  const ConvGeom g = geom(conv_x(c), conv_w(c), c.stride, c.pad);
+  return {g.n, g.o, g.oh, g.ow};
+}
+}  // namespace
+
+TEST_CASE("ops: conv2d", "[ops][conv]") {
+  std::vector<OpCase> cases;
+  for (const ConvCfg& cfg : conv_cfgs) {
+    std::vector<InputSpec> ins = {cfg.transposed_input ? in_t(conv_x(cfg)) : in(conv_x(cfg)), in(conv_w(cfg))};
+    if (cfg.bias) ins.push_back(in({cfg.o}));
+    const Conv2dParams p{cfg.stride, cfg.pad};
+    cases.push_back({.name = "conv2d " + conv_name(cfg), .inputs = ins,
+                     .op = [cfg, p](const Args& a) { return conv2d(a[0], a[1], cfg.bias ? a[2] : Tensor(), p); },
+                     .ref = [cfg](const Refs& r) { return ref_conv2d(r[0], r[1], cfg.bias ? &r[2] : nullptr, cfg.stride, cfg.pad); },
+                     .gradgrad = cfg.gradgrad});
+  }
+  cases.push_back({.name = "conv2d offset input", .inputs = {in_o({2, 3, 5, 4}), in_o({2, 3, 3, 3}), in_o({2})},
+                   .op = [](const Args& a) { return conv2d(a[0], a[1], a[2], {1, 1}); },
+                   .ref = [](const Refs& r) { return ref_conv2d(r[0], r[1], &r[2], 1, 1); }});
+  cases.push_back({.name = "conv2d empty batch", .inputs = {in({0, 3, 5, 4}), in({2, 3, 3, 3}), in({2})},
+                   .op = [](const Args& a) { return conv2d(a[0], a[1], a[2], {1, 1}); },
+                   .ref = [](const Refs& r) { return ref_conv2d(r[0], r[1], &r[2], 1, 1); }});
+  // A bigger layer: the threaded batch loop and a real im2col, forward only.
+  const ConvCfg big{6, 8, 12, 11, 16, 3, 1, 1, true, false};
+  cases.push_back({.name = "conv2d big " + conv_name(big), .inputs = {in(conv_x(big)), in(conv_w(big)), in({big.o})},
+                   .op = [](const Args& a) { return conv2d(a[0], a[1], a[2], {1, 1}); },
+                   .ref = [](const Refs& r) { return ref_conv2d(r[0], r[1], &r[2], 1, 1); }, .grad = false, .f32 = {1e-4, 1e-5}});
+  check_ops(cases);
+}
+
+TEST_CASE("ops: conv2d_backward_input and conv2d_backward_weight", "[ops][conv]") {
+  std::vector<OpCase> cases;
+  for (const ConvCfg& cfg : conv_cfgs) {
+    const Conv2dParams p{cfg.stride, cfg.pad};
+    const Shape xs = conv_x(cfg), ws = conv_w(cfg);
+    cases.push_back({.name = "conv2d_backward_input " + conv_name(cfg), .inputs = {in(conv_y(cfg)), in(ws)},
+                     .op = [xs, p](const Args& a) { return conv2d_backward_input(a[0], a[1], xs, p); },
+                     .ref = [xs, cfg](const Refs& r) { return ref_conv2d_backward_input(r[0], r[1], xs, cfg.stride, cfg.pad); },
+                     .gradgrad = cfg.gradgrad});
+    cases.push_back({.name = "conv2d_backward_weight " + conv_name(cfg), .inputs = {in(xs), in(conv_y(cfg))},
+                     .op = [ws, p](const Args& a) { return conv2d_backward_weight(a[0], a[1], ws, p); },
+                     .ref = [ws, cfg](const Refs& r) { return ref_conv2d_backward_weight(r[0], r[1], ws, cfg.stride, cfg.pad); },
+                     .gradgrad = cfg.gradgrad});
+  }
+  // More samples than the weight gradient's chunk count (8), so chunks hold several samples.
+  const ConvCfg many{11, 2, 4, 4, 3, 3, 1, 1, false, false};
+  cases.push_back({.name = "conv2d_backward_weight batch 11", .inputs = {in(conv_x(many)), in(conv_y(many))},
+                   .op = [ws = conv_w(many)](const Args& a) { return conv2d_backward_weight(a[0], a[1], ws, {1, 1}); },
+                   .ref = [ws = conv_w(many)](const Refs& r) { return ref_conv2d_backward_weight(r[0], r[1], ws, 1, 1); },
+                   .grad = false});
+  check_ops(cases);
+}
+
+// ==== pooling ============================================================================================
+
+TEST_CASE("ops: pooling", "[ops]") {
+  std::vector<OpCase> cases;
+  struct P {
+    Shape x;
+    int64_t k, s, p;
+    bool gradgrad;
+  };
+  for (const P& c : std::vector<P>{{{2, 3, 6, 6}, 2, 2, 0, true}, {{1, 2, 5, 7}, 3, 2, 1, true}, {{1, 1, 4, 4}, 3, 1, 1, false},
+                                   {{2, 1, 5, 5}, 2, 1, 0, false}, {{1, 3, 7, 5}, 3, 3, 0, false}, {{1, 1, 1, 1}, 1, 1, 0, false},
+                                   {{2, 2, 6, 5}, 2, 2, 1, false}}) {
+    const std::string s = fmt::format("{} k{} s{} p{}", shape_str(c.x), c.k, c.s, c.p);
+    cases.push_back({.name = "max_pool2d " + s, .inputs = {in(c.x, distinct())},
+                     .op = [c](const Args& a) { return max_pool2d(a[0], c.k, c.s, c.p); },
+                     .ref = [c](const Refs& r) { return ref_pool(r[0], c.k, c.s, c.p, true); }, .gradgrad = c.gradgrad});
+    cases.push_back({.name = "avg_pool2d " + s, .inputs = {in(c.x)},
+                     .op = [c](const Args& a) { return avg_pool2d(a[0], c.k, c.s, c.p); },
+                     .ref = [c](const Refs& r) { return ref_pool(r[0], c.k, c.s, c.p, false); }, .gradgrad = c.gradgrad});
+  }
+  cases.push_back({.name = "max_pool2d all-negative window at the padding", .inputs = {in({1, 1, 3, 3}, distinct(-5, -1))},
+                   .op = [](const Args& a) { return max_pool2d(a[0], 2, 2, 1); },
+                   .ref = [](const Refs& r) { return ref_pool(r[0], 2, 2, 1, true); }});
+  cases.push_back({.name = "max_pool2d offset input", .inputs = {in_o({1, 2, 4, 4}, distinct())},
+                   .op = [](const Args& a) { return max_pool2d(a[0], 2, 2, 0); },
+                   .ref = [](const Refs& r) { return ref_pool(r[0], 2, 2, 0, true); }});
+  cases.push_back({.name = "avg_pool2d offset input", .inputs = {in_o({1, 2, 4, 4})},
+                   .op = [](const Args& a) { return avg_pool2d(a[0], 2, 2, 0); },
+                   .ref = [](const Refs& r) { return ref_pool(r[0], 2, 2, 0, false); }});
+  cases.push_back({.name = "max_pool2d transposed input", .inputs = {in_t({2, 2, 5, 4}, distinct())},
+                   .op = [](const Args& a) { return max_pool2d(a[0], 2, 2, 0); },
+                   .ref = [](const Refs& r) { return ref_pool(r[0], 2, 2, 0, true); }});
+  for (const auto& [x, oh, ow, gg] : std::vector<std::tuple<Shape, int64_t, int64_t, bool>>{
+           {{2, 3, 7, 5}, 3, 2, true}, {{1, 2, 6, 6}, 3, 3, false}, {{2, 1, 5, 5}, 1, 1, false}, {{1, 2, 4, 4}, 5, 3, false},
+           {{1, 1, 8, 8}, 8, 8, false}}) {
+    const int64_t h = oh, w = ow;
+    cases.push_back({.name = fmt::format("adaptive_avg_pool2d {} -> {}x{}", shape_str(x), oh, ow), .inputs = {in(x)},
+                     .op = [h, w](const Args& a) { return adaptive_avg_pool2d(a[0], h, w); },
+                     .ref = [h, w](const Refs& r) { return ref_adaptive_avg_pool2d(r[0], h, w); }, .gradgrad = gg});
+  }
+  check_ops(cases);
+}
+
+// ==== normalisation ========================================================================================
+
+namespace {
+// batch_norm with fresh running statistics (mean 0.1, var 1.5) on every call.
+Tensor bn_op(const Args& a, bool training) {
+  const int64_t c = a[0].size(1);
+  Tensor rm = Tensor::full({c}, 0.1, a.dtype), rv = Tensor::full({c}, 1.5, a.dtype);
+  return batch_norm(a[0], a[1], a[2], rm, rv, training, 0.1, 1e-5);
+}
+}  // namespace
+
+TEST_CASE("ops: batch_norm", "[ops]") {
+  std::vector<OpCase> cases;
+  for (const Shape& x : std::vector<Shape>{{4, 3}, {2, 3, 3, 2}, {2, 1}, {1, 2, 2, 2}, {3, 5, 1, 1}}) {
+    const std::vector<InputSpec> ins = {in(x, uniform(-2, 2)), in({x[1]}, uniform(0.5, 1.5)), in({x[1]})};
+    cases.push_back({.name = fmt::format("batch_norm train {}", shape_str(x)), .inputs = ins,
+                     .op = [](const Args& a) { return bn_op(a, true); },
+                     .ref = [](const Refs& r) {
+                       std::vector<double> mu, var;
+                       channel_stats(r[0], mu, var);
+                       return ref_batch_norm(r[0], r[1], r[2], mu, var, 1e-5);
+                     },
+                     .gradgrad = true, .f32 = {1e-4, 1e-4}});
+    cases.push_back({.name = fmt::format("batch_norm eval {}", shape_str(x)), .inputs = ins,
+                     .op = [](const Args& a) { return bn_op(a, false); },
+                     .ref = [](const Refs& r) {
+                       const int64_t c = r[0].shape[1];
+                       return ref_batch_norm(r[0], r[1], r[2], std::vector<double>(c, 0.1), std::vector<double>(c, 1.5), 1e-5);
+                     },
+                     .gradgrad = true});
+  }
+  check_ops(cases);
+}
+
+TEST_CASE("ops: batch_norm updates the running statistics (unbiased variance)", "[ops]") {
+  for (const Shape& xs : std::vector<Shape>{{5, 3}, {2, 3, 2, 3}}) {
+    for (DType dt : {DType::f32, DType::f64}) {
+      RT x(xs);
+      std::mt19937_64 rng(7);
+      x.v = uniform(-2, 3).draw(rng, x.numel());
+      const int64_t c = xs[1];
+      RT rm0({c}), rv0({c});
+      rm0.v = uniform(-1, 1).draw(rng, c);
+      rv0.v = uniform(0.5, 2).draw(rng, c);
+      Tensor rm = from_rt(rm0, dt), rv = from_rt(rv0, dt);
+      const double momentum = 0.3;
+      Tensor xt = from_rt(x, dt);
+      xt.set_requires_grad(true);
+      batch_norm(xt, Tensor::ones({c}, dt), Tensor::zeros({c}, dt), rm, rv, true, momentum, 1e-5);
+      std::vector<double> mu, var;
+      channel_stats(x, mu, var);
+      const double n = static_cast<double>(x.numel() / c);
+      RT want_m({c}), want_v({c});
+      for (int64_t k = 0; k < c; ++k) {
+        want_m.v[k] = (1 - momentum) * rm0.v[k] + momentum * mu[k];
+        want_v.v[k] = (1 - momentum) * rv0.v[k] + momentum * var[k] * n / (n - 1);
+      }
+      const Tol tol = dt == DType::f32 ? Tol{1e-5, 1e-5} : Tol{1e-12, 1e-12};
+      INFO(shape_str(xs) << " " << dtype_name(dt));
+      CHECK(compare(rm.to_vector_f64(), want_m.v, {c}, tol) == "");
+      CHECK(compare(rv.to_vector_f64(), want_v.v, {c}, tol) == "");
+      CHECK(rm.is_leaf());  // the update is not recorded
+      CHECK_FALSE(rm.requires_grad());
+      // Eval mode leaves them alone.
+      const std::vector<double> before = rm.to_vector_f64();
+      batch_norm(xt, Tensor::ones({c}, dt), Tensor::zeros({c}, dt), rm, rv, false, momentum, 1e-5);
+      CHECK(rm.to_vector_f64() == before);
+    }
+  }
+}
+
+// ==== softmax and losses ===================================================================================
+
+TEST_CASE("ops: log_softmax, softmax, cross_entropy, cw_margin", "[ops]") {
+  std::vector<OpCase> cases;
+  for (const auto& [x, dim] : std::vector<std::pair<InputSpec, int64_t>>{
+           {in({3, 5}, uniform(-3, 3)), -1}, {in({2, 4, 3}, uniform(-3, 3)), 1}, {in({1, 1}), -1}, {in_t({4, 3}, uniform(-3, 3)), 1},
+           {in({3, 5}, uniform(-3, 3)), 0}, {in({2, 3}, values({100, 101, 102, -50, 0, 50})), 1}}) {
+    cases.push_back({.name = with_shapes(fmt::format("log_softmax dim {}", dim), {x}), .inputs = {x},
+                     .op = [dim](const Args& a) { return log_softmax(a[0], dim); },
+                     .ref = [dim](const Refs& r) { return ref_log_softmax(r[0], dim); }, .gradgrad = true});
+    cases.push_back({.name = with_shapes(fmt::format("softmax dim {}", dim), {x}), .inputs = {x},
+                     .op = [dim](const Args& a) { return softmax(a[0], dim); },
+                     .ref = [dim](const Refs& r) { return map1(ref_log_softmax(r[0], dim), [](double v) { return std::exp(v); }); },
+                     .gradgrad = true});
+  }
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{4, 5}, {1, 3}, {6, 2}, {3, 1}}) {
+    for (bool reduce : {true, false}) {
+      cases.push_back({.name = fmt::format("cross_entropy [{},{}] reduce {}", n, k, reduce),
+                       .inputs = {in({n, k}, uniform(-3, 3)), in({n}, ints(0, static_cast<int>(k) - 1))},
+                       .op = [reduce](const Args& a) { return cross_entropy(a[0], a[1], reduce); },
+                       .ref = [reduce](const Refs& r) { return ref_cross_entropy(r[0], r[1], reduce); }, .gradgrad = true});
+    }
+  }
+  cases.push_back({.name = "cross_entropy large logits", .inputs = {in({2, 3}, values({1000, 0, -1000, 50, 60, 70})), in({2}, values({1, 2}))},
+                   .op = [](const Args& a) { return cross_entropy(a[0], a[1].to(DType::i32), false); },
+                   .ref = [](const Refs& r) { return ref_cross_entropy(r[0], r[1], false); }, .grad = false});
+  cases.push_back({.name = "cross_entropy offset logits and labels", .inputs = {in_o({3, 4}), in_o({3}, ints(0, 3))},
+                   .op = [](const Args& a) { return cross_entropy(a[0], a[1], false); },
+                   .ref = [](const Refs& r) { return ref_cross_entropy(r[0], r[1], false); }});
+  cases.push_back({.name = "cross_entropy transposed logits", .inputs = {in_t({4, 3}), in({4}, ints(0, 2))},
+                   .op = [](const Args& a) { return cross_entropy(a[0], a[1]); },
+                   .ref = [](const Refs& r) { return ref_cross_entropy(r[0], r[1], true); }});
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{4, 5}, {1, 2}, {3, 10}}) {
+    cases.push_back({.name = fmt::format("cw_margin [{},{}]", n, k),
+                     .inputs = {in({n, k}, distinct()), in({n}, ints(0, static_cast<int>(k) - 1))},
+                     .op = [](const Args& a) { return cw_margin(a[0], a[1]); },
+                     .ref = [](const Refs& r) { return ref_cw_margin(r[0], r[1]); }, .gradgrad = true});
+  }
+  check_ops(cases);
+}
+
+// ==== helpers and argument errors ========================================================================
+
+TEST_CASE("ops: zeros_like, ones_like, allclose, max_abs_diff", "[ops]") {
+  const Tensor a = Tensor::from_vector(std::vector<double>{1, 2, 3, 4}, {2, 2});
+  CHECK(zeros_like(a).to_vector_f64() == std::vector<double>{0, 0, 0, 0});
+  CHECK(ones_like(a).dtype() == DType::f64);
+  CHECK(ones_like(a.t()).shape() == Shape{2, 2});
+  const Tensor b = Tensor::from_vector(std::vector<double>{1, 2, 3, 4.5}, {2, 2});
+  CHECK(max_abs_diff(a, b) == Approx(0.5));
+  CHECK(max_abs_diff(a.t(), a.t().contiguous()) == 0.0);
+  CHECK_FALSE(allclose(a, b));
+  CHECK(allclose(a, b, 0.0, 0.5));
+  CHECK(allclose(a, b, 0.2, 0.0));  // |4 - 4.5| <= 0.2 * 4.5
+  CHECK_FALSE(allclose(a, a.reshape({4})));
+}
+
+TEST_CASE("ops: bad arguments give clear errors", "[ops]") {
+  const Tensor x = Tensor::zeros({2, 3, 5, 5});
+  const Tensor labels = Tensor::from_vector(std::vector<int32_t>{0, 5}, {2});
+  CHECK_THROWS_WITH(cross_entropy(Tensor::zeros({2, 3}), labels), Catch::Contains("label 5"));
+  CHECK_THROWS_AS(gather(Tensor::zeros({2, 3}), Tensor::from_vector(std::vector<int32_t>{3, 0}, {2, 1}), 1), std::out_of_range);
+  CHECK_THROWS_AS(one_hot(labels, 3), std::out_of_range);
+  CHECK_THROWS_AS(max_pool2d(x, 2, 2, 2), std::invalid_argument);  // padding > kernel / 2
+  CHECK_THROWS_AS(conv2d(x, Tensor::zeros({4, 3, 7, 7})), std::invalid_argument);  // kernel larger than input
+  CHECK_THROWS_AS(conv2d(x, Tensor::zeros({4, 3, 3, 3}), Tensor::zeros({3})), std::invalid_argument);  // bias size
+  CHECK_THROWS_AS(sum(x, {4}), std::invalid_argument);
+  CHECK_THROWS_AS(sum(x, {1, -3}), std::invalid_argument);  // repeated
+  CHECK_THROWS_AS(x.reshape({7, -1}), std::invalid_argument);
+  CHECK_THROWS_AS(x.permute({0, 1, 1, 2}), std::invalid_argument);
+  CHECK_THROWS_AS(x.slice(1, 2, 1), std::invalid_argument);
+  CHECK_THROWS_AS(x.expand({2, 4, 5, 5}), std::invalid_argument);
+  CHECK_THROWS_AS(concat({Tensor::zeros({2, 3}), Tensor::zeros({3, 3})}, 1), std::invalid_argument);
+  CHECK_THROWS_AS(add(Tensor::zeros({2}), Tensor::zeros({2}, DType::f64)), std::invalid_argument);
+  CHECK_THROWS_AS(exp(labels), std::invalid_argument);
+  Tensor rm = Tensor::zeros({3}), rv = Tensor::ones({3});
+  CHECK_THROWS_AS(batch_norm(Tensor::zeros({1, 3}), Tensor::ones({3}), Tensor::zeros({3}), rm, rv, true),
+                  std::invalid_argument);  // one value per channel: no batch statistics
+}
+
+TEST_CASE("ops: CPU kernels give the same bits on 1 and 2 threads", "[ops]") {
+  // Reductions and the conv weight gradient split work in a fixed way, so a run is
+  // reproducible on any machine, whatever its core count.
+  std::mt19937_64 rng(3);
+  const auto rand = [&](const Shape& s) {
+    RT r(s);
+    r.v = uniform().draw(rng, r.numel());
+    return from_rt(r, DType::f32);
+  };
+  const Tensor x = rand({16, 8, 14, 14}), w = rand({16, 8, 4, 4}), b = rand({16}), big = rand({64, 300, 7});
+  const Tensor m1 = rand({200, 96}), m2 = rand({96, 150});
+  const auto run = [&] {
+    const Tensor y = conv2d(x, w, b, {2, 1});
+    return std::vector<Tensor>{y, conv2d_backward_input(y, w, x.shape(), {2, 1}), conv2d_backward_weight(x, y, w.shape(), {2, 1}),
+                               sum(big), sum(big, {0, 2}), sum(big, {1}), matmul(m1, m2), add(x, b.reshape({1, 16, 1, 1}).slice(1, 0, 8))};
+  };
+  const int before = cpu::num_threads();
+  cpu::set_num_threads(1);
+  const std::vector<Tensor> one = run();
+  cpu::set_num_threads(2);
+  const std::vector<Tensor> two = run();
+  cpu::set_num_threads(before);
+  for (size_t i = 0; i < one.size(); ++i) {
+    INFO("result " << i);
+    CHECK(one[i].to_vector() == two[i].to_vector());
+  }
+}

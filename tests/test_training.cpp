@@ -1,0 +1,582 @@
+// training/: the optimizers against PyTorch's update rules, the LR schedules' shapes, and the
+// trainer end to end on the synthetic data (learning, bitwise resume, atomic checkpoints, NaN).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+#include "engine/ops.h"
+#include "engine/safetensors.h"
+#include "training/checkpoint.h"
+#include "training/optim.h"
+#include "training/schedule.h"
+#include "training/trainer.h"
+
+using namespace bulwark;
+using namespace bulwark::training;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh, empty directory under the system temp folder, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& tag) {
+    static int counter = 0;
+    path = fs::temp_directory_path() / ("bulwark-test-" + tag + "-" + std::to_string(getpid()) + "-" +
+                                        std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
+// Two f64 parameters and the quadratic loss sum(k * p^2) / 2 + sum(c * p), so the gradient
+// k * p + c depends on the parameter and every step sees a different gradient.
+struct Quadratic {
+  std::vector<double> k{0.5, 2.0, 1.5}, c{0.3, -0.2, 0.1};
+  Tensor p = Tensor::from_vector(std::vector<double>{1.0, -0.5, 2.0}, {3}).set_requires_grad(true);
+  Tensor q = Tensor::from_vector(std::vector<double>{0.25}, {1}).set_requires_grad(true);
+
+  NamedTensors params() const { return {{"p", p}, {"q", q}}; }
+  std::vector<double> grad_p(const std::vector<double>& v) const {
+    std::vector<double> g(v.size());
+    for (size_t i = 0; i < v.size(); ++i) g[i] = k[i] * v[i] + c[i];
+    return g;
+  }
+  void backward_once() {
+    const Tensor kp = Tensor::from_vector(k, {3}), cp = Tensor::from_vector(c, {3});
+    const Tensor loss = sum(kp * square(p)) * 0.5 + sum(cp * p) + sum(square(q));
+    backward(loss);
+  }
+};
+
+// torch.optim.SGD's documented algorithm, scalar by scalar, with its first-step buffer rule.
+std::vector<double> reference_sgd(const Quadratic& f, std::vector<double> p, int steps, double lr, double m,
+                                  double wd, bool nesterov) {
+  std::vector<double> buf(p.size());
+  for (int t = 0; t < steps; ++t) {
+    const std::vector<double> g = f.grad_p(p);
+    for (size_t i = 0; i < p.size(); ++i) {
+      double d = g[i] + wd * p[i];
+      buf[i] = t == 0 ? d : m * buf[i] + d;
+      d = nesterov ? d + m * buf[i] : buf[i];
+      p[i] -= lr * d;
+    }
+  }
+  return p;
+}
+
+// Adam as in Kingma & Ba with bias-corrected moments (PyTorch computes the same quantity).
+std::vector<double> reference_adam(const Quadratic& f, std::vector<double> p, int steps, double lr, double b1,
+                                   double b2, double eps, double wd) {
+  std::vector<double> m(p.size()), v(p.size());
+  for (int t = 1; t <= steps; ++t) {
+    const std::vector<double> g0 = f.grad_p(p);
+    for (size_t i = 0; i < p.size(); ++i) {
+      const double g = g0[i] + wd * p[i];
+      m[i] = b1 * m[i] + (1 - b1) * g;
+      v[i] = b2 * v[i] + (1 - b2) * g * g;
+      const double mhat = m[i] / (1 - std::pow(b1, t)), vhat = v[i] / (1 - std::pow(b2, t));
+      p[i] -= lr * mhat / (std::sqrt(vhat) + eps);
+    }
+  }
+  return p;
+}
+
+void check_close(const std::vector<double>& got, const std::vector<double>& want, double tol) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("element " << i << ": got " << got[i] << ", want " << want[i]);
+    CHECK(std::abs(got[i] - want[i]) <= tol * (1 + std::abs(want[i])));
+  }
+}
+
+std::vector<double> run_optimizer(const OptimizerConfig& cfg, Quadratic& f, int steps) {
+  const auto opt = make_optimizer(cfg, f.params());
+  for (int t = 0; t < steps; ++t) {
+    opt->zero_grad();
+    f.backward_once();
+    opt->step();
+  }
+  CHECK(opt->steps() == steps);
+  return f.p.to_vector_f64();
+}
+
+// A synthetic-data run small enough for a test: an MLP (it learns the synthetic patterns in a
+// few epochs and runs in well under a second per epoch).
+TrainConfig tiny_config(const std::string& out, int64_t epochs) {
+  TrainConfig c;
+  c.model = "mlp";
+  c.data.dataset = "synthetic";
+  c.data.train_size = 600;
+  c.data.val_size = 200;
+  c.data.test_size = 200;
+  c.epochs = epochs;
+  c.batch_size = 32;
+  c.optimizer.name = "adam";
+  c.optimizer.lr = 1e-3;
+  c.threads = 1;  // tiny models gain nothing from threads, and a busy machine makes them slower
+  c.device = "cpu";
+  c.out = out;
+  return c;
+}
+
+RunOptions quiet(int64_t stop_after = 0) {
+  RunOptions o;
+  o.quiet = true;
+  o.stop_after = stop_after;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("SGD momentum follows PyTorch's rule, literal values", "[training]") {
+  // One parameter, constant gradient 0.5 (loss 0.5 p), lr 0.1, momentum 0.9 (hand-computed):
+  //   buf 0.5,  p 1 - 0.05 = 0.95;  buf 0.95, p 0.855;  buf 1.355, p 0.7195
+  Tensor p = Tensor::from_vector(std::vector<double>{1.0}, {1}).set_requires_grad(true);
+  OptimizerConfig cfg;
+  cfg.lr = 0.1;
+  cfg.momentum = 0.9;
+  cfg.weight_decay = 0;
+  Sgd opt({{"p", p}}, cfg);
+  const double expect[3] = {0.95, 0.855, 0.7195};
+  for (double want : expect) {
+    opt.zero_grad();
+    backward(sum(p) * 0.5);
+    opt.step();
+    CHECK(p.item() == Approx(want).epsilon(1e-14));
+  }
+}
+
+TEST_CASE("SGD matches torch.optim.SGD over 3 steps (momentum, Nesterov, weight decay)", "[training]") {
+  struct Case {
+    double momentum, weight_decay;
+    bool nesterov;
+  };
+  for (const Case c : {Case{0.0, 0.0, false}, Case{0.9, 0.0, false}, Case{0.9, 5e-2, false}, Case{0.9, 5e-2, true},
+                       Case{0.5, 0.0, true}}) {
+    INFO("momentum " << c.momentum << ", weight decay " << c.weight_decay << ", nesterov " << c.nesterov);
+    Quadratic f;
+    const std::vector<double> p0 = f.p.to_vector_f64();
+    OptimizerConfig cfg;
+    cfg.lr = 0.1;
+    cfg.momentum = c.momentum;
+    cfg.weight_decay = c.weight_decay;
+    cfg.nesterov = c.nesterov;
+    check_close(run_optimizer(cfg, f, 3), reference_sgd(f, p0, 3, 0.1, c.momentum, c.weight_decay, c.nesterov), 1e-14);
+  }
+}
+
+TEST_CASE("Adam matches torch.optim.Adam over 3 steps (bias correction, weight decay)", "[training]") {
+  for (double wd : {0.0, 0.1}) {
+    INFO("weight decay " << wd);
+    Quadratic f;
+    const std::vector<double> p0 = f.p.to_vector_f64();
+    OptimizerConfig cfg;
+    cfg.name = "adam";
+    cfg.lr = 0.01;
+    cfg.weight_decay = wd;
+    check_close(run_optimizer(cfg, f, 3), reference_adam(f, p0, 3, 0.01, 0.9, 0.999, 1e-8, wd), 1e-12);
+  }
+  // Adam's first step moves every coordinate by about lr against its gradient's sign.
+  Quadratic f;
+  const std::vector<double> p0 = f.p.to_vector_f64(), g0 = f.grad_p(p0);
+  OptimizerConfig cfg;
+  cfg.name = "adam";
+  cfg.lr = 0.01;
+  cfg.weight_decay = 0;
+  const std::vector<double> p1 = run_optimizer(cfg, f, 1);
+  for (size_t i = 0; i < p0.size(); ++i) CHECK(p1[i] - p0[i] == Approx(g0[i] > 0 ? -0.01 : 0.01).epsilon(1e-6));
+}
+
+TEST_CASE("optimizers update f32 parameters like the f64 rule", "[training]") {
+  Tensor p = Tensor::from_vector(std::vector<float>{1.0f, -0.5f, 2.0f}, {3}).set_requires_grad(true);
+  for (const std::string name : {"sgd", "adam"}) {
+    INFO(name);
+    p.copy_(Tensor::from_vector(std::vector<float>{1.0f, -0.5f, 2.0f}, {3}));
+    OptimizerConfig cfg;
+    cfg.name = name;
+    cfg.lr = 0.01;
+    cfg.weight_decay = 0.1;
+    const auto opt = make_optimizer(cfg, {{"p", p}});
+    Quadratic ref;  // same k, c; its q is unused
+    std::vector<double> want = name == "sgd" ? reference_sgd(ref, {1.0, -0.5, 2.0}, 3, 0.01, 0.9, 0.1, false)
+                                             : reference_adam(ref, {1.0, -0.5, 2.0}, 3, 0.01, 0.9, 0.999, 1e-8, 0.1);
+    for (int t = 0; t < 3; ++t) {
+      opt->zero_grad();
+      backward(sum(Tensor::from_vector(ref.k, {3}).to(DType::f32) * square(p)) * 0.5 +
+               sum(Tensor::from_vector(ref.c, {3}).to(DType::f32) * p));
+      opt->step();
+    }
+    check_close(p.to_vector_f64(), want, 1e-6);
+  }
+}
+
+TEST_CASE("optimizer state round-trips: a restored optimizer continues bit for bit", "[training]") {
+  for (const std::string name : {"sgd", "adam"}) {
+    INFO(name);
+    OptimizerConfig cfg;
+    cfg.name = name;
+    cfg.lr = 0.05;
+    Quadratic a, b;
+    const auto opt_a = make_optimizer(cfg, a.params());
+    for (int t = 0; t < 2; ++t) {
+      opt_a->zero_grad();
+      a.backward_once();
+      opt_a->step();
+    }
+    // b: same parameters and optimizer state, loaded from a's export.
+    b.p.copy_(a.p.detach());
+    b.q.copy_(a.q.detach());
+    const auto opt_b = make_optimizer(cfg, b.params());
+    std::map<std::string, Tensor> state;
+    for (auto& [k, v] : opt_a->state()) state.emplace(k, v);
+    CHECK(state.count("optimizer.step") == 1);
+    CHECK(state.count(name == "sgd" ? "optimizer.p.momentum_buffer" : "optimizer.p.exp_avg_sq") == 1);
+    opt_b->load_state(state);
+    CHECK(opt_b->steps() == 2);
+    opt_a->zero_grad();
+    a.backward_once();
+    opt_a->step();
+    opt_b->zero_grad();
+    b.backward_once();
+    opt_b->step();
+    CHECK(a.p.to_vector_f64() == b.p.to_vector_f64());
+    CHECK(a.q.to_vector_f64() == b.q.to_vector_f64());
+
+    state.erase(name == "sgd" ? "optimizer.q.momentum_buffer" : "optimizer.q.exp_avg");
+    CHECK_THROWS_WITH(opt_b->load_state(state), Catch::Contains("optimizer.q.") && Catch::Contains("missing"));
+  }
+}
+
+TEST_CASE("bad optimizer settings are rejected with the option's name", "[training]") {
+  Quadratic f;
+  OptimizerConfig cfg;
+  cfg.lr = -1;
+  CHECK_THROWS_WITH(make_optimizer(cfg, f.params()), Catch::Contains("learning rate"));
+  cfg.lr = 0.1;
+  cfg.momentum = 1.5;
+  CHECK_THROWS_WITH(make_optimizer(cfg, f.params()), Catch::Contains("momentum"));
+  cfg.momentum = 0.9;
+  cfg.name = "lbfgs";
+  CHECK_THROWS_WITH(make_optimizer(cfg, f.params()), Catch::Contains("unknown optimizer 'lbfgs'"));
+}
+
+TEST_CASE("LR schedules have their shapes at the key points", "[training]") {
+  const double lr0 = 0.1;
+  const int64_t T = 10;
+  auto sched = [&](const std::string& name, ScheduleConfig cfg = {}) {
+    cfg.name = name;
+    return make_schedule(cfg, lr0, T);
+  };
+  const auto constant = sched("constant");
+  CHECK(constant->lr(0) == Approx(lr0));
+  CHECK(constant->lr(7.3) == Approx(lr0));
+
+  ScheduleConfig ms;
+  ms.milestones = {5, 8};
+  const auto multistep = sched("multistep", ms);
+  CHECK(multistep->lr(4.99) == Approx(lr0));
+  CHECK(multistep->lr(5) == Approx(lr0 * 0.1));
+  CHECK(multistep->lr(7.99) == Approx(lr0 * 0.1));
+  CHECK(multistep->lr(8) == Approx(lr0 * 0.01));
+  const auto multistep_default = sched("multistep");  // T/2 and 3T/4
+  CHECK(multistep_default->lr(4.9) == Approx(lr0));
+  CHECK(multistep_default->lr(5.0) == Approx(lr0 * 0.1));
+  CHECK(multistep_default->lr(7.5) == Approx(lr0 * 0.01));
+
+  const auto cosine = sched("cosine");
+  CHECK(cosine->lr(0) == Approx(lr0));
+  CHECK(cosine->lr(5) == Approx(lr0 / 2));
+  CHECK(cosine->lr(10) == Approx(0).margin(1e-15));
+  CHECK(cosine->lr(2.5) == Approx(lr0 * (1 + std::sqrt(0.5)) / 2));
+  ScheduleConfig floor;
+  floor.min_lr = 0.01;
+  CHECK(sched("cosine", floor)->lr(10) == Approx(0.01));
+
+  const auto cyclic = sched("cyclic");  // 0 -> lr0 at 2T/5 -> 0
+  CHECK(cyclic->lr(0) == Approx(0).margin(1e-15));
+  CHECK(cyclic->lr(2) == Approx(lr0 / 2));
+  CHECK(cyclic->lr(4) == Approx(lr0));
+  CHECK(cyclic->lr(7) == Approx(lr0 / 2));
+  CHECK(cyclic->lr(10) == Approx(0).margin(1e-15));
+
+  const auto one_cycle = sched("one-cycle");  // lr0 -> 10 lr0 at 2T/5 -> lr0 at 4T/5 -> lr0/100 at T
+  CHECK(one_cycle->lr(0) == Approx(lr0));
+  CHECK(one_cycle->lr(2) == Approx(5.5 * lr0));
+  CHECK(one_cycle->lr(4) == Approx(10 * lr0));
+  CHECK(one_cycle->lr(8) == Approx(lr0));
+  CHECK(one_cycle->lr(9) == Approx((lr0 + lr0 / 100) / 2));
+  CHECK(one_cycle->lr(10) == Approx(lr0 / 100));
+
+  const auto piecewise = sched("piecewise");  // lr0, lr0/10 from T/3, lr0/100 from 2T/3
+  CHECK(piecewise->lr(3.3) == Approx(lr0));
+  CHECK(piecewise->lr(10.0 / 3) == Approx(lr0 / 10));
+  CHECK(piecewise->lr(6.6) == Approx(lr0 / 10));
+  CHECK(piecewise->lr(6.7) == Approx(lr0 / 100));
+  CHECK(piecewise->lr(10) == Approx(lr0 / 100));
+
+  for (const auto& name : schedule_names()) CHECK(sched(name)->state() == nlohmann::json::object());
+}
+
+TEST_CASE("bad schedule settings are rejected", "[training]") {
+  ScheduleConfig cfg;
+  cfg.name = "warmup";
+  CHECK_THROWS_WITH(make_schedule(cfg, 0.1, 10), Catch::Contains("unknown schedule 'warmup'") && Catch::Contains("cosine"));
+  cfg.name = "multistep";
+  cfg.milestones = {8, 5};
+  CHECK_THROWS_WITH(make_schedule(cfg, 0.1, 10), Catch::Contains("ascending"));
+  cfg.milestones = {12};
+  CHECK_THROWS_WITH(make_schedule(cfg, 0.1, 10), Catch::Contains("milestone 12"));
+}
+
+TEST_CASE("a short run on synthetic data learns well above chance", "[training]") {
+  TempDir dir("learn");
+  const RunSummary s = train(tiny_config(dir / "run", 4), quiet());
+  CHECK(s.complete);
+  CHECK(s.epochs_completed == 4);
+  CHECK(s.final_val_acc > 0.5);  // 10 classes: chance is 0.1
+  CHECK(s.test_acc > 0.5);
+  CHECK(s.test_size == 200);
+  // Standard training: one forward and one backward per batch, 19 batches of 32 per epoch.
+  CHECK(s.fwd_passes == 4 * 19);
+  CHECK(s.bwd_passes == 4 * 19);
+  CHECK(fs::exists(dir / "run/summary.json"));
+  CHECK(fs::exists(dir / "run/best.safetensors"));
+  const auto cfg = nlohmann::json::parse(read_file(dir / "run/config.json"));
+  CHECK(cfg["data"]["train_size"] == 600);
+  CHECK(cfg["input"]["channels"] == 3);
+  CHECK(cfg["optimizer"]["name"] == "adam");
+}
+
+TEST_CASE("a run stopped after 2 of 3 epochs and resumed ends bitwise equal to a straight run", "[training]") {
+  TempDir dir("resume");
+  TrainConfig cfg = tiny_config(dir / "straight", 3);
+  cfg.model = "wong_small";  // convolutions, so the conv kernels are in the bitwise claim too
+  cfg.optimizer.name = "sgd";
+  cfg.optimizer.lr = 0.05;
+  cfg.data.train_size = 256;
+  cfg.data.val_size = 64;
+  cfg.data.test_size = 64;
+  cfg.data.crop_pad = 2;
+  cfg.data.flip = true;
+  train(cfg, quiet());
+
+  cfg.out = dir / "resumed";
+  const RunSummary first = train(cfg, quiet(2));
+  CHECK_FALSE(first.complete);
+  CHECK(first.epochs_completed == 2);
+  CHECK_FALSE(fs::exists(dir / "resumed/summary.json"));
+  const RunSummary second = resume(dir / "resumed", quiet());
+  CHECK(second.complete);
+  CHECK(second.epochs_completed == 3);
+
+  for (const std::string file : {"last.safetensors", "best.safetensors"}) {
+    INFO(file);
+    const SafetensorsFile a = load_safetensors(dir / ("straight/" + file));
+    const SafetensorsFile b = load_safetensors(dir / ("resumed/" + file));
+    REQUIRE(a.tensors.size() == b.tensors.size());
+    for (const auto& [name, t] : a.tensors) {
+      INFO(name);
+      REQUIRE(b.tensors.count(name) == 1);
+      const Tensor& u = b.tensors.at(name);
+      REQUIRE(t.shape() == u.shape());
+      REQUIRE(t.dtype() == u.dtype());
+      CHECK(std::memcmp(t.impl()->storage->data, u.impl()->storage->data, t.numel() * dtype_size(t.dtype())) == 0);
+    }
+    CHECK(a.metadata.at("epoch") == b.metadata.at("epoch"));
+  }
+
+  const auto lines_a = read_lines(dir / "straight/metrics.jsonl"), lines_b = read_lines(dir / "resumed/metrics.jsonl");
+  REQUIRE(lines_a.size() == 3);
+  REQUIRE(lines_b.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    auto a = nlohmann::json::parse(lines_a[i]), b = nlohmann::json::parse(lines_b[i]);
+    for (const char* timing : {"seconds", "images_per_s"}) {
+      a.erase(timing);
+      b.erase(timing);
+    }
+    CHECK(a.dump() == b.dump());
+  }
+  const auto sa = nlohmann::json::parse(read_file(dir / "straight/summary.json"));
+  const auto sb = nlohmann::json::parse(read_file(dir / "resumed/summary.json"));
+  CHECK(sa["test_acc"] == sb["test_acc"]);
+  CHECK(sa["fwd_passes"] == sb["fwd_passes"]);
+}
+
+TEST_CASE("resume drops metrics lines the checkpoint does not cover", "[training]") {
+  TempDir dir("truncate");
+  TrainConfig cfg = tiny_config(dir / "run", 2);
+  train(cfg, quiet(1));
+  // A crash after the line of epoch 2 was written but before its checkpoint was.
+  {
+    std::ofstream out(dir / "run/metrics.jsonl", std::ios::app);
+    out << R"({"epoch":2,"train_loss":9,"train_acc":0,"val_acc":0,"lr":0,"seconds":0,"fwd_passes":0,"bwd_passes":0,"images_per_s":0})"
+        << "\n";
+  }
+  resume(dir / "run", quiet());
+  const auto lines = read_lines(dir / "run/metrics.jsonl");
+  REQUIRE(lines.size() == 2);
+  CHECK(nlohmann::json::parse(lines[1])["train_loss"] != 9);
+}
+
+TEST_CASE("checkpoints are written atomically", "[training]") {
+  TempDir dir("atomic");
+  struct Tiny : Module {
+    Tensor w;
+    Tiny() { w = register_parameter("w", Tensor::from_vector(std::vector<float>{1, 2, 3}, {3})); }
+    Tensor forward(const Tensor& x) override { return x * w; }
+  } model;
+  OptimizerConfig oc;
+  const auto opt = make_optimizer(oc, model.named_parameters());
+  CheckpointState state;
+  state.epoch = 4;
+  state.config = {{"model", "tiny"}};
+  const std::string path = dir / "last.safetensors";
+  save_checkpoint(path, model, *opt, state);
+
+  // Only the file itself: no temporary left behind.
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir.path)) names.push_back(e.path().filename().string());
+  CHECK(names == std::vector<std::string>{"last.safetensors"});
+  const std::string good = read_file(path);
+  const Checkpoint loaded = load_checkpoint(path);
+  CHECK(loaded.state.epoch == 4);
+  CHECK(loaded.model.count("w") == 1);
+  CHECK(loaded.optimizer.count("optimizer.w.momentum_buffer") == 1);
+
+  state.epoch = 5;
+  SECTION("the temporary file cannot be created: the old checkpoint is untouched") {
+    fs::create_directory(path + ".tmp");  // blocks the temporary file
+    CHECK_THROWS_WITH(save_checkpoint(path, model, *opt, state),
+                      Catch::Contains(path) && Catch::Contains("previous file, if any, is intact"));
+    CHECK(read_file(path) == good);
+  }
+  SECTION("the rename fails: the temporary file is removed") {
+    const std::string blocked = dir / "blocked.safetensors";
+    fs::create_directories(fs::path(blocked) / "occupied");  // a non-empty directory where the file should go
+    CHECK_THROWS_WITH(save_checkpoint(blocked, model, *opt, state), Catch::Contains(blocked));
+    CHECK_FALSE(fs::exists(blocked + ".tmp"));
+    CHECK(read_file(path) == good);
+  }
+  SECTION("a folder that does not exist") {
+    CHECK_THROWS_WITH(save_checkpoint(dir / "missing/last.safetensors", model, *opt, state),
+                      Catch::Contains("missing/last.safetensors"));
+  }
+  CHECK_THROWS_WITH(load_checkpoint(dir / "nothing.safetensors"), Catch::Contains("nothing.safetensors"));
+}
+
+TEST_CASE("a diverging run stops with a clear error and keeps the last good checkpoint", "[training]") {
+  TempDir dir("nan");
+  TrainConfig cfg = tiny_config(dir / "run", 3);
+  cfg.optimizer.name = "sgd";
+  cfg.optimizer.lr = 0.01;
+  cfg.schedule.name = "constant";
+  SECTION("in the first epoch: no checkpoint is written") {
+    cfg.optimizer.lr = 1e30;
+    try {
+      train(cfg, quiet());
+      FAIL("lr 1e30 did not diverge");
+    } catch (const TrainingDiverged& e) {
+      CHECK_THAT(e.what(), Catch::Contains("diverged") && Catch::Contains("epoch 1/3") && Catch::Contains("--lr") &&
+                               Catch::Contains("no checkpoint"));
+    }
+    CHECK_FALSE(fs::exists(dir / "run/last.safetensors"));
+  }
+  SECTION("in a later epoch: last.safetensors still holds the previous epoch") {
+    train(cfg, quiet(1));
+    const std::string good = read_file(dir / "run/last.safetensors");
+    cfg.optimizer.lr = 1e30;  // the same run, continued at a learning rate that explodes
+    RunData data = load_run_data(cfg);
+    Trainer trainer(cfg, std::move(data), quiet());
+    trainer.restore(load_checkpoint(dir / "run/last.safetensors"));
+    CHECK_THROWS_AS(trainer.run(), TrainingDiverged);
+    CHECK(read_file(dir / "run/last.safetensors") == good);
+    CHECK(read_lines(dir / "run/metrics.jsonl").size() == 1);
+  }
+}
+
+TEST_CASE("bad run settings are rejected before any work", "[training]") {
+  TempDir dir("bad");
+  TrainConfig cfg = tiny_config(dir / "run", 2);
+  cfg.epochs = 0;
+  CHECK_THROWS_WITH(train(cfg, quiet()), Catch::Contains("--epochs must be >= 1"));
+  cfg = tiny_config(dir / "run", 2);
+  cfg.model = "resnet1000";
+  CHECK_THROWS_WITH(train(cfg, quiet()), Catch::Contains("unknown model 'resnet1000'") && Catch::Contains("wong_small"));
+  cfg = tiny_config(dir / "run", 2);
+  cfg.data.val_size = 0;
+  CHECK_THROWS_WITH(train(cfg, quiet()), Catch::Contains("--val-size must be >= 1"));
+  cfg = tiny_config(dir / "run", 2);
+  cfg.schedule.name = "multistep";
+  cfg.schedule.milestones = {3};
+  CHECK_THROWS_WITH(train(cfg, quiet()), Catch::Contains("milestone 3"));
+  cfg = tiny_config(dir / "run", 2);
+  cfg.data.dataset = "mnist";
+  cfg.data.data_dir = dir / "nowhere";
+  CHECK_THROWS_WITH(train(cfg, quiet()), Catch::Contains("nowhere"));
+  CHECK_FALSE(fs::exists(dir / "run"));
+
+  cfg = tiny_config(dir / "run", 1);
+  train(cfg, quiet());
+  CHECK_THROWS_WITH(train(cfg, quiet()), Catch::Contains("already holds a run") && Catch::Contains("--resume"));
+  CHECK_THROWS_WITH(resume(dir / "elsewhere", quiet()), Catch::Contains("not a run directory"));
+}
+
+TEST_CASE("a --train-size larger than MNIST's training split is rejected", "[training]") {
+  const std::string mnist = std::string(BULWARK_SHARED_DATA) + "/mnist";
+  if (!fs::exists(mnist)) {
+    WARN("skipped: no MNIST at " << mnist);
+    return;
+  }
+  TempDir dir("mnist");
+  TrainConfig cfg = tiny_config(dir / "run", 1);
+  cfg.data.dataset = "mnist";
+  cfg.data.data_dir = mnist;
+  cfg.data.train_size = 59900;  // 60,000 minus the 200-sample hold-out leaves 59,800
+  CHECK_THROWS_WITH(train(cfg, quiet()), Catch::Contains("--train-size 59900") && Catch::Contains("59800"));
+}
+
+TEST_CASE("the config round-trips through JSON, and a bad value names its key", "[training]") {
+  TrainConfig c = tiny_config("runs/x", 7);
+  c.data.crop_pad = 4;
+  c.data.flip = true;
+  c.input = {1, 28, 28, 10, {0.5}, {0.25}};
+  c.schedule.name = "multistep";
+  c.schedule.milestones = {3, 5.5};
+  c.optimizer.nesterov = true;
+  c.seed = 1234567890123ull;
+  const auto j = to_json(c);
+  CHECK(to_json(config_from_json(j)) == j);
+  CHECK(j["schedule"]["milestones"] == nlohmann::json::array({3.0, 5.5}));
+
+  auto bad = nlohmann::json::parse(j.dump());
+  bad["optimizer"]["lr"] = "fast";
+  CHECK_THROWS_WITH(config_from_json(bad), Catch::Contains("'lr'"));
+  // Keys left out keep their defaults.
+  CHECK(config_from_json(nlohmann::json::object()).epochs == TrainConfig{}.epochs);
+}

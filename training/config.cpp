@@ -1,0 +1,188 @@
+#include "training/config.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <stdexcept>
+
+#include "data/idx.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "models/zoo.h"
+#include "training/method.h"
+
+namespace bulwark::training {
+
+namespace {
+using ojson = nlohmann::ordered_json;
+
+// j[key] into `value` when present, with the key named in the error when its type is wrong.
+template <class T>
+void read(const nlohmann::json& j, const char* key, T& value) {
+  if (!j.contains(key)) return;
+  try {
+    value = j.at(key).get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(fmt::format("config key '{}': {}", key, e.what()));
+  }
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+std::string timestamp() {
+  const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  localtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  return buf;
+}
+}  // namespace
+
+std::vector<std::string> dataset_names() { return {"synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100"}; }
+
+namespace {
+// Every field of the config once, with its place in the JSON (group "" = top level):
+// to_json and config_from_json both walk this list, so the two cannot drift apart.
+template <class Config, class F>
+void for_each_field(Config& c, F&& f) {
+  f("", "model", c.model);
+  f("data", "dataset", c.data.dataset);
+  f("data", "data_dir", c.data.data_dir);
+  f("data", "train_size", c.data.train_size);
+  f("data", "val_size", c.data.val_size);
+  f("data", "test_size", c.data.test_size);
+  f("data", "data_seed", c.data.data_seed);
+  f("data", "crop_pad", c.data.crop_pad);
+  f("data", "flip", c.data.flip);
+  f("input", "channels", c.input.channels);
+  f("input", "height", c.input.height);
+  f("input", "width", c.input.width);
+  f("input", "num_classes", c.input.num_classes);
+  f("input", "mean", c.input.mean);
+  f("input", "std", c.input.std);
+  f("", "epochs", c.epochs);
+  f("", "batch_size", c.batch_size);
+  f("", "eval_batch_size", c.eval_batch_size);
+  f("optimizer", "name", c.optimizer.name);
+  f("optimizer", "lr", c.optimizer.lr);
+  f("optimizer", "weight_decay", c.optimizer.weight_decay);
+  f("optimizer", "momentum", c.optimizer.momentum);
+  f("optimizer", "nesterov", c.optimizer.nesterov);
+  f("optimizer", "beta1", c.optimizer.beta1);
+  f("optimizer", "beta2", c.optimizer.beta2);
+  f("optimizer", "eps", c.optimizer.eps);
+  f("schedule", "name", c.schedule.name);
+  f("schedule", "milestones", c.schedule.milestones);
+  f("schedule", "gamma", c.schedule.gamma);
+  f("schedule", "min_lr", c.schedule.min_lr);
+  f("schedule", "peak", c.schedule.peak);
+  f("", "method", c.method);
+  f("", "seed", c.seed);
+  f("", "threads", c.threads);
+  f("", "device", c.device);
+  f("", "out", c.out);
+}
+}  // namespace
+
+ojson to_json(const TrainConfig& c) {
+  ojson j;
+  for_each_field(c, [&](const std::string& group, const char* key, const auto& value) {
+    (group.empty() ? j[key] : j[group][key]) = value;
+  });
+  return j;
+}
+
+TrainConfig config_from_json(const nlohmann::json& j) {
+  TrainConfig c;
+  for_each_field(c, [&](const std::string& group, const char* key, auto& value) {
+    if (group.empty()) {
+      read(j, key, value);
+    } else if (j.contains(group)) {
+      read(j.at(group), key, value);
+    }
+  });
+  return c;
+}
+
+void validate(const DataConfig& d) {
+  const auto datasets = dataset_names();
+  require(d.dataset.empty() || std::find(datasets.begin(), datasets.end(), d.dataset) != datasets.end(),
+          fmt::format("unknown dataset '{}' (available: {})", d.dataset, fmt::join(datasets, ", ")));
+  require(d.train_size >= 0, fmt::format("--train-size must be >= 0 (0 = all), got {}", d.train_size));
+  require(d.val_size >= 1, fmt::format("--val-size must be >= 1, got {}", d.val_size));
+  require(d.test_size >= 0, fmt::format("--test-size must be >= 0 (0 = all), got {}", d.test_size));
+  require(d.crop_pad >= 0, fmt::format("--crop-pad must be >= 0, got {}", d.crop_pad));
+}
+
+void validate(const TrainConfig& c) {
+  const auto models = model_names();
+  require(std::find(models.begin(), models.end(), c.model) != models.end(),
+          fmt::format("unknown model '{}' (available: {})", c.model, fmt::join(models, ", ")));
+  validate(c.data);
+  require(c.epochs >= 1, fmt::format("--epochs must be >= 1, got {}", c.epochs));
+  require(c.batch_size >= 1, fmt::format("--batch-size must be >= 1, got {}", c.batch_size));
+  require(c.eval_batch_size >= 1, fmt::format("--eval-batch-size must be >= 1, got {}", c.eval_batch_size));
+  require(c.threads >= 0, fmt::format("--threads must be >= 0 (0 = all cores), got {}", c.threads));
+  require(c.device == "cpu" || c.device == "cuda" || c.device == "auto",
+          fmt::format("unknown device '{}' (use cpu, cuda or auto)", c.device));
+  validate(c.optimizer);
+  validate(c.schedule, c.epochs);
+  make_method(c.method);
+}
+
+std::string resolve_device(const std::string& requested, std::vector<std::string>& notes) {
+  if (requested == "cuda")
+    throw std::invalid_argument("--device cuda: this build has no CUDA backend (rebuild on a machine with the CUDA "
+                                "toolkit, with -DBULWARK_CUDA=ON), or use --device cpu");
+  if (requested == "auto") {
+    notes.push_back("device: cpu (--device auto; this build has no CUDA backend)");
+    return "cpu";
+  }
+  if (requested != "cpu") throw std::invalid_argument(fmt::format("unknown device '{}' (use cpu, cuda or auto)", requested));
+  return requested;
+}
+
+void resolve_data_dir(DataConfig& d) {
+  if (d.dataset == "synthetic") d.data_dir.clear();
+  if (d.dataset == "fashion-mnist" && d.data_dir.empty()) d.data_dir = data::kFashionMnistDefaultDir;
+  require(d.dataset == "synthetic" || !d.data_dir.empty(),
+          fmt::format("--dataset {} needs --data-dir, the folder with its files", d.dataset));
+}
+
+std::vector<std::string> resolve_defaults(TrainConfig& c) {
+  std::vector<std::string> notes;
+  if (c.data.dataset.empty()) {
+    require(c.data.data_dir.empty(), fmt::format("--data-dir {} needs --dataset, to say which dataset is there",
+                                                 c.data.data_dir));
+    if (const auto dir = data::find_fashion_mnist()) {
+      c.data.dataset = "fashion-mnist";
+      c.data.data_dir = *dir;
+      notes.push_back(fmt::format("dataset: fashion-mnist from {} (no --dataset given; Debian's "
+                                  "dataset-fashion-mnist package is installed)", c.data.data_dir));
+    } else {
+      c.data.dataset = "synthetic";
+      notes.push_back(fmt::format("dataset: synthetic (no --dataset given and Fashion-MNIST is not installed at {}; "
+                                  "`apt-get install dataset-fashion-mnist` makes it the default)",
+                                  data::kFashionMnistDefaultDir));
+    }
+  }
+  resolve_data_dir(c.data);
+
+  if (c.schedule.name == "multistep" && c.schedule.milestones.empty()) c.schedule.milestones = default_milestones(c.epochs);
+  if (c.threads == 0) c.threads = cpu::num_threads();
+  c.device = resolve_device(c.device, notes);
+  if (c.out.empty()) {
+    const std::string base = fmt::format("runs/{}-{}-{}", timestamp(), c.model, c.data.dataset);
+    c.out = base;
+    for (int k = 2; std::filesystem::exists(c.out); ++k) c.out = fmt::format("{}-{}", base, k);
+  }
+  return notes;
+}
+
+}  // namespace bulwark::training

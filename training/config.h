@@ -1,0 +1,77 @@
+#pragma once
+// The configuration of a training run: every option of `bulwark train`, resolved.
+//
+// A run directory's config.json is to_json() of the resolved config (defaults filled in, the
+// dataset's actual sizes and the model's input shape included), and the same JSON travels in
+// every checkpoint, so `bulwark train --resume` and `bulwark eval` rebuild the run from it alone.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "training/optim.h"
+#include "training/schedule.h"
+
+namespace bulwark::training {
+
+struct DataConfig {
+  std::string dataset;   // synthetic | mnist | fashion-mnist | cifar10 | cifar100 (empty: the default)
+  std::string data_dir;  // the dataset's files; unused for synthetic
+  int64_t train_size = 0;   // training samples, 0 = all the split has after the validation hold-out
+  int64_t val_size = 1000;  // held out from the end of the training split, for per-epoch validation
+  int64_t test_size = 0;    // the final evaluation's samples from the test split, 0 = all
+  uint64_t data_seed = 0;   // synthetic: the seed that defines the dataset
+  int crop_pad = 0;         // augmentation: random crop with this zero padding
+  bool flip = false;        // augmentation: random horizontal flip
+};
+
+// What the model needs to know about its input; filled in from the training data.
+struct ModelInput {
+  int64_t channels = 0, height = 0, width = 0, num_classes = 0;
+  std::vector<double> mean, std;
+};
+
+struct TrainConfig {
+  std::string model = "wong_small";
+  DataConfig data;
+  ModelInput input;
+  int64_t epochs = 5;
+  int64_t batch_size = 128;
+  int64_t eval_batch_size = 500;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  std::string method = "standard";
+  uint64_t seed = 0;       // model initialisation, shuffling, augmentation, the method's randomness
+  int threads = 0;         // OpenMP threads, 0 = all cores
+  std::string device = "auto";  // cpu | cuda | auto
+  std::string out;         // run directory, empty = runs/<timestamp>-<model>-<dataset>
+};
+
+std::vector<std::string> dataset_names();
+// The synthetic dataset's sizes when --train-size / --test-size are 0.
+inline constexpr int64_t kSyntheticTrainSize = 10000, kSyntheticTestSize = 2000;
+
+nlohmann::ordered_json to_json(const TrainConfig& cfg);
+// Missing keys keep their defaults; wrong types throw with the key's name.
+TrainConfig config_from_json(const nlohmann::json& j);
+
+// Checks every option that can be checked without touching the data; throws
+// std::invalid_argument with the option's name and the valid range.
+void validate(const TrainConfig& cfg);
+void validate(const DataConfig& cfg);
+
+// Fills in what the user left to defaults: the dataset (Fashion-MNIST when Debian's package is
+// installed, else synthetic), its folder, multistep's milestones, the thread count, the device
+// ("auto" -> "cpu") and the run directory.
+// Returns one line per decision, saying what was chosen and why. Throws for --device cuda.
+std::vector<std::string> resolve_defaults(TrainConfig& cfg);
+
+// The dataset's folder: none for synthetic, Debian's for fashion-mnist when not given, else
+// required (throws naming --data-dir).
+void resolve_data_dir(DataConfig& d);
+
+// "cpu" for cpu and auto (adding a note for auto); throws for cuda, which this build lacks.
+std::string resolve_device(const std::string& requested, std::vector<std::string>& notes);
+
+}  // namespace bulwark::training

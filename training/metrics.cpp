@@ -1,0 +1,37 @@
+#include "training/metrics.h"
+
+namespace bulwark::training {
+
+nlohmann::ordered_json EpochMetrics::to_json() const {
+  nlohmann::ordered_json j;
+  j["epoch"] = epoch;
+  j["train_loss"] = train_loss;
+  j["train_acc"] = train_acc;
+  j["val_acc"] = val_acc;
+  j["lr"] = lr;
+  j["seconds"] = seconds;
+  j["fwd_passes"] = fwd_passes;
+  j["bwd_passes"] = bwd_passes;
+  j["images_per_s"] = images_per_s;
+  for (const auto& [k, v] : extra) j[k] = v;
+  return j;
+}
+
+EpochMetrics metrics_from_json(const nlohmann::json& j) {
+  EpochMetrics m;
+  m.epoch = j.at("epoch").get<int64_t>();
+  m.train_loss = j.at("train_loss").get<double>();
+  m.train_acc = j.at("train_acc").get<double>();
+  m.val_acc = j.at("val_acc").get<double>();
+  m.lr = j.at("lr").get<double>();
+  m.seconds = j.at("seconds").get<double>();
+  m.fwd_passes = j.at("fwd_passes").get<int64_t>();
+  m.bwd_passes = j.at("bwd_passes").get<int64_t>();
+  m.images_per_s = j.at("images_per_s").get<double>();
+  const nlohmann::json known = m.to_json();
+  for (auto& [k, v] : j.items())
+    if (!known.contains(k) && v.is_number()) m.extra[k] = v.get<double>();
+  return m;
+}
+
+}  // namespace bulwark::training

@@ -1,0 +1,57 @@
+#pragma once
+// Learning-rate schedules, evaluated per iteration.
+//
+// The trainer asks lr(t) before every optimizer step, with t the training progress in epochs
+// (batch i of n in epoch e: t = e + i / n), and calls on_epoch_end(metrics) after each epoch's
+// validation. The fixed shapes below are functions of t alone; a metric-driven schedule (AccelAT)
+// changes its state in on_epoch_end and saves that state through state()/load_state() so a
+// resumed run continues it. T is the number of training epochs, lr0 the base learning rate.
+//
+//   constant   lr0
+//   multistep  lr0 * gamma^(number of milestones <= t)                  (PyTorch MultiStepLR)
+//   cosine     min_lr + (lr0 - min_lr) (1 + cos(pi t / T)) / 2             (CosineAnnealingLR)
+//   cyclic     0 -> lr0 at peak*T -> 0 at T, linear (triangular)     (Fast-AT, Wong et al. 2020)
+//   one-cycle  lr0 -> 10 lr0 at 2T/5 -> lr0 at 4T/5 -> lr0/100 at T, linear  (AccelAT's comparison)
+//   piecewise  lr0, lr0/10 from T/3, lr0/100 from 2T/3                   (AccelAT's comparison)
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "training/metrics.h"
+
+namespace bulwark::training {
+
+struct ScheduleConfig {
+  std::string name = "cosine";
+  std::vector<double> milestones;  // multistep, in epochs; empty means {T/2, 3T/4}
+  double gamma = 0.1;              // multistep decay factor
+  double min_lr = 0;               // cosine floor
+  double peak = 0.4;               // cyclic: where the triangle peaks, as a fraction of T
+};
+
+std::vector<std::string> schedule_names();
+
+// multistep's milestones when none are given: T/2 and 3T/4.
+std::vector<double> default_milestones(int64_t epochs);
+
+// Throws std::invalid_argument naming the bad field (unknown name, unsorted milestones, ...).
+void validate(const ScheduleConfig& cfg, int64_t epochs);
+
+class LrSchedule {
+ public:
+  virtual ~LrSchedule() = default;
+  // The learning rate at progress t in [0, T] epochs.
+  virtual double lr(double t) const = 0;
+  // After each epoch's validation. The fixed shapes ignore it.
+  virtual void on_epoch_end(const EpochMetrics& metrics) {}
+  // State that on_epoch_end changed, for checkpoints (empty object for the fixed shapes).
+  virtual nlohmann::json state() const { return nlohmann::json::object(); }
+  virtual void load_state(const nlohmann::json& state) {}
+};
+
+// The schedule `cfg.name` for base rate lr0 over `epochs` epochs; validates cfg.
+std::unique_ptr<LrSchedule> make_schedule(const ScheduleConfig& cfg, double lr0, int64_t epochs);
+
+}  // namespace bulwark::training

@@ -1,0 +1,278 @@
+#include "training/trainer.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "models/zoo.h"
+#include "training/evaluate.h"
+
+namespace bulwark::training {
+
+namespace fs = std::filesystem;
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The method's Philox key: the run seed with a constant mixed in, so its stream never lines up
+// with the model initialisation's stream (which is keyed by the seed itself).
+uint64_t method_stream_seed(uint64_t seed) { return seed ^ 0x9E3779B97F4A7C15ull; }
+
+void append_line(const std::string& path, const std::string& line) {
+  std::ofstream out(path, std::ios::app);
+  out << line << '\n';
+  out.flush();
+  if (!out) throw std::runtime_error(fmt::format("cannot append to {} (disk full or read-only?)", path));
+}
+
+// The metrics.jsonl lines of epochs <= `epochs_done`, raw and parsed. A line past the checkpoint
+// belongs to an epoch that will be trained again.
+std::vector<std::pair<std::string, EpochMetrics>> read_metrics(const std::string& path, int64_t epochs_done) {
+  std::vector<std::pair<std::string, EpochMetrics>> out;
+  std::ifstream in(path);
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    try {
+      EpochMetrics m = metrics_from_json(nlohmann::json::parse(line));
+      if (m.epoch <= epochs_done) out.emplace_back(line, std::move(m));
+    } catch (const nlohmann::json::exception& e) {
+      throw std::runtime_error(fmt::format("{} line {} is damaged ({}); fix or delete the line to resume", path, n, e.what()));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+nlohmann::ordered_json RunSummary::to_json() const {
+  nlohmann::ordered_json j;
+  j["out"] = out;
+  j["complete"] = complete;
+  j["epochs_completed"] = epochs_completed;
+  j["best_val_acc"] = best_val_acc;
+  j["best_epoch"] = best_epoch;
+  j["final_val_acc"] = final_val_acc;
+  j["test_acc"] = test_acc;
+  j["test_loss"] = test_loss;
+  j["test_size"] = test_size;
+  j["seconds"] = seconds;
+  j["fwd_passes"] = fwd_passes;
+  j["bwd_passes"] = bwd_passes;
+  j["num_parameters"] = num_parameters;
+  return j;
+}
+
+std::shared_ptr<Module> build_model(const TrainConfig& cfg) {
+  ModelConfig mc;
+  mc.in_channels = cfg.input.channels;
+  mc.height = cfg.input.height;
+  mc.width = cfg.input.width;
+  mc.num_classes = cfg.input.num_classes;
+  mc.mean = cfg.input.mean;
+  mc.std = cfg.input.std;
+  mc.seed = cfg.seed;
+  return make_model(cfg.model, mc);
+}
+
+Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
+    : cfg_(std::move(cfg)),
+      data_(std::move(data)),
+      options_(options),
+      progress_(options.quiet),
+      model_(build_model(cfg_)),
+      optimizer_(make_optimizer(cfg_.optimizer, model_->named_parameters())),
+      schedule_(make_schedule(cfg_.schedule, cfg_.optimizer.lr, cfg_.epochs)),
+      method_(make_method(cfg_.method)),
+      gen_(method_stream_seed(cfg_.seed)) {}
+
+std::string Trainer::path(const std::string& name) const { return (fs::path(cfg_.out) / name).string(); }
+
+void Trainer::restore(const Checkpoint& c) {
+  const CheckpointState& s = c.state;
+  model_->load_state_dict(c.model);
+  optimizer_->load_state(c.optimizer);
+  schedule_->load_state(s.schedule_state);
+  method_->load_state(s.method_state);
+  if (s.rng_seed != gen_.seed())
+    throw std::runtime_error(fmt::format("checkpoint RNG seed {} does not match the run's seed {}: the checkpoint "
+                                         "belongs to another run",
+                                         s.rng_seed, gen_.seed()));
+  gen_.set_offset(s.rng_offset);
+  start_epoch_ = s.epoch;
+  start_batch_ = s.batch;
+  best_val_acc_ = s.best_val_acc;
+  best_epoch_ = s.best_epoch;
+  std::string kept;
+  for (auto& [line, m] : read_metrics(path("metrics.jsonl"), s.epoch)) {
+    kept += line + "\n";
+    history_.push_back(std::move(m));
+  }
+  write_file_atomically(path("metrics.jsonl"), kept);
+}
+
+CheckpointState Trainer::checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const {
+  CheckpointState s;
+  s.config = to_json(cfg_);
+  s.epoch = epochs_done;
+  s.batch = 0;
+  s.rng_seed = gen_.seed();
+  s.rng_offset = gen_.offset();
+  s.schedule_state = schedule_->state();
+  s.method_state = method_->state();
+  s.best_val_acc = best_val_acc_;
+  s.best_epoch = best_epoch_;
+  s.metrics = m.to_json();
+  return s;
+}
+
+EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
+  const auto t0 = Clock::now();
+  data::Loader& loader = *loader_;
+  const int64_t batches = loader.batches_per_epoch();
+  loader.start_epoch(epoch, first_batch);
+  progress_.start_epoch(epoch, cfg_.epochs, batches - first_batch);
+  model_->train();
+
+  PassCounter passes;
+  double loss_sum = 0;
+  int64_t correct = 0, count = 0, done = 0;
+  double lr = optimizer_->lr();
+  data::Batch b;
+  while (loader.next(b)) {
+    const Tensor x = Tensor::from_vector(b.x, {b.n, b.c, b.h, b.w});
+    const Tensor y = Tensor::from_vector(b.y, {b.n});
+    lr = schedule_->lr(static_cast<double>(epoch) + static_cast<double>(b.index) / static_cast<double>(batches));
+    optimizer_->set_lr(lr);
+    StepContext ctx{*model_, *optimizer_, gen_, passes, epoch, b.index};
+    const BatchResult r = method_->train_batch(ctx, x, y);
+    if (!std::isfinite(r.loss_sum)) {
+      const std::string kept =
+          epoch > 0 ? fmt::format("{} still holds the model after epoch {}", path("last.safetensors"), epoch)
+                    : std::string("no checkpoint was written (this was the first epoch)");
+      throw TrainingDiverged(fmt::format("training diverged: the loss is {} at epoch {}/{}, batch {}/{} (lr {:.3g}); {}. "
+                                         "Lower --lr (it is {:.3g}) or use a schedule that warms up.",
+                                         r.loss_sum, epoch + 1, cfg_.epochs, b.index + 1, batches, lr, kept,
+                                         cfg_.optimizer.lr));
+    }
+    loss_sum += r.loss_sum;
+    correct += r.correct;
+    count += r.count;
+    ++done;
+    progress_.batch(done, loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count),
+                    static_cast<double>(count) / seconds_since(t0));
+  }
+  const double train_seconds = seconds_since(t0);
+
+  EpochMetrics m;
+  m.epoch = epoch + 1;
+  m.train_loss = count > 0 ? loss_sum / static_cast<double>(count) : 0;
+  m.train_acc = count > 0 ? static_cast<double>(correct) / static_cast<double>(count) : 0;
+  m.val_acc = evaluate_clean(*model_, data_.val, cfg_.eval_batch_size).accuracy;
+  m.lr = lr;
+  m.fwd_passes = passes.fwd;
+  m.bwd_passes = passes.bwd;
+  m.images_per_s = train_seconds > 0 ? static_cast<double>(count) / train_seconds : 0;
+  method_->on_epoch_end(m);
+  schedule_->on_epoch_end(m);
+  m.seconds = seconds_since(t0);
+  return m;
+}
+
+RunSummary Trainer::run() {
+  cpu::set_num_threads(cfg_.threads);
+  loader_ = std::make_unique<data::Loader>(data_.train, cfg_.batch_size, true, cfg_.seed,
+                                           data::AugmentOptions{cfg_.data.crop_pad, cfg_.data.flip});
+  const int64_t last_epoch = options_.stop_after > 0 ? std::min(options_.stop_after, cfg_.epochs) : cfg_.epochs;
+  for (int64_t epoch = start_epoch_; epoch < last_epoch; ++epoch) {
+    const EpochMetrics m = train_epoch(epoch, epoch == start_epoch_ ? start_batch_ : 0);
+    history_.push_back(m);
+    append_line(path("metrics.jsonl"), m.to_json().dump());
+    if (m.val_acc > best_val_acc_) {
+      best_val_acc_ = m.val_acc;
+      best_epoch_ = m.epoch;
+      save_checkpoint(path("best.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m));
+    }
+    save_checkpoint(path("last.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m));
+    progress_.end_epoch(m, cfg_.epochs);
+  }
+
+  RunSummary s;
+  s.out = cfg_.out;
+  s.epochs_completed = std::max(start_epoch_, last_epoch);
+  s.complete = s.epochs_completed >= cfg_.epochs;
+  s.best_val_acc = best_val_acc_;
+  s.best_epoch = best_epoch_;
+  s.num_parameters = model_->num_parameters();
+  for (const EpochMetrics& m : history_) {
+    s.seconds += m.seconds;
+    s.fwd_passes += m.fwd_passes;
+    s.bwd_passes += m.bwd_passes;
+  }
+  if (!history_.empty()) s.final_val_acc = history_.back().val_acc;
+  if (!s.complete) {
+    progress_.info(fmt::format("stopped after epoch {} of {}; continue with: bulwark train --resume {}",
+                               s.epochs_completed, cfg_.epochs, cfg_.out));
+    return s;
+  }
+  const EvalResult test = evaluate_clean(*model_, data_.test, cfg_.eval_batch_size);
+  s.test_acc = test.accuracy;
+  s.test_loss = test.loss;
+  s.test_size = test.count;
+  write_file_atomically(path("summary.json"), s.to_json().dump(2) + "\n");
+  progress_.info(fmt::format("test accuracy {:.2f}% on {} samples of {} ({} parameters, {} training); run directory {}",
+                             100 * s.test_acc, s.test_size, data_.test.name, s.num_parameters,
+                             format_duration(s.seconds), cfg_.out));
+  return s;
+}
+
+RunSummary train(TrainConfig cfg, const RunOptions& options) {
+  validate(cfg);
+  const std::vector<std::string> notes = resolve_defaults(cfg);
+  Progress info(options.quiet);
+  for (const auto& n : notes) info.info(n);
+  if (fs::exists(fs::path(cfg.out) / "config.json"))
+    throw std::invalid_argument(fmt::format("{} already holds a run (config.json); continue it with --resume {} or "
+                                            "choose another --out",
+                                            cfg.out, cfg.out));
+  RunData data = load_run_data(cfg);
+  std::error_code ec;
+  fs::create_directories(cfg.out, ec);
+  if (ec) throw std::runtime_error(fmt::format("cannot create the run directory {}: {}", cfg.out, ec.message()));
+  write_file_atomically((fs::path(cfg.out) / "config.json").string(), to_json(cfg).dump(2) + "\n");
+  std::ofstream((fs::path(cfg.out) / "metrics.jsonl").string(), std::ios::trunc);
+  info.info(fmt::format("training {} on {} ({} train / {} val / {} test samples) for {} epoch{}, {} thread{}; run "
+                        "directory {}",
+                        cfg.model, cfg.data.dataset, data.train.n, data.val.n, data.test.n, cfg.epochs,
+                        cfg.epochs == 1 ? "" : "s", cfg.threads, cfg.threads == 1 ? "" : "s", cfg.out));
+  Trainer trainer(std::move(cfg), std::move(data), options);
+  return trainer.run();
+}
+
+RunSummary resume(const std::string& run_dir, const RunOptions& options, int threads) {
+  const std::string last = (fs::path(run_dir) / "last.safetensors").string();
+  if (!fs::exists(last)) {
+    const bool is_run = fs::exists(fs::path(run_dir) / "config.json");
+    throw std::invalid_argument(
+        is_run ? fmt::format("{} has no last.safetensors: the run stopped before its first epoch ended; start it again", run_dir)
+               : fmt::format("{} is not a run directory (no config.json or last.safetensors)", run_dir));
+  }
+  const Checkpoint ckpt = load_checkpoint(last);
+  TrainConfig cfg = config_from_json(ckpt.state.config);
+  cfg.out = run_dir;
+  if (threads > 0) cfg.threads = threads;
+  validate(cfg);
+  RunData data = load_run_data(cfg);
+  Progress info(options.quiet);
+  info.info(fmt::format("resuming {} after epoch {} of {}", run_dir, ckpt.state.epoch, cfg.epochs));
+  Trainer trainer(std::move(cfg), std::move(data), options);
+  trainer.restore(ckpt);
+  return trainer.run();
+}
+
+}  // namespace bulwark::training

@@ -1,0 +1,113 @@
+#pragma once
+// The trainer: one loop for every method, with the method, the LR schedule and the model
+// pluggable (training/method.h, training/schedule.h, models/zoo.h).
+//
+//   for each epoch e, for each batch i of n (shuffled, augmented; data/loader.h):
+//     optimizer.lr = schedule.lr(e + i / n)
+//     method.train_batch(x, y)           forward(s), loss, backward(s), optimizer step(s)
+//     stop if the loss is NaN or inf     (last.safetensors still holds the last good epoch)
+//   after each epoch:
+//     validate (clean accuracy on the fixed hold-out), method.on_epoch_end, schedule.on_epoch_end
+//     append the epoch's line to metrics.jsonl, write best.safetensors (when val_acc improved)
+//     and last.safetensors
+//   after the last epoch: clean accuracy on the test split, summary.json
+//
+// Run directory:  config.json  metrics.jsonl  last.safetensors  best.safetensors  summary.json
+//
+// Resume: resume(run_dir) rebuilds the run from the config inside last.safetensors, restores the
+// model, optimizer, schedule, method and RNG state, drops metrics.jsonl lines past the checkpoint
+// and continues with the next epoch. Every source of randomness is a function of (seed, epoch,
+// position), so on the CPU a resumed run ends bitwise equal to an uninterrupted one with the same
+// thread count.
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "data/loader.h"
+#include "engine/rng.h"
+#include "models/module.h"
+#include "training/checkpoint.h"
+#include "training/config.h"
+#include "training/datasets.h"
+#include "training/method.h"
+#include "training/progress.h"
+
+namespace bulwark::training {
+
+// The loss became NaN or infinite: the run stops (the CLI exits with code 1, not 2).
+struct TrainingDiverged : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct RunOptions {
+  bool quiet = false;
+  int64_t stop_after = 0;  // > 0: stop once this many epochs are complete (resume continues it)
+};
+
+struct RunSummary {
+  std::string out;
+  bool complete = false;         // all cfg.epochs done (else stopped by RunOptions::stop_after)
+  int64_t epochs_completed = 0;
+  double best_val_acc = -1;
+  int64_t best_epoch = -1;
+  double final_val_acc = 0;
+  double test_acc = -1, test_loss = -1;  // -1 until the run is complete
+  int64_t test_size = 0;
+  double seconds = 0;  // training wall time summed over the run's epochs, resumes included
+  int64_t fwd_passes = 0, bwd_passes = 0;
+  int64_t num_parameters = 0;
+  nlohmann::ordered_json to_json() const;
+};
+
+// The model cfg describes, freshly initialised from cfg.seed.
+std::shared_ptr<Module> build_model(const TrainConfig& cfg);
+
+class Trainer {
+ public:
+  // cfg: resolved and validated, cfg.input filled by load_run_data (which gave `data`).
+  Trainer(TrainConfig cfg, RunData data, RunOptions options);
+
+  // Continues from a checkpoint of this run instead of from epoch 0, and cuts cfg.out/metrics.jsonl
+  // back to the epochs the checkpoint includes.
+  void restore(const Checkpoint& checkpoint);
+
+  // Trains to cfg.epochs (or options.stop_after), writing the run directory cfg.out, which
+  // must exist. Throws TrainingDiverged when the loss stops being finite.
+  RunSummary run();
+
+  Module& model() { return *model_; }
+  Progress& progress() { return progress_; }
+
+ private:
+  EpochMetrics train_epoch(int64_t epoch, int64_t first_batch);
+  CheckpointState checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const;
+  std::string path(const std::string& name) const;
+
+  TrainConfig cfg_;
+  RunData data_;
+  RunOptions options_;
+  Progress progress_;
+  std::shared_ptr<Module> model_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<LrSchedule> schedule_;
+  std::unique_ptr<Method> method_;
+  Generator gen_;
+  std::unique_ptr<data::Loader> loader_;  // created by run(), over data_.train
+  int64_t start_epoch_ = 0, start_batch_ = 0;
+  double best_val_acc_ = -1;
+  int64_t best_epoch_ = -1;
+  std::vector<EpochMetrics> history_;  // every finished epoch of the run, resumes included
+};
+
+// A new run: resolves the defaults (printing what was chosen), validates, loads the data,
+// creates cfg.out (refusing one that already holds a run), writes config.json and trains.
+RunSummary train(TrainConfig cfg, const RunOptions& options);
+
+// Continues the run in run_dir from its last.safetensors. threads > 0 overrides the saved
+// thread count (bitwise equality with an uninterrupted run needs the same count).
+RunSummary resume(const std::string& run_dir, const RunOptions& options, int threads = 0);
+
+}  // namespace bulwark::training
