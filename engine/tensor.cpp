@@ -64,9 +64,14 @@ namespace {
 class BlockCache {
  public:
   static constexpr size_t kMinBytes = size_t{1} << 20, kMaxBytes = size_t{2} << 30;
+#if defined(__SANITIZE_ADDRESS__)
+  static constexpr bool kEnabled = false;  // a reused block would hide use-after-free from ASan
+#else
+  static constexpr bool kEnabled = true;
+#endif
 
   void* take(size_t bytes) {
-    if (bytes < kMinBytes) return nullptr;
+    if (!kEnabled || bytes < kMinBytes) return nullptr;
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = blocks_.find(bytes);
     if (it == blocks_.end()) return nullptr;
@@ -77,7 +82,7 @@ class BlockCache {
   }
   // false: not kept (too small), the caller frees it
   bool give(void* p, size_t bytes) {
-    if (bytes < kMinBytes || bytes > kMaxBytes) return false;
+    if (!kEnabled || bytes < kMinBytes || bytes > kMaxBytes) return false;
     std::lock_guard<std::mutex> lock(mutex_);
     if (cached_ + bytes > kMaxBytes) {
       for (auto& [size, block] : blocks_) std::free(block);

@@ -2,6 +2,8 @@
 // the loader's determinism.
 #include <catch2/catch.hpp>
 
+#include "tests/test_util.h"
+
 #include <unistd.h>
 #include <zlib.h>
 
@@ -46,22 +48,7 @@ std::optional<std::string> shared_data(const std::string& sub, const std::string
   return std::nullopt;
 }
 
-// A fresh folder under the system temp dir, removed with everything in it at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("bulwark_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
+using bulwark::testing::TempDir;
 
 using Bytes = std::vector<uint8_t>;
 
