@@ -688,11 +688,11 @@ void Engine::thread_exited(EmuThread& me) {
   WarpState& ws = warps_[me.warp];
   ws.live &= ~(1u << me.lane);
   // Collectives that were waiting for this lane may now be complete without it.
-  uint32_t todo = ws.arrived;
-  while (todo) {
-    const unsigned l = static_cast<unsigned>(std::countr_zero(todo));
-    todo &= todo - 1;
-    if (try_complete(me.warp, l)) todo &= ws.arrived;
+  uint32_t pending = ws.arrived;
+  while (pending) {
+    const unsigned l = static_cast<unsigned>(std::countr_zero(pending));
+    pending &= pending - 1;
+    if (try_complete(me.warp, l)) pending &= ws.arrived;
   }
 }
 

@@ -1,0 +1,270 @@
+// 2-D convolution (NCHW, cross-correlation, square stride and padding) as implicit GEMM: the
+// im2col matrix of kernels/cpu/conv.cpp is never built; the tile loop of gemm_tile.cuh asks a
+// loader for its elements and the loader computes them from the image on the fly.
+//
+// With L = OH*OW, CKK = C*KH*KW and r = (c, ki, kj) a filter tap:
+//   forward:          y[n, o, p]  = sum_r W[o, r] col_n[r, p] + bias[o]
+//                     GEMM M = O, N = n*L (all samples side by side), K = CKK; bias in the epilogue
+//   backward-input:   dx[n, c, q] = sum_{o, ki, kj} W[o, c, ki, kj] g[n, o, (iy + pad - ki) / stride, ...]
+//                     GEMM M = C, N = n*H*W, K = O*KH*KW: a gather (taps whose output position is
+//                     not an integer or out of range read 0), so no atomics and a deterministic sum
+//   backward-weight:  dW[o, r]    = sum_{n, p} g[n, o, p] col_n[r, p]
+//                     GEMM M = O, N = CKK, K = n*L
+// where col_n[r, p] = x[n, c, oy*stride - pad + ki, ox*stride - pad + kj] (0 in the padding).
+//
+// FLOPs: 2 n O CKK L for each of the three. Bytes (ideal): x, W, and y/g once each:
+// 4 (n C H W + O CKK + n O L); the tile loop re-reads x from L2 up to KH*KW times (each tap of
+// each staged slice), which is the price of implicit GEMM with no halo-tile reuse.
+//
+// Versions:
+//   0  cuDNN (conv2d_*_vendor, real build only): the baseline for the benches.
+//   1  this file: implicit GEMM on the 64x64x8 register-blocked tile loop. Each staged element
+//      decodes its (c, ki, kj) and (n, oy, ox) with 64-bit integer divisions (a few dozen
+//      instructions each on a GPU, which has no divider): the index math, not the FMAs, is the
+//      likely bottleneck of this version. 32-bit indices where the sizes allow, and the taps'
+//      decode from a small table instead of divisions, come first in version 2. Small O (the
+//      first layer, O = 16..64) wastes part of the tile, and the backward-weight GEMM (small
+//      M x N, huge K = n*L) has few blocks: split-K over the batch with a second reduction
+//      pass is the next step for it.
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gemm_tile.cuh"
+#include "kernels/cuda/vendor.h"
+#include "kernels/emu/launch.h"
+
+#ifndef BULWARK_EMU
+#include <cudnn.h>
+
+#include <stdexcept>
+#include <string>
+#endif
+
+namespace bulwark::cuda {
+
+namespace {
+// col_n[r, p] with col = n*L + p: the im2col element, read from x (0 in the padding).
+__device__ inline float im2col_at(const ConvShape& s, const float* x, int64_t r, int64_t col) {
+  const int64_t kk = s.kh * s.kw, L = s.oh * s.ow;
+  const int64_t c = r / kk, ki = (r % kk) / s.kw, kj = r % s.kw;
+  const int64_t n = col / L, p = col % L;
+  const int64_t iy = (p / s.ow) * s.stride - s.pad + ki, ix = (p % s.ow) * s.stride - s.pad + kj;
+  if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) return 0.0f;
+  return x[((n * s.c + c) * s.h + iy) * s.w + ix];
+}
+
+// forward B: (k = r, j = n*L + p); consecutive columns are consecutive ox (contiguous for stride 1).
+struct ForwardColumns {
+  ConvShape s;
+  const float* x;
+  __device__ float operator()(int64_t r, int64_t col) const { return im2col_at(s, x, r, col); }
+  __device__ bool k_fastest() const { return false; }
+};
+
+struct ForwardStore {
+  int64_t o, L;
+  const float* bias;
+  float* y;
+  __device__ void operator()(int64_t oc, int64_t col, float acc) const {
+    const int64_t n = col / L, p = col % L;
+    y[(n * o + oc) * L + p] = bias ? acc + bias[oc] : acc;
+  }
+};
+
+// backward-input A: (i = c, k = o*KK + tap) -> W[o, c, tap]; taps of one filter are contiguous.
+struct TransposedFilters {
+  ConvShape s;
+  const float* w;
+  __device__ float operator()(int64_t c, int64_t k) const {
+    const int64_t kk = s.kh * s.kw, o = k / kk, tap = k % kk;
+    return w[(o * s.c + c) * kk + tap];
+  }
+  __device__ bool k_fastest() const { return true; }
+};
+
+// backward-input B: (k = o*KK + tap, j = n*H*W + iy*W + ix) -> g at the output position that tap
+// (ki, kj) of input position (iy, ix) contributes to, or 0 when there is none.
+struct GradientTaps {
+  ConvShape s;
+  const float* g;
+  __device__ float operator()(int64_t k, int64_t col) const {
+    const int64_t kk = s.kh * s.kw, o = k / kk, ki = (k % kk) / s.kw, kj = k % s.kw;
+    const int64_t hw = s.h * s.w, n = col / hw, q = col % hw;
+    const int64_t ty = q / s.w + s.pad - ki, tx = q % s.w + s.pad - kj;  // = oy*stride, ox*stride
+    if (ty < 0 || tx < 0 || ty % s.stride != 0 || tx % s.stride != 0) return 0.0f;
+    const int64_t oy = ty / s.stride, ox = tx / s.stride;
+    if (oy >= s.oh || ox >= s.ow) return 0.0f;
+    return g[((n * s.o + o) * s.oh + oy) * s.ow + ox];
+  }
+  __device__ bool k_fastest() const { return false; }
+};
+
+struct InputStore {
+  int64_t c, hw;
+  float* dx;
+  __device__ void operator()(int64_t ch, int64_t col, float acc) const {
+    dx[((col / hw) * c + ch) * hw + col % hw] = acc;
+  }
+};
+
+// backward-weight A: (i = o, k = n*L + p) -> g[n, o, p].
+struct GradientRows {
+  int64_t o, L;
+  const float* g;
+  __device__ float operator()(int64_t oc, int64_t k) const { return g[((k / L) * o + oc) * L + k % L]; }
+  __device__ bool k_fastest() const { return true; }
+};
+
+// backward-weight B: (k = n*L + p, j = r) -> col_n[r, p], the im2col matrix transposed.
+struct TransposedColumns {
+  ConvShape s;
+  const float* x;
+  __device__ float operator()(int64_t k, int64_t r) const { return im2col_at(s, x, r, k); }
+  __device__ bool k_fastest() const { return true; }
+};
+
+struct WeightStore {
+  int64_t ckk;
+  float* dw;
+  __device__ void operator()(int64_t oc, int64_t r, float acc) const { dw[oc * ckk + r] = acc; }
+};
+}  // namespace
+
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
+  const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
+  tile::run_tiles(tile::MatrixLoader{w, ckk, false, false}, ForwardColumns{s, x}, ForwardStore{s.o, L, bias, y}, s.o,
+                  s.n * L, ckk, current_stream());
+}
+
+void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx) {
+  const int64_t hw = s.h * s.w;
+  tile::run_tiles(TransposedFilters{s, w}, GradientTaps{s, g}, InputStore{s.c, hw, dx}, s.c, s.n * hw,
+                  s.o * s.kh * s.kw, current_stream());
+}
+
+void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) {
+  const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
+  tile::run_tiles(GradientRows{s.o, L, g}, TransposedColumns{s, x}, WeightStore{ckk, dw}, s.o, ckk, s.n * L,
+                  current_stream());
+}
+
+#ifndef BULWARK_EMU
+namespace {
+void check(cudnnStatus_t st, const char* what) {
+  if (st != CUDNN_STATUS_SUCCESS)
+    throw std::runtime_error(std::string(what) + " failed: " + cudnnGetErrorString(st));
+}
+
+cudnnHandle_t cudnn_handle() {
+  static cudnnHandle_t handle = [] {
+    cudnnHandle_t h = nullptr;
+    check(cudnnCreate(&h), "cudnnCreate");
+    return h;
+  }();
+  check(cudnnSetStream(handle, current_stream()), "cudnnSetStream");
+  return handle;
+}
+
+// The descriptors of one convolution shape, created per call (the benches time the steady
+// state, where cuDNN's cost is the kernel, not this), plus a workspace ordered on the stream
+// the launchers use (current_stream()).
+struct CudnnConv {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  void* workspace = nullptr;
+
+  explicit CudnnConv(const ConvShape& s) {
+    check(cudnnCreateTensorDescriptor(&x), "cudnnCreateTensorDescriptor");
+    check(cudnnCreateTensorDescriptor(&y), "cudnnCreateTensorDescriptor");
+    check(cudnnCreateTensorDescriptor(&bias), "cudnnCreateTensorDescriptor");
+    check(cudnnCreateFilterDescriptor(&w), "cudnnCreateFilterDescriptor");
+    check(cudnnCreateConvolutionDescriptor(&conv), "cudnnCreateConvolutionDescriptor");
+    check(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.c), int(s.h), int(s.w)),
+          "cudnnSetTensor4dDescriptor(x)");
+    check(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.o), int(s.oh),
+                                     int(s.ow)),
+          "cudnnSetTensor4dDescriptor(y)");
+    check(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, int(s.o), 1, 1),
+          "cudnnSetTensor4dDescriptor(bias)");
+    check(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, int(s.o), int(s.c), int(s.kh),
+                                     int(s.kw)),
+          "cudnnSetFilter4dDescriptor");
+    check(cudnnSetConvolution2dDescriptor(conv, int(s.pad), int(s.pad), int(s.stride), int(s.stride), 1, 1,
+                                          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+          "cudnnSetConvolution2dDescriptor");
+    // Keep f32 exact: no TF32 tensor-op math, so the comparison with our kernels is like for like.
+    check(cudnnSetConvolutionMathType(conv, CUDNN_FMA_MATH), "cudnnSetConvolutionMathType");
+  }
+  void* workspace_of(size_t bytes) {
+    if (bytes && cudaMallocAsync(&workspace, bytes, current_stream()) != cudaSuccess)
+      throw std::runtime_error("cuDNN workspace of " + std::to_string(bytes) + " bytes: out of device memory");
+    return workspace;
+  }
+  ~CudnnConv() {
+    if (workspace) cudaFreeAsync(workspace, current_stream());  // stream-ordered: no host sync
+    cudnnDestroyConvolutionDescriptor(conv);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyTensorDescriptor(bias);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyTensorDescriptor(x);
+  }
+  CudnnConv(const CudnnConv&) = delete;
+  CudnnConv& operator=(const CudnnConv&) = delete;
+};
+}  // namespace
+
+void conv2d_forward_vendor(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
+  CudnnConv d(s);
+  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  int found = 0;
+  check(cudnnGetConvolutionForwardAlgorithm_v7(cudnn_handle(), d.x, d.w, d.conv, d.y,
+                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf),
+        "cudnnGetConvolutionForwardAlgorithm_v7");
+  size_t bytes = 0;
+  check(cudnnGetConvolutionForwardWorkspaceSize(cudnn_handle(), d.x, d.w, d.conv, d.y, perf[0].algo, &bytes),
+        "cudnnGetConvolutionForwardWorkspaceSize");
+  void* ws = d.workspace_of(bytes);
+  const float one = 1.0f, zero = 0.0f;
+  check(cudnnConvolutionForward(cudnn_handle(), &one, d.x, x, d.w, w, d.conv, perf[0].algo, ws, bytes, &zero, d.y, y),
+        "cudnnConvolutionForward");
+  if (bias) check(cudnnAddTensor(cudnn_handle(), &one, d.bias, bias, &one, d.y, y), "cudnnAddTensor");
+}
+
+void conv2d_backward_input_vendor(const ConvShape& s, const float* g, const float* w, float* dx) {
+  CudnnConv d(s);
+  cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+  int found = 0;
+  check(cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_handle(), d.w, d.y, d.conv, d.x,
+                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &found, perf),
+        "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+  size_t bytes = 0;
+  check(cudnnGetConvolutionBackwardDataWorkspaceSize(cudnn_handle(), d.w, d.y, d.conv, d.x, perf[0].algo, &bytes),
+        "cudnnGetConvolutionBackwardDataWorkspaceSize");
+  void* ws = d.workspace_of(bytes);
+  const float one = 1.0f, zero = 0.0f;
+  check(cudnnConvolutionBackwardData(cudnn_handle(), &one, d.w, w, d.y, g, d.conv, perf[0].algo, ws, bytes, &zero,
+                                     d.x, dx),
+        "cudnnConvolutionBackwardData");
+}
+
+void conv2d_backward_weight_vendor(const ConvShape& s, const float* x, const float* g, float* dw) {
+  CudnnConv d(s);
+  cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+  int found = 0;
+  check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_handle(), d.x, d.y, d.conv, d.w,
+                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &found, perf),
+        "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+  size_t bytes = 0;
+  check(cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn_handle(), d.x, d.y, d.conv, d.w, perf[0].algo, &bytes),
+        "cudnnGetConvolutionBackwardFilterWorkspaceSize");
+  void* ws = d.workspace_of(bytes);
+  const float one = 1.0f, zero = 0.0f;
+  check(cudnnConvolutionBackwardFilter(cudnn_handle(), &one, d.x, x, d.y, g, d.conv, perf[0].algo, ws, bytes, &zero,
+                                       d.w, dw),
+        "cudnnConvolutionBackwardFilter");
+}
+#endif
+
+}  // namespace bulwark::cuda

@@ -1,0 +1,89 @@
+#pragma once
+// The CUDA backend's host launchers: the same raw-pointer contract as kernels/cpu/cpu_kernels.h
+// (so the engine dispatches to either with the same arguments), f32 only, device pointers,
+// work queued on bulwark::cuda::current_stream(). No launcher synchronises with the host.
+//
+// Every .cu file in this folder is compiled twice: by nvcc for the real GPU build, and by g++
+// with kernels/emu/emu.h force-included for the emulated backend that the tests run
+// (docs/emulator.md). Launches go through BW_LAUNCH, never <<<...>>>.
+#include <cstdint>
+#include <string>
+
+#include "kernels/common/elementwise.h"
+#include "kernels/common/optim.h"
+#include "kernels/cpu/cpu_kernels.h"  // Strided, ConvShape, PoolShape: plain structs shared by both backends
+
+namespace bulwark::cuda {
+
+using cpu::ConvShape;
+using cpu::PoolShape;
+using cpu::Strided;
+
+// ---- runtime (runtime.cu) ----------------------------------------------------------------------
+// Whether a usable device exists; `why` says what is missing when not.
+bool device_available(std::string* why);
+bool emulated();  // true in the emulated backend (kernels run on the CPU under kernels/emu)
+void* device_malloc(size_t bytes);     // stream-ordered caching allocator, never managed memory
+void device_free(void* p);
+void copy_to_device(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);
+void copy_device(void* dst, const void* src, size_t bytes);
+void synchronize();
+
+// ---- elementwise / reductions / indexing (elementwise.cu, reduce.cu) ----------------------------
+void strided_copy(const float* src, const Strided& s, float* dst);
+void strided_copy_i32(const int32_t* src, const Strided& s, int32_t* dst);
+void fill(float* dst, int64_t n, float value);
+void fill_i32(int32_t* dst, int64_t n, int32_t value);
+void convert_i32_to_f32(const int32_t* src, float* dst, int64_t n);
+void convert_f32_to_i32(const float* src, int32_t* dst, int64_t n);
+void unary(ew::Unary op, const float* x, float* y, int64_t n, float p0, float p1);
+void binary(ew::Binary op, const float* a, const Strided& sa, const float* b, const Strided& sb, float* out);
+void where(const float* c, const Strided& sc, const float* a, const Strided& sa, const float* b, const Strided& sb,
+           float* out);
+void sum_middle(const float* x, float* y, int64_t outer, int64_t n, int64_t inner);
+void argmax_middle(const float* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner);
+void gather_middle(const float* x, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m, int64_t inner);
+void scatter_add_middle(const float* src, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m,
+                        int64_t inner);
+
+// ---- softmax and loss (softmax.cu) ----------------------------------------------------------------
+void log_softmax_rows(const float* z, float* y, int64_t rows, int64_t cols);
+void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols);
+
+// ---- GEMM and convolution (gemm.cu, conv.cu) ---------------------------------------------------------
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc);
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y);
+void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
+void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw);
+
+// ---- pooling and normalisation (pool.cu, batch_norm.cu) ---------------------------------------------
+void max_pool2d_indices(const PoolShape& s, const float* x, int32_t* idx);
+void avg_pool2d_forward(const PoolShape& s, const float* x, float* y);
+void avg_pool2d_backward(const PoolShape& s, const float* g, float* dx);
+void adaptive_avg_pool2d_forward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, float* y);
+void adaptive_avg_pool2d_backward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* g,
+                                  float* dx);
+void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y, float* mean,
+                              float* invstd, float* var, int64_t n, int64_t c, int64_t inner, double eps);
+void batch_norm_backward_train(const float* x, const float* g, const float* gamma, const float* mean,
+                               const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
+                               int64_t inner);
+
+// ---- Philox, attack step, optimizer (random.cu, attack.cu, optim.cu) --------------------------------
+void uniform(float* out, int64_t n, float lo, float hi, uint64_t seed, uint64_t offset);
+double pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha);  // returns sum|g|
+void random_start(const float* x, float* x_adv, int64_t n, float eps, uint64_t seed, uint64_t offset);
+
+// One SGD-momentum step (kernels/common/optim.h) over every parameter in a single launch.
+// `params` is a host array of `count` segments whose pointers are device pointers.
+struct SgdSegment {
+  float* param;
+  const float* grad;
+  float* momentum_buf;
+  int64_t n;
+};
+void sgd_step_multi(const SgdSegment* params, int count, const optim::SgdHyper& h);
+
+}  // namespace bulwark::cuda

@@ -1,0 +1,157 @@
+// Reductions and index ops over a tensor viewed as [outer, n, inner] (the CPU reference is
+// kernels/cpu/reduce.cpp): every reduction or gather along one axis is this shape after a reshape.
+//
+//   sum_middle:          y[o, i] = sum_k x[o, k, i]
+//   argmax_middle:       idx[o, i] = first k maximising x[o, k, i] (NaN never beats a number)
+//   gather_middle:       out[o, k, i] = x[o, idx[o, k, i], i]
+//   scatter_add_middle:  out[o, idx[o, k, i], i] += src[o, k, i]
+// FLOPs: n per output (sum), none for the index ops. Bytes: 4 per element read, plus outputs;
+// all memory-bound.
+//
+// Versions:
+//   v1 (this file) two layouts. inner == 1 (a row reduction: the loss sum, a softmax row, the
+//      whole tensor): one 256-thread block per row, each thread strides over the row, then a
+//      warp-shuffle + shared-memory block reduction (deterministic order). inner > 1 (a column
+//      reduction, e.g. batch-norm style [N, C, HW] over N): one thread per output column, the
+//      k loop reads consecutive i in consecutive threads, so loads are coalesced. A skinny
+//      [1, big n, small inner] case would want a split-k second pass; not needed yet.
+//      scatter_add uses atomicAdd, so its summation order (and last bits) may vary between
+//      runs on a GPU; the CPU adds in k order.
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+
+namespace bulwark::cuda {
+
+namespace {
+
+__global__ void sum_rows_kernel(const float* x, float* y, int64_t n) {
+  BW_SHARED(float, scratch, [32]);
+  const float* row = x + blockIdx.x * n;
+  float acc = 0.0f;
+  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) acc += row[k];
+  acc = block_sum<float>(acc, scratch);
+  if (threadIdx.x == 0) y[blockIdx.x] = acc;
+}
+
+__global__ void sum_columns_kernel(const float* x, float* y, int64_t outer, int64_t n, int64_t inner) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < outer * inner;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = t / inner, i = t % inner;
+    const float* p = x + o * n * inner + i;
+    float acc = 0.0f;
+    for (int64_t k = 0; k < n; ++k) acc += p[k * inner];
+    y[t] = acc;
+  }
+}
+
+// (value, index) of the better candidate: larger value, then smaller index; a NaN loses to any
+// number, and between NaNs the smaller index wins. Associative and commutative, so any reduction
+// tree gives the sequential CPU answer (first maximum over the numbers, 0 when all are NaN).
+__device__ inline void argmax_combine(float& v, int64_t& k, float v2, int64_t k2) {
+  const bool nan1 = v != v, nan2 = v2 != v2;
+  bool take;
+  if (nan1 != nan2) take = nan1;
+  else if (nan1) take = k2 < k;
+  else take = v2 > v || (v2 == v && k2 < k);
+  if (take) {
+    v = v2;
+    k = k2;
+  }
+}
+
+__global__ void argmax_rows_kernel(const float* x, int32_t* idx, int64_t n) {
+  BW_SHARED(float, sv, [32]);
+  BW_SHARED(int64_t, sk, [32]);
+  const float* row = x + blockIdx.x * n;
+  float v = NAN;
+  int64_t k = INT64_MAX;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) argmax_combine(v, k, row[j], j);
+  for (int d = 16; d > 0; d >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, v, d);
+    const int64_t k2 = __shfl_xor_sync(0xffffffffu, k, d);
+    argmax_combine(v, k, v2, k2);
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) {
+    sv[warp] = v;
+    sk[warp] = k;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
+      const float v2 = sv[w];
+      const int64_t k2 = sk[w];
+      argmax_combine(v, k, v2, k2);
+    }
+    idx[blockIdx.x] = static_cast<int32_t>(k);
+  }
+}
+
+__global__ void argmax_columns_kernel(const float* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < outer * inner;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = t / inner, i = t % inner;
+    const float* p = x + o * n * inner + i;
+    float v = p[0];
+    int64_t k = 0;
+    for (int64_t j = 1; j < n; ++j) argmax_combine(v, k, p[j * inner], j);
+    idx[t] = static_cast<int32_t>(k);
+  }
+}
+
+__global__ void gather_middle_kernel(const float* x, const int32_t* idx, float* out, int64_t outer, int64_t n,
+                                     int64_t m, int64_t inner) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < outer * m * inner;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = t / (m * inner), i = t % inner;
+    out[t] = x[(o * n + idx[t]) * inner + i];
+  }
+}
+
+__global__ void scatter_add_middle_kernel(const float* src, const int32_t* idx, float* out, int64_t outer, int64_t n,
+                                          int64_t m, int64_t inner) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < outer * m * inner;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = t / (m * inner), i = t % inner;
+    atomicAdd(out + (o * n + idx[t]) * inner + i, src[t]);
+  }
+}
+
+}  // namespace
+
+void sum_middle(const float* x, float* y, int64_t outer, int64_t n, int64_t inner) {
+  if (outer * inner == 0) return;
+  if (n == 0) return fill(y, outer * inner, 0.0f);
+  if (inner == 1)
+    BW_LAUNCH(sum_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, y, n);
+  else
+    BW_LAUNCH(sum_columns_kernel, blocks_for(outer * inner), kThreads, 0, current_stream(), x, y, outer, n, inner);
+}
+
+void argmax_middle(const float* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner) {
+  if (outer * inner == 0 || n == 0) return;
+  if (inner == 1)
+    BW_LAUNCH(argmax_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, idx, n);
+  else
+    BW_LAUNCH(argmax_columns_kernel, blocks_for(outer * inner), kThreads, 0, current_stream(), x, idx, outer, n,
+              inner);
+}
+
+void gather_middle(const float* x, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m,
+                   int64_t inner) {
+  const int64_t total = outer * m * inner;
+  if (total > 0)
+    BW_LAUNCH(gather_middle_kernel, blocks_for(total), kThreads, 0, current_stream(), x, idx, out, outer, n, m,
+              inner);
+}
+
+void scatter_add_middle(const float* src, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m,
+                        int64_t inner) {
+  const int64_t total = outer * m * inner;
+  if (total > 0)
+    BW_LAUNCH(scatter_add_middle_kernel, blocks_for(total), kThreads, 0, current_stream(), src, idx, out, outer, n,
+              m, inner);
+}
+
+}  // namespace bulwark::cuda

@@ -1,0 +1,78 @@
+// Row-wise log-softmax and the fused softmax cross-entropy (CPU reference:
+// kernels/cpu/softmax.cpp), over z viewed as [rows, cols]:
+//
+//   lse_r = log sum_j exp(z[r, j])         (computed as m + log sum_j exp(z[r, j] - m), m = max)
+//   log_softmax: y[r, j] = z[r, j] - lse_r
+//   softmax_xent: loss[r] = lse_r - z[r, labels[r]]
+// FLOPs: ~3 per element + 1 exp. Bytes: log_softmax reads z and writes y (8 B/element);
+// xent reads z once (4 B/element) and writes 4 B per row.
+//
+// Versions:
+//   v1 (this file) one warp per row, 8 rows per 256-thread block. The max and the sum are fused
+//      in one pass with the online-softmax recurrence (Milakov & Gimelshein 2018): each lane keeps
+//      (m, s) = (running max, sum of exp(z - m)) and rescales s when m grows; lanes are merged
+//      with the same rule through shuffles. So z is read once for the lse (twice for log_softmax,
+//      which must write every element). A warp per row suits classifier logits (cols 10-1000);
+//      rows of many thousands of columns would want a block per row.
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+
+namespace bulwark::cuda {
+
+namespace {
+
+constexpr int kRowsPerBlock = kThreads / 32;
+
+// Merge (m2, s2) into (m, s): both describe sums of exp(z - m) over disjoint sets of columns.
+__device__ inline void online_merge(float& m, float& s, float m2, float s2) {
+  const float mx = fmaxf(m, m2);
+  if (mx == -INFINITY) return;  // both empty (or all -inf): nothing to add
+  s = s * expf(m - mx) + s2 * expf(m2 - mx);
+  m = mx;
+}
+
+// log sum_j exp(row[j]) computed by one full warp; every lane gets the result.
+__device__ inline float warp_logsumexp(const float* row, int64_t cols) {
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t j = threadIdx.x % 32; j < cols; j += 32) online_merge(m, s, row[j], 1.0f);
+  for (int d = 16; d > 0; d >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, d);
+    const float s2 = __shfl_xor_sync(0xffffffffu, s, d);
+    online_merge(m, s, m2, s2);
+  }
+  return m + logf(s);
+}
+
+__global__ void log_softmax_rows_kernel(const float* z, float* y, int64_t rows, int64_t cols) {
+  const int64_t r = blockIdx.x * int64_t(kRowsPerBlock) + threadIdx.x / 32;
+  if (r >= rows) return;  // whole warps leave together: no collective below misses a lane
+  const float* row = z + r * cols;
+  const float lse = warp_logsumexp(row, cols);
+  for (int64_t j = threadIdx.x % 32; j < cols; j += 32) y[r * cols + j] = row[j] - lse;
+}
+
+__global__ void softmax_xent_rows_kernel(const float* z, const int32_t* labels, float* loss, int64_t rows,
+                                         int64_t cols) {
+  const int64_t r = blockIdx.x * int64_t(kRowsPerBlock) + threadIdx.x / 32;
+  if (r >= rows) return;
+  const float* row = z + r * cols;
+  const float lse = warp_logsumexp(row, cols);
+  if (threadIdx.x % 32 == 0) loss[r] = lse - row[labels[r]];
+}
+
+unsigned row_blocks(int64_t rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
+
+}  // namespace
+
+void log_softmax_rows(const float* z, float* y, int64_t rows, int64_t cols) {
+  if (rows > 0 && cols > 0)
+    BW_LAUNCH(log_softmax_rows_kernel, row_blocks(rows), kThreads, 0, current_stream(), z, y, rows, cols);
+}
+
+void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols) {
+  if (rows > 0 && cols > 0)
+    BW_LAUNCH(softmax_xent_rows_kernel, row_blocks(rows), kThreads, 0, current_stream(), z, labels, loss, rows, cols);
+}
+
+}  // namespace bulwark::cuda

@@ -1,0 +1,416 @@
+// The CUDA backend's core kernels (kernels/cuda: elementwise, reduce, softmax, random, attack,
+// optim, runtime) run under the emulator and compared with the CPU kernels at awkward sizes:
+// n = 1, a partial warp, a partial block, more elements than one grid-stride pass, broadcasts,
+// non-contiguous views. Philox must give the CPU's bits exactly.
+//
+// Last, [cuda-coverage] lists every __global__ function in kernels/cuda/*.cu that no [cuda] test
+// launches: it re-runs this binary on "[cuda]" in a child process that writes the emulator's
+// launch registry at exit, so every [cuda] test of every file counts, and ctest may run the
+// tests in any order or in separate processes.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES  // for the event listener below
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "engine/rng.h"
+#include "kernels/cpu/attack_kernels.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/optim.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/emu/execution.h"
+
+namespace {
+
+using bulwark::cpu::Strided;
+namespace cuda = bulwark::cuda;
+namespace cpu = bulwark::cpu;
+namespace ew = bulwark::ew;
+
+// A device copy of a host vector (through the backend's own allocator and copies).
+template <class T>
+struct Dev {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit Dev(size_t count) : n(count) { ptr = static_cast<T*>(cuda::device_malloc(std::max<size_t>(1, n) * sizeof(T))); }
+  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { cuda::copy_to_device(ptr, h.data(), n * sizeof(T)); }
+  ~Dev() { cuda::device_free(ptr); }
+  Dev(const Dev&) = delete;
+  std::vector<T> host() const {
+    std::vector<T> out(n);
+    cuda::copy_to_host(out.data(), ptr, n * sizeof(T));
+    return out;
+  }
+};
+
+std::vector<float> randn(size_t n, unsigned seed, float lo = -2.0f, float hi = 2.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// |got - want| <= atol + rtol |want| elementwise (NaN matches NaN); names the first mismatch.
+void require_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
+                   const std::string& what) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = got[i], w = want[i];
+    const bool ok = (std::isnan(g) && std::isnan(w)) || g == w || std::fabs(g - w) <= atol + rtol * std::fabs(w);
+    if (!ok) FAIL(what << ": element " << i << " of " << got.size() << " is " << g << ", CPU says " << w);
+  }
+}
+
+Strided view(const std::vector<int64_t>& shape, const std::vector<int64_t>& stride) {
+  Strided s;
+  s.ndim = static_cast<int>(shape.size());
+  for (int d = 0; d < s.ndim; ++d) {
+    s.shape[d] = shape[d];
+    s.stride[d] = stride[d];
+  }
+  return s;
+}
+
+// Elements a view reaches: 1 + max offset.
+int64_t extent(const Strided& s) {
+  int64_t e = 1;
+  for (int d = 0; d < s.ndim; ++d) e += (s.shape[d] - 1) * s.stride[d];
+  return e;
+}
+int64_t count(const Strided& s) {
+  int64_t n = 1;
+  for (int d = 0; d < s.ndim; ++d) n *= s.shape[d];
+  return n;
+}
+
+const int64_t kSizes[] = {1, 31, 1000, 4099};
+
+// Pairs of views of one output shape: dense, broadcast both ways, a scalar, a transposed view.
+struct ViewPair {
+  const char* name;
+  Strided a, b;
+};
+std::vector<ViewPair> view_pairs() {
+  return {
+      {"dense 4099", view({4099}, {1}), view({4099}, {1})},
+      {"dense 1", view({1}, {1}), view({1}, {1})},
+      {"[3,1,5] x [1,7,5]", view({3, 7, 5}, {5, 0, 1}), view({3, 7, 5}, {0, 5, 1})},
+      {"[2,3,33] + bias[3,1]", view({2, 3, 33}, {99, 33, 1}), view({2, 3, 33}, {0, 1, 0})},
+      {"scalar b", view({31, 9}, {9, 1}), view({31, 9}, {0, 0})},
+      {"transposed a", view({29, 37}, {1, 29}), view({29, 37}, {37, 1})},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("cuda unary kernels match the CPU", "[cuda]") {
+  using U = ew::Unary;
+  const U ops[] = {U::neg,  U::abs,     U::sign,    U::exp,    U::log,   U::sqrt,       U::square,   U::relu,
+                   U::relu_mask, U::softplus, U::sigmoid, U::affine, U::clamp, U::clamp_mask, U::gt_scalar};
+  for (int64_t n : kSizes) {
+    auto x = randn(static_cast<size_t>(n), 7 + static_cast<unsigned>(n));
+    x[0] = 0.0f;  // sign(0), relu's kink
+    Dev<float> dx(x), dy(static_cast<size_t>(n));
+    for (U op : ops) {
+      std::vector<float> want(static_cast<size_t>(n));
+      cpu::unary<float>(op, x.data(), want.data(), n, -0.5f, 0.75f);
+      cuda::unary(op, dx.ptr, dy.ptr, n, -0.5f, 0.75f);
+      require_close(dy.host(), want, 1e-6, 1e-6, "unary op " + std::to_string(static_cast<int>(op)) + " n=" + std::to_string(n));
+    }
+  }
+}
+
+TEST_CASE("cuda binary and where kernels broadcast like the CPU", "[cuda]") {
+  using B = ew::Binary;
+  const B ops[] = {B::add, B::sub, B::mul, B::div, B::maximum, B::minimum, B::gt, B::ge, B::le, B::eq};
+  for (const ViewPair& p : view_pairs()) {
+    INFO(p.name);
+    const int64_t n = count(p.a);
+    auto a = randn(static_cast<size_t>(extent(p.a)), 1);
+    auto b = randn(static_cast<size_t>(extent(p.b)), 2);
+    for (size_t i = 0; i < std::min(a.size(), b.size()); i += 3) b[i] = a[i];  // ties for ge/le/eq
+    Dev<float> da(a), db(b), dout(static_cast<size_t>(n));
+    for (B op : ops) {
+      std::vector<float> want(static_cast<size_t>(n));
+      cpu::binary<float>(op, a.data(), p.a, b.data(), p.b, want.data());
+      cuda::binary(op, da.ptr, p.a, db.ptr, p.b, dout.ptr);
+      require_close(dout.host(), want, 0, 0, std::string("binary op ") + std::to_string(static_cast<int>(op)));
+    }
+    auto c = randn(static_cast<size_t>(extent(p.b)), 3, -1.0f, 1.0f);
+    for (float& v : c) v = v > 0 ? 1.0f : 0.0f;
+    Dev<float> dc(c);
+    std::vector<float> want(static_cast<size_t>(n));
+    cpu::where<float>(c.data(), p.b, a.data(), p.a, b.data(), p.b, want.data());
+    cuda::where(dc.ptr, p.b, da.ptr, p.a, db.ptr, p.b, dout.ptr);
+    require_close(dout.host(), want, 0, 0, "where");
+  }
+}
+
+TEST_CASE("cuda strided copy, fill and dtype conversion match the CPU", "[cuda]") {
+  for (const ViewPair& p : view_pairs()) {
+    INFO(p.name);
+    const int64_t n = count(p.a);
+    auto a = randn(static_cast<size_t>(extent(p.a)), 4);
+    Dev<float> da(a), dout(static_cast<size_t>(n));
+    std::vector<float> want(static_cast<size_t>(n));
+    cpu::strided_copy<float>(a.data(), p.a, want.data());
+    cuda::strided_copy(da.ptr, p.a, dout.ptr);
+    require_close(dout.host(), want, 0, 0, "strided_copy");
+
+    std::vector<int32_t> ai(a.size());
+    for (size_t i = 0; i < ai.size(); ++i) ai[i] = static_cast<int32_t>(i * 7 % 13) - 6;
+    Dev<int32_t> dai(ai), douti(static_cast<size_t>(n));
+    std::vector<int32_t> wanti(static_cast<size_t>(n));
+    cpu::strided_copy<int32_t>(ai.data(), p.a, wanti.data());
+    cuda::strided_copy_i32(dai.ptr, p.a, douti.ptr);
+    CHECK(douti.host() == wanti);
+  }
+  for (int64_t n : kSizes) {
+    Dev<float> f(static_cast<size_t>(n));
+    Dev<int32_t> i(static_cast<size_t>(n));
+    cuda::fill(f.ptr, n, -2.5f);
+    cuda::fill_i32(i.ptr, n, 42);
+    CHECK(f.host() == std::vector<float>(static_cast<size_t>(n), -2.5f));
+    CHECK(i.host() == std::vector<int32_t>(static_cast<size_t>(n), 42));
+    auto x = randn(static_cast<size_t>(n), 5, -100.0f, 100.0f);
+    Dev<float> dx(x);
+    std::vector<int32_t> want_i(static_cast<size_t>(n));
+    cpu::convert<float, int32_t>(x.data(), want_i.data(), n);
+    cuda::convert_f32_to_i32(dx.ptr, i.ptr, n);
+    CHECK(i.host() == want_i);
+    std::vector<float> want_f(static_cast<size_t>(n));
+    cpu::convert<int32_t, float>(want_i.data(), want_f.data(), n);
+    cuda::convert_i32_to_f32(i.ptr, f.ptr, n);
+    CHECK(f.host() == want_f);
+  }
+}
+
+TEST_CASE("cuda reductions and index ops over [outer, n, inner] match the CPU", "[cuda]") {
+  struct Shape3 {
+    int64_t outer, n, inner;
+  };
+  const Shape3 shapes[] = {{1, 1, 1}, {3, 31, 1}, {2, 1000, 1}, {1, 4099, 1}, {5, 7, 3}, {2, 129, 33}, {1, 2, 1000}};
+  for (const Shape3& s : shapes) {
+    INFO("outer " << s.outer << " n " << s.n << " inner " << s.inner);
+    const size_t total = static_cast<size_t>(s.outer * s.n * s.inner), out_n = static_cast<size_t>(s.outer * s.inner);
+    auto x = randn(total, 11);
+    Dev<float> dx(x), dy(out_n);
+    std::vector<float> want(out_n);
+    cpu::sum_middle<float>(x.data(), want.data(), s.outer, s.n, s.inner);
+    cuda::sum_middle(dx.ptr, dy.ptr, s.outer, s.n, s.inner);
+    require_close(dy.host(), want, 1e-4, 1e-5, "sum_middle");
+
+    // argmax with ties (small integers) and NaNs: first maximum, NaN never wins over a number.
+    std::vector<float> xi(total);
+    std::mt19937 rng(3);
+    for (float& v : xi) v = static_cast<float>(static_cast<int>(rng() % 5));
+    for (size_t i = 0; i < total; i += 5) xi[i] = NAN;
+    Dev<float> dxi(xi);
+    Dev<int32_t> didx(out_n);
+    std::vector<int32_t> want_idx(out_n);
+    cpu::argmax_middle<float>(xi.data(), want_idx.data(), s.outer, s.n, s.inner);
+    cuda::argmax_middle(dxi.ptr, didx.ptr, s.outer, s.n, s.inner);
+    CHECK(didx.host() == want_idx);
+
+    // gather m = 3 picks per row, then scatter them back (repeated indices collide).
+    const int64_t m = 3;
+    std::vector<int32_t> idx(static_cast<size_t>(s.outer * m * s.inner));
+    for (int32_t& v : idx) v = static_cast<int32_t>(rng() % static_cast<uint32_t>(s.n));
+    Dev<int32_t> dgi(idx);
+    Dev<float> dg(idx.size());
+    std::vector<float> want_g(idx.size());
+    cpu::gather_middle<float>(x.data(), idx.data(), want_g.data(), s.outer, s.n, m, s.inner);
+    cuda::gather_middle(dx.ptr, dgi.ptr, dg.ptr, s.outer, s.n, m, s.inner);
+    require_close(dg.host(), want_g, 0, 0, "gather_middle");
+
+    std::vector<float> want_s(total, 0.0f);
+    cpu::scatter_add_middle<float>(want_g.data(), idx.data(), want_s.data(), s.outer, s.n, m, s.inner);
+    Dev<float> ds(total);
+    cuda::fill(ds.ptr, static_cast<int64_t>(total), 0.0f);
+    cuda::scatter_add_middle(dg.ptr, dgi.ptr, ds.ptr, s.outer, s.n, m, s.inner);
+    require_close(ds.host(), want_s, 1e-6, 1e-6, "scatter_add_middle");
+  }
+}
+
+TEST_CASE("cuda log_softmax and softmax cross-entropy rows match the CPU", "[cuda]") {
+  for (int64_t rows : {1, 7, 129}) {
+    for (int64_t cols : {1, 10, 31, 33, 1000}) {
+      INFO(rows << " x " << cols);
+      auto z = randn(static_cast<size_t>(rows * cols), 13, -8.0f, 8.0f);
+      std::vector<int32_t> labels(static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) labels[r] = static_cast<int32_t>((r * 7) % cols);
+      Dev<float> dz(z), dy(z.size()), dloss(labels.size());
+      Dev<int32_t> dl(labels);
+      std::vector<float> want(z.size()), want_loss(labels.size());
+      cpu::log_softmax_rows<float>(z.data(), want.data(), rows, cols);
+      cpu::softmax_xent_rows<float>(z.data(), labels.data(), want_loss.data(), rows, cols);
+      cuda::log_softmax_rows(dz.ptr, dy.ptr, rows, cols);
+      cuda::softmax_xent_rows(dz.ptr, dl.ptr, dloss.ptr, rows, cols);
+      require_close(dy.host(), want, 1e-5, 1e-5, "log_softmax_rows");
+      require_close(dloss.host(), want_loss, 1e-5, 1e-5, "softmax_xent_rows");
+    }
+  }
+}
+
+TEST_CASE("cuda Philox uniform is bit-identical to the CPU generator", "[cuda]") {
+  for (int64_t n : {int64_t(1), int64_t(3), int64_t(31), int64_t(1000), int64_t(4099)}) {
+    bulwark::Generator gen(0x5eedULL + static_cast<uint64_t>(n));
+    gen.set_offset(17);
+    const auto want = bulwark::rand_uniform({n}, -0.25, 1.5, gen).to_vector();
+    Dev<float> d(static_cast<size_t>(n));
+    cuda::uniform(d.ptr, n, -0.25f, 1.5f, 0x5eedULL + static_cast<uint64_t>(n), 17);
+    const auto got = d.host();
+    REQUIRE(got.size() == want.size());
+    CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+  }
+}
+
+TEST_CASE("cuda pgd_step and random_start match the CPU, L1 of g included", "[cuda]") {
+  for (int64_t n : {int64_t(1), int64_t(31), int64_t(1000), int64_t(4099), int64_t(300000)}) {
+    INFO("n " << n);
+    const size_t un = static_cast<size_t>(n);
+    auto x = randn(un, 21, 0.0f, 1.0f);
+    auto g = randn(un, 22, -1.0f, 1.0f);
+    g[0] = 0.0f;  // sign(0): no move
+    const float eps = 8.0f / 255, alpha = 2.0f / 255;
+    std::vector<float> want(un);
+    cpu::random_start<float>(x.data(), want.data(), n, eps, 99, 5);
+    Dev<float> dx(x), dg(g), dadv(un);
+    cuda::random_start(dx.ptr, dadv.ptr, n, eps, 99, 5);
+    require_close(dadv.host(), want, 1e-7, 0, "random_start");
+
+    const double want_l1 = cpu::pgd_step<float>(x.data(), want.data(), g.data(), n, eps, alpha);
+    const double l1 = cuda::pgd_step(dx.ptr, dadv.ptr, dg.ptr, n, eps, alpha);
+    require_close(dadv.host(), want, 1e-7, 0, "pgd_step x_adv");
+    CHECK(std::fabs(l1 - want_l1) <= 1e-9 * std::max(1.0, std::fabs(want_l1)));
+  }
+}
+
+TEST_CASE("cuda fused SGD step updates every parameter in one launch like the CPU", "[cuda]") {
+  const int64_t sizes[] = {1, 31, 4099, 1000, 0, 8193};
+  for (bool nesterov : {false, true}) {
+    bulwark::optim::SgdHyper h;
+    h.lr = 0.05;
+    h.momentum = 0.9;
+    h.weight_decay = 5e-4;
+    h.nesterov = nesterov;
+    std::vector<std::vector<float>> p, g, buf;
+    std::vector<std::unique_ptr<Dev<float>>> dp, dg, db;
+    std::vector<cuda::SgdSegment> segs;
+    unsigned seed = 30;
+    for (int64_t n : sizes) {
+      p.push_back(randn(static_cast<size_t>(n), seed++));
+      g.push_back(randn(static_cast<size_t>(n), seed++));
+      buf.push_back(randn(static_cast<size_t>(n), seed++));
+      dp.push_back(std::make_unique<Dev<float>>(p.back()));
+      dg.push_back(std::make_unique<Dev<float>>(g.back()));
+      db.push_back(std::make_unique<Dev<float>>(buf.back()));
+      segs.push_back({dp.back()->ptr, dg.back()->ptr, db.back()->ptr, n});
+    }
+    const auto before = bulwark::emu::launch_counts()["sgd_step_multi_kernel"].launches;
+    for (int step = 0; step < 2; ++step) {
+      cuda::sgd_step_multi(segs.data(), static_cast<int>(segs.size()), h);
+      for (size_t s = 0; s < segs.size(); ++s) cpu::sgd_step<float>(p[s].data(), g[s].data(), buf[s].data(), sizes[s], h);
+    }
+    CHECK(bulwark::emu::launch_counts()["sgd_step_multi_kernel"].launches == before + 2);
+    for (size_t s = 0; s < segs.size(); ++s) {
+      require_close(dp[s]->host(), p[s], 1e-7, 1e-6, "sgd param");
+      require_close(db[s]->host(), buf[s], 1e-7, 1e-6, "sgd momentum buffer");
+    }
+  }
+}
+
+TEST_CASE("cuda runtime: allocator reuses freed blocks, copies round-trip, device is reported", "[cuda]") {
+  std::string why;
+  CHECK(cuda::device_available(&why));
+  CHECK(cuda::emulated());
+  void* a = cuda::device_malloc(1000);
+  cuda::device_free(a);
+  void* b = cuda::device_malloc(900);  // same 1024-byte size class: the cached block comes back
+  CHECK(a == b);
+  std::vector<float> h = {1, 2, 3}, back(3);
+  float* c = static_cast<float*>(cuda::device_malloc(sizeof(float) * 3));
+  cuda::copy_to_device(c, h.data(), sizeof(float) * 3);
+  cuda::copy_device(b, c, sizeof(float) * 3);
+  cuda::synchronize();
+  cuda::copy_to_host(back.data(), b, sizeof(float) * 3);
+  CHECK(back == h);
+  cuda::device_free(b);
+  cuda::device_free(c);
+  CHECK(cuda::device_malloc(0) == nullptr);
+  CHECK_THROWS_WITH(cuda::device_free(h.data()), Catch::Contains("not from cuda::device_malloc"));
+}
+
+// ---- kernels no test launches ------------------------------------------------------------------
+
+namespace {
+
+// In the child run of [cuda-coverage]: writes the launch registry (one base name per line) when
+// the test run ends, if BULWARK_EMU_LAUNCH_LOG names a file.
+struct LaunchLogListener : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  void testRunEnded(const Catch::TestRunStats&) override {
+    const char* path = std::getenv("BULWARK_EMU_LAUNCH_LOG");
+    if (!path) return;
+    std::ofstream out(path);
+    for (const auto& [name, rec] : bulwark::emu::launch_counts())
+      if (rec.launches) out << bulwark::emu::kernel_base_name(name) << "\n";
+  }
+};
+
+std::set<std::string> global_kernels_in_sources() {
+  std::set<std::string> names;
+  const std::regex def(R"(__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\()");
+  for (const auto& e : std::filesystem::directory_iterator(std::string(BULWARK_SOURCE_DIR) + "/kernels/cuda")) {
+    if (e.path().extension() != ".cu" && e.path().extension() != ".cuh") continue;
+    std::ifstream in(e.path());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string text = ss.str();
+    for (std::sregex_iterator it(text.begin(), text.end(), def), end; it != end; ++it) names.insert((*it)[1]);
+  }
+  return names;
+}
+
+}  // namespace
+
+CATCH_REGISTER_LISTENER(LaunchLogListener)
+
+TEST_CASE("every __global__ kernel in kernels/cuda is launched by some [cuda] test", "[cuda-coverage]") {
+  const auto kernels = global_kernels_in_sources();
+  REQUIRE(kernels.count("unary_kernel") == 1);  // the parser finds definitions
+  const std::string log = (std::filesystem::temp_directory_path() /
+                           ("bulwark_cuda_launches_" + std::to_string(::getpid()) + ".txt")).string();
+  const std::string cmd = "BULWARK_EMU_LAUNCH_LOG='" + log + "' /proc/" + std::to_string(::getpid()) +
+                          "/exe '[cuda]' > /dev/null 2>&1";
+  const int rc = std::system(cmd.c_str());
+  INFO("child run: " << cmd);
+  CHECK(rc == 0);  // the [cuda] tests themselves pass
+  std::set<std::string> launched;
+  std::ifstream in(log);
+  for (std::string line; std::getline(in, line);) launched.insert(line);
+  std::filesystem::remove(log);
+  REQUIRE(!launched.empty());
+  std::vector<std::string> never;
+  for (const auto& k : kernels)
+    if (!launched.count(k)) never.push_back(k);
+  std::string list;
+  for (const auto& k : never) list += " " + k;
+  INFO("kernels in kernels/cuda never launched by a [cuda] test:" << list);
+  CHECK(never.empty());
+}
