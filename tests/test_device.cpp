@@ -7,6 +7,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "models/zoo.h"
+#include "robust/attacks.h"
 #include "training/optim.h"
 
 using namespace bulwark;
@@ -70,4 +71,23 @@ TEST_CASE("three SGD steps of wong_small on the CUDA backend match the CPU backe
     CHECK(gpu.params[i].first == cpu.params[i].first);
     CHECK(allclose(gpu.params[i].second, cpu.params[i].second, rtol, atol));
   }
+}
+
+TEST_CASE("the attack step and random start dispatch to the CUDA backend", "[cuda][attack]") {
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> xv(300), gv(300);
+  for (float& v : xv) v = u(rng);
+  for (float& v : gv) v = u(rng);
+  const Tensor x = Tensor::from_vector(xv, {3, 100}), g = Tensor::from_vector(gv, {3, 100});
+  const Tensor start_cpu = random_start(x, 0.1, 42, 7), start_gpu = random_start(x.cuda(), 0.1, 42, 7);
+  CHECK(start_gpu.device() == Device::cuda);
+  CHECK(allclose(start_gpu, start_cpu, 1e-6, 1e-7));  // same Philox counters
+  Tensor adv_cpu = start_cpu.clone(), adv_gpu = start_cpu.cuda();
+  const double l1_cpu = pgd_step_(adv_cpu, x, g, 0.1, 0.02);
+  const double l1_gpu = pgd_step_(adv_gpu, x.cuda(), g.cuda(), 0.1, 0.02);
+  CHECK(std::abs(l1_gpu - l1_cpu) <= 1e-5 * std::abs(l1_cpu));
+  CHECK(allclose(adv_gpu, adv_cpu, 1e-6, 1e-7));
+  Tensor adv_mixed = start_cpu.cuda();
+  CHECK_THROWS_AS(pgd_step_(adv_mixed, x, g, 0.1, 0.02), std::invalid_argument);
 }
