@@ -7,6 +7,7 @@
 
 #include "engine/tensor.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
 
 namespace bulwark {
 
@@ -27,7 +28,21 @@ void copy_strided(const Tensor& src, Tensor& dst);
 void convert_dtype(const Tensor& src, Tensor& dst);
 
 void require_cpu(const Tensor& t, const char* op);
-void require_float(const Tensor& t, const char* op);
+void require_float(const Tensor& t, const char* op);  // defined, f32 or f64, on any device
+// Throws std::invalid_argument when `b` is not on `a`'s device (mixed-device inputs).
+void require_same_device(const Tensor& a, const Tensor& b, const char* op);
+// Throws std::invalid_argument unless `dt` is f32: the CUDA backend's kernels are f32 only.
+void require_cuda_dtype(DType dt, const char* op);
+
+// The i32 values of `idx` readable on the host, for host-side range checks. CPU tensors are
+// read in place; CUDA tensors are copied to the host first (a synchronising device-to-host
+// copy: correctness over speed, the one place the engine reads device indices).
+struct HostI32 {
+  Tensor host;  // keeps the data alive
+  const int32_t* data = nullptr;
+  int64_t size = 0;
+};
+HostI32 host_i32(const Tensor& idx);
 
 // Runs `body` with T = float or double according to `dt`.
 #define BW_DISPATCH_FLOAT(dt, op, ...)                                                         \
@@ -36,5 +51,33 @@ void require_float(const Tensor& t, const char* op);
     case ::bulwark::DType::f64: { using T = double; __VA_ARGS__; break; }                      \
     default: throw std::invalid_argument(std::string(op) + ": needs a floating-point tensor"); \
   }
+
+// The one device dispatch: runs kernel `fn` of the tensor's backend with the same arguments.
+//   Device::cpu:  BW_DISPATCH_FLOAT, i.e. cpu::fn<T>(args...) with T = float or double;
+//   Device::cuda: cuda::fn(args...) with T = float (f64 on CUDA is a clear error).
+// The arguments may use T (x.data<T>(), static_cast<T>(p)); the CPU path is exactly the call
+// it was before this macro existed.
+#define BW_KERNEL(dev, dt, op, fn, ...)                                          \
+  do {                                                                            \
+    if ((dev) == ::bulwark::Device::cuda) {                                       \
+      ::bulwark::require_cuda_dtype((dt), (op));                                  \
+      using T = float;                                                            \
+      ::bulwark::cuda::fn(__VA_ARGS__);                                           \
+    } else {                                                                      \
+      BW_DISPATCH_FLOAT((dt), (op), ::bulwark::cpu::fn<T>(__VA_ARGS__));          \
+    }                                                                             \
+  } while (0)
+
+// BW_KERNEL for a kernel that returns a value: `result = <backend>::fn<T>(args...)`.
+#define BW_KERNEL_RESULT(result, dev, dt, op, fn, ...)                               \
+  do {                                                                                \
+    if ((dev) == ::bulwark::Device::cuda) {                                           \
+      ::bulwark::require_cuda_dtype((dt), (op));                                      \
+      using T = float;                                                                \
+      (result) = ::bulwark::cuda::fn(__VA_ARGS__);                                    \
+    } else {                                                                          \
+      BW_DISPATCH_FLOAT((dt), (op), (result) = ::bulwark::cpu::fn<T>(__VA_ARGS__));   \
+    }                                                                                 \
+  } while (0)
 
 }  // namespace bulwark

@@ -27,8 +27,27 @@ void require_cpu(const Tensor& t, const char* op) {
                                             device_name(t.device())));
 }
 void require_float(const Tensor& t, const char* op) {
-  require_cpu(t, op);
+  if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", op));
   if (t.dtype() == DType::i32) throw std::invalid_argument(fmt::format("{}: needs a float tensor, got {}", op, t.str()));
+}
+
+void require_same_device(const Tensor& a, const Tensor& b, const char* op) {
+  if (a.device() != b.device())
+    throw std::invalid_argument(fmt::format("{}: tensors on different devices ({} on {}, {} on {}); move them with .to(Device)",
+                                            op, a.str(), device_name(a.device()), b.str(), device_name(b.device())));
+}
+void require_cuda_dtype(DType dt, const char* op) {
+  if (dt != DType::f32)
+    throw std::invalid_argument(fmt::format("{}: the CUDA backend supports f32 only, got a {} tensor on cuda", op, dtype_name(dt)));
+}
+
+HostI32 host_i32(const Tensor& idx) {
+  HostI32 r;
+  r.host = idx.detach().contiguous();
+  if (r.host.device() != Device::cpu) r.host = r.host.to(Device::cpu);  // synchronising copy
+  r.data = r.host.data<int32_t>();
+  r.size = r.host.numel();
+  return r;
 }
 
 static cpu::Strided strided_of(const Shape& shape, const Shape& strides) {
@@ -65,7 +84,16 @@ cpu::Strided broadcast_view(const Tensor& t, const Shape& out) {
 }
 
 void copy_strided(const Tensor& src, Tensor& dst) {
+  require_same_device(src, dst, "copy");
   const cpu::Strided s = strided_of(src.shape(), src.strides());
+  if (src.device() == Device::cuda) {
+    switch (src.dtype()) {
+      case DType::f32: cuda::strided_copy(src.data<float>(), s, dst.data<float>()); break;
+      case DType::i32: cuda::strided_copy_i32(src.data<int32_t>(), s, dst.data<int32_t>()); break;
+      default: require_cuda_dtype(src.dtype(), "copy");
+    }
+    return;
+  }
   switch (src.dtype()) {
     case DType::f32: cpu::strided_copy(src.data<float>(), s, dst.data<float>()); break;
     case DType::f64: cpu::strided_copy(src.data<double>(), s, dst.data<double>()); break;
@@ -76,6 +104,14 @@ void copy_strided(const Tensor& src, Tensor& dst) {
 void convert_dtype(const Tensor& src, Tensor& dst) {
   const int64_t n = src.numel();
   const DType a = src.dtype(), b = dst.dtype();
+  require_same_device(src, dst, "to(dtype)");
+  if (src.device() == Device::cuda) {
+    if (a == DType::i32 && b == DType::f32) cuda::convert_i32_to_f32(src.data<int32_t>(), dst.data<float>(), n);
+    else if (a == DType::f32 && b == DType::i32) cuda::convert_f32_to_i32(src.data<float>(), dst.data<int32_t>(), n);
+    else throw std::invalid_argument(fmt::format("to(dtype): {} to {} on cuda; the CUDA backend converts only f32 <-> i32",
+                                                 dtype_name(a), dtype_name(b)));
+    return;
+  }
   if (a == DType::f32 && b == DType::f64) cpu::convert(src.data<float>(), dst.data<double>(), n);
   else if (a == DType::f64 && b == DType::f32) cpu::convert(src.data<double>(), dst.data<float>(), n);
   else if (a == DType::i32 && b == DType::f32) cpu::convert(src.data<int32_t>(), dst.data<float>(), n);
@@ -89,21 +125,22 @@ void convert_dtype(const Tensor& src, Tensor& dst) {
 static Tensor unary_raw(ew::Unary op, const Tensor& a_in, double p0 = 0, double p1 = 0) {
   require_float(a_in, "unary op");
   const Tensor a = a_in.contiguous();
-  Tensor out = Tensor::empty(a.shape(), a.dtype());
-  BW_DISPATCH_FLOAT(a.dtype(), "unary op",
-                    cpu::unary(op, a.data<T>(), out.data<T>(), a.numel(), static_cast<T>(p0), static_cast<T>(p1)));
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  BW_KERNEL(a.device(), a.dtype(), "unary op", unary, op, a.data<T>(), out.data<T>(), a.numel(), static_cast<T>(p0),
+            static_cast<T>(p1));
   return out;
 }
 
 static Tensor binary_raw(ew::Binary op, const Tensor& a, const Tensor& b) {
   require_float(a, "binary op");
   require_float(b, "binary op");
+  require_same_device(a, b, "binary op");
   if (a.dtype() != b.dtype())
     throw std::invalid_argument(fmt::format("binary op on {} and {}: dtypes differ", a.str(), b.str()));
   const Shape shape = broadcast_shapes(a.shape(), b.shape());
-  Tensor out = Tensor::empty(shape, a.dtype());
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
   const cpu::Strided sa = broadcast_view(a, shape), sb = broadcast_view(b, shape);
-  BW_DISPATCH_FLOAT(a.dtype(), "binary op", cpu::binary(op, a.data<T>(), sa, b.data<T>(), sb, out.data<T>()));
+  BW_KERNEL(a.device(), a.dtype(), "binary op", binary, op, a.data<T>(), sa, b.data<T>(), sb, out.data<T>());
   return out;
 }
 
@@ -211,12 +248,13 @@ Tensor clamp(const Tensor& a, const Tensor& lo, const Tensor& hi) { return minim
 static Tensor where_raw(const Tensor& c, const Tensor& a, const Tensor& b) {
   require_float(a, "where");
   require_float(b, "where");
+  require_same_device(a, b, "where");
+  require_same_device(a, c, "where");
   const Tensor cf = c.dtype() == a.dtype() ? c : c.detach().to(a.dtype());
   const Shape shape = broadcast_shapes(broadcast_shapes(cf.shape(), a.shape()), b.shape());
-  Tensor out = Tensor::empty(shape, a.dtype());
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
   const cpu::Strided sc = broadcast_view(cf, shape), sa = broadcast_view(a, shape), sb = broadcast_view(b, shape);
-  BW_DISPATCH_FLOAT(a.dtype(), "where",
-                    cpu::where(cf.data<T>(), sc, a.data<T>(), sa, b.data<T>(), sb, out.data<T>()));
+  BW_KERNEL(a.device(), a.dtype(), "where", where, cf.data<T>(), sc, a.data<T>(), sa, b.data<T>(), sb, out.data<T>());
   return out;
 }
 
@@ -252,7 +290,7 @@ static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims)
   Tensor cur = a;
   size_t end = dims.size();
   if (dims.empty()) {  // nothing reduced: a copy
-    Tensor out = Tensor::empty(a.shape(), a.dtype());
+    Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
     copy_strided(a, out);
     return out;
   }
@@ -264,8 +302,8 @@ static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims)
     for (int64_t d = 0; d < cur.dim(); ++d) (d < lo ? outer : d > hi ? inner : n) *= cur.shape()[d];
     Shape s = cur.shape();
     for (int64_t d = lo; d <= hi; ++d) s[d] = 1;
-    Tensor out = Tensor::empty(s, a.dtype());
-    BW_DISPATCH_FLOAT(a.dtype(), "sum", cpu::sum_middle(cur.data<T>(), out.data<T>(), outer, n, inner));
+    Tensor out = Tensor::empty(s, a.dtype(), a.device());
+    BW_KERNEL(a.device(), a.dtype(), "sum", sum_middle, cur.data<T>(), out.data<T>(), outer, n, inner);
     cur = out;
     end = begin;
   }
@@ -329,8 +367,8 @@ Tensor argmax(const Tensor& a_in, int64_t dim, bool keepdim) {
   const Around g = around(a.shape(), dim);
   Shape s = a.shape();
   s[dim] = 1;
-  Tensor idx = Tensor::empty(s, DType::i32);
-  BW_DISPATCH_FLOAT(a.dtype(), "argmax", cpu::argmax_middle(a.data<T>(), idx.data<int32_t>(), g.outer, g.n, g.inner));
+  Tensor idx = Tensor::empty(s, DType::i32, a.device());
+  BW_KERNEL(a.device(), a.dtype(), "argmax", argmax_middle, a.data<T>(), idx.data<int32_t>(), g.outer, g.n, g.inner);
   if (!keepdim) s.erase(s.begin() + dim);
   return make_view(idx, s, contiguous_strides(s), 0);
 }
@@ -352,9 +390,9 @@ static void check_index_shapes(const Shape& data, const Tensor& idx, int64_t dim
   for (int64_t d = 0; ok && d < idx.dim(); ++d) ok = d == dim || idx.shape()[d] == data[d];
   if (!ok) throw std::invalid_argument(fmt::format("{}: indices {} do not match data {} along dim {}", op, idx.str(), shape_str(data), dim));
   const int64_t n = data[dim];
-  const Tensor c = idx.contiguous();
-  const int32_t* p = c.data<int32_t>();
-  const int64_t count = c.numel();
+  const HostI32 c = host_i32(idx);
+  const int32_t* p = c.data;
+  const int64_t count = c.size;
   for (int64_t i = 0; i < count; ++i)
     if (p[i] < 0 || p[i] >= n) throw std::out_of_range(fmt::format("{}: index {} out of range [0, {})", op, p[i], n));
 }
@@ -363,12 +401,13 @@ static void check_index_shapes(const Shape& data, const Tensor& idx, int64_t dim
 static Tensor gather_impl(const Tensor& a_in, const Tensor& idx_in, int64_t dim, bool check) {
   require_float(a_in, "gather");
   dim = normalize_dim(dim, a_in.dim());
+  require_same_device(a_in, idx_in, "gather");
   if (check) check_index_shapes(a_in.shape(), idx_in, dim, "gather");
   const Tensor a = a_in.contiguous(), idx = idx_in.contiguous();
   const Around g = around(a.shape(), dim);
-  Tensor out = Tensor::empty(idx.shape(), a.dtype());
-  BW_DISPATCH_FLOAT(a.dtype(), "gather",
-                    cpu::gather_middle(a.data<T>(), idx.data<int32_t>(), out.data<T>(), g.outer, g.n, idx.shape()[dim], g.inner));
+  Tensor out = Tensor::empty(idx.shape(), a.dtype(), a.device());
+  BW_KERNEL(a.device(), a.dtype(), "gather", gather_middle, a.data<T>(), idx.data<int32_t>(), out.data<T>(), g.outer, g.n,
+            idx.shape()[dim], g.inner);
   return record(out, "gather", {a_in}, [idx, dim](const Node& n, const Tensor& gr, const Needs&) {
     return Grads{scatter_add(gr, idx, dim, n.inputs[0].shape())};
   });
@@ -379,14 +418,15 @@ Tensor gather(const Tensor& a, const Tensor& idx, int64_t dim) { return gather_i
 Tensor scatter_add(const Tensor& src_in, const Tensor& idx_in, int64_t dim, const Shape& shape) {
   require_float(src_in, "scatter_add");
   dim = normalize_dim(dim, static_cast<int64_t>(shape.size()));
+  require_same_device(src_in, idx_in, "scatter_add");
   check_index_shapes(shape, idx_in, dim, "scatter_add");
   const Tensor src = src_in.contiguous(), idx = idx_in.contiguous();
   if (src.shape() != idx.shape())
     throw std::invalid_argument(fmt::format("scatter_add: source {} and indices {} differ", src.str(), idx.str()));
   const Around g = around(shape, dim);
-  Tensor out = Tensor::zeros(shape, src.dtype());
-  BW_DISPATCH_FLOAT(src.dtype(), "scatter_add",
-                    cpu::scatter_add_middle(src.data<T>(), idx.data<int32_t>(), out.data<T>(), g.outer, g.n, idx.shape()[dim], g.inner));
+  Tensor out = Tensor::zeros(shape, src.dtype(), src.device());
+  BW_KERNEL(src.device(), src.dtype(), "scatter_add", scatter_add_middle, src.data<T>(), idx.data<int32_t>(), out.data<T>(),
+            g.outer, g.n, idx.shape()[dim], g.inner);
   return record(out, "scatter_add", {src_in}, [idx, dim](const Node&, const Tensor& gr, const Needs&) {
     return Grads{gather(gr, idx, dim)};
   });
@@ -404,7 +444,8 @@ Tensor one_hot(const Tensor& labels, int64_t num_classes, DType dtype) {
       throw std::out_of_range(fmt::format("one_hot: label {} out of range [0, {})", y[i], num_classes));
     p[i * num_classes + y[i]] = 1.0;
   }
-  return out.to(dtype);
+  // Built on the host (labels were copied there by to_vector_i32), then moved to their device.
+  return labels.device() == Device::cpu ? out.to(dtype) : out.to(DType::f32).to(labels.device()).to(dtype);
 }
 
 // Copies `src` (contiguous, [outer, n, inner] around dim) into rows [start, start+n) of `dst`.
@@ -413,6 +454,12 @@ static void copy_block(const Tensor& src, Tensor& dst, int64_t dim, int64_t star
   const size_t es = dtype_size(src.dtype());
   const char* from = static_cast<const char*>(src.impl()->storage->data) + src.offset() * es;
   char* to = static_cast<char*>(dst.impl()->storage->data) + dst.offset() * es;
+  require_same_device(src, dst, "concat");
+  if (src.device() == Device::cuda) {
+    for (int64_t o = 0; o < s.outer; ++o)
+      cuda::copy_device(to + ((o * d.n + start) * d.inner) * es, from + (o * s.n * s.inner) * es, s.n * s.inner * es);
+    return;
+  }
   for (int64_t o = 0; o < s.outer; ++o)
     std::memcpy(to + ((o * d.n + start) * d.inner) * es, from + (o * s.n * s.inner) * es, s.n * s.inner * es);
 }
@@ -423,13 +470,13 @@ Tensor concat(const std::vector<Tensor>& ts, int64_t dim) {
   Shape s = ts[0].shape();
   s[dim] = 0;
   for (const Tensor& t : ts) {
-    require_cpu(t, "concat");
+    require_same_device(ts[0], t, "concat");
     bool ok = t.dim() == ts[0].dim() && t.dtype() == ts[0].dtype();
     for (int64_t d = 0; ok && d < t.dim(); ++d) ok = d == dim || t.shape()[d] == ts[0].shape()[d];
     if (!ok) throw std::invalid_argument(fmt::format("concat: {} does not match {} along dim {}", t.str(), ts[0].str(), dim));
     s[dim] += t.shape()[dim];
   }
-  Tensor out = Tensor::empty(s, ts[0].dtype());
+  Tensor out = Tensor::empty(s, ts[0].dtype(), ts[0].device());
   std::vector<int64_t> starts;
   int64_t at = 0;
   for (const Tensor& t : ts) {
@@ -446,7 +493,7 @@ Tensor concat(const std::vector<Tensor>& ts, int64_t dim) {
 }
 
 Tensor slice_backward(const Tensor& g, const Shape& shape, int64_t dim, int64_t start) {
-  Tensor out = Tensor::zeros(shape, g.dtype());
+  Tensor out = Tensor::zeros(shape, g.dtype(), g.device());
   copy_block(g.contiguous(), out, dim, start);
   const int64_t len = g.shape()[dim];
   return record(out, "slice_backward", {g}, [dim, start, len](const Node&, const Tensor& gg, const Needs&) {
@@ -475,13 +522,14 @@ static GemmOperand gemm_operand(const Tensor& m) {
 Tensor matmul(const Tensor& a, const Tensor& b) {
   require_float(a, "matmul");
   require_float(b, "matmul");
+  require_same_device(a, b, "matmul");
   if (a.dim() != 2 || b.dim() != 2 || a.shape()[1] != b.shape()[0] || a.dtype() != b.dtype())
     throw std::invalid_argument(fmt::format("matmul: cannot multiply {} by {}", a.str(), b.str()));
   const int64_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
   const GemmOperand A = gemm_operand(a.detach()), B = gemm_operand(b.detach());
-  Tensor out = Tensor::empty({M, N}, a.dtype());
-  BW_DISPATCH_FLOAT(a.dtype(), "matmul",
-                    cpu::gemm<T>(A.trans, B.trans, M, N, K, T(1), A.t.data<T>(), A.ld, B.t.data<T>(), B.ld, T(0), out.data<T>(), std::max<int64_t>(N, 1)));
+  Tensor out = Tensor::empty({M, N}, a.dtype(), a.device());
+  BW_KERNEL(a.device(), a.dtype(), "matmul", gemm, A.trans, B.trans, M, N, K, T(1), A.t.data<T>(), A.ld, B.t.data<T>(), B.ld,
+            T(0), out.data<T>(), std::max<int64_t>(N, 1));
   return record(out, "matmul", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
     const Tensor &x = n.inputs[0], &y = n.inputs[1];
     // When b is a transposed view (linear's w.t()), (g^T a)^T is the same gradient, and the
@@ -517,6 +565,8 @@ static cpu::ConvShape conv_shape(const Shape& x, const Shape& w, Conv2dParams p)
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2dParams p) {
   require_float(x_in, "conv2d");
   require_float(w_in, "conv2d");
+  require_same_device(x_in, w_in, "conv2d");
+  if (bias.defined()) require_same_device(x_in, bias, "conv2d");
   const cpu::ConvShape s = conv_shape(x_in.shape(), w_in.shape(), p);
   const Tensor x = x_in.contiguous(), w = w_in.contiguous();
   Tensor bc;
@@ -524,9 +574,9 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2d
     if (bias.shape() != Shape{s.o}) throw std::invalid_argument(fmt::format("conv2d: bias {} for {} filters", bias.str(), s.o));
     bc = bias.contiguous();
   }
-  Tensor out = Tensor::empty({s.n, s.o, s.oh, s.ow}, x.dtype());
-  BW_DISPATCH_FLOAT(x.dtype(), "conv2d",
-                    cpu::conv2d_forward<T>(s, x.data<T>(), w.data<T>(), bc.defined() ? bc.data<T>() : nullptr, out.data<T>()));
+  Tensor out = Tensor::empty({s.n, s.o, s.oh, s.ow}, x.dtype(), x.device());
+  BW_KERNEL(x.device(), x.dtype(), "conv2d", conv2d_forward, s, x.data<T>(), w.data<T>(),
+            bc.defined() ? bc.data<T>() : nullptr, out.data<T>());
   std::vector<Tensor> inputs{x_in, w_in};
   if (bias.defined()) inputs.push_back(bias);
   return record(out, "conv2d", inputs, [p](const Node& n, const Tensor& g, const Needs& need) {
@@ -544,8 +594,9 @@ Tensor conv2d_backward_input(const Tensor& g_in, const Tensor& w_in, const Shape
   const Tensor g = g_in.contiguous(), w = w_in.contiguous();
   if (g.shape() != Shape{s.n, s.o, s.oh, s.ow})
     throw std::invalid_argument(fmt::format("conv2d_backward_input: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
-  Tensor out = Tensor::empty(x_shape, g.dtype());
-  BW_DISPATCH_FLOAT(g.dtype(), "conv2d_backward_input", cpu::conv2d_backward_input<T>(s, g.data<T>(), w.data<T>(), out.data<T>()));
+  require_same_device(g, w, "conv2d_backward_input");
+  Tensor out = Tensor::empty(x_shape, g.dtype(), g.device());
+  BW_KERNEL(g.device(), g.dtype(), "conv2d_backward_input", conv2d_backward_input, s, g.data<T>(), w.data<T>(), out.data<T>());
   return record(out, "conv2d_backward_input", {g_in, w_in}, [p](const Node& n, const Tensor& gg, const Needs& need) {
     return Grads{need[0] ? conv2d(gg, n.inputs[1], Tensor(), p) : Tensor(),
                  need[1] ? conv2d_backward_weight(gg, n.inputs[0], n.inputs[1].shape(), p) : Tensor()};
@@ -557,8 +608,9 @@ Tensor conv2d_backward_weight(const Tensor& x_in, const Tensor& g_in, const Shap
   const Tensor x = x_in.contiguous(), g = g_in.contiguous();
   if (g.shape() != Shape{s.n, s.o, s.oh, s.ow})
     throw std::invalid_argument(fmt::format("conv2d_backward_weight: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
-  Tensor out = Tensor::empty(w_shape, x.dtype());
-  BW_DISPATCH_FLOAT(x.dtype(), "conv2d_backward_weight", cpu::conv2d_backward_weight<T>(s, x.data<T>(), g.data<T>(), out.data<T>()));
+  require_same_device(x, g, "conv2d_backward_weight");
+  Tensor out = Tensor::empty(w_shape, x.dtype(), x.device());
+  BW_KERNEL(x.device(), x.dtype(), "conv2d_backward_weight", conv2d_backward_weight, s, x.data<T>(), g.data<T>(), out.data<T>());
   return record(out, "conv2d_backward_weight", {x_in, g_in}, [p](const Node& n, const Tensor& gg, const Needs& need) {
     return Grads{need[0] ? conv2d_backward_input(n.inputs[1], gg, n.inputs[0].shape(), p) : Tensor(),
                  need[1] ? conv2d(n.inputs[0], gg, Tensor(), p) : Tensor()};
@@ -582,8 +634,8 @@ Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t pa
   require_float(x_in, "max_pool2d");
   const cpu::PoolShape s = pool_shape(x_in, kernel, stride, padding, "max_pool2d");
   const Tensor x = x_in.contiguous();
-  Tensor idx = Tensor::empty({s.planes, s.oh * s.ow}, DType::i32);
-  BW_DISPATCH_FLOAT(x.dtype(), "max_pool2d", cpu::max_pool2d_indices<T>(s, x.data<T>(), idx.data<int32_t>()));
+  Tensor idx = Tensor::empty({s.planes, s.oh * s.ow}, DType::i32, x.device());
+  BW_KERNEL(x.device(), x.dtype(), "max_pool2d", max_pool2d_indices, s, x.data<T>(), idx.data<int32_t>());
   return gather_impl(x_in.reshape({s.planes, s.h * s.w}), idx, 1, false).reshape({x.size(0), x.size(1), s.oh, s.ow});
 }
 
@@ -593,8 +645,8 @@ Tensor avg_pool2d(const Tensor& x_in, int64_t k, int64_t st, int64_t p) {
   require_float(x_in, "avg_pool2d");
   const cpu::PoolShape s = pool_shape(x_in, k, st, p, "avg_pool2d");
   const Tensor x = x_in.contiguous();
-  Tensor out = Tensor::empty({x.size(0), x.size(1), s.oh, s.ow}, x.dtype());
-  BW_DISPATCH_FLOAT(x.dtype(), "avg_pool2d", cpu::avg_pool2d_forward<T>(s, x.data<T>(), out.data<T>()));
+  Tensor out = Tensor::empty({x.size(0), x.size(1), s.oh, s.ow}, x.dtype(), x.device());
+  BW_KERNEL(x.device(), x.dtype(), "avg_pool2d", avg_pool2d_forward, s, x.data<T>(), out.data<T>());
   return record(out, "avg_pool2d", {x_in}, [k, st, p](const Node& n, const Tensor& g, const Needs&) {
     return Grads{avg_pool2d_backward(g, n.inputs[0].shape(), k, st, p)};
   });
@@ -602,9 +654,9 @@ Tensor avg_pool2d(const Tensor& x_in, int64_t k, int64_t st, int64_t p) {
 
 static Tensor avg_pool2d_backward(const Tensor& g_in, const Shape& x_shape, int64_t k, int64_t st, int64_t p) {
   const Tensor g = g_in.contiguous();
-  const cpu::PoolShape s = pool_shape(Tensor::empty(x_shape, g.dtype()), k, st, p, "avg_pool2d");
-  Tensor out = Tensor::empty(x_shape, g.dtype());
-  BW_DISPATCH_FLOAT(g.dtype(), "avg_pool2d_backward", cpu::avg_pool2d_backward<T>(s, g.data<T>(), out.data<T>()));
+  Tensor out = Tensor::empty(x_shape, g.dtype(), g.device());
+  const cpu::PoolShape s = pool_shape(out, k, st, p, "avg_pool2d");
+  BW_KERNEL(g.device(), g.dtype(), "avg_pool2d_backward", avg_pool2d_backward, s, g.data<T>(), out.data<T>());
   return record(out, "avg_pool2d_backward", {g_in}, [k, st, p](const Node&, const Tensor& gg, const Needs&) {
     return Grads{avg_pool2d(gg, k, st, p)};
   });
@@ -613,9 +665,9 @@ static Tensor avg_pool2d_backward(const Tensor& g_in, const Shape& x_shape, int6
 static Tensor adaptive_avg_pool2d_backward(const Tensor& g_in, const Shape& x_shape) {
   const Tensor g = g_in.contiguous();
   const int64_t oh = g.size(2), ow = g.size(3);
-  Tensor out = Tensor::empty(x_shape, g.dtype());
-  BW_DISPATCH_FLOAT(g.dtype(), "adaptive_avg_pool2d_backward",
-                    cpu::adaptive_avg_pool2d_backward<T>(x_shape[0] * x_shape[1], x_shape[2], x_shape[3], oh, ow, g.data<T>(), out.data<T>()));
+  Tensor out = Tensor::empty(x_shape, g.dtype(), g.device());
+  BW_KERNEL(g.device(), g.dtype(), "adaptive_avg_pool2d_backward", adaptive_avg_pool2d_backward, x_shape[0] * x_shape[1],
+            x_shape[2], x_shape[3], oh, ow, g.data<T>(), out.data<T>());
   return record(out, "adaptive_avg_pool2d_backward", {g_in}, [oh, ow](const Node&, const Tensor& gg, const Needs&) {
     return Grads{adaptive_avg_pool2d(gg, oh, ow)};
   });
@@ -626,9 +678,9 @@ Tensor adaptive_avg_pool2d(const Tensor& x_in, int64_t oh, int64_t ow) {
   if (x_in.dim() != 4 || oh < 1 || ow < 1)
     throw std::invalid_argument(fmt::format("adaptive_avg_pool2d: input {} to {}x{}", x_in.str(), oh, ow));
   const Tensor x = x_in.contiguous();
-  Tensor out = Tensor::empty({x.size(0), x.size(1), oh, ow}, x.dtype());
-  BW_DISPATCH_FLOAT(x.dtype(), "adaptive_avg_pool2d",
-                    cpu::adaptive_avg_pool2d_forward<T>(x.size(0) * x.size(1), x.size(2), x.size(3), oh, ow, x.data<T>(), out.data<T>()));
+  Tensor out = Tensor::empty({x.size(0), x.size(1), oh, ow}, x.dtype(), x.device());
+  BW_KERNEL(x.device(), x.dtype(), "adaptive_avg_pool2d", adaptive_avg_pool2d_forward, x.size(0) * x.size(1), x.size(2),
+            x.size(3), oh, ow, x.data<T>(), out.data<T>());
   return record(out, "adaptive_avg_pool2d", {x_in}, [](const Node& n, const Tensor& g, const Needs&) {
     return Grads{adaptive_avg_pool2d_backward(g, n.inputs[0].shape())};
   });
@@ -647,7 +699,7 @@ static Grads batch_norm_backward_ops(const Tensor& x, const Tensor& gamma, const
   const std::vector<int64_t> dims = x.dim() == 4 ? std::vector<int64_t>{0, 2, 3} : std::vector<int64_t>{0};
   const double m = static_cast<double>(x.numel() / c);
   const Tensor xc = x - mean(x, dims, true);
-  const Tensor invstd = div(Tensor::scalar(1.0, x.dtype()), sqrt(mean(square(xc), dims, true) + eps));
+  const Tensor invstd = div(Tensor::full({}, 1.0, x.dtype(), x.device()), sqrt(mean(square(xc), dims, true) + eps));
   const Tensor xhat = xc * invstd;
   const Tensor dbeta = sum(g, dims, true), dgamma = sum(g * xhat, dims, true);
   Grads r(3);
@@ -670,6 +722,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
     if (p->shape() != Shape{c} || p->dtype() != x.dtype())
       throw std::invalid_argument(fmt::format("batch_norm: weight and bias must be {}[{}] for input {}, got {}",
                                               dtype_name(x.dtype()), c, x.str(), p->str()));
+  for (const Tensor* p : std::initializer_list<const Tensor*>{&gamma, &beta, &running_mean, &running_var})
+    require_same_device(x, *p, "batch_norm");
   Shape bshape(x.dim(), 1);
   bshape[1] = c;
   if (!training) {
@@ -680,11 +734,12 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
   if (m < 2) throw std::invalid_argument(fmt::format("batch_norm: training needs more than one value per channel, got {}", x.str()));
   const int64_t n = x.size(0), inner = m / n;
   const Tensor xc = x.detach().contiguous(), gc = gamma.detach().contiguous(), bc = beta.detach().contiguous();
-  Tensor y = Tensor::empty(x.shape(), x.dtype());
-  Tensor mu = Tensor::empty({c}, x.dtype()), invstd = Tensor::empty({c}, x.dtype()), var = Tensor::empty({c}, x.dtype());
-  BW_DISPATCH_FLOAT(x.dtype(), "batch_norm",
-                    cpu::batch_norm_forward_train<T>(xc.data<T>(), gc.data<T>(), bc.data<T>(), y.data<T>(), mu.data<T>(),
-                                                     invstd.data<T>(), var.data<T>(), n, c, inner, eps));
+  const Device dev = x.device();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), dev);
+  Tensor mu = Tensor::empty({c}, x.dtype(), dev), invstd = Tensor::empty({c}, x.dtype(), dev),
+         var = Tensor::empty({c}, x.dtype(), dev);
+  BW_KERNEL(dev, x.dtype(), "batch_norm", batch_norm_forward_train, xc.data<T>(), gc.data<T>(), bc.data<T>(), y.data<T>(),
+            mu.data<T>(), invstd.data<T>(), var.data<T>(), n, c, inner, eps);
   {
     NoGradGuard ng;
     const double unbias = static_cast<double>(m) / static_cast<double>(m - 1);
@@ -696,13 +751,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
     if (grad_enabled()) return batch_norm_backward_ops(xx, gm, g_in, eps, need);  // create_graph
     const Tensor xd = xx.detach().contiguous(), g = g_in.detach().contiguous(), gmc = gm.detach().contiguous();
     Grads r(3);
-    if (need[0]) r[0] = Tensor::empty(xx.shape(), xx.dtype());
-    if (need[1]) r[1] = Tensor::empty({c}, xx.dtype());
-    if (need[2]) r[2] = Tensor::empty({c}, xx.dtype());
-    BW_DISPATCH_FLOAT(xx.dtype(), "batch_norm backward",
-                      cpu::batch_norm_backward_train<T>(xd.data<T>(), g.data<T>(), gmc.data<T>(), mu.data<T>(), invstd.data<T>(),
-                                                        need[0] ? r[0].data<T>() : nullptr, need[1] ? r[1].data<T>() : nullptr,
-                                                        need[2] ? r[2].data<T>() : nullptr, n, c, inner));
+    const Device dev = xx.device();
+    if (need[0]) r[0] = Tensor::empty(xx.shape(), xx.dtype(), dev);
+    if (need[1]) r[1] = Tensor::empty({c}, xx.dtype(), dev);
+    if (need[2]) r[2] = Tensor::empty({c}, xx.dtype(), dev);
+    BW_KERNEL(dev, xx.dtype(), "batch_norm backward", batch_norm_backward_train, xd.data<T>(), g.data<T>(), gmc.data<T>(),
+              mu.data<T>(), invstd.data<T>(), need[0] ? r[0].data<T>() : nullptr, need[1] ? r[1].data<T>() : nullptr,
+              need[2] ? r[2].data<T>() : nullptr, n, c, inner);
     return r;
   });
 }
@@ -715,8 +770,8 @@ Tensor log_softmax(const Tensor& z_in, int64_t dim) {
   if (dim != z_in.dim() - 1) return log_softmax(z_in.transpose(dim, -1), -1).transpose(dim, -1);
   const Tensor z = z_in.contiguous();
   const int64_t cols = z.size(-1), rows = z.numel() / std::max<int64_t>(cols, 1);
-  Tensor out = Tensor::empty(z.shape(), z.dtype());
-  BW_DISPATCH_FLOAT(z.dtype(), "log_softmax", cpu::log_softmax_rows<T>(z.data<T>(), out.data<T>(), rows, cols));
+  Tensor out = Tensor::empty(z.shape(), z.dtype(), z.device());
+  BW_KERNEL(z.device(), z.dtype(), "log_softmax", log_softmax_rows, z.data<T>(), out.data<T>(), rows, cols);
   return record(out, "log_softmax", {z_in}, [](const Node& n, const Tensor& g, const Needs&) {
     return Grads{g - exp(n.output()) * sum(g, {-1}, true)};
   });
@@ -732,14 +787,18 @@ static void check_logits_labels(const Tensor& z, const Tensor& labels, const cha
 Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
   require_float(z_in, "cross_entropy");
   check_logits_labels(z_in, labels, "cross_entropy");
+  require_same_device(z_in, labels, "cross_entropy");
   const Tensor z = z_in.contiguous(), y = labels.contiguous();
   const int64_t rows = z.size(0), cols = z.size(1);
-  const int32_t* py = y.data<int32_t>();
-  for (int64_t i = 0; i < rows; ++i)
-    if (py[i] < 0 || py[i] >= cols)
-      throw std::out_of_range(fmt::format("cross_entropy: label {} of sample {} out of range [0, {})", py[i], i, cols));
-  Tensor loss = Tensor::empty({rows}, z.dtype());
-  BW_DISPATCH_FLOAT(z.dtype(), "cross_entropy", cpu::softmax_xent_rows<T>(z.data<T>(), py, loss.data<T>(), rows, cols));
+  {
+    const HostI32 hy = host_i32(y);
+    const int32_t* py = hy.data;
+    for (int64_t i = 0; i < rows; ++i)
+      if (py[i] < 0 || py[i] >= cols)
+        throw std::out_of_range(fmt::format("cross_entropy: label {} of sample {} out of range [0, {})", py[i], i, cols));
+  }
+  Tensor loss = Tensor::empty({rows}, z.dtype(), z.device());
+  BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_rows, z.data<T>(), y.data<int32_t>(), loss.data<T>(), rows, cols);
   loss = record(loss, "cross_entropy", {z_in}, [y](const Node& n, const Tensor& g, const Needs&) {
     const Tensor& zz = n.inputs[0];
     return Grads{(softmax(zz, 1) - one_hot(y, zz.size(1), zz.dtype())) * g.reshape({-1, 1})};
@@ -752,7 +811,7 @@ Tensor cw_margin(const Tensor& z, const Tensor& labels) {
   const Tensor y = labels.reshape({-1, 1});
   const Tensor zy = gather(z, y, 1).reshape({-1});
   const Tensor mask = one_hot(labels, z.size(1), z.dtype());
-  const Tensor others = where(mask, Tensor::full(z.shape(), -1e30, z.dtype()), z);
+  const Tensor others = where(mask, Tensor::full(z.shape(), -1e30, z.dtype(), z.device()), z);
   return max(others, 1) - zy;
 }
 

@@ -14,6 +14,7 @@
 #include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
 
 namespace bulwark {
 
@@ -109,8 +110,13 @@ BlockCache& block_cache() {
 size_t rounded_bytes(size_t nbytes) { return ((nbytes + 63) / 64) * 64; }
 }  // namespace
 
+// CUDA storage comes from the backend's allocator (cuda::device_malloc: the stream-ordered
+// caching allocator of kernels/cuda/runtime.cu; host memory in the emulated backend).
 Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
-  if (dev != Device::cpu) throw std::runtime_error("this build of bulwark has no CUDA backend; use --device cpu");
+  if (dev == Device::cuda) {
+    if (nbytes) data = cuda::device_malloc(nbytes);
+    return;
+  }
   const size_t rounded = rounded_bytes(nbytes);
   if (!rounded) return;
   data = block_cache().take(rounded);
@@ -118,6 +124,10 @@ Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
   if (!data) throw std::bad_alloc();
 }
 Storage::~Storage() {
+  if (device == Device::cuda) {
+    if (data) cuda::device_free(data);
+    return;
+  }
   if (data && !block_cache().give(data, rounded_bytes(bytes))) std::free(data);
 }
 
@@ -192,6 +202,7 @@ template int32_t* Tensor::data<int32_t>() const;
 
 double Tensor::item() const {
   if (numel() != 1) throw std::invalid_argument(fmt::format("item() on {} with {} elements", str(), numel()));
+  if (device() != Device::cpu) return detach().to(Device::cpu).item();  // synchronising copy to the host
   switch (dtype()) {
     case DType::f32: return *data<float>();
     case DType::f64: return *data<double>();
@@ -202,7 +213,8 @@ double Tensor::item() const {
 
 template <class T>
 static std::vector<T> values_as(const Tensor& t) {
-  const Tensor c = t.contiguous().to(dtype_of<T>());
+  // A CUDA tensor is copied to the host first (synchronising), then converted there.
+  const Tensor c = (t.device() == Device::cpu ? t : t.detach().to(Device::cpu)).contiguous().to(dtype_of<T>());
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());
 }
@@ -357,10 +369,31 @@ Tensor Tensor::to(DType dt) const {
   });
 }
 
+Tensor Tensor::to(Device dev) const {
+  if (dev == device()) return *this;
+  const Tensor src = detach().contiguous();
+  Tensor out = empty(shape(), dtype(), dev);
+  const size_t es = dtype_size(dtype()), nbytes = static_cast<size_t>(numel()) * es;
+  if (nbytes) {
+    const void* from = static_cast<const char*>(src.impl()->storage->data) + src.offset() * es;
+    void* to = out.impl()->storage->data;
+    if (dev == Device::cuda)
+      cuda::copy_to_device(to, from, nbytes);
+    else
+      cuda::copy_to_host(to, from, nbytes);
+  }
+  if (dtype() == DType::i32) return out;  // integers carry no gradient
+  const Device orig = device();
+  return record(out, "to_device", {*this}, [orig](const Node&, const Tensor& g, const std::vector<bool>&) {
+    return std::vector<Tensor>{g.to(orig)};
+  });
+}
+
 Tensor& Tensor::copy_(const Tensor& src) {
   if (src.shape() != shape())
     throw std::invalid_argument(fmt::format("copy_: source {} into {}", src.str(), str()));
   if (!is_contiguous()) throw std::invalid_argument("copy_: destination must be contiguous");
+  if (src.device() != device()) return copy_(src.detach().to(device()));  // cross-device: move, then copy
   const Tensor s = src.dtype() == dtype() ? src : src.detach().to(dtype());
   copy_strided(s, *this);
   return *this;
@@ -368,6 +401,14 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor& Tensor::fill_(double value) {
   if (!is_contiguous()) throw std::invalid_argument("fill_: tensor must be contiguous");
+  if (device() == Device::cuda) {
+    switch (dtype()) {
+      case DType::f32: cuda::fill(data<float>(), numel(), static_cast<float>(value)); break;
+      case DType::i32: cuda::fill_i32(data<int32_t>(), numel(), static_cast<int32_t>(value)); break;
+      default: require_cuda_dtype(dtype(), "fill_");
+    }
+    return *this;
+  }
   switch (dtype()) {
     case DType::f32: cpu::fill(data<float>(), numel(), static_cast<float>(value)); break;
     case DType::f64: cpu::fill(data<double>(), numel(), value); break;

@@ -79,7 +79,7 @@ class Tensor {
   std::string str() const;  // "f32[128, 3, 32, 32]"
 
   template <class T> T* data() const;       // pointer to element 0 of the view
-  double item() const;                      // value of a one-element tensor
+  double item() const;                      // value of a one-element tensor (CUDA: copied to the host)
   std::vector<float> to_vector() const;     // row-major copy of the values (f32 result)
   std::vector<double> to_vector_f64() const;
   std::vector<int32_t> to_vector_i32() const;
@@ -102,6 +102,11 @@ class Tensor {
   Tensor slice(int64_t dim, int64_t start, int64_t end) const;
   Tensor expand(const Shape& shape) const;
   Tensor to(DType dtype) const;
+  // A copy on `dev` (the tensor itself when already there), through cuda::copy_to_device /
+  // copy_to_host; differentiable: the gradient moves back to this tensor's device.
+  Tensor to(Device dev) const;
+  Tensor cuda() const { return to(Device::cuda); }
+  Tensor cpu() const { return to(Device::cpu); }
   Tensor clone() const;
 
   // --- in-place, outside autograd (optimizers, data loading, attacks' projections) ---------

@@ -63,6 +63,19 @@ int64_t Module::num_parameters() const {
   return n;
 }
 
+void Module::to(Device dev) {
+  for (auto& [name, t] : state_dict()) {
+    if (t.device() == dev) continue;
+    const Tensor moved = t.detach().to(dev);
+    TensorImpl* impl = t.impl();
+    impl->storage = moved.impl()->storage;
+    impl->strides = moved.strides();
+    impl->offset = moved.offset();
+    impl->device = dev;
+    impl->grad.reset();
+  }
+}
+
 void Module::zero_grad() {
   for (auto& t : parameters()) t.zero_grad();
 }

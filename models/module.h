@@ -38,6 +38,10 @@ class Module {
   void load_state_dict(const std::map<std::string, Tensor>& state, bool strict = true);
   int64_t num_parameters() const;
   void zero_grad();
+  // Moves every parameter and buffer to `dev` in place (like PyTorch's module.to): each tensor
+  // keeps its identity (layers and optimizers holding it see the move), its storage is replaced
+  // by a copy on `dev`, and its gradient is dropped. Call before building an optimizer.
+  void to(Device dev);
 
  protected:
   Tensor register_parameter(const std::string& name, Tensor t);

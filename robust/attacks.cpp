@@ -1,6 +1,6 @@
-// PGD and the fused attack step over tensors. The step and the random start call the CPU
-// loops of kernels/cpu/attack.cpp directly; when the CUDA backend lands they dispatch on the
-// tensor's device like every engine op.
+// PGD and the fused attack step over tensors. The step and the random start dispatch on the
+// tensor's device like every engine op (engine/dispatch.h): the CPU loops of
+// kernels/cpu/attack.cpp, or the CUDA kernels of kernels/cuda/attack.cu (f32).
 #include "robust/attacks.h"
 
 #include <fmt/format.h>
@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "engine/autograd.h"
+#include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "kernels/common/philox.h"
 #include "kernels/cpu/attack_kernels.h"
@@ -15,11 +16,8 @@
 namespace bulwark {
 
 namespace {
-void require_cpu_float(const Tensor& t, const char* what) {
+void require_float_tensor(const Tensor& t, const char* what) {
   if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", what));
-  if (t.device() != Device::cpu)
-    throw std::invalid_argument(fmt::format("{}: {} tensor, but this build only has the CPU backend", what,
-                                            device_name(t.device())));
   if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
     throw std::invalid_argument(fmt::format("{}: needs a float tensor, got {}", what, t.str()));
 }
@@ -31,37 +29,36 @@ void require_budget(double eps, double alpha) {
 }  // namespace
 
 double pgd_step_(Tensor& x_adv, const Tensor& x_in, const Tensor& g_in, double eps, double alpha) {
-  require_cpu_float(x_adv, "pgd_step_ x_adv");
+  require_float_tensor(x_adv, "pgd_step_ x_adv");
   require_budget(eps, alpha);
   if (!x_adv.is_contiguous()) throw std::invalid_argument("pgd_step_: x_adv must be contiguous (it is updated in place)");
   for (const Tensor* t : {&x_in, &g_in}) {
-    require_cpu_float(*t, "pgd_step_");
+    require_float_tensor(*t, "pgd_step_");
     if (t->shape() != x_adv.shape() || t->dtype() != x_adv.dtype())
       throw std::invalid_argument(fmt::format("pgd_step_: x_adv is {} but got {}", x_adv.str(), t->str()));
+    require_same_device(x_adv, *t, "pgd_step_");
   }
   const Tensor x = x_in.detach().contiguous(), g = g_in.detach().contiguous();
-  if (x_adv.dtype() == DType::f32)
-    return cpu::pgd_step(x.data<float>(), x_adv.data<float>(), g.data<float>(), x_adv.numel(),
-                         static_cast<float>(eps), static_cast<float>(alpha));
-  return cpu::pgd_step(x.data<double>(), x_adv.data<double>(), g.data<double>(), x_adv.numel(), eps, alpha);
+  double l1 = 0;
+  BW_KERNEL_RESULT(l1, x_adv.device(), x_adv.dtype(), "pgd_step_", pgd_step, x.data<T>(), x_adv.data<T>(), g.data<T>(),
+                   x_adv.numel(), static_cast<T>(eps), static_cast<T>(alpha));
+  return l1;
 }
 
 uint64_t random_start_counters(int64_t numel) { return philox::counters_for(static_cast<uint64_t>(numel)); }
 
 Tensor random_start(const Tensor& x_in, double eps, uint64_t seed, uint64_t offset) {
-  require_cpu_float(x_in, "random_start");
+  require_float_tensor(x_in, "random_start");
   require_budget(eps, 0.0);
   const Tensor x = x_in.detach().contiguous();
-  Tensor out = Tensor::empty(x.shape(), x.dtype());
-  if (x.dtype() == DType::f32)
-    cpu::random_start(x.data<float>(), out.data<float>(), x.numel(), static_cast<float>(eps), seed, offset);
-  else
-    cpu::random_start(x.data<double>(), out.data<double>(), x.numel(), eps, seed, offset);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  BW_KERNEL(x.device(), x.dtype(), "random_start", random_start, x.data<T>(), out.data<T>(), x.numel(), static_cast<T>(eps),
+            seed, offset);
   return out;
 }
 
 Tensor pgd_attack(Module& model, const Tensor& x_in, const Tensor& y, const PgdOptions& o, AttackStats* stats) {
-  require_cpu_float(x_in, "pgd_attack");
+  require_float_tensor(x_in, "pgd_attack");
   require_budget(o.eps, o.alpha);
   if (o.steps < 0) throw std::invalid_argument(fmt::format("pgd_attack: steps must be >= 0, got {}", o.steps));
   const Tensor x = x_in.detach().contiguous();

@@ -148,10 +148,11 @@ bool is_grad_input(const InputSpec& s) { return is_float_input(s) && s.different
 
 // Builds one input tensor with the given logical values; `transposed` inputs are non-contiguous
 // leaves (a transposed view of storage laid out with the last two dims swapped).
-Tensor make_input(const InputSpec& s, const std::vector<double>& v, DType dt, bool requires_grad) {
+Tensor make_input(const InputSpec& s, const std::vector<double>& v, DType dt, bool requires_grad,
+                  Device dev = Device::cpu) {
   RT logical(s.shape);
   logical.v = v;
-  if (s.gen.integer) return from_rt(logical, DType::i32);
+  if (s.gen.integer) return from_rt(logical, DType::i32).to(dev);
   Tensor t;
   if (s.layout == Layout::transposed && s.shape.size() >= 2) {
     Shape st = s.shape;
@@ -162,24 +163,24 @@ Tensor make_input(const InputSpec& s, const std::vector<double>& v, DType dt, bo
       std::swap(idx[idx.size() - 1], idx[idx.size() - 2]);
       stored[idx] = logical.v[i];
     }
-    t = from_rt(stored, dt).transpose(-1, -2).detach();
+    t = from_rt(stored, dt).to(dev).transpose(-1, -2).detach();
   } else if (s.layout == Layout::offset) {
     constexpr int64_t kOffset = 3;
     RT padded({logical.numel() + kOffset}, -777.0);  // garbage an op must not read
     std::copy(logical.v.begin(), logical.v.end(), padded.v.begin() + kOffset);
-    t = make_view(from_rt(padded, dt), s.shape, contiguous_strides(s.shape), kOffset);
+    t = make_view(from_rt(padded, dt).to(dev), s.shape, contiguous_strides(s.shape), kOffset);
   } else {
-    t = from_rt(logical, dt);
+    t = from_rt(logical, dt).to(dev);
   }
   if (requires_grad) t.set_requires_grad(true);
   return t;
 }
 
-Args make_args(const OpCase& c, const Values& vals, DType dt, bool requires_grad) {
+Args make_args(const OpCase& c, const Values& vals, DType dt, bool requires_grad, Device dev = Device::cpu) {
   Args a;
   a.dtype = dt;
   for (size_t i = 0; i < c.inputs.size(); ++i)
-    a.t.push_back(make_input(c.inputs[i], vals[i], dt, requires_grad && is_grad_input(c.inputs[i])));
+    a.t.push_back(make_input(c.inputs[i], vals[i], dt, requires_grad && is_grad_input(c.inputs[i]), dev));
   return a;
 }
 
@@ -319,6 +320,37 @@ void check_gradgrad(const OpCase& c, Values vals, std::mt19937_64& rng, Failures
   }
 }
 
+// (d): the f32 op on Device::cuda against the CPU backend, forward and first-order gradients.
+void check_cuda(const OpCase& c, const Values& vals, std::mt19937_64& rng, Failures& fails) {
+  const std::string where = c.name + " [cuda vs cpu]";
+  try {
+    bool any_grad = false;
+    for (const InputSpec& s : c.inputs) any_grad = any_grad || is_grad_input(s);
+    const bool grads = c.grad && any_grad;
+    const Args ac = make_args(c, vals, DType::f32, grads), ag = make_args(c, vals, DType::f32, grads, Device::cuda);
+    const Tensor oc = c.op(ac), og = c.op(ag);
+    if (og.device() != Device::cuda) fails.push_back(fmt::format("{}: output on {}, want cuda", where, device_name(og.device())));
+    if (og.shape() != oc.shape() || og.dtype() != oc.dtype()) {
+      fails.push_back(fmt::format("{}: output {}, the CPU backend gives {}", where, og.str(), oc.str()));
+      return;
+    }
+    std::string msg = compare(og.to_vector_f64(), oc.to_vector_f64(), oc.shape(), c.cuda_tol);
+    if (!msg.empty()) fails.push_back(where + " forward: " + msg);
+    if (!grads || oc.dtype() == DType::i32) return;
+    const std::vector<double> u = random_vector(rng, oc.numel());
+    const Tensor uc = Tensor::from_vector(std::vector<float>(u.begin(), u.end()), oc.shape());
+    const std::vector<Tensor> gc = grad({oc}, grad_leaves(c, ac), {uc});
+    const std::vector<Tensor> gg = grad({og}, grad_leaves(c, ag), {uc.to(Device::cuda)});
+    for (size_t k = 0; k < gc.size(); ++k) {
+      if (gg[k].device() != Device::cuda) fails.push_back(fmt::format("{}: gradient {} on the host", where, k));
+      msg = compare(gg[k].to_vector_f64(), gc[k].to_vector_f64(), gc[k].shape(), c.cuda_tol);
+      if (!msg.empty()) fails.push_back(fmt::format("{} gradient of grad input {}: {}", where, k, msg));
+    }
+  } catch (const std::exception& e) {
+    fails.push_back(where + " threw: " + e.what());
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> op_failures(const OpCase& c) {
@@ -331,6 +363,7 @@ std::vector<std::string> op_failures(const OpCase& c) {
   for (const InputSpec& s : c.inputs) any_grad = any_grad || is_grad_input(s);
   if (c.grad && any_grad) check_gradient(c, vals, rng, fails);
   if (c.gradgrad && any_grad) check_gradgrad(c, vals, rng, fails);
+  if (c.cuda) check_cuda(c, vals, rng, fails);
   return fails;
 }
 

@@ -7,7 +7,10 @@
 //   (b) gradcheck: bulwark::grad of <u, op(x)> for a random cotangent u, against central finite
 //       differences in f64, for every float input;
 //   (c) optionally gradgradcheck: with create_graph, S = sum_i <v_i, d<u, op>/dx_i> for random
-//       v_i, and d S / d (x, u) against finite differences of the first gradient.
+//       v_i, and d S / d (x, u) against finite differences of the first gradient;
+//   (d) the CUDA backend (emulated in the tests): the f32 run with every input moved to
+//       Device::cuda (same layouts), forward and autograd gradients against the CPU backend's
+//       (OpCase::cuda_tol), unless OpCase::cuda is false (ops the CUDA backend cannot run: f64).
 // It prints the first mismatches with their multi-indices. Inputs are generated away from kinks
 // (relu at 0, ties of max, clamp bounds) so finite differences are meaningful.
 #include <cstdint>
@@ -90,6 +93,8 @@ struct OpCase {
   Tol f64{1e-11, 1e-10};
   Tol fd{1e-6, 1e-5};  // gradcheck / gradgradcheck tolerance
   double eps = 1e-6;   // finite-difference step
+  bool cuda = true;    // also run (d) on Device::cuda
+  Tol cuda_tol{1e-5, 1e-4};  // CUDA vs CPU backend, forward and gradients (f32)
 };
 
 // Runs every check of `c` and returns one message per failed check (empty: all passed).

@@ -794,13 +794,14 @@ TEST_CASE("ops: views, reshape, contiguous, dtype conversion", "[ops]") {
   view_case("expand then op", in_t({3, 1}), [](auto& t) { return t.expand({2, 3, 4}) * 2.0; },
             [&](const RT& r) { return map1(expand_ref({2, 3, 4})(r), [](double v) { return 2 * v; }); });
   // dtype conversion: the values of f32-representable inputs survive f32 <-> f64 exactly.
+  // (f64 exists on the CPU backend only: no CUDA run for these two.)
   cases.push_back({.name = "to f64", .inputs = {in({3, 4})}, .op = [](const Args& a) { return a[0].to(DType::f64); },
-                   .ref = [](const Refs& r) { return r[0]; }, .same_dtype = false});
+                   .ref = [](const Refs& r) { return r[0]; }, .same_dtype = false, .cuda = false});
   cases.push_back({.name = "to f32 (transposed)", .inputs = {in_t({3, 4})}, .op = [](const Args& a) { return a[0].to(DType::f32); },
                    .ref = [](const Refs& r) { return r[0]; }, .grad = false, .same_dtype = false});
   cases.push_back({.name = "to f64 and back", .inputs = {in({5})},
                    .op = [](const Args& a) { return a[0].to(DType::f64).to(a.dtype) * 3.0; },
-                   .ref = [](const Refs& r) { return map1(r[0], [](double v) { return 3 * v; }); }});
+                   .ref = [](const Refs& r) { return map1(r[0], [](double v) { return 3 * v; }); }, .cuda = false});
   cases.push_back({.name = "to i32 truncates", .inputs = {in({4}, values({1.75, -1.75, 0.5, 3}))},
                    .op = [](const Args& a) { return a[0].to(DType::i32); },
                    .ref = [](const Refs& r) { return map1(r[0], [](double v) { return std::trunc(v); }); }, .grad = false});
@@ -981,7 +982,8 @@ namespace {
 // batch_norm with fresh running statistics (mean 0.1, var 1.5) on every call.
 Tensor bn_op(const Args& a, bool training) {
   const int64_t c = a[0].size(1);
-  Tensor rm = Tensor::full({c}, 0.1, a.dtype), rv = Tensor::full({c}, 1.5, a.dtype);
+  const Device dev = a[0].device();
+  Tensor rm = Tensor::full({c}, 0.1, a.dtype, dev), rv = Tensor::full({c}, 1.5, a.dtype, dev);
   return batch_norm(a[0], a[1], a[2], rm, rv, training, 0.1, 1e-5);
 }
 }  // namespace
@@ -1152,4 +1154,32 @@ TEST_CASE("ops: CPU kernels give the same bits on 1 and 2 threads", "[ops]") {
     INFO("result " << i);
     CHECK(one[i].to_vector() == two[i].to_vector());
   }
+}
+
+TEST_CASE("ops: CUDA tensors (emulated backend): moves, autograd across devices, clear errors", "[ops][cuda]") {
+  const Tensor h = Tensor::from_vector(std::vector<float>{1, -2, 3, 4, 5, -6}, {2, 3});
+  const Tensor d = h.cuda();
+  CHECK(d.device() == Device::cuda);
+  CHECK(d.to_vector() == h.to_vector());
+  CHECK(d.cpu().device() == Device::cpu);
+  CHECK(sum(d).item() == 5.0);
+  CHECK(Tensor::ones({4}, DType::f32, Device::cuda).to_vector() == std::vector<float>(4, 1.0f));
+  CHECK(Tensor::zeros({3}, DType::i32, Device::cuda).to_vector_i32() == std::vector<int32_t>(3, 0));
+  CHECK(d.t().contiguous().to_vector() == h.t().contiguous().to_vector());
+  Tensor e = Tensor::empty({2, 3}, DType::f32, Device::cuda);
+  e.copy_(h);  // host to device
+  CHECK(e.to_vector() == h.to_vector());
+  // to(Device)'s backward moves the gradient back to the leaf's device.
+  Tensor leaf = h.detach().clone();
+  leaf.set_requires_grad(true);
+  const std::vector<Tensor> g = grad({sum(square(leaf.cuda()))}, {leaf});
+  CHECK(g[0].device() == Device::cpu);
+  CHECK(g[0].to_vector() == (h * 2.0).to_vector());
+  // Mixed devices and f64 on CUDA are clear errors; label checks read device labels.
+  CHECK_THROWS_AS(add(d, h), std::invalid_argument);
+  CHECK_THROWS_WITH(add(d, h), Catch::Contains("different devices"));
+  CHECK_THROWS_WITH(Tensor::zeros({2}, DType::f64, Device::cuda), Catch::Contains("f32 only"));
+  const Tensor labels = Tensor::from_vector(std::vector<int32_t>{0, 5}, {2}).cuda();
+  CHECK_THROWS_WITH(cross_entropy(d, labels), Catch::Contains("label 5"));
+  CHECK_THROWS_AS(gather(d, Tensor::from_vector(std::vector<int32_t>{3, 0}, {2, 1}).cuda(), 1), std::out_of_range);
 }

@@ -33,7 +33,7 @@ Optimizer::Optimizer(NamedTensors params, std::vector<std::string> state_names)
     : state_names_(std::move(state_names)) {
   for (auto& [name, p] : params) {
     Slot slot{name, p, {}};
-    for (size_t i = 0; i < state_names_.size(); ++i) slot.state.push_back(Tensor::zeros(p.shape(), p.dtype()));
+    for (size_t i = 0; i < state_names_.size(); ++i) slot.state.push_back(Tensor::zeros(p.shape(), p.dtype(), p.device()));
     slots_.push_back(std::move(slot));
   }
 }
