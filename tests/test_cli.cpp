@@ -73,7 +73,7 @@ TEST_CASE("bad options exit with code 2 and say what is wrong", "[cli]") {
       {"train --model nope", "unknown model 'nope'"},
       {"train --epochs -1", "--epochs must be >= 1, got -1"},
       {"train --epochs many", "--epochs"},
-      {"train --device cuda", "this build has no CUDA backend"},
+      {"train --device cuda", "--device cuda: no usable GPU"},
       {"train --dataset mnist --data-dir /nonexistent/mnist", "/nonexistent/mnist"},
       {"train --dataset imagenet", "unknown dataset 'imagenet'"},
       {"train --optimizer rmsprop", "unknown optimizer 'rmsprop'"},

@@ -11,6 +11,7 @@
 
 #include "data/idx.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
 #include "training/method.h"
 
@@ -137,15 +138,21 @@ void validate(const TrainConfig& c) {
 }
 
 std::string resolve_device(const std::string& requested, std::vector<std::string>& notes) {
-  if (requested == "cuda")
-    throw std::invalid_argument("--device cuda: this build has no CUDA backend (rebuild on a machine with the CUDA "
-                                "toolkit, with -DBULWARK_CUDA=ON), or use --device cpu");
-  if (requested == "auto") {
-    notes.push_back("device: cpu (--device auto; this build has no CUDA backend)");
-    return "cpu";
+  if (requested != "cpu" && requested != "cuda" && requested != "auto")
+    throw std::invalid_argument(fmt::format("unknown device '{}' (use cpu, cuda or auto)", requested));
+  if (requested == "cpu") return requested;
+  // The emulated backend runs CUDA kernels on the CPU for the tests; it is never a GPU.
+  std::string why;
+  const bool gpu = cuda::device_available(&why) && !cuda::emulated();
+  if (cuda::emulated()) why = "this build's CUDA backend is the CPU emulator (no nvcc at build time)";
+  if (requested == "cuda") {
+    if (!gpu) throw std::invalid_argument(fmt::format("--device cuda: no usable GPU ({}); use --device cpu", why));
+    throw std::invalid_argument(
+        "--device cuda: the trainer does not run on the GPU yet (the engine's CUDA ops do); use --device cpu");
   }
-  if (requested != "cpu") throw std::invalid_argument(fmt::format("unknown device '{}' (use cpu, cuda or auto)", requested));
-  return requested;
+  notes.push_back(gpu ? "device: cpu (--device auto; the trainer does not use the GPU yet)"
+                      : fmt::format("device: cpu (--device auto; no usable GPU: {})", why));
+  return "cpu";
 }
 
 void resolve_data_dir(DataConfig& d) {
