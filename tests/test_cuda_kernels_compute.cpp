@@ -18,6 +18,7 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "tests/cuda_test_util.h"
 
 namespace {
 
@@ -48,28 +49,10 @@ struct DeviceBuffer {
 };
 
 std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = u(rng);
-  return v;
+  return bulwark::testing::uniform_floats(n, seed, lo, hi);
 }
 
-// Every element within atol + rtol |ref|; the first few mismatches are printed, llm.c style.
-void require_close(const std::vector<float>& got, const std::vector<float>& ref, float atol, float rtol,
-                   const std::string& what) {
-  REQUIRE(got.size() == ref.size());
-  size_t bad = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const float tol = atol + rtol * std::fabs(ref[i]);
-    if (!(std::fabs(got[i] - ref[i]) <= tol)) {  // NaN fails
-      if (bad < 5) std::printf("%s: [%zu] got %.7g, want %.7g\n", what.c_str(), i, got[i], ref[i]);
-      ++bad;
-    }
-  }
-  INFO(what << ": " << bad << " of " << ref.size() << " elements out of tolerance");
-  REQUIRE(bad == 0);
-}
+using bulwark::testing::require_close;
 
 // Launches so far of the __global__ function `kernel`, whatever template arguments it had.
 uint64_t launches_of(const std::string& kernel) {

@@ -33,6 +33,7 @@
 #include "kernels/cpu/optim.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/emu/execution.h"
+#include "tests/cuda_test_util.h"
 
 namespace {
 
@@ -58,23 +59,10 @@ struct Dev {
 };
 
 std::vector<float> randn(size_t n, unsigned seed, float lo = -2.0f, float hi = 2.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
+  return bulwark::testing::uniform_floats(n, seed, lo, hi);
 }
 
-// |got - want| <= atol + rtol |want| elementwise (NaN matches NaN); names the first mismatch.
-void require_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
-                   const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = got[i], w = want[i];
-    const bool ok = (std::isnan(g) && std::isnan(w)) || g == w || std::fabs(g - w) <= atol + rtol * std::fabs(w);
-    if (!ok) FAIL(what << ": element " << i << " of " << got.size() << " is " << g << ", CPU says " << w);
-  }
-}
+using bulwark::testing::require_close;
 
 Strided view(const std::vector<int64_t>& shape, const std::vector<int64_t>& stride) {
   Strided s;
