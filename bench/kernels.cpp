@@ -1,23 +1,18 @@
-// Kernel throughput of the CPU backend at the shapes the benchmarked models use (batch 128),
-// with Google Benchmark. Each benchmark reports FLOP/s (counter "FLOPS") or bytes/s ("BYTES")
-// from the counts documented at the kernel:
-//
-//   gemm            C[M,N] = op(A) op(B):  2 M N K FLOPs
-//   conv2d (all 3)  2 N O (C KH KW) (OH OW) FLOPs each for forward, backward-input and
-//                   backward-weight (kernels/cpu/conv.cpp); im2col/col2im traffic not counted
-//   batch_norm      training mode, fused: forward 12 B/element, backward 20 B/element
-//   pgd_step        read x, x_adv, g, write x_adv: 16 B/element (f32)
-//   random_start    read x, write x_adv: 8 B/element
-//
-// The names say which layer a shape comes from: cnn7 on CIFAR (3x32x32) and wong_small on
-// MNIST (1x28x28). Run with `bulwark-bench kernels [--benchmark_filter=REGEX]`.
+// Kernel throughput of the CPU backend at the shapes the zoo models use (batch 128), with Google
+// Benchmark. Every row reports a rate: "FLOPS" (FLOP/s, printed as e.g. 29.9G/s) or "BYTES"
+// (bytes/s), from the counts in bench/kernel_shapes.h. Rows are named cpu_<kernel>/<shape>; the
+// GPU build adds cuda_<kernel>/<shape>/{ours,v0_<vendor>} rows for the same shapes
+// (bench/cuda_kernels.cpp). Run with `bulwark-bench kernels [--benchmark_filter=REGEX]`.
 #include <benchmark/benchmark.h>
 
 #include <random>
+#include <string>
 #include <vector>
 
+#include "bench/kernel_shapes.h"
 #include "kernels/cpu/attack_kernels.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/optim.h"
 
 namespace bulwark::bench {
 
@@ -31,112 +26,74 @@ std::vector<float> random_floats(size_t n, float lo = -1.f, float hi = 1.f) {
   return v;
 }
 
+benchmark::Counter rate(double per_iteration) {
+  return benchmark::Counter(per_iteration, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // The kernels run on several threads: time them by the wall clock (rates use it), and report
 // the CPU time of the whole process, all threads, beside it.
-void timed(benchmark::internal::Benchmark* b) { b->UseRealTime()->MeasureProcessCPUTime(); }
+template <class Fn>
+void add(const std::string& name, benchmark::TimeUnit unit, Fn&& fn) {
+  benchmark::RegisterBenchmark(name.c_str(), std::forward<Fn>(fn))->UseRealTime()->MeasureProcessCPUTime()->Unit(unit);
+}
 
-// ---- GEMM -------------------------------------------------------------------------------------
-
-void gemm_bench(benchmark::State& state, bool ta, bool tb, int64_t M, int64_t N, int64_t K) {
-  const std::vector<float> a = random_floats(static_cast<size_t>(M * K)), b = random_floats(static_cast<size_t>(K * N));
-  std::vector<float> c(static_cast<size_t>(M * N));
-  const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+void gemm_bench(benchmark::State& state, const GemmCase& c) {
+  const std::vector<float> a = random_floats(size_t(c.m * c.k)), b = random_floats(size_t(c.k * c.n));
+  std::vector<float> out(size_t(c.m * c.n));
   for (auto _ : state) {
-    cpu::gemm<float>(ta, tb, M, N, K, 1.f, a.data(), lda, b.data(), ldb, 0.f, c.data(), N);
+    cpu::gemm<float>(c.ta, c.tb, c.m, c.n, c.k, 1.f, a.data(), c.lda(), b.data(), c.ldb(), 0.f, out.data(), c.n);
     benchmark::ClobberMemory();
   }
-  state.counters["FLOPS"] = benchmark::Counter(2.0 * M * N * K, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOPS"] = rate(c.flops());
 }
-
-// cnn7's FC 32768 -> 512 at batch 128: forward x W^T, backward-input g W, backward-weight g^T x.
-BENCHMARK_CAPTURE(gemm_bench, cnn7_fc1_forward, false, true, 128, 512, 32768)->Apply(timed)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(gemm_bench, cnn7_fc1_backward_input, false, false, 128, 32768, 512)->Apply(timed)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(gemm_bench, cnn7_fc1_backward_weight, true, false, 512, 32768, 128)->Apply(timed)->Unit(benchmark::kMillisecond);
-// wong_small's FC 1568 -> 100.
-BENCHMARK_CAPTURE(gemm_bench, wong_small_fc1_forward, false, true, 128, 100, 1568)->Apply(timed)->Unit(benchmark::kMicrosecond);
-// A square reference point for the BLAS itself.
-BENCHMARK_CAPTURE(gemm_bench, square_1024, false, false, 1024, 1024, 1024)->Apply(timed)->Unit(benchmark::kMillisecond);
-
-// ---- conv2d -----------------------------------------------------------------------------------
 
 enum class ConvPass { forward, backward_input, backward_weight };
-
-cpu::ConvShape conv_shape(int64_t n, int64_t c, int64_t hw, int64_t o, int64_t k, int64_t stride, int64_t pad) {
-  cpu::ConvShape s{n, c, hw, hw, o, k, k, stride, pad, 0, 0};
-  s.oh = (hw + 2 * pad - k) / stride + 1;
-  s.ow = s.oh;
-  return s;
+constexpr ConvPass kConvPasses[] = {ConvPass::forward, ConvPass::backward_input, ConvPass::backward_weight};
+const char* pass_name(ConvPass p) {
+  return p == ConvPass::forward ? "forward" : p == ConvPass::backward_input ? "backward_input" : "backward_weight";
 }
 
-void conv_bench(benchmark::State& state, ConvPass pass, cpu::ConvShape s) {
-  const std::vector<float> x = random_floats(static_cast<size_t>(s.n * s.c * s.h * s.w));
-  const std::vector<float> w = random_floats(static_cast<size_t>(s.o * s.c * s.kh * s.kw));
-  const std::vector<float> bias = random_floats(static_cast<size_t>(s.o));
-  const std::vector<float> g = random_floats(static_cast<size_t>(s.n * s.o * s.oh * s.ow));
+void conv_bench(benchmark::State& state, ConvPass pass, const ConvLayer& layer) {
+  const cpu::ConvShape& s = layer.shape;
+  const std::vector<float> x = random_floats(size_t(s.n * s.c * s.h * s.w));
+  const std::vector<float> w = random_floats(size_t(s.o * s.c * s.kh * s.kw));
+  const std::vector<float> bias = random_floats(size_t(s.o));
+  const std::vector<float> g = random_floats(size_t(s.n * s.o * s.oh * s.ow));
   std::vector<float> y(g.size()), dx(x.size()), dw(w.size());
   for (auto _ : state) {
     switch (pass) {
-      case ConvPass::forward: cpu::conv2d_forward<float>(s, x.data(), w.data(), bias.data(), y.data()); break;
+      case ConvPass::forward:
+        cpu::conv2d_forward<float>(s, x.data(), w.data(), layer.bias ? bias.data() : nullptr, y.data());
+        break;
       case ConvPass::backward_input: cpu::conv2d_backward_input<float>(s, g.data(), w.data(), dx.data()); break;
       case ConvPass::backward_weight: cpu::conv2d_backward_weight<float>(s, x.data(), g.data(), dw.data()); break;
     }
     benchmark::ClobberMemory();
   }
-  const double flops = 2.0 * s.n * s.o * (s.c * s.kh * s.kw) * (s.oh * s.ow);
-  state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOPS"] = rate(conv_flops(s));
 }
 
-#define BW_CONV_BENCH(name, shape)                                                                             \
-  BENCHMARK_CAPTURE(conv_bench, name##_forward, ConvPass::forward, shape)->Apply(timed)->Unit(benchmark::kMillisecond);      \
-  BENCHMARK_CAPTURE(conv_bench, name##_backward_input, ConvPass::backward_input, shape)                        \
-      ->Apply(timed)->Unit(benchmark::kMillisecond);                                                                         \
-  BENCHMARK_CAPTURE(conv_bench, name##_backward_weight, ConvPass::backward_weight, shape)                      \
-      ->Apply(timed)->Unit(benchmark::kMillisecond);
-
-// cnn7 on CIFAR: conv 3->64, 64->64 at 32x32; 64->128 stride 2; 128->128 at 16x16 (3x3, pad 1).
-BW_CONV_BENCH(cnn7_conv1_3x32x32_to_64, conv_shape(128, 3, 32, 64, 3, 1, 1))
-BW_CONV_BENCH(cnn7_conv2_64x32x32_to_64, conv_shape(128, 64, 32, 64, 3, 1, 1))
-BW_CONV_BENCH(cnn7_conv3_64x32x32_to_128_s2, conv_shape(128, 64, 32, 128, 3, 2, 1))
-BW_CONV_BENCH(cnn7_conv4_128x16x16_to_128, conv_shape(128, 128, 16, 128, 3, 1, 1))
-// wong_small on MNIST: conv 1->16 4x4/2 at 28x28, 16->32 4x4/2 at 14x14 (pad 1).
-BW_CONV_BENCH(wong_small_conv1_1x28x28_to_16, conv_shape(128, 1, 28, 16, 4, 2, 1))
-BW_CONV_BENCH(wong_small_conv2_16x14x14_to_32, conv_shape(128, 16, 14, 32, 4, 2, 1))
-#undef BW_CONV_BENCH
-
-// ---- batch norm (training mode) ----------------------------------------------------------------
-
-// x [128, C, HW]: forward reads x twice and writes y (12 B/element), backward reads x and g
-// twice and writes dx (20 B/element); see kernels/cpu/batch_norm.cpp.
-void batch_norm_bench(benchmark::State& state, bool backward, int64_t c, int64_t hw) {
-  const int64_t n = 128, count = n * c * hw;
-  const std::vector<float> x = random_floats(static_cast<size_t>(count)), g = random_floats(static_cast<size_t>(count));
-  const std::vector<float> gamma(static_cast<size_t>(c), 1.f), beta(static_cast<size_t>(c), 0.f);
-  std::vector<float> out(static_cast<size_t>(count)), mean(c), invstd(c), var(c), dgamma(c), dbeta(c);
+void batch_norm_bench(benchmark::State& state, bool backward, const BatchNormCase& c) {
+  const int64_t n = 128, count = c.count();
+  const std::vector<float> x = random_floats(size_t(count)), g = random_floats(size_t(count));
+  const std::vector<float> gamma(size_t(c.c), 1.f), beta(size_t(c.c), 0.f);
+  std::vector<float> out(static_cast<size_t>(count)), mean(c.c), invstd(c.c), var(c.c), dgamma(c.c), dbeta(c.c);
   cpu::batch_norm_forward_train<float>(x.data(), gamma.data(), beta.data(), out.data(), mean.data(), invstd.data(),
-                                       var.data(), n, c, hw, 1e-5);
+                                       var.data(), n, c.c, c.inner, 1e-5);
   for (auto _ : state) {
     if (backward)
       cpu::batch_norm_backward_train<float>(x.data(), g.data(), gamma.data(), mean.data(), invstd.data(), out.data(),
-                                            dgamma.data(), dbeta.data(), n, c, hw);
+                                            dgamma.data(), dbeta.data(), n, c.c, c.inner);
     else
       cpu::batch_norm_forward_train<float>(x.data(), gamma.data(), beta.data(), out.data(), mean.data(), invstd.data(),
-                                           var.data(), n, c, hw, 1e-5);
+                                           var.data(), n, c.c, c.inner, 1e-5);
     benchmark::ClobberMemory();
   }
-  state.counters["BYTES"] =
-      benchmark::Counter((backward ? 20.0 : 12.0) * count, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["BYTES"] = rate((backward ? 20.0 : 12.0) * double(count));
 }
-// cnn7's BatchNorm2d after conv2 (64 x 32x32) and conv4 (128 x 16x16).
-BENCHMARK_CAPTURE(batch_norm_bench, cnn7_bn2_forward, false, 64, 32 * 32)->Apply(timed)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(batch_norm_bench, cnn7_bn2_backward, true, 64, 32 * 32)->Apply(timed)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(batch_norm_bench, cnn7_bn4_forward, false, 128, 16 * 16)->Apply(timed)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(batch_norm_bench, cnn7_bn4_backward, true, 128, 16 * 16)->Apply(timed)->Unit(benchmark::kMillisecond);
 
-// ---- attack step --------------------------------------------------------------------------------
-
-void pgd_step_bench(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const std::vector<float> x = random_floats(static_cast<size_t>(n), 0.f, 1.f), g = random_floats(static_cast<size_t>(n));
+void pgd_step_bench(benchmark::State& state, int64_t n) {
+  const std::vector<float> x = random_floats(size_t(n), 0.f, 1.f), g = random_floats(size_t(n));
   std::vector<float> x_adv = x;
   double l1 = 0;
   for (auto _ : state) {
@@ -144,25 +101,81 @@ void pgd_step_bench(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   benchmark::DoNotOptimize(l1);
-  state.counters["BYTES"] = benchmark::Counter(16.0 * n, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["BYTES"] = rate(16.0 * double(n));
 }
 
-void random_start_bench(benchmark::State& state) {
-  const int64_t n = state.range(0);
-  const std::vector<float> x = random_floats(static_cast<size_t>(n), 0.f, 1.f);
+void random_start_bench(benchmark::State& state, int64_t n) {
+  const std::vector<float> x = random_floats(size_t(n), 0.f, 1.f);
   std::vector<float> x_adv(x.size());
   uint64_t offset = 0;
   for (auto _ : state) {
     cpu::random_start(x.data(), x_adv.data(), n, 8.f / 255.f, 7, offset);
-    offset += static_cast<uint64_t>((n + 3) / 4);
+    offset += uint64_t((n + 3) / 4);
     benchmark::ClobberMemory();
   }
-  state.counters["BYTES"] = benchmark::Counter(8.0 * n, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["BYTES"] = rate(8.0 * double(n));
 }
 
-// A CIFAR batch (128 x 3 x 32 x 32) and an MNIST batch (128 x 1 x 28 x 28).
-BENCHMARK(pgd_step_bench)->Arg(128 * 3 * 32 * 32)->Arg(128 * 28 * 28)->Apply(timed)->Unit(benchmark::kMicrosecond);
-BENCHMARK(random_start_bench)->Arg(128 * 3 * 32 * 32)->Arg(128 * 28 * 28)->Apply(timed)->Unit(benchmark::kMicrosecond);
+void softmax_xent_bench(benchmark::State& state, const SoftmaxCase& c) {
+  const std::vector<float> z = random_floats(size_t(c.rows * c.cols), -4.f, 4.f);
+  std::vector<int32_t> labels(size_t(c.rows));
+  for (int64_t r = 0; r < c.rows; ++r) labels[size_t(r)] = int32_t(r % c.cols);
+  std::vector<float> loss(size_t(c.rows));
+  for (auto _ : state) {
+    cpu::softmax_xent_rows<float>(z.data(), labels.data(), loss.data(), c.rows, c.cols);
+    benchmark::ClobberMemory();
+  }
+  state.counters["BYTES"] = rate(c.bytes());
+}
+
+// One SGD-momentum step over every parameter tensor of the model, a loop over the tensors as
+// the CPU optimizer runs it.
+void sgd_step_bench(benchmark::State& state, const std::string& model) {
+  const std::vector<int64_t> sizes = parameter_sizes(model);
+  std::vector<std::vector<float>> params, grads, bufs;
+  int64_t total = 0;
+  for (int64_t n : sizes) {
+    params.push_back(random_floats(size_t(n)));
+    grads.push_back(random_floats(size_t(n)));
+    bufs.emplace_back(size_t(n), 0.f);
+    total += n;
+  }
+  const optim::SgdHyper h{.lr = 0.1, .momentum = 0.9, .weight_decay = 5e-4};
+  for (auto _ : state) {
+    for (size_t i = 0; i < sizes.size(); ++i)
+      cpu::sgd_step<float>(params[i].data(), grads[i].data(), bufs[i].data(), sizes[i], h);
+    benchmark::ClobberMemory();
+  }
+  state.counters["BYTES"] = rate(20.0 * double(total));
+}
+
+bool register_cpu_benchmarks() {
+  for (const GemmCase& c : zoo_gemms())
+    add("cpu_gemm/" + std::string(c.name), benchmark::kMillisecond, [c](benchmark::State& st) { gemm_bench(st, c); });
+  for (const ConvLayer& layer : zoo_conv_layers())
+    for (ConvPass pass : kConvPasses)
+      add(std::string("cpu_conv_") + pass_name(pass) + "/" + layer.name, benchmark::kMillisecond,
+          [pass, layer](benchmark::State& st) { conv_bench(st, pass, layer); });
+  for (const BatchNormCase& c : zoo_batch_norms())
+    for (bool backward : {false, true})
+      add(std::string(backward ? "cpu_batch_norm_backward/" : "cpu_batch_norm_forward/") + c.name,
+          benchmark::kMillisecond, [backward, c](benchmark::State& st) { batch_norm_bench(st, backward, c); });
+  for (const AttackCase& c : attack_batches()) {
+    add(std::string("cpu_pgd_step/") + c.name, benchmark::kMicrosecond,
+        [c](benchmark::State& st) { pgd_step_bench(st, c.n); });
+    add(std::string("cpu_random_start/") + c.name, benchmark::kMicrosecond,
+        [c](benchmark::State& st) { random_start_bench(st, c.n); });
+  }
+  for (const SoftmaxCase& c : softmax_cases())
+    add(std::string("cpu_softmax_xent/") + c.name, benchmark::kMicrosecond,
+        [c](benchmark::State& st) { softmax_xent_bench(st, c); });
+  for (const std::string& model : sgd_models())
+    add("cpu_sgd_step/" + model + "_all_params", benchmark::kMicrosecond,
+        [model](benchmark::State& st) { sgd_step_bench(st, model); });
+  return true;
+}
+
+[[maybe_unused]] const bool cpu_benchmarks_registered = register_cpu_benchmarks();
 
 }  // namespace
 

@@ -1,7 +1,8 @@
-// bulwark-bench: the benchmarks of the CPU backend.
+// bulwark-bench: the benchmarks.
 //
-//   bulwark-bench train-step [--model NAME] [options]   one adversarial training step, end to end
-//   bulwark-bench kernels [Google Benchmark flags]       GEMM, conv2d, attack step throughput
+//   bulwark-bench train-step [--model NAME] [options]   one adversarial training step on the CPU, end to end
+//   bulwark-bench kernels [Google Benchmark flags]       kernel throughput: the CPU rows, and in the GPU
+//                                                        build our CUDA kernels next to cuBLAS/cuDNN
 //
 // bench/compare.sh runs train-step next to bench/peer_pytorch.py and prints the ratio table;
 // docs/bench.md has the measured numbers and what limits them.

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Resource usage of every CUDA kernel, as ptxas reports it (registers, spills, shared memory).
 
-Compiles each kernels/cuda/*.cu for one architecture with `-Xptxas -v` and prints a markdown
-table, one row per kernel (template instantiations included). Exits 1 when any kernel spills,
+Compiles each kernels/cuda/*.cu for each architecture asked with `-Xptxas -v` and prints a markdown
+table per architecture, one row per kernel (template instantiations included). Exits 1 when any kernel spills,
 so it doubles as a check. Needs nvcc only, not a GPU.
 
     python3 bench/ptxas_report.py                 # sm_90, table on stdout
-    python3 bench/ptxas_report.py --arch sm_80 --out docs/ptxas_sm80.md
+    python3 bench/ptxas_report.py --arch sm_80,sm_90  # both targets of the build, one table each
     cmake --build build --target ptxas-report     # the same, written to build/ptxas_sm_90.md
 """
 import argparse
@@ -59,9 +59,11 @@ def report(cu, arch, nvcc):
         if m and current is not None:
             current.update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
             continue
-        m = re.search(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?", line)
+        m = re.search(r"Used (\d+) registers", line)
         if m and current is not None and "stack" in current:
-            current.update(regs=int(m.group(1)), smem=int(m.group(2) or 0))
+            # "Used R registers[, used B barriers][, S bytes cumulative stack size][, M bytes smem]..."
+            smem = re.search(r"(\d+) bytes smem", line)
+            current.update(regs=int(m.group(1)), smem=int(smem.group(1)) if smem else 0)
             rows.append(current)
             current = None
     for row, name in zip(rows, demangle([r["mangled"] for r in rows])):
@@ -70,16 +72,9 @@ def report(cu, arch, nvcc):
     return rows
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="sm_90")
-    ap.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
-    ap.add_argument("--out", help="write the table here instead of stdout")
-    args = ap.parse_args()
-    rows = []
-    for cu in sorted(glob.glob(os.path.join(ROOT, "kernels", "cuda", "*.cu"))):
-        rows += report(cu, args.arch, args.nvcc)
-    lines = [f"| kernel ({args.arch}) | file | registers | spill stores | spill loads | static smem | stack |",
+def table(rows, arch):
+    """The markdown table of one architecture, its summary line, and the rows that spill."""
+    lines = [f"| kernel ({arch}) | file | registers | spill stores | spill loads | static smem | stack |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["file"], r["name"])):
         lines.append(f"| `{r['name']}` | {r['file']} | {r['regs']} | {r['spill_st']} | {r['spill_ld']} | "
@@ -87,8 +82,25 @@ def main():
     worst = max(rows, key=lambda r: r["regs"]) if rows else None
     spills = [r for r in rows if r["spill_st"] or r["spill_ld"]]
     lines.append("")
-    lines.append(f"{len(rows)} kernels; most registers: {worst['regs']} (`{worst['name']}`); "
-                 f"kernels that spill: {len(spills)}." if worst else "no kernels found")
+    lines.append(f"{arch}: {len(rows)} kernels; most registers: {worst['regs']} (`{worst['name']}`); "
+                 f"kernels that spill: {len(spills)}." if worst else f"{arch}: no kernels found")
+    return lines, spills
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="sm_90", help="one architecture or a comma list (sm_80,sm_90)")
+    ap.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
+    ap.add_argument("--out", help="write the table here instead of stdout")
+    args = ap.parse_args()
+    lines, spills = [], []
+    for arch in args.arch.split(","):
+        rows = []
+        for cu in sorted(glob.glob(os.path.join(ROOT, "kernels", "cuda", "*.cu"))):
+            rows += report(cu, arch, args.nvcc)
+        arch_lines, arch_spills = table(rows, arch)
+        lines += ([""] if lines else []) + arch_lines
+        spills += arch_spills
     text = "\n".join(lines) + "\n"
     if args.out:
         with open(args.out, "w") as f:

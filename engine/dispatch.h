@@ -34,15 +34,11 @@ void require_same_device(const Tensor& a, const Tensor& b, const char* op);
 // Throws std::invalid_argument unless `dt` is f32: the CUDA backend's kernels are f32 only.
 void require_cuda_dtype(DType dt, const char* op);
 
-// The i32 values of `idx` readable on the host, for host-side range checks. CPU tensors are
-// read in place; CUDA tensors are copied to the host first (a synchronising device-to-host
-// copy: correctness over speed, the one place the engine reads device indices).
-struct HostI32 {
-  Tensor host;  // keeps the data alive
-  const int32_t* data = nullptr;
-  int64_t size = 0;
-};
-HostI32 host_i32(const Tensor& idx);
+// Throws std::out_of_range unless every index of `idx` (contiguous i32) lies in [0, bound),
+// naming the first one that does not (cuda::index_error_message). A CPU tensor is checked now.
+// A CUDA tensor is checked on the device without a host sync: the error is raised by the next
+// copy to the host or synchronize (cuda::check_indices; docs/engine.md, "Deferred index errors").
+void check_index_range(const Tensor& idx, int64_t bound, const char* op, cuda::IndexRole role);
 
 // Runs `body` with T = float or double according to `dt`.
 #define BW_DISPATCH_FLOAT(dt, op, ...)                                                         \

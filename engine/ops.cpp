@@ -41,13 +41,12 @@ void require_cuda_dtype(DType dt, const char* op) {
     throw std::invalid_argument(fmt::format("{}: the CUDA backend supports f32 only, got a {} tensor on cuda", op, dtype_name(dt)));
 }
 
-HostI32 host_i32(const Tensor& idx) {
-  HostI32 r;
-  r.host = idx.detach().contiguous();
-  if (r.host.device() != Device::cpu) r.host = r.host.to(Device::cpu);  // synchronising copy
-  r.data = r.host.data<int32_t>();
-  r.size = r.host.numel();
-  return r;
+void check_index_range(const Tensor& idx, int64_t bound, const char* op, cuda::IndexRole role) {
+  const int32_t* p = idx.data<int32_t>();
+  const int64_t count = idx.numel();
+  if (idx.device() == Device::cuda) return cuda::check_indices(p, count, bound, op, role);
+  for (int64_t i = 0; i < count; ++i)
+    if (p[i] < 0 || p[i] >= bound) throw std::out_of_range(cuda::index_error_message(op, role, p[i], i, bound));
 }
 
 static cpu::Strided strided_of(const Shape& shape, const Shape& strides) {
@@ -389,12 +388,7 @@ static void check_index_shapes(const Shape& data, const Tensor& idx, int64_t dim
   bool ok = idx.dim() == static_cast<int64_t>(data.size());
   for (int64_t d = 0; ok && d < idx.dim(); ++d) ok = d == dim || idx.shape()[d] == data[d];
   if (!ok) throw std::invalid_argument(fmt::format("{}: indices {} do not match data {} along dim {}", op, idx.str(), shape_str(data), dim));
-  const int64_t n = data[dim];
-  const HostI32 c = host_i32(idx);
-  const int32_t* p = c.data;
-  const int64_t count = c.size;
-  for (int64_t i = 0; i < count; ++i)
-    if (p[i] < 0 || p[i] >= n) throw std::out_of_range(fmt::format("{}: index {} out of range [0, {})", op, p[i], n));
+  check_index_range(idx.contiguous(), data[dim], op, cuda::IndexRole::index);
 }
 
 // gather with `check` off trusts the indices (max_pool2d's come from its own kernel).
@@ -434,6 +428,17 @@ Tensor scatter_add(const Tensor& src_in, const Tensor& idx_in, int64_t dim, cons
 
 Tensor one_hot(const Tensor& labels, int64_t num_classes, DType dtype) {
   if (labels.dtype() != DType::i32) throw std::invalid_argument("one_hot: labels must be i32");
+  if (labels.device() == Device::cuda) {
+    // On the device, as the adjoint of gather: ones scattered into zeros at the labels. No host
+    // copy (cross_entropy's backward runs this once per attack step); a bad label surfaces as
+    // scatter_add's deferred index error at the next host wait.
+    Shape s = labels.shape();
+    s.push_back(1);
+    const Tensor idx = labels.contiguous().reshape(s);
+    Shape out = labels.shape();
+    out.push_back(num_classes);
+    return scatter_add(Tensor::ones(s, DType::f32, Device::cuda), idx, -1, out).to(dtype);
+  }
   const std::vector<int32_t> y = labels.to_vector_i32();
   Shape s = labels.shape();
   s.push_back(num_classes);
@@ -444,8 +449,7 @@ Tensor one_hot(const Tensor& labels, int64_t num_classes, DType dtype) {
       throw std::out_of_range(fmt::format("one_hot: label {} out of range [0, {})", y[i], num_classes));
     p[i * num_classes + y[i]] = 1.0;
   }
-  // Built on the host (labels were copied there by to_vector_i32), then moved to their device.
-  return labels.device() == Device::cpu ? out.to(dtype) : out.to(DType::f32).to(labels.device()).to(dtype);
+  return out.to(dtype);
 }
 
 // Copies `src` (contiguous, [outer, n, inner] around dim) into rows [start, start+n) of `dst`.
@@ -790,13 +794,7 @@ Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
   require_same_device(z_in, labels, "cross_entropy");
   const Tensor z = z_in.contiguous(), y = labels.contiguous();
   const int64_t rows = z.size(0), cols = z.size(1);
-  {
-    const HostI32 hy = host_i32(y);
-    const int32_t* py = hy.data;
-    for (int64_t i = 0; i < rows; ++i)
-      if (py[i] < 0 || py[i] >= cols)
-        throw std::out_of_range(fmt::format("cross_entropy: label {} of sample {} out of range [0, {})", py[i], i, cols));
-  }
+  check_index_range(y, cols, "cross_entropy", cuda::IndexRole::label);
   Tensor loss = Tensor::empty({rows}, z.dtype(), z.device());
   BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_rows, z.data<T>(), y.data<int32_t>(), loss.data<T>(), rows, cols);
   loss = record(loss, "cross_entropy", {z_in}, [y](const Node& n, const Tensor& g, const Needs&) {

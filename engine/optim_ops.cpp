@@ -10,7 +10,7 @@
 namespace bulwark {
 
 namespace {
-// Every tensor of an update: the parameter's shape and dtype, contiguous, on the CPU.
+// Every tensor of an update: the parameter's shape, dtype and device, contiguous.
 void check_state(const Tensor& param, const Tensor& t, const char* op, const char* what) {
   require_float(t, op);
   require_same_device(param, t, op);
@@ -43,8 +43,13 @@ void adam_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_
   check_state(param, grad, op, "gradient");
   check_state(param, exp_avg, op, "exp_avg");
   check_state(param, exp_avg_sq, op, "exp_avg_sq");
-  if (param.device() != Device::cpu)
-    throw std::invalid_argument(fmt::format("{}: the CUDA backend has no Adam kernel; use SGD or the CPU", op));
+  if (param.device() == Device::cuda) {
+    require_cuda_dtype(param.dtype(), op);
+    const cuda::AdamSegment seg{param.data<float>(), grad.data<float>(), exp_avg.data<float>(),
+                                exp_avg_sq.data<float>(), param.numel()};
+    cuda::adam_step_multi(&seg, 1, h, t);
+    return;
+  }
   BW_DISPATCH_FLOAT(param.dtype(), op,
                     cpu::adam_step(param.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(),
                                    param.numel(), h, t));

@@ -36,7 +36,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   size_t offset = 0;
   for (const auto& [name, t] : tensors) {
     if (header.contains(name)) throw std::invalid_argument(fmt::format("save_safetensors: duplicate name '{}'", name));
-    const Tensor c = t.detach().contiguous();
+    const Tensor c = t.detach().cpu().contiguous();  // a cuda tensor is written from a host copy
     const size_t bytes = c.numel() * dtype_size(c.dtype());
     header[name] = {{"dtype", st_dtype(c.dtype())}, {"shape", c.shape()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;

@@ -1,21 +1,31 @@
-// PGD and the fused attack step over tensors. The step and the random start dispatch on the
+// The attacks of robust/attacks.h. The fused L-inf step and the random start dispatch on the
 // tensor's device like every engine op (engine/dispatch.h): the CPU loops of
-// kernels/cpu/attack.cpp, or the CUDA kernels of kernels/cuda/attack.cu (f32).
+// kernels/cpu/attack.cpp, or the CUDA kernels of kernels/cuda/attack.cu (f32). The L2 step is
+// written with engine ops (a handful of elementwise passes and two per-sample reductions).
 #include "robust/attacks.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <stdexcept>
 
 #include "engine/autograd.h"
 #include "engine/dispatch.h"
 #include "engine/ops.h"
+#include "engine/rng.h"
 #include "kernels/common/philox.h"
 #include "kernels/cpu/attack_kernels.h"
 
 namespace bulwark {
 
 namespace {
+
+// Keeps divisions by a per-sample norm finite when the norm is 0 (a zero gradient, or a sample
+// still at its clean point): the quotient is then 0 or clamped, and the sample does not move.
+constexpr double kTinyNorm = 1e-12;
+
 void require_float_tensor(const Tensor& t, const char* what) {
   if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", what));
   if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
@@ -23,10 +33,300 @@ void require_float_tensor(const Tensor& t, const char* what) {
 }
 
 void require_budget(double eps, double alpha) {
-  if (!(eps >= 0.0) || !(alpha >= 0.0))
-    throw std::invalid_argument(fmt::format("attack: eps ({}) and alpha ({}) must be >= 0", eps, alpha));
+  if (!(eps >= 0.0) || !(alpha >= 0.0) || !std::isfinite(eps) || !std::isfinite(alpha))
+    throw std::invalid_argument(fmt::format("attack: eps ({}) and alpha ({}) must be finite and >= 0", eps, alpha));
 }
+
+void require_batch(const Tensor& x, const Tensor& y) {
+  require_float_tensor(x, "attack");
+  if (x.dim() < 2 || x.size(0) == 0)
+    throw std::invalid_argument(fmt::format("attack: x must be a non-empty batch [N, ...], got {}", x.str()));
+  if (!y.defined() || y.dtype() != DType::i32 || y.dim() != 1 || y.size(0) != x.size(0))
+    throw std::invalid_argument(fmt::format("attack: labels must be i32 [{}], got {}", x.size(0),
+                                            y.defined() ? y.str() : std::string("undefined")));
+  require_same_device(x, y, "attack");
+}
+
+bool has_random_start(AttackKind kind) { return kind == AttackKind::fgsm_rs || kind == AttackKind::pgd || kind == AttackKind::cw; }
+
+// The dims of one sample: 1 .. dim-1.
+std::vector<int64_t> sample_dims(const Tensor& t) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 1; d < t.dim(); ++d) dims.push_back(d);
+  return dims;
+}
+
+// ||t_i||_2 per sample, shaped [N, 1, ..., 1] to broadcast against t.
+Tensor sample_l2_norm(const Tensor& t) { return sqrt(sum(square(t), sample_dims(t), true)); }
+
+// x + delta * min(1, eps / ||delta||_2), then clip_[0,1]. Clipping to [0,1] only moves each
+// coordinate towards x (x is in [0,1]), so the result stays in the ball.
+Tensor project_l2(const Tensor& x_adv, const Tensor& x, double eps) {
+  const Tensor delta = x_adv - x;
+  const Tensor norm = sample_l2_norm(delta);
+  const Tensor scale = clamp(div(Tensor::full(norm.shape(), eps, norm.dtype(), norm.device()), norm + kTinyNorm), 0.0, 1.0);
+  return clamp(x + delta * scale, 0.0, 1.0);
+}
+
+// x_adv + alpha * g / ||g||_2 per sample, projected.
+Tensor l2_step(const Tensor& x_adv, const Tensor& x, const Tensor& g, double eps, double alpha) {
+  return project_l2(x_adv + alpha * g / (sample_l2_norm(g) + kTinyNorm), x, eps);
+}
+
+// Uniform in the L2 ball of radius eps around each sample, clipped to [0,1]: a Gaussian
+// direction (rotation invariant) scaled to radius eps * u^(1/d), whose law is uniform in the
+// ball (P(radius <= r) = (r / eps)^d). Drawn on the host from the Generator's stream (the
+// normals first, then one uniform per sample) and moved to x's device.
+Tensor l2_random_start(const Tensor& x, double eps, uint64_t seed, uint64_t offset) {
+  Generator gen(seed);
+  gen.set_offset(offset);
+  const Tensor direction = rand_normal(x.shape(), 0.0, 1.0, gen, x.dtype());
+  const int64_t n = x.size(0), d = x.numel() / std::max<int64_t>(n, 1);
+  const std::vector<double> u = rand_uniform({n}, 0.0, 1.0, gen, DType::f64).to_vector_f64();
+  std::vector<double> radius(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) radius[i] = eps * std::pow(u[i], 1.0 / static_cast<double>(d));
+  Shape per_sample(static_cast<size_t>(x.dim()), 1);
+  per_sample[0] = n;
+  const Tensor r = Tensor::from_vector(radius, per_sample).to(x.dtype());
+  const Tensor delta = direction / sample_l2_norm(direction) * r;
+  return clamp(x.cpu() + delta, 0.0, 1.0).to(x.device());
+}
+
+// Where restart r begins: x itself for the first restart when no random start was asked for
+// (and always for fgsm and none), else the norm's random start from the restart's own offset.
+Tensor restart_start(const Tensor& x, const AttackOptions& o, int restart) {
+  if (!has_random_start(o.kind) || (restart == 0 && !o.random_start)) return x.clone();
+  const uint64_t offset = o.offset + static_cast<uint64_t>(restart) * start_counters(o.norm, x.shape());
+  return o.norm == Norm::linf ? random_start(x, o.eps, o.seed, offset) : l2_random_start(x, o.eps, o.seed, offset);
+}
+
+// The attack's objective per sample: cross-entropy, or the CW margin max_{j != y} z_j - z_y.
+Tensor objective(AttackKind kind, const Tensor& logits, const Tensor& y) {
+  return kind == AttackKind::cw ? cw_margin(logits, y) : cross_entropy(logits, y, false);
+}
+
+// o.steps ascent steps from `x_adv` (contiguous, detached; updated in place on L-inf).
+Tensor ascend(Module& model, const Tensor& x, const Tensor& y, Tensor x_adv, const AttackOptions& o, AttackStats& stats) {
+  for (int step = 0; step < o.steps; ++step) {
+    // A fresh leaf over x_adv's storage each step: the graph of the previous step is gone, and
+    // the in-place update below happens after this step's graph has been used.
+    Tensor leaf = x_adv.detach();
+    leaf.set_requires_grad(true);
+    Tensor loss;
+    {
+      GradModeGuard record_graph(true);
+      loss = mean(objective(o.kind, model.forward(leaf), y));
+    }
+    const Tensor g = grad({loss}, {leaf})[0];
+    ++stats.forward_passes;
+    ++stats.backward_passes;
+    if (o.norm == Norm::linf) {
+      stats.last_grad_l1 = pgd_step_(x_adv, x, g, o.eps, o.alpha);
+    } else {
+      NoGradGuard no_grad;
+      x_adv = l2_step(x_adv, x, g, o.eps, o.alpha);
+      if (step + 1 == o.steps) stats.last_grad_l1 = sum(abs(g)).item();
+    }
+  }
+  return x_adv;
+}
+
+// How the model does at x_adv, per sample (one forward, no graph).
+struct Judgement {
+  std::vector<uint8_t> correct;
+  std::vector<double> cross_entropy, objective;
+};
+
+Judgement judge(Module& model, const Tensor& x_adv, const Tensor& y, const std::vector<int32_t>& labels, AttackKind kind,
+                AttackStats& stats) {
+  NoGradGuard no_grad;
+  const Tensor logits = model.forward(x_adv);
+  ++stats.forward_passes;
+  const std::vector<int32_t> predicted = argmax(logits, 1).to_vector_i32();
+  Judgement j;
+  j.correct.resize(labels.size());
+  for (size_t i = 0; i < labels.size(); ++i) j.correct[i] = predicted[i] == labels[i];
+  j.cross_entropy = cross_entropy(logits, y, false).to_vector_f64();
+  j.objective = kind == AttackKind::cw ? cw_margin(logits, y).to_vector_f64() : j.cross_entropy;
+  return j;
+}
+
+// Row `row` of tensor `source`: where one sample of an assembled batch comes from.
+struct RowSource {
+  const Tensor* source;
+  int64_t row;
+};
+
+// The batch whose sample k is rows[k], copied run by run (consecutive rows of one source are
+// one slice), so picking or merging whole batches costs a copy or none.
+Tensor assemble_rows(const std::vector<RowSource>& rows) {
+  NoGradGuard no_grad;
+  std::vector<Tensor> runs;
+  for (size_t k = 0; k < rows.size();) {
+    size_t end = k + 1;
+    while (end < rows.size() && rows[end].source == rows[k].source && rows[end].row == rows[end - 1].row + 1) ++end;
+    runs.push_back(rows[k].source->slice(0, rows[k].row, rows[k].row + static_cast<int64_t>(end - k)));
+    k = end;
+  }
+  if (runs.size() == 1 && runs[0].size(0) == rows[0].source->size(0)) return *rows[0].source;
+  return concat(runs, 0);
+}
+
+Tensor take_rows(const Tensor& t, const std::vector<int64_t>& indices) {
+  std::vector<RowSource> rows;
+  for (int64_t i : indices) rows.push_back({&t, i});
+  return assemble_rows(rows);
+}
+
 }  // namespace
+
+AttackOptions resolve_attack(const AttackOptions& options) {
+  AttackOptions o = options;
+  require_budget(o.eps, o.alpha);
+  if (o.steps < 0) throw std::invalid_argument(fmt::format("attack: steps must be >= 0, got {}", o.steps));
+  if (o.restarts < 1) throw std::invalid_argument(fmt::format("attack: restarts must be >= 1, got {}", o.restarts));
+  switch (o.kind) {
+    case AttackKind::none:
+      o.steps = 0;
+      o.restarts = 1;
+      o.random_start = false;
+      o.alpha = 0;
+      break;
+    case AttackKind::fgsm:
+      o.steps = 1;
+      o.restarts = 1;
+      o.random_start = false;
+      o.alpha = o.eps;
+      break;
+    case AttackKind::fgsm_rs:
+      o.steps = 1;
+      o.random_start = true;
+      if (o.alpha == 0) o.alpha = 1.25 * o.eps;
+      break;
+    case AttackKind::pgd:
+    case AttackKind::cw:
+      if (o.alpha == 0 && o.steps > 0) o.alpha = 2.5 * o.eps / o.steps;
+      break;
+  }
+  return o;
+}
+
+std::string attack_name(const AttackOptions& options) {
+  const AttackOptions o = resolve_attack(options);
+  const std::string norm = o.norm == Norm::l2 ? "L2 " : "";
+  const std::string restarts = o.restarts > 1 ? fmt::format("x{}", o.restarts) : "";
+  switch (o.kind) {
+    case AttackKind::none: return "clean";
+    case AttackKind::fgsm: return norm + "FGSM";
+    case AttackKind::fgsm_rs: return norm + "FGSM-RS" + restarts;
+    case AttackKind::pgd: return fmt::format("{}PGD-{}{}", norm, o.steps, restarts);
+    case AttackKind::cw: return fmt::format("{}CW-{}{}", norm, o.steps, restarts);
+  }
+  return "?";
+}
+
+uint64_t start_counters(Norm norm, const Shape& shape) {
+  const int64_t numel = shape_numel(shape);
+  if (norm == Norm::linf) return random_start_counters(numel);
+  // rand_normal's (numel + 1) / 2 counters for the direction, then one uniform per sample.
+  const int64_t samples = shape.empty() ? 1 : shape[0];
+  return static_cast<uint64_t>((numel + 1) / 2) + philox::counters_for(static_cast<uint64_t>(samples));
+}
+
+uint64_t attack_counters(const AttackOptions& options, const Shape& shape) {
+  const AttackOptions o = resolve_attack(options);
+  return has_random_start(o.kind) ? static_cast<uint64_t>(o.restarts) * start_counters(o.norm, shape) : 0;
+}
+
+Tensor attack(Module& model, const Tensor& x_in, const Tensor& y, const AttackOptions& options, AttackStats* stats) {
+  const AttackOptions o = resolve_attack(options);
+  if (o.restarts > 1) return attack_outcome(model, x_in, y, o, stats).x_adv;
+  require_batch(x_in, y);
+  const Tensor x = x_in.detach().contiguous();
+  AttackStats local;
+  Tensor x_adv = ascend(model, x, y, restart_start(x, o, 0), o, local);
+  if (stats) *stats = local;
+  return x_adv;
+}
+
+AttackOutcome attack_outcome(Module& model, const Tensor& x_in, const Tensor& y, const AttackOptions& options,
+                             AttackStats* stats) {
+  const AttackOptions o = resolve_attack(options);
+  require_batch(x_in, y);
+  const Tensor x = x_in.detach().contiguous();
+  const std::vector<int32_t> labels = y.to_vector_i32();
+
+  AttackStats local;
+  const Tensor x_first = ascend(model, x, y, restart_start(x, o, 0), o, local);
+  Judgement first = judge(model, x_first, y, labels, o.kind, local);
+  AttackOutcome best{x_first, std::move(first.correct), std::move(first.cross_entropy)};
+  std::vector<double> best_objective = std::move(first.objective);
+
+  for (int restart = 1; restart < o.restarts; ++restart) {
+    // Later restarts attack only the samples no restart has broken yet: a broken sample keeps
+    // its first breaking example whatever follows. Each sample starts from its own row of the
+    // whole batch's start, so who else is left does not change its noise.
+    std::vector<int64_t> standing;
+    for (size_t i = 0; i < best.correct.size(); ++i)
+      if (best.correct[i]) standing.push_back(static_cast<int64_t>(i));
+    if (standing.empty()) break;
+    std::vector<int32_t> standing_labels;
+    for (int64_t i : standing) standing_labels.push_back(labels[i]);
+    const Tensor sy = Tensor::from_vector(standing_labels, {static_cast<int64_t>(standing.size())}).to(y.device());
+    const Tensor sx = take_rows(x, standing);
+    const Tensor x_restart = ascend(model, sx, sy, take_rows(restart_start(x, o, restart), standing).contiguous(), o, local);
+    const Judgement j = judge(model, x_restart, sy, standing_labels, o.kind, local);
+
+    std::vector<RowSource> merged;
+    for (int64_t i = 0; i < x.size(0); ++i) merged.push_back({&best.x_adv, i});
+    bool changed = false;
+    for (size_t k = 0; k < standing.size(); ++k) {
+      if (j.correct[k] && j.objective[k] <= best_objective[standing[k]]) continue;
+      const int64_t i = standing[k];
+      merged[i] = {&x_restart, static_cast<int64_t>(k)};
+      best.correct[i] = j.correct[k];
+      best.loss[i] = j.cross_entropy[k];
+      best_objective[i] = j.objective[k];
+      changed = true;
+    }
+    if (changed) best.x_adv = assemble_rows(merged);
+  }
+  if (stats) *stats = local;
+  return best;
+}
+
+double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options, AttackStats* stats) {
+  const AttackOutcome outcome = attack_outcome(model, x, y, options, stats);
+  if (outcome.correct.empty()) return 0.0;
+  int64_t correct = 0;
+  for (uint8_t c : outcome.correct) correct += c;
+  return static_cast<double>(correct) / static_cast<double>(outcome.correct.size());
+}
+
+double parse_eps(const std::string& text) {
+  const auto fail = [&](const std::string& why) {
+    return std::invalid_argument(fmt::format(
+        "'{}' is not a perturbation size: {} (write a fraction such as 0.3, or k/255 such as 8/255)", text, why));
+  };
+  const auto number = [&](std::string_view s) {
+    double v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || end != s.data() + s.size() || !std::isfinite(v)) throw fail("not a number");
+    return v;
+  };
+  const std::string_view all(text);
+  const size_t slash = all.find('/');
+  double value = 0;
+  if (slash == std::string_view::npos) {
+    value = number(all);
+  } else {
+    const double numerator = number(all.substr(0, slash)), denominator = number(all.substr(slash + 1));
+    if (denominator == 0) throw fail("division by zero");
+    value = numerator / denominator;
+  }
+  if (!(value >= 0 && value <= 1)) throw fail(fmt::format("{:.6g} is outside [0, 1]", value));
+  return value;
+}
 
 double pgd_step_(Tensor& x_adv, const Tensor& x_in, const Tensor& g_in, double eps, double alpha) {
   require_float_tensor(x_adv, "pgd_step_ x_adv");
@@ -57,30 +357,18 @@ Tensor random_start(const Tensor& x_in, double eps, uint64_t seed, uint64_t offs
   return out;
 }
 
-Tensor pgd_attack(Module& model, const Tensor& x_in, const Tensor& y, const PgdOptions& o, AttackStats* stats) {
-  require_float_tensor(x_in, "pgd_attack");
-  require_budget(o.eps, o.alpha);
-  if (o.steps < 0) throw std::invalid_argument(fmt::format("pgd_attack: steps must be >= 0, got {}", o.steps));
-  const Tensor x = x_in.detach().contiguous();
-  Tensor x_adv = o.random_start ? random_start(x, o.eps, o.seed, o.offset) : x.clone();
-  AttackStats local;
-  for (int step = 0; step < o.steps; ++step) {
-    // A fresh leaf over x_adv's storage each step: the graph of the previous step is gone, and
-    // the in-place update below happens after this step's graph has been used.
-    Tensor leaf = x_adv.detach();
-    leaf.set_requires_grad(true);
-    Tensor loss;
-    {
-      GradModeGuard record_graph(true);
-      loss = cross_entropy(model.forward(leaf), y);
-    }
-    const Tensor g = grad({loss}, {leaf})[0];
-    local.last_grad_l1 = pgd_step_(x_adv, x, g, o.eps, o.alpha);
-    ++local.forward_passes;
-    ++local.backward_passes;
-  }
-  if (stats) *stats = local;
-  return x_adv;
+Tensor pgd_attack(Module& model, const Tensor& x, const Tensor& y, const PgdOptions& p, AttackStats* stats) {
+  AttackOptions o;
+  o.kind = AttackKind::pgd;
+  o.norm = Norm::linf;
+  o.eps = p.eps;
+  o.alpha = p.alpha;
+  o.steps = p.steps;
+  o.restarts = 1;
+  o.random_start = p.random_start;
+  o.seed = p.seed;
+  o.offset = p.offset;
+  return attack(model, x, y, o, stats);
 }
 
 }  // namespace bulwark

@@ -1,26 +1,112 @@
 #pragma once
-// L-inf attacks in pixel space (inputs in [0,1]; the models normalise inside).
+// Attacks in pixel space (inputs in [0,1]; the models normalise inside), on any device: every
+// tensor op dispatches on the tensor's device, so a model moved with Module::to(Device::cuda)
+// is attacked on the GPU. METHODS.md "Attacks" specifies them; docs/attacks.md explains them.
 //
-// PGD-k (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks"):
-// start at x + U(-eps, eps) (or at x), then k times
+// Every attack is "start, then k ascent steps on a loss, projected; keep the worst of R
+// restarts", with L the attack's objective averaged over the batch:
 //
-//   x_adv <- clip_[0,1](clip_[x-eps, x+eps](x_adv + alpha * sign(grad_x_adv L(f(x_adv), y))))
+//   FGSM     x' = clip_[0,1](x + eps * sign(grad_x CE))                        1 step from x
+//   FGSM-RS  x0 = clip_[0,1](x + U(-eps, eps)), one signed step of alpha        (Wong et al. 2020;
+//            projected to the eps-ball and [0,1]; alpha defaults to 1.25 eps)    Fast-AT's step)
+//   PGD-k    x0 = clip_[0,1](x + U(-eps, eps)), then k times                    (Madry et al. 2018)
+//              x_adv <- clip_[0,1](clip_[x-eps, x+eps](x_adv + alpha * sign(grad_x_adv CE)))
+//   CW-k     PGD-k on the Carlini-Wagner margin max_{j != y} z_j - z_y (maximised), which does
+//            not saturate the way cross-entropy does on confident models
+//   L2       PGD-k and CW-k with norm = l2: steps of alpha * g / ||g||_2 per sample, projection
+//            onto the L2 ball ||x_adv - x||_2 <= eps, then [0,1]; the start is uniform in the
+//            L2 ball (Gaussian direction, radius eps * u^(1/d)), clipped to [0,1]
 //
-// with L the mean cross-entropy. FGSM is PGD-1 from x with alpha = eps; FGSM-RS (Wong et al.
-// 2020) is PGD-1 from a random start with alpha = 1.25 eps. Each step costs one forward and one
-// backward that computes the input gradient only (autograd's selective grad: no weight
-// gradients). The model is used in whatever mode the caller set (train mode updates BatchNorm
-// running statistics during the attack, exactly as in PyTorch).
+// The L-inf step is the fused kernel pgd_step_ (sign step + eps-ball + [0,1] + the gradient's
+// L1 magnitude in one pass). Each step costs one forward and one backward that computes the
+// input gradient alone (autograd's selective grad: no weight gradient is ever computed).
 //
-// pgd_step_ and random_start are the fused kernels (kernels/common/attack_step.h) over tensors;
-// pgd_step_ also returns the input gradient's L1 magnitude sum |g| from the same pass, the
-// signal DEAT and M+PGD use to decide when to add attack steps.
+// Restarts: restart r starts from Philox offset `offset + r * start_counters(...)`, so the runs
+// of R and R' > R restarts share their first R restarts. Per sample the result is the worst
+// example found: the first restart that misclassifies the sample wins; while none does, the
+// one with the highest objective. Judging a restart costs one forward (no backward). Restarts
+// after the first attack only the samples still classified correctly (a broken sample keeps
+// its example whatever follows), each from its own row of the whole batch's start; a pass
+// over such a sub-batch still counts as one pass in AttackStats.
+//
+// The model is used in whatever mode the caller set (train mode updates BatchNorm running
+// statistics during the attack, exactly as in PyTorch); evaluation sets eval mode.
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "engine/tensor.h"
 #include "models/module.h"
 
 namespace bulwark {
+
+enum class AttackKind {
+  none,     // the clean input: x' = x (0 steps); evaluation's "clean" row
+  fgsm,     // one signed step of eps from x
+  fgsm_rs,  // one signed step of alpha from a random start
+  pgd,      // k steps on cross-entropy
+  cw,       // k steps on the CW margin
+};
+enum class Norm { linf, l2 };
+
+struct AttackOptions {
+  AttackKind kind = AttackKind::pgd;
+  Norm norm = Norm::linf;
+  double eps = 0.3;    // radius of the ball, in [0,1] pixel units
+  double alpha = 0;    // step size; 0 = the default: 2.5 eps / steps (Madry's rule) for pgd and
+                       // cw, 1.25 eps for fgsm_rs; fgsm always steps eps
+  int steps = 10;      // pgd and cw; fgsm and fgsm_rs take 1, none takes 0
+  int restarts = 1;    // >= 1; fgsm and none have no randomness and run once
+  bool random_start = true;  // false: the FIRST restart starts at x (the others are always random)
+  uint64_t seed = 0;         // Philox stream of the random starts
+  uint64_t offset = 0;
+};
+
+// What an attack did, for the trainers' counters and DEAT's magnitude signal.
+struct AttackStats {
+  int64_t forward_passes = 0;
+  int64_t backward_passes = 0;
+  double last_grad_l1 = 0.0;  // sum |grad_x L| of the last step (0 when no step was taken)
+};
+
+// The options as the attack runs them: defaults filled in (alpha), the fixed settings of fgsm,
+// fgsm_rs and none applied (steps, restarts, start). Throws std::invalid_argument naming the bad
+// field: eps or alpha negative or not finite, steps < 0, restarts < 1.
+AttackOptions resolve_attack(const AttackOptions& options);
+
+// "clean", "FGSM", "FGSM-RS", "PGD-50x10", "CW-20", "L2 PGD-20": for tables and logs.
+std::string attack_name(const AttackOptions& options);
+
+// Philox counters one random start of an input of `shape` consumes (0 when it has none), and
+// all restarts of the attack together: a caller drawing attacks from a Generator reserves
+// attack_counters(...) and passes the returned offset.
+uint64_t start_counters(Norm norm, const Shape& shape);
+uint64_t attack_counters(const AttackOptions& options, const Shape& shape);
+
+// The adversarial example of (x, y) for `model`: x's shape, dtype and device, detached, within
+// eps of x (in the chosen norm) and in [0,1]. With one restart no judging forward is run.
+Tensor attack(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,
+              AttackStats* stats = nullptr);
+
+// The attack's result per sample, judged by one forward at the chosen examples.
+struct AttackOutcome {
+  Tensor x_adv;                  // as attack() returns it
+  std::vector<uint8_t> correct;  // 1 where argmax f(x_adv_i) == y_i (first maximum wins)
+  std::vector<double> loss;      // cross-entropy of f at x_adv_i
+};
+AttackOutcome attack_outcome(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,
+                             AttackStats* stats = nullptr);
+
+// Fraction of the batch still classified correctly under the attack, in [0, 1].
+double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,
+                       AttackStats* stats = nullptr);
+
+// A perturbation size from the command line: a fraction ("0.3", "0.031") or k/255 ("8/255").
+// Throws std::invalid_argument naming the text unless it is a number or a ratio of numbers
+// with a non-zero denominator whose value lies in [0, 1].
+double parse_eps(const std::string& text);
+
+// ---- the fused L-inf step and start, for methods that drive their own loop -----------------
 
 // x_adv <- clip_[0,1](clip_[x-eps, x+eps](x_adv + alpha * sign(g))) in place; returns sum |g|.
 // x_adv must be contiguous; x and g must have x_adv's shape and dtype (any strides).
@@ -32,24 +118,18 @@ double pgd_step_(Tensor& x_adv, const Tensor& x, const Tensor& g, double eps, do
 Tensor random_start(const Tensor& x, double eps, uint64_t seed, uint64_t offset);
 uint64_t random_start_counters(int64_t numel);
 
+// ---- L-inf PGD with one restart, the trainers' entry point ---------------------------------
+
 struct PgdOptions {
   double eps = 0.3;
-  double alpha = 0.01;
-  int steps = 40;
+  double alpha = 0.01;  // 0 = 2.5 eps / steps
+  int steps = 40;       // 0 = the start itself
   bool random_start = true;
   uint64_t seed = 0;    // Philox stream of the random start
   uint64_t offset = 0;
 };
 
-// What an attack did, for the trainers' counters and DEAT's magnitude signal.
-struct AttackStats {
-  int64_t forward_passes = 0;
-  int64_t backward_passes = 0;
-  double last_grad_l1 = 0.0;  // sum |grad_x L| of the last step (0 when steps == 0)
-};
-
-// The PGD adversarial example of (x, y) for `model`: a tensor of x's shape, detached, in the
-// eps-ball around x and in [0,1]. `stats`, when given, receives the passes and the L1 signal.
+// attack() with kind pgd, norm linf and one restart.
 Tensor pgd_attack(Module& model, const Tensor& x, const Tensor& y, const PgdOptions& options,
                   AttackStats* stats = nullptr);
 

@@ -104,8 +104,11 @@ TEST_CASE("bulwark train --help lists every option", "[cli]") {
                           "--data-seed", "--crop-pad", "--flip", "--epochs", "--batch-size", "--eval-batch-size",
                           "--optimizer", "--lr", "--momentum", "--nesterov", "--weight-decay", "--beta1", "--beta2",
                           "--adam-eps", "--schedule", "--milestones", "--gamma", "--min-lr", "--cyclic-peak",
-                          "--method", "--seed", "--threads", "--device", "--out", "--resume", "--stop-after",
-                          "--quiet"}) {
+                          "--method", "--eps", "--alpha", "--steps", "--replays", "--gamma-mplus", "--r-max",
+                          "--alpha-per-r", "--alpha-min", "--deat-d", "--deat-p-acc", "--guard", "--guard-drop",
+                          "--guard-steps", "--robust-val-size", "--robust-val-steps", "--final-attack-size",
+                          "--final-attack-steps", "--kernels", "--seed", "--threads", "--device", "--out", "--resume",
+                          "--stop-after", "--quiet"}) {
     INFO(opt);
     CHECK(r.out.find(std::string(opt) + " ") != std::string::npos);
   }
@@ -153,7 +156,7 @@ TEST_CASE("bulwark train writes a run directory and bulwark eval reads it", "[cl
   CHECK(summary["complete"] == true);
 
   // eval on the same 100 test samples reproduces the run's final test accuracy.
-  const Result e = run("eval --checkpoint '" + run_dir.string() + "' --test-size 100 --json", s.path);
+  const Result e = run("eval --checkpoint '" + run_dir.string() + "' --test-size 100 --attacks clean --json", s.path);
   INFO("stderr: " << e.err);
   REQUIRE(e.code == 0);
   const auto ev = nlohmann::json::parse(e.out);
@@ -161,7 +164,7 @@ TEST_CASE("bulwark train writes a run directory and bulwark eval reads it", "[cl
   CHECK(ev["model"] == "mlp");
   CHECK(ev["clean_acc"].get<double>() == summary["test_acc"].get<double>());
 
-  const Result table = run("eval --checkpoint '" + (run_dir / "best.safetensors").string() + "'", s.path);
+  const Result table = run("eval --checkpoint '" + (run_dir / "best.safetensors").string() + "' --attacks clean", s.path);
   CHECK(table.code == 0);
   CHECK(table.out.find("clean acc") != std::string::npos);
   CHECK(table.out.find("synthetic/test") != std::string::npos);
@@ -202,4 +205,91 @@ TEST_CASE("a diverging run exits with code 1 and names the epoch and batch", "[c
   CHECK(r.code == 1);
   CHECK(r.err.find("diverged") != std::string::npos);
   CHECK(r.err.find("epoch 1/2, batch") != std::string::npos);
+}
+
+TEST_CASE("bulwark eval reports clean, PGD, CW and FGSM accuracy as a table and as JSON", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run", json_file = s.path / "eval.json";
+  const Result t = run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path);
+  INFO("stderr: " << t.err);
+  REQUIRE(t.code == 0);
+
+  // 40 samples in batches of 25 and 15; small step counts keep the run short.
+  const Result e = run("eval --checkpoint '" + run_dir.string() +
+                           "' --test-size 40 --batch-size 25 --pgd-steps 3 --restarts 2 --cw-steps 4 --eps 8/255 "
+                           "--threads 1 --json '" + json_file.string() + "'",
+                       s.path);
+  INFO("stderr: " << e.err);
+  REQUIRE(e.code == 0);
+  for (const char* text : {"attack", "accuracy", "fwd passes", "clean", "PGD-3x2", "CW-4", "FGSM", "clean acc",
+                           "robust acc", "8/255", "--eps"}) {
+    INFO(text);
+    CHECK(e.out.find(text) != std::string::npos);
+  }
+  const auto j = nlohmann::json::parse(read_file(json_file));
+  CHECK(j["samples"] == 40);
+  CHECK(j["eps"].get<double>() == Approx(8.0 / 255));
+  REQUIRE(j["attacks"].size() == 4);
+  struct Row {
+    std::string name;
+    int fwd, bwd;  // per batch
+  };
+  // Passes per batch: clean 1 + 0; PGD-3x2 at most 2 x (3 + 1) + 2 x 3 (the second restart
+  // attacks only what the first left standing, if anything); CW-4 (4 + 1) + 4; FGSM 2 + 1.
+  const std::vector<Row> rows{{"clean", 1, 0}, {"PGD-3x2", 8, 6}, {"CW-4", 5, 4}, {"FGSM", 2, 1}};
+  double lowest = 1;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& a = j["attacks"][i];
+    INFO(rows[i].name);
+    CHECK(a["attack"] == rows[i].name);
+    CHECK(a["samples"] == 40);
+    const int batches = 2, restarts = i == 1 ? 2 : 1;
+    CHECK(a["fwd_passes"].get<int>() >= batches * rows[i].fwd / restarts);
+    CHECK(a["fwd_passes"].get<int>() <= batches * rows[i].fwd);
+    CHECK(a["bwd_passes"].get<int>() * rows[i].fwd == a["fwd_passes"].get<int>() * rows[i].bwd);
+    const double acc = a["accuracy"].get<double>();
+    CHECK((acc >= 0 && acc <= 1));
+    lowest = std::min(lowest, acc);
+  }
+  CHECK(j["attacks"][1]["alpha"].get<double>() == Approx(2.5 * 8 / 255 / 3));  // Madry's rule
+  CHECK(j["clean_acc"].get<double>() == j["attacks"][0]["accuracy"].get<double>());
+  CHECK(j["pgd_acc"].get<double>() <= j["clean_acc"].get<double>());
+  CHECK(j["robust_acc"].get<double>() <= lowest);  // correct under every row
+
+  // JSON on stdout instead of the table; without --eps, the run's eps (8/255 on 3x32x32 images).
+  const Result only = run("eval --checkpoint '" + run_dir.string() +
+                              "' --test-size 10 --attacks fgsm,clean --threads 1 --json",
+                          s.path);
+  INFO("stderr: " << only.err);
+  REQUIRE(only.code == 0);
+  const auto k = nlohmann::json::parse(only.out);
+  CHECK(k["eps"].get<double>() == Approx(8.0 / 255));
+  REQUIRE(k["attacks"].size() == 2);
+  CHECK(k["attacks"][0]["attack"] == "FGSM");
+  CHECK_FALSE(k.contains("pgd_acc"));
+}
+
+TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading anything", "[cli]") {
+  Scratch s;
+  struct Case {
+    std::string args, message;
+  };
+  const std::vector<Case> cases{
+      {"--eps 8/0", "'8/0'"},
+      {"--eps 300/255", "outside [0, 1]"},
+      {"--eps abc", "--eps: 'abc' is not a perturbation size"},
+      {"--eps -1", "'-1'"},
+      {"--alpha 2/0", "--alpha"},
+      {"--attacks clean,pgdx", "unknown attack 'pgdx'"},
+      {"--restarts 0", "--restarts must be >= 1"},
+      {"--pgd-steps 0", "--pgd-steps must be >= 1"},
+  };
+  for (const Case& c : cases) {
+    INFO("bulwark eval " << c.args);
+    const Result r = run("eval --checkpoint /nonexistent/run " + c.args, s.path);
+    INFO("stderr: " << r.err);
+    CHECK(r.code == 2);
+    CHECK(r.err.find(c.message) != std::string::npos);
+    CHECK(r.err.find("does not exist") == std::string::npos);
+  }
 }

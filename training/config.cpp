@@ -13,7 +13,6 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
-#include "training/method.h"
 
 namespace bulwark::training {
 
@@ -83,7 +82,16 @@ void for_each_field(Config& c, F&& f) {
   f("schedule", "gamma", c.schedule.gamma);
   f("schedule", "min_lr", c.schedule.min_lr);
   f("schedule", "peak", c.schedule.peak);
-  f("", "method", c.method);
+  f("schedule", "accelat_window", c.schedule.accelat_window);
+  f("schedule", "accelat_threshold", c.schedule.accelat_threshold);
+  f("schedule", "accelat_factor", c.schedule.accelat_factor);
+  f("schedule", "accelat_cooldown", c.schedule.accelat_cooldown);
+  f("schedule", "accelat_floor", c.schedule.accelat_floor);
+  f("", "robust_val_size", c.robust_val_size);
+  f("", "robust_val_steps", c.robust_val_steps);
+  f("", "final_attack_size", c.final_attack_size);
+  f("", "final_attack_steps", c.final_attack_steps);
+  f("", "kernels", c.kernels);
   f("", "seed", c.seed);
   f("", "threads", c.threads);
   f("", "device", c.device);
@@ -96,6 +104,7 @@ ojson to_json(const TrainConfig& c) {
   for_each_field(c, [&](const std::string& group, const char* key, const auto& value) {
     (group.empty() ? j[key] : j[group][key]) = value;
   });
+  j["method"] = robust::to_json(c.method);
   return j;
 }
 
@@ -108,6 +117,7 @@ TrainConfig config_from_json(const nlohmann::json& j) {
       read(j.at(group), key, value);
     }
   });
+  if (j.contains("method")) c.method = robust::method_config_from_json(j.at("method"));
   return c;
 }
 
@@ -134,7 +144,17 @@ void validate(const TrainConfig& c) {
           fmt::format("unknown device '{}' (use cpu, cuda or auto)", c.device));
   validate(c.optimizer);
   validate(c.schedule, c.epochs);
-  make_method(c.method);
+  robust::validate(c.method);
+  require(c.robust_val_size >= 0, fmt::format("--robust-val-size must be >= 0 (0 = off), got {}", c.robust_val_size));
+  require(c.robust_val_steps >= 1, fmt::format("--robust-val-steps must be >= 1, got {}", c.robust_val_steps));
+  require(c.final_attack_size >= 0,
+          fmt::format("--final-attack-size must be >= 0 (0 = off), got {}", c.final_attack_size));
+  require(c.final_attack_steps >= 1, fmt::format("--final-attack-steps must be >= 1, got {}", c.final_attack_steps));
+  try {
+    cuda::parse_kernel_source(c.kernels);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(fmt::format("--kernels: {}", e.what()));
+  }
 }
 
 std::string resolve_device(const std::string& requested, std::vector<std::string>& notes) {
@@ -147,12 +167,11 @@ std::string resolve_device(const std::string& requested, std::vector<std::string
   if (cuda::emulated()) why = "this build's CUDA backend is the CPU emulator (no nvcc at build time)";
   if (requested == "cuda") {
     if (!gpu) throw std::invalid_argument(fmt::format("--device cuda: no usable GPU ({}); use --device cpu", why));
-    throw std::invalid_argument(
-        "--device cuda: the trainer does not run on the GPU yet (the engine's CUDA ops do); use --device cpu");
+    return "cuda";
   }
-  notes.push_back(gpu ? "device: cpu (--device auto; the trainer does not use the GPU yet)"
+  notes.push_back(gpu ? "device: cuda (--device auto found a GPU)"
                       : fmt::format("device: cpu (--device auto; no usable GPU: {})", why));
-  return "cpu";
+  return gpu ? "cuda" : "cpu";
 }
 
 void resolve_data_dir(DataConfig& d) {
@@ -180,6 +199,15 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
     }
   }
   resolve_data_dir(c.data);
+
+  const bool mnist_like = c.data.dataset == "mnist" || c.data.dataset == "fashion-mnist";
+  if (c.method.eps < 0 && c.data.dataset == "fashion-mnist") {
+    c.method.eps = 0.1;  // the usual Fashion-MNIST radius; MNIST's 0.3 leaves little to learn
+    if (robust::is_adversarial(c.method.name))
+      notes.push_back(fmt::format("{}: --eps = 0.1 (Fashion-MNIST)", c.method.name));
+  }
+  for (auto& n : robust::resolve_method_defaults(c.method, mnist_like)) notes.push_back(std::move(n));
+  robust::validate(c.method);
 
   if (c.schedule.name == "multistep" && c.schedule.milestones.empty()) c.schedule.milestones = default_milestones(c.epochs);
   if (c.threads == 0) c.threads = cpu::num_threads();

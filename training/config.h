@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "robust/methods.h"
 #include "training/optim.h"
 #include "training/schedule.h"
 
@@ -41,7 +42,16 @@ struct TrainConfig {
   int64_t eval_batch_size = 500;
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
-  std::string method = "standard";
+  robust::MethodConfig method;  // the training method and its attack (robust/methods.h)
+  // After every epoch: PGD-k accuracy on the first robust_val_size validation samples (eval mode,
+  // step 2.5 eps / k, one fixed random start), the signal AccelAT follows. 0 = off.
+  int64_t robust_val_size = 1000;
+  int robust_val_steps = 10;
+  // After the last epoch, next to the clean test accuracy: PGD-k with one random start on the first
+  // final_attack_size test samples. 0 = off. (`bulwark eval` runs the full PGD-50x10 / CW-20 suite.)
+  int64_t final_attack_size = 1000;
+  int final_attack_steps = 20;
+  std::string kernels = "auto";  // CUDA conv/GEMM: auto (the faster), ours or vendor (cuBLAS/cuDNN)
   uint64_t seed = 0;       // model initialisation, shuffling, augmentation, the method's randomness
   int threads = 0;         // OpenMP threads, 0 = all cores
   std::string device = "auto";  // cpu | cuda | auto

@@ -1,19 +1,38 @@
 #include "training/evaluate.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <stdexcept>
 
 namespace bulwark::training {
 
-int64_t count_correct(const Tensor& logits, const Tensor& labels) {
-  const Tensor pred = argmax(logits.detach(), 1);
-  const int32_t* p = pred.data<int32_t>();
-  const Tensor labels_c = labels.contiguous();
-  const int32_t* y = labels_c.data<int32_t>();
-  int64_t correct = 0;
-  for (int64_t i = 0; i < pred.numel(); ++i) correct += p[i] == y[i];
-  return correct;
+namespace {
+
+void require_model_on(const Module& model, Device device) {
+  for (const Tensor& p : model.parameters())
+    if (p.device() != device)
+      throw std::invalid_argument(fmt::format("evaluation on {} but the model's parameters are on {} (move it with "
+                                              "Module::to first)",
+                                              device_name(device), device_name(p.device())));
 }
+
+// Restores the model's train/eval mode when the evaluation ends, also by an exception.
+class EvalModeGuard {
+ public:
+  explicit EvalModeGuard(Module& model) : model_(model), was_training_(model.is_training()) { model.eval(); }
+  ~EvalModeGuard() { model_.train(was_training_); }
+  EvalModeGuard(const EvalModeGuard&) = delete;
+  EvalModeGuard& operator=(const EvalModeGuard&) = delete;
+
+ private:
+  Module& model_;
+  bool was_training_;
+};
+
+}  // namespace
 
 Tensor images_tensor(const data::Dataset& d, int64_t first, int64_t n) {
   Tensor t = Tensor::empty({n, d.c, d.h, d.w});
@@ -27,22 +46,48 @@ Tensor labels_tensor(const data::Dataset& d, int64_t first, int64_t n) {
   return t;
 }
 
-EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size) {
-  const bool was_training = model.is_training();
-  model.eval();
-  NoGradGuard no_grad;
+EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first, int64_t n, const AttackOptions& attack,
+                           int64_t batch_size, Device device, const EvalProgress& progress) {
+  if (first < 0 || n < 0 || first + n > d.n)
+    throw std::out_of_range(fmt::format("evaluation of samples [{}, {}) of {}, which has {}", first, first + n, d.name, d.n));
+  if (batch_size < 1) throw std::invalid_argument(fmt::format("evaluation batch size must be >= 1, got {}", batch_size));
+  require_model_on(model, device);
+  AttackOptions o = resolve_attack(attack);
+  const auto start = std::chrono::steady_clock::now();
+  EvalModeGuard eval_mode(model);
+
+  EvalResult r;
+  r.count = n;
+  r.correct.reserve(static_cast<size_t>(n));
   double loss_sum = 0;
   int64_t correct = 0;
-  for (int64_t first = 0; first < d.n; first += batch_size) {
-    const int64_t n = std::min(batch_size, d.n - first);
-    const Tensor y = labels_tensor(d, first, n);
-    const Tensor logits = model(images_tensor(d, first, n));
-    loss_sum += cross_entropy(logits, y).item() * static_cast<double>(n);
-    correct += count_correct(logits, y);
+  const int64_t batches = (n + batch_size - 1) / batch_size;
+  for (int64_t b = 0; b < batches; ++b) {
+    const int64_t begin = first + b * batch_size, m = std::min(batch_size, first + n - begin);
+    const Tensor x = images_tensor(d, begin, m).to(device), y = labels_tensor(d, begin, m).to(device);
+    AttackStats stats;
+    const AttackOutcome outcome = attack_outcome(model, x, y, o, &stats);
+    o.offset += attack_counters(o, x.shape());
+    r.forward_passes += stats.forward_passes;
+    r.backward_passes += stats.backward_passes;
+    for (int64_t i = 0; i < m; ++i) {
+      loss_sum += outcome.loss[i];
+      correct += outcome.correct[i];
+    }
+    r.correct.insert(r.correct.end(), outcome.correct.begin(), outcome.correct.end());
+    if (progress) progress(b + 1, batches, static_cast<double>(correct) / static_cast<double>(begin + m - first));
   }
-  model.train(was_training);
-  const double count = static_cast<double>(std::max<int64_t>(d.n, 1));
-  return {loss_sum / count, static_cast<double>(correct) / count, d.n};
+  const double count = static_cast<double>(std::max<int64_t>(n, 1));
+  r.loss = loss_sum / count;
+  r.accuracy = static_cast<double>(correct) / count;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size, Device device) {
+  AttackOptions clean;
+  clean.kind = AttackKind::none;
+  return evaluate_attack(model, d, 0, d.n, clean, batch_size, device);
 }
 
 }  // namespace bulwark::training

@@ -1,24 +1,43 @@
 #pragma once
-// Clean evaluation of a model on a dataset: eval mode (BatchNorm uses its running statistics),
-// no autograd, fixed batches in dataset order.
+// Evaluation of a model on a dataset, clean or under an attack of robust/attacks.h: eval mode
+// (BatchNorm uses its running statistics; the caller's mode is restored), fixed batches in
+// dataset order. The trainer's per-epoch validation (clean, and PGD-10 on a validation subset)
+// and `bulwark eval` (clean, PGD-50x10, CW-20, FGSM on the test split) both run through here.
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 #include "data/dataset.h"
 #include "models/module.h"
+#include "robust/attacks.h"
+#include "robust/method.h"
 
 namespace bulwark::training {
 
 struct EvalResult {
-  double loss = 0;      // mean cross-entropy
+  double loss = 0;      // mean cross-entropy (at the adversarial examples under an attack)
   double accuracy = 0;  // fraction in [0, 1]
   int64_t count = 0;
+  double seconds = 0;   // wall time of the evaluation, attack included
+  int64_t forward_passes = 0, backward_passes = 0;  // through the whole model, summed over batches
+  std::vector<uint8_t> correct;  // per sample: 1 where the model got it right (under the attack)
 };
 
-// Restores the model's train/eval mode afterwards.
-EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size);
+// After each batch: batches done, batches in all, and the accuracy over the samples so far.
+using EvalProgress = std::function<void(int64_t done, int64_t batches, double accuracy)>;
 
-// Number of rows of logits [n, k] whose argmax is the label (first maximum wins, like argmax).
-int64_t count_correct(const Tensor& logits, const Tensor& labels);
+// Accuracy of `model` on samples [first, first + n) of `d` under `attack` (AttackKind::none:
+// clean), in batches of batch_size moved to `device`, where the model must already live. Batch
+// b draws its random starts from offset attack.offset + (the attack_counters of the batches
+// before it), so an evaluation is a function of (seed, offset, batch_size).
+EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first, int64_t n,
+                           const AttackOptions& attack, int64_t batch_size, Device device,
+                           const EvalProgress& progress = {});
+
+// evaluate_attack of the whole of `d` with AttackKind::none.
+EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size, Device device = Device::cpu);
+
+using robust::count_correct;
 
 // Samples [first, first + n) of `d` as an f32 [n, c, h, w] tensor (a copy).
 Tensor images_tensor(const data::Dataset& d, int64_t first, int64_t n);

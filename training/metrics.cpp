@@ -8,8 +8,10 @@ nlohmann::ordered_json EpochMetrics::to_json() const {
   j["train_loss"] = train_loss;
   j["train_acc"] = train_acc;
   j["val_acc"] = val_acc;
+  j["robust_val_acc"] = robust_val_acc;
   j["lr"] = lr;
   j["seconds"] = seconds;
+  j["cpu_seconds"] = cpu_seconds;
   j["fwd_passes"] = fwd_passes;
   j["bwd_passes"] = bwd_passes;
   j["images_per_s"] = images_per_s;
@@ -23,8 +25,10 @@ EpochMetrics metrics_from_json(const nlohmann::json& j) {
   m.train_loss = j.at("train_loss").get<double>();
   m.train_acc = j.at("train_acc").get<double>();
   m.val_acc = j.at("val_acc").get<double>();
+  m.robust_val_acc = j.value("robust_val_acc", -1.0);
   m.lr = j.at("lr").get<double>();
   m.seconds = j.at("seconds").get<double>();
+  m.cpu_seconds = j.value("cpu_seconds", 0.0);
   m.fwd_passes = j.at("fwd_passes").get<int64_t>();
   m.bwd_passes = j.at("bwd_passes").get<int64_t>();
   m.images_per_s = j.at("images_per_s").get<double>();

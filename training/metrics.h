@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "robust/method.h"
+
 namespace bulwark::training {
 
 struct EpochMetrics {
@@ -14,8 +16,10 @@ struct EpochMetrics {
   double train_loss = 0;    // mean over the epoch's training samples (as the method trained on them)
   double train_acc = 0;     // fraction in [0, 1], from the training forward passes
   double val_acc = 0;       // clean accuracy on the fixed validation subset, after the epoch
+  double robust_val_acc = -1;  // PGD accuracy on the fixed robust-validation subset; -1: not measured
   double lr = 0;            // the learning rate of the epoch's last step
   double seconds = 0;       // wall time of the epoch, validation included
+  double cpu_seconds = 0;   // CPU time of the process over the epoch (all threads), validation included
   int64_t fwd_passes = 0;   // forward passes through the whole model in this epoch's training
   int64_t bwd_passes = 0;   // backward passes through the whole model in this epoch's training
   double images_per_s = 0;  // training samples / training seconds (validation excluded)
@@ -28,10 +32,6 @@ struct EpochMetrics {
 // The inverse of to_json: unknown numeric fields become extras.
 EpochMetrics metrics_from_json(const nlohmann::json& j);
 
-// Forward and backward passes through the whole model, counted by the training method: the
-// unit in which methods are compared without a GPU.
-struct PassCounter {
-  int64_t fwd = 0, bwd = 0;
-};
+using robust::PassCounter;
 
 }  // namespace bulwark::training

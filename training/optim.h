@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "models/module.h"
+#include "robust/method.h"
 
 namespace bulwark::training {
 
@@ -31,17 +32,17 @@ struct OptimizerConfig {
 // Throws std::invalid_argument naming the bad field (negative lr, momentum outside [0, 1), ...).
 void validate(const OptimizerConfig& cfg);
 
-class Optimizer {
+class Optimizer : public robust::ParameterUpdate {
  public:
   // state_names: the per-parameter state tensors this optimizer keeps (allocated here, zero).
   Optimizer(NamedTensors params, std::vector<std::string> state_names);
-  virtual ~Optimizer() = default;
+  ~Optimizer() override = default;
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
 
   // One update of every parameter that has a gradient, at the current learning rate.
-  void step();
-  void zero_grad();
+  void step() override;
+  void zero_grad() override;
 
   double lr() const { return lr_; }
   void set_lr(double lr) { lr_ = lr; }

@@ -59,14 +59,20 @@ void Progress::clear_bar() {
 void Progress::end_epoch(const EpochMetrics& m, int64_t epochs) {
   if (quiet_) return;
   clear_bar();
+  // The robust columns: PGD accuracy on the validation subset, and the attack steps / replays r
+  // of methods that adapt them (DEAT, M+); "-" where a run does not measure them.
+  const auto r = m.extra.find("r");
   if (!header_printed_) {
-    fmt::print("{:>7} | {:>7} | {:>9} | {:>7} | {:>9} | {:>7} | {:>7}\n", "epoch", "loss", "train acc", "val acc", "lr",
-               "time", "img/s");
-    fmt::print("{:-<7}-+-{:-<7}-+-{:-<9}-+-{:-<7}-+-{:-<9}-+-{:-<7}-+-{:-<7}\n", "", "", "", "", "", "", "");
+    fmt::print("{:>7} | {:>7} | {:>9} | {:>7} | {:>7} | {:>9} | {:>3} | {:>7} | {:>7}\n", "epoch", "loss", "train acc",
+               "val acc", "val PGD", "lr", "r", "time", "img/s");
+    fmt::print("{:-<7}-+-{:-<7}-+-{:-<9}-+-{:-<7}-+-{:-<7}-+-{:-<9}-+-{:-<3}-+-{:-<7}-+-{:-<7}\n", "", "", "", "", "", "",
+               "", "", "");
     header_printed_ = true;
   }
-  fmt::print("{:>7} | {:>7.4f} | {:>8.2f}% | {:>6.2f}% | {:>9.3e} | {:>7} | {:>7.0f}\n",
-             fmt::format("{}/{}", m.epoch, epochs), m.train_loss, 100 * m.train_acc, 100 * m.val_acc, m.lr,
+  fmt::print("{:>7} | {:>7.4f} | {:>8.2f}% | {:>6.2f}% | {:>7} | {:>9.3e} | {:>3} | {:>7} | {:>7.0f}\n",
+             fmt::format("{}/{}", m.epoch, epochs), m.train_loss, 100 * m.train_acc, 100 * m.val_acc,
+             m.robust_val_acc < 0 ? std::string("-") : fmt::format("{:.2f}%", 100 * m.robust_val_acc), m.lr,
+             r == m.extra.end() ? std::string("-") : fmt::format("{:.0f}", r->second),
              m.seconds < 60 ? fmt::format("{:.1f}s", m.seconds) : format_duration(m.seconds), m.images_per_s);
   std::fflush(stdout);
 }

@@ -13,6 +13,22 @@
 //   cyclic     0 -> lr0 at peak*T -> 0 at T, linear (triangular)     (Fast-AT, Wong et al. 2020)
 //   one-cycle  lr0 -> 10 lr0 at 2T/5 -> lr0 at 4T/5 -> lr0/100 at T, linear  (AccelAT's comparison)
 //   piecewise  lr0, lr0/10 from T/3, lr0/100 from 2T/3                   (AccelAT's comparison)
+//   cyclic-restart  lr0 * (1 - frac(5t/T)): 5 cycles of T/5, each lr0 -> 0, linear (AccelAT's comparison)
+//   range-test 1e-8 * 10^(t / (T/10)): one decade per T/10, ignores lr0     (AccelAT's comparison)
+//   accelat    AccelAT: lr0, multiplied by `factor` when the robust validation accuracy plateaus
+//
+// AccelAT (Nikfam, Marchisio, Martina, Shafique), implemented from the public pseudocode of
+// METHODS.md. After each epoch, with a the robust validation accuracy (metrics.robust_val_acc;
+// when that was not measured, i.e. is -1, the clean metrics.val_acc stands in for it):
+//   acc.append(a); m = mean(acc[-window:]); quiet += 1
+//   if len(means) > window and quiet > cooldown and m - means[-1] < threshold:
+//       lr *= factor; quiet = 1
+//   lr = max(lr, floor); means.append(m)
+// with quiet = cooldown at the start (the pseudocode's 5 and 5), so the first decay can land at epoch
+// window + 2, and after a decay the next one waits `cooldown` epochs. lr(t) is the current lr:
+// constant within an epoch.
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +45,12 @@ struct ScheduleConfig {
   double gamma = 0.1;              // multistep decay factor
   double min_lr = 0;               // cosine floor
   double peak = 0.4;               // cyclic: where the triangle peaks, as a fraction of T
+  // accelat, the paper's defaults:
+  int64_t accelat_window = 5;        // accuracies averaged; no decay before window + 2 epochs
+  double accelat_threshold = 0.005;  // decay when the windowed mean gained less than this
+  double accelat_factor = 0.8;       // lr *= factor on a decay
+  int64_t accelat_cooldown = 5;      // epochs without a decay after one
+  double accelat_floor = 1e-6;       // the lr never goes below this
 };
 
 std::vector<std::string> schedule_names();
@@ -49,6 +71,8 @@ class LrSchedule {
   // State that on_epoch_end changed, for checkpoints (empty object for the fixed shapes).
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void load_state(const nlohmann::json& state) {}
+  // What on_epoch_end decided, for the epoch's metrics extras (empty for the fixed shapes).
+  virtual std::map<std::string, double> epoch_report() const { return {}; }
 };
 
 // The schedule `cfg.name` for base rate lr0 over `epochs` epochs; validates cfg.

@@ -3,12 +3,16 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
+#include "robust/attacks.h"
+#include "robust/methods.h"
 #include "training/evaluate.h"
 
 namespace bulwark::training {
@@ -19,6 +23,13 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// CPU time of the whole process so far (user + system, all threads).
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 // The method's Philox key: the run seed with a constant mixed in, so its stream never lines up
 // with the model initialisation's stream (which is keyed by the seed itself).
@@ -48,6 +59,17 @@ std::vector<std::pair<std::string, EpochMetrics>> read_metrics(const std::string
   }
   return out;
 }
+// PGD-k accuracy on the first n samples of d: eval mode, step 2.5 eps / k (Madry's rule), one
+// random start from a fixed Philox stream, so every epoch is attacked the same way.
+double pgd_accuracy(Module& model, const data::Dataset& d, int64_t n, double eps, int steps, int64_t batch_size,
+                    Device device) {
+  AttackOptions o;
+  o.kind = AttackKind::pgd;
+  o.eps = eps;
+  o.steps = steps;
+  o.seed = 0x5EED;
+  return evaluate_attack(model, d, 0, n, o, batch_size, device).accuracy;
+}
 }  // namespace
 
 nlohmann::ordered_json RunSummary::to_json() const {
@@ -61,14 +83,18 @@ nlohmann::ordered_json RunSummary::to_json() const {
   j["test_acc"] = test_acc;
   j["test_loss"] = test_loss;
   j["test_size"] = test_size;
+  j["test_robust_acc"] = test_robust_acc;
+  j["test_robust_size"] = test_robust_size;
+  j["stopped_at_epoch"] = stopped_at_epoch;
   j["seconds"] = seconds;
+  j["cpu_seconds"] = cpu_seconds;
   j["fwd_passes"] = fwd_passes;
   j["bwd_passes"] = bwd_passes;
   j["num_parameters"] = num_parameters;
   return j;
 }
 
-std::shared_ptr<Module> build_model(const TrainConfig& cfg) {
+std::shared_ptr<Module> build_model(const TrainConfig& cfg, Device device) {
   ModelConfig mc;
   mc.in_channels = cfg.input.channels;
   mc.height = cfg.input.height;
@@ -77,7 +103,9 @@ std::shared_ptr<Module> build_model(const TrainConfig& cfg) {
   mc.mean = cfg.input.mean;
   mc.std = cfg.input.std;
   mc.seed = cfg.seed;
-  return make_model(cfg.model, mc);
+  std::shared_ptr<Module> model = make_model(cfg.model, mc);  // initialised on the CPU, the same on every device
+  model->to(device);
+  return model;
 }
 
 Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
@@ -85,11 +113,17 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
       data_(std::move(data)),
       options_(options),
       progress_(options.quiet),
-      model_(build_model(cfg_)),
+      device_(cfg_.device == "cuda" ? Device::cuda : Device::cpu),
+      model_(build_model(cfg_, device_)),
       optimizer_(make_optimizer(cfg_.optimizer, model_->named_parameters())),
       schedule_(make_schedule(cfg_.schedule, cfg_.optimizer.lr, cfg_.epochs)),
-      method_(make_method(cfg_.method)),
-      gen_(method_stream_seed(cfg_.seed)) {}
+      method_(robust::make_method(cfg_.method)),
+      gen_(method_stream_seed(cfg_.seed)) {
+  // The guard's probe: the first batch_size training samples, fixed for the whole run.
+  const int64_t n = std::min(cfg_.batch_size, data_.train.n);
+  probe_x_ = images_tensor(data_.train, 0, n).to(device_);
+  probe_y_ = labels_tensor(data_.train, 0, n).to(device_);
+}
 
 std::string Trainer::path(const std::string& name) const { return (fs::path(cfg_.out) / name).string(); }
 
@@ -133,6 +167,7 @@ CheckpointState Trainer::checkpoint_state(int64_t epochs_done, const EpochMetric
 
 EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   const auto t0 = Clock::now();
+  const double cpu0 = process_cpu_seconds();
   data::Loader& loader = *loader_;
   const int64_t batches = loader.batches_per_epoch();
   loader.start_epoch(epoch, first_batch);
@@ -145,12 +180,12 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   double lr = optimizer_->lr();
   data::Batch b;
   while (loader.next(b)) {
-    const Tensor x = Tensor::from_vector(b.x, {b.n, b.c, b.h, b.w});
-    const Tensor y = Tensor::from_vector(b.y, {b.n});
+    const Tensor x = Tensor::from_vector(b.x, {b.n, b.c, b.h, b.w}).to(device_);
+    const Tensor y = Tensor::from_vector(b.y, {b.n}).to(device_);
     lr = schedule_->lr(static_cast<double>(epoch) + static_cast<double>(b.index) / static_cast<double>(batches));
     optimizer_->set_lr(lr);
-    StepContext ctx{*model_, *optimizer_, gen_, passes, epoch, b.index};
-    const BatchResult r = method_->train_batch(ctx, x, y);
+    robust::StepContext ctx{*model_, *optimizer_, gen_, passes, epoch, b.index};
+    const robust::BatchResult r = method_->train_batch(ctx, x, y);
     if (!std::isfinite(r.loss_sum)) {
       const std::string kept =
           epoch > 0 ? fmt::format("{} still holds the model after epoch {}", path("last.safetensors"), epoch)
@@ -173,24 +208,44 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   m.epoch = epoch + 1;
   m.train_loss = count > 0 ? loss_sum / static_cast<double>(count) : 0;
   m.train_acc = count > 0 ? static_cast<double>(correct) / static_cast<double>(count) : 0;
-  m.val_acc = evaluate_clean(*model_, data_.val, cfg_.eval_batch_size).accuracy;
   m.lr = lr;
   m.fwd_passes = passes.fwd;
   m.bwd_passes = passes.bwd;
   m.images_per_s = train_seconds > 0 ? static_cast<double>(count) / train_seconds : 0;
-  method_->on_epoch_end(m);
+  m.val_acc = evaluate_clean(*model_, data_.val, cfg_.eval_batch_size, device_).accuracy;
+  if (cfg_.robust_val_size > 0 && cfg_.method.eps > 0)
+    m.robust_val_acc = pgd_accuracy(*model_, data_.val, std::min(cfg_.robust_val_size, data_.val.n),
+                                       cfg_.method.eps, cfg_.robust_val_steps, cfg_.eval_batch_size, device_);
+  robust::EpochEnd end{*model_, gen_, epoch, m.train_acc, probe_x_, probe_y_, m.extra};
+  stop_ = method_->on_epoch_end(end) == robust::EpochVerdict::stop_at_previous;
+  model_->train();
   schedule_->on_epoch_end(m);
+  for (const auto& [key, value] : schedule_->epoch_report()) m.extra[key] = value;
   m.seconds = seconds_since(t0);
+  m.cpu_seconds = process_cpu_seconds() - cpu0;
   return m;
 }
 
 RunSummary Trainer::run() {
   cpu::set_num_threads(cfg_.threads);
+  if (device_ == Device::cuda) cuda::set_kernel_source(cuda::parse_kernel_source(cfg_.kernels));
   loader_ = std::make_unique<data::Loader>(data_.train, cfg_.batch_size, true, cfg_.seed,
                                            data::AugmentOptions{cfg_.data.crop_pad, cfg_.data.flip});
   const int64_t last_epoch = options_.stop_after > 0 ? std::min(options_.stop_after, cfg_.epochs) : cfg_.epochs;
   for (int64_t epoch = start_epoch_; epoch < last_epoch; ++epoch) {
     const EpochMetrics m = train_epoch(epoch, epoch == start_epoch_ ? start_batch_ : 0);
+    if (stop_) {
+      // The method's rule (Fast-AT's overfitting guard) rejected this epoch: record it, keep the
+      // previous epoch's weights (last.safetensors still holds them) and end training there.
+      append_line(path("metrics.jsonl"), m.to_json().dump());
+      progress_.end_epoch(m, cfg_.epochs);
+      rejected_ = m;
+      model_->load_state_dict(load_checkpoint(path("last.safetensors")).model);
+      stopped_at_epoch_ = m.epoch;
+      progress_.info(fmt::format("{} stopped training after epoch {}; the result is the model of epoch {}",
+                                 method_->name(), m.epoch, m.epoch - 1));
+      break;
+    }
     history_.push_back(m);
     append_line(path("metrics.jsonl"), m.to_json().dump());
     if (m.val_acc > best_val_acc_) {
@@ -204,15 +259,23 @@ RunSummary Trainer::run() {
 
   RunSummary s;
   s.out = cfg_.out;
-  s.epochs_completed = std::max(start_epoch_, last_epoch);
-  s.complete = s.epochs_completed >= cfg_.epochs;
+  s.epochs_completed = stopped_at_epoch_ > 0 ? stopped_at_epoch_ - 1 : std::max(start_epoch_, last_epoch);
+  s.stopped_at_epoch = stopped_at_epoch_;
+  s.complete = s.epochs_completed >= cfg_.epochs || stopped_at_epoch_ > 0;
   s.best_val_acc = best_val_acc_;
   s.best_epoch = best_epoch_;
   s.num_parameters = model_->num_parameters();
   for (const EpochMetrics& m : history_) {
     s.seconds += m.seconds;
+    s.cpu_seconds += m.cpu_seconds;
     s.fwd_passes += m.fwd_passes;
     s.bwd_passes += m.bwd_passes;
+  }
+  if (rejected_) {  // the rejected epoch's work was spent all the same
+    s.seconds += rejected_->seconds;
+    s.cpu_seconds += rejected_->cpu_seconds;
+    s.fwd_passes += rejected_->fwd_passes;
+    s.bwd_passes += rejected_->bwd_passes;
   }
   if (!history_.empty()) s.final_val_acc = history_.back().val_acc;
   if (!s.complete) {
@@ -220,14 +283,24 @@ RunSummary Trainer::run() {
                                s.epochs_completed, cfg_.epochs, cfg_.out));
     return s;
   }
-  const EvalResult test = evaluate_clean(*model_, data_.test, cfg_.eval_batch_size);
+  const EvalResult test = evaluate_clean(*model_, data_.test, cfg_.eval_batch_size, device_);
   s.test_acc = test.accuracy;
   s.test_loss = test.loss;
   s.test_size = test.count;
+  if (cfg_.final_attack_size > 0 && cfg_.method.eps > 0) {
+    s.test_robust_size = std::min(cfg_.final_attack_size, data_.test.n);
+    s.test_robust_acc = pgd_accuracy(*model_, data_.test, s.test_robust_size, cfg_.method.eps,
+                                        cfg_.final_attack_steps, cfg_.eval_batch_size, device_);
+  }
   write_file_atomically(path("summary.json"), s.to_json().dump(2) + "\n");
   progress_.info(fmt::format("test accuracy {:.2f}% on {} samples of {} ({} parameters, {} training); run directory {}",
                              100 * s.test_acc, s.test_size, data_.test.name, s.num_parameters,
                              format_duration(s.seconds), cfg_.out));
+  if (s.test_robust_acc >= 0)
+    progress_.info(fmt::format("PGD-{} accuracy {:.2f}% at eps {:.4g} on the first {} test samples (`bulwark eval "
+                               "--checkpoint {}` runs PGD-50x10, CW-20 and FGSM)",
+                               cfg_.final_attack_steps, 100 * s.test_robust_acc, cfg_.method.eps, s.test_robust_size,
+                               cfg_.out));
   return s;
 }
 

@@ -1,16 +1,21 @@
 #pragma once
 // The trainer: one loop for every method, with the method, the LR schedule and the model
-// pluggable (training/method.h, training/schedule.h, models/zoo.h).
+// pluggable (robust/method.h, training/schedule.h, models/zoo.h), on the CPU or a CUDA device.
 //
 //   for each epoch e, for each batch i of n (shuffled, augmented; data/loader.h):
 //     optimizer.lr = schedule.lr(e + i / n)
 //     method.train_batch(x, y)           forward(s), loss, backward(s), optimizer step(s)
 //     stop if the loss is NaN or inf     (last.safetensors still holds the last good epoch)
 //   after each epoch:
-//     validate (clean accuracy on the fixed hold-out), method.on_epoch_end, schedule.on_epoch_end
+//     validate: clean accuracy on the fixed hold-out, PGD-k accuracy on its first
+//       robust_val_size samples (the signal AccelAT follows)
+//     method.on_epoch_end                (DEAT's replay count; Fast-AT's guard may stop the run
+//                                         here, keeping the previous epoch's model)
+//     schedule.on_epoch_end
 //     append the epoch's line to metrics.jsonl, write best.safetensors (when val_acc improved)
 //     and last.safetensors
-//   after the last epoch: clean accuracy on the test split, summary.json
+//   after the last epoch: clean accuracy on the test split and PGD-k on its first
+//   final_attack_size samples, summary.json
 //
 // Run directory:  config.json  metrics.jsonl  last.safetensors  best.safetensors  summary.json
 //
@@ -21,6 +26,7 @@
 // thread count.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -32,7 +38,7 @@
 #include "training/checkpoint.h"
 #include "training/config.h"
 #include "training/datasets.h"
-#include "training/method.h"
+#include "robust/method.h"
 #include "training/progress.h"
 
 namespace bulwark::training {
@@ -49,21 +55,26 @@ struct RunOptions {
 
 struct RunSummary {
   std::string out;
-  bool complete = false;         // all cfg.epochs done (else stopped by RunOptions::stop_after)
+  bool complete = false;         // training is over: all cfg.epochs done, or the method stopped it
   int64_t epochs_completed = 0;
+  int64_t stopped_at_epoch = -1;  // the method stopped training after this epoch and kept the one before
   double best_val_acc = -1;
   int64_t best_epoch = -1;
   double final_val_acc = 0;
   double test_acc = -1, test_loss = -1;  // -1 until the run is complete
   int64_t test_size = 0;
+  double test_robust_acc = -1;            // PGD-k on the first final_attack_size test samples; -1: not run
+  int64_t test_robust_size = 0;
   double seconds = 0;  // training wall time summed over the run's epochs, resumes included
+  double cpu_seconds = 0;  // process CPU time summed over the run's epochs (validation included)
   int64_t fwd_passes = 0, bwd_passes = 0;
   int64_t num_parameters = 0;
   nlohmann::ordered_json to_json() const;
 };
 
-// The model cfg describes, freshly initialised from cfg.seed.
-std::shared_ptr<Module> build_model(const TrainConfig& cfg);
+// The model cfg describes, freshly initialised from cfg.seed (on the CPU, so every device starts
+// from the same weights) and moved to `device`.
+std::shared_ptr<Module> build_model(const TrainConfig& cfg, Device device = Device::cpu);
 
 class Trainer {
  public:
@@ -82,6 +93,7 @@ class Trainer {
   Progress& progress() { return progress_; }
 
  private:
+  // Trains one epoch and validates; sets stop_ when the method asks to stop at the previous epoch.
   EpochMetrics train_epoch(int64_t epoch, int64_t first_batch);
   CheckpointState checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const;
   std::string path(const std::string& name) const;
@@ -90,10 +102,15 @@ class Trainer {
   RunData data_;
   RunOptions options_;
   Progress progress_;
+  Device device_;
   std::shared_ptr<Module> model_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
-  std::unique_ptr<Method> method_;
+  std::unique_ptr<robust::Method> method_;
+  Tensor probe_x_, probe_y_;  // the method's fixed probe batch (robust::EpochEnd)
+  bool stop_ = false;         // the method stopped training at the previous epoch's weights
+  int64_t stopped_at_epoch_ = -1;
+  std::optional<EpochMetrics> rejected_;  // the epoch the method rejected, for the work totals
   Generator gen_;
   std::unique_ptr<data::Loader> loader_;  // created by run(), over data_.train
   int64_t start_epoch_ = 0, start_batch_ = 0;

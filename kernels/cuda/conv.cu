@@ -17,8 +17,9 @@
 // each staged slice), which is the price of implicit GEMM with no halo-tile reuse.
 //
 // Versions:
-//   0  cuDNN (conv2d_*_vendor, real build only): the baseline for the benches.
-//   1  this file: implicit GEMM on the 64x64x8 register-blocked tile loop. Each staged element
+//   0  cuDNN (conv2d_*_vendor, real build only): the baseline for the benches. The launchers
+//      conv2d_* run version 0 or 1 as kernel_source() says (kernel_source.h).
+//   1  conv2d_*_ours: implicit GEMM on the 64x64x8 register-blocked tile loop. Each staged element
 //      decodes its (c, ki, kj) and (n, oy, ox) with 64-bit integer divisions (a few dozen
 //      instructions each on a GPU, which has no divider): the index math, not the FMAs, is the
 //      likely bottleneck of this version. 32-bit indices where the sizes allow, and the taps'
@@ -31,6 +32,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_tile.cuh"
+#include "kernels/cuda/kernel_source.h"
 #include "kernels/cuda/vendor.h"
 #include "kernels/emu/launch.h"
 
@@ -131,22 +133,60 @@ struct WeightStore {
 };
 }  // namespace
 
-void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
+void conv2d_forward_ours(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
   tile::run_tiles(tile::MatrixLoader{w, ckk, false, false}, ForwardColumns{s, x}, ForwardStore{s.o, L, bias, y}, s.o,
                   s.n * L, ckk, current_stream());
 }
 
-void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx) {
+void conv2d_backward_input_ours(const ConvShape& s, const float* g, const float* w, float* dx) {
   const int64_t hw = s.h * s.w;
   tile::run_tiles(TransposedFilters{s, w}, GradientTaps{s, g}, InputStore{s.c, hw, dx}, s.c, s.n * hw,
                   s.o * s.kh * s.kw, current_stream());
 }
 
-void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) {
+void conv2d_backward_weight_ours(const ConvShape& s, const float* x, const float* g, float* dw) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
   tile::run_tiles(GradientRows{s.o, L, g}, TransposedColumns{s, x}, WeightStore{ckk, dw}, s.o, ckk, s.n * L,
                   current_stream());
+}
+
+// The launchers run ours or cuDNN as kernel_source() says (kernel_source.h), keyed by the whole
+// shape (and, for the forward, whether there is a bias to add).
+namespace {
+std::string conv_key(const char* pass, const ConvShape& s, bool bias) {
+  return kernel_key(pass, {s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, bias});
+}
+}  // namespace
+
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
+  const auto key = [&] { return conv_key("conv2d_forward", s, bias != nullptr); };
+  launch_routed(key, RoutedOutput{y, s.n * s.o * s.oh * s.ow, false}, [&](KernelSource source, float* out) {
+    if (source == KernelSource::vendor)
+      conv2d_forward_vendor(s, x, w, bias, out);
+    else
+      conv2d_forward_ours(s, x, w, bias, out);
+  });
+}
+
+void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx) {
+  const auto key = [&] { return conv_key("conv2d_backward_input", s, false); };
+  launch_routed(key, RoutedOutput{dx, s.n * s.c * s.h * s.w, false}, [&](KernelSource source, float* out) {
+    if (source == KernelSource::vendor)
+      conv2d_backward_input_vendor(s, g, w, out);
+    else
+      conv2d_backward_input_ours(s, g, w, out);
+  });
+}
+
+void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) {
+  const auto key = [&] { return conv_key("conv2d_backward_weight", s, false); };
+  launch_routed(key, RoutedOutput{dw, s.o * s.c * s.kh * s.kw, false}, [&](KernelSource source, float* out) {
+    if (source == KernelSource::vendor)
+      conv2d_backward_weight_vendor(s, x, g, out);
+    else
+      conv2d_backward_weight_ours(s, x, g, out);
+  });
 }
 
 #ifndef BULWARK_EMU
@@ -264,6 +304,16 @@ void conv2d_backward_weight_vendor(const ConvShape& s, const float* x, const flo
   check(cudnnConvolutionBackwardFilter(cudnn_handle(), &one, d.x, x, d.y, g, d.conv, perf[0].algo, ws, bytes, &zero,
                                        d.w, dw),
         "cudnnConvolutionBackwardFilter");
+}
+#else  // no cuDNN under the emulator
+void conv2d_forward_vendor(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
+  throw_vendor_unavailable();
+}
+void conv2d_backward_input_vendor(const ConvShape& s, const float* g, const float* w, float* dx) {
+  throw_vendor_unavailable();
+}
+void conv2d_backward_weight_vendor(const ConvShape& s, const float* x, const float* g, float* dw) {
+  throw_vendor_unavailable();
 }
 #endif
 

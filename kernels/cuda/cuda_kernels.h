@@ -26,9 +26,20 @@ bool emulated();  // true in the emulated backend (kernels run on the CPU under 
 void* device_malloc(size_t bytes);     // stream-ordered caching allocator, never managed memory
 void device_free(void* p);
 void copy_to_device(void* dst, const void* src, size_t bytes);
-void copy_to_host(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);  // waits; raises deferred index errors
 void copy_device(void* dst, const void* src, size_t bytes);
-void synchronize();
+void synchronize();                                           // waits; raises deferred index errors
+uint64_t host_copy_count();  // device-to-host copies so far (each one makes the host wait)
+
+// Deferred index check: queues a kernel that records the first idx[i] (of `count`, device
+// memory) outside [0, bound). Nothing waits here; the next copy_to_host or synchronize throws
+// it as std::out_of_range with index_error_message, which the engine's immediate CPU check
+// uses too, so both backends word it alike:
+//   IndexRole::index: "<op>: index 12 out of range [0, 10) at position 3"
+//   IndexRole::label: "<op>: label 12 of sample 3 out of range [0, 10)"
+enum class IndexRole { index, label };
+void check_indices(const int32_t* idx, int64_t count, int64_t bound, const char* op, IndexRole role);
+std::string index_error_message(const std::string& op, IndexRole role, int32_t value, int64_t position, int64_t bound);
 
 // ---- elementwise / reductions / indexing (elementwise.cu, reduce.cu) ----------------------------
 void strided_copy(const float* src, const Strided& s, float* dst);
@@ -58,6 +69,16 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
 void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw);
 
+// ---- which implementation gemm and conv2d_* run (kernel_source.cu, docs/kernels.md) ---------------
+// ours (gemm.cu, conv.cu) or the vendor's (cuBLAS, cuDNN). automatic, the default: on a GPU the
+// first launch of each (op, shape) times both and keeps the faster (a tie goes to ours); in the
+// emulated backend, ours. Choosing vendor in the emulated backend throws std::invalid_argument.
+enum class KernelSource { automatic, ours, vendor };
+void set_kernel_source(KernelSource source);  // process-wide
+KernelSource kernel_source();
+const char* kernel_source_name(KernelSource source);        // "auto", "ours", "vendor"
+KernelSource parse_kernel_source(const std::string& name);  // the inverse; std::invalid_argument otherwise
+
 // ---- pooling and normalisation (pool.cu, batch_norm.cu) ---------------------------------------------
 void max_pool2d_indices(const PoolShape& s, const float* x, int32_t* idx);
 void avg_pool2d_forward(const PoolShape& s, const float* x, float* y);
@@ -85,5 +106,16 @@ struct SgdSegment {
   int64_t n;
 };
 void sgd_step_multi(const SgdSegment* params, int count, const optim::SgdHyper& h);
+
+// One Adam step (kernels/common/optim.h; t >= 1, the step count including this one) over every
+// parameter in a single launch; the same segment contract as sgd_step_multi.
+struct AdamSegment {
+  float* param;
+  const float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  int64_t n;
+};
+void adam_step_multi(const AdamSegment* params, int count, const optim::AdamHyper& h, int64_t t);
 
 }  // namespace bulwark::cuda

@@ -7,9 +7,10 @@
 //
 // Versions:
 //   0  cuBLAS cublasSgemm (gemm_vendor, real build only): the baseline the benches compare with.
+//      cuda::gemm runs version 0 or 2 as kernel_source() says (kernel_source.h).
 //   1  (tests/emu_kernels/gemm.cu) 16x16 tile, one output per thread: 2 shared reads per FMA,
 //      shared-memory bound at ~1/4 of the f32 peak.
-//   2  this file: 64x64 block tile, 8-deep K slice, 4x4 register micro-tile per thread
+//   2  gemm_ours, this file: 64x64 block tile, 8-deep K slice, 4x4 register micro-tile per thread
 //      (kernels/cuda/gemm_tile.cuh): 1 shared read per 2 FMAs. Transposes are handled in the
 //      staging loads (coalesced for all four combinations), so no transposed copy is ever made.
 // Next steps, in the order they would pay: float4 staging loads and double-buffered tiles
@@ -20,6 +21,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_tile.cuh"
+#include "kernels/cuda/kernel_source.h"
 #include "kernels/cuda/vendor.h"
 #include "kernels/emu/launch.h"
 
@@ -45,10 +47,25 @@ struct GemmStore {
 };
 }  // namespace
 
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-          int64_t ldb, float beta, float* C, int64_t ldc) {
+void gemm_ours(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+               const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const tile::MatrixLoader a{A, lda, ta, false}, b{B, ldb, tb, true};
   tile::run_tiles(a, b, GemmStore{C, ldc, alpha, beta}, M, N, K, current_stream());
+}
+
+// Ours or cuBLAS, by kernel_source() (kernel_source.h). The key holds what changes either
+// kernel's speed: the transposes, the sizes, the leading dimensions, and whether C is read.
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  const bool reads_c = beta != 0.0f;
+  const auto key = [&] { return kernel_key("gemm", {ta, tb, M, N, K, lda, ldb, ldc, reads_c}); };
+  const int64_t c_count = M > 0 && N > 0 ? (M - 1) * ldc + N : 0;
+  launch_routed(key, RoutedOutput{C, c_count, reads_c}, [&](KernelSource source, float* c) {
+    if (source == KernelSource::vendor)
+      gemm_vendor(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, c, ldc);
+    else
+      gemm_ours(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, c, ldc);
+  });
 }
 
 #ifndef BULWARK_EMU
@@ -74,6 +91,11 @@ void gemm_vendor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
                   int(K), &alpha, B, int(ldb), A, int(lda), &beta, C, int(ldc));
   if (st != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error("cublasSgemm failed with status " + std::to_string(int(st)));
+}
+#else
+void gemm_vendor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  throw_vendor_unavailable();  // no cuBLAS under the emulator
 }
 #endif
 

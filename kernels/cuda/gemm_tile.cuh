@@ -22,7 +22,15 @@
 // `__device__ float operator()(int64_t k, int64_t j)` for B, called only in range, and
 // `__device__ bool k_fastest() const`: whether consecutive k are consecutive addresses (then the
 // staging loop walks k fastest across threads, otherwise the row/column index), which keeps the
-// global loads coalesced for either transpose.
+// global loads coalesced for either transpose. MatrixLoader is the exception: it is affine, so
+// its stager (MatrixStager) walks a pointer per staged element instead of calling it.
+//
+// Registers. Each thread stages the same kSlots = 2 elements of each slice at every K step, so
+// their in-tile coordinates (32-bit) are computed once, before the K loop; the tile origin is
+// the only 64-bit coordinate. For a dense matrix the staged element's address then moves by a
+// fixed stride per K step: one 64-bit add per load, not a 64-bit multiply-add chain (version 1
+// of this loop recomputed `(m0 + i) * ld + k0 + kk` per element and spilled on sm_80/sm_90).
+// Budget: 16 accumulators + 8 operands + 4 staging pointers (8 registers) + a few indices.
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -36,46 +44,127 @@ constexpr int TM = 4, TN = 4;            // micro-tile per thread
 constexpr int kRowsT = BM / TM, kColsT = BN / TN;
 constexpr int kThreads = kRowsT * kColsT;  // 256
 constexpr int kPad = 4;                    // floats of padding per staged row (bank spread)
+static_assert(BM == BN, "one staging layout serves both operands");
+constexpr int kSlots = BM * BK / kThreads;  // elements of each operand a thread stages per K step
+static_assert(kSlots * kThreads == BM * BK, "the threads cover a slice exactly");
+// At least 2 blocks (512 threads) per SM, so ptxas may use up to 128 registers a thread and
+// spends the headroom on scheduling (shared loads hoisted ahead of the FMAs that need them).
+// With the thread count alone ptxas picks a register target by its own occupancy heuristic: it
+// chose 80 for version 1 and spilled. Every instantiation stays at or under 80 (3 blocks, 768
+// threads per SM): bench/ptxas_report.py prints the figures and fails on any spill.
+constexpr int kMinBlocksPerSM = 2;
 
-// Row-major matrix, op() = transpose when `t`: element (i, k) of op(P) where P has leading
-// dimension ld. Used for op(A) as (row, k) and for op(B) as (k, col) alike.
+// Row-major matrix, op() = transpose when `t`: element (i, j) of op(P), with P's leading
+// dimension ld, is p[i * stride_i() + j * stride_j()]. Used for op(A) as (row, k) and for op(B)
+// as (k, col) alike.
 struct MatrixLoader {
   const float* p;
   int64_t ld;
   bool t;
   bool b_side;  // true: called as (k, col); then "k fastest" means the first index is contiguous
-  __device__ float operator()(int64_t i, int64_t j) const { return t ? p[j * ld + i] : p[i * ld + j]; }
+  __device__ int64_t stride_i() const { return t ? 1 : ld; }
+  __device__ int64_t stride_j() const { return t ? ld : 1; }
   // As A (i=row, j=k): k is contiguous when not transposed. As B (i=k, j=col): k is contiguous
   // when transposed.
   __device__ bool k_fastest() const { return b_side ? t : !t; }
 };
 
+// Where this thread's staged elements sit in the slice: `outer` is the row of op(A) (column of
+// op(B)) within the tile, `kk` the k within the slice. Element e = tid + s * kThreads of the
+// slice, numbered k-fastest or outer-fastest to match the operand's contiguous index.
+struct Slots {
+  int outer[kSlots], kk[kSlots];
+  __device__ Slots(int tid, bool k_fastest) {
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      const int e = tid + s * kThreads;
+      outer[s] = k_fastest ? e / BK : e % BM;
+      kk[s] = k_fastest ? e % BK : e / BM;
+    }
+  }
+};
+
+// Any loader: each staged element is asked for by its global coordinates (row, k) of op(A) or
+// (k, col) of op(B). `outer0` is the tile's first row (column), `outer_count` how many of the
+// tile's rows (columns) exist.
+template <class Load, bool kIsB>
+struct LoaderStager {
+  Load load;
+  Slots slots;
+  int64_t outer0;
+  int outer_count;
+  __device__ LoaderStager(const Load& l, int tid, int64_t origin, int count)
+      : load(l), slots(tid, l.k_fastest()), outer0(origin), outer_count(count) {}
+  // Element s at the slice starting at k0, of which k_count k exist (0 outside the matrix).
+  __device__ float fetch(int s, int64_t k0, int k_count) const {
+    if (slots.outer[s] >= outer_count || slots.kk[s] >= k_count) return 0.0f;
+    const int64_t outer = outer0 + slots.outer[s], k = k0 + slots.kk[s];
+    return kIsB ? load(k, outer) : load(outer, k);
+  }
+  __device__ void next_slice() {}
+};
+
+// A dense matrix: a staged element's address moves by BK * (stride of k) per K step, so each
+// slot keeps its pointer. Rows (columns) past the matrix keep a pointer into the last one and
+// are never read.
+template <bool kIsB>
+struct MatrixStager {
+  Slots slots;
+  const float* ptr[kSlots];
+  int64_t step;
+  int outer_count;
+  __device__ MatrixStager(const MatrixLoader& l, int tid, int64_t origin, int count)
+      : slots(tid, l.k_fastest()), step(BK * (kIsB ? l.stride_i() : l.stride_j())), outer_count(count) {
+    const int64_t outer_stride = kIsB ? l.stride_j() : l.stride_i(), k_stride = kIsB ? l.stride_i() : l.stride_j();
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) {
+      const int outer = slots.outer[s] < count ? slots.outer[s] : count - 1;
+      ptr[s] = l.p + (origin + outer) * outer_stride + slots.kk[s] * k_stride;
+    }
+  }
+  __device__ float fetch(int s, int64_t, int k_count) const {
+    return slots.outer[s] < outer_count && slots.kk[s] < k_count ? *ptr[s] : 0.0f;
+  }
+  __device__ void next_slice() {
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) ptr[s] += step;
+  }
+};
+
+template <class Load, bool kIsB>
+struct StagerOf {
+  using type = LoaderStager<Load, kIsB>;
+};
+template <bool kIsB>
+struct StagerOf<MatrixLoader, kIsB> {
+  using type = MatrixStager<kIsB>;
+};
+
 template <class LoadA, class LoadB, class Store>
-__global__ __launch_bounds__(kThreads) void gemm_tiles(LoadA load_a, LoadB load_b, Store store, int64_t M,
-                                                       int64_t N, int64_t K) {
+__global__ __launch_bounds__(kThreads, kMinBlocksPerSM) void gemm_tiles(LoadA load_a, LoadB load_b, Store store,
+                                                                        int64_t M, int64_t N, int64_t K) {
   BW_SHARED(float, as, [BK][BM + kPad]);
   BW_SHARED(float, bs, [BK][BN + kPad]);
   const int tid = threadIdx.x;
   const int tm = tid / kColsT, tn = tid % kColsT;
   const int64_t m0 = int64_t(blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
-  const bool a_kfast = load_a.k_fastest(), b_kfast = load_b.k_fastest();
+  const int m_count = M - m0 < BM ? int(M - m0) : BM, n_count = N - n0 < BN ? int(N - n0) : BN;
+  typename StagerOf<LoadA, false>::type stage_a(load_a, tid, m0, m_count);
+  typename StagerOf<LoadB, true>::type stage_b(load_b, tid, n0, n_count);
   float acc[TM][TN];
+#pragma unroll
   for (int i = 0; i < TM; ++i)
+#pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
 
   for (int64_t k0 = 0; k0 < K; k0 += BK) {
+    const int k_count = K - k0 < BK ? int(K - k0) : BK;
 #pragma unroll
-    for (int e = tid; e < BM * BK; e += kThreads) {
-      const int i = a_kfast ? e / BK : e % BM, kk = a_kfast ? e % BK : e / BM;
-      const int64_t row = m0 + i, k = k0 + kk;
-      as[kk][i] = (row < M && k < K) ? load_a(row, k) : 0.0f;
-    }
+    for (int s = 0; s < kSlots; ++s) as[stage_a.slots.kk[s]][stage_a.slots.outer[s]] = stage_a.fetch(s, k0, k_count);
 #pragma unroll
-    for (int e = tid; e < BN * BK; e += kThreads) {
-      const int j = b_kfast ? e / BK : e % BN, kk = b_kfast ? e % BK : e / BN;
-      const int64_t col = n0 + j, k = k0 + kk;
-      bs[kk][j] = (col < N && k < K) ? load_b(k, col) : 0.0f;
-    }
+    for (int s = 0; s < kSlots; ++s) bs[stage_b.slots.kk[s]][stage_b.slots.outer[s]] = stage_b.fetch(s, k0, k_count);
+    stage_a.next_slice();
+    stage_b.next_slice();
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
@@ -93,12 +182,12 @@ __global__ __launch_bounds__(kThreads) void gemm_tiles(LoadA load_a, LoadB load_
   }
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    const int64_t row = m0 + tm + kRowsT * i;
-    if (row >= M) continue;
+    const int r = tm + kRowsT * i;
+    if (r >= m_count) continue;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int64_t col = n0 + tn + kColsT * j;
-      if (col < N) store(row, col, acc[i][j]);
+      const int c = tn + kColsT * j;
+      if (c < n_count) store(m0 + r, n0 + c, acc[i][j]);
     }
   }
 }

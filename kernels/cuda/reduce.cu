@@ -17,6 +17,9 @@
 //      [1, big n, small inner] case would want a split-k second pass; not needed yet.
 //      scatter_add uses atomicAdd, so its summation order (and last bits) may vary between
 //      runs on a GPU; the CPU adds in k order.
+// The index ops trust nothing: the engine's range check of idx is deferred (check_indices in
+// runtime.cu raises it at the next host wait), so an index outside [0, n) gathers NaN and
+// scatters nothing here instead of touching memory outside x or out.
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
@@ -104,8 +107,8 @@ __global__ void gather_middle_kernel(const float* x, const int32_t* idx, float* 
                                      int64_t m, int64_t inner) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < outer * m * inner;
        t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = t / (m * inner), i = t % inner;
-    out[t] = x[(o * n + idx[t]) * inner + i];
+    const int64_t o = t / (m * inner), i = t % inner, k = idx[t];
+    out[t] = k >= 0 && k < n ? x[(o * n + k) * inner + i] : NAN;
   }
 }
 
@@ -113,8 +116,8 @@ __global__ void scatter_add_middle_kernel(const float* src, const int32_t* idx, 
                                           int64_t m, int64_t inner) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < outer * m * inner;
        t += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t o = t / (m * inner), i = t % inner;
-    atomicAdd(out + (o * n + idx[t]) * inner + i, src[t]);
+    const int64_t o = t / (m * inner), i = t % inner, k = idx[t];
+    if (k >= 0 && k < n) atomicAdd(out + (o * n + k) * inner + i, src[t]);
   }
 }
 

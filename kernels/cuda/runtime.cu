@@ -9,6 +9,17 @@
 // kernels that use it are still queued is safe to hand out again: the next user's kernels run
 // after them on the same stream. No host synchronisation anywhere on this path; never managed
 // memory. When cudaMalloc fails the cache is released and the allocation retried once.
+//
+// Deferred index errors. An index op (gather, scatter_add, the labels of cross_entropy) must
+// reject an out-of-range index, but reading device indices on the host to check them would cost
+// a host sync per op, i.e. per attack step. So check_indices queues a small kernel that records
+// the first bad index in a device-resident record, and the runtime raises it as
+// std::out_of_range at the next point where the host waits anyway (copy_to_host, synchronize),
+// then clears it. The consuming kernels guard their accesses, so a bad index never reads or
+// writes out of bounds in the meantime (their outputs are then meaningless, and never seen:
+// reading them is what raises). Only the first failing check since the last wait is reported,
+// the one whose bad result every later op may have consumed.
+#include <atomic>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -93,6 +104,110 @@ CachingAllocator& allocator() {
   return *a;
 }
 
+// The first out-of-range index found by the checks queued since the host last waited. `key`
+// orders candidates by position and carries the value: (position - base) << 32 | uint32(value),
+// so one 64-bit atomicMin keeps both of the first bad element. `check` is the sequence number of
+// the check that failed first (0: none); only its threads write.
+struct IndexErrorRecord {
+  unsigned long long check;
+  unsigned long long key;
+  int64_t base;   // position of the checked range's first element within the whole index tensor
+  int64_t bound;  // indices must lie in [0, bound)
+  int32_t what;   // the (op, role) description, interned on the host
+};
+
+// Elements one check launch covers: positions within it must fit the key's high 32 bits.
+constexpr int64_t kCheckRange = int64_t(1) << 31;
+
+__global__ void check_index_range_kernel(const int32_t* idx, int64_t n, int64_t bound, unsigned long long check,
+                                         int32_t what, int64_t base, IndexErrorRecord* record) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int32_t v = idx[i];
+    if (v >= 0 && v < bound) continue;
+    const unsigned long long first = atomicCAS(&record->check, 0ull, check);
+    if (first != 0 && first != check) return;  // an earlier check failed: it is the one to report
+    if (first == 0) {
+      record->what = what;
+      record->bound = bound;
+      record->base = base;
+    }
+    atomicMin(&record->key, (static_cast<unsigned long long>(i) << 32) | static_cast<uint32_t>(v));
+  }
+}
+
+struct CheckDescription {
+  std::string op;
+  IndexRole role;
+};
+
+std::atomic<uint64_t> device_to_host_copies{0};
+
+void copy_device_to_host(void* dst, const void* src, size_t bytes) {
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+  device_to_host_copies.fetch_add(1, std::memory_order_relaxed);
+}
+
+class DeferredIndexErrors {
+ public:
+  void queue_check(const int32_t* idx, int64_t count, int64_t bound, const char* op, IndexRole role) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!record_) create_record_locked();
+    const int32_t what = describe_locked(op, role);
+    for (int64_t base = 0; base < count; base += kCheckRange) {
+      const int64_t n = count - base < kCheckRange ? count - base : kCheckRange;
+      BW_LAUNCH(check_index_range_kernel, blocks_for(n), kThreads, 0, current_stream(), idx + base, n, bound,
+                next_check_++, what, base, record_);
+    }
+    pending_ = true;
+  }
+
+  // After the host has waited for the stream: throws the recorded error, if any, and clears it.
+  void raise_recorded() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!pending_) return;  // nothing queued since the last look: no copy
+    pending_ = false;
+    IndexErrorRecord r{};
+    copy_device_to_host(&r, record_, sizeof r);
+    if (r.check == 0) return;
+    clear_locked();
+    const auto position = static_cast<int64_t>(r.key >> 32) + r.base;
+    const auto value = static_cast<int32_t>(static_cast<uint32_t>(r.key & 0xffffffffull));
+    const CheckDescription& d = descriptions_.at(static_cast<size_t>(r.what));
+    throw std::out_of_range(index_error_message(d.op, d.role, value, position, r.bound));
+  }
+
+ private:
+  void create_record_locked() {
+    void* p = nullptr;
+    check(cudaMalloc(&p, sizeof(IndexErrorRecord)), "allocation of the index error record");
+    record_ = static_cast<IndexErrorRecord*>(p);
+    clear_locked();
+  }
+  void clear_locked() {
+    const IndexErrorRecord empty{0, ~0ull, 0, 0, 0};
+    check(cudaMemcpyAsync(record_, &empty, sizeof empty, cudaMemcpyHostToDevice, current_stream()),
+          "reset of the index error record");
+  }
+  int32_t describe_locked(const char* op, IndexRole role) {
+    for (size_t i = 0; i < descriptions_.size(); ++i)
+      if (descriptions_[i].role == role && descriptions_[i].op == op) return static_cast<int32_t>(i);
+    descriptions_.push_back({op, role});
+    return static_cast<int32_t>(descriptions_.size() - 1);
+  }
+
+  std::mutex mu_;
+  IndexErrorRecord* record_ = nullptr;  // device memory, kept for the life of the process
+  unsigned long long next_check_ = 1;
+  bool pending_ = false;                // a check was queued since the host last looked
+  std::vector<CheckDescription> descriptions_;
+};
+
+// Leaked on purpose, like the allocator.
+DeferredIndexErrors& deferred_index_errors() {
+  static auto* e = new DeferredIndexErrors;
+  return *e;
+}
+
 }  // namespace
 
 bool device_available(std::string* why) {
@@ -129,13 +244,32 @@ void device_free(void* p) { allocator().release(p); }
 void copy_to_device(void* dst, const void* src, size_t bytes) {
   if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()), "copy to device");
 }
-// A copy to pageable host memory returns when the data is there: the one place the host waits.
+// A copy to pageable host memory returns when the data is there: one of the two places the host
+// waits, so the place where deferred index errors surface.
 void copy_to_host(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+  if (bytes == 0) return;
+  copy_device_to_host(dst, src, bytes);
+  deferred_index_errors().raise_recorded();
 }
 void copy_device(void* dst, const void* src, size_t bytes) {
   if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream()), "device copy");
 }
-void synchronize() { check(cudaStreamSynchronize(current_stream()), "synchronize"); }
+void synchronize() {
+  check(cudaStreamSynchronize(current_stream()), "synchronize");
+  deferred_index_errors().raise_recorded();
+}
+
+std::string index_error_message(const std::string& op, IndexRole role, int32_t value, int64_t position, int64_t bound) {
+  const std::string v = std::to_string(value), at = std::to_string(position);
+  const std::string range = "[0, " + std::to_string(bound) + ")";
+  if (role == IndexRole::label) return op + ": label " + v + " of sample " + at + " out of range " + range;
+  return op + ": index " + v + " out of range " + range + " at position " + at;
+}
+
+uint64_t host_copy_count() { return device_to_host_copies.load(std::memory_order_relaxed); }
+
+void check_indices(const int32_t* idx, int64_t count, int64_t bound, const char* op, IndexRole role) {
+  if (count > 0) deferred_index_errors().queue_check(idx, count, bound, op, role);
+}
 
 }  // namespace bulwark::cuda

@@ -58,7 +58,8 @@ __global__ void softmax_xent_rows_kernel(const float* z, const int32_t* labels, 
   if (r >= rows) return;
   const float* row = z + r * cols;
   const float lse = warp_logsumexp(row, cols);
-  if (threadIdx.x % 32 == 0) loss[r] = lse - row[labels[r]];
+  const int32_t y = labels[r];  // range-checked by the engine, deferred: guard, NaN when out of range
+  if (threadIdx.x % 32 == 0) loss[r] = y >= 0 && y < cols ? lse - row[y] : NAN;
 }
 
 unsigned row_blocks(int64_t rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }

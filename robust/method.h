@@ -1,0 +1,92 @@
+#pragma once
+// The training method: what the trainer does with one batch, and after each epoch.
+//
+// The trainer (training/trainer.h) owns the loop: data, LR schedule, validation, checkpoints,
+// metrics. A Method owns the step. That is where the methods of METHODS.md differ: the inner
+// maximisation (none, FGSM-RS, PGD-k, Free-style replay, DEAT's growing replay count), the loss
+// mix, and how many optimizer steps a batch gets (Free-AT and DEAT update the weights on every
+// replay). A method:
+//   - runs its forward and backward passes on the batch and steps the optimizer (at the learning
+//     rate the trainer set), counting every pass through the whole model in ctx.passes;
+//   - reports the loss and correctness of what it trained on;
+//   - may adapt after each epoch (DEAT's replay count), add values to the epoch's metrics, and
+//     ask the trainer to stop and go back to the previous epoch's weights (Fast-AT's guard
+//     against catastrophic overfitting);
+//   - saves whatever it adapts in state(), so a resumed run continues it bit for bit.
+// Randomness (random starts, sample choice) comes from ctx.gen, whose position the trainer
+// saves in every checkpoint.
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/rng.h"
+#include "engine/tensor.h"
+#include "models/module.h"
+
+namespace bulwark::robust {
+
+// Forward and backward passes through the whole model: the unit in which methods are compared
+// without a GPU (an attack step is one of each; a replay of Free-AT too).
+struct PassCounter {
+  int64_t fwd = 0, bwd = 0;
+};
+
+// The part of an optimizer a method drives: the trainer's optimizer (training/optim.h)
+// implements it, at the learning rate the trainer's schedule set for this step.
+class ParameterUpdate {
+ public:
+  virtual ~ParameterUpdate() = default;
+  virtual void zero_grad() = 0;
+  virtual void step() = 0;  // one update of every parameter that has a gradient
+};
+
+struct StepContext {
+  Module& model;
+  ParameterUpdate& optimizer;
+  Generator& gen;
+  PassCounter& passes;
+  int64_t epoch = 0, batch = 0;  // position (0-based), for per-epoch rules and messages
+};
+
+// Sums over the samples the method trained on in this batch (replays count once per replay).
+struct BatchResult {
+  double loss_sum = 0;  // sum of per-sample losses
+  int64_t correct = 0;
+  int64_t count = 0;
+};
+
+// What a method sees after an epoch's training and validation.
+struct EpochEnd {
+  Module& model;
+  Generator& gen;
+  int64_t epoch = 0;        // the epoch just finished, 0-based
+  double train_acc = 0;     // over the epoch's training samples, as the method trained on them
+  const Tensor& probe_x;    // a fixed training batch (the first batch_size training samples,
+  const Tensor& probe_y;    // on the model's device): the overfitting guard's probe
+  std::map<std::string, double>& extra;  // the epoch's metrics.jsonl extras (r, G, threshold, ...)
+};
+
+enum class EpochVerdict {
+  keep_going,
+  stop_at_previous,  // stop training; the model of the previous epoch is the result
+};
+
+class Method {
+ public:
+  virtual ~Method() = default;
+  virtual std::string name() const = 0;
+  // x: f32 [n, c, h, w] in [0, 1]; y: i32 [n]; both on the model's device. The model is in
+  // training mode.
+  virtual BatchResult train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) = 0;
+  virtual EpochVerdict on_epoch_end(EpochEnd& end) { return EpochVerdict::keep_going; }
+  virtual nlohmann::json state() const { return nlohmann::json::object(); }
+  virtual void load_state(const nlohmann::json& state) {}
+};
+
+// Number of rows of logits [n, k] whose argmax is the label (first maximum wins). Any device;
+// reads one i32 per row back to the host.
+int64_t count_correct(const Tensor& logits, const Tensor& labels);
+
+}  // namespace bulwark::robust
