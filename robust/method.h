@@ -48,6 +48,9 @@ struct StepContext {
   Generator& gen;
   PassCounter& passes;
   int64_t epoch = 0, batch = 0;  // position (0-based), for per-epoch rules and messages
+  // The trainer's eps warm-up: attacks of this step use eps_scale * eps and eps_scale * alpha
+  // (1 once the ramp is over, and always without one).
+  double eps_scale = 1;
 };
 
 // Sums over the samples the method trained on in this batch (replays count once per replay).

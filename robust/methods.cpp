@@ -33,6 +33,7 @@ void for_each_field(Config& c, F&& f) {
   f("name", c.name);
   f("eps", c.eps);
   f("alpha", c.alpha);
+  f("eps_ramp", c.eps_ramp);
   f("steps", c.steps);
   f("replays", c.replays);
   f("gamma", c.gamma);
@@ -115,6 +116,7 @@ void validate(const MethodConfig& c) {
   // A negative eps stands for "the dataset's default" until resolve_method_defaults runs.
   require(c.eps <= 1, fmt::format("--eps must be in [0, 1] (pixel units; 8/255 is accepted), got {}", c.eps));
   require(c.alpha >= 0, fmt::format("--alpha must be >= 0, got {}", c.alpha));
+  require(c.eps_ramp >= 0, fmt::format("--eps-ramp must be >= 0 epochs (0 = off), got {}", c.eps_ramp));
   require(c.steps >= 0 && c.steps <= 10000, fmt::format("--steps must be in [0, 10000], got {}", c.steps));
   require(c.replays >= 0 && c.replays <= 1000, fmt::format("--replays must be in [0, 1000], got {}", c.replays));
   require(c.gamma > 1, fmt::format("--gamma-mplus must be > 1 (the M+ threshold grows by it), got {}", c.gamma));

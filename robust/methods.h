@@ -29,6 +29,10 @@ struct MethodConfig {
   std::string name = "standard";
   double eps = -1;    // L-inf radius in [0,1] pixel units; < 0: the dataset's default
   double alpha = 0;   // attack step size; 0: the method's default for eps
+  // Warm-up: eps (and alpha) grow linearly from 0 to their value over the first eps_ramp epochs,
+  // per batch (0 = off). A small model trained at MNIST's eps 0.3 from the start can stay at
+  // chance for many epochs; the IBP/MixTrain line of work ramps eps for the same reason.
+  double eps_ramp = 0;
   int steps = 0;      // pgd: attack steps k
   int replays = 0;    // free: replays m per batch
   // M+ (mplus-deat, mplus-pgd) and the DEAT ablations

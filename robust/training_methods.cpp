@@ -99,7 +99,8 @@ PgdTraining::PgdTraining(double eps, double alpha, int steps) : eps_(eps), alpha
 BatchResult PgdTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   // The attack sees the model in training mode, as in Madry's and Rice et al.'s code: its
   // forwards normalise with batch statistics and update BatchNorm's running ones.
-  const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::pgd, eps_, alpha_, steps_));
+  const double s = ctx.eps_scale;
+  const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::pgd, s * eps_, s * alpha_, steps_));
   return train_on(ctx, x_adv, y, false).result;
 }
 
@@ -116,7 +117,8 @@ FastAtTraining::FastAtTraining(double eps, double alpha, bool guard, double guar
 
 BatchResult FastAtTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   // Training mode during the attack, as in Wong et al.'s code.
-  const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::fgsm_rs, eps_, alpha_, 1));
+  const double s = ctx.eps_scale;
+  const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::fgsm_rs, s * eps_, s * alpha_, 1));
   return train_on(ctx, x_adv, y, false).result;
 }
 
@@ -150,13 +152,14 @@ ReplayTraining::ReplayTraining(Options options, std::unique_ptr<ReplaySchedule> 
 
 BatchResult ReplayTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   const Tensor x_clean = x.detach().contiguous();
-  Tensor x_adv = options_.start == Start::zero ? x_clean.clone() : uniform_start(x_clean, options_.eps, ctx.gen);
+  const double eps = ctx.eps_scale * options_.eps, alpha = ctx.eps_scale * alpha_;
+  Tensor x_adv = options_.start == Start::zero ? x_clean.clone() : uniform_start(x_clean, eps, ctx.gen);
   BatchResult total;
   double last_grad_l1 = 0;
   for (int replay = 0; replay < schedule_->r(); ++replay) {
     const TrainStep step = train_on(ctx, x_adv, y, true);
     add_to(total, step.result);
-    last_grad_l1 = pgd_step_(x_adv, x_clean, step.input_grad, options_.eps, alpha_);
+    last_grad_l1 = pgd_step_(x_adv, x_clean, step.input_grad, eps, alpha);
   }
   grad_l1_ += last_grad_l1;
   return total;
@@ -193,7 +196,8 @@ MplusPgdTraining::MplusPgdTraining(double eps, double alpha, int r_max, double g
 
 BatchResult MplusPgdTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   // With r = 0 steps the attack is its random start alone: x + U(-eps, eps), clipped to [0,1].
-  const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::pgd, eps_, alpha_, rule_.r()));
+  const double s = ctx.eps_scale;
+  const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::pgd, s * eps_, s * alpha_, rule_.r()));
   const TrainStep step = train_on(ctx, x_adv, y, true);
   grad_l1_ += sum(abs(step.input_grad)).item();
   return step.result;

@@ -60,7 +60,7 @@ struct Scratch {
 
 const char* kTinyTrain =
     "train --dataset synthetic --model mlp --train-size 300 --val-size 100 --test-size 100 --epochs 2 "
-    "--batch-size 50 --optimizer adam --threads 1 --quiet";
+    "--batch-size 50 --optimizer adam --method standard --schedule cosine --threads 1 --quiet";
 
 }  // namespace
 
@@ -104,7 +104,7 @@ TEST_CASE("bulwark train --help lists every option", "[cli]") {
                           "--data-seed", "--crop-pad", "--flip", "--epochs", "--batch-size", "--eval-batch-size",
                           "--optimizer", "--lr", "--momentum", "--nesterov", "--weight-decay", "--beta1", "--beta2",
                           "--adam-eps", "--schedule", "--milestones", "--gamma", "--min-lr", "--cyclic-peak",
-                          "--method", "--eps", "--alpha", "--steps", "--replays", "--gamma-mplus", "--r-max",
+                          "--method", "--eps", "--alpha", "--eps-ramp", "--steps", "--replays", "--gamma-mplus", "--r-max",
                           "--alpha-per-r", "--alpha-min", "--deat-d", "--deat-p-acc", "--guard", "--guard-drop",
                           "--guard-steps", "--robust-val-size", "--robust-val-steps", "--final-attack-size",
                           "--final-attack-steps", "--kernels", "--seed", "--threads", "--device", "--out", "--resume",

@@ -100,9 +100,10 @@ struct Harness {
         optimizer(sgd(*model)) {}
 
   // One batch in epoch `epoch`: its passes and result.
-  std::pair<PassCounter, BatchResult> step(const Batch& b, int64_t epoch) {
+  std::pair<PassCounter, BatchResult> step(const Batch& b, int64_t epoch, double eps_scale = 1) {
     PassCounter passes;
     StepContext ctx{*model, *optimizer, gen, passes, epoch, 0};
+    ctx.eps_scale = eps_scale;
     const BatchResult r = method->train_batch(ctx, b.x, b.y);
     return {passes, r};
   }
@@ -321,6 +322,28 @@ TEST_CASE("training inputs stay in the eps-ball and [0,1], and are perturbed", "
       }
     }
     CHECK(largest_move > 0.9 * eps);  // signed steps and projections reach the ball's edge
+  }
+}
+
+TEST_CASE("under the eps warm-up every method attacks within the scaled ball", "[methods]") {
+  const double eps = 0.1, scale = 0.25;
+  const Batch b = random_batch(8, kSide, 3);
+  const std::vector<float> x = b.x.to_vector();
+  for (const std::string& name : method_names()) {
+    if (!is_adversarial(name)) continue;
+    INFO(name);
+    Harness h(resolved(name, eps));
+    h.step(b, 0, scale);
+    h.end_epoch(0, 0.9);
+    h.step(b, 1, scale);  // the M+ methods now take a step (r >= 1)
+    double largest_move = 0;
+    for (const Tensor& input : h.model->inputs) {
+      const std::vector<float> v = input.to_vector();
+      for (size_t i = 0; i < v.size(); ++i)
+        largest_move = std::max(largest_move, static_cast<double>(std::abs(v[i] - x[i])));
+    }
+    CHECK(largest_move <= scale * eps + 1e-6);
+    CHECK(largest_move > 0.5 * scale * eps);
   }
 }
 

@@ -126,6 +126,8 @@ TrainConfig tiny_config(const std::string& out, int64_t epochs) {
   c.batch_size = 32;
   c.optimizer.name = "adam";
   c.optimizer.lr = 1e-3;
+  c.method.name = "standard";
+  c.schedule.name = "cosine";
   c.threads = 1;  // tiny models gain nothing from threads, and a busy machine makes them slower
   c.device = "cpu";
   c.out = out;

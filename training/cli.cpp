@@ -55,10 +55,13 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a, CLI::Option*& lr_option
   CLI::App* t = app.add_subcommand("train", "Train a model; writes a run directory (config.json, metrics.jsonl, "
                                             "checkpoints, summary.json)");
   t->footer(
-      "With no options: wong_small on Fashion-MNIST when Debian's dataset-fashion-mnist is installed, else on the\n"
-      "synthetic dataset, for 5 epochs.\n\n"
+      "With no options: fast adversarial training (FGSM-RS with its overfitting guard) of wong_small under the AccelAT\n"
+      "schedule, on Fashion-MNIST at eps 0.1 when Debian's dataset-fashion-mnist is installed (else on the synthetic\n"
+      "dataset at 8/255), for 5 epochs, with PGD-10 validation every epoch and a PGD-20 test at the end.\n\n"
       "Examples:\n"
       "  bulwark train\n"
+      "  bulwark train --dataset mnist --data-dir data/mnist --method pgd --eps 0.3 --optimizer adam --lr 1e-3\n"
+      "  bulwark train --method mplus-deat --schedule multistep --milestones 25,40 --epochs 50\n"
       "  bulwark train --dataset mnist --data-dir data/mnist --model wong_large --epochs 10 --schedule multistep\n"
       "  bulwark train --dataset cifar10 --data-dir data/cifar10 --model preact_resnet18 --crop-pad 4 --flip\n"
       "  bulwark train --resume runs/20250101-120000-wong_small-fashion-mnist");
@@ -128,12 +131,14 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a, CLI::Option*& lr_option
 
   robust::MethodConfig& m = c.method;
   t->add_option("--method", m.name,
-                fmt::format("Training method: {} (see docs/training.md)", fmt::join(robust::method_names(), ", ")))
+                fmt::format("Training method: {} (see docs/methods.md)", fmt::join(robust::method_names(), ", ")))
       ->capture_default_str();
   t->add_option("--eps", a.eps,
                 "L-inf radius in pixel units, as a fraction or k/255 (default: 0.3 MNIST, 0.1 Fashion-MNIST, 8/255 "
                 "CIFAR and synthetic)");
   t->add_option("--alpha", m.alpha, "Attack step size (0 = the method's default for eps)")->capture_default_str();
+  t->add_option("--eps-ramp", m.eps_ramp, "Warm-up: eps and alpha grow linearly from 0 over this many epochs (0 = off)")
+      ->capture_default_str();
   t->add_option("--steps", m.steps, "pgd: attack steps k (0 = 40 on MNIST-like data, 7 on CIFAR-like)")
       ->capture_default_str();
   t->add_option("--replays", m.replays, "free: replays m of each batch (0 = 8)")->capture_default_str();

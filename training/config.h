@@ -34,6 +34,11 @@ struct ModelInput {
 };
 
 struct TrainConfig {
+  // The default job: Fast-AT (FGSM-RS with its overfitting guard) under the AccelAT schedule.
+  TrainConfig() {
+    schedule.name = "accelat";
+    method.name = "fgsm-rs";
+  }
   std::string model = "wong_small";
   DataConfig data;
   ModelInput input;

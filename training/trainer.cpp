@@ -182,9 +182,11 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   while (loader.next(b)) {
     const Tensor x = Tensor::from_vector(b.x, {b.n, b.c, b.h, b.w}).to(device_);
     const Tensor y = Tensor::from_vector(b.y, {b.n}).to(device_);
-    lr = schedule_->lr(static_cast<double>(epoch) + static_cast<double>(b.index) / static_cast<double>(batches));
+    const double progress = static_cast<double>(epoch) + static_cast<double>(b.index) / static_cast<double>(batches);
+    lr = schedule_->lr(progress);
     optimizer_->set_lr(lr);
     robust::StepContext ctx{*model_, *optimizer_, gen_, passes, epoch, b.index};
+    if (cfg_.method.eps_ramp > 0) ctx.eps_scale = std::min(1.0, progress / cfg_.method.eps_ramp);
     const robust::BatchResult r = method_->train_batch(ctx, x, y);
     if (!std::isfinite(r.loss_sum)) {
       const std::string kept =
