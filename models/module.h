@@ -58,4 +58,18 @@ class Module {
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 };
 
+// Puts a model in eval mode for a scope (evaluation, attacks on a probe batch) and restores the
+// mode it had when the scope ends, also by an exception.
+class EvalModeGuard {
+ public:
+  explicit EvalModeGuard(Module& model) : model_(model), was_training_(model.is_training()) { model.eval(); }
+  ~EvalModeGuard() { model_.train(was_training_); }
+  EvalModeGuard(const EvalModeGuard&) = delete;
+  EvalModeGuard& operator=(const EvalModeGuard&) = delete;
+
+ private:
+  Module& model_;
+  bool was_training_;
+};
+
 }  // namespace bulwark

@@ -73,19 +73,6 @@ Tensor uniform_start(const Tensor& x, double eps, Generator& gen) {
   return random_start(x, eps, gen.seed(), gen.reserve(random_start_counters(x.numel())));
 }
 
-// Puts the model in eval mode for a scope and restores the mode it had.
-class EvalModeScope {
- public:
-  explicit EvalModeScope(Module& model) : model_(model), was_training_(model.is_training()) { model_.eval(); }
-  ~EvalModeScope() { model_.train(was_training_); }
-  EvalModeScope(const EvalModeScope&) = delete;
-  EvalModeScope& operator=(const EvalModeScope&) = delete;
-
- private:
-  Module& model_;
-  bool was_training_;
-};
-
 }  // namespace
 
 BatchResult StandardTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
@@ -128,7 +115,7 @@ EpochVerdict FastAtTraining::on_epoch_end(EpochEnd& end) {
   if (!guard_on_) return EpochVerdict::keep_going;
   double probe_acc = 0;
   {
-    EvalModeScope eval(end.model);
+    EvalModeGuard eval(end.model);
     AttackOptions probe = linf_attack(AttackKind::pgd, eps_, 0.0, guard_steps_);  // alpha 0: 2.5 eps / steps
     probe.seed = kGuardSeed;
     probe_acc = robust_accuracy(end.model, end.probe_x, end.probe_y, probe);

@@ -19,19 +19,6 @@ void require_model_on(const Module& model, Device device) {
                                               device_name(device), device_name(p.device())));
 }
 
-// Restores the model's train/eval mode when the evaluation ends, also by an exception.
-class EvalModeGuard {
- public:
-  explicit EvalModeGuard(Module& model) : model_(model), was_training_(model.is_training()) { model.eval(); }
-  ~EvalModeGuard() { model_.train(was_training_); }
-  EvalModeGuard(const EvalModeGuard&) = delete;
-  EvalModeGuard& operator=(const EvalModeGuard&) = delete;
-
- private:
-  Module& model_;
-  bool was_training_;
-};
-
 }  // namespace
 
 Tensor images_tensor(const data::Dataset& d, int64_t first, int64_t n) {
