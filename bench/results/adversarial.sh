@@ -97,4 +97,12 @@ for ds in $datasets; do
   done
 done | xargs -P "$jobs" -L 1 bash -c 'one_run "$0" "$1" "$2"'
 
-python3 "$here/make_page.py" --runs "$runs" --out "$root/docs/results.md"
+# The small files of every run (not the checkpoints) go next to the page, so that it can be
+# regenerated, and checked, without training again: make_page.py --runs docs/results/runs.
+for f in "$runs"/*/*/eval.json; do
+  d="$(dirname "$f")"
+  rel="${d#"$runs"/}"
+  mkdir -p "$root/docs/results/runs/$rel"
+  cp "$d"/{config.json,metrics.jsonl,summary.json,eval.json} "$root/docs/results/runs/$rel/"
+done
+python3 "$here/make_page.py" --runs "$root/docs/results/runs" --out "$root/docs/results.md"

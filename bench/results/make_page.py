@@ -180,11 +180,12 @@ def main():
              "```sh",
              "cmake -S . -B build && cmake --build build -j2",
              "bench/results/adversarial.sh            # all runs, then this page (resumable)",
-             "python3 bench/results/make_page.py --runs runs/results --out docs/results.md   # the page only",
+             "python3 bench/results/make_page.py --runs docs/results/runs --out docs/results.md   # the page only",
              "```", "",
              "Each run is `bulwark train --model wong_small --method M --schedule S --train-size N --epochs E "
              "--test-size 1000 --threads 1` followed by `bulwark eval --checkpoint RUN --test-size 1000 --json "
-             "RUN/eval.json` (the exact options of every run are in its `config.json`). Free-AT trains E/m epochs. "
+             "RUN/eval.json`; the exact options of every run are in its `config.json` under `docs/results/runs/` "
+             "(with its `metrics.jsonl`, `summary.json` and `eval.json`). Free-AT trains E/m epochs. "
              "The fixed schedule is the one each method's paper uses (Fast-AT: cyclic; DEAT/M+: x0.1 at 50% and 80%; "
              "others: piecewise), not a search over schedules: a sweep of all five shapes for every method did not "
              "fit this 2-core machine's budget. CPU minutes are the training process's CPU time (per-epoch "
