@@ -20,39 +20,63 @@ void check_state(const Tensor& param, const Tensor& t, const char* op, const cha
 }
 }  // namespace
 
-void sgd_step_(Tensor& param, const Tensor& grad, Tensor& momentum_buf, const optim::SgdHyper& h) {
+void sgd_step_(const std::vector<SgdParam>& group, const optim::SgdHyper& h) {
   const char* op = "sgd_step_";
-  check_state(param, param, op, "parameter");
-  check_state(param, grad, op, "gradient");
-  check_state(param, momentum_buf, op, "momentum buffer");
-  if (param.device() == Device::cuda) {
-    require_cuda_dtype(param.dtype(), op);
-    const cuda::SgdSegment seg{param.data<float>(), grad.data<float>(), momentum_buf.data<float>(), param.numel()};
-    cuda::sgd_step_multi(&seg, 1, h);
+  for (const SgdParam& p : group) {
+    check_state(p.param, p.param, op, "parameter");
+    check_state(p.param, p.grad, op, "gradient");
+    check_state(p.param, p.momentum_buf, op, "momentum buffer");
+    require_same_device(group.front().param, p.param, op);
+  }
+  if (group.empty()) return;
+  if (group.front().param.device() == Device::cuda) {
+    std::vector<cuda::SgdSegment> segs;
+    for (const SgdParam& p : group) {
+      require_cuda_dtype(p.param.dtype(), op);
+      segs.push_back({p.param.data<float>(), p.grad.data<float>(), p.momentum_buf.data<float>(), p.param.numel()});
+    }
+    cuda::sgd_step_multi(segs.data(), static_cast<int>(segs.size()), h);
     return;
   }
-  BW_DISPATCH_FLOAT(param.dtype(), op,
-                    cpu::sgd_step(param.data<T>(), grad.data<T>(), momentum_buf.data<T>(), param.numel(), h));
+  for (const SgdParam& p : group)
+    BW_DISPATCH_FLOAT(p.param.dtype(), op,
+                      cpu::sgd_step(p.param.data<T>(), p.grad.data<T>(), p.momentum_buf.data<T>(), p.param.numel(), h));
+}
+
+void adam_step_(const std::vector<AdamParam>& group, const optim::AdamHyper& h, int64_t t) {
+  const char* op = "adam_step_";
+  if (t < 1) throw std::invalid_argument(fmt::format("{}: step {} (steps count from 1)", op, t));
+  for (const AdamParam& p : group) {
+    check_state(p.param, p.param, op, "parameter");
+    check_state(p.param, p.grad, op, "gradient");
+    check_state(p.param, p.exp_avg, op, "exp_avg");
+    check_state(p.param, p.exp_avg_sq, op, "exp_avg_sq");
+    require_same_device(group.front().param, p.param, op);
+  }
+  if (group.empty()) return;
+  if (group.front().param.device() == Device::cuda) {
+    std::vector<cuda::AdamSegment> segs;
+    for (const AdamParam& p : group) {
+      require_cuda_dtype(p.param.dtype(), op);
+      segs.push_back({p.param.data<float>(), p.grad.data<float>(), p.exp_avg.data<float>(), p.exp_avg_sq.data<float>(),
+                      p.param.numel()});
+    }
+    cuda::adam_step_multi(segs.data(), static_cast<int>(segs.size()), h, t);
+    return;
+  }
+  for (const AdamParam& p : group)
+    BW_DISPATCH_FLOAT(p.param.dtype(), op,
+                      cpu::adam_step(p.param.data<T>(), p.grad.data<T>(), p.exp_avg.data<T>(), p.exp_avg_sq.data<T>(),
+                                     p.param.numel(), h, t));
+}
+
+void sgd_step_(Tensor& param, const Tensor& grad, Tensor& momentum_buf, const optim::SgdHyper& h) {
+  sgd_step_(std::vector<SgdParam>{{param, grad, momentum_buf}}, h);
 }
 
 void adam_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const optim::AdamHyper& h,
                 int64_t t) {
-  const char* op = "adam_step_";
-  if (t < 1) throw std::invalid_argument(fmt::format("{}: step {} (steps count from 1)", op, t));
-  check_state(param, param, op, "parameter");
-  check_state(param, grad, op, "gradient");
-  check_state(param, exp_avg, op, "exp_avg");
-  check_state(param, exp_avg_sq, op, "exp_avg_sq");
-  if (param.device() == Device::cuda) {
-    require_cuda_dtype(param.dtype(), op);
-    const cuda::AdamSegment seg{param.data<float>(), grad.data<float>(), exp_avg.data<float>(),
-                                exp_avg_sq.data<float>(), param.numel()};
-    cuda::adam_step_multi(&seg, 1, h, t);
-    return;
-  }
-  BW_DISPATCH_FLOAT(param.dtype(), op,
-                    cpu::adam_step(param.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(),
-                                   param.numel(), h, t));
+  adam_step_(std::vector<AdamParam>{{param, grad, exp_avg, exp_avg_sq}}, h, t);
 }
 
 }  // namespace bulwark

@@ -12,6 +12,9 @@
 #include <unistd.h>
 
 #include "engine/ops.h"
+#include "engine/rng.h"
+#include "kernels/emu/execution.h"
+#include "models/zoo.h"
 #include "engine/safetensors.h"
 #include "training/checkpoint.h"
 #include "training/optim.h"
@@ -609,4 +612,40 @@ TEST_CASE("the trainer runs on the emulated CUDA device and matches the CPU", "[
   // The checkpoint of the cuda run holds host copies that load into a CPU model.
   const Checkpoint ck = load_checkpoint((fs::path(dir / "cuda") / "last.safetensors").string());
   CHECK(ck.model.at("1.weight").device() == Device::cpu);
+}
+
+TEST_CASE("an optimizer step updates every parameter in one CUDA launch and matches the CPU", "[training][cuda]") {
+  ModelConfig mc;
+  mc.in_channels = 1;
+  mc.height = mc.width = 8;
+  for (const char* name : {"sgd", "adam"}) {
+    INFO(name);
+    OptimizerConfig oc;
+    oc.name = name;
+    oc.lr = 0.01;
+    std::shared_ptr<Module> cpu_model = make_model("wong_small", mc), gpu_model = make_model("wong_small", mc);
+    gpu_model->to(Device::cuda);
+    auto cpu_opt = make_optimizer(oc, cpu_model->named_parameters());
+    auto gpu_opt = make_optimizer(oc, gpu_model->named_parameters());
+    Generator gen(3);
+    const Tensor x = rand_uniform({4, 1, 8, 8}, 0, 1, gen);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 3, 5, 9}, {4});
+    const std::string kernel = std::string(name) + "_step_multi_kernel";
+    for (int step = 0; step < 2; ++step) {
+      backward(cross_entropy((*cpu_model)(x), y));
+      backward(cross_entropy((*gpu_model)(x.cuda()), y.cuda()));
+      cpu_opt->step();
+      const auto before = emu::launch_counts()[kernel].launches;
+      gpu_opt->step();
+      CHECK(emu::launch_counts()[kernel].launches == before + 1);  // 8 parameter tensors, one launch
+      cpu_opt->zero_grad();
+      gpu_opt->zero_grad();
+    }
+    const NamedTensors a = cpu_model->state_dict(), b = gpu_model->state_dict();
+    for (size_t i = 0; i < a.size(); ++i) {
+      INFO(a[i].first);
+      const std::vector<float> u = a[i].second.to_vector(), v = b[i].second.cpu().to_vector();
+      for (size_t k = 0; k < u.size(); ++k) REQUIRE(v[k] == Approx(u[k]).margin(1e-5));
+    }
+  }
 }

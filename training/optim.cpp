@@ -40,10 +40,10 @@ Optimizer::Optimizer(NamedTensors params, std::vector<std::string> state_names)
 
 void Optimizer::step() {
   ++steps_;
-  for (Slot& slot : slots_) {
-    const Tensor g = slot.param.grad();
-    if (g.defined()) update(slot, g);
-  }
+  std::vector<std::pair<Slot*, Tensor>> with_grad;
+  for (Slot& slot : slots_)
+    if (Tensor g = slot.param.grad(); g.defined()) with_grad.emplace_back(&slot, g);
+  if (!with_grad.empty()) update(with_grad);
 }
 
 void Optimizer::zero_grad() {
@@ -85,9 +85,10 @@ Sgd::Sgd(NamedTensors params, const OptimizerConfig& cfg) : Optimizer(std::move(
   lr_ = cfg.lr;
 }
 
-void Sgd::update(Slot& slot, const Tensor& grad) {
-  const optim::SgdHyper h{lr_, cfg_.momentum, cfg_.weight_decay, cfg_.nesterov};
-  sgd_step_(slot.param, grad, slot.state[0], h);
+void Sgd::update(const std::vector<std::pair<Slot*, Tensor>>& slots) {
+  std::vector<SgdParam> group;
+  for (const auto& [slot, grad] : slots) group.push_back({slot->param, grad, slot->state[0]});
+  sgd_step_(group, optim::SgdHyper{lr_, cfg_.momentum, cfg_.weight_decay, cfg_.nesterov});
 }
 
 Adam::Adam(NamedTensors params, const OptimizerConfig& cfg)
@@ -96,9 +97,10 @@ Adam::Adam(NamedTensors params, const OptimizerConfig& cfg)
   lr_ = cfg.lr;
 }
 
-void Adam::update(Slot& slot, const Tensor& grad) {
-  const optim::AdamHyper h{lr_, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay};
-  adam_step_(slot.param, grad, slot.state[0], slot.state[1], h, steps_);
+void Adam::update(const std::vector<std::pair<Slot*, Tensor>>& slots) {
+  std::vector<AdamParam> group;
+  for (const auto& [slot, grad] : slots) group.push_back({slot->param, grad, slot->state[0], slot->state[1]});
+  adam_step_(group, optim::AdamHyper{lr_, cfg_.beta1, cfg_.beta2, cfg_.eps, cfg_.weight_decay}, steps_);
 }
 
 std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& cfg, NamedTensors params) {

@@ -59,7 +59,8 @@ class Optimizer : public robust::ParameterUpdate {
     Tensor param;
     std::vector<Tensor> state;  // one per state name, same shape as param
   };
-  virtual void update(Slot& slot, const Tensor& grad) = 0;
+  // One update of the slots that have a gradient (each with it), in one call: on CUDA one launch.
+  virtual void update(const std::vector<std::pair<Slot*, Tensor>>& slots) = 0;
 
   std::vector<std::string> state_names_;
   std::vector<Slot> slots_;
@@ -72,7 +73,7 @@ class Sgd final : public Optimizer {
   Sgd(NamedTensors params, const OptimizerConfig& cfg);
 
  private:
-  void update(Slot& slot, const Tensor& grad) override;
+  void update(const std::vector<std::pair<Slot*, Tensor>>& slots) override;
   OptimizerConfig cfg_;
 };
 
@@ -81,7 +82,7 @@ class Adam final : public Optimizer {
   Adam(NamedTensors params, const OptimizerConfig& cfg);
 
  private:
-  void update(Slot& slot, const Tensor& grad) override;
+  void update(const std::vector<std::pair<Slot*, Tensor>>& slots) override;
   OptimizerConfig cfg_;
 };
 
