@@ -64,16 +64,4 @@ void check_index_range(const Tensor& idx, int64_t bound, const char* op, cuda::I
     }                                                                             \
   } while (0)
 
-// BW_KERNEL for a kernel that returns a value: `result = <backend>::fn<T>(args...)`.
-#define BW_KERNEL_RESULT(result, dev, dt, op, fn, ...)                               \
-  do {                                                                                \
-    if ((dev) == ::bulwark::Device::cuda) {                                           \
-      ::bulwark::require_cuda_dtype((dt), (op));                                      \
-      using T = float;                                                                \
-      (result) = ::bulwark::cuda::fn(__VA_ARGS__);                                    \
-    } else {                                                                          \
-      BW_DISPATCH_FLOAT((dt), (op), (result) = ::bulwark::cpu::fn<T>(__VA_ARGS__));   \
-    }                                                                                 \
-  } while (0)
-
 }  // namespace bulwark

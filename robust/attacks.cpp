@@ -120,12 +120,16 @@ Tensor ascend(Module& model, const Tensor& x, const Tensor& y, Tensor x_adv, con
     const Tensor g = grad({loss}, {leaf})[0];
     ++stats.forward_passes;
     ++stats.backward_passes;
+    // Only the last step's L1 is kept: the earlier steps skip its reduction.
+    const bool last = step + 1 == o.steps;
     if (o.norm == Norm::linf) {
-      stats.last_grad_l1 = pgd_step_(x_adv, x, g, o.eps, o.alpha);
+      const Tensor l1 = last ? Tensor::empty({1}, DType::f64, x_adv.device()) : Tensor();
+      pgd_step_(x_adv, x, g, o.eps, o.alpha, l1);
+      if (last) stats.last_grad_l1 = l1;
     } else {
       NoGradGuard no_grad;
       x_adv = l2_step(x_adv, x, g, o.eps, o.alpha);
-      if (step + 1 == o.steps) stats.last_grad_l1 = sum(abs(g)).item();
+      if (last) stats.last_grad_l1 = sum(abs(g));
     }
   }
   return x_adv;
@@ -328,7 +332,7 @@ double parse_eps(const std::string& text) {
   return value;
 }
 
-double pgd_step_(Tensor& x_adv, const Tensor& x_in, const Tensor& g_in, double eps, double alpha) {
+void pgd_step_(Tensor& x_adv, const Tensor& x_in, const Tensor& g_in, double eps, double alpha, const Tensor& l1) {
   require_float_tensor(x_adv, "pgd_step_ x_adv");
   require_budget(eps, alpha);
   if (!x_adv.is_contiguous()) throw std::invalid_argument("pgd_step_: x_adv must be contiguous (it is updated in place)");
@@ -338,11 +342,15 @@ double pgd_step_(Tensor& x_adv, const Tensor& x_in, const Tensor& g_in, double e
       throw std::invalid_argument(fmt::format("pgd_step_: x_adv is {} but got {}", x_adv.str(), t->str()));
     require_same_device(x_adv, *t, "pgd_step_");
   }
+  if (l1.defined()) {
+    if (l1.dtype() != DType::f64 || l1.numel() != 1 || !l1.is_contiguous())
+      throw std::invalid_argument(fmt::format("pgd_step_: l1 must be one contiguous f64 element, got {}", l1.str()));
+    require_same_device(x_adv, l1, "pgd_step_");
+  }
   const Tensor x = x_in.detach().contiguous(), g = g_in.detach().contiguous();
-  double l1 = 0;
-  BW_KERNEL_RESULT(l1, x_adv.device(), x_adv.dtype(), "pgd_step_", pgd_step, x.data<T>(), x_adv.data<T>(), g.data<T>(),
-                   x_adv.numel(), static_cast<T>(eps), static_cast<T>(alpha));
-  return l1;
+  double* l1_out = l1.defined() ? l1.data<double>() : nullptr;
+  BW_KERNEL(x_adv.device(), x_adv.dtype(), "pgd_step_", pgd_step, x.data<T>(), x_adv.data<T>(), g.data<T>(), x_adv.numel(),
+            static_cast<T>(eps), static_cast<T>(alpha), l1_out);
 }
 
 uint64_t random_start_counters(int64_t numel) { return philox::counters_for(static_cast<uint64_t>(numel)); }

@@ -66,7 +66,10 @@ struct AttackOptions {
 struct AttackStats {
   int64_t forward_passes = 0;
   int64_t backward_passes = 0;
-  double last_grad_l1 = 0.0;  // sum |grad_x L| of the last step (0 when no step was taken)
+  // sum |grad_x L| of the last step, as a one-element tensor on x's device (f64 from the fused
+  // L-inf step, f32 from the L2 step), left there: item() reads it. Undefined when no step was
+  // taken.
+  Tensor last_grad_l1;
 };
 
 // The options as the attack runs them: defaults filled in (alpha), the fixed settings of fgsm,
@@ -108,9 +111,12 @@ double parse_eps(const std::string& text);
 
 // ---- the fused L-inf step and start, for methods that drive their own loop -----------------
 
-// x_adv <- clip_[0,1](clip_[x-eps, x+eps](x_adv + alpha * sign(g))) in place; returns sum |g|.
-// x_adv must be contiguous; x and g must have x_adv's shape and dtype (any strides).
-double pgd_step_(Tensor& x_adv, const Tensor& x, const Tensor& g, double eps, double alpha);
+// x_adv <- clip_[0,1](clip_[x-eps, x+eps](x_adv + alpha * sign(g))) in place. x_adv must be
+// contiguous; x and g must have x_adv's shape and dtype (any strides). With `l1` (a contiguous
+// one-element f64 tensor on x_adv's device, such as a DeviceSeries slot), sum |g| from the same
+// pass is written there; nothing is read back, so on CUDA the step never makes the host wait.
+// Without it the L1 is not computed.
+void pgd_step_(Tensor& x_adv, const Tensor& x, const Tensor& g, double eps, double alpha, const Tensor& l1 = Tensor());
 
 // clip_[0,1](x + U(-eps, eps)): element i draws Philox word i of the stream (seed, offset), so
 // the start is a function of (seed, offset) alone. Consumes random_start_counters(x.numel())

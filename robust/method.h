@@ -8,7 +8,8 @@
 // replay). A method:
 //   - runs its forward and backward passes on the batch and steps the optimizer (at the learning
 //     rate the trainer set), counting every pass through the whole model in ctx.passes;
-//   - reports the loss and correctness of what it trained on;
+//   - records the loss and correctness of what it trained on in ctx.log, one entry per optimizer
+//     step, without reading them back (robust/step_log.h: a batch on CUDA never waits for the host);
 //   - may adapt after each epoch (DEAT's replay count), add values to the epoch's metrics, and
 //     ask the trainer to stop and go back to the previous epoch's weights (Fast-AT's guard
 //     against catastrophic overfitting);
@@ -24,6 +25,7 @@
 #include "engine/rng.h"
 #include "engine/tensor.h"
 #include "models/module.h"
+#include "robust/step_log.h"
 
 namespace bulwark::robust {
 
@@ -47,17 +49,11 @@ struct StepContext {
   ParameterUpdate& optimizer;
   Generator& gen;
   PassCounter& passes;
+  StepLog& log;  // the batch is open (StepLog::begin_batch); each optimizer step records into it
   int64_t epoch = 0, batch = 0;  // position (0-based), for per-epoch rules and messages
   // The trainer's eps warm-up: attacks of this step use eps_scale * eps and eps_scale * alpha
   // (1 once the ramp is over, and always without one).
   double eps_scale = 1;
-};
-
-// Sums over the samples the method trained on in this batch (replays count once per replay).
-struct BatchResult {
-  double loss_sum = 0;  // sum of per-sample losses
-  int64_t correct = 0;
-  int64_t count = 0;
 };
 
 // What a method sees after an epoch's training and validation.
@@ -81,15 +77,17 @@ class Method {
   virtual ~Method() = default;
   virtual std::string name() const = 0;
   // x: f32 [n, c, h, w] in [0, 1]; y: i32 [n]; both on the model's device. The model is in
-  // training mode.
-  virtual BatchResult train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) = 0;
+  // training mode. Nothing a batch computes is read back to the host.
+  virtual void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) = 0;
   virtual EpochVerdict on_epoch_end(EpochEnd& end) { return EpochVerdict::keep_going; }
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void load_state(const nlohmann::json& state) {}
 };
 
-// Number of rows of logits [n, k] whose argmax is the label (first maximum wins). Any device;
-// reads one i32 per row back to the host.
+// Number of rows of logits [n, k] whose argmax is the i32 label [n] (first maximum wins), as a 0-d
+// f32 tensor on the logits' device (exact up to 2^24 rows): computed there, not read back.
+Tensor correct_predictions(const Tensor& logits, const Tensor& labels);
+// The same number read back to the host (on CUDA the host waits for it): for evaluation.
 int64_t count_correct(const Tensor& logits, const Tensor& labels);
 
 }  // namespace bulwark::robust

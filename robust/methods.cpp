@@ -7,6 +7,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "engine/json_field.h"
 #include "engine/ops.h"
 #include "robust/training_methods.h"
 
@@ -15,16 +16,6 @@ namespace bulwark::robust {
 namespace {
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
-}
-
-template <class T>
-void read(const nlohmann::json& j, const char* key, T& value) {
-  if (!j.contains(key)) return;
-  try {
-    value = j.at(key).get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    throw std::invalid_argument(fmt::format("config key 'method.{}': {}", key, e.what()));
-  }
 }
 
 // Every field once, with its JSON key: to_json and method_config_from_json both walk this list.
@@ -142,18 +133,23 @@ MethodConfig method_config_from_json(const nlohmann::json& j) {
     c.name = j.get<std::string>();
     return c;
   }
-  for_each_field(c, [&](const char* key, auto& value) { read(j, key, value); });
+  for_each_field(c, [&](const char* key, auto& value) { read_json_field(j, "method", key, value); });
   return c;
 }
 
+Tensor correct_predictions(const Tensor& logits, const Tensor& labels) {
+  if (logits.dim() != 2 || !labels.defined() || labels.dtype() != DType::i32 || labels.dim() != 1 ||
+      labels.size(0) != logits.size(0))
+    throw std::invalid_argument(fmt::format("correct_predictions: needs logits [n, k] and i32 labels [n], got {} and {}",
+                                            logits.str(), labels.defined() ? labels.str() : std::string("undefined")));
+  NoGradGuard no_grad;
+  // argmax and the labels as f32 (class indices are exact), compared and summed on the device.
+  const Tensor predicted = argmax(logits.detach(), 1).to(DType::f32);
+  return sum(eq(predicted, labels.to(DType::f32)));
+}
+
 int64_t count_correct(const Tensor& logits, const Tensor& labels) {
-  const Tensor pred = argmax(logits.detach(), 1).cpu();
-  const Tensor y = labels.cpu().contiguous();
-  const int32_t* p = pred.data<int32_t>();
-  const int32_t* t = y.data<int32_t>();
-  int64_t correct = 0;
-  for (int64_t i = 0; i < pred.numel(); ++i) correct += p[i] == t[i];
-  return correct;
+  return static_cast<int64_t>(correct_predictions(logits, labels).item());
 }
 
 std::unique_ptr<Method> make_method(const MethodConfig& c) {

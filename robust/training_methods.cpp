@@ -16,21 +16,12 @@ namespace {
 // starts from the same random point and the accuracies it compares differ only by the model.
 constexpr uint64_t kGuardSeed = 0x6A2D5EED;
 
-void add_to(BatchResult& total, const BatchResult& r) {
-  total.loss_sum += r.loss_sum;
-  total.correct += r.correct;
-  total.count += r.count;
-}
-
-struct TrainStep {
-  BatchResult result;
-  Tensor input_grad;  // grad_x L at the training input; undefined unless asked for
-};
-
-// One optimizer step on L = mean CE(f(x_train), y): one forward, one backward. With
-// `input_grad` the training input is a leaf that requires grad, so the same backward that gives
-// the weight gradient also gives grad_x L (Free-AT's and DEAT's perturbation step, M+PGD's G).
-TrainStep train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool input_grad) {
+// One optimizer step on L = mean CE(f(x_train), y): one forward, one backward; the loss and the
+// correct predictions go to ctx.log on the device. With `input_grad` the training input is a
+// leaf that requires grad, so the same backward that gives the weight gradient also gives
+// grad_x L, which is returned (Free-AT's and DEAT's perturbation step, M+PGD's G); else an
+// undefined tensor.
+Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool input_grad) {
   Tensor input = x_train.detach();
   if (input_grad) input.set_requires_grad(true);
   ctx.optimizer.zero_grad();
@@ -40,8 +31,8 @@ TrainStep train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, boo
   backward(loss);
   ++ctx.passes.bwd;
   ctx.optimizer.step();
-  const int64_t n = x_train.size(0);
-  return {{loss.item() * static_cast<double>(n), count_correct(logits, y), n}, input_grad ? input.grad() : Tensor()};
+  ctx.log.record(loss, correct_predictions(logits, y), x_train.size(0));
+  return input_grad ? input.grad() : Tensor();
 }
 
 AttackOptions linf_attack(AttackKind kind, double eps, double alpha, int steps) {
@@ -68,6 +59,14 @@ Tensor counted_attack(StepContext& ctx, const Tensor& x, const Tensor& y, Attack
   return x_adv;
 }
 
+// The epoch's G: `carried` (restored from a checkpoint) plus the batches' L1 magnitudes, added in
+// batch order in double, as they were when each was read back right away. One read of the series.
+double epoch_grad_l1(double carried, const DeviceSeries& batches) {
+  double G = carried;
+  for (double l1 : batches.read()) G += l1;
+  return G;
+}
+
 // clip_[0,1](x + U(-eps, eps)) from the method's stream.
 Tensor uniform_start(const Tensor& x, double eps, Generator& gen) {
   return random_start(x, eps, gen.seed(), gen.reserve(random_start_counters(x.numel())));
@@ -75,20 +74,18 @@ Tensor uniform_start(const Tensor& x, double eps, Generator& gen) {
 
 }  // namespace
 
-BatchResult StandardTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
-  return train_on(ctx, x, y, false).result;
-}
+void StandardTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) { train_on(ctx, x, y, false); }
 
 // ---- PGD-AT ------------------------------------------------------------------------------
 
 PgdTraining::PgdTraining(double eps, double alpha, int steps) : eps_(eps), alpha_(alpha), steps_(steps) {}
 
-BatchResult PgdTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
+void PgdTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   // The attack sees the model in training mode, as in Madry's and Rice et al.'s code: its
   // forwards normalise with batch statistics and update BatchNorm's running ones.
   const double s = ctx.eps_scale;
   const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::pgd, s * eps_, s * alpha_, steps_));
-  return train_on(ctx, x_adv, y, false).result;
+  train_on(ctx, x_adv, y, false);
 }
 
 EpochVerdict PgdTraining::on_epoch_end(EpochEnd& end) {
@@ -102,11 +99,11 @@ EpochVerdict PgdTraining::on_epoch_end(EpochEnd& end) {
 FastAtTraining::FastAtTraining(double eps, double alpha, bool guard, double guard_drop, int guard_steps)
     : eps_(eps), alpha_(alpha), guard_on_(guard), guard_steps_(guard_steps), guard_(guard_drop) {}
 
-BatchResult FastAtTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
+void FastAtTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   // Training mode during the attack, as in Wong et al.'s code.
   const double s = ctx.eps_scale;
   const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::fgsm_rs, s * eps_, s * alpha_, 1));
-  return train_on(ctx, x_adv, y, false).result;
+  train_on(ctx, x_adv, y, false);
 }
 
 EpochVerdict FastAtTraining::on_epoch_end(EpochEnd& end) {
@@ -137,36 +134,36 @@ void FastAtTraining::load_state(const nlohmann::json& state) {
 ReplayTraining::ReplayTraining(Options options, std::unique_ptr<ReplaySchedule> schedule)
     : options_(std::move(options)), schedule_(std::move(schedule)), alpha_(options_.alpha) {}
 
-BatchResult ReplayTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
+void ReplayTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   const Tensor x_clean = x.detach().contiguous();
   const double eps = ctx.eps_scale * options_.eps, alpha = ctx.eps_scale * alpha_;
   Tensor x_adv = options_.start == Start::zero ? x_clean.clone() : uniform_start(x_clean, eps, ctx.gen);
-  BatchResult total;
-  double last_grad_l1 = 0;
-  for (int replay = 0; replay < schedule_->r(); ++replay) {
-    const TrainStep step = train_on(ctx, x_adv, y, true);
-    add_to(total, step.result);
-    last_grad_l1 = pgd_step_(x_adv, x_clean, step.input_grad, eps, alpha);
+  const int replays = schedule_->r();
+  for (int replay = 0; replay < replays; ++replay) {
+    const Tensor input_grad = train_on(ctx, x_adv, y, true);
+    // G takes the L1 of the batch's last replay only: that step writes it to the batch's slot.
+    const Tensor l1 = replay + 1 == replays ? batch_grad_l1_.append(x_adv.device()) : Tensor();
+    pgd_step_(x_adv, x_clean, input_grad, eps, alpha, l1);
   }
-  grad_l1_ += last_grad_l1;
-  return total;
 }
 
 EpochVerdict ReplayTraining::on_epoch_end(EpochEnd& end) {
   const int used = schedule_->r();
+  const double G = epoch_grad_l1(grad_l1_, batch_grad_l1_);
   end.extra["r"] = used;
   end.extra["alpha"] = alpha_;
-  end.extra["G"] = grad_l1_;
-  schedule_->epoch_end({end.epoch, grad_l1_, end.train_acc});
+  end.extra["G"] = G;
+  schedule_->epoch_end({end.epoch, G, end.train_acc});
   schedule_->add_metrics(end.extra);
   grad_l1_ = 0;
+  batch_grad_l1_.clear();
   if (options_.alpha_per_r && schedule_->r() > used)
     alpha_ = std::max(options_.eps / schedule_->r(), options_.alpha_min);
   return EpochVerdict::keep_going;
 }
 
 nlohmann::json ReplayTraining::state() const {
-  return {{"schedule", schedule_->state()}, {"alpha", alpha_}, {"G", grad_l1_}};
+  return {{"schedule", schedule_->state()}, {"alpha", alpha_}, {"G", epoch_grad_l1(grad_l1_, batch_grad_l1_)}};
 }
 
 void ReplayTraining::load_state(const nlohmann::json& state) {
@@ -174,6 +171,7 @@ void ReplayTraining::load_state(const nlohmann::json& state) {
   schedule_->load_state(saved_state<nlohmann::json>(state, "schedule", owner));
   alpha_ = saved_state<double>(state, "alpha", owner);
   grad_l1_ = saved_state<double>(state, "G", owner);
+  batch_grad_l1_.clear();
 }
 
 // ---- M+PGD -------------------------------------------------------------------------------
@@ -181,30 +179,34 @@ void ReplayTraining::load_state(const nlohmann::json& state) {
 MplusPgdTraining::MplusPgdTraining(double eps, double alpha, int r_max, double gamma)
     : eps_(eps), alpha_(alpha), rule_(0, r_max, gamma) {}
 
-BatchResult MplusPgdTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
+void MplusPgdTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) {
   // With r = 0 steps the attack is its random start alone: x + U(-eps, eps), clipped to [0,1].
   const double s = ctx.eps_scale;
   const Tensor x_adv = counted_attack(ctx, x, y, linf_attack(AttackKind::pgd, s * eps_, s * alpha_, rule_.r()));
-  const TrainStep step = train_on(ctx, x_adv, y, true);
-  grad_l1_ += sum(abs(step.input_grad)).item();
-  return step.result;
+  const Tensor input_grad = train_on(ctx, x_adv, y, true);
+  batch_grad_l1_.append(input_grad.device()).copy_(sum(abs(input_grad)).reshape({1}));
 }
 
 EpochVerdict MplusPgdTraining::on_epoch_end(EpochEnd& end) {
+  const double G = epoch_grad_l1(grad_l1_, batch_grad_l1_);
   end.extra["r"] = rule_.r();
   end.extra["alpha"] = alpha_;
-  end.extra["G"] = grad_l1_;
-  rule_.epoch_end({end.epoch, grad_l1_, end.train_acc});
+  end.extra["G"] = G;
+  rule_.epoch_end({end.epoch, G, end.train_acc});
   rule_.add_metrics(end.extra);
   grad_l1_ = 0;
+  batch_grad_l1_.clear();
   return EpochVerdict::keep_going;
 }
 
-nlohmann::json MplusPgdTraining::state() const { return {{"rule", rule_.state()}, {"G", grad_l1_}}; }
+nlohmann::json MplusPgdTraining::state() const {
+  return {{"rule", rule_.state()}, {"G", epoch_grad_l1(grad_l1_, batch_grad_l1_)}};
+}
 
 void MplusPgdTraining::load_state(const nlohmann::json& state) {
   rule_.load_state(saved_state<nlohmann::json>(state, "rule", "mplus-pgd"));
   grad_l1_ = saved_state<double>(state, "G", "mplus-pgd");
+  batch_grad_l1_.clear();
 }
 
 // ---- the registry ------------------------------------------------------------------------

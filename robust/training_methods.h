@@ -7,7 +7,8 @@
 // Every adversarial method adds to the epoch's metrics: "r" (the replays or attack steps it
 // used this epoch), "alpha" (its step size this epoch); the replay methods and M+PGD also "G"
 // (the epoch's summed input-gradient L1 magnitude, the M+ signal, free to measure there), and
-// the M+ methods "threshold" (after this epoch's rule; 0 until set).
+// the M+ methods "threshold" (after this epoch's rule; 0 until set). G's per-batch terms stay on
+// the model's device (a DeviceSeries, robust/step_log.h) and are added up at the epoch's end.
 #include <memory>
 #include <string>
 
@@ -23,7 +24,7 @@ namespace bulwark::robust {
 class StandardTraining final : public Method {
  public:
   std::string name() const override { return "standard"; }
-  BatchResult train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
+  void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
 };
 
 // PGD-AT (Madry, Makelov, Schmidt, Tsipras, Vladu 2018, "Towards deep learning models resistant
@@ -36,7 +37,7 @@ class PgdTraining final : public Method {
  public:
   PgdTraining(double eps, double alpha, int steps);
   std::string name() const override { return "pgd"; }
-  BatchResult train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
+  void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
   EpochVerdict on_epoch_end(EpochEnd& end) override;
 
  private:
@@ -56,7 +57,7 @@ class FastAtTraining final : public Method {
  public:
   FastAtTraining(double eps, double alpha, bool guard, double guard_drop, int guard_steps);
   std::string name() const override { return "fgsm-rs"; }
-  BatchResult train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
+  void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
   EpochVerdict on_epoch_end(EpochEnd& end) override;
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& state) override;
@@ -102,7 +103,7 @@ class ReplayTraining final : public Method {
   };
   ReplayTraining(Options options, std::unique_ptr<ReplaySchedule> schedule);
   std::string name() const override { return options_.name; }
-  BatchResult train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
+  void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
   EpochVerdict on_epoch_end(EpochEnd& end) override;
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& state) override;
@@ -111,7 +112,8 @@ class ReplayTraining final : public Method {
   Options options_;
   std::unique_ptr<ReplaySchedule> schedule_;
   double alpha_;
-  double grad_l1_ = 0;  // this epoch's G so far
+  double grad_l1_ = 0;                      // G carried into this epoch (a checkpoint's)
+  DeviceSeries batch_grad_l1_{DType::f64};  // the L1 of each batch's last replay, from pgd_step_
 };
 
 // M+PGD (Wang et al., M+ applied to PGD-AT): PGD-AT whose step count r follows MplusRule from
@@ -124,7 +126,7 @@ class MplusPgdTraining final : public Method {
  public:
   MplusPgdTraining(double eps, double alpha, int r_max, double gamma);
   std::string name() const override { return "mplus-pgd"; }
-  BatchResult train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
+  void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override;
   EpochVerdict on_epoch_end(EpochEnd& end) override;
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& state) override;
@@ -132,7 +134,8 @@ class MplusPgdTraining final : public Method {
  private:
   double eps_, alpha_;
   MplusRule rule_;
-  double grad_l1_ = 0;  // this epoch's G so far
+  double grad_l1_ = 0;                      // G carried into this epoch (a checkpoint's)
+  DeviceSeries batch_grad_l1_{DType::f32};  // sum |grad_x L| of each batch's training pass
 };
 
 // Every method but "standard", from a resolved and validated config.

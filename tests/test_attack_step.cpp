@@ -89,10 +89,15 @@ TEST_CASE("fused pgd step matches the formula and its L1 at awkward sizes", "[at
       expected_l1 += std::abs(static_cast<double>(c.g[i]));
     }
     std::vector<float> got = c.x_adv;
-    const double l1 = cpu::pgd_step(c.x.data(), got.data(), c.g.data(), n, eps, alpha);
+    double l1 = -1;
+    cpu::pgd_step(c.x.data(), got.data(), c.g.data(), n, eps, alpha, &l1);
     INFO("n = " << n);
     CHECK(same_bits(got, expected));
     CHECK(l1 == Approx(expected_l1).epsilon(1e-12));
+    // Without an L1 address: the same step, and no L1.
+    std::vector<float> step_only = c.x_adv;
+    cpu::pgd_step(c.x.data(), step_only.data(), c.g.data(), n, eps, alpha, static_cast<double*>(nullptr));
+    CHECK(same_bits(step_only, expected));
   }
 }
 
@@ -104,7 +109,7 @@ TEST_CASE("pgd steps stay in the eps-ball and in [0,1]", "[attack]") {
   std::uniform_real_distribution<float> grad(-1.f, 1.f);
   for (int step = 0; step < 12; ++step) {
     for (float& g : c.g) g = grad(rng);
-    cpu::pgd_step(c.x.data(), c.x_adv.data(), c.g.data(), n, eps, alpha);
+    cpu::pgd_step(c.x.data(), c.x_adv.data(), c.g.data(), n, eps, alpha, static_cast<double*>(nullptr));
   }
   float worst = 0.f;
   for (int64_t i = 0; i < n; ++i) {
@@ -120,10 +125,11 @@ TEST_CASE("pgd step L1 does not depend on the thread count", "[attack]") {
   const StepCase c = make_step_case(n, 0.1f, 3);
   const int threads = cpu::num_threads();
   std::vector<float> one = c.x_adv, two = c.x_adv;
+  double l1_one = 0, l1_two = 0;
   cpu::set_num_threads(1);
-  const double l1_one = cpu::pgd_step(c.x.data(), one.data(), c.g.data(), n, 0.1f, 0.01f);
+  cpu::pgd_step(c.x.data(), one.data(), c.g.data(), n, 0.1f, 0.01f, &l1_one);
   cpu::set_num_threads(2);
-  const double l1_two = cpu::pgd_step(c.x.data(), two.data(), c.g.data(), n, 0.1f, 0.01f);
+  cpu::pgd_step(c.x.data(), two.data(), c.g.data(), n, 0.1f, 0.01f, &l1_two);
   cpu::set_num_threads(threads);
   CHECK(std::memcmp(&l1_one, &l1_two, sizeof(double)) == 0);
   CHECK(same_bits(one, two));
@@ -166,7 +172,9 @@ TEST_CASE("engine pgd_step_ updates in place for f32 and f64 and checks its argu
   const Tensor x = Tensor::from_vector(c.x, {10, 100});
   const Tensor g = Tensor::from_vector(c.g, {10, 100});
   Tensor x_adv = Tensor::from_vector(c.x_adv, {10, 100});
-  const double l1 = pgd_step_(x_adv, x, g, 0.2, 0.05);
+  const Tensor l1_slot = Tensor::full({1}, -1.0, DType::f64);
+  pgd_step_(x_adv, x, g, 0.2, 0.05, l1_slot);
+  const double l1 = l1_slot.item();
   const std::vector<float> got = x_adv.to_vector();
   double expected_l1 = 0;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -186,6 +194,9 @@ TEST_CASE("engine pgd_step_ updates in place for f32 and f64 and checks its argu
 
   CHECK_THROWS_AS(pgd_step_(x_adv, x, Tensor::zeros({10, 99}), 0.2, 0.05), std::invalid_argument);
   CHECK_THROWS_AS(pgd_step_(x_adv, x, g, -0.1, 0.05), std::invalid_argument);
+  // The L1 goes to one contiguous f64 element.
+  CHECK_THROWS_AS(pgd_step_(x_adv, x, g, 0.2, 0.05, Tensor::zeros({1})), std::invalid_argument);
+  CHECK_THROWS_AS(pgd_step_(x_adv, x, g, 0.2, 0.05, Tensor::zeros({2}, DType::f64)), std::invalid_argument);
 }
 
 TEST_CASE("PGD raises the loss of a random model, inside the budget, with input gradients only", "[attack]") {
@@ -211,7 +222,7 @@ TEST_CASE("PGD raises the loss of a random model, inside the budget, with input 
 
   CHECK(stats.forward_passes == 10);
   CHECK(stats.backward_passes == 10);
-  CHECK(stats.last_grad_l1 > 0);
+  CHECK(stats.last_grad_l1.item() > 0);
   CHECK(backward_stats().inputs_skipped > 0);  // the weights' gradients were never computed
   for (const Tensor& p : model.parameters()) CHECK_FALSE(p.grad().defined());
   CHECK_FALSE(x_adv.requires_grad());

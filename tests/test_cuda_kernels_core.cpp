@@ -286,11 +286,26 @@ TEST_CASE("cuda pgd_step and random_start match the CPU, L1 of g included", "[cu
     cuda::random_start(dx.ptr, dadv.ptr, n, eps, 99, 5);
     require_close(dadv.host(), want, 1e-7, 0, "random_start");
 
-    const double want_l1 = cpu::pgd_step<float>(x.data(), want.data(), g.data(), n, eps, alpha);
-    const double l1 = cuda::pgd_step(dx.ptr, dadv.ptr, dg.ptr, n, eps, alpha);
+    // Two steps: the first without the L1 (the step-only kernel), the second with it, written to
+    // a device address with no copy to the host.
+    std::vector<float> g2(g.rbegin(), g.rend());
+    Dev<float> dg2(g2);
+    double want_l1 = -1;
+    cpu::pgd_step<float>(x.data(), want.data(), g.data(), n, eps, alpha, nullptr);
+    cpu::pgd_step<float>(x.data(), want.data(), g2.data(), n, eps, alpha, &want_l1);
+    Dev<double> dl1(std::vector<double>{-1.0});
+    const uint64_t copies = cuda::host_copy_count();
+    cuda::pgd_step(dx.ptr, dadv.ptr, dg.ptr, n, eps, alpha, nullptr);
+    cuda::pgd_step(dx.ptr, dadv.ptr, dg2.ptr, n, eps, alpha, dl1.ptr);
+    CHECK(cuda::host_copy_count() == copies);
     require_close(dadv.host(), want, 1e-7, 0, "pgd_step x_adv");
+    const double l1 = dl1.host()[0];
     CHECK(std::fabs(l1 - want_l1) <= 1e-9 * std::max(1.0, std::fabs(want_l1)));
   }
+  // No elements: the L1 of nothing is written as 0.
+  Dev<double> dl1(std::vector<double>{-1.0});
+  cuda::pgd_step(nullptr, nullptr, nullptr, 0, 0.1f, 0.01f, dl1.ptr);
+  CHECK(dl1.host()[0] == 0.0);
 }
 
 TEST_CASE("cuda fused SGD step updates every parameter in one launch like the CPU", "[cuda]") {

@@ -6,6 +6,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
 #include "training/optim.h"
@@ -84,10 +85,15 @@ TEST_CASE("the attack step and random start dispatch to the CUDA backend", "[cud
   CHECK(start_gpu.device() == Device::cuda);
   CHECK(allclose(start_gpu, start_cpu, 1e-6, 1e-7));  // same Philox counters
   Tensor adv_cpu = start_cpu.clone(), adv_gpu = start_cpu.cuda();
-  const double l1_cpu = pgd_step_(adv_cpu, x, g, 0.1, 0.02);
-  const double l1_gpu = pgd_step_(adv_gpu, x.cuda(), g.cuda(), 0.1, 0.02);
+  const Tensor l1_cpu_slot = Tensor::empty({1}, DType::f64), l1_gpu_slot = Tensor::empty({1}, DType::f64, Device::cuda);
+  pgd_step_(adv_cpu, x, g, 0.1, 0.02, l1_cpu_slot);
+  const uint64_t copies = cuda::host_copy_count();
+  pgd_step_(adv_gpu, x.cuda(), g.cuda(), 0.1, 0.02, l1_gpu_slot);
+  CHECK(cuda::host_copy_count() == copies);  // the L1 stays on the device
+  const double l1_cpu = l1_cpu_slot.item(), l1_gpu = l1_gpu_slot.item();
   CHECK(std::abs(l1_gpu - l1_cpu) <= 1e-5 * std::abs(l1_cpu));
   CHECK(allclose(adv_gpu, adv_cpu, 1e-6, 1e-7));
   Tensor adv_mixed = start_cpu.cuda();
   CHECK_THROWS_AS(pgd_step_(adv_mixed, x, g, 0.1, 0.02), std::invalid_argument);
+  CHECK_THROWS_AS(pgd_step_(adv_gpu, x.cuda(), g.cuda(), 0.1, 0.02, l1_cpu_slot), std::invalid_argument);
 }

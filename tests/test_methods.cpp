@@ -15,6 +15,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "engine/safetensors.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
 #include "robust/epoch_rules.h"
 #include "robust/methods.h"
@@ -86,26 +87,38 @@ std::unique_ptr<training::Optimizer> sgd(Module& model, double lr = 0.05) {
   return opt;
 }
 
-// A method with the model, optimizer and stream it trains with, one epoch at a time.
+// A method with the model, optimizer and stream it trains with (on `device`), one epoch at a time.
 struct Harness {
   std::unique_ptr<Method> method;
   std::shared_ptr<RecordingModel> model;
   std::unique_ptr<training::Optimizer> optimizer;
   Generator gen{11};
   Batch probe = random_batch(32, kSide, 99);
+  uint64_t host_copies = 0;  // device-to-host copies made inside train_batch so far (CUDA)
 
-  explicit Harness(const MethodConfig& cfg, uint64_t model_seed = 1)
-      : method(make_method(cfg)),
-        model(std::make_shared<RecordingModel>(small_model("mlp", model_seed))),
-        optimizer(sgd(*model)) {}
+  explicit Harness(const MethodConfig& cfg, uint64_t model_seed = 1, Device device = Device::cpu)
+      : method(make_method(cfg)), model(std::make_shared<RecordingModel>(small_model("mlp", model_seed))) {
+    model->to(device);
+    optimizer = sgd(*model);
+    probe = {probe.x.to(device), probe.y.to(device)};
+  }
 
-  // One batch in epoch `epoch`: its passes and result.
+  // One batch in epoch `epoch` (moved to the model's device): its passes and its totals, read
+  // from the step log afterwards.
   std::pair<PassCounter, BatchResult> step(const Batch& b, int64_t epoch, double eps_scale = 1) {
+    const Device device = probe.x.device();
+    const Tensor x = b.x.to(device), y = b.y.to(device);
     PassCounter passes;
-    StepContext ctx{*model, *optimizer, gen, passes, epoch, 0};
+    StepLog log;
+    log.begin_batch(0);
+    StepContext ctx{*model, *optimizer, gen, passes, log, epoch, 0};
     ctx.eps_scale = eps_scale;
-    const BatchResult r = method->train_batch(ctx, b.x, b.y);
-    return {passes, r};
+    const uint64_t copies = cuda::host_copy_count();
+    method->train_batch(ctx, x, y);
+    host_copies += cuda::host_copy_count() - copies;
+    const std::vector<BatchResult> read = log.read_new_batches();
+    REQUIRE(read.size() == 1);
+    return {passes, read[0]};
   }
 
   // The epoch's end; the probe attack's inputs (fgsm-rs) are not kept among the recorded ones.
@@ -258,6 +271,67 @@ TEST_CASE("the overfitting guard fires on a drop of more than guard_drop below t
   restored.load_state(nlohmann::json::parse(guard.state().dump()));
   CHECK(restored.best() == 0.60);
   CHECK(restored.observe(0.39));
+}
+
+// ---- the step log ----------------------------------------------------------------------------
+
+TEST_CASE("a device series reads back what was written, across chunks, one copy per chunk on CUDA", "[methods][cuda]") {
+  for (Device device : {Device::cpu, Device::cuda}) {
+    INFO(device_name(device));
+    DeviceSeries series(DType::f32);
+    const int64_t n = 2500;  // three chunks of 1024, the last partial
+    for (int64_t i = 0; i < n; ++i) series.append(device).copy_(Tensor::full({1}, 0.5 * static_cast<double>(i)).to(device));
+    REQUIRE(series.size() == n);
+    for (int64_t first : {int64_t(0), int64_t(1023), int64_t(1500), n - 1, n}) {
+      INFO("first " << first);
+      const uint64_t copies = cuda::host_copy_count();
+      const std::vector<double> values = series.read(first);
+      REQUIRE(static_cast<int64_t>(values.size()) == n - first);
+      for (int64_t i = first; i < n; ++i) REQUIRE(values[i - first] == 0.5 * static_cast<double>(i));
+      const int64_t chunks_touched = first == n ? 0 : (n - 1) / 1024 - first / 1024 + 1;
+      CHECK(cuda::host_copy_count() - copies == static_cast<uint64_t>(device == Device::cuda ? chunks_touched : 0));
+    }
+    series.clear();
+    CHECK(series.size() == 0);
+    CHECK(series.read().empty());
+    series.append(device).copy_(Tensor::full({1}, 7.0).to(device));
+    CHECK(series.read() == std::vector<double>{7.0});
+    CHECK_THROWS_AS(series.append(device == Device::cpu ? Device::cuda : Device::cpu), std::logic_error);
+  }
+}
+
+TEST_CASE("the step log adds each batch's steps in order and returns each batch once", "[methods]") {
+  StepLog log;
+  CHECK_THROWS_AS(log.record(Tensor::full({}, 1.0), Tensor::full({}, 1.0), 4), std::logic_error);
+  const auto step = [&](double loss, double correct, int64_t count) {
+    log.record(Tensor::full({}, loss), Tensor::full({}, correct), count);
+  };
+  log.begin_batch(3);
+  step(0.25, 2, 4);
+  step(0.5, 3, 4);  // a replay of the same batch
+  log.begin_batch(4);
+  step(1.5, 1, 2);
+  CHECK(log.samples() == 10);
+  std::vector<BatchResult> read = log.read_new_batches();
+  REQUIRE(read.size() == 2);
+  CHECK(read[0].batch == 3);
+  CHECK(read[0].loss_sum == 0.25 * 4 + 0.5 * 4);
+  CHECK(read[0].correct == 5);
+  CHECK(read[0].count == 8);
+  CHECK(read[1].batch == 4);
+  CHECK(read[1].loss_sum == 3.0);
+  CHECK(read[1].correct == 1);
+  CHECK(log.read_new_batches().empty());  // nothing new
+  log.begin_batch(5);                      // a batch without steps still counts as read
+  log.begin_batch(6);
+  step(std::nan(""), 0, 2);
+  read = log.read_new_batches();
+  REQUIRE(read.size() == 2);
+  CHECK(read[0].count == 0);
+  CHECK(std::isnan(read[1].loss_sum));
+  log.clear();
+  CHECK(log.samples() == 0);
+  CHECK(log.read_new_batches().empty());
 }
 
 // ---- the methods on a batch ----------------------------------------------------------------
@@ -504,10 +578,14 @@ TEST_CASE("a pgd and a free step on the CUDA backend (emulated) match the CPU", 
     auto cpu_method = make_method(cfg), gpu_method = make_method(cfg);
     Generator cpu_gen(21), gpu_gen(21);
     PassCounter cpu_passes, gpu_passes;
-    StepContext cpu_ctx{*cpu_model, *cpu_opt, cpu_gen, cpu_passes, 0, 0};
-    StepContext gpu_ctx{*gpu_model, *gpu_opt, gpu_gen, gpu_passes, 0, 0};
-    const BatchResult on_cpu = cpu_method->train_batch(cpu_ctx, b.x, b.y);
-    const BatchResult on_gpu = gpu_method->train_batch(gpu_ctx, b.x.cuda(), b.y.cuda());
+    StepLog cpu_log, gpu_log;
+    cpu_log.begin_batch(0);
+    gpu_log.begin_batch(0);
+    StepContext cpu_ctx{*cpu_model, *cpu_opt, cpu_gen, cpu_passes, cpu_log, 0, 0};
+    StepContext gpu_ctx{*gpu_model, *gpu_opt, gpu_gen, gpu_passes, gpu_log, 0, 0};
+    cpu_method->train_batch(cpu_ctx, b.x, b.y);
+    gpu_method->train_batch(gpu_ctx, b.x.cuda(), b.y.cuda());
+    const BatchResult on_cpu = cpu_log.read_new_batches().at(0), on_gpu = gpu_log.read_new_batches().at(0);
     CHECK(on_gpu.loss_sum == Approx(on_cpu.loss_sum).epsilon(1e-4));
     CHECK(on_gpu.correct == on_cpu.correct);
     CHECK(gpu_passes.fwd == cpu_passes.fwd);
@@ -520,6 +598,35 @@ TEST_CASE("a pgd and a free step on the CUDA backend (emulated) match the CPU", 
       CHECK(it->second.device() == Device::cuda);
       CHECK(max_abs_diff(it->second.cpu(), p) <= 1e-4);
     }
+  }
+}
+
+TEST_CASE("a training batch of every method on the CUDA device (emulated) makes no copy to the host", "[methods][cuda]") {
+  // The loss, the correct count and the M+ signal G stay on the device (robust/step_log.h): a
+  // batch queues its work and returns, and the host waits only where the log is read.
+  const Batch b = random_batch(8, kSide, 7);
+  for (const std::string& name : method_names()) {
+    INFO(name);
+    MethodConfig cfg = resolved(name, 0.1);
+    cfg.guard = false;  // fgsm-rs's guard is an end-of-epoch evaluation, not part of a batch
+    Harness gpu(cfg, 1, Device::cuda), cpu(cfg, 1);
+    // Two epochs: in the second the M+ methods take their first attack step or second replay.
+    for (int64_t epoch = 0; epoch < 2; ++epoch) {
+      INFO("epoch " << epoch);
+      const auto [gpu_passes, on_gpu] = gpu.step(b, epoch);
+      const auto [cpu_passes, on_cpu] = cpu.step(b, epoch);
+      CHECK(gpu_passes.fwd == cpu_passes.fwd);
+      CHECK(on_gpu.count == on_cpu.count);
+      CHECK(on_gpu.correct == on_cpu.correct);
+      CHECK(on_gpu.loss_sum == Approx(on_cpu.loss_sum).epsilon(1e-4));
+      const auto gpu_extra = gpu.end_epoch(epoch, 0.9), cpu_extra = cpu.end_epoch(epoch, 0.9);
+      REQUIRE(gpu_extra.size() == cpu_extra.size());
+      for (const auto& [key, value] : cpu_extra) {
+        INFO(key);
+        CHECK(gpu_extra.at(key) == Approx(value).epsilon(1e-4));
+      }
+    }
+    CHECK(gpu.host_copies == 0);
   }
 }
 
@@ -540,6 +647,36 @@ TEST_CASE("every method trains an epoch end to end through the trainer", "[metho
     if (is_adversarial(name)) {
       CHECK(lines[0].contains("r"));
       CHECK(lines[0].contains("alpha"));
+    }
+  }
+}
+
+TEST_CASE("M+ runs on the CUDA device (emulated) report the CPU's training metrics", "[methods][cuda]") {
+  // train_loss, train_acc and G are added up on the host from the device's step log and G
+  // series at the epoch's end; the CPU run reads the same numbers after every batch.
+  for (const std::string method : {"mplus-deat", "mplus-pgd"}) {
+    INFO(method);
+    TempDir dir("mplus-device");
+    const auto run_on = [&](const std::string& device) {
+      training::TrainConfig c = tiny_run(dir / device, method, 2);
+      training::resolve_defaults(c);
+      c.device = device;  // after resolve_defaults, which refuses cuda without a real GPU
+      fs::create_directories(c.out);
+      training::RunData data = training::load_run_data(c);  // fills c.input
+      training::Trainer trainer(c, std::move(data), quiet());
+      trainer.run();
+      return metrics_lines(dir / device);
+    };
+    const auto on_cpu = run_on("cpu"), on_gpu = run_on("cuda");
+    REQUIRE(on_cpu.size() == 2);
+    REQUIRE(on_gpu.size() == 2);
+    for (size_t e = 0; e < on_cpu.size(); ++e) {
+      INFO("epoch " << e + 1);
+      CHECK(on_gpu[e]["train_loss"].get<double>() == Approx(on_cpu[e]["train_loss"].get<double>()).epsilon(1e-4));
+      CHECK(on_gpu[e]["train_acc"].get<double>() == Approx(on_cpu[e]["train_acc"].get<double>()).margin(1.5 / 96));
+      CHECK(on_gpu[e]["G"].get<double>() == Approx(on_cpu[e]["G"].get<double>()).epsilon(1e-4));
+      CHECK(on_gpu[e]["G"].get<double>() > 0);
+      CHECK(on_gpu[e]["r"] == on_cpu[e]["r"]);
     }
   }
 }

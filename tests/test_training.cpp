@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <unistd.h>
 
@@ -514,6 +515,45 @@ TEST_CASE("a diverging run stops with a clear error and keeps the last good chec
   }
 }
 
+TEST_CASE("on the CUDA device (emulated) a diverging run names the CPU's first bad batch", "[training][cuda]") {
+  // On CUDA the losses stay on the device until the step log is read (at the epoch's end here:
+  // the run is quiet), so the error comes later than on the CPU, which reads after every batch;
+  // it must still name the first batch whose loss was not finite, and write no checkpoint.
+  TempDir dir("nan-device");
+  const auto diverge_on = [&](const std::string& device) {
+    TrainConfig c = tiny_config(dir / device, 2);
+    c.data.train_size = 192;  // 6 batches of 32
+    c.optimizer.name = "sgd";
+    // Beyond f32's range: the first step makes the weights infinite on both backends alike, and
+    // every later batch's loss NaN (a merely huge rate overflows the logits at a batch that
+    // depends on the backend's rounding).
+    c.optimizer.lr = 1e39;
+    c.schedule.name = "constant";
+    resolve_defaults(c);
+    c.device = device;  // after resolve_defaults, which refuses cuda without a real GPU
+    fs::create_directories(c.out);
+    RunData data = load_run_data(c);
+    Trainer trainer(c, std::move(data), quiet());
+    std::string message;
+    try {
+      trainer.run();
+    } catch (const TrainingDiverged& e) {
+      message = e.what();
+    }
+    CHECK_FALSE(fs::exists(fs::path(dir / device) / "last.safetensors"));
+    return message;
+  };
+  const std::string on_cpu = diverge_on("cpu"), on_gpu = diverge_on("cuda");
+  INFO("cpu: " << on_cpu << "\ncuda: " << on_gpu);
+  const std::regex where(R"(at epoch 1/2, batch (\d+)/6 \(lr 1e\+39\))");
+  std::smatch cpu_match, gpu_match;
+  REQUIRE(std::regex_search(on_cpu, cpu_match, where));
+  REQUIRE(std::regex_search(on_gpu, gpu_match, where));
+  CHECK(gpu_match[1] == cpu_match[1]);
+  CHECK(std::stoi(gpu_match[1]) < 6);  // later batches diverged too: the first one is named
+  CHECK_THAT(on_gpu, Catch::Contains("training diverged") && Catch::Contains("no checkpoint"));
+}
+
 TEST_CASE("bad run settings are rejected before any work", "[training]") {
   TempDir dir("bad");
   TrainConfig cfg = tiny_config(dir / "run", 2);
@@ -570,7 +610,13 @@ TEST_CASE("the config round-trips through JSON, and a bad value names its key", 
 
   auto bad = nlohmann::json::parse(j.dump());
   bad["optimizer"]["lr"] = "fast";
-  CHECK_THROWS_WITH(config_from_json(bad), Catch::Contains("'lr'"));
+  CHECK_THROWS_WITH(config_from_json(bad), Catch::Contains("config key 'optimizer.lr'"));
+  bad = nlohmann::json::parse(j.dump());
+  bad["method"]["steps"] = "many";
+  CHECK_THROWS_WITH(config_from_json(bad), Catch::Contains("config key 'method.steps'"));
+  bad = nlohmann::json::parse(j.dump());
+  bad["epochs"] = nlohmann::json::array();
+  CHECK_THROWS_WITH(config_from_json(bad), Catch::Contains("config key 'epochs'"));
   // Keys left out keep their defaults.
   CHECK(config_from_json(nlohmann::json::object()).epochs == TrainConfig{}.epochs);
 }

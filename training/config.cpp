@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "data/idx.h"
+#include "engine/json_field.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
@@ -18,17 +19,6 @@ namespace bulwark::training {
 
 namespace {
 using ojson = nlohmann::ordered_json;
-
-// j[key] into `value` when present, with the key named in the error when its type is wrong.
-template <class T>
-void read(const nlohmann::json& j, const char* key, T& value) {
-  if (!j.contains(key)) return;
-  try {
-    value = j.at(key).get<T>();
-  } catch (const nlohmann::json::exception& e) {
-    throw std::invalid_argument(fmt::format("config key '{}': {}", key, e.what()));
-  }
-}
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
@@ -112,9 +102,9 @@ TrainConfig config_from_json(const nlohmann::json& j) {
   TrainConfig c;
   for_each_field(c, [&](const std::string& group, const char* key, auto& value) {
     if (group.empty()) {
-      read(j, key, value);
+      read_json_field(j, "", key, value);
     } else if (j.contains(group)) {
-      read(j.at(group), key, value);
+      read_json_field(j.at(group), group, key, value);
     }
   });
   if (j.contains("method")) c.method = robust::method_config_from_json(j.at("method"));

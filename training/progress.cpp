@@ -49,6 +49,12 @@ void Progress::batch(int64_t done, double loss, double acc, double images_per_s)
   bar_drawn_ = true;
 }
 
+bool Progress::due(int64_t done, double min_seconds) const {
+  if (!bar_) return false;
+  const double since_draw = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_draw_).count();
+  return done >= batches_ || since_draw >= min_seconds;
+}
+
 void Progress::clear_bar() {
   if (!bar_drawn_) return;
   fmt::print(stderr, "\r\033[K");

@@ -22,6 +22,10 @@ class Progress {
   void start_epoch(int64_t epoch, int64_t epochs, int64_t batches);
   // After each batch: batches done in this epoch, and the running sums of the epoch so far.
   void batch(int64_t done, double loss, double acc, double images_per_s);
+  // Whether the bar is shown and due for a redraw after `done` batches: `min_seconds` have passed
+  // since the last one, or the epoch is complete. The trainer on CUDA reads the epoch's sums
+  // from the device only then (each read makes the host wait).
+  bool due(int64_t done, double min_seconds) const;
   // Clears the bar and prints the epoch's table row (the header before the first row).
   void end_epoch(const EpochMetrics& m, int64_t epochs);
 

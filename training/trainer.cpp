@@ -22,6 +22,10 @@ namespace fs = std::filesystem;
 namespace {
 using Clock = std::chrono::steady_clock;
 
+// On CUDA every read of the step log makes the host wait for the device: the progress bar reads
+// it at most this often there.
+constexpr double kDeviceReadSeconds = 1.0;
+
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // CPU time of the whole process so far (user + system, all threads).
@@ -165,6 +169,24 @@ CheckpointState Trainer::checkpoint_state(int64_t epochs_done, const EpochMetric
   return s;
 }
 
+void Trainer::add_logged_batches(EpochTotals& totals, int64_t epoch, int64_t batches,
+                                 const std::vector<double>& lr_of_batch) {
+  for (const robust::BatchResult& r : step_log_.read_new_batches()) {
+    if (!std::isfinite(r.loss_sum)) {
+      const std::string kept =
+          epoch > 0 ? fmt::format("{} still holds the model after epoch {}", path("last.safetensors"), epoch)
+                    : std::string("no checkpoint was written (this was the first epoch)");
+      throw TrainingDiverged(fmt::format("training diverged: the loss is {} at epoch {}/{}, batch {}/{} (lr {:.3g}); {}. "
+                                         "Lower --lr (it is {:.3g}) or use a schedule that warms up.",
+                                         r.loss_sum, epoch + 1, cfg_.epochs, r.batch + 1, batches,
+                                         lr_of_batch[static_cast<size_t>(r.batch)], kept, cfg_.optimizer.lr));
+    }
+    totals.loss_sum += r.loss_sum;
+    totals.correct += r.correct;
+    totals.count += r.count;
+  }
+}
+
 EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   const auto t0 = Clock::now();
   const double cpu0 = process_cpu_seconds();
@@ -175,8 +197,13 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   model_->train();
 
   PassCounter passes;
-  double loss_sum = 0;
-  int64_t correct = 0, count = 0, done = 0;
+  step_log_.clear();
+  EpochTotals totals;
+  std::vector<double> lr_of_batch(static_cast<size_t>(batches), 0.0);  // for the divergence message
+  // A read of the step log makes the host wait for the device: on the CPU that costs nothing and
+  // happens after every batch; on CUDA only when the progress bar redraws, and at the epoch's end.
+  const bool read_every_batch = device_ == Device::cpu;
+  int64_t done = 0;
   double lr = optimizer_->lr();
   data::Batch b;
   while (loader.next(b)) {
@@ -185,31 +212,27 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     const double progress = static_cast<double>(epoch) + static_cast<double>(b.index) / static_cast<double>(batches);
     lr = schedule_->lr(progress);
     optimizer_->set_lr(lr);
-    robust::StepContext ctx{*model_, *optimizer_, gen_, passes, epoch, b.index};
+    lr_of_batch[static_cast<size_t>(b.index)] = lr;
+    step_log_.begin_batch(b.index);
+    robust::StepContext ctx{*model_, *optimizer_, gen_, passes, step_log_, epoch, b.index};
     if (cfg_.method.eps_ramp > 0) ctx.eps_scale = std::min(1.0, progress / cfg_.method.eps_ramp);
-    const robust::BatchResult r = method_->train_batch(ctx, x, y);
-    if (!std::isfinite(r.loss_sum)) {
-      const std::string kept =
-          epoch > 0 ? fmt::format("{} still holds the model after epoch {}", path("last.safetensors"), epoch)
-                    : std::string("no checkpoint was written (this was the first epoch)");
-      throw TrainingDiverged(fmt::format("training diverged: the loss is {} at epoch {}/{}, batch {}/{} (lr {:.3g}); {}. "
-                                         "Lower --lr (it is {:.3g}) or use a schedule that warms up.",
-                                         r.loss_sum, epoch + 1, cfg_.epochs, b.index + 1, batches, lr, kept,
-                                         cfg_.optimizer.lr));
-    }
-    loss_sum += r.loss_sum;
-    correct += r.correct;
-    count += r.count;
+    method_->train_batch(ctx, x, y);
     ++done;
-    progress_.batch(done, loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count),
-                    static_cast<double>(count) / seconds_since(t0));
+    if (read_every_batch || progress_.due(done, kDeviceReadSeconds)) {
+      add_logged_batches(totals, epoch, batches, lr_of_batch);
+      progress_.batch(done, totals.loss_sum / static_cast<double>(totals.count),
+                      static_cast<double>(totals.correct) / static_cast<double>(totals.count),
+                      static_cast<double>(totals.count) / seconds_since(t0));
+    }
   }
+  add_logged_batches(totals, epoch, batches, lr_of_batch);  // on CUDA: waits for the epoch's last step
   const double train_seconds = seconds_since(t0);
+  const int64_t count = totals.count;
 
   EpochMetrics m;
   m.epoch = epoch + 1;
-  m.train_loss = count > 0 ? loss_sum / static_cast<double>(count) : 0;
-  m.train_acc = count > 0 ? static_cast<double>(correct) / static_cast<double>(count) : 0;
+  m.train_loss = count > 0 ? totals.loss_sum / static_cast<double>(count) : 0;
+  m.train_acc = count > 0 ? static_cast<double>(totals.correct) / static_cast<double>(count) : 0;
   m.lr = lr;
   m.fwd_passes = passes.fwd;
   m.bwd_passes = passes.bwd;

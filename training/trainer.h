@@ -4,8 +4,11 @@
 //
 //   for each epoch e, for each batch i of n (shuffled, augmented; data/loader.h):
 //     optimizer.lr = schedule.lr(e + i / n)
-//     method.train_batch(x, y)           forward(s), loss, backward(s), optimizer step(s)
-//     stop if the loss is NaN or inf     (last.safetensors still holds the last good epoch)
+//     method.train_batch(x, y)           forward(s), loss, backward(s), optimizer step(s); the
+//                                        loss and correct counts stay on the device (StepLog)
+//     read the step log                  every batch on the CPU; on CUDA at the progress bar's
+//                                        redraws (at most once a second) and the epoch's end
+//     stop if a batch's loss is NaN or inf (last.safetensors still holds the last good epoch)
 //   after each epoch:
 //     validate: clean accuracy on the fixed hold-out, PGD-k accuracy on its first
 //       robust_val_size samples (the signal AccelAT follows)
@@ -29,6 +32,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -93,8 +97,17 @@ class Trainer {
   Progress& progress() { return progress_; }
 
  private:
+  // The epoch's training sums so far.
+  struct EpochTotals {
+    double loss_sum = 0;
+    int64_t correct = 0, count = 0;
+  };
   // Trains one epoch and validates; sets stop_ when the method asks to stop at the previous epoch.
   EpochMetrics train_epoch(int64_t epoch, int64_t first_batch);
+  // Adds the batches step_log_ holds beyond those already in `totals`, in batch order (the
+  // arithmetic of reading each batch right away); throws TrainingDiverged, naming the first
+  // batch whose loss is NaN or infinite. On CUDA this waits for the device.
+  void add_logged_batches(EpochTotals& totals, int64_t epoch, int64_t batches, const std::vector<double>& lr_of_batch);
   CheckpointState checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const;
   std::string path(const std::string& name) const;
 
@@ -107,6 +120,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<robust::Method> method_;
+  robust::StepLog step_log_;  // the epoch's per-step loss and correct counts, on the device
   Tensor probe_x_, probe_y_;  // the method's fixed probe batch (robust::EpochEnd)
   bool stop_ = false;         // the method stopped training at the previous epoch's weights
   int64_t stopped_at_epoch_ = -1;

@@ -1,9 +1,9 @@
 // The fused L-inf attack step and the random start on the CPU: one pass over the batch each.
 //
 // pgd_step reads x, x_adv, g and writes x_adv (16 B/element in f32, ~9 FLOPs/element with the
-// |g| sum), so it runs at memory bandwidth; fusing the sign, the step, both clips and the L1
-// reduction saves the 5-6 separate elementwise passes (and their temporaries) that the same
-// step costs when written with engine ops.
+// |g| sum when it is asked for), so it runs at memory bandwidth; fusing the sign, the step, both
+// clips and the L1 reduction saves the 5-6 separate elementwise passes (and their temporaries)
+// that the same step costs when written with engine ops.
 //
 // Determinism: the L1 sum is reduced over fixed chunks of kAttackChunk elements (chunk sums in
 // double, added in chunk order), so its bits do not depend on the thread count. random_start
@@ -25,23 +25,28 @@ constexpr int64_t kParallelMin = 1 << 15;  // below this, threads cost more than
 }
 
 template <class T>
-double pgd_step(const T* x, T* x_adv, const T* g, int64_t n, T eps, T alpha) {
+void pgd_step(const T* x, T* x_adv, const T* g, int64_t n, T eps, T alpha, double* l1) {
+  if (l1 == nullptr) {
+#pragma omp parallel for simd if (n >= kParallelMin) schedule(static)
+    for (int64_t i = 0; i < n; ++i) x_adv[i] = attack::pgd_step(x[i], x_adv[i], g[i], eps, alpha);
+    return;
+  }
   const int64_t chunks = (n + kAttackChunk - 1) / kAttackChunk;
   std::vector<double> chunk_l1(static_cast<size_t>(chunks), 0.0);
 #pragma omp parallel for if (n >= kParallelMin) schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kAttackChunk, end = std::min(n, begin + kAttackChunk);
-    double l1 = 0.0;
-#pragma omp simd reduction(+ : l1)
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t i = begin; i < end; ++i) {
       x_adv[i] = attack::pgd_step(x[i], x_adv[i], g[i], eps, alpha);
-      l1 += static_cast<double>(attack::l1_term(g[i]));
+      sum += static_cast<double>(attack::l1_term(g[i]));
     }
-    chunk_l1[c] = l1;
+    chunk_l1[c] = sum;
   }
   double total = 0.0;
-  for (double l1 : chunk_l1) total += l1;
-  return total;
+  for (double chunk : chunk_l1) total += chunk;
+  *l1 = total;
 }
 
 template <class T>
@@ -59,7 +64,7 @@ void random_start(const T* x, T* x_adv, int64_t n, T eps, uint64_t seed, uint64_
 }
 
 #define BW_INST(T)                                                                 \
-  template double pgd_step<T>(const T*, T*, const T*, int64_t, T, T);              \
+  template void pgd_step<T>(const T*, T*, const T*, int64_t, T, T, double*);       \
   template void random_start<T>(const T*, T*, int64_t, T, uint64_t, uint64_t);
 BW_INST(float)
 BW_INST(double)

@@ -10,9 +10,10 @@ namespace bulwark::cpu {
 constexpr int64_t kAttackChunk = 8192;
 
 // x_adv[i] <- clip_[0,1](clip_[x-eps, x+eps](x_adv[i] + alpha * sign(g[i]))) for i < n, in
-// place, and returns sum_i |g[i]| (accumulated in double) from the same pass.
+// place. With l1 != nullptr, also *l1 = sum_i |g[i]| (accumulated in double) from the same pass
+// (n = 0 writes 0); with nullptr the L1 is not computed.
 template <class T>
-double pgd_step(const T* x, T* x_adv, const T* g, int64_t n, T eps, T alpha);
+void pgd_step(const T* x, T* x_adv, const T* g, int64_t n, T eps, T alpha, double* l1);
 
 // x_adv[i] <- clip_[0,1](x[i] + eps * (2 u_i - 1)), u_i = philox::uniform(seed, offset, i).
 // Consumes philox::counters_for(n) counters of the stream.

@@ -1,19 +1,21 @@
 // The fused L-inf attack step and the random start on the device (scalar bodies:
 // kernels/common/attack_step.h, shared with the CPU loops in kernels/cpu/attack.cpp):
 //
-//   x_adv[i] <- clip_[0,1](clip_[x-eps, x+eps](x_adv[i] + alpha * sign(g[i]))),  returns sum_i |g[i]|
+//   x_adv[i] <- clip_[0,1](clip_[x-eps, x+eps](x_adv[i] + alpha * sign(g[i]))),  *l1 = sum_i |g[i]| (when asked)
 //   random start: x_adv[i] = clip_[0,1](x[i] + eps * (2 u_i - 1)),  u_i = philox::uniform(seed, offset, i)
 // pgd_step: ~9 FLOPs and 16 B per element (read x, x_adv, g; write x_adv): memory-bound.
 // random_start: 1/4 Philox block + 3 FLOPs, 8 B per element.
 //
 // Versions:
-//   v1 (this file) pgd_step is one grid-stride pass that also accumulates |g| in double; each
-//      block reduces its partial (warp shuffles, then shared memory) into partials[block], and a
-//      one-block second kernel adds the partials in block order. So the L1 (DEAT's M+ signal) is
-//      deterministic and costs no extra pass over g. The double accumulation matches the CPU's
-//      (which also sums in double) to ~1e-12 relative. The launcher returns the sum, which copies
-//      8 bytes to the host: the one sync of the attack step, kept because the method needs the
-//      value on the host (a device-resident variant is the next version).
+//   v1 pgd_step was one grid-stride pass that also accumulated |g| in double; each block reduced
+//      its partial (warp shuffles, then shared memory) into partials[block], and a one-block
+//      second kernel added the partials in block order. The launcher returned the sum: an 8-byte
+//      device-to-host copy, so every step of every attack made the host wait.
+//   v2 (this file) the same two kernels, but the second writes the sum to a device address the
+//      caller gives (a slot of the trainer's per-batch log), so the step never waits; the sum is
+//      still deterministic (block order) and matches the CPU's double sum to ~1e-12 relative.
+//      Without an address the L1 is not reduced at all (pgd_step_kernel<false>: one kernel, no
+//      partials): the steps of an attack before its last need no L1.
 //      random_start is one thread per Philox block of 4 elements, the same words as the CPU.
 #include "kernels/common/attack_step.h"
 #include "kernels/common/philox.h"
@@ -23,6 +25,8 @@ namespace bulwark::cuda {
 
 namespace {
 
+// kWithL1: also reduce sum |g| into partials[blockIdx.x]; without, the step alone.
+template <bool kWithL1>
 __global__ void pgd_step_kernel(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha,
                                 double* partials) {
   BW_SHARED(double, scratch, [32]);
@@ -30,8 +34,9 @@ __global__ void pgd_step_kernel(const float* x, float* x_adv, const float* g, in
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float gi = g[i];
     x_adv[i] = attack::pgd_step(x[i], x_adv[i], gi, eps, alpha);
-    l1 += static_cast<double>(attack::l1_term(gi));
+    if (kWithL1) l1 += static_cast<double>(attack::l1_term(gi));
   }
+  if (!kWithL1) return;
   l1 = block_sum<double>(l1, scratch);
   if (threadIdx.x == 0) partials[blockIdx.x] = l1;
 }
@@ -59,21 +64,19 @@ __global__ void random_start_kernel(const float* x, float* x_adv, int64_t n, flo
 
 }  // namespace
 
-double pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha) {
-  if (n <= 0) return 0.0;
-  const unsigned grid = blocks_for(n);
-  auto* partials = static_cast<double*>(device_malloc(sizeof(double) * (grid + 1)));
-  BW_LAUNCH(pgd_step_kernel, grid, kThreads, 0, current_stream(), x, x_adv, g, n, eps, alpha, partials);
-  BW_LAUNCH(sum_partials_kernel, 1, kThreads, 0, current_stream(), partials, static_cast<int>(grid), partials + grid);
-  double total = 0.0;
-  try {
-    copy_to_host(&total, partials + grid, sizeof(double));
-  } catch (...) {
-    device_free(partials);
-    throw;
+void pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha, double* l1) {
+  if (l1 == nullptr) {
+    if (n > 0) BW_LAUNCH(pgd_step_kernel<false>, blocks_for(n), kThreads, 0, current_stream(), x, x_adv, g, n, eps, alpha,
+                         nullptr);
+    return;
   }
-  device_free(partials);
-  return total;
+  // n = 0: no step, and the sum of no partials (0) is still written.
+  const unsigned grid = n > 0 ? blocks_for(n) : 0;
+  auto* partials = grid > 0 ? static_cast<double*>(device_malloc(sizeof(double) * grid)) : nullptr;
+  if (grid > 0) BW_LAUNCH(pgd_step_kernel<true>, grid, kThreads, 0, current_stream(), x, x_adv, g, n, eps, alpha, partials);
+  BW_LAUNCH(sum_partials_kernel, 1, kThreads, 0, current_stream(), partials, static_cast<int>(grid), l1);
+  // Stream-ordered allocator: a later user of this block is queued after the kernels above.
+  if (partials) device_free(partials);
 }
 
 void random_start(const float* x, float* x_adv, int64_t n, float eps, uint64_t seed, uint64_t offset) {

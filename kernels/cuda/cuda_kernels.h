@@ -94,7 +94,9 @@ void batch_norm_backward_train(const float* x, const float* g, const float* gamm
 
 // ---- Philox, attack step, optimizer (random.cu, attack.cu, optim.cu) --------------------------------
 void uniform(float* out, int64_t n, float lo, float hi, uint64_t seed, uint64_t offset);
-double pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha);  // returns sum|g|
+// The fused L-inf step; with l1 != nullptr (a device address) also *l1 = sum |g| in double, queued
+// like everything else: the host does not wait for it (attack.cu).
+void pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha, double* l1);
 void random_start(const float* x, float* x_adv, int64_t n, float eps, uint64_t seed, uint64_t offset);
 
 // One SGD-momentum step (kernels/common/optim.h) over every parameter in a single launch.
