@@ -1,108 +1,159 @@
 #!/usr/bin/env bash
-# The adversarial-training results of docs/results.md: every method of METHODS.md on MNIST
-# (eps 0.3) and Fashion-MNIST (eps 0.1), each with a fixed schedule and with AccelAT, then
-# `bulwark eval` (clean, PGD-50x10, CW-20, FGSM) on a fixed test subset; finally the page.
+# The adversarial-training results of docs/results.md, in two studies:
 #
-#   bench/results/adversarial.sh [--runs DIR] [--jobs J] [--datasets "mnist fashion-mnist"]
-#                                [--methods "..."] [--train-size N] [--epochs E] [--test-size N]
+#   table  every method of METHODS.md on MNIST (eps 0.3) and Fashion-MNIST (eps 0.1), 10 epochs,
+#          trained under each fixed LR shape and under AccelAT. Per method the fixed shape whose
+#          final model has the best robust validation accuracy (PGD-10 on the validation split)
+#          is chosen, and only it and the AccelAT runs are evaluated on the test subset
+#          (`bulwark eval`: clean, PGD-50x10, CW-20, FGSM), so the test set picks nothing.
+#          AccelAT runs twice: from the paper's lr0 1e-3 ("accelat") and from 1e-2, the peak of the
+#          one-cycle shape ("accelat-1e-2"), since AccelAT can only lower its rate.
+#          On MNIST, PGD-AT is also run with the paper's k=40 under the chosen shape and AccelAT.
+#   long   the same sweep over 30 epochs, where AccelAT has room to decay, for PGD-AT on MNIST and
+#          PGD-AT and FGSM-RS on Fashion-MNIST: the question is how many epochs each schedule needs.
 #
-# Every run uses the same training subset, epoch budget, model and optimizer; Free-AT trains
-# E / m epochs (each replays every batch m times), as the method prescribes. A run directory
-# that already has eval.json is skipped, one with a checkpoint is resumed, so the script can be
-# stopped and started again. J runs go in parallel, one thread each.
+#   bench/results/adversarial.sh [--study table|long] [--runs DIR] [--jobs J] [--datasets "..."]
+#                                [--methods "..."] [--shapes "..."] [--train-size N] [--epochs E]
+#                                [--test-size N]
+#
+# Every run of a study uses the same training subset, epoch budget, model and optimizer; Free-AT
+# trains E / m epochs (each replays every batch m times), as the method prescribes. A finished
+# run is skipped and an interrupted one resumed, so the script can be stopped and started again.
+# J runs go in parallel, one thread each. The small files of every run (not the checkpoints) are
+# copied to docs/results/runs/<study>/ and the page is regenerated from them.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bulwark="${BULWARK:-$root/build/bulwark}"
-runs="$root/runs/results"
+runs_root="$root/runs/results"
+study=table
 jobs=2
-datasets="mnist fashion-mnist"
-methods="standard pgd fgsm-rs free mplus-deat mplus-pgd"
+datasets="" methods="" epochs=""
+pairs=""  # "dataset:method ...": the runs of a study; --datasets/--methods give all their pairs
+# The comparison shapes of the AccelAT paper (constant, piecewise, cyclic-restart, one-cycle; its
+# exponential range test finds a rate rather than trains, so it is left out) and the shapes the
+# method papers use: Fast-AT's cyclic triangle and DEAT's x0.1 at 50% and 80% (multistep).
+shapes="constant piecewise multistep cyclic cyclic-restart one-cycle"
 train_size=5000
-epochs=10
-pgd_steps=10    # PGD-AT's k for the table (the papers' 40 on MNIST does not fit this budget)
-eps_ramp=3      # epochs of eps warm-up (Free-AT: the same fraction of its shorter run)
 test_size=1000
-free_replays=5  # so that E / m is a whole number of epochs at E = 10
+pgd_steps=10    # PGD-AT's k for the tables; MNIST adds the paper's k=40 ("pgd40")
+eps_ramp=3      # epochs of eps warm-up (Free-AT: the same fraction of its shorter run)
+free_replays=5  # so that E / m is a whole number of epochs at E = 10 and 30
 shared="${BULWARK_SHARED_DATA:-$root/../shared/data}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --runs) runs="$2"; shift 2 ;;
+    --study) study="$2"; shift 2 ;;
+    --runs) runs_root="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
     --datasets) datasets="$2"; shift 2 ;;
     --methods) methods="$2"; shift 2 ;;
+    --shapes) shapes="$2"; shift 2 ;;
     --train-size) train_size="$2"; shift 2 ;;
     --epochs) epochs="$2"; shift 2 ;;
     --test-size) test_size="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "adversarial.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$study" in
+  table) : "${datasets:=mnist fashion-mnist}" "${methods:=standard pgd fgsm-rs free mplus-deat mplus-pgd}" "${epochs:=10}" ;;
+  long) [[ -n "$datasets$methods" ]] || pairs="mnist:pgd fashion-mnist:pgd fashion-mnist:fgsm-rs"
+        : "${datasets:=mnist fashion-mnist}" "${methods:=pgd fgsm-rs}" "${epochs:=30}" ;;
+  *) echo "adversarial.sh: unknown study '$study' (table or long)" >&2; exit 2 ;;
+esac
 [[ -x "$bulwark" ]] || { echo "adversarial.sh: $bulwark not built (cmake --build build)" >&2; exit 2; }
+runs="$runs_root/$study"
 
-# The fixed schedule each method's paper uses: Fast-AT's cyclic triangle; DEAT's x0.1 at 50%
-# and 80%; piecewise (x0.1 at T/3 and 2T/3) for the rest.
-fixed_schedule() {
+dataset_args() {  # the dataset and its eps
   case "$1" in
-    fgsm-rs) echo "--schedule cyclic" ;;
-    mplus-deat|mplus-pgd) echo "--schedule multistep --milestones $((epochs / 2)),$((epochs * 4 / 5))" ;;
-    *) echo "--schedule piecewise" ;;
-  esac
-}
-
-dataset_args() {  # the dataset, its eps, and PGD-AT's step 2.5 eps / k (Madry's rule)
-  case "$1" in
-    mnist) echo "--dataset mnist --data-dir $shared/mnist --eps 0.3 --pgd-alpha $(python3 -c "print(2.5*0.3/$pgd_steps)")" ;;
-    fashion-mnist) echo "--dataset fashion-mnist --eps 0.1 --pgd-alpha $(python3 -c "print(2.5*0.1/$pgd_steps)")" ;;
+    mnist) echo "--dataset mnist --data-dir $shared/mnist --eps 0.3" ;;
+    fashion-mnist) echo "--dataset fashion-mnist --eps 0.1" ;;
     *) echo "adversarial.sh: unknown dataset $1" >&2; exit 2 ;;
   esac
 }
+dataset_eps() { case "$1" in mnist) echo 0.3 ;; *) echo 0.1 ;; esac; }
 
-one_run() {  # dataset method schedule-label
-  local ds="$1" method="$2" label="$3" dir="$runs/$1/$2-$3"
-  [[ -f "$dir/eval.json" ]] && return 0
-  local sched e="$epochs" extra=""
-  if [[ "$label" == accelat ]]; then sched="--schedule accelat"; else sched="$(fixed_schedule "$method")"; fi
-  local args; args="$(dataset_args "$ds")"
-  local pgd_alpha="${args##*--pgd-alpha }"
-  args="${args% --pgd-alpha *}"
-  local ramp="$eps_ramp"
-  if [[ "$method" == free ]]; then
-    e=$(( (epochs + free_replays - 1) / free_replays ))
-    ramp="$(python3 -c "print($eps_ramp * $e / $epochs)")"
-    extra="--replays $free_replays"
-  fi
-  if [[ "$method" == pgd ]]; then extra="--steps $pgd_steps --alpha $pgd_alpha"; fi
-  if [[ "$method" == free && "$label" != accelat ]]; then sched="--schedule piecewise"; fi
-  mkdir -p "$runs/$ds"
-  if [[ -f "$dir/last.safetensors" && ! -f "$dir/summary.json" ]]; then
-    "$bulwark" train --resume "$dir" --threads 1 --quiet
-  elif [[ ! -f "$dir/summary.json" ]]; then
-    rm -rf "$dir"
-    # shellcheck disable=SC2046
-    "$bulwark" train $args --model wong_small --optimizer adam --lr 1e-3 --method "$method" --eps-ramp "$ramp" $sched $extra \
-      --train-size "$train_size" --epochs "$e" --test-size "$test_size" --threads 1 --quiet --out "$dir"
-  fi
-  "$bulwark" eval --checkpoint "$dir" --test-size "$test_size" --threads 1 --json "$dir/eval.json" > "$dir/eval.txt"
-  echo "done: $ds $method $label ($(date +%H:%M:%S))"
+run_epochs() {  # the epochs a method trains: Free-AT replays each batch m times in E / m epochs
+  if [[ "$1" == free ]]; then echo $(( (epochs + free_replays - 1) / free_replays )); else echo "$epochs"; fi
 }
 
-export -f one_run fixed_schedule dataset_args
+method_args() {  # dataset method-label: the method and its options
+  case "$2" in
+    pgd) echo "--method pgd --steps $pgd_steps --alpha $(python3 -c "print(2.5 * $(dataset_eps "$1") / $pgd_steps)")" ;;  # Madry's 2.5 eps / k
+    pgd40) echo "--method pgd --steps 40 --alpha 0.01" ;;  # Madry et al.'s MNIST setting
+    free) echo "--method free --replays $free_replays" ;;
+    *) echo "--method $2" ;;
+  esac
+}
+
+schedule_args() {  # shape epochs: the schedule and its base rate
+  case "$1" in
+    accelat-1e-2) echo "--schedule accelat --lr 1e-2" ;;
+    accelat) echo "--schedule accelat --lr 1e-3" ;;
+    multistep) echo "--schedule multistep --milestones $(python3 -c "print(f'{$2 / 2:g},{$2 * 4 / 5:g}')") --lr 1e-3" ;;
+    *) echo "--schedule $1 --lr 1e-3" ;;
+  esac
+}
+
+train_run() {  # dataset method-label shape
+  local ds="$1" method="$2" shape="$3" dir="$runs/$1/$2-$3"
+  [[ -f "$dir/summary.json" ]] && return 0
+  mkdir -p "$runs/$ds"
+  if [[ -f "$dir/last.safetensors" ]]; then
+    "$bulwark" train --resume "$dir" --threads 1 --quiet
+  else
+    rm -rf "$dir"
+    local e; e="$(run_epochs "$method")"
+    local ramp; ramp="$(python3 -c "print($eps_ramp * $e / $epochs)")"
+    # shellcheck disable=SC2046
+    "$bulwark" train $(dataset_args "$ds") $(method_args "$ds" "$method") $(schedule_args "$shape" "$e") \
+      --model wong_small --optimizer adam --eps-ramp "$ramp" \
+      --train-size "$train_size" --epochs "$e" --test-size "$test_size" --threads 1 --quiet --out "$dir"
+  fi
+  echo "trained: $ds $method $shape ($(date +%H:%M:%S))"
+}
+
+eval_run() {  # dataset method-label shape
+  local dir="$runs/$1/$2-$3"
+  [[ -f "$dir/eval.json" ]] && return 0
+  "$bulwark" eval --checkpoint "$dir" --test-size "$test_size" --threads 1 --json "$dir/eval.json" > "$dir/eval.txt"
+  echo "evaluated: $1 $2 $3 ($(date +%H:%M:%S))"
+}
+
+# The chosen fixed shape of each (dataset, method): "dataset method shape" lines.
+winners() { python3 "$here/make_page.py" --select --runs "$runs" --shapes "$shapes"; }
+
+export -f train_run eval_run dataset_args dataset_eps run_epochs method_args schedule_args
 export bulwark runs epochs free_replays shared train_size test_size pgd_steps eps_ramp
 export OMP_WAIT_POLICY=passive
-for ds in $datasets; do
-  for m in $methods; do
-    for label in fixed accelat; do echo "$ds $m $label"; done
-  done
-done | xargs -P "$jobs" -L 1 bash -c 'one_run "$0" "$1" "$2"'
+parallel_lines() { xargs -P "$jobs" -L 1 bash -c "$1"' "$0" "$1" "$2"'; }
 
-# The small files of every run (not the checkpoints) go next to the page, so that it can be
-# regenerated, and checked, without training again: make_page.py --runs docs/results/runs.
-for f in "$runs"/*/*/eval.json; do
+if [[ -z "$pairs" ]]; then
+  for ds in $datasets; do for m in $methods; do pairs+=" $ds:$m"; done; done
+fi
+for pair in $pairs; do
+  for shape in $shapes accelat accelat-1e-2; do echo "${pair%%:*} ${pair#*:} $shape"; done
+done | parallel_lines train_run
+
+if [[ "$study" == table ]]; then
+  chosen="$(winners)"
+  extra=""
+  if [[ " $datasets " == *" mnist "* && " $methods " == *" pgd "* ]]; then
+    pgd_shape="$(awk '$1 == "mnist" && $2 == "pgd" {print $3}' <<< "$chosen")"
+    extra="$(printf 'mnist pgd40 %s\nmnist pgd40 accelat\n' "$pgd_shape")"
+    printf '%s\n' "$extra" | parallel_lines train_run
+  fi
+  { printf '%s\n' "$chosen"; for ds in $datasets; do for m in $methods; do echo "$ds $m accelat"; echo "$ds $m accelat-1e-2"; done; done
+    if [[ -n "$extra" ]]; then printf '%s\n' "$extra"; fi; } | parallel_lines eval_run
+fi
+
+for f in "$runs"/*/*/summary.json; do
   d="$(dirname "$f")"
-  rel="${d#"$runs"/}"
-  mkdir -p "$root/docs/results/runs/$rel"
-  cp "$d"/{config.json,metrics.jsonl,summary.json,eval.json} "$root/docs/results/runs/$rel/"
+  dest="$root/docs/results/runs/$study/${d#"$runs"/}"
+  mkdir -p "$dest"
+  for name in config.json metrics.jsonl summary.json eval.json; do
+    [[ -f "$d/$name" ]] && cp "$d/$name" "$dest/"
+  done
 done
 python3 "$here/make_page.py" --runs "$root/docs/results/runs" --out "$root/docs/results.md"
