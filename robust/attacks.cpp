@@ -307,31 +307,6 @@ double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const At
   return static_cast<double>(correct) / static_cast<double>(outcome.correct.size());
 }
 
-double parse_eps(const std::string& text) {
-  const auto fail = [&](const std::string& why) {
-    return std::invalid_argument(fmt::format(
-        "'{}' is not a perturbation size: {} (write a fraction such as 0.3, or k/255 such as 8/255)", text, why));
-  };
-  const auto number = [&](std::string_view s) {
-    double v = 0;
-    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (s.empty() || ec != std::errc() || end != s.data() + s.size() || !std::isfinite(v)) throw fail("not a number");
-    return v;
-  };
-  const std::string_view all(text);
-  const size_t slash = all.find('/');
-  double value = 0;
-  if (slash == std::string_view::npos) {
-    value = number(all);
-  } else {
-    const double numerator = number(all.substr(0, slash)), denominator = number(all.substr(slash + 1));
-    if (denominator == 0) throw fail("division by zero");
-    value = numerator / denominator;
-  }
-  if (!(value >= 0 && value <= 1)) throw fail(fmt::format("{:.6g} is outside [0, 1]", value));
-  return value;
-}
-
 void pgd_step_(Tensor& x_adv, const Tensor& x_in, const Tensor& g_in, double eps, double alpha, const Tensor& l1) {
   require_float_tensor(x_adv, "pgd_step_ x_adv");
   require_budget(eps, alpha);

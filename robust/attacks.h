@@ -104,10 +104,6 @@ AttackOutcome attack_outcome(Module& model, const Tensor& x, const Tensor& y, co
 double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,
                        AttackStats* stats = nullptr);
 
-// A perturbation size from the command line: a fraction ("0.3", "0.031") or k/255 ("8/255").
-// Throws std::invalid_argument naming the text unless it is a number or a ratio of numbers
-// with a non-zero denominator whose value lies in [0, 1].
-double parse_eps(const std::string& text);
 
 // ---- the fused L-inf step and start, for methods that drive their own loop -----------------
 

@@ -16,6 +16,7 @@
 #include "engine/rng.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
+#include "engine/options.h"
 #include "robust/attacks.h"
 #include "training/evaluate.h"
 #include "training/optim.h"
@@ -321,21 +322,21 @@ TEST_CASE("attack options resolve to the papers' defaults and reject bad values"
                     Catch::Contains("labels"));
 }
 
-TEST_CASE("parse_eps reads fractions and k/255 and names what it rejects", "[attacks]") {
-  CHECK(parse_eps("0.3") == 0.3);
-  CHECK(parse_eps("8/255") == 8.0 / 255.0);
-  CHECK(parse_eps("2/255") == 2.0 / 255.0);
-  CHECK(parse_eps("0") == 0.0);
-  CHECK(parse_eps("1") == 1.0);
-  CHECK(parse_eps("255/255") == 1.0);
+TEST_CASE("parse_radius reads fractions and k/255 and names what it rejects", "[attacks]") {
+  CHECK(parse_radius("0.3") == 0.3);
+  CHECK(parse_radius("8/255") == 8.0 / 255.0);
+  CHECK(parse_radius("2/255") == 2.0 / 255.0);
+  CHECK(parse_radius("0") == 0.0);
+  CHECK(parse_radius("1") == 1.0);
+  CHECK(parse_radius("255/255") == 1.0);
   for (const std::string bad : {"8/0", "-1", "abc", "300/255", "", "0.3x", "8/", "/255", "1/2/3", "nan", "inf", "1.5",
                                 " 0.3", "-8/255"}) {
     INFO("'" << bad << "'");
-    CHECK_THROWS_AS(parse_eps(bad), std::invalid_argument);
-    CHECK_THROWS_WITH(parse_eps(bad), Catch::Contains("'" + bad + "'"));
+    CHECK_THROWS_AS(parse_radius(bad), std::invalid_argument);
+    CHECK_THROWS_WITH(parse_radius(bad), Catch::Contains("'" + bad + "'"));
   }
-  CHECK_THROWS_WITH(parse_eps("8/0"), Catch::Contains("division by zero"));
-  CHECK_THROWS_WITH(parse_eps("300/255"), Catch::Contains("outside [0, 1]"));
+  CHECK_THROWS_WITH(parse_radius("8/0"), Catch::Contains("division by zero"));
+  CHECK_THROWS_WITH(parse_radius("300/255"), Catch::Contains("outside [0, 1]"));
 }
 
 TEST_CASE("evaluate_attack scores a dataset in batches, in eval mode, counting passes", "[attacks]") {

@@ -78,7 +78,7 @@ TEST_CASE("bad options exit with code 2 and say what is wrong", "[cli]") {
       {"train --dataset imagenet", "unknown dataset 'imagenet'"},
       {"train --optimizer rmsprop", "unknown optimizer 'rmsprop'"},
       {"train --schedule warmup", "unknown schedule 'warmup'"},
-      {"train --lr -0.1", "learning rate must be > 0"},
+      {"train --lr -0.1", "--lr must be > 0"},
       {"train --no-such-option", "--no-such-option"},
       {"train --resume /nonexistent/run", "not a run directory"},
       {"train --resume /nonexistent/run --lr 0.1", "--lr cannot be combined with --resume"},

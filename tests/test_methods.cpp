@@ -18,8 +18,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
 #include "robust/epoch_rules.h"
-#include "robust/methods.h"
-#include "robust/training_methods.h"
+#include "robust/registry.h"
 #include "training/optim.h"
 #include "training/trainer.h"
 
@@ -69,15 +68,21 @@ Batch random_batch(int64_t n, int64_t side, uint64_t seed) {
   return {Tensor::from_vector(x, {n, 1, side, side}), Tensor::from_vector(y, {n})};
 }
 
-MethodConfig resolved(const std::string& name, double eps) {
+// The method's config at eps on CIFAR-like data, with `given` options and the rest resolved
+// (pgd with 3 steps and free with 3 replays unless given, to keep the tests small).
+MethodConfig resolved(const std::string& name, double eps, const nlohmann::ordered_json& given = {}) {
   MethodConfig c;
   c.name = name;
-  c.eps = eps;
-  if (name == "pgd") c.steps = 3;
-  if (name == "free") c.replays = 3;
-  resolve_method_defaults(c, false);
+  c.options.set("eps", eps);
+  if (name == "pgd") c.options.set("steps", 3);
+  if (name == "free") c.options.set("replays", 3);
+  for (const auto& [key, value] : given.items()) c.options.set(key, value);
+  resolve_method(c, DefaultScope{c.options, "synthetic", false, 10});
   return c;
 }
+
+std::vector<std::string> method_names() { return method_registry().names(); }
+bool is_adversarial(const std::string& name) { return method_registry().at(name).adversarial; }
 
 std::unique_ptr<training::Optimizer> sgd(Module& model, double lr = 0.05) {
   training::OptimizerConfig oc;
@@ -156,9 +161,9 @@ training::TrainConfig tiny_run(const std::string& out, const std::string& method
   c.final_attack_size = 16;
   c.final_attack_steps = 2;
   c.method.name = method;
-  c.method.eps = 4.0 / 255;
-  if (method == "pgd") c.method.steps = 2;
-  if (method == "free") c.method.replays = 2;
+  c.method.options.set("eps", 4.0 / 255);
+  if (method == "pgd") c.method.options.set("steps", 2);
+  if (method == "free") c.method.options.set("replays", 2);
   c.threads = 1;
   c.device = "cpu";
   c.out = out;
@@ -441,10 +446,7 @@ TEST_CASE("Free-AT starts each batch from zero; DEAT from a fresh uniform start"
 
 TEST_CASE("the M+ methods report G and the threshold, and alpha_per_r shrinks the step", "[methods]") {
   const Batch b = random_batch(8, kSide, 4);
-  MethodConfig cfg = resolved("mplus-deat", 0.1);
-  cfg.alpha_per_r = true;
-  cfg.alpha_min = 0;
-  resolve_method_defaults(cfg, false);  // alpha_min = eps / r_max
+  const MethodConfig cfg = resolved("mplus-deat", 0.1, {{"alpha_per_r", true}});  // alpha_min = eps / r_max
   Harness h(cfg);
   h.step(b, 0);
   const auto e0 = h.end_epoch(0, 0.5);
@@ -457,7 +459,7 @@ TEST_CASE("the M+ methods report G and the threshold, and alpha_per_r shrinks th
   CHECK(e1.at("r") == 2);
   CHECK(e1.at("alpha") == Approx(0.1 / 2));  // r grew 1 -> 2 after epoch 0: alpha = eps / 2
   CHECK(e1.at("threshold") == Approx(1.01 * e1.at("G")));
-  CHECK(cfg.alpha_min == Approx(0.1 / 8));
+  CHECK(cfg.options.real("alpha_min") == Approx(0.1 / 8));
 
   Harness pgd(resolved("mplus-pgd", 0.1));
   pgd.step(b, 0);
@@ -493,7 +495,7 @@ TEST_CASE("the fgsm-rs guard stops at the previous epoch when probe robust accur
   CHECK(verdict == EpochVerdict::stop_at_previous);
   CHECK(e1.at("guard_best") == e0.at("guard_acc"));
 
-  cfg.guard = false;
+  cfg.options.set("guard", false);
   Harness off(cfg);
   const auto e = off.end_epoch(0, 0.5, &verdict);
   CHECK(verdict == EpochVerdict::keep_going);
@@ -506,9 +508,8 @@ TEST_CASE("a method restored from its state continues with the same next epoch",
   const Batch b = random_batch(8, kSide, 5);
   for (const std::string name : {"fgsm-rs", "free", "mplus-deat", "mplus-pgd", "deat-d", "deat-p", "pgd"}) {
     INFO(name);
-    MethodConfig cfg = resolved(name, 0.1);
-    cfg.alpha_per_r = name == "mplus-deat";
-    resolve_method_defaults(cfg, false);
+    const MethodConfig cfg =
+        name == std::string("mplus-deat") ? resolved(name, 0.1, {{"alpha_per_r", true}}) : resolved(name, 0.1);
     Harness a(cfg, 7);
     for (int64_t epoch = 0; epoch < 3; ++epoch) {
       a.step(b, epoch);
@@ -608,7 +609,7 @@ TEST_CASE("a training batch of every method on the CUDA device (emulated) makes 
   for (const std::string& name : method_names()) {
     INFO(name);
     MethodConfig cfg = resolved(name, 0.1);
-    cfg.guard = false;  // fgsm-rs's guard is an end-of-epoch evaluation, not part of a batch
+    if (name == "fgsm-rs") cfg.options.set("guard", false);  // fgsm-rs's guard is an end-of-epoch evaluation, not part of a batch
     Harness gpu(cfg, 1, Device::cuda), cpu(cfg, 1);
     // Two epochs: in the second the M+ methods take their first attack step or second replay.
     for (int64_t epoch = 0; epoch < 2; ++epoch) {
@@ -694,8 +695,8 @@ TEST_CASE("PGD-AT has clearly higher PGD accuracy than standard training of the 
     c.data.test_size = 300;
     c.optimizer.name = "adam";
     c.optimizer.lr = 1e-3;
-    c.method.eps = 8.0 / 255;
-    c.method.steps = 3;
+    c.method.options.set("eps", 8.0 / 255);
+    if (method == "pgd") c.method.options.set("steps", 3);
     c.robust_val_size = 0;
     c.final_attack_size = 300;
     c.final_attack_steps = 10;

@@ -111,7 +111,7 @@ TEST_CASE("AccelAT waits out its cool-down after a decay", "[schedule]") {
   // The cool-down is an option: with 2 the plateau decays every second epoch. The first decay does
   // not move, since quiet starts at the cool-down and the window rule alone holds it to epoch 14.
   ScheduleConfig short_cooldown = accelat_config();
-  short_cooldown.accelat_cooldown = 2;
+  short_cooldown.options.set("accelat_cooldown", 2);
   const auto fast = make_schedule(short_cooldown, lr0, 100);
   CHECK(decay_epochs(lr0, lrs_after_epochs(*fast, rise_then_plateau(0.3, 0.02, 10, 20))) ==
         std::vector<int>{14, 16, 18, 20});
@@ -119,7 +119,7 @@ TEST_CASE("AccelAT waits out its cool-down after a decay", "[schedule]") {
   // quiet starts at the cool-down, not at 0: a long cool-down (10) does not delay the first decay
   // on a flat accuracy past epoch window + 2 = 7, only the second one, to 7 + 10.
   ScheduleConfig long_cooldown = accelat_config();
-  long_cooldown.accelat_cooldown = 10;
+  long_cooldown.options.set("accelat_cooldown", 10);
   const auto slow = make_schedule(long_cooldown, lr0, 100);
   CHECK(decay_epochs(lr0, lrs_after_epochs(*slow, std::vector<double>(20, 0.4))) == std::vector<int>{7, 17});
 }
@@ -137,7 +137,7 @@ TEST_CASE("AccelAT keeps the LR while accuracy rises faster than the threshold",
 
   // The threshold is an option: 0.003 lets the same slow rise through.
   ScheduleConfig lenient = accelat_config();
-  lenient.accelat_threshold = 0.003;
+  lenient.options.set("accelat_threshold", 0.003);
   const auto patient = make_schedule(lenient, lr0, 100);
   CHECK(decay_epochs(lr0, lrs_after_epochs(*patient, rise_then_plateau(0.1, 0.004, 60, 12))).empty());
 }
@@ -160,7 +160,7 @@ TEST_CASE("AccelAT never goes below its floor", "[schedule]") {
   CHECK(schedule->epoch_report().at("accelat_decays") == Approx(std::floor((100 - 7) / 5.0) + 1));
 
   ScheduleConfig higher = accelat_config();
-  higher.accelat_floor = 5e-6;
+  higher.options.set("accelat_floor", 5e-6);
   const auto floored = make_schedule(higher, lr0, 100);
   CHECK(lrs_after_epochs(*floored, flat).back() == 5e-6);
 }
@@ -243,13 +243,13 @@ TEST_CASE("bad AccelAT options are rejected with their flag", "[schedule]") {
     edit(cfg);
     CHECK_THROWS_WITH(make_schedule(cfg, 0.1, 10), Catch::Contains(flag));
   };
-  rejects([](ScheduleConfig& c) { c.accelat_window = 0; }, "--accelat-window");
-  rejects([](ScheduleConfig& c) { c.accelat_threshold = std::numeric_limits<double>::quiet_NaN(); },
+  rejects([](ScheduleConfig& c) { c.options.set("accelat_window", 0); }, "--accelat-window");
+  rejects([](ScheduleConfig& c) { c.options.set("accelat_threshold", std::numeric_limits<double>::quiet_NaN()); },
           "--accelat-threshold");
-  rejects([](ScheduleConfig& c) { c.accelat_factor = 1.25; }, "--accelat-factor");
-  rejects([](ScheduleConfig& c) { c.accelat_factor = 0; }, "--accelat-factor");
-  rejects([](ScheduleConfig& c) { c.accelat_cooldown = -1; }, "--accelat-cooldown");
-  rejects([](ScheduleConfig& c) { c.accelat_floor = -1e-6; }, "--accelat-floor");
+  rejects([](ScheduleConfig& c) { c.options.set("accelat_factor", 1.25); }, "--accelat-factor");
+  rejects([](ScheduleConfig& c) { c.options.set("accelat_factor", 0); }, "--accelat-factor");
+  rejects([](ScheduleConfig& c) { c.options.set("accelat_cooldown", -1); }, "--accelat-cooldown");
+  rejects([](ScheduleConfig& c) { c.options.set("accelat_floor", -1e-6); }, "--accelat-floor");
 }
 
 TEST_CASE("cyclic-restart decays linearly from lr0 to 0 in each fifth of training", "[schedule]") {
@@ -298,20 +298,20 @@ TEST_CASE("range-test grows the LR tenfold every tenth of training from 1e-8, wh
 TEST_CASE("AccelAT's options round-trip through the run config JSON", "[schedule]") {
   TrainConfig c;
   c.schedule.name = "accelat";
-  c.schedule.accelat_window = 3;
-  c.schedule.accelat_threshold = 0.0125;
-  c.schedule.accelat_factor = 0.5;
-  c.schedule.accelat_cooldown = 7;
-  c.schedule.accelat_floor = 2.5e-7;
+  c.schedule.options.set("accelat_window", 3);
+  c.schedule.options.set("accelat_threshold", 0.0125);
+  c.schedule.options.set("accelat_factor", 0.5);
+  c.schedule.options.set("accelat_cooldown", 7);
+  c.schedule.options.set("accelat_floor", 2.5e-7);
   const auto j = to_json(c);
   CHECK(j["schedule"]["accelat_window"] == 3);
   CHECK(j["schedule"]["accelat_floor"] == 2.5e-7);
   const ScheduleConfig back = config_from_json(nlohmann::json::parse(j.dump())).schedule;
-  CHECK(back.accelat_window == 3);
-  CHECK(back.accelat_threshold == 0.0125);
-  CHECK(back.accelat_factor == 0.5);
-  CHECK(back.accelat_cooldown == 7);
-  CHECK(back.accelat_floor == 2.5e-7);
+  CHECK(back.options.integer("accelat_window") == 3);
+  CHECK(back.options.real("accelat_threshold") == 0.0125);
+  CHECK(back.options.real("accelat_factor") == 0.5);
+  CHECK(back.options.integer("accelat_cooldown") == 7);
+  CHECK(back.options.real("accelat_floor") == 2.5e-7);
 }
 
 TEST_CASE("bulwark train --schedule accelat takes its options and drives the run's LR", "[schedule]") {

@@ -10,12 +10,16 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "engine/check.h"
+#include "engine/options.h"
 #include "models/zoo.h"
+#include "robust/registry.h"
 #include "robust/attacks.h"
 #include "training/evaluate.h"
 #include "training/progress.h"
@@ -27,13 +31,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr double kSgdDefaultLr = 0.05, kAdamDefaultLr = 1e-3;
-
 struct TrainArgs {
-  TrainConfig cfg;
   RunOptions run;
   std::string resume;
-  std::string eps;  // as typed: "0.3" or "8/255"
+  std::map<std::string, std::string> given;  // flag -> the text typed after it ("" for a bare flag)
 };
 
 struct EvalArgs {
@@ -50,14 +51,78 @@ struct EvalArgs {
   uint64_t seed = 0;
 };
 
-CLI::App* add_train_command(CLI::App& app, TrainArgs& a, CLI::Option*& lr_option) {
-  TrainConfig& c = a.cfg;
+const char* type_name(OptionType t) {
+  switch (t) {
+    case OptionType::flag: return "[BOOL]";
+    case OptionType::integer: return "INT";
+    case OptionType::real: return "FLOAT";
+    case OptionType::radius: return "EPS";
+    case OptionType::text: return "TEXT";
+    case OptionType::reals: return "LIST";
+  }
+  return "TEXT";
+}
+
+// The --help line of an option: its help, its default and its valid range.
+std::string describe(const Option& o) {
+  std::string d = o.help;
+  const std::string range = o.range_text();
+  if (!range.empty() && o.type != OptionType::flag) d += fmt::format(" (valid: {})", range);
+  d += fmt::format(" [default: {}]", o.default_text());
+  return d;
+}
+
+// One command-line flag that records what was typed; parsing and checking come later, when the
+// method and schedule (whose options give the flag its meaning) are known.
+void add_recorded(CLI::App* cmd, TrainArgs& a, const Option& o, const std::string& description, const std::string& group) {
+  CLI::Option* opt = cmd->add_option_function<std::string>(
+      o.flag, [&a, flag = o.flag](const std::string& text) { a.given[flag] = text; }, description);
+  opt->type_name(type_name(o.type))->group(group);
+  if (o.type == OptionType::flag) opt->expected(0, 1);
+}
+
+// Options that several registry entries declare under one flag (--alpha, --r-max): one line,
+// with each owner's default.
+template <class Entry>
+void add_owned_flags(CLI::App* cmd, TrainArgs& a, const std::vector<Entry>& entries, const std::string& kind,
+                     const std::string& group) {
+  std::vector<std::string> seen;
+  for (const Entry& e : entries)
+    for (const Option& o : e.options) {
+      if (std::find(seen.begin(), seen.end(), o.flag) != seen.end()) continue;
+      seen.push_back(o.flag);
+      std::vector<std::string> owners, defaults;
+      for (const Entry& other : entries)
+        for (const Option& p : other.options)
+          if (p.flag == o.flag) {
+            owners.push_back(other.name);
+            defaults.push_back(fmt::format("{} {}", other.name, p.default_text()));
+          }
+      std::string d = o.help;
+      const std::string range = o.range_text();
+      if (!range.empty() && o.type != OptionType::flag) d += fmt::format(" (valid: {})", range);
+      const bool one_default = std::all_of(defaults.begin(), defaults.end(), [&](const std::string& x) {
+        return x.substr(x.find(' ') + 1) == defaults.front().substr(defaults.front().find(' ') + 1);
+      });
+      if (owners.size() == entries.size())
+        d += fmt::format(" [every {}]", kind);
+      else
+        d += fmt::format(" [{}: {}]", kind, fmt::join(owners, ", "));
+      d += one_default ? fmt::format(" [default: {}]", o.default_text())
+                       : fmt::format(" [default: {}]", fmt::join(defaults, "; "));
+      add_recorded(cmd, a, o, d, group);
+    }
+}
+
+CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {
   CLI::App* t = app.add_subcommand("train", "Train a model; writes a run directory (config.json, metrics.jsonl, "
                                             "checkpoints, summary.json)");
   t->footer(
       "With no options: fast adversarial training (FGSM-RS with its overfitting guard) of wong_small under the AccelAT\n"
       "schedule, on Fashion-MNIST at eps 0.1 when Debian's dataset-fashion-mnist is installed (else on the synthetic\n"
-      "dataset at 8/255), for 5 epochs, with PGD-10 validation every epoch and a PGD-20 test at the end.\n\n"
+      "dataset at 8/255), for 5 epochs, with PGD-10 validation every epoch and a PGD-20 test at the end.\n"
+      "Defaults that depend on other options (eps, the step size, lr, milestones) are resolved after all options\n"
+      "are read, and each resolved value is printed with the rule that chose it.\n\n"
       "Examples:\n"
       "  bulwark train\n"
       "  bulwark train --dataset mnist --data-dir data/mnist --method pgd --eps 0.3 --optimizer adam --lr 1e-3\n"
@@ -67,109 +132,16 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a, CLI::Option*& lr_option
       "  bulwark train --resume runs/20250101-120000-wong_small-fashion-mnist");
   t->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last wins
 
-  t->add_option("--model", c.model, fmt::format("Model: {}", fmt::join(model_names(), ", ")))->capture_default_str();
-  t->add_option("--dataset", c.data.dataset,
-                fmt::format("Dataset: {} (default: fashion-mnist when installed, else synthetic)",
-                            fmt::join(dataset_names(), ", ")));
-  t->add_option("--data-dir", c.data.data_dir,
-                "Folder with the dataset's files (mnist, cifar10, cifar100: required; fashion-mnist: default "
-                "/usr/share/datasets/fashion-mnist)");
-  t->add_option("--train-size", c.data.train_size,
-                fmt::format("Training samples, from the start of the training split (0 = all but the validation "
-                            "hold-out; synthetic: {})", kSyntheticTrainSize))
-      ->capture_default_str();
-  t->add_option("--val-size", c.data.val_size, "Validation samples, held out from the end of the training split")
-      ->capture_default_str();
-  t->add_option("--test-size", c.data.test_size,
-                fmt::format("Samples of the test split for the final evaluation (0 = all; synthetic: {})",
-                            kSyntheticTestSize))
-      ->capture_default_str();
-  t->add_option("--data-seed", c.data.data_seed, "Seed that defines the synthetic dataset")->capture_default_str();
-  t->add_option("--crop-pad", c.data.crop_pad, "Augmentation: random crop after zero-padding each side by this many "
-                                               "pixels (CIFAR: 4; 0 = off)")
-      ->capture_default_str();
-  t->add_flag("--flip", c.data.flip, "Augmentation: random horizontal flip");
+  for (const TrainOption& o : train_options()) {
+    std::string d = describe(o.option);
+    if (o.group == "method" && o.option.key == "name")
+      d = fmt::format("Training method: {} (its options are listed below; docs/methods.md) [default: {}]",
+                      fmt::join(robust::method_registry().names(), ", "), o.option.default_text());
+    add_recorded(t, a, o.option, d, "Options");
+  }
+  add_owned_flags(t, a, schedule_registry(), "schedule", "Options of the --schedule");
+  add_owned_flags(t, a, robust::method_registry().all(), "method", "Options of the --method");
 
-  t->add_option("--epochs", c.epochs, "Training epochs")->capture_default_str();
-  t->add_option("--batch-size", c.batch_size, "Training batch size")->capture_default_str();
-  t->add_option("--eval-batch-size", c.eval_batch_size, "Batch size of validation and test evaluation")
-      ->capture_default_str();
-  t->add_option("--optimizer", c.optimizer.name, "Optimizer: sgd or adam")->capture_default_str();
-  lr_option = t->add_option("--lr", c.optimizer.lr,
-                            fmt::format("Base learning rate (default {} for sgd, {} for adam)", kSgdDefaultLr,
-                                        kAdamDefaultLr));
-  t->add_option("--momentum", c.optimizer.momentum, "SGD momentum")->capture_default_str();
-  t->add_flag("--nesterov", c.optimizer.nesterov, "SGD with Nesterov momentum");
-  t->add_option("--weight-decay", c.optimizer.weight_decay, "L2 weight decay (added to the gradient)")
-      ->capture_default_str();
-  t->add_option("--beta1", c.optimizer.beta1, "Adam beta1")->capture_default_str();
-  t->add_option("--beta2", c.optimizer.beta2, "Adam beta2")->capture_default_str();
-  t->add_option("--adam-eps", c.optimizer.eps, "Adam epsilon")->capture_default_str();
-
-  t->add_option("--schedule", c.schedule.name,
-                fmt::format("LR schedule: {} (see docs/training.md)", fmt::join(schedule_names(), ", ")))
-      ->capture_default_str();
-  t->add_option("--milestones", c.schedule.milestones,
-                "multistep: epochs at which the LR is multiplied by --gamma, comma-separated (default: T/2,3T/4)")
-      ->delimiter(',')
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  t->add_option("--gamma", c.schedule.gamma, "multistep: decay factor")->capture_default_str();
-  t->add_option("--min-lr", c.schedule.min_lr, "cosine: the final learning rate")->capture_default_str();
-  t->add_option("--cyclic-peak", c.schedule.peak, "cyclic: where the LR peaks, as a fraction of training")
-      ->capture_default_str();
-  t->add_option("--accelat-window", c.schedule.accelat_window,
-                "accelat: epochs of accuracy averaged, and means needed before the first decay")
-      ->capture_default_str();
-  t->add_option("--accelat-threshold", c.schedule.accelat_threshold,
-                "accelat: decay when the averaged accuracy gained less than this in an epoch")
-      ->capture_default_str();
-  t->add_option("--accelat-factor", c.schedule.accelat_factor, "accelat: the LR is multiplied by this on a decay")
-      ->capture_default_str();
-  t->add_option("--accelat-cooldown", c.schedule.accelat_cooldown, "accelat: epochs without a decay after one")
-      ->capture_default_str();
-  t->add_option("--accelat-floor", c.schedule.accelat_floor, "accelat: the lowest learning rate")->capture_default_str();
-
-  robust::MethodConfig& m = c.method;
-  t->add_option("--method", m.name,
-                fmt::format("Training method: {} (see docs/methods.md)", fmt::join(robust::method_names(), ", ")))
-      ->capture_default_str();
-  t->add_option("--eps", a.eps,
-                "L-inf radius in pixel units, as a fraction or k/255 (default: 0.3 MNIST, 0.1 Fashion-MNIST, 8/255 "
-                "CIFAR and synthetic)");
-  t->add_option("--alpha", m.alpha, "Attack step size (0 = the method's default for eps)")->capture_default_str();
-  t->add_option("--eps-ramp", m.eps_ramp, "Warm-up: eps and alpha grow linearly from 0 over this many epochs (0 = off)")
-      ->capture_default_str();
-  t->add_option("--steps", m.steps, "pgd: attack steps k (0 = 40 on MNIST-like data, 7 on CIFAR-like)")
-      ->capture_default_str();
-  t->add_option("--replays", m.replays, "free: replays m of each batch (0 = 8)")->capture_default_str();
-  t->add_option("--gamma-mplus", m.gamma, "M+: the threshold factor gamma (1.1 for ImageNet)")->capture_default_str();
-  t->add_option("--r-max", m.r_max, "M+ and DEAT ablations: the most replays/steps (0 = the paper's)")
-      ->capture_default_str();
-  t->add_flag("--alpha-per-r", m.alpha_per_r, "mplus-deat: after an increase, alpha = max(eps / r, --alpha-min)");
-  t->add_option("--alpha-min", m.alpha_min, "mplus-deat with --alpha-per-r: the smallest step (0 = eps / r_max)")
-      ->capture_default_str();
-  t->add_option("--deat-d", m.deat_d, "deat-d: epochs per replay increment")->capture_default_str();
-  t->add_option("--deat-p-acc", m.deat_p_acc, "deat-p: training accuracy that adds a replay")->capture_default_str();
-  t->add_option("--guard", m.guard, "fgsm-rs: the catastrophic-overfitting guard (true/false)")->capture_default_str();
-  t->add_option("--guard-drop", m.guard_drop, "fgsm-rs guard: stop when probe robust accuracy falls this far below "
-                                              "the best")
-      ->capture_default_str();
-  t->add_option("--guard-steps", m.guard_steps, "fgsm-rs guard: PGD steps on the probe batch")->capture_default_str();
-  t->add_option("--robust-val-size", c.robust_val_size,
-                "Validation samples attacked with PGD after every epoch (0 = off)")
-      ->capture_default_str();
-  t->add_option("--robust-val-steps", c.robust_val_steps, "PGD steps of the per-epoch robust validation")
-      ->capture_default_str();
-  t->add_option("--final-attack-size", c.final_attack_size,
-                "Test samples attacked with PGD after training (0 = off; `bulwark eval` runs the full suite)")
-      ->capture_default_str();
-  t->add_option("--final-attack-steps", c.final_attack_steps, "PGD steps of the final attack")->capture_default_str();
-  t->add_option("--kernels", c.kernels, "On a GPU: conv/GEMM kernels auto (the faster), ours or vendor")
-      ->capture_default_str();
-  t->add_option("--seed", c.seed, "Seed of the initial weights, shuffling and augmentation")->capture_default_str();
-  t->add_option("--threads", c.threads, "CPU threads (0 = all cores)")->capture_default_str();
-  t->add_option("--device", c.device, "cpu, cuda or auto (auto: cuda when a GPU is usable)")->capture_default_str();
-  t->add_option("--out", c.out, "Run directory (default: runs/<timestamp>-<model>-<dataset>)");
   t->add_option("--resume", a.resume,
                 "Continue the run in this directory from its last.safetensors (only --threads, --stop-after and "
                 "--quiet may be given with it)");
@@ -178,6 +150,54 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a, CLI::Option*& lr_option
       ->capture_default_str();
   t->add_flag("--quiet", a.run.quiet, "No progress bar, epoch table or info lines");
   return t;
+}
+
+// A registry entry's option given on the command line: parsed as that option, or an error that
+// names the flag, its owners and the options `owner` does take.
+template <class Entry>
+void apply_owned(OptionValues& values, const std::vector<Option>& options, const std::string& owner,
+                 const std::vector<Entry>& entries, const std::string& flag, const std::string& text) {
+  for (const Option& o : options)
+    if (o.flag == flag) {
+      const nlohmann::ordered_json v = parse_option_text(o, text);
+      check_option_value(o, v, owner);
+      values.set(o.key, v);
+      return;
+    }
+  std::vector<std::string> owners, own;
+  for (const Entry& e : entries)
+    for (const Option& o : e.options)
+      if (o.flag == flag) owners.push_back(e.name);
+  for (const Option& o : options) own.push_back(o.flag);
+  throw std::invalid_argument(fmt::format("{} is an option of {}, not of {} (which takes {})", flag,
+                                          fmt::join(owners, ", "), owner, own.empty() ? "no options" : fmt::format("{}", fmt::join(own, ", "))));
+}
+
+// The config the command line describes, before its defaults are resolved.
+TrainConfig config_from_args(const TrainArgs& a) {
+  TrainConfig cfg;
+  std::set<std::string> used;
+  for (const TrainOption& t : train_options()) {
+    const auto it = a.given.find(t.option.flag);
+    if (it == a.given.end()) continue;
+    t.set(cfg, parse_option_text(t.option, it->second));
+    used.insert(it->first);
+  }
+  const robust::MethodInfo& method = robust::method_registry().at(cfg.method.name);
+  const ScheduleInfo& schedule = schedule_info(cfg.schedule.name);
+  for (const auto& [flag, text] : a.given) {
+    if (used.count(flag)) continue;
+    const bool of_schedule = std::any_of(schedule_registry().begin(), schedule_registry().end(), [&](const ScheduleInfo& s) {
+      return find_if(s.options.begin(), s.options.end(), [&](const Option& o) { return o.flag == flag; }) != s.options.end();
+    });
+    if (of_schedule)
+      apply_owned(cfg.schedule.options, schedule.options, fmt::format("--schedule {}", schedule.name),
+                  schedule_registry(), flag, text);
+    else
+      apply_owned(cfg.method.options, method.options, fmt::format("--method {}", method.name),
+                  robust::method_registry().all(), flag, text);
+  }
+  return cfg;
 }
 
 CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
@@ -218,7 +238,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   return e;
 }
 
-int run_train(CLI::App& cmd, TrainArgs& a, const CLI::Option& lr_option) {
+int run_train(CLI::App& cmd, TrainArgs& a) {
   if (a.run.stop_after < 0) throw std::invalid_argument(fmt::format("--stop-after must be >= 0, got {}", a.run.stop_after));
   if (!a.resume.empty()) {
     const std::set<std::string> allowed{"--resume", "--threads", "--stop-after", "--quiet", "--help"};
@@ -227,12 +247,10 @@ int run_train(CLI::App& cmd, TrainArgs& a, const CLI::Option& lr_option) {
         throw std::invalid_argument(fmt::format("{} cannot be combined with --resume: a resumed run keeps the options "
                                                 "saved in its checkpoint (start a new run to change them)",
                                                 o->get_name()));
-    resume(a.resume, a.run, a.cfg.threads);
+    resume(a.resume, a.run, config_from_args(a).threads);
     return 0;
   }
-  if (!a.eps.empty()) a.cfg.method.eps = parse_eps(a.eps);
-  if (lr_option.count() == 0) a.cfg.optimizer.lr = a.cfg.optimizer.name == "adam" ? kAdamDefaultLr : kSgdDefaultLr;
-  train(a.cfg, a.run);
+  train(config_from_args(a), a.run);
   return 0;
 }
 
@@ -242,7 +260,7 @@ int run_train(CLI::App& cmd, TrainArgs& a, const CLI::Option& lr_option) {
 double eval_eps(const EvalArgs& a, const nlohmann::json& config, const ModelInput& in, std::string& source) {
   if (!a.eps.empty()) {
     source = "--eps";
-    return parse_eps(a.eps);
+    return parse_radius(a.eps);
   }
   double trained = config.value("eps", -1.0);
   if (trained <= 0 && config.contains("method") && config["method"].is_object())
@@ -269,9 +287,6 @@ struct EvalAttack {
 
 // Every option that can be checked before loading anything.
 void validate_eval_args(const EvalArgs& a) {
-  const auto require = [](bool ok, const std::string& message) {
-    if (!ok) throw std::invalid_argument(message);
-  };
   require(a.test_size >= 0, fmt::format("--test-size must be >= 0 (0 = all), got {}", a.test_size));
   require(a.batch_size >= 1, fmt::format("--batch-size must be >= 1, got {}", a.batch_size));
   require(a.threads >= 0, fmt::format("--threads must be >= 0, got {}", a.threads));
@@ -283,12 +298,12 @@ void validate_eval_args(const EvalArgs& a) {
     require(std::set<std::string>{"clean", "pgd", "cw", "fgsm"}.count(key) > 0,
             fmt::format("unknown attack '{}' in --attacks (use clean, pgd, cw, fgsm)", key));
   try {
-    if (!a.eps.empty()) parse_eps(a.eps);
+    if (!a.eps.empty()) parse_radius(a.eps);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(fmt::format("--eps: {}", e.what()));
   }
   try {
-    if (!a.alpha.empty()) parse_eps(a.alpha);
+    if (!a.alpha.empty()) parse_radius(a.alpha);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(fmt::format("--alpha: {}", e.what()));
   }
@@ -296,7 +311,7 @@ void validate_eval_args(const EvalArgs& a) {
 
 // The attacks of a validated EvalArgs, in --attacks order (repeats dropped).
 std::vector<EvalAttack> eval_attacks(const EvalArgs& a, double eps) {
-  const double alpha = a.alpha.empty() ? 0.0 : parse_eps(a.alpha);
+  const double alpha = a.alpha.empty() ? 0.0 : parse_radius(a.alpha);
   std::vector<EvalAttack> attacks;
   std::set<std::string> seen;
   for (const std::string& key : a.attacks) {
@@ -459,8 +474,7 @@ int run_cli(int argc, char** argv) {
   app.require_subcommand(1);
   TrainArgs train_args;
   EvalArgs eval_args;
-  CLI::Option* lr_option = nullptr;
-  CLI::App* train_cmd = add_train_command(app, train_args, lr_option);
+  CLI::App* train_cmd = add_train_command(app, train_args);
   CLI::App* eval_cmd = add_eval_command(app, eval_args);
 
   try {
@@ -473,7 +487,7 @@ int run_cli(int argc, char** argv) {
     return 2;
   }
   try {
-    if (train_cmd->parsed()) return run_train(*train_cmd, train_args, *lr_option);
+    if (train_cmd->parsed()) return run_train(*train_cmd, train_args);
     return run_eval(eval_args);
   } catch (const TrainingDiverged& e) {
     fmt::print(stderr, "bulwark: error: {}\n", e.what());

@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "data/idx.h"
+#include "engine/check.h"
 #include "engine/json_field.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -20,10 +21,6 @@ namespace bulwark::training {
 namespace {
 using ojson = nlohmann::ordered_json;
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
 std::string timestamp() {
   const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   std::tm tm{};
@@ -32,81 +29,184 @@ std::string timestamp() {
   std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
   return buf;
 }
+
+// An option bound to the field `access` returns (a generic lambda, so it serves both the const
+// and the mutable config); its default is that field in a default-constructed TrainConfig.
+template <class Access>
+TrainOption bound(std::string group, Option o, Access access) {
+  TrainOption t;
+  t.group = std::move(group);
+  t.get = [access](const TrainConfig& c) { return ojson(access(c)); };
+  t.set = [access](TrainConfig& c, const ojson& v) {
+    using T = std::decay_t<decltype(access(c))>;
+    access(c) = v.get<T>();
+  };
+  if (o.fixed.is_null() && !o.rule) o.fixed = t.get(TrainConfig{});
+  t.option = std::move(o);
+  return t;
+}
+
+using T = OptionType;
+
+std::vector<TrainOption> make_train_options() {
+  std::vector<TrainOption> all;
+  const auto add = [&](std::string group, Option o, auto access) { all.push_back(bound(std::move(group), std::move(o), access)); };
+  add("", Option::make("model", "--model", T::text, "Model (docs/models.md)").one_of(model_names()),
+      [](auto& c) -> auto& { return c.model; });
+  add("data",
+      Option::make("dataset", "--dataset", T::text,
+                   fmt::format("Dataset: {} (docs/data.md)", fmt::join(dataset_names(), ", ")))
+          .default_to("")
+          .default_by({}, "fashion-mnist when Debian's dataset-fashion-mnist is installed, else synthetic"),
+      [](auto& c) -> auto& { return c.data.dataset; });
+  add("data",
+      Option::make("data_dir", "--data-dir", T::text,
+                   "Folder with the dataset's files (mnist, cifar10, cifar100: required)")
+          .default_by({}, "fashion-mnist: /usr/share/datasets/fashion-mnist"),
+      [](auto& c) -> auto& { return c.data.data_dir; });
+  add("data",
+      Option::make("train_size", "--train-size", T::integer,
+                   fmt::format("Training samples, from the start of the training split (0 = all but the validation "
+                               "hold-out; synthetic: {})", kSyntheticTrainSize))
+          .at_least(0),
+      [](auto& c) -> auto& { return c.data.train_size; });
+  add("data",
+      Option::make("val_size", "--val-size", T::integer, "Validation samples, held out from the end of the training split")
+          .at_least(1),
+      [](auto& c) -> auto& { return c.data.val_size; });
+  add("data",
+      Option::make("test_size", "--test-size", T::integer,
+                   fmt::format("Samples of the test split for the final evaluation (0 = all; synthetic: {})",
+                               kSyntheticTestSize))
+          .at_least(0),
+      [](auto& c) -> auto& { return c.data.test_size; });
+  add("data", Option::make("data_seed", "--data-seed", T::integer, "Seed that defines the synthetic dataset").at_least(0),
+      [](auto& c) -> auto& { return c.data.data_seed; });
+  add("data",
+      Option::make("crop_pad", "--crop-pad", T::integer,
+                   "Augmentation: random crop after zero-padding each side by this many pixels (CIFAR: 4; 0 = off)")
+          .at_least(0),
+      [](auto& c) -> auto& { return c.data.crop_pad; });
+  add("data", Option::make("flip", "--flip", T::flag, "Augmentation: random horizontal flip"),
+      [](auto& c) -> auto& { return c.data.flip; });
+  add("", Option::make("epochs", "--epochs", T::integer, "Training epochs").at_least(1),
+      [](auto& c) -> auto& { return c.epochs; });
+  add("", Option::make("batch_size", "--batch-size", T::integer, "Training batch size").at_least(1),
+      [](auto& c) -> auto& { return c.batch_size; });
+  add("",
+      Option::make("eval_batch_size", "--eval-batch-size", T::integer, "Batch size of validation and test evaluation")
+          .at_least(1),
+      [](auto& c) -> auto& { return c.eval_batch_size; });
+  add("optimizer", Option::make("name", "--optimizer", T::text, "Optimizer").one_of({"sgd", "adam"}),
+      [](auto& c) -> auto& { return c.optimizer.name; });
+  add("optimizer",
+      Option::make("lr", "--lr", T::real, "Base learning rate")
+          .at_least(0)
+          .default_by({}, fmt::format("{} for sgd, {} for adam", kSgdDefaultLr, kAdamDefaultLr)),
+      [](auto& c) -> auto& { return c.optimizer.lr; });
+  add("optimizer", Option::make("momentum", "--momentum", T::real, "SGD momentum").at_least(0).below(1),
+      [](auto& c) -> auto& { return c.optimizer.momentum; });
+  add("optimizer", Option::make("nesterov", "--nesterov", T::flag, "SGD with Nesterov momentum"),
+      [](auto& c) -> auto& { return c.optimizer.nesterov; });
+  add("optimizer",
+      Option::make("weight_decay", "--weight-decay", T::real, "L2 weight decay (added to the gradient)").at_least(0),
+      [](auto& c) -> auto& { return c.optimizer.weight_decay; });
+  add("optimizer", Option::make("beta1", "--beta1", T::real, "Adam beta1").at_least(0).below(1),
+      [](auto& c) -> auto& { return c.optimizer.beta1; });
+  add("optimizer", Option::make("beta2", "--beta2", T::real, "Adam beta2").at_least(0).below(1),
+      [](auto& c) -> auto& { return c.optimizer.beta2; });
+  add("optimizer", Option::make("eps", "--adam-eps", T::real, "Adam epsilon").above(0),
+      [](auto& c) -> auto& { return c.optimizer.eps; });
+  add("schedule",
+      Option::make("name", "--schedule", T::text, "LR schedule (its options below; docs/training.md)")
+          .one_of(schedule_names()),
+      [](auto& c) -> auto& { return c.schedule.name; });
+  add("method",
+      Option::make("name", "--method", T::text, "Training method (its options below; docs/methods.md)"),
+      [](auto& c) -> auto& { return c.method.name; });
+  add("",
+      Option::make("robust_val_size", "--robust-val-size", T::integer,
+                   "Validation samples attacked with PGD after every epoch (0 = off)")
+          .at_least(0),
+      [](auto& c) -> auto& { return c.robust_val_size; });
+  add("",
+      Option::make("robust_val_steps", "--robust-val-steps", T::integer, "PGD steps of the per-epoch robust validation")
+          .at_least(1),
+      [](auto& c) -> auto& { return c.robust_val_steps; });
+  add("",
+      Option::make("final_attack_size", "--final-attack-size", T::integer,
+                   "Test samples attacked with PGD after training (0 = off; `bulwark eval` runs the full suite)")
+          .at_least(0),
+      [](auto& c) -> auto& { return c.final_attack_size; });
+  add("",
+      Option::make("final_attack_steps", "--final-attack-steps", T::integer, "PGD steps of the final attack").at_least(1),
+      [](auto& c) -> auto& { return c.final_attack_steps; });
+  add("",
+      Option::make("kernels", "--kernels", T::text, "On a GPU: conv/GEMM kernels auto (the faster), ours or vendor")
+          .one_of({"auto", "ours", "vendor"}),
+      [](auto& c) -> auto& { return c.kernels; });
+  add("", Option::make("seed", "--seed", T::integer, "Seed of the initial weights, shuffling, augmentation and the method").at_least(0),
+      [](auto& c) -> auto& { return c.seed; });
+  add("", Option::make("threads", "--threads", T::integer, "CPU threads (0 = all cores)").at_least(0),
+      [](auto& c) -> auto& { return c.threads; });
+  add("", Option::make("device", "--device", T::text, "cuda or cpu; auto: cuda when a GPU is usable").one_of({"auto", "cpu", "cuda"}),
+      [](auto& c) -> auto& { return c.device; });
+  add("",
+      Option::make("out", "--out", T::text, "Run directory").default_by({}, "runs/<timestamp>-<model>-<dataset>"),
+      [](auto& c) -> auto& { return c.out; });
+  return all;
+}
+
+// A block of the config that belongs to a registry (the method's, the schedule's): its "name"
+// is one of the trainer's options, the rest its owner's.
+bool owned_block(const TrainOption& t) { return t.group == "method" || t.group == "schedule"; }
+
 }  // namespace
 
 std::vector<std::string> dataset_names() { return {"synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100"}; }
 
-namespace {
-// Every field of the config once, with its place in the JSON (group "" = top level):
-// to_json and config_from_json both walk this list, so the two cannot drift apart.
-template <class Config, class F>
-void for_each_field(Config& c, F&& f) {
-  f("", "model", c.model);
-  f("data", "dataset", c.data.dataset);
-  f("data", "data_dir", c.data.data_dir);
-  f("data", "train_size", c.data.train_size);
-  f("data", "val_size", c.data.val_size);
-  f("data", "test_size", c.data.test_size);
-  f("data", "data_seed", c.data.data_seed);
-  f("data", "crop_pad", c.data.crop_pad);
-  f("data", "flip", c.data.flip);
-  f("input", "channels", c.input.channels);
-  f("input", "height", c.input.height);
-  f("input", "width", c.input.width);
-  f("input", "num_classes", c.input.num_classes);
-  f("input", "mean", c.input.mean);
-  f("input", "std", c.input.std);
-  f("", "epochs", c.epochs);
-  f("", "batch_size", c.batch_size);
-  f("", "eval_batch_size", c.eval_batch_size);
-  f("optimizer", "name", c.optimizer.name);
-  f("optimizer", "lr", c.optimizer.lr);
-  f("optimizer", "weight_decay", c.optimizer.weight_decay);
-  f("optimizer", "momentum", c.optimizer.momentum);
-  f("optimizer", "nesterov", c.optimizer.nesterov);
-  f("optimizer", "beta1", c.optimizer.beta1);
-  f("optimizer", "beta2", c.optimizer.beta2);
-  f("optimizer", "eps", c.optimizer.eps);
-  f("schedule", "name", c.schedule.name);
-  f("schedule", "milestones", c.schedule.milestones);
-  f("schedule", "gamma", c.schedule.gamma);
-  f("schedule", "min_lr", c.schedule.min_lr);
-  f("schedule", "peak", c.schedule.peak);
-  f("schedule", "accelat_window", c.schedule.accelat_window);
-  f("schedule", "accelat_threshold", c.schedule.accelat_threshold);
-  f("schedule", "accelat_factor", c.schedule.accelat_factor);
-  f("schedule", "accelat_cooldown", c.schedule.accelat_cooldown);
-  f("schedule", "accelat_floor", c.schedule.accelat_floor);
-  f("", "robust_val_size", c.robust_val_size);
-  f("", "robust_val_steps", c.robust_val_steps);
-  f("", "final_attack_size", c.final_attack_size);
-  f("", "final_attack_steps", c.final_attack_steps);
-  f("", "kernels", c.kernels);
-  f("", "seed", c.seed);
-  f("", "threads", c.threads);
-  f("", "device", c.device);
-  f("", "out", c.out);
+const std::vector<TrainOption>& train_options() {
+  static const std::vector<TrainOption> all = make_train_options();
+  return all;
 }
-}  // namespace
 
 ojson to_json(const TrainConfig& c) {
   ojson j;
-  for_each_field(c, [&](const std::string& group, const char* key, const auto& value) {
-    (group.empty() ? j[key] : j[group][key]) = value;
-  });
+  for (const TrainOption& t : train_options()) {
+    if (owned_block(t)) continue;
+    (t.group.empty() ? j[t.option.key] : j[t.group][t.option.key]) = t.get(c);
+  }
+  const ModelInput& in = c.input;
+  j["input"] = {{"channels", in.channels}, {"height", in.height}, {"width", in.width},
+                {"num_classes", in.num_classes}, {"mean", in.mean}, {"std", in.std}};
+  j["schedule"] = to_json(c.schedule);
   j["method"] = robust::to_json(c.method);
   return j;
 }
 
 TrainConfig config_from_json(const nlohmann::json& j) {
   TrainConfig c;
-  for_each_field(c, [&](const std::string& group, const char* key, auto& value) {
-    if (group.empty()) {
-      read_json_field(j, "", key, value);
-    } else if (j.contains(group)) {
-      read_json_field(j.at(group), group, key, value);
+  for (const TrainOption& t : train_options()) {
+    if (owned_block(t)) continue;
+    const nlohmann::json* block = t.group.empty() ? &j : (j.contains(t.group) ? &j.at(t.group) : nullptr);
+    if (!block || !block->contains(t.option.key)) continue;
+    const std::string where = t.group.empty() ? t.option.key : t.group + "." + t.option.key;
+    try {
+      t.set(c, block->at(t.option.key));
+    } catch (const nlohmann::json::exception& e) {
+      throw std::invalid_argument(fmt::format("config key '{}': {}", where, e.what()));
     }
-  });
+  }
+  if (j.contains("input")) {
+    const nlohmann::json& in = j.at("input");
+    read_json_field(in, "input", "channels", c.input.channels);
+    read_json_field(in, "input", "height", c.input.height);
+    read_json_field(in, "input", "width", c.input.width);
+    read_json_field(in, "input", "num_classes", c.input.num_classes);
+    read_json_field(in, "input", "mean", c.input.mean);
+    read_json_field(in, "input", "std", c.input.std);
+  }
+  if (j.contains("schedule")) c.schedule = schedule_config_from_json(j.at("schedule"));
   if (j.contains("method")) c.method = robust::method_config_from_json(j.at("method"));
   return c;
 }
@@ -115,36 +215,43 @@ void validate(const DataConfig& d) {
   const auto datasets = dataset_names();
   require(d.dataset.empty() || std::find(datasets.begin(), datasets.end(), d.dataset) != datasets.end(),
           fmt::format("unknown dataset '{}' (available: {})", d.dataset, fmt::join(datasets, ", ")));
-  require(d.train_size >= 0, fmt::format("--train-size must be >= 0 (0 = all), got {}", d.train_size));
-  require(d.val_size >= 1, fmt::format("--val-size must be >= 1, got {}", d.val_size));
-  require(d.test_size >= 0, fmt::format("--test-size must be >= 0 (0 = all), got {}", d.test_size));
-  require(d.crop_pad >= 0, fmt::format("--crop-pad must be >= 0, got {}", d.crop_pad));
+  TrainConfig c;
+  c.data = d;
+  for (const TrainOption& t : train_options())
+    if (t.group == "data" && t.option.key != "dataset") check_option_value(t.option, t.get(c), "");
 }
 
-void validate(const TrainConfig& c) {
-  const auto models = model_names();
-  require(std::find(models.begin(), models.end(), c.model) != models.end(),
-          fmt::format("unknown model '{}' (available: {})", c.model, fmt::join(models, ", ")));
+namespace {
+
+// Given options whose owner is a registry entry: each must be one of the owner's, in its range.
+void check_given(const std::vector<Option>& options, const OptionValues& given, const std::string& owner) {
+  for (const auto& [key, value] : given.json().items()) {
+    const Option* o = find_option(options, key);
+    require(o != nullptr, fmt::format("option '{}' is not an option of {}", key, owner));
+    check_option_value(*o, value, owner);
+  }
+}
+
+// What can be checked before the defaults are resolved: every value that is set.
+void validate_given(const TrainConfig& c) {
+  for (const TrainOption& t : train_options())
+    if (t.group != "data" && t.option.key != "lr" && !(t.group == "method" && t.option.key == "name"))
+      check_option_value(t.option, t.get(c), "");
+  require(c.optimizer.lr >= 0, fmt::format("--lr must be > 0, got {}", c.optimizer.lr));
   validate(c.data);
-  require(c.epochs >= 1, fmt::format("--epochs must be >= 1, got {}", c.epochs));
-  require(c.batch_size >= 1, fmt::format("--batch-size must be >= 1, got {}", c.batch_size));
-  require(c.eval_batch_size >= 1, fmt::format("--eval-batch-size must be >= 1, got {}", c.eval_batch_size));
-  require(c.threads >= 0, fmt::format("--threads must be >= 0 (0 = all cores), got {}", c.threads));
-  require(c.device == "cpu" || c.device == "cuda" || c.device == "auto",
-          fmt::format("unknown device '{}' (use cpu, cuda or auto)", c.device));
+  check_given(robust::method_registry().at(c.method.name).options, c.method.options,
+              fmt::format("method '{}'", c.method.name));
+  check_given(schedule_info(c.schedule.name).options, c.schedule.options,
+              fmt::format("schedule '{}'", c.schedule.name));
+}
+
+}  // namespace
+
+void validate(const TrainConfig& c) {
+  validate_given(c);
   validate(c.optimizer);
   validate(c.schedule, c.epochs);
   robust::validate(c.method);
-  require(c.robust_val_size >= 0, fmt::format("--robust-val-size must be >= 0 (0 = off), got {}", c.robust_val_size));
-  require(c.robust_val_steps >= 1, fmt::format("--robust-val-steps must be >= 1, got {}", c.robust_val_steps));
-  require(c.final_attack_size >= 0,
-          fmt::format("--final-attack-size must be >= 0 (0 = off), got {}", c.final_attack_size));
-  require(c.final_attack_steps >= 1, fmt::format("--final-attack-steps must be >= 1, got {}", c.final_attack_steps));
-  try {
-    cuda::parse_kernel_source(c.kernels);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(fmt::format("--kernels: {}", e.what()));
-  }
 }
 
 std::string resolve_device(const std::string& requested, std::vector<std::string>& notes) {
@@ -173,6 +280,7 @@ void resolve_data_dir(DataConfig& d) {
 
 std::vector<std::string> resolve_defaults(TrainConfig& c) {
   std::vector<std::string> notes;
+  validate_given(c);
   if (c.data.dataset.empty()) {
     require(c.data.data_dir.empty(), fmt::format("--data-dir {} needs --dataset, to say which dataset is there",
                                                  c.data.data_dir));
@@ -191,15 +299,13 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
   resolve_data_dir(c.data);
 
   const bool mnist_like = c.data.dataset == "mnist" || c.data.dataset == "fashion-mnist";
-  if (c.method.eps < 0 && c.data.dataset == "fashion-mnist") {
-    c.method.eps = 0.1;  // the usual Fashion-MNIST radius; MNIST's 0.3 leaves little to learn
-    if (robust::is_adversarial(c.method.name))
-      notes.push_back(fmt::format("{}: --eps = 0.1 (Fashion-MNIST)", c.method.name));
+  if (c.optimizer.lr == 0) {
+    c.optimizer.lr = c.optimizer.name == "adam" ? kAdamDefaultLr : kSgdDefaultLr;
+    notes.push_back(fmt::format("{}: --lr = {:g} (the default of {})", c.optimizer.name, c.optimizer.lr, c.optimizer.name));
   }
-  for (auto& n : robust::resolve_method_defaults(c.method, mnist_like)) notes.push_back(std::move(n));
-  robust::validate(c.method);
-
-  if (c.schedule.name == "multistep" && c.schedule.milestones.empty()) c.schedule.milestones = default_milestones(c.epochs);
+  for (auto& n : resolve_schedule(c.schedule, c.epochs)) notes.push_back(std::move(n));
+  for (auto& n : robust::resolve_method(c.method, DefaultScope{c.method.options, c.data.dataset, mnist_like, c.epochs}))
+    notes.push_back(std::move(n));
   if (c.threads == 0) c.threads = cpu::num_threads();
   c.device = resolve_device(c.device, notes);
   if (c.out.empty()) {
@@ -207,6 +313,7 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
     c.out = base;
     for (int k = 2; std::filesystem::exists(c.out); ++k) c.out = fmt::format("{}-{}", base, k);
   }
+  validate(c);
   return notes;
 }
 

@@ -5,12 +5,14 @@
 // dataset's actual sizes and the model's input shape included), and the same JSON travels in
 // every checkpoint, so `bulwark train --resume` and `bulwark eval` rebuild the run from it alone.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
-#include "robust/methods.h"
+#include "engine/options.h"
+#include "robust/registry.h"
 #include "training/optim.h"
 #include "training/schedule.h"
 
@@ -38,6 +40,7 @@ struct TrainConfig {
   TrainConfig() {
     schedule.name = "accelat";
     method.name = "fgsm-rs";
+    optimizer.lr = 0;  // the optimizer's default (resolve_defaults): 0.05 for sgd, 1e-3 for adam
   }
   std::string model = "wong_small";
   DataConfig data;
@@ -47,7 +50,7 @@ struct TrainConfig {
   int64_t eval_batch_size = 500;
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
-  robust::MethodConfig method;  // the training method and its attack (robust/methods.h)
+  robust::MethodConfig method;  // the training method and its options (robust/registry.h)
   // After every epoch: PGD-k accuracy on the first robust_val_size validation samples (eval mode,
   // step 2.5 eps / k, one fixed random start), the signal AccelAT follows. 0 = off.
   int64_t robust_val_size = 1000;
@@ -66,6 +69,19 @@ struct TrainConfig {
 std::vector<std::string> dataset_names();
 // The synthetic dataset's sizes when --train-size / --test-size are 0.
 inline constexpr int64_t kSyntheticTrainSize = 10000, kSyntheticTestSize = 2000;
+inline constexpr double kSgdDefaultLr = 0.05, kAdamDefaultLr = 1e-3;
+
+// One option of the trainer, bound to its field of TrainConfig: the table train_options() is
+// the one declaration of every `bulwark train` option that is not a method's or a schedule's;
+// the CLI, config.json, validation and docs/training.md's tables come from it. Its default is
+// the field's value in a default-constructed TrainConfig.
+struct TrainOption {
+  std::string group;  // its place in config.json: "" (top level), "data", "optimizer"
+  Option option;
+  std::function<nlohmann::ordered_json(const TrainConfig&)> get;
+  std::function<void(TrainConfig&, const nlohmann::ordered_json&)> set;
+};
+const std::vector<TrainOption>& train_options();
 
 nlohmann::ordered_json to_json(const TrainConfig& cfg);
 // Missing keys keep their defaults; wrong types throw with the key's name.

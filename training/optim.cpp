@@ -5,16 +5,13 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "engine/check.h"
 #include "engine/optim_ops.h"
 
 namespace bulwark::training {
 
 namespace {
 const char* kStepName = "optimizer.step";
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
 }  // namespace
 
 void validate(const OptimizerConfig& cfg) {

@@ -10,6 +10,8 @@
 #include <numbers>
 #include <stdexcept>
 
+#include "engine/check.h"
+
 namespace bulwark::training {
 
 namespace {
@@ -35,7 +37,11 @@ class ShapeSchedule final : public LrSchedule {
 // of the validation accuracies; everything the rule reads is state, so a resume continues it.
 class AccelatSchedule final : public LrSchedule {
  public:
-  AccelatSchedule(const ScheduleConfig& cfg, double lr0) : cfg_(cfg), lr_(lr0), quiet_(cfg.accelat_cooldown) {}
+  struct Constants {
+    int64_t window, cooldown;
+    double threshold, factor, floor;
+  };
+  AccelatSchedule(Constants c, double lr0) : cfg_(c), lr_(lr0), quiet_(c.cooldown) {}
 
   double lr(double) const override { return lr_; }
 
@@ -43,13 +49,13 @@ class AccelatSchedule final : public LrSchedule {
     accuracies_.push_back(metrics.robust_val_acc >= 0 ? metrics.robust_val_acc : metrics.val_acc);
     const double mean = window_mean();
     ++quiet_;
-    const auto window = static_cast<size_t>(cfg_.accelat_window);
-    if (means_.size() > window && quiet_ > cfg_.accelat_cooldown && mean - means_.back() < cfg_.accelat_threshold) {
-      lr_ *= cfg_.accelat_factor;
+    const auto window = static_cast<size_t>(cfg_.window);
+    if (means_.size() > window && quiet_ > cfg_.cooldown && mean - means_.back() < cfg_.threshold) {
+      lr_ *= cfg_.factor;
       quiet_ = 1;
       ++decays_;
     }
-    lr_ = std::max(lr_, cfg_.accelat_floor);
+    lr_ = std::max(lr_, cfg_.floor);
     means_.push_back(mean);
   }
 
@@ -82,88 +88,232 @@ class AccelatSchedule final : public LrSchedule {
  private:
   // mean(acc[-window:]): fewer values while fewer epochs are done.
   double window_mean() const {
-    const size_t count = std::min(accuracies_.size(), static_cast<size_t>(cfg_.accelat_window));
+    const size_t count = std::min(accuracies_.size(), static_cast<size_t>(cfg_.window));
     double sum = 0;
     for (auto a = accuracies_.end() - static_cast<std::ptrdiff_t>(count); a != accuracies_.end(); ++a) sum += *a;
     return sum / static_cast<double>(count);
   }
 
-  ScheduleConfig cfg_;
+  Constants cfg_;
   double lr_;
   int64_t quiet_;
   int64_t decays_ = 0;
   std::vector<double> accuracies_, means_;
 };
-}  // namespace
 
-std::vector<std::string> schedule_names() {
-  return {"constant",  "multistep",      "cosine",     "cyclic", "one-cycle",
-          "piecewise", "cyclic-restart", "range-test", "accelat"};
+// A schedule that is a function of (t; lr0, T) alone, without options of its own.
+ScheduleInfo shape(std::string name, std::string summary, std::function<double(double t, double lr0, double T)> f) {
+  ScheduleInfo info;
+  info.name = std::move(name);
+  info.summary = std::move(summary);
+  info.make = [f](const OptionValues&, double lr0, int64_t epochs) {
+    const double T = static_cast<double>(epochs);
+    return std::make_unique<ShapeSchedule>([f, lr0, T](double t) { return f(t, lr0, T); });
+  };
+  return info;
 }
 
-std::vector<double> default_milestones(int64_t epochs) {
-  const double T = static_cast<double>(epochs);
-  return {T / 2, 3 * T / 4};
+ScheduleInfo multistep_schedule() {
+  ScheduleInfo info;
+  info.name = "multistep";
+  info.summary = "lr0 * gamma^(milestones passed) (PyTorch's MultiStepLR; DEAT's x0.1 at 50% and 80%)";
+  info.options = {
+      Option::make("milestones", "--milestones", OptionType::reals,
+                   "multistep: epochs at which the LR is multiplied by --gamma, comma-separated")
+          .above(0)
+          .default_by(
+              [](const DefaultScope& s) -> DefaultChoice {
+                const double T = static_cast<double>(s.epochs);
+                return {nlohmann::ordered_json::array({T / 2, 3 * T / 4}), "T/2 and 3T/4"};
+              },
+              "T/2,3T/4"),
+      Option::make("gamma", "--gamma", OptionType::real, "multistep: decay factor").above(0).at_most(1).default_to(0.1),
+  };
+  info.check = [](const OptionValues& o, int64_t epochs) {
+    const std::vector<double> ms = o.reals("milestones");
+    require(std::is_sorted(ms.begin(), ms.end()), fmt::format("--milestones must be ascending, got {}", fmt::join(ms, ",")));
+    for (double m : ms)
+      require(m <= static_cast<double>(epochs),
+              fmt::format("milestone {} is outside (0, {}] (the number of epochs)", m, epochs));
+  };
+  info.make = [](const OptionValues& o, double lr0, int64_t) {
+    return std::make_unique<ShapeSchedule>([lr0, ms = o.reals("milestones"), gamma = o.real("gamma")](double t) {
+      const auto passed = std::upper_bound(ms.begin(), ms.end(), t) - ms.begin();
+      return lr0 * std::pow(gamma, static_cast<double>(passed));
+    });
+  };
+  return info;
+}
+
+ScheduleInfo cosine_schedule() {
+  ScheduleInfo info;
+  info.name = "cosine";
+  info.summary = "min_lr + (lr0 - min_lr) (1 + cos(pi t / T)) / 2 (PyTorch's CosineAnnealingLR)";
+  info.options = {Option::make("min_lr", "--min-lr", OptionType::real, "cosine: the final learning rate")
+                      .at_least(0)
+                      .default_to(0.0)};
+  info.make = [](const OptionValues& o, double lr0, int64_t epochs) {
+    const double T = static_cast<double>(epochs);
+    return std::make_unique<ShapeSchedule>([lr0, T, lo = o.real("min_lr")](double t) {
+      return lo + (lr0 - lo) * (1 + std::cos(std::numbers::pi * std::min(t, T) / T)) / 2;
+    });
+  };
+  return info;
+}
+
+ScheduleInfo cyclic_schedule() {
+  ScheduleInfo info;
+  info.name = "cyclic";
+  info.summary = "0 -> lr0 at peak*T -> 0 at T, linear (Fast-AT's triangle, Wong et al. 2020)";
+  info.options = {Option::make("peak", "--cyclic-peak", OptionType::real,
+                               "cyclic: where the LR peaks, as a fraction of training")
+                      .above(0)
+                      .below(1)
+                      .default_to(0.4)};
+  info.make = [](const OptionValues& o, double lr0, int64_t epochs) {
+    const double T = static_cast<double>(epochs);
+    return std::make_unique<ShapeSchedule>(
+        [lr0, T, peak = o.real("peak")](double t) { return interp(t, {0, peak * T, T}, {0, lr0, 0}); });
+  };
+  return info;
+}
+
+ScheduleInfo accelat_schedule() {
+  ScheduleInfo info;
+  info.name = "accelat";
+  info.summary = "AccelAT (Nikfam et al. 2022): lr0, multiplied by --accelat-factor when the windowed mean of the "
+                 "robust validation accuracy gained less than --accelat-threshold in an epoch";
+  info.options = {
+      Option::make("accelat_window", "--accelat-window", OptionType::integer,
+                   "accelat: epochs of accuracy averaged, and means needed before the first decay")
+          .at_least(1)
+          .default_to(5),
+      Option::make("accelat_threshold", "--accelat-threshold", OptionType::real,
+                   "accelat: decay when the averaged accuracy gained less than this in an epoch")
+          .default_to(0.005),
+      Option::make("accelat_factor", "--accelat-factor", OptionType::real,
+                   "accelat: the LR is multiplied by this on a decay")
+          .above(0)
+          .at_most(1)
+          .default_to(0.8),
+      Option::make("accelat_cooldown", "--accelat-cooldown", OptionType::integer,
+                   "accelat: epochs without a decay after one")
+          .at_least(0)
+          .default_to(5),
+      Option::make("accelat_floor", "--accelat-floor", OptionType::real, "accelat: the lowest learning rate")
+          .at_least(0)
+          .default_to(1e-6),
+  };
+  info.make = [](const OptionValues& o, double lr0, int64_t) {
+    return std::make_unique<AccelatSchedule>(
+        AccelatSchedule::Constants{o.integer("accelat_window"), o.integer("accelat_cooldown"),
+                                   o.real("accelat_threshold"), o.real("accelat_factor"), o.real("accelat_floor")},
+        lr0);
+  };
+  return info;
+}
+
+// The schedules, one line each.
+std::vector<ScheduleInfo> builtin_schedules() {
+  std::vector<ScheduleInfo> all;
+  all.push_back(shape("constant", "lr0", [](double, double lr0, double) { return lr0; }));
+  all.push_back(multistep_schedule());
+  all.push_back(cosine_schedule());
+  all.push_back(cyclic_schedule());
+  all.push_back(shape("one-cycle", "lr0 -> 10 lr0 at 2T/5 -> lr0 at 4T/5 -> lr0/100 at T, linear (AccelAT's comparison)",
+                      [](double t, double lr0, double T) {
+                        return interp(t, {0, 2 * T / 5, 4 * T / 5, T}, {lr0, 10 * lr0, lr0, lr0 / 100});
+                      }));
+  all.push_back(shape("piecewise", "lr0, lr0/10 from T/3, lr0/100 from 2T/3 (AccelAT's comparison)",
+                      [](double t, double lr0, double T) {
+                        return t < T / 3 ? lr0 : (t < 2 * T / 3 ? lr0 / 10 : lr0 / 100);
+                      }));
+  // u = 5t/T counts the cycles (one rounding fewer than t / (T/5)); the lr restarts at lr0 at
+  // each integer u < 5 and reaches 0 at the end of the fifth cycle.
+  all.push_back(shape("cyclic-restart", "lr0 * (1 - frac(5t/T)): 5 linear cycles lr0 -> 0 (AccelAT's comparison)",
+                      [](double t, double lr0, double T) {
+                        const double u = std::clamp(5 * t / T, 0.0, 5.0);
+                        const double cycle = std::min(std::floor(u), 4.0);
+                        return lr0 * (1 - (u - cycle));
+                      }));
+  all.push_back(shape("range-test", "1e-8 * 10^(t / (T/10)), one decade per T/10, ignores lr0 (AccelAT's comparison)",
+                      [](double t, double, double T) { return 1e-8 * std::pow(10.0, 10 * t / T); }));
+  all.push_back(accelat_schedule());
+  return all;
+}
+
+// Every schedule's option keys: the fields of the single block written before schedules had their own.
+std::vector<std::string> all_schedule_keys() {
+  std::vector<std::string> keys;
+  for (const ScheduleInfo& s : schedule_registry())
+    for (const Option& o : s.options) keys.push_back(o.key);
+  return keys;
+}
+
+std::string owner(const std::string& name) { return fmt::format("schedule '{}'", name); }
+
+}  // namespace
+
+const std::vector<ScheduleInfo>& schedule_registry() {
+  static const std::vector<ScheduleInfo> all = builtin_schedules();
+  return all;
+}
+
+std::vector<std::string> schedule_names() {
+  std::vector<std::string> names;
+  for (const ScheduleInfo& s : schedule_registry()) names.push_back(s.name);
+  return names;
+}
+
+const ScheduleInfo& schedule_info(const std::string& name) {
+  for (const ScheduleInfo& s : schedule_registry())
+    if (s.name == name) return s;
+  throw std::invalid_argument(fmt::format("unknown schedule '{}' (available: {})", name, fmt::join(schedule_names(), ", ")));
+}
+
+std::vector<std::string> resolve_schedule(ScheduleConfig& cfg, int64_t epochs) {
+  const ScheduleInfo& info = schedule_info(cfg.name);
+  const DefaultScope scope{cfg.options, "", false, epochs};
+  std::vector<std::string> notes = resolve_options(info.options, cfg.options, scope, owner(cfg.name));
+  validate(cfg, epochs);
+  return notes;
 }
 
 void validate(const ScheduleConfig& cfg, int64_t epochs) {
-  const auto names = schedule_names();
-  if (std::find(names.begin(), names.end(), cfg.name) == names.end())
-    throw std::invalid_argument(fmt::format("unknown schedule '{}' (use one of {})", cfg.name, fmt::join(names, ", ")));
-  if (!std::is_sorted(cfg.milestones.begin(), cfg.milestones.end()))
-    throw std::invalid_argument(fmt::format("--milestones must be ascending, got {}", fmt::join(cfg.milestones, ",")));
-  for (double m : cfg.milestones)
-    if (!(m > 0 && m <= static_cast<double>(epochs)))
-      throw std::invalid_argument(fmt::format("milestone {} is outside (0, {}] (the number of epochs)", m, epochs));
-  if (!(cfg.gamma > 0 && cfg.gamma <= 1)) throw std::invalid_argument(fmt::format("--gamma must be in (0, 1], got {}", cfg.gamma));
-  if (!(cfg.min_lr >= 0)) throw std::invalid_argument(fmt::format("--min-lr must be >= 0, got {}", cfg.min_lr));
-  if (!(cfg.peak > 0 && cfg.peak < 1)) throw std::invalid_argument(fmt::format("--cyclic-peak must be in (0, 1), got {}", cfg.peak));
-  if (cfg.accelat_window < 1)
-    throw std::invalid_argument(fmt::format("--accelat-window must be >= 1 epoch, got {}", cfg.accelat_window));
-  if (!std::isfinite(cfg.accelat_threshold))
-    throw std::invalid_argument(
-        fmt::format("--accelat-threshold must be a finite number, got {}", cfg.accelat_threshold));
-  if (!(cfg.accelat_factor > 0 && cfg.accelat_factor <= 1))
-    throw std::invalid_argument(fmt::format("--accelat-factor must be in (0, 1], got {}", cfg.accelat_factor));
-  if (cfg.accelat_cooldown < 0)
-    throw std::invalid_argument(fmt::format("--accelat-cooldown must be >= 0 epochs, got {}", cfg.accelat_cooldown));
-  if (!(cfg.accelat_floor >= 0 && std::isfinite(cfg.accelat_floor)))
-    throw std::invalid_argument(fmt::format("--accelat-floor must be a finite number >= 0, got {}", cfg.accelat_floor));
+  const ScheduleInfo& info = schedule_info(cfg.name);
+  for (const auto& [key, value] : cfg.options.json().items())
+    require(find_option(info.options, key) != nullptr,
+            fmt::format("option '{}' is not an option of {}", key, owner(cfg.name)));
+  for (const Option& o : info.options) {
+    require(cfg.options.has(o.key), fmt::format("{} ({}) has no value", o.flag, owner(cfg.name)));
+    check_option_value(o, cfg.options.json().at(o.key), owner(cfg.name));
+  }
+  if (info.check) info.check(cfg.options, epochs);
 }
 
-std::unique_ptr<LrSchedule> make_schedule(const ScheduleConfig& cfg, double lr0, int64_t epochs) {
-  validate(cfg, epochs);
-  if (cfg.name == "accelat") return std::make_unique<AccelatSchedule>(cfg, lr0);
-  const double T = static_cast<double>(epochs);
-  std::function<double(double)> f;
-  if (cfg.name == "constant") {
-    f = [lr0](double) { return lr0; };
-  } else if (cfg.name == "multistep") {
-    const std::vector<double> ms = cfg.milestones.empty() ? default_milestones(epochs) : cfg.milestones;
-    f = [lr0, ms, gamma = cfg.gamma](double t) {
-      const auto passed = std::upper_bound(ms.begin(), ms.end(), t) - ms.begin();
-      return lr0 * std::pow(gamma, static_cast<double>(passed));
-    };
-  } else if (cfg.name == "cosine") {
-    f = [lr0, T, lo = cfg.min_lr](double t) { return lo + (lr0 - lo) * (1 + std::cos(std::numbers::pi * std::min(t, T) / T)) / 2; };
-  } else if (cfg.name == "cyclic") {
-    f = [lr0, T, peak = cfg.peak](double t) { return interp(t, {0, peak * T, T}, {0, lr0, 0}); };
-  } else if (cfg.name == "one-cycle") {
-    f = [lr0, T](double t) { return interp(t, {0, 2 * T / 5, 4 * T / 5, T}, {lr0, 10 * lr0, lr0, lr0 / 100}); };
-  } else if (cfg.name == "cyclic-restart") {
-    // u = 5t/T counts the cycles (one rounding fewer than t / (T/5)); the lr restarts at lr0 at
-    // each integer u < 5 and reaches 0 at the end of the fifth cycle.
-    f = [lr0, T](double t) {
-      const double u = std::clamp(5 * t / T, 0.0, 5.0);
-      const double cycle = std::min(std::floor(u), 4.0);
-      return lr0 * (1 - (u - cycle));
-    };
-  } else if (cfg.name == "range-test") {
-    f = [T](double t) { return 1e-8 * std::pow(10.0, 10 * t / T); };
-  } else {  // piecewise
-    f = [lr0, T](double t) { return t < T / 3 ? lr0 : (t < 2 * T / 3 ? lr0 / 10 : lr0 / 100); };
-  }
-  return std::make_unique<ShapeSchedule>(std::move(f));
+nlohmann::ordered_json to_json(const ScheduleConfig& cfg) {
+  nlohmann::ordered_json j{{"name", cfg.name}};
+  for (const auto& [key, value] : cfg.options.json().items()) j[key] = value;
+  return j;
+}
+
+ScheduleConfig schedule_config_from_json(const nlohmann::json& j) {
+  require(j.is_object() && j.contains("name") && j.at("name").is_string(),
+          fmt::format("config key 'schedule' must be an object with a \"name\", got {}", j.dump()));
+  ScheduleConfig c;
+  c.name = j.at("name").get<std::string>();
+  nlohmann::json block = j;
+  // Blocks written before schedules had their own options held an empty list for "the default
+  // milestones"; leave it to the default rule.
+  if (block.contains("milestones") && block["milestones"].is_array() && block["milestones"].empty())
+    block.erase("milestones");
+  c.options = read_options(schedule_info(c.name).options, block, "schedule", all_schedule_keys());
+  return c;
+}
+
+std::unique_ptr<LrSchedule> make_schedule(ScheduleConfig cfg, double lr0, int64_t epochs) {
+  resolve_schedule(cfg, epochs);
+  return schedule_info(cfg.name).make(cfg.options, lr0, epochs);
 }
 
 }  // namespace bulwark::training

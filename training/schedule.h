@@ -28,6 +28,7 @@
 // window + 2, and after a decay the next one waits `cooldown` epochs. lr(t) is the current lr:
 // constant within an epoch.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,31 +36,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/options.h"
+
 #include "training/metrics.h"
 
 namespace bulwark::training {
 
+// A schedule and its option values (given, then resolved). config.json's "schedule" block is
+// {"name": ..., <the schedule's options>}.
 struct ScheduleConfig {
   std::string name = "cosine";
-  std::vector<double> milestones;  // multistep, in epochs; empty means {T/2, 3T/4}
-  double gamma = 0.1;              // multistep decay factor
-  double min_lr = 0;               // cosine floor
-  double peak = 0.4;               // cyclic: where the triangle peaks, as a fraction of T
-  // accelat, the paper's defaults:
-  int64_t accelat_window = 5;        // accuracies averaged; no decay before window + 2 epochs
-  double accelat_threshold = 0.005;  // decay when the windowed mean gained less than this
-  double accelat_factor = 0.8;       // lr *= factor on a decay
-  int64_t accelat_cooldown = 5;      // epochs without a decay after one
-  double accelat_floor = 1e-6;       // the lr never goes below this
+  OptionValues options;
 };
-
-std::vector<std::string> schedule_names();
-
-// multistep's milestones when none are given: T/2 and 3T/4.
-std::vector<double> default_milestones(int64_t epochs);
-
-// Throws std::invalid_argument naming the bad field (unknown name, unsorted milestones, ...).
-void validate(const ScheduleConfig& cfg, int64_t epochs);
 
 class LrSchedule {
  public:
@@ -75,7 +63,35 @@ class LrSchedule {
   virtual std::map<std::string, double> epoch_report() const { return {}; }
 };
 
-// The schedule `cfg.name` for base rate lr0 over `epochs` epochs; validates cfg.
-std::unique_ptr<LrSchedule> make_schedule(const ScheduleConfig& cfg, double lr0, int64_t epochs);
+// Each schedule describes itself (name, shape, options, factory) like a training method does
+// (robust/registry.h); the registry in schedule.cpp holds them all, one line each, and is the one
+// place that looks schedules up by name.
+struct ScheduleInfo {
+  std::string name;
+  std::string summary;          // the shape, and the paper it comes from
+  std::vector<Option> options;  // its own options
+  // Checks between options, and against the run's length (milestones within the epochs).
+  std::function<void(const OptionValues&, int64_t epochs)> check;
+  std::function<std::unique_ptr<LrSchedule>(const OptionValues&, double lr0, int64_t epochs)> make;
+};
+
+const std::vector<ScheduleInfo>& schedule_registry();
+// Throws std::invalid_argument "unknown schedule 'x' (available: ...)".
+const ScheduleInfo& schedule_info(const std::string& name);
+std::vector<std::string> schedule_names();
+
+// Fills in the options cfg lacks (multistep's milestones depend on `epochs`) and checks them all.
+// Returns one line per rule-chosen default.
+std::vector<std::string> resolve_schedule(ScheduleConfig& cfg, int64_t epochs);
+// Throws std::invalid_argument naming the bad option (a missing one counts).
+void validate(const ScheduleConfig& cfg, int64_t epochs);
+nlohmann::ordered_json to_json(const ScheduleConfig& cfg);
+// Reads a "schedule" block; blocks written before schedules had their own options carried every
+// schedule's fields, and the others' are skipped.
+ScheduleConfig schedule_config_from_json(const nlohmann::json& j);
+
+// The schedule `cfg` describes for base rate lr0 over `epochs` epochs; fills in the options cfg
+// lacks from their defaults and validates.
+std::unique_ptr<LrSchedule> make_schedule(ScheduleConfig cfg, double lr0, int64_t epochs);
 
 }  // namespace bulwark::training

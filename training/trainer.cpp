@@ -12,7 +12,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
-#include "robust/methods.h"
+#include "robust/registry.h"
 #include "training/evaluate.h"
 
 namespace bulwark::training {
@@ -215,7 +215,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     lr_of_batch[static_cast<size_t>(b.index)] = lr;
     step_log_.begin_batch(b.index);
     robust::StepContext ctx{*model_, *optimizer_, gen_, passes, step_log_, epoch, b.index};
-    if (cfg_.method.eps_ramp > 0) ctx.eps_scale = std::min(1.0, progress / cfg_.method.eps_ramp);
+    if (cfg_.method.eps_ramp() > 0) ctx.eps_scale = std::min(1.0, progress / cfg_.method.eps_ramp());
     method_->train_batch(ctx, x, y);
     ++done;
     if (read_every_batch || progress_.due(done, kDeviceReadSeconds)) {
@@ -238,9 +238,9 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   m.bwd_passes = passes.bwd;
   m.images_per_s = train_seconds > 0 ? static_cast<double>(count) / train_seconds : 0;
   m.val_acc = evaluate_clean(*model_, data_.val, cfg_.eval_batch_size, device_).accuracy;
-  if (cfg_.robust_val_size > 0 && cfg_.method.eps > 0)
+  if (cfg_.robust_val_size > 0 && cfg_.method.eps() > 0)
     m.robust_val_acc = pgd_accuracy(*model_, data_.val, std::min(cfg_.robust_val_size, data_.val.n),
-                                       cfg_.method.eps, cfg_.robust_val_steps, cfg_.eval_batch_size, device_);
+                                       cfg_.method.eps(), cfg_.robust_val_steps, cfg_.eval_batch_size, device_);
   robust::EpochEnd end{*model_, gen_, epoch, m.train_acc, probe_x_, probe_y_, m.extra};
   stop_ = method_->on_epoch_end(end) == robust::EpochVerdict::stop_at_previous;
   model_->train();
@@ -312,9 +312,9 @@ RunSummary Trainer::run() {
   s.test_acc = test.accuracy;
   s.test_loss = test.loss;
   s.test_size = test.count;
-  if (cfg_.final_attack_size > 0 && cfg_.method.eps > 0) {
+  if (cfg_.final_attack_size > 0 && cfg_.method.eps() > 0) {
     s.test_robust_size = std::min(cfg_.final_attack_size, data_.test.n);
-    s.test_robust_acc = pgd_accuracy(*model_, data_.test, s.test_robust_size, cfg_.method.eps,
+    s.test_robust_acc = pgd_accuracy(*model_, data_.test, s.test_robust_size, cfg_.method.eps(),
                                         cfg_.final_attack_steps, cfg_.eval_batch_size, device_);
   }
   write_file_atomically(path("summary.json"), s.to_json().dump(2) + "\n");
@@ -324,13 +324,12 @@ RunSummary Trainer::run() {
   if (s.test_robust_acc >= 0)
     progress_.info(fmt::format("PGD-{} accuracy {:.2f}% at eps {:.4g} on the first {} test samples (`bulwark eval "
                                "--checkpoint {}` runs PGD-50x10, CW-20 and FGSM)",
-                               cfg_.final_attack_steps, 100 * s.test_robust_acc, cfg_.method.eps, s.test_robust_size,
+                               cfg_.final_attack_steps, 100 * s.test_robust_acc, cfg_.method.eps(), s.test_robust_size,
                                cfg_.out));
   return s;
 }
 
 RunSummary train(TrainConfig cfg, const RunOptions& options) {
-  validate(cfg);
   const std::vector<std::string> notes = resolve_defaults(cfg);
   Progress info(options.quiet);
   for (const auto& n : notes) info.info(n);
