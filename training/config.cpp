@@ -206,7 +206,10 @@ TrainConfig config_from_json(const nlohmann::json& j) {
     read_json_field(in, "input", "mean", c.input.mean);
     read_json_field(in, "input", "std", c.input.std);
   }
-  if (j.contains("schedule")) c.schedule = schedule_config_from_json(j.at("schedule"));
+  if (j.contains("schedule")) {
+    c.schedule = schedule_config_from_json(j.at("schedule"));
+    resolve_schedule(c.schedule, c.epochs);  // a block from before schedules had options may lack its milestones
+  }
   if (j.contains("method")) c.method = robust::method_config_from_json(j.at("method"));
   return c;
 }
