@@ -1,7 +1,7 @@
 #pragma once
 // Attacks in pixel space (inputs in [0,1]; the models normalise inside), on any device: every
 // tensor op dispatches on the tensor's device, so a model moved with Module::to(Device::cuda)
-// is attacked on the GPU. METHODS.md "Attacks" specifies them; docs/attacks.md explains them.
+// is attacked on the GPU. docs/attacks.md specifies and explains them.
 //
 // Every attack is "start, then k ascent steps on a loss, projected; keep the worst of R
 // restarts", with L the attack's objective averaged over the batch:

@@ -69,7 +69,7 @@ class FixedReplays final : public ReplaySchedule {
 // M+ acceleration (Wang et al., DEAT): r grows when the input gradient's magnitude G grows,
 // which the paper ties to the curvature of the loss landscape, i.e. to AT still having work
 // to do. After epoch t:
-//   t == 0:  r = r0 + 1                  (M+DEAT: 1 -> 2 as in METHODS.md; M+PGD: 0 -> 1, assumed)
+//   t == 0:  r = r0 + 1                  (M+DEAT: 1 -> 2 as in docs/methods.md; M+PGD: 0 -> 1, assumed)
 //   t == 1:  threshold = gamma * G       (the reference magnitude, once r is past its start)
 //   t >= 2:  if G > threshold and r < r_max: threshold = gamma * G, r = r + 1
 // threshold is 0 until epoch 1 sets it. r never exceeds r_max, the epoch-0 step included.

@@ -2,7 +2,7 @@
 // The training method: what the trainer does with one batch, and after each epoch.
 //
 // The trainer (training/trainer.h) owns the loop: data, LR schedule, validation, checkpoints,
-// metrics. A Method owns the step. That is where the methods of METHODS.md differ: the inner
+// metrics. A Method owns the step. That is where the methods of docs/methods.md differ: the inner
 // maximisation (none, FGSM-RS, PGD-k, Free-style replay, DEAT's growing replay count), the loss
 // mix, and how many optimizer steps a batch gets (Free-AT and DEAT update the weights on every
 // replay). A method:

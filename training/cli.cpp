@@ -21,6 +21,7 @@
 #include "models/zoo.h"
 #include "robust/registry.h"
 #include "robust/attacks.h"
+#include "training/docs.h"
 #include "training/evaluate.h"
 #include "training/progress.h"
 #include "training/trainer.h"
@@ -466,6 +467,34 @@ int run_eval(const EvalArgs& a) {
   return 0;
 }
 
+struct DocsArgs {
+  std::string check, write;
+};
+
+CLI::App* add_docs_command(CLI::App& app, DocsArgs& a) {
+  CLI::App* d = app.add_subcommand("docs", "Print the option and method tables generated from the registries, or "
+                                            "check / rewrite their blocks in docs/");
+  d->add_option("--check", a.check, "Exit 1, naming each block, when a generated block in this folder's pages differs");
+  d->add_option("--write", a.write, "Rewrite the generated blocks in this folder's pages");
+  return d;
+}
+
+int run_docs(const DocsArgs& a) {
+  if (!a.check.empty()) {
+    const std::vector<std::string> stale = sync_docs(a.check, false);
+    for (const std::string& s : stale) fmt::print(stderr, "bulwark docs: out of date: {}\n", s);
+    if (stale.empty()) return 0;
+    fmt::print(stderr, "bulwark docs: run `bulwark docs --write {}` and commit the pages\n", a.check);
+    return 1;
+  }
+  if (!a.write.empty()) {
+    for (const std::string& s : sync_docs(a.write, true)) fmt::print("rewrote {}\n", s);
+    return 0;
+  }
+  for (const DocSection& s : doc_sections()) fmt::print("## {}\n\n{}\n", s.name, s.markdown);
+  return 0;
+}
+
 }  // namespace
 
 int run_cli(int argc, char** argv) {
@@ -476,18 +505,24 @@ int run_cli(int argc, char** argv) {
   EvalArgs eval_args;
   CLI::App* train_cmd = add_train_command(app, train_args);
   CLI::App* eval_cmd = add_eval_command(app, eval_args);
+  DocsArgs docs_args;
+  CLI::App* docs_cmd = add_docs_command(app, docs_args);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    const CLI::App* cmd = train_cmd->parsed() ? train_cmd : eval_cmd->parsed() ? eval_cmd : nullptr;
+    const CLI::App* cmd = train_cmd->parsed()  ? train_cmd
+                          : eval_cmd->parsed() ? eval_cmd
+                          : docs_cmd->parsed() ? docs_cmd
+                                               : nullptr;
     fmt::print(stderr, "bulwark: error: {}\nRun '{} --help' for the options.\n", e.what(),
                cmd ? "bulwark " + cmd->get_name() : std::string("bulwark"));
     return 2;
   }
   try {
     if (train_cmd->parsed()) return run_train(*train_cmd, train_args);
+    if (docs_cmd->parsed()) return run_docs(docs_args);
     return run_eval(eval_args);
   } catch (const TrainingDiverged& e) {
     fmt::print(stderr, "bulwark: error: {}\n", e.what());

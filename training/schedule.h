@@ -18,7 +18,7 @@
 //   accelat    AccelAT: lr0, multiplied by `factor` when the robust validation accuracy plateaus
 //
 // AccelAT (Nikfam, Marchisio, Martina, Shafique), implemented from the public pseudocode of
-// METHODS.md. After each epoch, with a the robust validation accuracy (metrics.robust_val_acc;
+// docs/training.md. After each epoch, with a the robust validation accuracy (metrics.robust_val_acc;
 // when that was not measured, i.e. is -1, the clean metrics.val_acc stands in for it):
 //   acc.append(a); m = mean(acc[-window:]); quiet += 1
 //   if len(means) > window and quiet > cooldown and m - means[-1] < threshold:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The adversarial-training results of docs/results.md, in two studies:
 #
-#   table  every method of METHODS.md on MNIST (eps 0.3) and Fashion-MNIST (eps 0.1), 10 epochs,
+#   table  every adversarial-training method (docs/methods.md) on MNIST (eps 0.3) and Fashion-MNIST (eps 0.1), 10 epochs,
 #          trained under each fixed LR shape and under AccelAT. Per method the fixed shape whose
 #          final model has the best robust validation accuracy (PGD-10 on the validation split)
 #          is chosen, and only it and the AccelAT runs are evaluated on the test subset
