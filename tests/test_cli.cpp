@@ -289,6 +289,7 @@ TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading an
       {"--attacks clean,pgdx", "unknown attack 'pgdx'"},
       {"--restarts 0", "--restarts must be >= 1"},
       {"--pgd-steps 0", "--pgd-steps must be >= 1"},
+      {"--attacks clean,pgd --cw-steps 5", "--cw-steps is an option of cw, which --attacks clean,pgd does not run"},
   };
   for (const Case& c : cases) {
     INFO("bulwark eval " << c.args);

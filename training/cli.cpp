@@ -20,6 +20,7 @@
 #include "engine/options.h"
 #include "models/zoo.h"
 #include "robust/registry.h"
+#include "robust/attack_registry.h"
 #include "robust/attacks.h"
 #include "training/docs.h"
 #include "training/evaluate.h"
@@ -46,9 +47,9 @@ struct EvalArgs {
   int threads = 0;
   std::string device = "auto";
   std::string json;  // "" = the table only, "-" = JSON on stdout instead, else a file for the JSON
-  std::string eps, alpha;  // as typed: "0.3" or "8/255"; "" = the defaults
+  std::string eps;  // as typed: "0.3" or "8/255"; "" = the run's training eps
   std::vector<std::string> attacks{"clean", "pgd", "cw", "fgsm"};
-  int pgd_steps = 50, restarts = 10, cw_steps = 20;
+  std::map<std::string, std::string> given;  // the attacks' options: flag -> the text typed after it
   uint64_t seed = 0;
 };
 
@@ -75,9 +76,10 @@ std::string describe(const Option& o) {
 
 // One command-line flag that records what was typed; parsing and checking come later, when the
 // method and schedule (whose options give the flag its meaning) are known.
-void add_recorded(CLI::App* cmd, TrainArgs& a, const Option& o, const std::string& description, const std::string& group) {
+void add_recorded(CLI::App* cmd, std::map<std::string, std::string>& given, const Option& o,
+                  const std::string& description, const std::string& group) {
   CLI::Option* opt = cmd->add_option_function<std::string>(
-      o.flag, [&a, flag = o.flag](const std::string& text) { a.given[flag] = text; }, description);
+      o.flag, [&given, flag = o.flag](const std::string& text) { given[flag] = text; }, description);
   opt->type_name(type_name(o.type))->group(group);
   if (o.type == OptionType::flag) opt->expected(0, 1);
 }
@@ -85,7 +87,7 @@ void add_recorded(CLI::App* cmd, TrainArgs& a, const Option& o, const std::strin
 // Options that several registry entries declare under one flag (--alpha, --r-max): one line,
 // with each owner's default.
 template <class Entry>
-void add_owned_flags(CLI::App* cmd, TrainArgs& a, const std::vector<Entry>& entries, const std::string& kind,
+void add_owned_flags(CLI::App* cmd, std::map<std::string, std::string>& given, const std::vector<Entry>& entries, const std::string& kind,
                      const std::string& group) {
   std::vector<std::string> seen;
   for (const Entry& e : entries)
@@ -111,7 +113,7 @@ void add_owned_flags(CLI::App* cmd, TrainArgs& a, const std::vector<Entry>& entr
         d += fmt::format(" [{}: {}]", kind, fmt::join(owners, ", "));
       d += one_default ? fmt::format(" [default: {}]", o.default_text())
                        : fmt::format(" [default: {}]", fmt::join(defaults, "; "));
-      add_recorded(cmd, a, o, d, group);
+      add_recorded(cmd, given, o, d, group);
     }
 }
 
@@ -138,10 +140,10 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {
     if (o.group == "method" && o.option.key == "name")
       d = fmt::format("Training method: {} (its options are listed below; docs/methods.md) [default: {}]",
                       fmt::join(robust::method_registry().names(), ", "), o.option.default_text());
-    add_recorded(t, a, o.option, d, "Options");
+    add_recorded(t, a.given, o.option, d, "Options");
   }
-  add_owned_flags(t, a, schedule_registry(), "schedule", "Options of the --schedule");
-  add_owned_flags(t, a, robust::method_registry().all(), "method", "Options of the --method");
+  add_owned_flags(t, a.given, schedule_registry(), "schedule", "Options of the --schedule");
+  add_owned_flags(t, a.given, robust::method_registry().all(), "method", "Options of the --method");
 
   t->add_option("--resume", a.resume,
                 "Continue the run in this directory from its last.safetensors (only --threads, --stop-after and "
@@ -215,17 +217,15 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   e->add_option("--data-dir", a.data_dir, "Folder with the dataset's files (default: the training run's)");
   e->add_option("--test-size", a.test_size, "Samples from the start of the test split (0 = all; synthetic: 2000)")
       ->capture_default_str();
-  e->add_option("--attacks", a.attacks, "Comma-separated, in this order: clean, pgd, cw, fgsm")
+  e->add_option("--attacks", a.attacks,
+                fmt::format("Comma-separated, run in this order: {}", fmt::join(robust::eval_attack_names(), ", ")))
       ->delimiter(',')
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->capture_default_str();
   e->add_option("--eps", a.eps,
                 "L-inf radius as a fraction or k/255 (default: the run's training eps, else 0.3 for 1x28x28 "
                 "images and 8/255 for the others)");
-  e->add_option("--pgd-steps", a.pgd_steps, "PGD steps")->capture_default_str();
-  e->add_option("--restarts", a.restarts, "PGD random restarts (the worst per sample counts)")->capture_default_str();
-  e->add_option("--cw-steps", a.cw_steps, "CW steps (PGD on the margin loss, one restart)")->capture_default_str();
-  e->add_option("--alpha", a.alpha, "PGD and CW step size, as --eps (default: 2.5 eps / steps)");
+  add_owned_flags(e, a.given, robust::eval_attack_registry(), "attack", "Options of the --attacks");
   e->add_option("--seed", a.seed, "Philox seed of the random starts")->capture_default_str();
   e->add_option("--batch-size", a.batch_size, "Evaluation batch size")->capture_default_str();
   e->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
@@ -286,57 +286,55 @@ struct EvalAttack {
   AttackOptions options;
 };
 
+// The attacks of --attacks in order (repeats dropped), each with its given options checked and
+// the rest at their defaults. An option of an attack --attacks does not run is an error.
+std::vector<EvalAttack> eval_attacks(const EvalArgs& a, double eps) {
+  require(!a.attacks.empty(), fmt::format("--attacks is empty (use {})", fmt::join(robust::eval_attack_names(), ", ")));
+  std::vector<const robust::EvalAttackInfo*> chosen;
+  for (const std::string& key : a.attacks) {
+    const robust::EvalAttackInfo* info = &robust::eval_attack_info(key);
+    if (std::find(chosen.begin(), chosen.end(), info) == chosen.end()) chosen.push_back(info);
+  }
+  std::vector<OptionValues> values(chosen.size());
+  for (const auto& [flag, text] : a.given) {
+    bool used = false;
+    for (size_t i = 0; i < chosen.size(); ++i)
+      for (const Option& o : chosen[i]->options)
+        if (o.flag == flag) {
+          const nlohmann::ordered_json v = parse_option_text(o, text);
+          check_option_value(o, v, "attack '" + chosen[i]->name + "'");
+          values[i].set(o.key, v);
+          used = true;
+        }
+    if (!used) {
+      std::vector<std::string> owners;
+      for (const robust::EvalAttackInfo& e : robust::eval_attack_registry())
+        for (const Option& o : e.options)
+          if (o.flag == flag) owners.push_back(e.name);
+      throw std::invalid_argument(fmt::format("{} is an option of {}, which --attacks {} does not run", flag,
+                                              fmt::join(owners, ", "), fmt::join(a.attacks, ",")));
+    }
+  }
+  std::vector<EvalAttack> attacks;
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    const std::string owner = "attack '" + chosen[i]->name + "'";
+    resolve_options(chosen[i]->options, values[i], DefaultScope{values[i], "", false, 0}, owner);
+    attacks.push_back({chosen[i]->name, resolve_attack(chosen[i]->make(values[i], eps, a.seed))});
+  }
+  return attacks;
+}
+
 // Every option that can be checked before loading anything.
 void validate_eval_args(const EvalArgs& a) {
   require(a.test_size >= 0, fmt::format("--test-size must be >= 0 (0 = all), got {}", a.test_size));
   require(a.batch_size >= 1, fmt::format("--batch-size must be >= 1, got {}", a.batch_size));
   require(a.threads >= 0, fmt::format("--threads must be >= 0, got {}", a.threads));
-  require(a.pgd_steps >= 1, fmt::format("--pgd-steps must be >= 1, got {}", a.pgd_steps));
-  require(a.restarts >= 1, fmt::format("--restarts must be >= 1, got {}", a.restarts));
-  require(a.cw_steps >= 1, fmt::format("--cw-steps must be >= 1, got {}", a.cw_steps));
-  require(!a.attacks.empty(), "--attacks is empty (use clean, pgd, cw, fgsm)");
-  for (const std::string& key : a.attacks)
-    require(std::set<std::string>{"clean", "pgd", "cw", "fgsm"}.count(key) > 0,
-            fmt::format("unknown attack '{}' in --attacks (use clean, pgd, cw, fgsm)", key));
   try {
     if (!a.eps.empty()) parse_radius(a.eps);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(fmt::format("--eps: {}", e.what()));
   }
-  try {
-    if (!a.alpha.empty()) parse_radius(a.alpha);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(fmt::format("--alpha: {}", e.what()));
-  }
-}
-
-// The attacks of a validated EvalArgs, in --attacks order (repeats dropped).
-std::vector<EvalAttack> eval_attacks(const EvalArgs& a, double eps) {
-  const double alpha = a.alpha.empty() ? 0.0 : parse_radius(a.alpha);
-  std::vector<EvalAttack> attacks;
-  std::set<std::string> seen;
-  for (const std::string& key : a.attacks) {
-    if (!seen.insert(key).second) continue;
-    AttackOptions o;
-    o.eps = eps;
-    o.seed = a.seed;
-    if (key == "clean") {
-      o.kind = AttackKind::none;
-    } else if (key == "pgd") {
-      o.kind = AttackKind::pgd;
-      o.steps = a.pgd_steps;
-      o.restarts = a.restarts;
-      o.alpha = alpha;
-    } else if (key == "cw") {
-      o.kind = AttackKind::cw;
-      o.steps = a.cw_steps;
-      o.alpha = alpha;
-    } else {
-      o.kind = AttackKind::fgsm;
-    }
-    attacks.push_back({key, resolve_attack(o)});
-  }
-  return attacks;
+  eval_attacks(a, 0.1);  // the attacks and their options (eps is the checkpoint's, known later)
 }
 
 // A per-batch bar on stderr while an attack runs, when stderr is a terminal.

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "engine/check.h"
+#include "robust/attack_registry.h"
 #include "robust/registry.h"
 #include "training/config.h"
 #include "training/schedule.h"
@@ -90,6 +91,13 @@ std::string methods_table() {
   return md;
 }
 
+std::string eval_attacks_table() {
+  std::string md = "| `--attacks` | what it does |\n|---|---|\n";
+  for (const robust::EvalAttackInfo& a : robust::eval_attack_registry())
+    md += fmt::format("| {} | {} |\n", code(a.name), cell(a.summary));
+  return md;
+}
+
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
@@ -104,7 +112,9 @@ std::vector<DocSection> doc_sections() {
           {"schedules", schedules_table()},
           {"schedule-options", owned_options_table(schedule_registry(), "schedule")},
           {"methods", methods_table()},
-          {"method-options", owned_options_table(robust::method_registry().all(), "methods")}};
+          {"method-options", owned_options_table(robust::method_registry().all(), "methods")},
+          {"eval-attacks", eval_attacks_table()},
+          {"eval-attack-options", owned_options_table(robust::eval_attack_registry(), "attacks")}};
 }
 
 std::vector<std::string> sync_docs(const std::string& dir, bool write) {

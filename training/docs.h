@@ -17,7 +17,8 @@ struct DocSection {
   std::string markdown;  // the block's content, ending in a newline
 };
 
-// Every generated block: train-options, schedules, schedule-options, methods, method-options.
+// Every generated block: train-options, schedules, schedule-options, methods, method-options,
+// eval-attacks, eval-attack-options.
 std::vector<DocSection> doc_sections();
 
 // Brings the marked blocks of the .md files in `dir` in line with doc_sections() (write) or only
