@@ -20,12 +20,6 @@ using Needs = std::vector<bool>;
 
 // ---- dispatch helpers ------------------------------------------------------------------------
 
-void require_cpu(const Tensor& t, const char* op) {
-  if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", op));
-  if (t.device() != Device::cpu)
-    throw std::invalid_argument(fmt::format("{}: {} tensor, but this build only has the CPU backend", op,
-                                            device_name(t.device())));
-}
 void require_float(const Tensor& t, const char* op) {
   if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", op));
   if (t.dtype() == DType::i32) throw std::invalid_argument(fmt::format("{}: needs a float tensor, got {}", op, t.str()));

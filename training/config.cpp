@@ -11,8 +11,7 @@
 
 #include "data/idx.h"
 #include "engine/json_field.h"
-#include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cuda/cuda_kernels.h"
+#include "engine/runtime.h"
 #include "models/zoo.h"
 
 namespace bulwark::training {
@@ -141,7 +140,7 @@ void validate(const TrainConfig& c) {
           fmt::format("--final-attack-size must be >= 0 (0 = off), got {}", c.final_attack_size));
   require(c.final_attack_steps >= 1, fmt::format("--final-attack-steps must be >= 1, got {}", c.final_attack_steps));
   try {
-    cuda::parse_kernel_source(c.kernels);
+    runtime::check_kernel_source(c.kernels);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(fmt::format("--kernels: {}", e.what()));
   }
@@ -153,8 +152,8 @@ std::string resolve_device(const std::string& requested, std::vector<std::string
   if (requested == "cpu") return requested;
   // The emulated backend runs CUDA kernels on the CPU for the tests; it is never a GPU.
   std::string why;
-  const bool gpu = cuda::device_available(&why) && !cuda::emulated();
-  if (cuda::emulated()) why = "this build's CUDA backend is the CPU emulator (no nvcc at build time)";
+  const bool gpu = runtime::cuda_available(&why) && !runtime::cuda_emulated();
+  if (runtime::cuda_emulated()) why = "this build's CUDA backend is the CPU emulator (no nvcc at build time)";
   if (requested == "cuda") {
     if (!gpu) throw std::invalid_argument(fmt::format("--device cuda: no usable GPU ({}); use --device cpu", why));
     return "cuda";
@@ -200,7 +199,7 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
   robust::validate(c.method);
 
   if (c.schedule.name == "multistep" && c.schedule.milestones.empty()) c.schedule.milestones = default_milestones(c.epochs);
-  if (c.threads == 0) c.threads = cpu::num_threads();
+  if (c.threads == 0) c.threads = runtime::num_threads();
   c.device = resolve_device(c.device, notes);
   if (c.out.empty()) {
     const std::string base = fmt::format("runs/{}-{}-{}", timestamp(), c.model, c.data.dataset);
