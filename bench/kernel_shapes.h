@@ -46,20 +46,17 @@ inline const std::vector<GemmCase>& zoo_gemms() {
   return cases;
 }
 
-inline cpu::ConvShape conv_shape(int64_t n, int64_t c, int64_t hw, int64_t o, int64_t k, int64_t stride, int64_t pad) {
-  cpu::ConvShape s{n, c, hw, hw, o, k, k, stride, pad, 0, 0};
-  s.oh = (hw + 2 * pad - k) / stride + 1;
-  s.ow = s.oh;
-  return s;
+inline ConvShape conv_shape(int64_t n, int64_t c, int64_t hw, int64_t o, int64_t k, int64_t stride, int64_t pad) {
+  return make_conv_shape(n, c, hw, hw, o, k, k, stride, pad);
 }
 
-inline double conv_flops(const cpu::ConvShape& s) {
+inline double conv_flops(const ConvShape& s) {
   return 2.0 * double(s.n * s.o) * double(s.c * s.kh * s.kw) * double(s.oh * s.ow);
 }
 
 struct ConvLayer {
   const char* name;
-  cpu::ConvShape shape;
+  ConvShape shape;
   bool bias;  // the sequential models' convs have one; the ResNets' (BatchNorm follows) do not
 };
 

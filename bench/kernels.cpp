@@ -54,7 +54,7 @@ const char* pass_name(ConvPass p) {
 }
 
 void conv_bench(benchmark::State& state, ConvPass pass, const ConvLayer& layer) {
-  const cpu::ConvShape& s = layer.shape;
+  const ConvShape& s = layer.shape;
   const std::vector<float> x = random_floats(size_t(s.n * s.c * s.h * s.w));
   const std::vector<float> w = random_floats(size_t(s.o * s.c * s.kh * s.kw));
   const std::vector<float> bias = random_floats(size_t(s.o));

@@ -35,7 +35,6 @@ struct Loader::Job {
   uint64_t generation;
   int64_t epoch, index;
   std::shared_ptr<const std::vector<int64_t>> order;
-  std::shared_ptr<const std::function<void(Batch&)>> hook;
 };
 
 Loader::Loader(const Dataset& data, int64_t batch_size, bool shuffle, uint64_t seed, AugmentOptions augment,
@@ -65,9 +64,9 @@ int64_t Loader::batches_per_epoch() const {
 }
 
 void Loader::set_batch_hook(std::function<void(Batch&)> hook) {
-  auto shared = std::make_shared<const std::function<void(Batch&)>>(std::move(hook));
   std::lock_guard lock(mutex_);
-  pending_hook_ = std::move(shared);
+  if (started_) throw std::logic_error(fmt::format("{}: Loader::set_batch_hook after start_epoch", data_.name));
+  hook_ = std::move(hook);
 }
 
 void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
@@ -91,7 +90,6 @@ void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
     started_ = true;
     epoch_ = epoch;
     order_ = std::move(order);
-    hook_ = pending_hook_;
     produce_next_ = consume_next_ = first_batch;
     end_ = batches_per_epoch();
     error_ = nullptr;
@@ -128,7 +126,7 @@ void Loader::worker_loop() {
       return stop_ || (started_ && !error_ && produce_next_ < end_ && static_cast<int>(ready_.size()) < kPrefetch);
     });
     if (stop_) return;
-    const Job job{generation_, epoch_, produce_next_++, order_, hook_};
+    const Job job{generation_, epoch_, produce_next_++, order_};
     Batch b;
     if (!spare_.empty()) {
       b = std::move(spare_.back());
@@ -177,7 +175,7 @@ void Loader::build(const Job& job, Batch& b) const {
     else
       std::memcpy(dst, data_.image(i), static_cast<size_t>(size) * sizeof(float));
   }
-  if (job.hook && *job.hook) (*job.hook)(b);
+  if (hook_) hook_(b);
 }
 
 }  // namespace bulwark::data

@@ -6,7 +6,7 @@
 // (seed, e, i). Nothing depends on timing or on the thread that builds a batch, so batch k of
 // epoch e is the same in every run, and start_epoch(e, k) resumes an interrupted epoch exactly.
 //
-// Threading: one worker builds up to kPrefetch batches ahead (gather + augment + hook) while
+// Threading: one worker builds up to kPrefetch batches ahead (gather + augment) while
 // the caller trains on the current one. start_epoch() abandons whatever the worker was doing;
 // the destructor stops and joins it. An exception on the worker is rethrown by next().
 #include <condition_variable>
@@ -61,8 +61,9 @@ class Loader {
   // exception raised while building the batch (the epoch then ends).
   bool next(Batch& out);
 
-  // Runs on the worker thread on each finished batch, e.g. to normalise or convert it. Takes
-  // effect from the next start_epoch().
+  // For tests (production code sets none): runs on the worker thread on each finished batch, to
+  // inspect it or to fail inside the worker. Set before the first start_epoch(), else
+  // std::logic_error; unset, it costs one test of an empty std::function per batch.
   void set_batch_hook(std::function<void(Batch&)> hook);
 
  private:
@@ -85,7 +86,7 @@ class Loader {
   int64_t epoch_ = 0;
   int64_t produce_next_ = 0, consume_next_ = 0, end_ = 0;
   std::shared_ptr<const std::vector<int64_t>> order_;
-  std::shared_ptr<const std::function<void(Batch&)>> hook_, pending_hook_;
+  std::function<void(Batch&)> hook_;  // fixed before the worker sees started_
   std::deque<Batch> ready_;  // built batches of this generation, in index order
   std::vector<Batch> spare_;  // recycled buffers
   std::exception_ptr error_;

@@ -15,6 +15,7 @@ namespace bulwark {
 namespace {
 thread_local bool g_grad_enabled = true;
 thread_local BackwardStats g_stats;
+thread_local bool g_record_grads_by_op = false;
 
 // Post-order of the nodes reachable from `roots` (inputs before the ops that consume them).
 std::vector<Node*> topo_order(const std::vector<Tensor>& roots) {
@@ -82,6 +83,7 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
   }
 
   GradModeGuard mode(create_graph);
+  const bool by_op = g_record_grads_by_op;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node* node = *it;
     if (!node_needed[node]) continue;
@@ -99,8 +101,9 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
     }
     ++g_stats.nodes_run;
     std::vector<Tensor> in_grads = node->backward(*node, g, needs);
-    for (size_t i = 0; i < in_grads.size(); ++i)
-      if (in_grads[i].defined()) ++g_stats.grads_computed[node->op + "[" + std::to_string(i) + "]"];
+    if (by_op)
+      for (size_t i = 0; i < in_grads.size(); ++i)
+        if (in_grads[i].defined()) ++g_stats.grads_computed[node->op + "[" + std::to_string(i) + "]"];
     for (size_t i = 0; i < node->inputs.size() && i < in_grads.size(); ++i) {
       if (!needs[i] || !in_grads[i].defined()) continue;
       const Tensor& in = node->inputs[i];
@@ -149,6 +152,8 @@ GradModeGuard::GradModeGuard(bool on) : prev_(g_grad_enabled) { g_grad_enabled =
 GradModeGuard::~GradModeGuard() { g_grad_enabled = prev_; }
 
 BackwardStats& backward_stats() { return g_stats; }
+RecordGradsByOpGuard::RecordGradsByOpGuard() : prev_(g_record_grads_by_op) { g_record_grads_by_op = true; }
+RecordGradsByOpGuard::~RecordGradsByOpGuard() { g_record_grads_by_op = prev_; }
 
 Tensor record(Tensor out, const char* op, std::vector<Tensor> inputs, Node::Backward backward) {
   if (!g_grad_enabled) return out;

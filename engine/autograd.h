@@ -66,14 +66,29 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
 // Accumulates d loss / d leaf into leaf.grad() for every leaf that requires grad.
 void backward(const Tensor& loss, const Tensor& grad_output = Tensor(), bool create_graph = false);
 
-// Counts Node::backward invocations since start (tests use it to prove selectivity).
+// Counts Node::backward invocations on this thread since start (tests use it to prove
+// selectivity). nodes_run and inputs_skipped are two integer increments and always counted.
 struct BackwardStats {
   int64_t nodes_run = 0;
   int64_t inputs_skipped = 0;  // gradients a closure was told not to compute
   // Gradients closures actually returned, by "op[input index]": "conv2d[1]" counts weight
-  // gradients of conv2d (each one a conv2d_backward_weight call).
+  // gradients of conv2d (each one a conv2d_backward_weight call). A string-keyed map is not
+  // free, so it is filled only while a RecordGradsByOpGuard lives on this thread; otherwise a
+  // backward pass pays one flag test for it.
   std::map<std::string, int64_t> grads_computed;
 };
 BackwardStats& backward_stats();
+
+// Fills backward_stats().grads_computed on this thread while alive (they nest).
+class RecordGradsByOpGuard {
+ public:
+  RecordGradsByOpGuard();
+  ~RecordGradsByOpGuard();
+  RecordGradsByOpGuard(const RecordGradsByOpGuard&) = delete;
+  RecordGradsByOpGuard& operator=(const RecordGradsByOpGuard&) = delete;
+
+ private:
+  bool prev_;
+};
 
 }  // namespace bulwark

@@ -27,10 +27,7 @@ void copy_strided(const Tensor& src, Tensor& dst);
 // dst (contiguous) <- src (contiguous) converted to dst's dtype.
 void convert_dtype(const Tensor& src, Tensor& dst);
 
-void require_cpu(const Tensor& t, const char* op);
-void require_float(const Tensor& t, const char* op);  // defined, f32 or f64, on any device
-// Throws std::invalid_argument when `b` is not on `a`'s device (mixed-device inputs).
-void require_same_device(const Tensor& a, const Tensor& b, const char* op);
+// require_float and require_same_device: engine/tensor.h.
 // Throws std::invalid_argument unless `dt` is f32: the CUDA backend's kernels are f32 only.
 void require_cuda_dtype(DType dt, const char* op);
 

@@ -20,12 +20,6 @@ using Needs = std::vector<bool>;
 
 // ---- dispatch helpers ------------------------------------------------------------------------
 
-void require_cpu(const Tensor& t, const char* op) {
-  if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", op));
-  if (t.device() != Device::cpu)
-    throw std::invalid_argument(fmt::format("{}: {} tensor, but this build only has the CPU backend", op,
-                                            device_name(t.device())));
-}
 void require_float(const Tensor& t, const char* op) {
   if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", op));
   if (t.dtype() == DType::i32) throw std::invalid_argument(fmt::format("{}: needs a float tensor, got {}", op, t.str()));
@@ -553,17 +547,12 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 
 // ---- convolution ----------------------------------------------------------------------------------------
 
-static cpu::ConvShape conv_shape(const Shape& x, const Shape& w, Conv2dParams p) {
+static ConvShape conv_shape(const Shape& x, const Shape& w, Conv2dParams p) {
   if (x.size() != 4 || w.size() != 4 || x[1] != w[1])
     throw std::invalid_argument(fmt::format("conv2d: input {} and weight {} do not match (want [N,C,H,W] and [O,C,KH,KW])",
                                             shape_str(x), shape_str(w)));
-  if (p.stride < 1 || p.padding < 0) throw std::invalid_argument("conv2d: stride must be >= 1 and padding >= 0");
-  cpu::ConvShape s{x[0], x[1], x[2], x[3], w[0], w[2], w[3], p.stride, p.padding, 0, 0};
-  s.oh = (s.h + 2 * s.pad - s.kh) / s.stride + 1;
-  s.ow = (s.w + 2 * s.pad - s.kw) / s.stride + 1;
-  if (s.oh <= 0 || s.ow <= 0)
-    throw std::invalid_argument(fmt::format("conv2d: kernel {}x{} larger than padded input {}", s.kh, s.kw, shape_str(x)));
-  return s;
+  return make_conv_shape(x[0], x[1], x[2], x[3], w[0], w[2], w[3], p.stride, p.padding,
+                         fmt::format("conv2d of {} by {}", shape_str(x), shape_str(w)));
 }
 
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2dParams p) {
@@ -571,7 +560,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2d
   require_float(w_in, "conv2d");
   require_same_device(x_in, w_in, "conv2d");
   if (bias.defined()) require_same_device(x_in, bias, "conv2d");
-  const cpu::ConvShape s = conv_shape(x_in.shape(), w_in.shape(), p);
+  const ConvShape s = conv_shape(x_in.shape(), w_in.shape(), p);
   const Tensor x = x_in.contiguous(), w = w_in.contiguous();
   Tensor bc;
   if (bias.defined()) {
@@ -594,7 +583,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2d
 }
 
 Tensor conv2d_backward_input(const Tensor& g_in, const Tensor& w_in, const Shape& x_shape, Conv2dParams p) {
-  const cpu::ConvShape s = conv_shape(x_shape, w_in.shape(), p);
+  const ConvShape s = conv_shape(x_shape, w_in.shape(), p);
   const Tensor g = g_in.contiguous(), w = w_in.contiguous();
   if (g.shape() != Shape{s.n, s.o, s.oh, s.ow})
     throw std::invalid_argument(fmt::format("conv2d_backward_input: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
@@ -608,7 +597,7 @@ Tensor conv2d_backward_input(const Tensor& g_in, const Tensor& w_in, const Shape
 }
 
 Tensor conv2d_backward_weight(const Tensor& x_in, const Tensor& g_in, const Shape& w_shape, Conv2dParams p) {
-  const cpu::ConvShape s = conv_shape(x_in.shape(), w_shape, p);
+  const ConvShape s = conv_shape(x_in.shape(), w_shape, p);
   const Tensor x = x_in.contiguous(), g = g_in.contiguous();
   if (g.shape() != Shape{s.n, s.o, s.oh, s.ow})
     throw std::invalid_argument(fmt::format("conv2d_backward_weight: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
@@ -623,20 +612,16 @@ Tensor conv2d_backward_weight(const Tensor& x_in, const Tensor& g_in, const Shap
 
 // ---- pooling ------------------------------------------------------------------------------------------
 
-static cpu::PoolShape pool_shape(const Tensor& x, int64_t k, int64_t s, int64_t p, const char* op) {
+static PoolShape pool_shape(const Tensor& x, int64_t k, int64_t s, int64_t p, const char* op) {
   if (x.dim() != 4) throw std::invalid_argument(fmt::format("{}: input must be [N,C,H,W], got {}", op, x.str()));
-  if (k < 1 || s < 1 || p < 0 || 2 * p > k)
-    throw std::invalid_argument(fmt::format("{}: bad kernel {}, stride {}, padding {}", op, k, s, p));
-  cpu::PoolShape ps{x.size(0) * x.size(1), x.size(2), x.size(3), k, s, p, 0, 0};
-  ps.oh = (ps.h + 2 * p - k) / s + 1;
-  ps.ow = (ps.w + 2 * p - k) / s + 1;
-  if (ps.oh <= 0 || ps.ow <= 0) throw std::invalid_argument(fmt::format("{}: window {} larger than input {}", op, k, x.str()));
+  const PoolShape ps = make_pool_shape(x.size(0) * x.size(1), x.size(2), x.size(3), k, s, p, fmt::format("{} of {}", op, x.str()));
+  if (2 * p > k) throw std::invalid_argument(fmt::format("{}: padding {} is more than half the window {}", op, p, k));
   return ps;
 }
 
 Tensor max_pool2d(const Tensor& x_in, int64_t kernel, int64_t stride, int64_t padding) {
   require_float(x_in, "max_pool2d");
-  const cpu::PoolShape s = pool_shape(x_in, kernel, stride, padding, "max_pool2d");
+  const PoolShape s = pool_shape(x_in, kernel, stride, padding, "max_pool2d");
   const Tensor x = x_in.contiguous();
   Tensor idx = Tensor::empty({s.planes, s.oh * s.ow}, DType::i32, x.device());
   BW_KERNEL(x.device(), x.dtype(), "max_pool2d", max_pool2d_indices, s, x.data<T>(), idx.data<int32_t>());
@@ -647,7 +632,7 @@ static Tensor avg_pool2d_backward(const Tensor& g, const Shape& x_shape, int64_t
 
 Tensor avg_pool2d(const Tensor& x_in, int64_t k, int64_t st, int64_t p) {
   require_float(x_in, "avg_pool2d");
-  const cpu::PoolShape s = pool_shape(x_in, k, st, p, "avg_pool2d");
+  const PoolShape s = pool_shape(x_in, k, st, p, "avg_pool2d");
   const Tensor x = x_in.contiguous();
   Tensor out = Tensor::empty({x.size(0), x.size(1), s.oh, s.ow}, x.dtype(), x.device());
   BW_KERNEL(x.device(), x.dtype(), "avg_pool2d", avg_pool2d_forward, s, x.data<T>(), out.data<T>());
@@ -659,7 +644,7 @@ Tensor avg_pool2d(const Tensor& x_in, int64_t k, int64_t st, int64_t p) {
 static Tensor avg_pool2d_backward(const Tensor& g_in, const Shape& x_shape, int64_t k, int64_t st, int64_t p) {
   const Tensor g = g_in.contiguous();
   Tensor out = Tensor::empty(x_shape, g.dtype(), g.device());
-  const cpu::PoolShape s = pool_shape(out, k, st, p, "avg_pool2d");
+  const PoolShape s = pool_shape(out, k, st, p, "avg_pool2d");
   BW_KERNEL(g.device(), g.dtype(), "avg_pool2d_backward", avg_pool2d_backward, s, g.data<T>(), out.data<T>());
   return record(out, "avg_pool2d_backward", {g_in}, [k, st, p](const Node&, const Tensor& gg, const Needs&) {
     return Grads{avg_pool2d(gg, k, st, p)};

@@ -7,6 +7,7 @@
 
 #include "engine/autograd.h"
 #include "engine/tensor.h"
+#include "kernels/common/shapes.h"  // conv_output_size, checked_output_size: the one output-size formula
 
 namespace bulwark {
 

@@ -15,6 +15,9 @@ uint64_t Generator::reserve(uint64_t counters) {
   return start;
 }
 
+uint64_t uniform_counters(int64_t numel) { return philox::counters_for(static_cast<uint64_t>(numel)); }
+uint64_t normal_counters(int64_t numel) { return (static_cast<uint64_t>(numel) + 1) / 2; }
+
 namespace {
 constexpr int64_t kParallelMin = 1 << 16;
 
@@ -39,7 +42,7 @@ Tensor fill_by_index(const Shape& shape, DType dtype, const char* op, Value valu
 Tensor rand_uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype) {
   if (!(lo <= hi)) throw std::invalid_argument(fmt::format("rand_uniform: empty range [{}, {})", lo, hi));
   const uint64_t seed = gen.seed();
-  const uint64_t offset = gen.reserve(philox::counters_for(static_cast<uint64_t>(shape_numel(shape))));
+  const uint64_t offset = gen.reserve(uniform_counters(shape_numel(shape)));
   return fill_by_index(shape, dtype, "rand_uniform", [=](int64_t i) {
     return lo + (hi - lo) * static_cast<double>(philox::uniform(seed, offset, static_cast<uint64_t>(i)));
   });
@@ -48,7 +51,7 @@ Tensor rand_uniform(const Shape& shape, double lo, double hi, Generator& gen, DT
 Tensor rand_normal(const Shape& shape, double mean, double stddev, Generator& gen, DType dtype) {
   if (!(stddev >= 0)) throw std::invalid_argument(fmt::format("rand_normal: standard deviation {} < 0", stddev));
   const uint64_t seed = gen.seed();
-  const uint64_t offset = gen.reserve((static_cast<uint64_t>(shape_numel(shape)) + 1) / 2);
+  const uint64_t offset = gen.reserve(normal_counters(shape_numel(shape)));
   return fill_by_index(shape, dtype, "rand_normal", [=](int64_t i) {
     return mean + stddev * static_cast<double>(philox::normal(seed, offset, static_cast<uint64_t>(i)));
   });

@@ -30,12 +30,18 @@ class Generator {
   uint64_t offset_ = 0;
 };
 
+// Philox counters a draw of `numel` values consumes: one 32-bit word per uniform (four words a
+// counter), two words per normal (Box-Muller). Callers that lay out several draws on one
+// stream use these to find where each begins.
+uint64_t uniform_counters(int64_t numel);  // ceil(numel / 4)
+uint64_t normal_counters(int64_t numel);   // ceil(numel / 2)
+
 // Element i = lo + (hi - lo) * u_i with u_i = philox::uniform(seed, offset, i) in [0, 1) (24-bit
-// resolution), computed in double and rounded to `dtype`. Consumes ceil(numel / 4) counters.
+// resolution), computed in double and rounded to `dtype`. Consumes uniform_counters(numel).
 Tensor rand_uniform(const Shape& shape, double lo, double hi, Generator& gen, DType dtype = DType::f32);
 
 // Element i = mean + stddev * philox::normal(seed, offset, i) (Box-Muller). Consumes
-// ceil(numel / 2) counters.
+// normal_counters(numel).
 Tensor rand_normal(const Shape& shape, double mean, double stddev, Generator& gen, DType dtype = DType::f32);
 
 // A uniformly random permutation of 0..n-1 (Fisher-Yates, one 32-bit word per swap, scaled to

@@ -120,4 +120,9 @@ class Tensor {
 // Views share storage with `base`; used by the view ops.
 Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset);
 
+// The argument checks ops begin with, for the layers above too; std::invalid_argument naming `op`.
+void require_float(const Tensor& t, const char* op);  // defined, f32 or f64, on any device
+// `b` is on `a`'s device (no op mixes devices).
+void require_same_device(const Tensor& a, const Tensor& b, const char* op);
+
 }  // namespace bulwark

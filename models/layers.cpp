@@ -50,10 +50,9 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t k, Generator& gen, Conv2dOptions
 }
 
 int64_t Conv2d::output_size(int64_t in) const {
-  if (in + 2 * padding < kernel_size)
-    throw std::invalid_argument(fmt::format("Conv2d({} -> {}, {}x{}, stride {}, padding {}): input size {} is smaller than the kernel",
-                                            in_channels, out_channels, kernel_size, kernel_size, stride, padding, in));
-  return (in + 2 * padding - kernel_size) / stride + 1;
+  return checked_output_size(in, kernel_size, stride, padding,
+                             fmt::format("Conv2d({} -> {}, {}x{}, stride {}, padding {})", in_channels, out_channels,
+                                         kernel_size, kernel_size, stride, padding));
 }
 
 Tensor Conv2d::forward(const Tensor& x) {

@@ -1,7 +1,6 @@
-// The attacks of robust/attacks.h. The fused L-inf step and the random start dispatch on the
-// tensor's device like every engine op (engine/dispatch.h): the CPU loops of
-// kernels/cpu/attack.cpp, or the CUDA kernels of kernels/cuda/attack.cu (f32). The L2 step is
-// written with engine ops (a handful of elementwise passes and two per-sample reductions).
+// The attacks of robust/attacks.h. The fused L-inf step and the random start are engine ops
+// (engine/attack_ops.h) and run on the tensor's device; the L2 step is written with engine ops
+// (a handful of elementwise passes and two per-sample reductions).
 #include "robust/attacks.h"
 
 #include <fmt/format.h>
@@ -11,12 +10,10 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "engine/attack_ops.h"
 #include "engine/autograd.h"
-#include "engine/dispatch.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
-#include "kernels/common/philox.h"
-#include "kernels/cpu/attack_kernels.h"
 
 namespace bulwark {
 
@@ -26,19 +23,8 @@ namespace {
 // still at its clean point): the quotient is then 0 or clamped, and the sample does not move.
 constexpr double kTinyNorm = 1e-12;
 
-void require_float_tensor(const Tensor& t, const char* what) {
-  if (!t.defined()) throw std::invalid_argument(fmt::format("{}: undefined tensor", what));
-  if (t.dtype() != DType::f32 && t.dtype() != DType::f64)
-    throw std::invalid_argument(fmt::format("{}: needs a float tensor, got {}", what, t.str()));
-}
-
-void require_budget(double eps, double alpha) {
-  if (!(eps >= 0.0) || !(alpha >= 0.0) || !std::isfinite(eps) || !std::isfinite(alpha))
-    throw std::invalid_argument(fmt::format("attack: eps ({}) and alpha ({}) must be finite and >= 0", eps, alpha));
-}
-
 void require_batch(const Tensor& x, const Tensor& y) {
-  require_float_tensor(x, "attack");
+  require_float(x, "attack");
   if (x.dim() < 2 || x.size(0) == 0)
     throw std::invalid_argument(fmt::format("attack: x must be a non-empty batch [N, ...], got {}", x.str()));
   if (!y.defined() || y.dtype() != DType::i32 || y.dim() != 1 || y.size(0) != x.size(0))
@@ -186,7 +172,7 @@ Tensor take_rows(const Tensor& t, const std::vector<int64_t>& indices) {
 
 AttackOptions resolve_attack(const AttackOptions& options) {
   AttackOptions o = options;
-  require_budget(o.eps, o.alpha);
+  check_attack_budget(o.eps, o.alpha);
   if (o.steps < 0) throw std::invalid_argument(fmt::format("attack: steps must be >= 0, got {}", o.steps));
   if (o.restarts < 1) throw std::invalid_argument(fmt::format("attack: restarts must be >= 1, got {}", o.restarts));
   switch (o.kind) {
@@ -232,9 +218,9 @@ std::string attack_name(const AttackOptions& options) {
 uint64_t start_counters(Norm norm, const Shape& shape) {
   const int64_t numel = shape_numel(shape);
   if (norm == Norm::linf) return random_start_counters(numel);
-  // rand_normal's (numel + 1) / 2 counters for the direction, then one uniform per sample.
+  // rand_normal's counters for the direction, then one uniform per sample.
   const int64_t samples = shape.empty() ? 1 : shape[0];
-  return static_cast<uint64_t>((numel + 1) / 2) + philox::counters_for(static_cast<uint64_t>(samples));
+  return normal_counters(numel) + uniform_counters(samples);
 }
 
 uint64_t attack_counters(const AttackOptions& options, const Shape& shape) {
@@ -307,38 +293,6 @@ double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const At
   return static_cast<double>(correct) / static_cast<double>(outcome.correct.size());
 }
 
-void pgd_step_(Tensor& x_adv, const Tensor& x_in, const Tensor& g_in, double eps, double alpha, const Tensor& l1) {
-  require_float_tensor(x_adv, "pgd_step_ x_adv");
-  require_budget(eps, alpha);
-  if (!x_adv.is_contiguous()) throw std::invalid_argument("pgd_step_: x_adv must be contiguous (it is updated in place)");
-  for (const Tensor* t : {&x_in, &g_in}) {
-    require_float_tensor(*t, "pgd_step_");
-    if (t->shape() != x_adv.shape() || t->dtype() != x_adv.dtype())
-      throw std::invalid_argument(fmt::format("pgd_step_: x_adv is {} but got {}", x_adv.str(), t->str()));
-    require_same_device(x_adv, *t, "pgd_step_");
-  }
-  if (l1.defined()) {
-    if (l1.dtype() != DType::f64 || l1.numel() != 1 || !l1.is_contiguous())
-      throw std::invalid_argument(fmt::format("pgd_step_: l1 must be one contiguous f64 element, got {}", l1.str()));
-    require_same_device(x_adv, l1, "pgd_step_");
-  }
-  const Tensor x = x_in.detach().contiguous(), g = g_in.detach().contiguous();
-  double* l1_out = l1.defined() ? l1.data<double>() : nullptr;
-  BW_KERNEL(x_adv.device(), x_adv.dtype(), "pgd_step_", pgd_step, x.data<T>(), x_adv.data<T>(), g.data<T>(), x_adv.numel(),
-            static_cast<T>(eps), static_cast<T>(alpha), l1_out);
-}
-
-uint64_t random_start_counters(int64_t numel) { return philox::counters_for(static_cast<uint64_t>(numel)); }
-
-Tensor random_start(const Tensor& x_in, double eps, uint64_t seed, uint64_t offset) {
-  require_float_tensor(x_in, "random_start");
-  require_budget(eps, 0.0);
-  const Tensor x = x_in.detach().contiguous();
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  BW_KERNEL(x.device(), x.dtype(), "random_start", random_start, x.data<T>(), out.data<T>(), x.numel(), static_cast<T>(eps),
-            seed, offset);
-  return out;
-}
 
 Tensor pgd_attack(Module& model, const Tensor& x, const Tensor& y, const PgdOptions& p, AttackStats* stats) {
   AttackOptions o;

@@ -254,6 +254,7 @@ TEST_CASE("attacks compute input gradients only, never a weight gradient", "[att
   auto model = small_mlp(5);
   const Batch b = test_batch(16);
   // Control: an ordinary backward computes the weight gradients, under these names.
+  const RecordGradsByOpGuard by_op;
   backward_stats() = {};
   backward(cross_entropy(model->forward(b.x), b.y));
   const auto weight_grads = backward_stats().grads_computed;

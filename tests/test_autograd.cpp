@@ -115,6 +115,7 @@ TEST_CASE("autograd: grad w.r.t. the input computes no weight gradient", "[autog
   const Tensor labels = Tensor::from_vector(std::vector<int32_t>{1, 4}, {2});
   const Tensor loss = cross_entropy(net.forward(x), labels);
 
+  const RecordGradsByOpGuard by_op;
   backward_stats() = {};
   const Tensor gx = grad({loss}, {x})[0];
   const BackwardStats st = backward_stats();
@@ -143,10 +144,19 @@ TEST_CASE("autograd: grad w.r.t. the input computes no weight gradient", "[autog
   CHECK(max_abs_diff(gw, net.w1.grad()) < 1e-14);
 }
 
+TEST_CASE("autograd: the per-op gradient record is kept only under RecordGradsByOpGuard", "[autograd]") {
+  const Tensor x = leaf(random({3, 4}, 7));
+  backward_stats() = {};
+  backward(sum(x * x));
+  CHECK(backward_stats().nodes_run > 0);
+  CHECK(backward_stats().grads_computed.empty());
+}
+
 TEST_CASE("autograd: grad w.r.t. an intermediate tensor stops there", "[autograd]") {
   const Tensor x = leaf(random({3, 4}, 6));
   const Tensor h = x * 2.0;
   const Tensor loss = sum(h * h);
+  const RecordGradsByOpGuard by_op;
   backward_stats() = {};
   const Tensor gh = grad({loss}, {h})[0];
   CHECK(max_abs_diff(gh, h * 2.0) < 1e-14);

@@ -145,7 +145,7 @@ TEST_CASE("cuda gemm: same result under every block and thread schedule", "[cuda
 struct ConvCase {
   int64_t n, c, h, w, o, k, stride, pad;
   cpu::ConvShape shape() const {
-    return {n, c, h, w, o, k, k, stride, pad, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1};
+    return bulwark::make_conv_shape(n, c, h, w, o, k, k, stride, pad);
   }
 };
 
@@ -198,7 +198,7 @@ TEST_CASE("cuda conv2d: implicit GEMM forward (bias fused), backward-input and b
 // ---- pooling --------------------------------------------------------------------------------------
 
 cpu::PoolShape pool_shape(int64_t planes, int64_t h, int64_t w, int64_t k, int64_t stride, int64_t pad) {
-  return {planes, h, w, k, stride, pad, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1};
+  return bulwark::make_pool_shape(planes, h, w, k, stride, pad);
 }
 
 TEST_CASE("cuda pooling: max indices and average pooling forward/backward with padding match the CPU", "[cuda]") {

@@ -677,6 +677,8 @@ TEST_CASE("Loader: worker errors reach next(), misuse is reported, shutdown is c
     CHECK_THROWS_AS(loader.next(b), std::logic_error);
     CHECK_THROWS_AS(Loader(d, 0, true, 1), std::invalid_argument);
     CHECK_THROWS_AS(Loader(d, 10, true, 1, AugmentOptions{-1, false}), std::invalid_argument);
+    loader.start_epoch(0);
+    CHECK_THROWS_AS(loader.set_batch_hook([](Batch&) {}), std::logic_error);  // the worker may be running it
   }
   SECTION("abandoning epochs and destroying mid-epoch") {
     for (int round = 0; round < 50; ++round) {

@@ -171,8 +171,8 @@ struct ConvGeom {
 };
 ConvGeom geom(const Shape& x, const Shape& w, int64_t stride, int64_t pad) {
   ConvGeom g{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride, pad, 0, 0};
-  g.oh = (g.h + 2 * pad - g.kh) / stride + 1;
-  g.ow = (g.w + 2 * pad - g.kw) / stride + 1;
+  g.oh = conv_output_size(g.h, g.kh, stride, pad);
+  g.ow = conv_output_size(g.w, g.kw, stride, pad);
   return g;
 }
 
@@ -224,7 +224,7 @@ RT ref_conv2d_backward_weight(const RT& x, const RT& gy, const Shape& ws, int64_
 
 RT ref_pool(const RT& x, int64_t k, int64_t s, int64_t p, bool is_max) {
   const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
-  const int64_t OH = (H + 2 * p - k) / s + 1, OW = (W + 2 * p - k) / s + 1;
+  const int64_t OH = conv_output_size(H, k, s, p), OW = conv_output_size(W, k, s, p);
   RT y({N, C, OH, OW});
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c)
@@ -1113,6 +1113,11 @@ TEST_CASE("ops: bad arguments give clear errors", "[ops]") {
   CHECK_THROWS_AS(one_hot(labels, 3), std::out_of_range);
   CHECK_THROWS_AS(max_pool2d(x, 2, 2, 2), std::invalid_argument);  // padding > kernel / 2
   CHECK_THROWS_AS(conv2d(x, Tensor::zeros({4, 3, 7, 7})), std::invalid_argument);  // kernel larger than input
+  // (2 - 3) / 2 + 1 truncates to 1: the fit is tested, not read off the formula.
+  CHECK_THROWS_WITH(conv2d(Tensor::zeros({1, 3, 2, 2}), Tensor::zeros({4, 3, 3, 3}), Tensor(), {2, 0}),
+                    Catch::Contains("smaller than the kernel"));
+  CHECK_THROWS_WITH(avg_pool2d(Tensor::zeros({1, 3, 2, 2}), 3, 2, 0), Catch::Contains("smaller than the kernel"));
+  CHECK_THROWS_AS(conv2d(x, Tensor::zeros({4, 3, 3, 3}), Tensor(), {0, 0}), std::invalid_argument);  // stride 0
   CHECK_THROWS_AS(conv2d(x, Tensor::zeros({4, 3, 3, 3}), Tensor::zeros({3})), std::invalid_argument);  // bias size
   CHECK_THROWS_AS(sum(x, {4}), std::invalid_argument);
   CHECK_THROWS_AS(sum(x, {1, -3}), std::invalid_argument);  // repeated

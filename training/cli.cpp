@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/cpu_kernels.h"
 #include "engine/check.h"
 #include "engine/options.h"
+#include "engine/runtime.h"
 #include "models/zoo.h"
 #include "robust/registry.h"
 #include "robust/attack_registry.h"
@@ -407,7 +407,7 @@ int run_eval(const EvalArgs& a) {
   validate_eval_args(a);
   std::vector<std::string> notes;
   const Device device = resolve_device(a.device, notes) == "cuda" ? Device::cuda : Device::cpu;
-  if (a.threads > 0) cpu::set_num_threads(a.threads);
+  if (a.threads > 0) runtime::set_num_threads(a.threads);
 
   const std::string path = fs::is_directory(a.checkpoint) ? (fs::path(a.checkpoint) / "last.safetensors").string()
                                                           : a.checkpoint;

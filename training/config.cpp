@@ -12,8 +12,7 @@
 #include "data/idx.h"
 #include "engine/check.h"
 #include "engine/json_field.h"
-#include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cuda/cuda_kernels.h"
+#include "engine/runtime.h"
 #include "models/zoo.h"
 
 namespace bulwark::training {
@@ -143,7 +142,7 @@ std::vector<TrainOption> make_train_options() {
       [](auto& c) -> auto& { return c.final_attack_steps; });
   add("",
       Option::make("kernels", "--kernels", T::text, "On a GPU: conv/GEMM kernels auto (the faster), ours or vendor")
-          .one_of({"auto", "ours", "vendor"}),
+          .one_of(runtime::kernel_source_names()),
       [](auto& c) -> auto& { return c.kernels; });
   add("", Option::make("seed", "--seed", T::integer, "Seed of the initial weights, shuffling, augmentation and the method").at_least(0),
       [](auto& c) -> auto& { return c.seed; });
@@ -263,8 +262,8 @@ std::string resolve_device(const std::string& requested, std::vector<std::string
   if (requested == "cpu") return requested;
   // The emulated backend runs CUDA kernels on the CPU for the tests; it is never a GPU.
   std::string why;
-  const bool gpu = cuda::device_available(&why) && !cuda::emulated();
-  if (cuda::emulated()) why = "this build's CUDA backend is the CPU emulator (no nvcc at build time)";
+  const bool gpu = runtime::cuda_available(&why) && !runtime::cuda_emulated();
+  if (runtime::cuda_emulated()) why = "this build's CUDA backend is the CPU emulator (no nvcc at build time)";
   if (requested == "cuda") {
     if (!gpu) throw std::invalid_argument(fmt::format("--device cuda: no usable GPU ({}); use --device cpu", why));
     return "cuda";
@@ -309,7 +308,7 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
   for (auto& n : resolve_schedule(c.schedule, c.epochs)) notes.push_back(std::move(n));
   for (auto& n : robust::resolve_method(c.method, DefaultScope{c.method.options, c.data.dataset, mnist_like, c.epochs}))
     notes.push_back(std::move(n));
-  if (c.threads == 0) c.threads = cpu::num_threads();
+  if (c.threads == 0) c.threads = runtime::num_threads();
   c.device = resolve_device(c.device, notes);
   if (c.out.empty()) {
     const std::string base = fmt::format("runs/{}-{}-{}", timestamp(), c.model, c.data.dataset);

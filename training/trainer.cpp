@@ -8,8 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "kernels/cpu/cpu_kernels.h"
-#include "kernels/cuda/cuda_kernels.h"
+#include "engine/runtime.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
 #include "robust/registry.h"
@@ -252,8 +251,8 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
 }
 
 RunSummary Trainer::run() {
-  cpu::set_num_threads(cfg_.threads);
-  if (device_ == Device::cuda) cuda::set_kernel_source(cuda::parse_kernel_source(cfg_.kernels));
+  runtime::set_num_threads(cfg_.threads);
+  if (device_ == Device::cuda) runtime::set_kernel_source(cfg_.kernels);
   loader_ = std::make_unique<data::Loader>(data_.train, cfg_.batch_size, true, cfg_.seed,
                                            data::AugmentOptions{cfg_.data.crop_pad, cfg_.data.flip});
   const int64_t last_epoch = options_.stop_after > 0 ? std::min(options_.stop_after, cfg_.epochs) : cfg_.epochs;

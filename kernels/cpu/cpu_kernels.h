@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/common/elementwise.h"
+#include "kernels/common/shapes.h"
 
 namespace bulwark::cpu {
 
@@ -43,21 +44,14 @@ template <class T> void scatter_add_middle(const T* src, const int32_t* idx, T* 
 template <class T> void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                              const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
-struct ConvShape {
-  int64_t n, c, h, w;    // input
-  int64_t o, kh, kw;     // filters
-  int64_t stride, pad;
-  int64_t oh, ow;        // output
-};
+// The conv and pool geometry of kernels/common/shapes.h, shared with the CUDA backend.
+using ::bulwark::ConvShape;
+using ::bulwark::PoolShape;
+
 template <class T> void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);
 template <class T> void conv2d_backward_input(const ConvShape& s, const T* g, const T* w, T* dx);
 template <class T> void conv2d_backward_weight(const ConvShape& s, const T* x, const T* g, T* dw);
 
-struct PoolShape {
-  int64_t planes, h, w;  // planes = N * C
-  int64_t kernel, stride, pad;
-  int64_t oh, ow;
-};
 // idx[p, q] = flat index (within the plane) of the max of window q; padding never wins.
 template <class T> void max_pool2d_indices(const PoolShape& s, const T* x, int32_t* idx);
 template <class T> void avg_pool2d_forward(const PoolShape& s, const T* x, T* y);

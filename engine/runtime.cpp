@@ -1,0 +1,24 @@
+#include "engine/runtime.h"
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace bulwark::runtime {
+
+void set_num_threads(int n) { cpu::set_num_threads(n); }
+int num_threads() { return cpu::num_threads(); }
+
+bool cuda_available(std::string* why) { return cuda::device_available(why); }
+bool cuda_emulated() { return cuda::emulated(); }
+
+std::vector<std::string> kernel_source_names() {
+  std::vector<std::string> names;
+  for (cuda::KernelSource s : {cuda::KernelSource::automatic, cuda::KernelSource::ours, cuda::KernelSource::vendor})
+    names.push_back(cuda::kernel_source_name(s));
+  return names;
+}
+
+void check_kernel_source(const std::string& name) { cuda::parse_kernel_source(name); }
+void set_kernel_source(const std::string& name) { cuda::set_kernel_source(cuda::parse_kernel_source(name)); }
+
+}  // namespace bulwark::runtime

@@ -1,0 +1,29 @@
+#pragma once
+// The process-wide settings of the backends, for the layers above the engine (the CLI, the
+// trainer): how many CPU threads the kernels use, whether a CUDA device is usable and whether the
+// CUDA backend is the CPU emulator, and which implementation the CUDA GEMM and convolution run.
+// Nothing above engine/ includes a kernels/ header; these are the handles it gets instead.
+#include <string>
+#include <vector>
+
+namespace bulwark::runtime {
+
+// OpenMP threads of the CPU kernels (BLAS stays single-threaded).
+void set_num_threads(int n);
+int num_threads();
+
+// Whether the CUDA backend has a usable device; when not, `why` (if given) says what is missing.
+bool cuda_available(std::string* why = nullptr);
+// True when this build's CUDA backend is the emulator (kernels/emu): its kernels run on the CPU,
+// so it is never a GPU, though cuda_available() says true for the tests' sake.
+bool cuda_emulated();
+
+// Which implementation the CUDA GEMM and convolution run: "auto" (time both per shape, keep the
+// faster), "ours" or "vendor" (cuBLAS/cuDNN; GPU build only). check_kernel_source throws
+// std::invalid_argument naming the choices for any other name; set_kernel_source checks the same
+// way and then applies the choice process-wide.
+std::vector<std::string> kernel_source_names();
+void check_kernel_source(const std::string& name);
+void set_kernel_source(const std::string& name);
+
+}  // namespace bulwark::runtime
