@@ -1,9 +1,9 @@
 // The CUDA backend's core kernels (kernels/cuda: elementwise, reduce, softmax, random, attack,
 // optim, runtime) under the emulator, for what the op harness (tests/op_harness.h, which checks
 // every op on the CUDA backend against the CPU at awkward sizes) cannot reach: launchers called
-// directly with raw views and dtypes, launch counts (one launch per optimizer step, no host copy
-// per attack step), more elements than one grid-stride pass, Philox giving the CPU's bits exactly,
-// the deferred index errors and the kernels' own bounds guards, and the allocator.
+// directly, launch counts (one launch per optimizer step, no host copy per attack step), more
+// elements than one grid-stride pass, Philox giving the CPU's bits exactly, the deferred index
+// errors and the kernels' own bounds guards, and the allocator.
 //
 // Last, [cuda-coverage] lists every __global__ function in kernels/cuda/*.cu that no [cuda] test
 // launches (the op harness's tables in test_ops.cpp are [cuda] tests too: they run every op on
@@ -42,10 +42,8 @@
 
 namespace {
 
-using bulwark::cpu::Strided;
 namespace cuda = bulwark::cuda;
 namespace cpu = bulwark::cpu;
-namespace ew = bulwark::ew;
 
 std::vector<float> randn(size_t n, unsigned seed, float lo = -2.0f, float hi = 2.0f) {
   return bulwark::testing::uniform_floats(n, seed, lo, hi);
@@ -54,86 +52,7 @@ std::vector<float> randn(size_t n, unsigned seed, float lo = -2.0f, float hi = 2
 using bulwark::testing::DeviceBuffer;
 using bulwark::testing::require_close;
 
-Strided view(const std::vector<int64_t>& shape, const std::vector<int64_t>& stride) {
-  Strided s;
-  s.ndim = static_cast<int>(shape.size());
-  for (int d = 0; d < s.ndim; ++d) {
-    s.shape[d] = shape[d];
-    s.stride[d] = stride[d];
-  }
-  return s;
-}
-
-// Elements a view reaches: 1 + max offset.
-int64_t extent(const Strided& s) {
-  int64_t e = 1;
-  for (int d = 0; d < s.ndim; ++d) e += (s.shape[d] - 1) * s.stride[d];
-  return e;
-}
-int64_t count(const Strided& s) {
-  int64_t n = 1;
-  for (int d = 0; d < s.ndim; ++d) n *= s.shape[d];
-  return n;
-}
-
-const int64_t kSizes[] = {1, 31, 1000, 4099};
-
-// Pairs of views of one output shape: dense, broadcast both ways, a scalar, a transposed view.
-struct ViewPair {
-  const char* name;
-  Strided a, b;
-};
-std::vector<ViewPair> view_pairs() {
-  return {
-      {"dense 4099", view({4099}, {1}), view({4099}, {1})},
-      {"dense 1", view({1}, {1}), view({1}, {1})},
-      {"[3,1,5] x [1,7,5]", view({3, 7, 5}, {5, 0, 1}), view({3, 7, 5}, {0, 5, 1})},
-      {"[2,3,33] + bias[3,1]", view({2, 3, 33}, {99, 33, 1}), view({2, 3, 33}, {0, 1, 0})},
-      {"scalar b", view({31, 9}, {9, 1}), view({31, 9}, {0, 0})},
-      {"transposed a", view({29, 37}, {1, 29}), view({29, 37}, {37, 1})},
-  };
-}
-
 }  // namespace
-
-TEST_CASE("cuda strided copy, fill and dtype conversion match the CPU", "[cuda]") {
-  for (const ViewPair& p : view_pairs()) {
-    INFO(p.name);
-    const int64_t n = count(p.a);
-    auto a = randn(static_cast<size_t>(extent(p.a)), 4);
-    DeviceBuffer<float> da(a), dout(static_cast<size_t>(n));
-    std::vector<float> want(static_cast<size_t>(n));
-    cpu::strided_copy<float>(a.data(), p.a, want.data());
-    cuda::strided_copy(da.ptr, p.a, dout.ptr);
-    require_close(dout.host(), want, 0, 0, "strided_copy");
-
-    std::vector<int32_t> ai(a.size());
-    for (size_t i = 0; i < ai.size(); ++i) ai[i] = static_cast<int32_t>(i * 7 % 13) - 6;
-    DeviceBuffer<int32_t> dai(ai), douti(static_cast<size_t>(n));
-    std::vector<int32_t> wanti(static_cast<size_t>(n));
-    cpu::strided_copy<int32_t>(ai.data(), p.a, wanti.data());
-    cuda::strided_copy_i32(dai.ptr, p.a, douti.ptr);
-    CHECK(douti.host() == wanti);
-  }
-  for (int64_t n : kSizes) {
-    DeviceBuffer<float> f(static_cast<size_t>(n));
-    DeviceBuffer<int32_t> i(static_cast<size_t>(n));
-    cuda::fill(f.ptr, n, -2.5f);
-    cuda::fill_i32(i.ptr, n, 42);
-    CHECK(f.host() == std::vector<float>(static_cast<size_t>(n), -2.5f));
-    CHECK(i.host() == std::vector<int32_t>(static_cast<size_t>(n), 42));
-    auto x = randn(static_cast<size_t>(n), 5, -100.0f, 100.0f);
-    DeviceBuffer<float> dx(x);
-    std::vector<int32_t> want_i(static_cast<size_t>(n));
-    cpu::convert<float, int32_t>(x.data(), want_i.data(), n);
-    cuda::convert_f32_to_i32(dx.ptr, i.ptr, n);
-    CHECK(i.host() == want_i);
-    std::vector<float> want_f(static_cast<size_t>(n));
-    cpu::convert<int32_t, float>(want_i.data(), want_f.data(), n);
-    cuda::convert_i32_to_f32(i.ptr, f.ptr, n);
-    CHECK(f.host() == want_f);
-  }
-}
 
 TEST_CASE("cuda Philox uniform is bit-identical to the CPU generator", "[cuda]") {
   for (int64_t n : {int64_t(1), int64_t(3), int64_t(31), int64_t(1000), int64_t(4099)}) {

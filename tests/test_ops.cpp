@@ -859,6 +859,33 @@ TEST_CASE("ops: views, reshape, contiguous, dtype conversion", "[ops][cuda]") {
   cases.push_back({.name = "to i32 truncates", .inputs = {in({4}, values({1.75, -1.75, 0.5, 3}))},
                    .op = [](const Args& a) { return a[0].to(DType::i32); },
                    .ref = [](const Refs& r) { return map1(r[0], [](double v) { return std::trunc(v); }); }, .grad = false});
+  // The CUDA copy, fill and conversion kernels at awkward sizes: strided copies of offset,
+  // broadcast and transposed views, in f32 and i32; fills and conversions both ways.
+  const auto to_7 = [e = expand_ref({3, 7, 5})](const Refs& r) { return e(r[0]); };
+  for (const InputSpec& x : {in_o({4099}), in_t({29, 37})})
+    cases.push_back(at_cuda_size({.name = with_shapes("contiguous", {x}), .inputs = {x},
+                                  .op = [](const Args& a) { return a[0].contiguous(); },
+                                  .ref = [](const Refs& r) { return r[0]; }}));
+  cases.push_back(at_cuda_size({.name = "expand [3,1,5] to [3,7,5], contiguous", .inputs = {in({3, 1, 5})},
+                                .op = [](const Args& a) { return a[0].expand({3, 7, 5}).contiguous(); }, .ref = to_7}));
+  cases.push_back({.name = "i32 [29,37] transposed copy", .inputs = {in({29, 37}, ints(-6, 6))},
+                   .op = [](const Args& a) { return a[0].t().contiguous(); },
+                   .ref = [](const Refs& r) { return ref_permute(r[0], {1, 0}); }});
+  cases.push_back({.name = "i32 [3,1,5] expand [3,7,5] copy", .inputs = {in({3, 1, 5}, ints(-6, 6))},
+                   .op = [](const Args& a) { return a[0].expand({3, 7, 5}).contiguous(); }, .ref = to_7});
+  for (int64_t n : kCudaSizes) {
+    cases.push_back({.name = fmt::format("to i32 [{}]", n), .inputs = {in({n}, uniform(-100, 100))},
+                     .op = [](const Args& a) { return a[0].to(DType::i32); },
+                     .ref = [](const Refs& r) { return map1(r[0], [](double v) { return std::trunc(v); }); }, .grad = false});
+    // i32 -> float, times a float fill, plus an i32 fill converted.
+    cases.push_back({.name = fmt::format("i32 [{}] to float, with fills", n), .inputs = {in({n}, ints(-6, 6))},
+                     .op = [n](const Args& a) {
+                       const Device dev = a[0].device();
+                       return a[0].to(a.dtype) * Tensor::full({n}, -2.5, a.dtype, dev) +
+                              Tensor::full({n}, 42, DType::i32, dev).to(a.dtype);
+                     },
+                     .ref = [](const Refs& r) { return map1(r[0], [](double v) { return -2.5 * v + 42; }); }});
+  }
   check_ops(cases);
 }
 
