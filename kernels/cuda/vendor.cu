@@ -78,19 +78,20 @@ struct CudnnConv {
     check_cudnn(cudnnCreateTensorDescriptor(&bias), "cudnnCreateTensorDescriptor");
     check_cudnn(cudnnCreateFilterDescriptor(&w), "cudnnCreateFilterDescriptor");
     check_cudnn(cudnnCreateConvolutionDescriptor(&conv), "cudnnCreateConvolutionDescriptor");
-    check_cudnn(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.c), int(s.h), int(s.w)),
-          "cudnnSetTensor4dDescriptor(x)");
-    check_cudnn(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.o), int(s.oh),
-                                     int(s.ow)),
-          "cudnnSetTensor4dDescriptor(y)");
+    check_cudnn(
+        cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.c), int(s.h), int(s.w)),
+        "cudnnSetTensor4dDescriptor(x)");
+    check_cudnn(
+        cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.o), int(s.oh), int(s.ow)),
+        "cudnnSetTensor4dDescriptor(y)");
     check_cudnn(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, int(s.o), 1, 1),
-          "cudnnSetTensor4dDescriptor(bias)");
-    check_cudnn(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, int(s.o), int(s.c), int(s.kh),
-                                     int(s.kw)),
-          "cudnnSetFilter4dDescriptor");
+                "cudnnSetTensor4dDescriptor(bias)");
+    check_cudnn(
+        cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, int(s.o), int(s.c), int(s.kh), int(s.kw)),
+        "cudnnSetFilter4dDescriptor");
     check_cudnn(cudnnSetConvolution2dDescriptor(conv, int(s.pad), int(s.pad), int(s.stride), int(s.stride), 1, 1,
-                                          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
-          "cudnnSetConvolution2dDescriptor");
+                                                CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+                "cudnnSetConvolution2dDescriptor");
     // Keep f32 exact: no TF32 tensor-op math, so the comparison with our kernels is like for like.
     check_cudnn(cudnnSetConvolutionMathType(conv, CUDNN_FMA_MATH), "cudnnSetConvolutionMathType");
   }
@@ -127,15 +128,16 @@ void conv2d_forward_vendor(const ConvShape& s, const float* x, const float* w, c
   cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   int found = 0;
   check_cudnn(cudnnGetConvolutionForwardAlgorithm_v7(cudnn_handle(), d.x, d.w, d.conv, d.y,
-                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf),
-        "cudnnGetConvolutionForwardAlgorithm_v7");
+                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf),
+              "cudnnGetConvolutionForwardAlgorithm_v7");
   size_t bytes = 0;
   check_cudnn(cudnnGetConvolutionForwardWorkspaceSize(cudnn_handle(), d.x, d.w, d.conv, d.y, perf[0].algo, &bytes),
-        "cudnnGetConvolutionForwardWorkspaceSize");
+              "cudnnGetConvolutionForwardWorkspaceSize");
   void* ws = d.workspace_of(bytes);
   const float one = 1.0f, zero = 0.0f;
-  check_cudnn(cudnnConvolutionForward(cudnn_handle(), &one, d.x, x, d.w, w, d.conv, perf[0].algo, ws, bytes, &zero, d.y, y),
-        "cudnnConvolutionForward");
+  check_cudnn(
+      cudnnConvolutionForward(cudnn_handle(), &one, d.x, x, d.w, w, d.conv, perf[0].algo, ws, bytes, &zero, d.y, y),
+      "cudnnConvolutionForward");
   if (bias) check_cudnn(cudnnAddTensor(cudnn_handle(), &one, d.bias, bias, &one, d.y, y), "cudnnAddTensor");
 }
 
@@ -144,16 +146,16 @@ void conv2d_backward_input_vendor(const ConvShape& s, const float* g, const floa
   cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   int found = 0;
   check_cudnn(cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_handle(), d.w, d.y, d.conv, d.x,
-                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &found, perf),
-        "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+                                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &found, perf),
+              "cudnnGetConvolutionBackwardDataAlgorithm_v7");
   size_t bytes = 0;
   check_cudnn(cudnnGetConvolutionBackwardDataWorkspaceSize(cudnn_handle(), d.w, d.y, d.conv, d.x, perf[0].algo, &bytes),
-        "cudnnGetConvolutionBackwardDataWorkspaceSize");
+              "cudnnGetConvolutionBackwardDataWorkspaceSize");
   void* ws = d.workspace_of(bytes);
   const float one = 1.0f, zero = 0.0f;
   check_cudnn(cudnnConvolutionBackwardData(cudnn_handle(), &one, d.w, w, d.y, g, d.conv, perf[0].algo, ws, bytes, &zero,
-                                     d.x, dx),
-        "cudnnConvolutionBackwardData");
+                                           d.x, dx),
+              "cudnnConvolutionBackwardData");
 }
 
 void conv2d_backward_weight_vendor(const ConvShape& s, const float* x, const float* g, float* dw) {
@@ -161,16 +163,17 @@ void conv2d_backward_weight_vendor(const ConvShape& s, const float* x, const flo
   cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   int found = 0;
   check_cudnn(cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_handle(), d.x, d.y, d.conv, d.w,
-                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &found, perf),
-        "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+                                                            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &found, perf),
+              "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
   size_t bytes = 0;
-  check_cudnn(cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn_handle(), d.x, d.y, d.conv, d.w, perf[0].algo, &bytes),
-        "cudnnGetConvolutionBackwardFilterWorkspaceSize");
+  check_cudnn(
+      cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn_handle(), d.x, d.y, d.conv, d.w, perf[0].algo, &bytes),
+      "cudnnGetConvolutionBackwardFilterWorkspaceSize");
   void* ws = d.workspace_of(bytes);
   const float one = 1.0f, zero = 0.0f;
-  check_cudnn(cudnnConvolutionBackwardFilter(cudnn_handle(), &one, d.x, x, d.y, g, d.conv, perf[0].algo, ws, bytes, &zero,
-                                       d.w, dw),
-        "cudnnConvolutionBackwardFilter");
+  check_cudnn(cudnnConvolutionBackwardFilter(cudnn_handle(), &one, d.x, x, d.y, g, d.conv, perf[0].algo, ws, bytes,
+                                             &zero, d.w, dw),
+              "cudnnConvolutionBackwardFilter");
 }
 
 #else  // the emulated backend: no vendor library
