@@ -1,7 +1,9 @@
 #pragma once
-// Helpers shared by the CUDA kernel tests (tests/test_cuda_kernels_*.cpp).
+// Helpers shared by the CUDA tests (tests/test_cuda_kernels_*.cpp, test_kernel_source.cpp,
+// test_emu.cpp): device memory, random inputs, and the llm.c-style tolerance check.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -9,7 +11,34 @@
 #include <string>
 #include <vector>
 
+#include "kernels/emu/runtime.h"
+
 namespace bulwark::testing {
+
+// Device memory for a test, freed when the scope ends. It comes from the CUDA runtime API (the
+// emulator's, kernels/emu/runtime.h), not the backend's caching allocator, so it is exactly
+// `count` elements long: AddressSanitizer and the emulator's pointer checks catch a kernel that
+// runs past it. Made from a count, it holds the emulator's poison (0xFF bytes: NaN as a float,
+// -1 as an int) until written, so an element a kernel forgot to write shows.
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit DeviceBuffer(size_t count) : n(count) {
+    REQUIRE(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)) == cudaSuccess);
+  }
+  explicit DeviceBuffer(const std::vector<T>& h) : DeviceBuffer(h.size()) {
+    if (n) REQUIRE(cudaMemcpy(ptr, h.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  std::vector<T> host() const {
+    std::vector<T> h(n);
+    if (n) REQUIRE(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return h;
+  }
+};
 
 inline std::vector<float> uniform_floats(size_t n, uint32_t seed, float lo, float hi) {
   std::mt19937 rng(seed);

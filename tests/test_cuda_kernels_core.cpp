@@ -1,24 +1,25 @@
 // The CUDA backend's core kernels (kernels/cuda: elementwise, reduce, softmax, random, attack,
-// optim, runtime) run under the emulator and compared with the CPU kernels at awkward sizes:
-// n = 1, a partial warp, a partial block, more elements than one grid-stride pass, broadcasts,
-// non-contiguous views. Philox must give the CPU's bits exactly.
+// optim, runtime) under the emulator, for what the op harness (tests/op_harness.h, which checks
+// every op on the CUDA backend against the CPU at awkward sizes) cannot reach: launchers called
+// directly, launch counts (one launch per optimizer step, no host copy per attack step), more
+// elements than one grid-stride pass, Philox giving the CPU's bits exactly, the deferred index
+// errors and the kernels' own bounds guards, and the allocator.
 //
 // Last, [cuda-coverage] lists every __global__ function in kernels/cuda/*.cu that no [cuda] test
-// launches: it re-runs this binary on "[cuda]" in a child process that writes the emulator's
-// launch registry at exit, so every [cuda] test of every file counts, and ctest may run the
-// tests in any order or in separate processes.
+// launches (the op harness's tables in test_ops.cpp are [cuda] tests too: they run every op on
+// the emulated CUDA backend): it re-runs this binary on "[cuda]" in a child process that writes
+// the emulator's launch registry at exit, so every [cuda] test of every file counts, and ctest
+// may run the tests in any order or in separate processes.
 #define CATCH_CONFIG_EXTERNAL_INTERFACES  // for the event listener below
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <random>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -41,230 +42,24 @@
 
 namespace {
 
-using bulwark::cpu::Strided;
 namespace cuda = bulwark::cuda;
 namespace cpu = bulwark::cpu;
-namespace ew = bulwark::ew;
-
-// A device copy of a host vector (through the backend's own allocator and copies).
-template <class T>
-struct Dev {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit Dev(size_t count) : n(count) { ptr = static_cast<T*>(cuda::device_malloc(std::max<size_t>(1, n) * sizeof(T))); }
-  explicit Dev(const std::vector<T>& h) : Dev(h.size()) { cuda::copy_to_device(ptr, h.data(), n * sizeof(T)); }
-  ~Dev() { cuda::device_free(ptr); }
-  Dev(const Dev&) = delete;
-  std::vector<T> host() const {
-    std::vector<T> out(n);
-    cuda::copy_to_host(out.data(), ptr, n * sizeof(T));
-    return out;
-  }
-};
 
 std::vector<float> randn(size_t n, unsigned seed, float lo = -2.0f, float hi = 2.0f) {
   return bulwark::testing::uniform_floats(n, seed, lo, hi);
 }
 
+using bulwark::testing::DeviceBuffer;
 using bulwark::testing::require_close;
 
-Strided view(const std::vector<int64_t>& shape, const std::vector<int64_t>& stride) {
-  Strided s;
-  s.ndim = static_cast<int>(shape.size());
-  for (int d = 0; d < s.ndim; ++d) {
-    s.shape[d] = shape[d];
-    s.stride[d] = stride[d];
-  }
-  return s;
-}
-
-// Elements a view reaches: 1 + max offset.
-int64_t extent(const Strided& s) {
-  int64_t e = 1;
-  for (int d = 0; d < s.ndim; ++d) e += (s.shape[d] - 1) * s.stride[d];
-  return e;
-}
-int64_t count(const Strided& s) {
-  int64_t n = 1;
-  for (int d = 0; d < s.ndim; ++d) n *= s.shape[d];
-  return n;
-}
-
-const int64_t kSizes[] = {1, 31, 1000, 4099};
-
-// Pairs of views of one output shape: dense, broadcast both ways, a scalar, a transposed view.
-struct ViewPair {
-  const char* name;
-  Strided a, b;
-};
-std::vector<ViewPair> view_pairs() {
-  return {
-      {"dense 4099", view({4099}, {1}), view({4099}, {1})},
-      {"dense 1", view({1}, {1}), view({1}, {1})},
-      {"[3,1,5] x [1,7,5]", view({3, 7, 5}, {5, 0, 1}), view({3, 7, 5}, {0, 5, 1})},
-      {"[2,3,33] + bias[3,1]", view({2, 3, 33}, {99, 33, 1}), view({2, 3, 33}, {0, 1, 0})},
-      {"scalar b", view({31, 9}, {9, 1}), view({31, 9}, {0, 0})},
-      {"transposed a", view({29, 37}, {1, 29}), view({29, 37}, {37, 1})},
-  };
-}
-
 }  // namespace
-
-TEST_CASE("cuda unary kernels match the CPU", "[cuda]") {
-  using U = ew::Unary;
-  const U ops[] = {U::neg,  U::abs,     U::sign,    U::exp,    U::log,   U::sqrt,       U::square,   U::relu,
-                   U::relu_mask, U::softplus, U::sigmoid, U::affine, U::clamp, U::clamp_mask, U::gt_scalar};
-  for (int64_t n : kSizes) {
-    auto x = randn(static_cast<size_t>(n), 7 + static_cast<unsigned>(n));
-    x[0] = 0.0f;  // sign(0), relu's kink
-    Dev<float> dx(x), dy(static_cast<size_t>(n));
-    for (U op : ops) {
-      std::vector<float> want(static_cast<size_t>(n));
-      cpu::unary<float>(op, x.data(), want.data(), n, -0.5f, 0.75f);
-      cuda::unary(op, dx.ptr, dy.ptr, n, -0.5f, 0.75f);
-      require_close(dy.host(), want, 1e-6, 1e-6, "unary op " + std::to_string(static_cast<int>(op)) + " n=" + std::to_string(n));
-    }
-  }
-}
-
-TEST_CASE("cuda binary and where kernels broadcast like the CPU", "[cuda]") {
-  using B = ew::Binary;
-  const B ops[] = {B::add, B::sub, B::mul, B::div, B::maximum, B::minimum, B::gt, B::ge, B::le, B::eq};
-  for (const ViewPair& p : view_pairs()) {
-    INFO(p.name);
-    const int64_t n = count(p.a);
-    auto a = randn(static_cast<size_t>(extent(p.a)), 1);
-    auto b = randn(static_cast<size_t>(extent(p.b)), 2);
-    for (size_t i = 0; i < std::min(a.size(), b.size()); i += 3) b[i] = a[i];  // ties for ge/le/eq
-    Dev<float> da(a), db(b), dout(static_cast<size_t>(n));
-    for (B op : ops) {
-      std::vector<float> want(static_cast<size_t>(n));
-      cpu::binary<float>(op, a.data(), p.a, b.data(), p.b, want.data());
-      cuda::binary(op, da.ptr, p.a, db.ptr, p.b, dout.ptr);
-      require_close(dout.host(), want, 0, 0, std::string("binary op ") + std::to_string(static_cast<int>(op)));
-    }
-    auto c = randn(static_cast<size_t>(extent(p.b)), 3, -1.0f, 1.0f);
-    for (float& v : c) v = v > 0 ? 1.0f : 0.0f;
-    Dev<float> dc(c);
-    std::vector<float> want(static_cast<size_t>(n));
-    cpu::where<float>(c.data(), p.b, a.data(), p.a, b.data(), p.b, want.data());
-    cuda::where(dc.ptr, p.b, da.ptr, p.a, db.ptr, p.b, dout.ptr);
-    require_close(dout.host(), want, 0, 0, "where");
-  }
-}
-
-TEST_CASE("cuda strided copy, fill and dtype conversion match the CPU", "[cuda]") {
-  for (const ViewPair& p : view_pairs()) {
-    INFO(p.name);
-    const int64_t n = count(p.a);
-    auto a = randn(static_cast<size_t>(extent(p.a)), 4);
-    Dev<float> da(a), dout(static_cast<size_t>(n));
-    std::vector<float> want(static_cast<size_t>(n));
-    cpu::strided_copy<float>(a.data(), p.a, want.data());
-    cuda::strided_copy(da.ptr, p.a, dout.ptr);
-    require_close(dout.host(), want, 0, 0, "strided_copy");
-
-    std::vector<int32_t> ai(a.size());
-    for (size_t i = 0; i < ai.size(); ++i) ai[i] = static_cast<int32_t>(i * 7 % 13) - 6;
-    Dev<int32_t> dai(ai), douti(static_cast<size_t>(n));
-    std::vector<int32_t> wanti(static_cast<size_t>(n));
-    cpu::strided_copy<int32_t>(ai.data(), p.a, wanti.data());
-    cuda::strided_copy_i32(dai.ptr, p.a, douti.ptr);
-    CHECK(douti.host() == wanti);
-  }
-  for (int64_t n : kSizes) {
-    Dev<float> f(static_cast<size_t>(n));
-    Dev<int32_t> i(static_cast<size_t>(n));
-    cuda::fill(f.ptr, n, -2.5f);
-    cuda::fill_i32(i.ptr, n, 42);
-    CHECK(f.host() == std::vector<float>(static_cast<size_t>(n), -2.5f));
-    CHECK(i.host() == std::vector<int32_t>(static_cast<size_t>(n), 42));
-    auto x = randn(static_cast<size_t>(n), 5, -100.0f, 100.0f);
-    Dev<float> dx(x);
-    std::vector<int32_t> want_i(static_cast<size_t>(n));
-    cpu::convert<float, int32_t>(x.data(), want_i.data(), n);
-    cuda::convert_f32_to_i32(dx.ptr, i.ptr, n);
-    CHECK(i.host() == want_i);
-    std::vector<float> want_f(static_cast<size_t>(n));
-    cpu::convert<int32_t, float>(want_i.data(), want_f.data(), n);
-    cuda::convert_i32_to_f32(i.ptr, f.ptr, n);
-    CHECK(f.host() == want_f);
-  }
-}
-
-TEST_CASE("cuda reductions and index ops over [outer, n, inner] match the CPU", "[cuda]") {
-  struct Shape3 {
-    int64_t outer, n, inner;
-  };
-  const Shape3 shapes[] = {{1, 1, 1}, {3, 31, 1}, {2, 1000, 1}, {1, 4099, 1}, {5, 7, 3}, {2, 129, 33}, {1, 2, 1000}};
-  for (const Shape3& s : shapes) {
-    INFO("outer " << s.outer << " n " << s.n << " inner " << s.inner);
-    const size_t total = static_cast<size_t>(s.outer * s.n * s.inner), out_n = static_cast<size_t>(s.outer * s.inner);
-    auto x = randn(total, 11);
-    Dev<float> dx(x), dy(out_n);
-    std::vector<float> want(out_n);
-    cpu::sum_middle<float>(x.data(), want.data(), s.outer, s.n, s.inner);
-    cuda::sum_middle(dx.ptr, dy.ptr, s.outer, s.n, s.inner);
-    require_close(dy.host(), want, 1e-4, 1e-5, "sum_middle");
-
-    // argmax with ties (small integers) and NaNs: first maximum, NaN never wins over a number.
-    std::vector<float> xi(total);
-    std::mt19937 rng(3);
-    for (float& v : xi) v = static_cast<float>(static_cast<int>(rng() % 5));
-    for (size_t i = 0; i < total; i += 5) xi[i] = NAN;
-    Dev<float> dxi(xi);
-    Dev<int32_t> didx(out_n);
-    std::vector<int32_t> want_idx(out_n);
-    cpu::argmax_middle<float>(xi.data(), want_idx.data(), s.outer, s.n, s.inner);
-    cuda::argmax_middle(dxi.ptr, didx.ptr, s.outer, s.n, s.inner);
-    CHECK(didx.host() == want_idx);
-
-    // gather m = 3 picks per row, then scatter them back (repeated indices collide).
-    const int64_t m = 3;
-    std::vector<int32_t> idx(static_cast<size_t>(s.outer * m * s.inner));
-    for (int32_t& v : idx) v = static_cast<int32_t>(rng() % static_cast<uint32_t>(s.n));
-    Dev<int32_t> dgi(idx);
-    Dev<float> dg(idx.size());
-    std::vector<float> want_g(idx.size());
-    cpu::gather_middle<float>(x.data(), idx.data(), want_g.data(), s.outer, s.n, m, s.inner);
-    cuda::gather_middle(dx.ptr, dgi.ptr, dg.ptr, s.outer, s.n, m, s.inner);
-    require_close(dg.host(), want_g, 0, 0, "gather_middle");
-
-    std::vector<float> want_s(total, 0.0f);
-    cpu::scatter_add_middle<float>(want_g.data(), idx.data(), want_s.data(), s.outer, s.n, m, s.inner);
-    Dev<float> ds(total);
-    cuda::fill(ds.ptr, static_cast<int64_t>(total), 0.0f);
-    cuda::scatter_add_middle(dg.ptr, dgi.ptr, ds.ptr, s.outer, s.n, m, s.inner);
-    require_close(ds.host(), want_s, 1e-6, 1e-6, "scatter_add_middle");
-  }
-}
-
-TEST_CASE("cuda log_softmax and softmax cross-entropy rows match the CPU", "[cuda]") {
-  for (int64_t rows : {1, 7, 129}) {
-    for (int64_t cols : {1, 10, 31, 33, 1000}) {
-      INFO(rows << " x " << cols);
-      auto z = randn(static_cast<size_t>(rows * cols), 13, -8.0f, 8.0f);
-      std::vector<int32_t> labels(static_cast<size_t>(rows));
-      for (int64_t r = 0; r < rows; ++r) labels[r] = static_cast<int32_t>((r * 7) % cols);
-      Dev<float> dz(z), dy(z.size()), dloss(labels.size());
-      Dev<int32_t> dl(labels);
-      std::vector<float> want(z.size()), want_loss(labels.size());
-      cpu::log_softmax_rows<float>(z.data(), want.data(), rows, cols);
-      cpu::softmax_xent_rows<float>(z.data(), labels.data(), want_loss.data(), rows, cols);
-      cuda::log_softmax_rows(dz.ptr, dy.ptr, rows, cols);
-      cuda::softmax_xent_rows(dz.ptr, dl.ptr, dloss.ptr, rows, cols);
-      require_close(dy.host(), want, 1e-5, 1e-5, "log_softmax_rows");
-      require_close(dloss.host(), want_loss, 1e-5, 1e-5, "softmax_xent_rows");
-    }
-  }
-}
 
 TEST_CASE("cuda Philox uniform is bit-identical to the CPU generator", "[cuda]") {
   for (int64_t n : {int64_t(1), int64_t(3), int64_t(31), int64_t(1000), int64_t(4099)}) {
     bulwark::Generator gen(0x5eedULL + static_cast<uint64_t>(n));
     gen.set_offset(17);
     const auto want = bulwark::rand_uniform({n}, -0.25, 1.5, gen).to_vector();
-    Dev<float> d(static_cast<size_t>(n));
+    DeviceBuffer<float> d(static_cast<size_t>(n));
     cuda::uniform(d.ptr, n, -0.25f, 1.5f, 0x5eedULL + static_cast<uint64_t>(n), 17);
     const auto got = d.host();
     REQUIRE(got.size() == want.size());
@@ -282,18 +77,18 @@ TEST_CASE("cuda pgd_step and random_start match the CPU, L1 of g included", "[cu
     const float eps = 8.0f / 255, alpha = 2.0f / 255;
     std::vector<float> want(un);
     cpu::random_start<float>(x.data(), want.data(), n, eps, 99, 5);
-    Dev<float> dx(x), dg(g), dadv(un);
+    DeviceBuffer<float> dx(x), dg(g), dadv(un);
     cuda::random_start(dx.ptr, dadv.ptr, n, eps, 99, 5);
     require_close(dadv.host(), want, 1e-7, 0, "random_start");
 
     // Two steps: the first without the L1 (the step-only kernel), the second with it, written to
     // a device address with no copy to the host.
     std::vector<float> g2(g.rbegin(), g.rend());
-    Dev<float> dg2(g2);
+    DeviceBuffer<float> dg2(g2);
     double want_l1 = -1;
     cpu::pgd_step<float>(x.data(), want.data(), g.data(), n, eps, alpha, nullptr);
     cpu::pgd_step<float>(x.data(), want.data(), g2.data(), n, eps, alpha, &want_l1);
-    Dev<double> dl1(std::vector<double>{-1.0});
+    DeviceBuffer<double> dl1(std::vector<double>{-1.0});
     const uint64_t copies = cuda::host_copy_count();
     cuda::pgd_step(dx.ptr, dadv.ptr, dg.ptr, n, eps, alpha, nullptr);
     cuda::pgd_step(dx.ptr, dadv.ptr, dg2.ptr, n, eps, alpha, dl1.ptr);
@@ -303,7 +98,7 @@ TEST_CASE("cuda pgd_step and random_start match the CPU, L1 of g included", "[cu
     CHECK(std::fabs(l1 - want_l1) <= 1e-9 * std::max(1.0, std::fabs(want_l1)));
   }
   // No elements: the L1 of nothing is written as 0.
-  Dev<double> dl1(std::vector<double>{-1.0});
+  DeviceBuffer<double> dl1(std::vector<double>{-1.0});
   cuda::pgd_step(nullptr, nullptr, nullptr, 0, 0.1f, 0.01f, dl1.ptr);
   CHECK(dl1.host()[0] == 0.0);
 }
@@ -317,16 +112,16 @@ TEST_CASE("cuda fused SGD step updates every parameter in one launch like the CP
     h.weight_decay = 5e-4;
     h.nesterov = nesterov;
     std::vector<std::vector<float>> p, g, buf;
-    std::vector<std::unique_ptr<Dev<float>>> dp, dg, db;
+    std::vector<std::unique_ptr<DeviceBuffer<float>>> dp, dg, db;
     std::vector<cuda::SgdSegment> segs;
     unsigned seed = 30;
     for (int64_t n : sizes) {
       p.push_back(randn(static_cast<size_t>(n), seed++));
       g.push_back(randn(static_cast<size_t>(n), seed++));
       buf.push_back(randn(static_cast<size_t>(n), seed++));
-      dp.push_back(std::make_unique<Dev<float>>(p.back()));
-      dg.push_back(std::make_unique<Dev<float>>(g.back()));
-      db.push_back(std::make_unique<Dev<float>>(buf.back()));
+      dp.push_back(std::make_unique<DeviceBuffer<float>>(p.back()));
+      dg.push_back(std::make_unique<DeviceBuffer<float>>(g.back()));
+      db.push_back(std::make_unique<DeviceBuffer<float>>(buf.back()));
       segs.push_back({dp.back()->ptr, dg.back()->ptr, db.back()->ptr, n});
     }
     const auto before = bulwark::emu::launch_counts()["sgd_step_multi_kernel"].launches;
@@ -350,7 +145,7 @@ TEST_CASE("cuda fused Adam step updates every parameter in one launch like the C
     h.lr = 3e-3;
     h.weight_decay = weight_decay;
     std::vector<std::vector<float>> p, g, m, v;
-    std::vector<std::unique_ptr<Dev<float>>> dp, dg, dm, dv;
+    std::vector<std::unique_ptr<DeviceBuffer<float>>> dp, dg, dm, dv;
     std::vector<cuda::AdamSegment> segs;
     unsigned seed = 60;
     for (int64_t n : sizes) {
@@ -359,10 +154,10 @@ TEST_CASE("cuda fused Adam step updates every parameter in one launch like the C
       g.push_back(randn(count, seed++));
       m.push_back(std::vector<float>(count, 0.0f));  // moments start at zero, as in PyTorch
       v.push_back(std::vector<float>(count, 0.0f));
-      dp.push_back(std::make_unique<Dev<float>>(p.back()));
-      dg.push_back(std::make_unique<Dev<float>>(g.back()));
-      dm.push_back(std::make_unique<Dev<float>>(m.back()));
-      dv.push_back(std::make_unique<Dev<float>>(v.back()));
+      dp.push_back(std::make_unique<DeviceBuffer<float>>(p.back()));
+      dg.push_back(std::make_unique<DeviceBuffer<float>>(g.back()));
+      dm.push_back(std::make_unique<DeviceBuffer<float>>(m.back()));
+      dv.push_back(std::make_unique<DeviceBuffer<float>>(v.back()));
       segs.push_back({dp.back()->ptr, dg.back()->ptr, dm.back()->ptr, dv.back()->ptr, n});
     }
     const auto before = bulwark::emu::launch_counts()["adam_step_multi_kernel"].launches;
@@ -494,8 +289,8 @@ TEST_CASE("cuda index errors are checked on the device and raised at the next ho
 TEST_CASE("cuda index kernels guard out-of-range indices: NaN gathered, nothing scattered", "[cuda]") {
   // The engine's range check is deferred, so the kernels themselves must stay in bounds.
   const std::vector<float> x = {1, 2, 3, 4, 5, 6};  // [outer 2, n 3, inner 1]
-  Dev<float> dx(x), dout(4), dsum(6), dloss(2);
-  Dev<int32_t> didx(std::vector<int32_t>{2, 3, -1, 0});  // m = 2 picks per row
+  DeviceBuffer<float> dx(x), dout(4), dsum(6), dloss(2);
+  DeviceBuffer<int32_t> didx(std::vector<int32_t>{2, 3, -1, 0});  // m = 2 picks per row
   cuda::gather_middle(dx.ptr, didx.ptr, dout.ptr, 2, 3, 2, 1);
   const std::vector<float> got = dout.host();
   CHECK(got[0] == 3.0f);
@@ -505,7 +300,7 @@ TEST_CASE("cuda index kernels guard out-of-range indices: NaN gathered, nothing 
   cuda::fill(dsum.ptr, 6, 0.0f);
   cuda::scatter_add_middle(dx.ptr, didx.ptr, dsum.ptr, 2, 3, 2, 1);
   CHECK(dsum.host() == std::vector<float>({0, 0, 1, 4, 0, 0}));
-  Dev<int32_t> dlabels(std::vector<int32_t>{3, 1});  // [2 rows, 3 cols]: row 0 is bad
+  DeviceBuffer<int32_t> dlabels(std::vector<int32_t>{3, 1});  // [2 rows, 3 cols]: row 0 is bad
   cuda::softmax_xent_rows(dx.ptr, dlabels.ptr, dloss.ptr, 2, 3);
   const std::vector<float> loss = dloss.host();
   CHECK(std::isnan(loss[0]));

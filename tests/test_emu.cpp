@@ -26,32 +26,16 @@
 #include <string>
 #include <vector>
 
+#include "tests/cuda_test_util.h"
 #include "tests/emu_kernels/emu_kernels.h"
 
 namespace emu = bulwark::emu;
 using Catch::Matchers::Contains;
+using bulwark::testing::DeviceBuffer;
 
 namespace {
 
 // ---- helpers -------------------------------------------------------------------------------------
-
-// Device copy of a host vector, freed on scope exit.
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(size_t count) : n(count) { REQUIRE(cudaMalloc(&ptr, count * sizeof(T)) == cudaSuccess); }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-    REQUIRE(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  std::vector<T> host() const {
-    std::vector<T> out(n);
-    REQUIRE(cudaMemcpy(out.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return out;
-  }
-};
 
 // Restores the emulator's configuration when the scope ends.
 struct ConfigGuard {

@@ -28,30 +28,12 @@ namespace cuda = bulwark::cuda;
 namespace emu = bulwark::emu;
 using cuda::KernelSource;
 using Catch::Matchers::Contains;
+using bulwark::testing::DeviceBuffer;
 
 // Puts the process-wide setting back when a test ends.
 struct KernelSourceGuard {
   KernelSource saved = cuda::kernel_source();
   ~KernelSourceGuard() { cuda::set_kernel_source(saved); }
-};
-
-// A device copy of a host vector (or n NaNs, so an element a kernel forgot to write shows).
-struct DeviceFloats {
-  float* p;
-  size_t n;
-  explicit DeviceFloats(const std::vector<float>& h)
-      : p(static_cast<float*>(cuda::device_malloc(h.size() * sizeof(float)))), n(h.size()) {
-    cuda::copy_to_device(p, h.data(), n * sizeof(float));
-  }
-  explicit DeviceFloats(size_t count) : DeviceFloats(std::vector<float>(count, std::nanf(""))) {}
-  ~DeviceFloats() { cuda::device_free(p); }
-  DeviceFloats(const DeviceFloats&) = delete;
-  DeviceFloats& operator=(const DeviceFloats&) = delete;
-  std::vector<float> host() const {
-    std::vector<float> h(n);
-    cuda::copy_to_host(h.data(), p, n * sizeof(float));
-    return h;
-  }
 };
 
 uint64_t tile_launches() {
@@ -71,8 +53,8 @@ std::vector<std::vector<float>> run_routed_launchers_against_cpu() {
   const int64_t M = 37, N = 70, K = 19;  // op(A) = A^T: A is K x M
   const auto a = uniform_floats(size_t(K * M), 1, -1, 1), b = uniform_floats(size_t(K * N), 2, -1, 1);
   auto c = uniform_floats(size_t(M * N), 3, -1, 1);
-  DeviceFloats da(a), db(b), dc(c);
-  cuda::gemm(true, false, M, N, K, 1.5f, da.p, M, db.p, N, 0.5f, dc.p, N);
+  DeviceBuffer<float> da(a), db(b), dc(c);
+  cuda::gemm(true, false, M, N, K, 1.5f, da.ptr, M, db.ptr, N, 0.5f, dc.ptr, N);
   cpu::gemm<float>(true, false, M, N, K, 1.5f, a.data(), M, b.data(), N, 0.5f, c.data(), N);
   outputs.push_back(dc.host());
   require_close(outputs.back(), c, 1e-5 * (K + 1), 1e-4, "gemm");
@@ -83,10 +65,10 @@ std::vector<std::vector<float>> run_routed_launchers_against_cpu() {
   const auto bias = uniform_floats(size_t(s.o), 6, -1, 1);
   const auto g = uniform_floats(size_t(s.n * s.o * s.oh * s.ow), 7, -1, 1);
   std::vector<float> y(g.size()), dx(x.size()), dw(w.size());
-  DeviceFloats d_x(x), d_w(w), d_bias(bias), d_g(g), d_y(y.size()), d_dx(dx.size()), d_dw(dw.size());
-  cuda::conv2d_forward(s, d_x.p, d_w.p, d_bias.p, d_y.p);
-  cuda::conv2d_backward_input(s, d_g.p, d_w.p, d_dx.p);
-  cuda::conv2d_backward_weight(s, d_x.p, d_g.p, d_dw.p);
+  DeviceBuffer<float> d_x(x), d_w(w), d_bias(bias), d_g(g), d_y(y.size()), d_dx(dx.size()), d_dw(dw.size());
+  cuda::conv2d_forward(s, d_x.ptr, d_w.ptr, d_bias.ptr, d_y.ptr);
+  cuda::conv2d_backward_input(s, d_g.ptr, d_w.ptr, d_dx.ptr);
+  cuda::conv2d_backward_weight(s, d_x.ptr, d_g.ptr, d_dw.ptr);
   cpu::conv2d_forward<float>(s, x.data(), w.data(), bias.data(), y.data());
   cpu::conv2d_backward_input<float>(s, g.data(), w.data(), dx.data());
   cpu::conv2d_backward_weight<float>(s, x.data(), g.data(), dw.data());

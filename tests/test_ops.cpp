@@ -1,7 +1,8 @@
 // Every op of engine/ops.h and the view ops of engine/tensor.h, through one harness
 // (tests/op_harness.h): forward f32/f64 against a plain f64 reference written here with index
-// loops, gradcheck in f64, and double backward where the trainers need it. Adding an op means
-// adding lines to a table below.
+// loops, gradcheck in f64, double backward where the trainers need it, and the emulated CUDA
+// backend against the CPU backend (so the tables are [cuda] tests too, with rows at the CUDA
+// kernels' awkward sizes). Adding an op means adding lines to a table below.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -383,6 +384,16 @@ OpCase forward_only(OpCase c) {
   c.grad = false;
   return c;
 }
+// A row for the CUDA backend's awkward sizes: the forward against the reference, and the CUDA
+// forward and gradients against the CPU backend's; no finite differences (slow at these sizes).
+OpCase at_cuda_size(OpCase c) {
+  c.finite_differences = false;
+  return c;
+}
+
+// Element counts that leave a partial warp (31), a partial 256-thread block (1000) and a
+// partial last block of several (4099) in the CUDA elementwise kernels.
+const int64_t kCudaSizes[] = {31, 1000, 4099};
 
 // Shapes every unary op is run on: a vector, 3-d, ones, a 0-d scalar, a transposed view.
 std::vector<InputSpec> unary_shapes(const Gen& g) {
@@ -394,6 +405,11 @@ void add_unary(std::vector<OpCase>& cases, const std::string& name, const Gen& g
   for (const InputSpec& s : unary_shapes(g)) {
     OpCase c = unary(name, s, op, f);
     c.gradgrad = gradgrad;
+    c.grad = grad;
+    cases.push_back(c);
+  }
+  for (int64_t n : kCudaSizes) {
+    OpCase c = at_cuda_size(unary(name, in({n}, g), op, f));
     c.grad = grad;
     cases.push_back(c);
   }
@@ -421,6 +437,12 @@ void add_binary(std::vector<OpCase>& cases, const std::string& name, const Gen& 
   cases.push_back(t2);
   cases.push_back(t3);
   cases.push_back(binary(name, in({0, 3}, ga), in({3}, gb), op, f));  // empty
+  // The CUDA kernels' awkward sizes: a partial last block, a bias over a 33-wide inner dim,
+  // broadcasts both ways, a scalar and a transposed operand.
+  for (const auto& [a, b] : std::vector<std::pair<InputSpec, InputSpec>>{
+           {in({4099}, ga), in({4099}, gb)}, {in({2, 3, 33}, ga), in({3, 1}, gb)}, {in({3, 1, 5}, ga), in({1, 7, 5}, gb)},
+           {in({31, 9}, ga), in({}, gb)}, {in_t({29, 37}, ga), in({29, 37}, gb)}})
+    cases.push_back(at_cuda_size(binary(name, a, b, op, f)));
   // Big enough for the multi-threaded paths; forward only (gradcheck would be slow).
   cases.push_back(forward_only(binary(name, in({48, 33, 25}, ga), in({33, 1}, gb), op, f)));
   cases.push_back(forward_only(binary(name, in({40, 1000}, ga), in({40, 1000}, gb), op, f)));
@@ -432,7 +454,7 @@ double sigmoid_ref(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // ==== elementwise ==================================================================================
 
-TEST_CASE("ops: elementwise binary", "[ops]") {
+TEST_CASE("ops: elementwise binary", "[ops][cuda]") {
   std::vector<OpCase> cases;
   add_binary(cases, "add", uniform(), uniform(), [](auto& a, auto& b) { return add(a, b); },
              [](double a, double b) { return a + b; }, true);
@@ -449,7 +471,7 @@ TEST_CASE("ops: elementwise binary", "[ops]") {
   check_ops(cases);
 }
 
-TEST_CASE("ops: elementwise unary", "[ops]") {
+TEST_CASE("ops: elementwise unary", "[ops][cuda]") {
   std::vector<OpCase> cases;
   add_unary(cases, "affine", uniform(), [](auto& a) { return affine(a, -1.5, 0.25); },
             [](double a) { return -1.5 * a + 0.25; });
@@ -484,7 +506,7 @@ TEST_CASE("ops: elementwise unary", "[ops]") {
   check_ops(cases);
 }
 
-TEST_CASE("ops: clamp with tensor bounds, where, comparisons", "[ops]") {
+TEST_CASE("ops: clamp with tensor bounds, where, comparisons", "[ops][cuda]") {
   const auto clamp3 = [](const Refs& r) {
     return map3(r[0], r[1], r[2], [](double a, double lo, double hi) { return std::min(std::max(a, lo), hi); });
   };
@@ -512,7 +534,12 @@ TEST_CASE("ops: clamp with tensor bounds, where, comparisons", "[ops]") {
                        std::function<double(double, double)> f) {
     cases.push_back(forward_only(binary(name, in({3, 4}, grid(0.0, 3)), in({4}, grid(0.0, 3)), op, f)));
     cases.push_back(forward_only(binary(name, in_t({2, 5}, grid(0.0, 2)), in({2, 1}, grid(0.0, 2)), op, f)));
+    cases.push_back(forward_only(binary(name, in_t({29, 37}, grid(0.0, 3)), in({37}, grid(0.0, 3)), op, f)));
   };
+  for (const Shape& s : std::vector<Shape>{{4099}, {29, 37}}) {
+    cases.push_back(at_cuda_size({.name = "where f32 mask " + shape_str(s), .inputs = {constant(s, float_bits()), in(s), in_t(s)},
+                                  .op = [](const Args& a) { return where(a[0], a[1], a[2]); }, .ref = where3}));
+  }
   cmp("gt", [](auto& a, auto& b) { return gt(a, b); }, [](double a, double b) { return a > b ? 1.0 : 0.0; });
   cmp("ge", [](auto& a, auto& b) { return ge(a, b); }, [](double a, double b) { return a >= b ? 1.0 : 0.0; });
   cmp("eq", [](auto& a, auto& b) { return eq(a, b); }, [](double a, double b) { return a == b ? 1.0 : 0.0; });
@@ -523,7 +550,7 @@ TEST_CASE("ops: clamp with tensor bounds, where, comparisons", "[ops]") {
 
 // ==== reductions ===================================================================================
 
-TEST_CASE("ops: sum and mean", "[ops]") {
+TEST_CASE("ops: sum and mean", "[ops][cuda]") {
   std::vector<OpCase> cases;
   struct R {
     Shape shape;
@@ -565,6 +592,12 @@ TEST_CASE("ops: sum and mean", "[ops]") {
                      .op = [d](const Args& a) { return sum(a[0], d); },
                      .ref = [d](const Refs& r) { return ref_sum(r[0], d, false); }});
   }
+  // The CUDA reduction over the middle of [outer, n, inner]: one element, partial warps, more than
+  // one block per row, a strided inner dimension.
+  for (const Shape& x : std::vector<Shape>{{1, 1, 1}, {3, 31, 1}, {2, 1000, 1}, {1, 4099, 1}, {5, 7, 3}, {2, 129, 33}, {1, 2, 1000}})
+    cases.push_back(at_cuda_size({.name = fmt::format("sum {} dims [1]", shape_str(x)), .inputs = {in(x)},
+                                  .op = [](const Args& a) { return sum(a[0], {1}); },
+                                  .ref = [](const Refs& r) { return ref_sum(r[0], {1}, false); }, .f32 = {1e-4, 1e-5}}));
   // Big reductions: the multi-threaded and non-leading-dim paths, forward only.
   for (const Idx& dims : {Idx{0, 2, 3}, Idx{1}, Idx{0}, Idx{3}, Idx{0, 1, 2, 3}}) {
     OpCase c;
@@ -579,7 +612,7 @@ TEST_CASE("ops: sum and mean", "[ops]") {
   check_ops(cases);
 }
 
-TEST_CASE("ops: max, argmax, sum_to", "[ops]") {
+TEST_CASE("ops: max, argmax, sum_to", "[ops][cuda]") {
   std::vector<OpCase> cases;
   struct M {
     Shape shape;
@@ -598,6 +631,18 @@ TEST_CASE("ops: max, argmax, sum_to", "[ops]") {
                      .op = [m](const Args& a) { return argmax(a[0], m.dim, m.keepdim); },
                      .ref = [m](const Refs& r) { return ref_max(r[0], m.dim, m.keepdim, true); }, .grad = false});
   }
+  // Ties (small integers) and NaNs at the CUDA kernel's sizes: the first maximum wins, a NaN never
+  // beats a number. One element in 7 is NaN, so no reduced row of these shapes is all NaN.
+  const Gen ties_and_nans{[](std::mt19937_64& rng, int64_t n) {
+    std::uniform_int_distribution<int> d(0, 4);
+    std::vector<double> v(n);
+    for (int64_t i = 0; i < n; ++i) v[i] = i % 7 == 3 ? std::nan("") : d(rng);
+    return v;
+  }};
+  for (const Shape& x : std::vector<Shape>{{3, 31, 1}, {2, 1000, 1}, {1, 4099, 1}, {5, 7, 3}, {2, 129, 33}, {1, 2, 1000}})
+    cases.push_back({.name = fmt::format("argmax ties and NaNs {} dim 1", shape_str(x)), .inputs = {in(x, ties_and_nans)},
+                     .op = [](const Args& a) { return argmax(a[0], 1); },
+                     .ref = [](const Refs& r) { return ref_max(r[0], 1, false, true); }, .grad = false});
   // Ties: argmax returns the first maximum.
   cases.push_back({.name = "argmax ties", .inputs = {in({2, 4}, values({1, 3, 3, 0, 2, 2, 2, 2}))},
                    .op = [](const Args& a) { return argmax(a[0], 1); },
@@ -673,12 +718,21 @@ RT ref_slice(const RT& a, int64_t dim, int64_t start, int64_t end) {
 }
 }  // namespace
 
-TEST_CASE("ops: gather, scatter_add, one_hot, concat, slice", "[ops]") {
+TEST_CASE("ops: gather, scatter_add, one_hot, concat, slice", "[ops][cuda]") {
   std::vector<OpCase> cases;
   struct G {
     Shape data, idx;
     int64_t dim;
   };
+  // The CUDA gather over the middle of [outer, n, inner] and, through its gradient, scatter_add:
+  // m = 3 picks per row out of 1000, 4099 and 129 (with a 33-wide inner dim), repeats colliding.
+  for (const G& g : std::vector<G>{{{2, 1000, 1}, {2, 3, 1}, 1}, {{1, 4099}, {1, 3}, 1}, {{2, 129, 33}, {2, 3, 33}, 1}}) {
+    const int hi = static_cast<int>(g.data[1]) - 1;
+    cases.push_back(at_cuda_size({.name = fmt::format("gather {} idx {} dim 1", shape_str(g.data), shape_str(g.idx)),
+                                  .inputs = {in(g.data), in(g.idx, ints(0, hi))},
+                                  .op = [](const Args& a) { return gather(a[0], a[1], 1); },
+                                  .ref = [](const Refs& r) { return ref_gather(r[0], r[1], 1); }}));
+  }
   for (const G& g : std::vector<G>{{{3, 5}, {3, 2}, 1}, {{4, 3}, {2, 3}, 0}, {{2, 4, 3}, {2, 5, 3}, 1}, {{2, 3}, {2, 1}, -1},
                                    {{1, 1}, {1, 1}, 0}}) {
     const int64_t dim = g.dim < 0 ? g.dim + static_cast<int64_t>(g.data.size()) : g.dim;
@@ -758,7 +812,7 @@ TEST_CASE("ops: gather, scatter_add, one_hot, concat, slice", "[ops]") {
 
 // ==== views and copies ===============================================================================
 
-TEST_CASE("ops: views, reshape, contiguous, dtype conversion", "[ops]") {
+TEST_CASE("ops: views, reshape, contiguous, dtype conversion", "[ops][cuda]") {
   std::vector<OpCase> cases;
   const auto view_case = [&](const std::string& name, InputSpec x, std::function<Tensor(const Tensor&)> op,
                              std::function<RT(const RT&)> ref) {
@@ -805,12 +859,39 @@ TEST_CASE("ops: views, reshape, contiguous, dtype conversion", "[ops]") {
   cases.push_back({.name = "to i32 truncates", .inputs = {in({4}, values({1.75, -1.75, 0.5, 3}))},
                    .op = [](const Args& a) { return a[0].to(DType::i32); },
                    .ref = [](const Refs& r) { return map1(r[0], [](double v) { return std::trunc(v); }); }, .grad = false});
+  // The CUDA copy, fill and conversion kernels at awkward sizes: strided copies of offset,
+  // broadcast and transposed views, in f32 and i32; fills and conversions both ways.
+  const auto to_7 = [e = expand_ref({3, 7, 5})](const Refs& r) { return e(r[0]); };
+  for (const InputSpec& x : {in_o({4099}), in_t({29, 37})})
+    cases.push_back(at_cuda_size({.name = with_shapes("contiguous", {x}), .inputs = {x},
+                                  .op = [](const Args& a) { return a[0].contiguous(); },
+                                  .ref = [](const Refs& r) { return r[0]; }}));
+  cases.push_back(at_cuda_size({.name = "expand [3,1,5] to [3,7,5], contiguous", .inputs = {in({3, 1, 5})},
+                                .op = [](const Args& a) { return a[0].expand({3, 7, 5}).contiguous(); }, .ref = to_7}));
+  cases.push_back({.name = "i32 [29,37] transposed copy", .inputs = {in({29, 37}, ints(-6, 6))},
+                   .op = [](const Args& a) { return a[0].t().contiguous(); },
+                   .ref = [](const Refs& r) { return ref_permute(r[0], {1, 0}); }});
+  cases.push_back({.name = "i32 [3,1,5] expand [3,7,5] copy", .inputs = {in({3, 1, 5}, ints(-6, 6))},
+                   .op = [](const Args& a) { return a[0].expand({3, 7, 5}).contiguous(); }, .ref = to_7});
+  for (int64_t n : kCudaSizes) {
+    cases.push_back({.name = fmt::format("to i32 [{}]", n), .inputs = {in({n}, uniform(-100, 100))},
+                     .op = [](const Args& a) { return a[0].to(DType::i32); },
+                     .ref = [](const Refs& r) { return map1(r[0], [](double v) { return std::trunc(v); }); }, .grad = false});
+    // i32 -> float, times a float fill, plus an i32 fill converted.
+    cases.push_back({.name = fmt::format("i32 [{}] to float, with fills", n), .inputs = {in({n}, ints(-6, 6))},
+                     .op = [n](const Args& a) {
+                       const Device dev = a[0].device();
+                       return a[0].to(a.dtype) * Tensor::full({n}, -2.5, a.dtype, dev) +
+                              Tensor::full({n}, 42, DType::i32, dev).to(a.dtype);
+                     },
+                     .ref = [](const Refs& r) { return map1(r[0], [](double v) { return -2.5 * v + 42; }); }});
+  }
   check_ops(cases);
 }
 
 // ==== linear algebra ==================================================================================
 
-TEST_CASE("ops: matmul and linear", "[ops]") {
+TEST_CASE("ops: matmul and linear", "[ops][cuda]") {
   std::vector<OpCase> cases;
   const auto mm = [](const Refs& r) { return ref_matmul(r[0], r[1]); };
   const auto op_mm = [](const Args& a) { return matmul(a[0], a[1]); };
@@ -832,6 +913,15 @@ TEST_CASE("ops: matmul and linear", "[ops]") {
   cases.push_back({.name = "matmul of a transposed column slice", .inputs = {in({3, 6}), in({3, 2})},
                    .op = [](const Args& a) { return matmul(a[0].slice(1, 2, 5).t(), a[1]); },
                    .ref = [](const Refs& r) { return ref_matmul(ref_permute(ref_slice(r[0], 1, 2, 5), {1, 0}), r[1]); }});
+  // The CUDA tile GEMM off its 64x64 tile, every transpose (the gradients add the others):
+  // a partial tile each way, a long K, a short K.
+  for (const auto& [m, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{67, 45, 33}, {128, 10, 800}, {70, 130, 9}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        const std::vector<InputSpec> ins = {ta ? in_t({m, k}) : in({m, k}), tb ? in_t({k, n}) : in({k, n})};
+        cases.push_back(at_cuda_size({.name = with_shapes("matmul", ins), .inputs = ins, .op = op_mm, .ref = mm,
+                                      .f32 = {1e-3, 1e-4}, .cuda_tol = {1e-3, 1e-4}}));
+      }
   // Large enough for the threaded row split.
   cases.push_back({.name = "matmul big [256,128]x[128,80]", .inputs = {in({256, 128}), in_t({128, 80})}, .op = op_mm, .ref = mm,
                    .grad = false, .f32 = {1e-4, 1e-5}});
@@ -885,7 +975,7 @@ Shape conv_y(const ConvCfg& c) {
 }
 }  // namespace
 
-TEST_CASE("ops: conv2d", "[ops][conv]") {
+TEST_CASE("ops: conv2d", "[ops][cuda][conv]") {
   std::vector<OpCase> cases;
   for (const ConvCfg& cfg : conv_cfgs) {
     std::vector<InputSpec> ins = {cfg.transposed_input ? in_t(conv_x(cfg)) : in(conv_x(cfg)), in(conv_w(cfg))};
@@ -910,7 +1000,7 @@ TEST_CASE("ops: conv2d", "[ops][conv]") {
   check_ops(cases);
 }
 
-TEST_CASE("ops: conv2d_backward_input and conv2d_backward_weight", "[ops][conv]") {
+TEST_CASE("ops: conv2d_backward_input and conv2d_backward_weight", "[ops][cuda][conv]") {
   std::vector<OpCase> cases;
   for (const ConvCfg& cfg : conv_cfgs) {
     const Conv2dParams p{cfg.stride, cfg.pad};
@@ -933,9 +1023,37 @@ TEST_CASE("ops: conv2d_backward_input and conv2d_backward_weight", "[ops][conv]"
   check_ops(cases);
 }
 
+TEST_CASE("ops: conv2d at the CUDA kernels' awkward sizes", "[ops][cuda][conv]") {
+  // conv2d's CUDA gradients run the backward-input and backward-weight kernels, so each row checks
+  // all three implicit GEMMs against the CPU backend.
+  const std::vector<ConvCfg> cfgs = {
+      {1, 3, 13, 11, 5, 3, 1, 1, true, false},  // batch 1, 3x3 same padding
+      {3, 5, 13, 11, 7, 3, 2, 0, true, false},  // stride 2, no padding: the image's last row/column unused
+      {3, 7, 13, 11, 5, 4, 2, 1, true, false},  // even kernel, stride 2
+      {1, 5, 7, 9, 3, 1, 1, 0, true, false},    // pointwise
+      {3, 3, 13, 11, 7, 1, 2, 2, true, false},  // 1x1 with padding 2: outputs that see only padding
+      {3, 3, 9, 10, 5, 4, 1, 2, true, false},   // padding 2 on a 4x4 kernel
+      {2, 3, 8, 8, 70, 3, 1, 1, true, false},   // O > 64: two tile rows forward and backward-weight
+      {1, 67, 5, 5, 3, 3, 1, 1, true, false},   // C > 64: two tile rows backward-input, CKK > 64
+      {3, 5, 13, 11, 7, 3, 2, 0, false, false}, // no bias
+  };
+  std::vector<OpCase> cases;
+  for (const ConvCfg& cfg : cfgs) {
+    std::vector<InputSpec> ins = {in(conv_x(cfg)), in(conv_w(cfg))};
+    if (cfg.bias) ins.push_back(in({cfg.o}));
+    const Conv2dParams p{cfg.stride, cfg.pad};
+    cases.push_back(at_cuda_size(
+        {.name = "conv2d " + conv_name(cfg), .inputs = ins,
+         .op = [cfg, p](const Args& a) { return conv2d(a[0], a[1], cfg.bias ? a[2] : Tensor(), p); },
+         .ref = [cfg](const Refs& r) { return ref_conv2d(r[0], r[1], cfg.bias ? &r[2] : nullptr, cfg.stride, cfg.pad); },
+         .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}}));
+  }
+  check_ops(cases);
+}
+
 // ==== pooling ============================================================================================
 
-TEST_CASE("ops: pooling", "[ops]") {
+TEST_CASE("ops: pooling", "[ops][cuda]") {
   std::vector<OpCase> cases;
   struct P {
     Shape x;
@@ -953,6 +1071,18 @@ TEST_CASE("ops: pooling", "[ops]") {
                      .op = [c](const Args& a) { return avg_pool2d(a[0], c.k, c.s, c.p); },
                      .ref = [c](const Refs& r) { return ref_pool(r[0], c.k, c.s, c.p, false); }, .gradgrad = c.gradgrad});
   }
+  // The CUDA pooling kernels at awkward sizes: odd planes and sizes, partial windows, padding 2.
+  for (const P& c : std::vector<P>{{{1, 6, 13, 11}, 3, 2, 1, false}, {{1, 5, 9, 10}, 2, 2, 0, false},
+                                   {{1, 3, 8, 7}, 3, 1, 1, false}, {{1, 2, 12, 12}, 4, 3, 2, false},
+                                   {{1, 1, 5, 5}, 5, 1, 2, false}}) {
+    const std::string s = fmt::format("{} k{} s{} p{}", shape_str(c.x), c.k, c.s, c.p);
+    cases.push_back(at_cuda_size({.name = "max_pool2d " + s, .inputs = {in(c.x, distinct())},
+                                  .op = [c](const Args& a) { return max_pool2d(a[0], c.k, c.s, c.p); },
+                                  .ref = [c](const Refs& r) { return ref_pool(r[0], c.k, c.s, c.p, true); }}));
+    cases.push_back(at_cuda_size({.name = "avg_pool2d " + s, .inputs = {in(c.x)},
+                                  .op = [c](const Args& a) { return avg_pool2d(a[0], c.k, c.s, c.p); },
+                                  .ref = [c](const Refs& r) { return ref_pool(r[0], c.k, c.s, c.p, false); }}));
+  }
   cases.push_back({.name = "max_pool2d all-negative window at the padding", .inputs = {in({1, 1, 3, 3}, distinct(-5, -1))},
                    .op = [](const Args& a) { return max_pool2d(a[0], 2, 2, 1); },
                    .ref = [](const Refs& r) { return ref_pool(r[0], 2, 2, 1, true); }});
@@ -967,7 +1097,8 @@ TEST_CASE("ops: pooling", "[ops]") {
                    .ref = [](const Refs& r) { return ref_pool(r[0], 2, 2, 0, true); }});
   for (const auto& [x, oh, ow, gg] : std::vector<std::tuple<Shape, int64_t, int64_t, bool>>{
            {{2, 3, 7, 5}, 3, 2, true}, {{1, 2, 6, 6}, 3, 3, false}, {{2, 1, 5, 5}, 1, 1, false}, {{1, 2, 4, 4}, 5, 3, false},
-           {{1, 1, 8, 8}, 8, 8, false}}) {
+           {{1, 1, 8, 8}, 8, 8, false}, {{1, 4, 13, 11}, 5, 3, false}, {{1, 3, 7, 7}, 1, 1, false}, {{1, 2, 5, 6}, 7, 4, false},
+           {{1, 3, 10, 10}, 3, 3, false}, {{1, 1, 1, 1}, 2, 3, false}}) {
     const int64_t h = oh, w = ow;
     cases.push_back({.name = fmt::format("adaptive_avg_pool2d {} -> {}x{}", shape_str(x), oh, ow), .inputs = {in(x)},
                      .op = [h, w](const Args& a) { return adaptive_avg_pool2d(a[0], h, w); },
@@ -988,7 +1119,7 @@ Tensor bn_op(const Args& a, bool training) {
 }
 }  // namespace
 
-TEST_CASE("ops: batch_norm", "[ops]") {
+TEST_CASE("ops: batch_norm", "[ops][cuda]") {
   std::vector<OpCase> cases;
   for (const Shape& x : std::vector<Shape>{{4, 3}, {2, 3, 3, 2}, {2, 1}, {1, 2, 2, 2}, {3, 5, 1, 1}}) {
     const std::vector<InputSpec> ins = {in(x, uniform(-2, 2)), in({x[1]}, uniform(0.5, 1.5)), in({x[1]})};
@@ -1007,6 +1138,21 @@ TEST_CASE("ops: batch_norm", "[ops]") {
                        return ref_batch_norm(r[0], r[1], r[2], std::vector<double>(c, 0.1), std::vector<double>(c, 1.5), 1e-5);
                      },
                      .gradgrad = true});
+  }
+  // The CUDA training kernels: inner 49 and 100, batch 1, many samples of inner 1, and means far
+  // from 0 (the shifted variance).
+  for (const auto& [x, g] : std::vector<std::pair<Shape, Gen>>{{{3, 5, 7, 7}, uniform(-1, 1)}, {{8, 7}, uniform(-1, 1)},
+                                                              {{4, 3, 10, 10}, uniform(49, 51)}, {{1, 3, 7, 7}, uniform(-1, 1)},
+                                                              {{300, 2}, uniform(-21, -19)}}) {
+    cases.push_back(at_cuda_size({.name = fmt::format("batch_norm train {} at the CUDA sizes", shape_str(x)),
+                                  .inputs = {in(x, g), in({x[1]}, uniform(0.5, 1.5)), in({x[1]})},
+                                  .op = [](const Args& a) { return bn_op(a, true); },
+                                  .ref = [](const Refs& r) {
+                                    std::vector<double> mu, var;
+                                    channel_stats(r[0], mu, var);
+                                    return ref_batch_norm(r[0], r[1], r[2], mu, var, 1e-5);
+                                  },
+                                  .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}}));
   }
   check_ops(cases);
 }
@@ -1050,7 +1196,7 @@ TEST_CASE("ops: batch_norm updates the running statistics (unbiased variance)", 
 
 // ==== softmax and losses ===================================================================================
 
-TEST_CASE("ops: log_softmax, softmax, cross_entropy, cw_margin", "[ops]") {
+TEST_CASE("ops: log_softmax, softmax, cross_entropy, cw_margin", "[ops][cuda]") {
   std::vector<OpCase> cases;
   for (const auto& [x, dim] : std::vector<std::pair<InputSpec, int64_t>>{
            {in({3, 5}, uniform(-3, 3)), -1}, {in({2, 4, 3}, uniform(-3, 3)), 1}, {in({1, 1}), -1}, {in_t({4, 3}, uniform(-3, 3)), 1},
@@ -1070,6 +1216,17 @@ TEST_CASE("ops: log_softmax, softmax, cross_entropy, cw_margin", "[ops]") {
                        .op = [reduce](const Args& a) { return cross_entropy(a[0], a[1], reduce); },
                        .ref = [reduce](const Refs& r) { return ref_cross_entropy(r[0], r[1], reduce); }, .gradgrad = true});
     }
+  }
+  // The CUDA row kernels: rows of 1000 (several warps per row), 31 and 33 (either side of a warp),
+  // 129 rows.
+  for (const Shape& z : std::vector<Shape>{{7, 1000}, {129, 33}, {1, 31}, {129, 10}}) {
+    cases.push_back(at_cuda_size({.name = fmt::format("log_softmax {} dim 1", shape_str(z)), .inputs = {in(z, uniform(-8, 8))},
+                                  .op = [](const Args& a) { return log_softmax(a[0], 1); },
+                                  .ref = [](const Refs& r) { return ref_log_softmax(r[0], 1); }}));
+    cases.push_back(at_cuda_size({.name = fmt::format("cross_entropy {} reduce false", shape_str(z)),
+                                  .inputs = {in(z, uniform(-8, 8)), in({z[0]}, ints(0, static_cast<int>(z[1]) - 1))},
+                                  .op = [](const Args& a) { return cross_entropy(a[0], a[1], false); },
+                                  .ref = [](const Refs& r) { return ref_cross_entropy(r[0], r[1], false); }}));
   }
   cases.push_back({.name = "cross_entropy large logits", .inputs = {in({2, 3}, values({1000, 0, -1000, 50, 60, 70})), in({2}, values({1, 2}))},
                    .op = [](const Args& a) { return cross_entropy(a[0], a[1].to(DType::i32), false); },

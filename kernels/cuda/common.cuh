@@ -12,6 +12,10 @@ namespace bulwark::cuda {
 // The stream every launcher queues its work on (runtime.cu).
 cudaStream_t current_stream();
 
+// Throws std::runtime_error "CUDA <what> failed: <error name>: <error text>" unless err is
+// cudaSuccess (runtime.cu): the one check of a CUDA runtime call's result.
+void check_cuda(cudaError_t err, const char* what);
+
 constexpr int kThreads = 256;  // block size of the 1-D elementwise kernels
 // A grid-stride loop needs no more blocks than fill the GPU a few times over: 132 SMs (H100)
 // x 8 resident 256-thread blocks. Larger n loops inside the kernel.

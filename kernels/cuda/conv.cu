@@ -17,8 +17,8 @@
 // each staged slice), which is the price of implicit GEMM with no halo-tile reuse.
 //
 // Versions:
-//   0  cuDNN (conv2d_*_vendor, real build only): the baseline for the benches. The launchers
-//      conv2d_* run version 0 or 1 as kernel_source() says (kernel_source.h).
+//   0  cuDNN (conv2d_*_vendor, vendor.cu, real build only): the baseline for the benches. The
+//      launchers conv2d_* run version 0 or 1 as kernel_source() says (kernel_source.h).
 //   1  conv2d_*_ours: implicit GEMM on the 64x64x8 register-blocked tile loop. Each staged element
 //      decodes its (c, ki, kj) and (n, oy, ox) with 64-bit integer divisions (a few dozen
 //      instructions each on a GPU, which has no divider): the index math, not the FMAs, is the
@@ -36,12 +36,7 @@
 #include "kernels/cuda/vendor.h"
 #include "kernels/emu/launch.h"
 
-#ifndef BULWARK_EMU
-#include <cudnn.h>
-
-#include <stdexcept>
 #include <string>
-#endif
 
 namespace bulwark::cuda {
 
@@ -188,133 +183,5 @@ void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, 
       conv2d_backward_weight_ours(s, x, g, out);
   });
 }
-
-#ifndef BULWARK_EMU
-namespace {
-void check(cudnnStatus_t st, const char* what) {
-  if (st != CUDNN_STATUS_SUCCESS)
-    throw std::runtime_error(std::string(what) + " failed: " + cudnnGetErrorString(st));
-}
-
-cudnnHandle_t cudnn_handle() {
-  static cudnnHandle_t handle = [] {
-    cudnnHandle_t h = nullptr;
-    check(cudnnCreate(&h), "cudnnCreate");
-    return h;
-  }();
-  check(cudnnSetStream(handle, current_stream()), "cudnnSetStream");
-  return handle;
-}
-
-// The descriptors of one convolution shape, created per call (the benches time the steady
-// state, where cuDNN's cost is the kernel, not this), plus a workspace ordered on the stream
-// the launchers use (current_stream()).
-struct CudnnConv {
-  cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
-  cudnnFilterDescriptor_t w = nullptr;
-  cudnnConvolutionDescriptor_t conv = nullptr;
-  void* workspace = nullptr;
-
-  explicit CudnnConv(const ConvShape& s) {
-    check(cudnnCreateTensorDescriptor(&x), "cudnnCreateTensorDescriptor");
-    check(cudnnCreateTensorDescriptor(&y), "cudnnCreateTensorDescriptor");
-    check(cudnnCreateTensorDescriptor(&bias), "cudnnCreateTensorDescriptor");
-    check(cudnnCreateFilterDescriptor(&w), "cudnnCreateFilterDescriptor");
-    check(cudnnCreateConvolutionDescriptor(&conv), "cudnnCreateConvolutionDescriptor");
-    check(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.c), int(s.h), int(s.w)),
-          "cudnnSetTensor4dDescriptor(x)");
-    check(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, int(s.n), int(s.o), int(s.oh),
-                                     int(s.ow)),
-          "cudnnSetTensor4dDescriptor(y)");
-    check(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, int(s.o), 1, 1),
-          "cudnnSetTensor4dDescriptor(bias)");
-    check(cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, int(s.o), int(s.c), int(s.kh),
-                                     int(s.kw)),
-          "cudnnSetFilter4dDescriptor");
-    check(cudnnSetConvolution2dDescriptor(conv, int(s.pad), int(s.pad), int(s.stride), int(s.stride), 1, 1,
-                                          CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
-          "cudnnSetConvolution2dDescriptor");
-    // Keep f32 exact: no TF32 tensor-op math, so the comparison with our kernels is like for like.
-    check(cudnnSetConvolutionMathType(conv, CUDNN_FMA_MATH), "cudnnSetConvolutionMathType");
-  }
-  void* workspace_of(size_t bytes) {
-    if (bytes && cudaMallocAsync(&workspace, bytes, current_stream()) != cudaSuccess)
-      throw std::runtime_error("cuDNN workspace of " + std::to_string(bytes) + " bytes: out of device memory");
-    return workspace;
-  }
-  ~CudnnConv() {
-    if (workspace) cudaFreeAsync(workspace, current_stream());  // stream-ordered: no host sync
-    cudnnDestroyConvolutionDescriptor(conv);
-    cudnnDestroyFilterDescriptor(w);
-    cudnnDestroyTensorDescriptor(bias);
-    cudnnDestroyTensorDescriptor(y);
-    cudnnDestroyTensorDescriptor(x);
-  }
-  CudnnConv(const CudnnConv&) = delete;
-  CudnnConv& operator=(const CudnnConv&) = delete;
-};
-}  // namespace
-
-void conv2d_forward_vendor(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
-  CudnnConv d(s);
-  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-  int found = 0;
-  check(cudnnGetConvolutionForwardAlgorithm_v7(cudnn_handle(), d.x, d.w, d.conv, d.y,
-                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &found, perf),
-        "cudnnGetConvolutionForwardAlgorithm_v7");
-  size_t bytes = 0;
-  check(cudnnGetConvolutionForwardWorkspaceSize(cudnn_handle(), d.x, d.w, d.conv, d.y, perf[0].algo, &bytes),
-        "cudnnGetConvolutionForwardWorkspaceSize");
-  void* ws = d.workspace_of(bytes);
-  const float one = 1.0f, zero = 0.0f;
-  check(cudnnConvolutionForward(cudnn_handle(), &one, d.x, x, d.w, w, d.conv, perf[0].algo, ws, bytes, &zero, d.y, y),
-        "cudnnConvolutionForward");
-  if (bias) check(cudnnAddTensor(cudnn_handle(), &one, d.bias, bias, &one, d.y, y), "cudnnAddTensor");
-}
-
-void conv2d_backward_input_vendor(const ConvShape& s, const float* g, const float* w, float* dx) {
-  CudnnConv d(s);
-  cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-  int found = 0;
-  check(cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn_handle(), d.w, d.y, d.conv, d.x,
-                                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &found, perf),
-        "cudnnGetConvolutionBackwardDataAlgorithm_v7");
-  size_t bytes = 0;
-  check(cudnnGetConvolutionBackwardDataWorkspaceSize(cudnn_handle(), d.w, d.y, d.conv, d.x, perf[0].algo, &bytes),
-        "cudnnGetConvolutionBackwardDataWorkspaceSize");
-  void* ws = d.workspace_of(bytes);
-  const float one = 1.0f, zero = 0.0f;
-  check(cudnnConvolutionBackwardData(cudnn_handle(), &one, d.w, w, d.y, g, d.conv, perf[0].algo, ws, bytes, &zero,
-                                     d.x, dx),
-        "cudnnConvolutionBackwardData");
-}
-
-void conv2d_backward_weight_vendor(const ConvShape& s, const float* x, const float* g, float* dw) {
-  CudnnConv d(s);
-  cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-  int found = 0;
-  check(cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn_handle(), d.x, d.y, d.conv, d.w,
-                                                      CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &found, perf),
-        "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
-  size_t bytes = 0;
-  check(cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn_handle(), d.x, d.y, d.conv, d.w, perf[0].algo, &bytes),
-        "cudnnGetConvolutionBackwardFilterWorkspaceSize");
-  void* ws = d.workspace_of(bytes);
-  const float one = 1.0f, zero = 0.0f;
-  check(cudnnConvolutionBackwardFilter(cudnn_handle(), &one, d.x, x, d.y, g, d.conv, perf[0].algo, ws, bytes, &zero,
-                                       d.w, dw),
-        "cudnnConvolutionBackwardFilter");
-}
-#else  // no cuDNN under the emulator
-void conv2d_forward_vendor(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
-  throw_vendor_unavailable();
-}
-void conv2d_backward_input_vendor(const ConvShape& s, const float* g, const float* w, float* dx) {
-  throw_vendor_unavailable();
-}
-void conv2d_backward_weight_vendor(const ConvShape& s, const float* x, const float* g, float* dw) {
-  throw_vendor_unavailable();
-}
-#endif
 
 }  // namespace bulwark::cuda

@@ -6,7 +6,8 @@
 // anything above n ~ 100 is compute-bound on an A100/H100 (roofline knee ~10-20 FLOP/byte f32).
 //
 // Versions:
-//   0  cuBLAS cublasSgemm (gemm_vendor, real build only): the baseline the benches compare with.
+//   0  cuBLAS cublasSgemm (gemm_vendor, vendor.cu, real build only): the baseline the benches
+//      compare with.
 //      cuda::gemm runs version 0 or 2 as kernel_source() says (kernel_source.h).
 //   1  (tests/emu_kernels/gemm.cu) 16x16 tile, one output per thread: 2 shared reads per FMA,
 //      shared-memory bound at ~1/4 of the f32 peak.
@@ -24,13 +25,6 @@
 #include "kernels/cuda/kernel_source.h"
 #include "kernels/cuda/vendor.h"
 #include "kernels/emu/launch.h"
-
-#ifndef BULWARK_EMU
-#include <cublas_v2.h>
-
-#include <stdexcept>
-#include <string>
-#endif
 
 namespace bulwark::cuda {
 
@@ -67,36 +61,5 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
       gemm_ours(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, c, ldc);
   });
 }
-
-#ifndef BULWARK_EMU
-namespace {
-cublasHandle_t cublas_handle() {
-  static cublasHandle_t handle = [] {
-    cublasHandle_t h = nullptr;
-    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) throw std::runtime_error("cublasCreate failed");
-    return h;
-  }();
-  return handle;
-}
-}  // namespace
-
-void gemm_vendor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a row-major matrix is
-  // its column-major transpose: so pass B first, A second, with the same transpose flags.
-  cublasSetStream(cublas_handle(), current_stream());
-  const cublasStatus_t st =
-      cublasSgemm(cublas_handle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M),
-                  int(K), &alpha, B, int(ldb), A, int(lda), &beta, C, int(ldc));
-  if (st != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error("cublasSgemm failed with status " + std::to_string(int(st)));
-}
-#else
-void gemm_vendor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  throw_vendor_unavailable();  // no cuBLAS under the emulator
-}
-#endif
 
 }  // namespace bulwark::cuda

@@ -20,17 +20,11 @@ constexpr int kChoiceWarmup = 2, kChoiceRuns = 3;
 
 std::atomic<KernelSource> g_kernel_source{KernelSource::automatic};
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA ") + what + " failed: " + cudaGetErrorName(err) + ": " +
-                             cudaGetErrorString(err));
-}
-
 struct EventPair {
   cudaEvent_t start = nullptr, stop = nullptr;
   EventPair() {
-    check(cudaEventCreate(&start), "cudaEventCreate");
-    check(cudaEventCreate(&stop), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&start), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
   }
   ~EventPair() {
     cudaEventDestroy(stop);
@@ -110,12 +104,12 @@ double time_per_launch_ms(const std::function<void()>& launch, int warmup, int r
   if (runs < 1) throw std::invalid_argument("time_per_launch_ms: runs must be >= 1, got " + std::to_string(runs));
   for (int i = 0; i < warmup; ++i) launch();
   EventPair events;
-  check(cudaEventRecord(events.start, current_stream()), "cudaEventRecord");
+  check_cuda(cudaEventRecord(events.start, current_stream()), "cudaEventRecord");
   for (int i = 0; i < runs; ++i) launch();
-  check(cudaEventRecord(events.stop, current_stream()), "cudaEventRecord");
-  check(cudaEventSynchronize(events.stop), "cudaEventSynchronize");
+  check_cuda(cudaEventRecord(events.stop, current_stream()), "cudaEventRecord");
+  check_cuda(cudaEventSynchronize(events.stop), "cudaEventSynchronize");
   float ms = 0;
-  check(cudaEventElapsedTime(&ms, events.start, events.stop), "cudaEventElapsedTime");
+  check_cuda(cudaEventElapsedTime(&ms, events.start, events.stop), "cudaEventElapsedTime");
   return double(ms) / runs;
 }
 

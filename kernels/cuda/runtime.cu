@@ -34,12 +34,6 @@ namespace bulwark::cuda {
 
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA ") + what + " failed: " + cudaGetErrorName(err) + ": " +
-                             cudaGetErrorString(err));
-}
-
 size_t size_class(size_t bytes) {
   constexpr size_t kSmall = 512, kLarge = size_t(1) << 20;
   if (bytes <= kLarge) return (bytes + kSmall - 1) / kSmall * kSmall;
@@ -143,7 +137,7 @@ struct CheckDescription {
 std::atomic<uint64_t> device_to_host_copies{0};
 
 void copy_device_to_host(void* dst, const void* src, size_t bytes) {
-  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+  check_cuda(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
   device_to_host_copies.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -179,13 +173,13 @@ class DeferredIndexErrors {
  private:
   void create_record_locked() {
     void* p = nullptr;
-    check(cudaMalloc(&p, sizeof(IndexErrorRecord)), "allocation of the index error record");
+    check_cuda(cudaMalloc(&p, sizeof(IndexErrorRecord)), "allocation of the index error record");
     record_ = static_cast<IndexErrorRecord*>(p);
     clear_locked();
   }
   void clear_locked() {
     const IndexErrorRecord empty{0, ~0ull, 0, 0, 0};
-    check(cudaMemcpyAsync(record_, &empty, sizeof empty, cudaMemcpyHostToDevice, current_stream()),
+    check_cuda(cudaMemcpyAsync(record_, &empty, sizeof empty, cudaMemcpyHostToDevice, current_stream()),
           "reset of the index error record");
   }
   int32_t describe_locked(const char* op, IndexRole role) {
@@ -238,11 +232,17 @@ bool emulated() {
 // copies should overlap compute.)
 cudaStream_t current_stream() { return 0; }
 
+void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("CUDA ") + what + " failed: " + cudaGetErrorName(err) + ": " +
+                             cudaGetErrorString(err));
+}
+
 void* device_malloc(size_t bytes) { return allocator().allocate(bytes); }
 void device_free(void* p) { allocator().release(p); }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()), "copy to device");
+  if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()), "copy to device");
 }
 // A copy to pageable host memory returns when the data is there: one of the two places the host
 // waits, so the place where deferred index errors surface.
@@ -252,10 +252,10 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
   deferred_index_errors().raise_recorded();
 }
 void copy_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream()), "device copy");
+  if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream()), "device copy");
 }
 void synchronize() {
-  check(cudaStreamSynchronize(current_stream()), "synchronize");
+  check_cuda(cudaStreamSynchronize(current_stream()), "synchronize");
   deferred_index_errors().raise_recorded();
 }
 

@@ -1,7 +1,7 @@
 #pragma once
 // The two implementations behind each compute-heavy launcher of cuda_kernels.h, with the same
-// arguments: ours (*_ours, gemm.cu and conv.cu) and the vendor libraries' (*_vendor: cuBLAS
-// SGEMM, cuDNN convolutions), "version 0" in llm.c's terms. cuda::gemm and cuda::conv2d_* run
+// arguments: ours (*_ours, gemm.cu and conv.cu) and the vendor libraries' (*_vendor, vendor.cu:
+// cuBLAS SGEMM, cuDNN convolutions), "version 0" in llm.c's terms. cuda::gemm and cuda::conv2d_* run
 // one of them as kernel_source() says (kernel_source.h); the benches call each one directly.
 // The vendor versions exist only in the real (nvcc) build: the emulated backend has no cuBLAS
 // or cuDNN, and there they throw std::invalid_argument saying so.
