@@ -260,26 +260,37 @@ std::vector<std::string> resolve_options(const std::vector<Option>& options, Opt
 OptionValues read_options(const std::vector<Option>& options, const nlohmann::json& j, const std::string& where,
                           const std::vector<std::string>& ignored) {
   require(j.is_object(), fmt::format("config key '{}' must be a JSON object, got {}", where, j.dump()));
-  OptionValues values;
   for (const auto& [key, value] : j.items()) {
-    if (key == "name") continue;
-    const Option* o = find_option(options, key);
-    if (!o) {
-      if (std::find(ignored.begin(), ignored.end(), key) != ignored.end()) continue;
-      std::vector<std::string> keys;
-      for (const Option& known : options) keys.push_back(known.key);
-      throw std::invalid_argument(fmt::format("config key '{}.{}' is not an option of {} (its options: {})", where, key,
-                                              where, fmt::join(keys, ", ")));
-    }
-    ojson v = value;
-    if (o->type == OptionType::integer && v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())
+    if (key == "name" || find_option(options, key) ||
+        std::find(ignored.begin(), ignored.end(), key) != ignored.end())
+      continue;
+    std::vector<std::string> keys;
+    for (const Option& known : options) keys.push_back(known.key);
+    throw std::invalid_argument(fmt::format("config key '{}.{}' is not an option of {} (its options: {})", where, key,
+                                            where, fmt::join(keys, ", ")));
+  }
+  OptionValues values;  // in declaration order, whatever the file's
+  for (const Option& o : options) {
+    if (!j.contains(o.key)) continue;
+    ojson v = j.at(o.key);
+    if (o.type == OptionType::integer && v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())
       v = static_cast<int64_t>(v.get<double>());
-    if (!has_type(o->type, v))
-      throw std::invalid_argument(fmt::format("config key '{}.{}' must be {}, got {}", where, key, type_name(o->type),
-                                              value.dump()));
-    values.set(key, std::move(v));
+    if (!has_type(o.type, v))
+      throw std::invalid_argument(fmt::format("config key '{}.{}' must be {}, got {}", where, o.key, type_name(o.type),
+                                              j.at(o.key).dump()));
+    values.set(o.key, std::move(v));
   }
   return values;
+}
+
+// The values in the options' declaration order (a value no option declares goes last).
+ojson ordered_values(const std::vector<Option>& options, const OptionValues& values) {
+  ojson out = ojson::object();
+  for (const Option& o : options)
+    if (values.has(o.key)) out[o.key] = values.json().at(o.key);
+  for (const auto& [key, value] : values.json().items())
+    if (!out.contains(key)) out[key] = value;
+  return out;
 }
 
 }  // namespace bulwark

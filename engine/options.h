@@ -110,6 +110,9 @@ std::vector<std::string> resolve_options(const std::vector<Option>& options, Opt
 OptionValues read_options(const std::vector<Option>& options, const nlohmann::json& j, const std::string& where,
                           const std::vector<std::string>& ignored = {});
 
+// The values in the options' declaration order, as config.json writes them.
+nlohmann::ordered_json ordered_values(const std::vector<Option>& options, const OptionValues& values);
+
 const Option* find_option(const std::vector<Option>& options, const std::string& key);
 
 }  // namespace bulwark

@@ -116,7 +116,9 @@ void validate(const MethodConfig& cfg) {
 
 nlohmann::ordered_json to_json(const MethodConfig& cfg) {
   nlohmann::ordered_json j{{"name", cfg.name}};
-  for (const auto& [key, value] : cfg.options.json().items()) j[key] = value;
+  const MethodInfo* info = method_registry().find(cfg.name);
+  const auto values = info ? ordered_values(info->options, cfg.options) : cfg.options.json();
+  for (const auto& [key, value] : values.items()) j[key] = value;
   return j;
 }
 

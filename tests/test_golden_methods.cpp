@@ -2,10 +2,13 @@
 // methods trains 2 epochs on 1,024 synthetic images through the `bulwark train` binary (one
 // thread, so the run is bitwise repeatable on a machine) and its metrics.jsonl and final test
 // accuracies must equal the values stored in tests/fixtures/golden_methods/<method>.json.
-// Timing fields (seconds, cpu_seconds, images_per_s) are not compared.
+// Timing fields (seconds, cpu_seconds, images_per_s) are not compared; on another kind of CPU
+// the comparison is within cross-machine tolerances (same_number below).
 //
 // The stored values were written by this same test before the option registry replaced the
-// hand-written method plumbing; a change that alters what a method computes fails here. To
+// hand-written method plumbing, and passed unchanged after it; they were recorded again once,
+// when the CPU GEMM's blocks stopped following the thread count (standard, pgd and free moved by
+// float noise: 1-4% in G and the accuracies). A change that alters what a method computes fails here. To
 // regenerate them on purpose (and say why in the commit): BULWARK_UPDATE_GOLDEN=1 ctest -R golden.
 #include <catch2/catch.hpp>
 
@@ -21,6 +24,8 @@
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
+
+extern "C" char* openblas_get_corename();
 using nlohmann::json;
 
 namespace {
@@ -42,25 +47,37 @@ json read_json(const fs::path& path) {
   return json::parse(in);
 }
 
-// Equal up to floating-point noise. On one machine the single-threaded run is bitwise repeatable;
-// another CPU (a different SIMD width under -march=native, another OpenBLAS kernel) sums in another
-// order, and two epochs turn that into ~1e-5 relative. A refactor that changes what a method
-// computes (a step size, a replay count, an RNG draw) moves the losses by far more than 1e-3:
-// losses and magnitudes must agree to 1e-3 relative, accuracies to 2 points, counts exactly.
-bool same_number(const std::string& key, const json& a, const json& b) {
+// What decides the bits of a single-threaded run besides the code: OpenBLAS's kernel for this
+// CPU and whether the compiler could use AVX-512 (-march=native).
+std::string machine_fingerprint() {
+  std::string f = openblas_get_corename();
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::stringstream ss;
+  ss << cpuinfo.rdbuf();
+  f += ss.str().find("avx512f") != std::string::npos ? " avx512" : " no-avx512";
+  return f;
+}
+
+// On the kind of machine the values were recorded on the run is bitwise repeatable, and the
+// values must match to the JSON round trip. Elsewhere OpenBLAS sums in another order, and two
+// epochs (Free-AT's sign steps above all) turn that into a few percent: losses and magnitudes
+// must then agree to 5% and accuracies to 3 points, which a change of what a method computes (a
+// step size, a replay count, an RNG draw) still breaks. Counts (passes, epochs) are exact always.
+bool same_number(const std::string& key, const json& a, const json& b, bool same_machine) {
   if (!a.is_number() || !b.is_number()) return a == b;
   if (a.is_number_integer() && b.is_number_integer()) return a == b;
   const double x = a.get<double>(), y = b.get<double>();
-  const bool accuracy = key.size() > 4 && (key.ends_with("_acc") || key == "accelat_mean");
-  return std::abs(x - y) <= (accuracy ? 0.02 : 1e-9 + 1e-3 * std::abs(y));
+  if (same_machine) return std::abs(x - y) <= 1e-12 + 1e-9 * std::abs(y);
+  const bool accuracy = key.ends_with("_acc") || key == "accelat_mean";
+  return std::abs(x - y) <= (accuracy ? 0.03 : 1e-9 + 5e-2 * std::abs(y));
 }
 
-void check_object(const json& got, const json& want, const std::string& where) {
+void check_object(const json& got, const json& want, const std::string& where, bool same_machine) {
   for (const auto& [key, value] : want.items()) {
     INFO(where << " field '" << key << "': got " << (got.contains(key) ? got[key].dump() : "(missing)") << ", stored "
                << value.dump());
     REQUIRE(got.contains(key));
-    CHECK(same_number(key, got[key], value));
+    CHECK(same_number(key, got[key], value, same_machine));
   }
   for (const auto& [key, value] : got.items()) {
     INFO(where << " field '" << key << "' is new (not in the stored values)");
@@ -95,17 +112,21 @@ void check_method(const std::string& method) {
   if (std::getenv("BULWARK_UPDATE_GOLDEN")) {
     fs::create_directories(fixture.parent_path());
     std::ofstream out(fixture);
-    out << json{{"metrics", metrics}, {"summary", summary}}.dump(1) << "\n";
+    out << json{{"machine", machine_fingerprint()}, {"metrics", metrics}, {"summary", summary}}.dump(1) << "\n";
     WARN("wrote " << fixture.string());
     return;
   }
   INFO("stored values: " << fixture.string());
   REQUIRE(fs::exists(fixture));
   const json want = read_json(fixture);
+  const bool same_machine = want.value("machine", "") == machine_fingerprint();
+  if (!same_machine)
+    WARN("recorded on '" << want.value("machine", "?") << "', running on '" << machine_fingerprint()
+                         << "': comparing within cross-machine tolerances");
   REQUIRE(metrics.size() == want["metrics"].size());
   for (size_t e = 0; e < metrics.size(); ++e)
-    check_object(metrics[e], want["metrics"][e], "metrics.jsonl line " + std::to_string(e + 1));
-  check_object(summary, want["summary"], "summary.json");
+    check_object(metrics[e], want["metrics"][e], "metrics.jsonl line " + std::to_string(e + 1), same_machine);
+  check_object(summary, want["summary"], "summary.json", same_machine);
 }
 
 }  // namespace

@@ -293,7 +293,8 @@ void validate(const ScheduleConfig& cfg, int64_t epochs) {
 
 nlohmann::ordered_json to_json(const ScheduleConfig& cfg) {
   nlohmann::ordered_json j{{"name", cfg.name}};
-  for (const auto& [key, value] : cfg.options.json().items()) j[key] = value;
+  const nlohmann::ordered_json values = ordered_values(schedule_info(cfg.name).options, cfg.options);
+  for (const auto& [key, value] : values.items()) j[key] = value;
   return j;
 }
 

@@ -40,15 +40,18 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   // stream the 64 MiB weight once per thread; splitting its columns streams half each.
   const bool split_columns = N > M;
   const int64_t extent = split_columns ? N : M;
-  if (threads == 1 || flops < 4e6 || extent < 2 * threads) {
+  // The blocks of C depend on the problem alone, never on the thread count: OpenBLAS may sum a
+  // block in another order than the whole (its small-matrix and edge kernels differ by size), so
+  // a split that followed the threads gave other bits on 1 and 2 threads. Up to 8 blocks of at
+  // least 64 rows (or columns), run by as many threads as there are.
+  const int64_t blocks = std::clamp<int64_t>(extent / 64, 1, 8);
+  if (flops < 4e6 || blocks == 1) {
     blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // A block of C depends only on the matching rows of op(A) (or columns of op(B)), and each
-  // element's K-loop is the same whatever the split: same bits for any thread count.
-  const int64_t blocks = threads;
+  // A block of C depends only on the matching rows of op(A) (or columns of op(B)).
   const int64_t per = (extent + blocks - 1) / blocks;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(std::min<int64_t>(threads, blocks)))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t i0 = b * per, i1 = std::min(extent, i0 + per);
     if (i0 >= i1) continue;
