@@ -36,6 +36,7 @@ namespace {
 struct TrainArgs {
   RunOptions run;
   std::string resume;
+  bool dry_run = false;
   std::map<std::string, std::string> given;  // flag -> the text typed after it ("" for a bare flag)
 };
 
@@ -152,6 +153,9 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {
                 "Stop once this many epochs are complete (continue later with --resume; 0 = train all epochs)")
       ->capture_default_str();
   t->add_flag("--quiet", a.run.quiet, "No progress bar, epoch table or info lines");
+  t->add_flag("--dry-run", a.dry_run,
+              "Resolve every default, print the resolved-default lines (stderr) and the run's config.json (stdout), "
+              "and stop before loading any data");
   return t;
 }
 
@@ -251,7 +255,13 @@ int run_train(CLI::App& cmd, TrainArgs& a) {
     resume(a.resume, a.run, config_from_args(a).threads);
     return 0;
   }
-  train(config_from_args(a), a.run);
+  TrainConfig cfg = config_from_args(a);
+  if (a.dry_run) {
+    for (const std::string& note : resolve_defaults(cfg)) fmt::print(stderr, "{}\n", note);
+    fmt::print("{}\n", to_json(cfg).dump(2));
+    return 0;
+  }
+  train(std::move(cfg), a.run);
   return 0;
 }
 

@@ -15,6 +15,10 @@
 #   bench/results/adversarial.sh [--study table|long] [--runs DIR] [--jobs J] [--datasets "..."]
 #                                [--methods "..."] [--shapes "..."] [--train-size N] [--epochs E]
 #                                [--test-size N]
+#   bench/results/adversarial.sh --check-configs
+#       for every committed run (docs/results/runs), resolve its command line under the current
+#       defaults (`bulwark train --dry-run`) and compare the method, schedule and optimizer with
+#       the run's config.json; exit 1 naming each run that would now train differently.
 #
 # Every run of a study uses the same training subset, epoch budget, model and optimizer; Free-AT
 # trains E / m epochs (each replays every batch m times), as the method prescribes. A finished
@@ -41,6 +45,7 @@ pgd_steps=10    # PGD-AT's k for the tables; MNIST adds the paper's k=40 ("pgd40
 eps_ramp=3      # epochs of eps warm-up (Free-AT: the same fraction of its shorter run)
 free_replays=5  # so that E / m is a whole number of epochs at E = 10 and 30
 shared="${BULWARK_SHARED_DATA:-$root/../shared/data}"
+check_configs=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --study) study="$2"; shift 2 ;;
@@ -52,7 +57,8 @@ while [[ $# -gt 0 ]]; do
     --train-size) train_size="$2"; shift 2 ;;
     --epochs) epochs="$2"; shift 2 ;;
     --test-size) test_size="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --check-configs) check_configs=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "adversarial.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,12 +84,13 @@ run_epochs() {  # the epochs a method trains: Free-AT replays each batch m times
   if [[ "$1" == free ]]; then echo $(( (epochs + free_replays - 1) / free_replays )); else echo "$epochs"; fi
 }
 
-method_args() {  # dataset method-label: the method and its options
+method_args() {  # dataset method-label eps-ramp: the method and its options
   case "$2" in
-    pgd) echo "--method pgd --steps $pgd_steps --alpha $(python3 -c "print(2.5 * $(dataset_eps "$1") / $pgd_steps)")" ;;  # Madry's 2.5 eps / k
-    pgd40) echo "--method pgd --steps 40 --alpha 0.01" ;;  # Madry et al.'s MNIST setting
-    free) echo "--method free --replays $free_replays" ;;
-    *) echo "--method $2" ;;
+    standard) echo "--method standard" ;;  # no attack, so no warm-up to give it
+    pgd) echo "--method pgd --steps $pgd_steps --alpha $(python3 -c "print(2.5 * $(dataset_eps "$1") / $pgd_steps)") --eps-ramp $3" ;;  # Madry's 2.5 eps / k
+    pgd40) echo "--method pgd --steps 40 --alpha 0.01 --eps-ramp $3" ;;  # Madry et al.'s MNIST setting
+    free) echo "--method free --replays $free_replays --eps-ramp $3" ;;
+    *) echo "--method $2 --eps-ramp $3" ;;
   esac
 }
 
@@ -96,6 +103,15 @@ schedule_args() {  # shape epochs: the schedule and its base rate
   esac
 }
 
+train_args() {  # dataset method-label shape: the training command's options (all but --out)
+  local ds="$1" method="$2" shape="$3" e ramp
+  e="$(run_epochs "$method")"
+  ramp="$(python3 -c "print($eps_ramp * $e / $epochs)")"
+  echo "$(dataset_args "$ds") $(method_args "$ds" "$method" "$ramp") $(schedule_args "$shape" "$e")" \
+    "--model wong_small --optimizer adam --train-size $train_size --epochs $e" \
+    "--test-size $test_size --threads 1 --quiet"
+}
+
 train_run() {  # dataset method-label shape
   local ds="$1" method="$2" shape="$3" dir="$runs/$1/$2-$3"
   [[ -f "$dir/summary.json" ]] && return 0
@@ -104,12 +120,8 @@ train_run() {  # dataset method-label shape
     "$bulwark" train --resume "$dir" --threads 1 --quiet
   else
     rm -rf "$dir"
-    local e; e="$(run_epochs "$method")"
-    local ramp; ramp="$(python3 -c "print($eps_ramp * $e / $epochs)")"
     # shellcheck disable=SC2046
-    "$bulwark" train $(dataset_args "$ds") $(method_args "$ds" "$method") $(schedule_args "$shape" "$e") \
-      --model wong_small --optimizer adam --eps-ramp "$ramp" \
-      --train-size "$train_size" --epochs "$e" --test-size "$test_size" --threads 1 --quiet --out "$dir"
+    "$bulwark" train $(train_args "$ds" "$method" "$shape") --out "$dir"
   fi
   echo "trained: $ds $method $shape ($(date +%H:%M:%S))"
 }
@@ -124,7 +136,42 @@ eval_run() {  # dataset method-label shape
 # The chosen fixed shape of each (dataset, method): "dataset method shape" lines.
 winners() { python3 "$here/make_page.py" --select --runs "$runs" --shapes "$shapes"; }
 
-export -f train_run eval_run dataset_args dataset_eps run_epochs method_args schedule_args
+if [[ "$check_configs" == 1 ]]; then
+  # Each committed run's options as the study gave them, resolved under today's defaults.
+  status=0
+  for study_dir in "$root"/docs/results/runs/*/; do
+    study="$(basename "$study_dir")"
+    case "$study" in table) epochs=10 ;; long) epochs=30 ;; esac
+    for config in "$study_dir"*/*/config.json; do
+      d="$(dirname "$config")" ds="$(basename "$(dirname "$(dirname "$config")")")" name="$(basename "$(dirname "$config")")"
+      shape=""
+      for s in $shapes accelat accelat-1e-2; do [[ "$name" == *"-$s" && ${#s} -gt ${#shape} ]] && shape="$s"; done
+      method="${name%-"$shape"}"
+      # shellcheck disable=SC2046
+      if ! "$bulwark" train $(train_args "$ds" "$method" "$shape") --out "$d" --dry-run 2> "$d/.resolve.log" \
+           > "$d/.resolved.json"; then
+        echo "cannot resolve $d:"; cat "$d/.resolve.log"; status=1; rm -f "$d/.resolve.log" "$d/.resolved.json"; continue
+      fi
+      rm -f "$d/.resolve.log"
+      if ! python3 - "$config" "$d/.resolved.json" <<'PY'
+import json, sys
+old, new = (json.load(open(p)) for p in sys.argv[1:3])
+diff = [f"{block}.{k}: {old[block].get(k)} -> {v}" for block in ("method", "schedule", "optimizer")
+        for k, v in new[block].items() if old[block].get(k) != v]
+diff += [f"{k}: {old[k]} -> {new[k]}" for k in ("epochs", "seed") if old[k] != new[k]]
+if diff:
+    print("differs: " + sys.argv[1] + "\n  " + "\n  ".join(diff))
+    sys.exit(1)
+PY
+      then status=1; fi
+      rm -f "$d/.resolved.json"
+    done
+  done
+  [[ "$status" == 0 ]] && echo "adversarial.sh: every committed run resolves to the config it was trained with"
+  exit "$status"
+fi
+
+export -f train_args train_run eval_run dataset_args dataset_eps run_epochs method_args schedule_args
 export bulwark runs epochs free_replays shared train_size test_size pgd_steps eps_ramp
 export OMP_WAIT_POLICY=passive
 parallel_lines() { xargs -P "$jobs" -L 1 bash -c "$1"' "$0" "$1" "$2"'; }
