@@ -139,6 +139,8 @@ winners() { python3 "$here/make_page.py" --select --runs "$runs" --shapes "$shap
 if [[ "$check_configs" == 1 ]]; then
   # Each committed run's options as the study gave them, resolved under today's defaults.
   status=0
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
   for study_dir in "$root"/docs/results/runs/*/; do
     study="$(basename "$study_dir")"
     case "$study" in table) epochs=10 ;; long) epochs=30 ;; esac
@@ -148,12 +150,12 @@ if [[ "$check_configs" == 1 ]]; then
       for s in $shapes accelat accelat-1e-2; do [[ "$name" == *"-$s" && ${#s} -gt ${#shape} ]] && shape="$s"; done
       method="${name%-"$shape"}"
       # shellcheck disable=SC2046
-      if ! "$bulwark" train $(train_args "$ds" "$method" "$shape") --out "$d" --dry-run 2> "$d/.resolve.log" \
-           > "$d/.resolved.json"; then
-        echo "cannot resolve $d:"; cat "$d/.resolve.log"; status=1; rm -f "$d/.resolve.log" "$d/.resolved.json"; continue
+      if ! "$bulwark" train $(train_args "$ds" "$method" "$shape") --out "$d" --dry-run 2> "$tmp/resolve.log" \
+           > "$tmp/resolved.json"; then
+        echo "cannot resolve $d:"; cat "$tmp/resolve.log"; status=1; rm -f "$tmp/resolve.log" "$tmp/resolved.json"; continue
       fi
-      rm -f "$d/.resolve.log"
-      if ! python3 - "$config" "$d/.resolved.json" <<'PY'
+      rm -f "$tmp/resolve.log"
+      if ! python3 - "$config" "$tmp/resolved.json" <<'PY'
 import json, sys
 old, new = (json.load(open(p)) for p in sys.argv[1:3])
 diff = [f"{block}.{k}: {old[block].get(k)} -> {v}" for block in ("method", "schedule", "optimizer")
@@ -164,7 +166,7 @@ if diff:
     sys.exit(1)
 PY
       then status=1; fi
-      rm -f "$d/.resolved.json"
+      rm -f "$tmp/resolved.json"
     done
   done
   [[ "$status" == 0 ]] && echo "adversarial.sh: every committed run resolves to the config it was trained with"
