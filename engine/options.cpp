@@ -142,8 +142,8 @@ T parse_number(const Option& o, std::string_view s) {
   T v{};
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (s.empty() || ec != std::errc() || end != s.data() + s.size())
-    throw std::invalid_argument(fmt::format("{}: '{}' is not {}", o.flag, s,
-                                            std::is_integral_v<T> ? "a whole number" : "a number"));
+    throw std::invalid_argument(
+        fmt::format("{}: '{}' is not {}", o.flag, s, std::is_integral_v<T> ? "a whole number" : "a number"));
   if constexpr (std::is_floating_point_v<T>)
     if (!std::isfinite(v)) throw std::invalid_argument(fmt::format("{}: '{}' is not a finite number", o.flag, s));
   return v;
@@ -151,23 +151,33 @@ T parse_number(const Option& o, std::string_view s) {
 
 const char* type_name(OptionType t) {
   switch (t) {
-    case OptionType::flag: return "true or false";
-    case OptionType::integer: return "a whole number";
-    case OptionType::real: return "a number";
-    case OptionType::radius: return "a number in [0, 1]";
-    case OptionType::text: return "a string";
-    case OptionType::reals: return "a list of numbers";
+    case OptionType::flag:
+      return "true or false";
+    case OptionType::integer:
+      return "a whole number";
+    case OptionType::real:
+      return "a number";
+    case OptionType::radius:
+      return "a number in [0, 1]";
+    case OptionType::text:
+      return "a string";
+    case OptionType::reals:
+      return "a list of numbers";
   }
   return "?";
 }
 
 bool has_type(OptionType t, const ojson& v) {
   switch (t) {
-    case OptionType::flag: return v.is_boolean();
-    case OptionType::integer: return v.is_number_integer();
+    case OptionType::flag:
+      return v.is_boolean();
+    case OptionType::integer:
+      return v.is_number_integer();
     case OptionType::real:
-    case OptionType::radius: return v.is_number();
-    case OptionType::text: return v.is_string();
+    case OptionType::radius:
+      return v.is_number();
+    case OptionType::text:
+      return v.is_string();
     case OptionType::reals:
       return v.is_array() && std::all_of(v.begin(), v.end(), [](const ojson& x) { return x.is_number(); });
   }
@@ -183,15 +193,18 @@ ojson parse_option_text(const Option& o, const std::string& text) {
       if (text == "false" || text == "0" || text == "off" || text == "no") return false;
       throw std::invalid_argument(fmt::format("{}: '{}' is not true or false", o.flag, text));
     }
-    case OptionType::integer: return parse_number<int64_t>(o, text);
-    case OptionType::real: return parse_number<double>(o, text);
+    case OptionType::integer:
+      return parse_number<int64_t>(o, text);
+    case OptionType::real:
+      return parse_number<double>(o, text);
     case OptionType::radius:
       try {
         return parse_radius(text);
       } catch (const std::invalid_argument& e) {
         throw std::invalid_argument(fmt::format("{}: {}", o.flag, e.what()));
       }
-    case OptionType::text: return text;
+    case OptionType::text:
+      return text;
     case OptionType::reals: {
       ojson list = ojson::array();
       std::string_view rest(text);
@@ -261,8 +274,7 @@ OptionValues read_options(const std::vector<Option>& options, const nlohmann::js
                           const std::vector<std::string>& ignored) {
   require(j.is_object(), fmt::format("config key '{}' must be a JSON object, got {}", where, j.dump()));
   for (const auto& [key, value] : j.items()) {
-    if (key == "name" || find_option(options, key) ||
-        std::find(ignored.begin(), ignored.end(), key) != ignored.end())
+    if (key == "name" || find_option(options, key) || std::find(ignored.begin(), ignored.end(), key) != ignored.end())
       continue;
     std::vector<std::string> keys;
     for (const Option& known : options) keys.push_back(known.key);
@@ -276,8 +288,8 @@ OptionValues read_options(const std::vector<Option>& options, const nlohmann::js
     if (o.type == OptionType::integer && v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())
       v = static_cast<int64_t>(v.get<double>());
     if (!has_type(o.type, v))
-      throw std::invalid_argument(fmt::format("config key '{}.{}' must be {}, got {}", where, o.key, type_name(o.type),
-                                              j.at(o.key).dump()));
+      throw std::invalid_argument(
+          fmt::format("config key '{}.{}' must be {}, got {}", where, o.key, type_name(o.type), j.at(o.key).dump()));
     values.set(o.key, std::move(v));
   }
   return values;

@@ -10,11 +10,10 @@
 // config.json block is exactly the values of its owner's options.
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace bulwark {
 

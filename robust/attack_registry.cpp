@@ -26,34 +26,38 @@ AttackOptions base(AttackKind kind, double eps, uint64_t seed) {
 
 std::vector<EvalAttackInfo> builtin_attacks() {
   std::vector<EvalAttackInfo> all;
-  all.push_back({"clean", "the unperturbed test samples", {},
-                 [](const OptionValues&, double eps, uint64_t seed) { return base(AttackKind::none, eps, seed); }});
-  all.push_back({"pgd",
-                 "PGD on the cross-entropy (Madry et al. 2018): random start, signed steps projected to the eps-ball "
-                 "and [0,1]; per sample the worst of the restarts counts",
-                 {Option::make("steps", "--pgd-steps", OptionType::integer, "PGD steps").at_least(1).default_to(50),
-                  Option::make("restarts", "--restarts", OptionType::integer,
-                               "PGD random restarts (the worst per sample counts)")
-                      .at_least(1)
-                      .default_to(10),
-                  step_option()},
-                 [](const OptionValues& v, double eps, uint64_t seed) {
-                   AttackOptions o = base(AttackKind::pgd, eps, seed);
-                   o.steps = static_cast<int>(v.integer("steps"));
-                   o.restarts = static_cast<int>(v.integer("restarts"));
-                   if (v.has("alpha")) o.alpha = v.real("alpha");
-                   return o;
+  all.push_back({"clean", "the unperturbed test samples", {}, [](const OptionValues&, double eps, uint64_t seed) {
+                   return base(AttackKind::none, eps, seed);
                  }});
-  all.push_back({"cw", "PGD on the Carlini-Wagner margin max_{j != y} z_j - z_y, one random start",
-                 {Option::make("steps", "--cw-steps", OptionType::integer, "CW steps").at_least(1).default_to(20),
-                  step_option()},
-                 [](const OptionValues& v, double eps, uint64_t seed) {
-                   AttackOptions o = base(AttackKind::cw, eps, seed);
-                   o.steps = static_cast<int>(v.integer("steps"));
-                   if (v.has("alpha")) o.alpha = v.real("alpha");
-                   return o;
-                 }});
-  all.push_back({"fgsm", "one signed gradient step of eps from the sample (Goodfellow et al. 2015)", {},
+  all.push_back(
+      {"pgd",
+       "PGD on the cross-entropy (Madry et al. 2018): random start, signed steps projected to the eps-ball "
+       "and [0,1]; per sample the worst of the restarts counts",
+       {Option::make("steps", "--pgd-steps", OptionType::integer, "PGD steps").at_least(1).default_to(50),
+        Option::make("restarts", "--restarts", OptionType::integer, "PGD random restarts (the worst per sample counts)")
+            .at_least(1)
+            .default_to(10),
+        step_option()},
+       [](const OptionValues& v, double eps, uint64_t seed) {
+         AttackOptions o = base(AttackKind::pgd, eps, seed);
+         o.steps = static_cast<int>(v.integer("steps"));
+         o.restarts = static_cast<int>(v.integer("restarts"));
+         if (v.has("alpha")) o.alpha = v.real("alpha");
+         return o;
+       }});
+  all.push_back(
+      {"cw",
+       "PGD on the Carlini-Wagner margin max_{j != y} z_j - z_y, one random start",
+       {Option::make("steps", "--cw-steps", OptionType::integer, "CW steps").at_least(1).default_to(20), step_option()},
+       [](const OptionValues& v, double eps, uint64_t seed) {
+         AttackOptions o = base(AttackKind::cw, eps, seed);
+         o.steps = static_cast<int>(v.integer("steps"));
+         if (v.has("alpha")) o.alpha = v.real("alpha");
+         return o;
+       }});
+  all.push_back({"fgsm",
+                 "one signed gradient step of eps from the sample (Goodfellow et al. 2015)",
+                 {},
                  [](const OptionValues&, double eps, uint64_t seed) { return base(AttackKind::fgsm, eps, seed); }});
   return all;
 }

@@ -31,7 +31,9 @@ Option alpha_option(DefaultRule rule, std::string how) {
 Option alpha_times_eps(double factor, std::string why) {
   std::string how = factor == 1 ? "eps" : fmt::format("{:g} eps", factor);
   return alpha_option(
-      [factor, why](const DefaultScope& s) -> DefaultChoice { return {factor * s.values.real("eps"), why}; },
+      [factor, why](const DefaultScope& s) -> DefaultChoice {
+        return {factor * s.values.real("eps"), why};
+      },
       how + " (" + why + ")");
 }
 
@@ -105,8 +107,9 @@ Tensor uniform_start(const Tensor& x, double eps, Generator& gen) {
 Tensor correct_predictions(const Tensor& logits, const Tensor& labels) {
   if (logits.dim() != 2 || !labels.defined() || labels.dtype() != DType::i32 || labels.dim() != 1 ||
       labels.size(0) != logits.size(0))
-    throw std::invalid_argument(fmt::format("correct_predictions: needs logits [n, k] and i32 labels [n], got {} and {}",
-                                            logits.str(), labels.defined() ? labels.str() : std::string("undefined")));
+    throw std::invalid_argument(
+        fmt::format("correct_predictions: needs logits [n, k] and i32 labels [n], got {} and {}", logits.str(),
+                    labels.defined() ? labels.str() : std::string("undefined")));
   NoGradGuard no_grad;
   // argmax and the labels as f32 (class indices are exact), compared and summed on the device.
   const Tensor predicted = argmax(logits.detach(), 1).to(DType::f32);

@@ -36,9 +36,9 @@ void register_builtin_methods(MethodRegistry& r) {
 
 // The fields of the single method block written before methods declared their own options
 // (every method's, whatever the method): skipped when such a block is read.
-const std::vector<std::string> kLegacyMethodKeys{"eps",         "alpha",     "eps_ramp", "steps",      "replays",
-                                                 "gamma",       "r_max",     "alpha_per_r", "alpha_min", "deat_d",
-                                                 "deat_p_acc",  "guard",     "guard_drop", "guard_steps"};
+const std::vector<std::string> kLegacyMethodKeys{"eps",        "alpha", "eps_ramp",    "steps",      "replays",
+                                                 "gamma",      "r_max", "alpha_per_r", "alpha_min",  "deat_d",
+                                                 "deat_p_acc", "guard", "guard_drop",  "guard_steps"};
 
 std::string owner(const std::string& name) { return fmt::format("method '{}'", name); }
 
@@ -53,9 +53,10 @@ void MethodRegistry::add(MethodInfo info) {
     for (const MethodInfo& other : methods_)
       for (const Option& p : other.options)
         if (p.flag == o.flag && (p.key != o.key || p.type != o.type))
-          throw std::logic_error(fmt::format("method '{}': option {} clashes with method '{}''s {} (same flag, another "
-                                             "key or type)",
-                                             info.name, o.flag, other.name, p.flag));
+          throw std::logic_error(
+              fmt::format("method '{}': option {} clashes with method '{}''s {} (same flag, another "
+                          "key or type)",
+                          info.name, o.flag, other.name, p.flag));
   methods_.push_back(std::move(info));
 }
 

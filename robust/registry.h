@@ -8,10 +8,9 @@
 // generated from the registry, and this is the one place that looks methods up by name.
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/options.h"
 #include "robust/method.h"
@@ -19,11 +18,11 @@
 namespace bulwark::robust {
 
 struct MethodInfo {
-  std::string name;     // the value of --method
-  std::string title;    // "PGD-AT (Madry et al. 2018)"
-  std::string summary;  // what it does, its paper, and the options that reproduce the paper's setting
-  bool adversarial = true;       // trains on attacked inputs (prints its eps/alpha choices)
-  std::vector<Option> options;   // every option, eps first (robust/method_steps.h has the shared ones)
+  std::string name;             // the value of --method
+  std::string title;            // "PGD-AT (Madry et al. 2018)"
+  std::string summary;          // what it does, its paper, and the options that reproduce the paper's setting
+  bool adversarial = true;      // trains on attacked inputs (prints its eps/alpha choices)
+  std::vector<Option> options;  // every option, eps first (robust/method_steps.h has the shared ones)
   std::function<std::unique_ptr<Method>(const OptionValues&)> make;  // from resolved, checked values
 };
 

@@ -11,7 +11,6 @@
 // float noise: 1-4% in G and the accuracies). A change that alters what a method computes fails here. To
 // regenerate them on purpose (and say why in the commit): BULWARK_UPDATE_GOLDEN=1 ctest -R golden.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -31,8 +30,8 @@ using nlohmann::json;
 namespace {
 
 const std::set<std::string> kTimingFields{"seconds", "cpu_seconds", "images_per_s"};
-const char* kSummaryFields[] = {"test_acc", "test_loss", "test_robust_acc", "best_val_acc", "best_epoch",
-                                "stopped_at_epoch", "fwd_passes", "bwd_passes"};
+const char* kSummaryFields[] = {"test_acc",   "test_loss",        "test_robust_acc", "best_val_acc",
+                                "best_epoch", "stopped_at_epoch", "fwd_passes",      "bwd_passes"};
 
 json read_json_lines(const fs::path& path) {
   json lines = json::array();

@@ -3,9 +3,8 @@
 // other options are resolved after all are read and say which rule chose them; bad values and
 // options of another method are refused naming the option, its range and the method; and run
 // configs written before the registry still read, validate and build.
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -60,7 +59,9 @@ MethodInfo toy_method() {
                          return {s.mnist_like ? 0.25 : 0.5, "half the ball on CIFAR-like input"};
                        },
                        "0.5 (0.25 on MNIST-like input)")};
-  m.make = [](const OptionValues& o) { return std::make_unique<ToyNoiseTraining>(o.real("eps"), o.real("noise_scale")); };
+  m.make = [](const OptionValues& o) {
+    return std::make_unique<ToyNoiseTraining>(o.real("eps"), o.real("noise_scale"));
+  };
   return m;
 }
 
@@ -108,10 +109,11 @@ TEST_CASE("a method registered from a test file trains through bulwark train and
 
   testing::TempDir dir("toy");
   toy_batches = 0;
-  code = cli({"train", "--method", "toy-noise", "--toy-noise-scale", "0.75", "--dataset", "synthetic", "--model", "mlp",
-              "--train-size", "96", "--val-size", "32", "--test-size", "32", "--robust-val-size", "16",
-              "--final-attack-size", "16", "--epochs", "2", "--batch-size", "32", "--threads", "1", "--quiet", "--out",
-              dir / "run"});
+  code = cli({"train",     "--method",    "toy-noise", "--toy-noise-scale", "0.75", "--dataset",
+              "synthetic", "--model",     "mlp",       "--train-size",      "96",   "--val-size",
+              "32",        "--test-size", "32",        "--robust-val-size", "16",   "--final-attack-size",
+              "16",        "--epochs",    "2",         "--batch-size",      "32",   "--threads",
+              "1",         "--quiet",     "--out",     dir / "run"});
   REQUIRE(code == 0);
   CHECK(toy_batches == 6);  // 96 samples in batches of 32, 2 epochs
   std::ifstream in(dir / "run/config.json");
@@ -121,7 +123,8 @@ TEST_CASE("a method registered from a test file trains through bulwark train and
   CHECK(config["method"]["eps"] == Approx(8.0 / 255));
   std::ifstream metrics(dir / "run/metrics.jsonl");
   int lines = 0;
-  for (std::string line; std::getline(metrics, line); ++lines) CHECK(nlohmann::json::parse(line)["noise_scale"] == 0.75);
+  for (std::string line; std::getline(metrics, line); ++lines)
+    CHECK(nlohmann::json::parse(line)["noise_scale"] == 0.75);
   CHECK(lines == 2);
 
   // Resume reads the toy method's block back from the checkpoint.

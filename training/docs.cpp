@@ -37,7 +37,8 @@ std::string train_options_table() {
   for (const TrainOption& t : train_options()) {
     const Option& o = t.option;
     std::string range = o.range_text();
-    if (t.group == "method" && o.key == "name") range = fmt::format("{}", fmt::join(robust::method_registry().names(), ", "));
+    if (t.group == "method" && o.key == "name")
+      range = fmt::format("{}", fmt::join(robust::method_registry().names(), ", "));
     if (o.type == OptionType::flag) range = "a flag";
     md += fmt::format("| {} | {} | {} | {} |\n", code(o.flag), cell(o.default_text()), cell(range), cell(o.help));
   }
@@ -70,7 +71,8 @@ std::string owned_options_table(const std::vector<Entry>& entries, const std::st
             owners.push_back(other.name);
             defaults.push_back(p.default_text());
           }
-      const bool one_default = std::all_of(defaults.begin(), defaults.end(), [&](const auto& d) { return d == defaults[0]; });
+      const bool one_default =
+          std::all_of(defaults.begin(), defaults.end(), [&](const auto& d) { return d == defaults[0]; });
       std::string def = defaults[0];
       if (!one_default) {
         std::vector<std::string> each;
@@ -133,8 +135,10 @@ std::vector<std::string> sync_docs(const std::string& dir, bool write) {
     for (size_t begin; (begin = text.find(kBegin, pos)) != std::string::npos;) {
       const size_t name_end = text.find(" -->", begin);
       require(name_end != std::string::npos, fmt::format("{}: unclosed '{}' marker", page.string(), kBegin));
-      const std::string name = text.substr(begin + std::string(kBegin).size(), name_end - begin - std::string(kBegin).size());
-      const auto section = std::find_if(sections.begin(), sections.end(), [&](const DocSection& s) { return s.name == name; });
+      const std::string name =
+          text.substr(begin + std::string(kBegin).size(), name_end - begin - std::string(kBegin).size());
+      const auto section =
+          std::find_if(sections.begin(), sections.end(), [&](const DocSection& s) { return s.name == name; });
       require(section != sections.end(), fmt::format("{}: unknown generated block '{}'", page.string(), name));
       const size_t body = text.find('\n', name_end) + 1;
       const size_t end = text.find(kEnd, body);

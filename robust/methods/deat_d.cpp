@@ -10,8 +10,9 @@ MethodInfo deat_d_method() {
   MethodInfo m;
   m.name = "deat-d";
   m.title = "DEAT-d (Wang et al., ablation)";
-  m.summary = "DEAT's replay with a fixed timetable instead of M+: r = min(floor(t / d) + 1, r_max) at epoch t, "
-              "d = 3, r_max = 5, alpha 1.25 eps.";
+  m.summary =
+      "DEAT's replay with a fixed timetable instead of M+: r = min(floor(t / d) + 1, r_max) at epoch t, "
+      "d = 3, r_max = 5, alpha 1.25 eps.";
   m.options = {
       eps_option(),
       alpha_times_eps(1.25, "the paper's 10/255 at 8/255"),
@@ -23,8 +24,8 @@ MethodInfo deat_d_method() {
   };
   m.make = [](const OptionValues& o) {
     ReplayTraining::Options r{"deat-d", o.real("eps"), o.real("alpha"), ReplayTraining::Start::uniform, false, 0};
-    return std::make_unique<ReplayTraining>(
-        r, std::make_unique<DeatDSchedule>(static_cast<int>(o.integer("deat_d")), static_cast<int>(o.integer("r_max"))));
+    return std::make_unique<ReplayTraining>(r, std::make_unique<DeatDSchedule>(static_cast<int>(o.integer("deat_d")),
+                                                                               static_cast<int>(o.integer("r_max"))));
   };
   return m;
 }

@@ -10,8 +10,9 @@ MethodInfo deat_p_method() {
   MethodInfo m;
   m.name = "deat-p";
   m.title = "DEAT-p (Wang et al., ablation)";
-  m.summary = "DEAT's replay driven by training accuracy instead of M+: r += 1 after an epoch whose training accuracy "
-              "exceeds 0.4, up to r_max = 4, alpha 1.25 eps.";
+  m.summary =
+      "DEAT's replay driven by training accuracy instead of M+: r += 1 after an epoch whose training accuracy "
+      "exceeds 0.4, up to r_max = 4, alpha 1.25 eps.";
   m.options = {
       eps_option(),
       alpha_times_eps(1.25, "the paper's 10/255 at 8/255"),

@@ -7,10 +7,10 @@
 // (step 2.5 eps / steps, a fixed random start) on the trainer's probe batch in eval mode, and
 // stops the run at the previous epoch's model when that accuracy falls more than `guard_drop`
 // below the best seen (extras "guard_acc", "guard_best").
+#include "models/module.h"
 #include "robust/epoch_rules.h"
 #include "robust/method_steps.h"
 #include "robust/registry.h"
-#include "models/module.h"
 
 namespace bulwark::robust {
 
@@ -67,11 +67,12 @@ MethodInfo fgsm_rs_method() {
   MethodInfo m;
   m.name = "fgsm-rs";
   m.title = "FGSM-RS / Fast-AT (Wong, Rice, Kolter 2020)";
-  m.summary = "One FGSM step of alpha = 1.25 eps from a uniform random start per batch (2 forward and 2 backward "
-              "passes), with the catastrophic-overfitting guard: after every epoch PGD-5 on a fixed training batch; "
-              "when its accuracy falls more than 0.2 below the best seen, training stops and keeps the previous "
-              "epoch's model. The paper's CIFAR-10 setting: --model preact_resnet18 --epochs 15 --schedule cyclic "
-              "--lr 0.2 --cyclic-peak 0.5.";
+  m.summary =
+      "One FGSM step of alpha = 1.25 eps from a uniform random start per batch (2 forward and 2 backward "
+      "passes), with the catastrophic-overfitting guard: after every epoch PGD-5 on a fixed training batch; "
+      "when its accuracy falls more than 0.2 below the best seen, training stops and keeps the previous "
+      "epoch's model. The paper's CIFAR-10 setting: --model preact_resnet18 --epochs 15 --schedule cyclic "
+      "--lr 0.2 --cyclic-peak 0.5.";
   m.options = {
       eps_option(),
       alpha_times_eps(1.25, "Wong et al.'s 10/255 at 8/255"),

@@ -13,9 +13,10 @@ MethodInfo free_method() {
   MethodInfo m;
   m.name = "free";
   m.title = "Free-AT (Shafahi et al. 2019)";
-  m.summary = "Replays each batch m times from a zero perturbation; each replay's one backward gives both the weight "
-              "step and the perturbation step (alpha = eps). The paper's setting: --replays 8 with --epochs divided "
-              "by m, so the run makes as many passes as natural training.";
+  m.summary =
+      "Replays each batch m times from a zero perturbation; each replay's one backward gives both the weight "
+      "step and the perturbation step (alpha = eps). The paper's setting: --replays 8 with --epochs divided "
+      "by m, so the run makes as many passes as natural training.";
   m.options = {
       eps_option(),
       alpha_times_eps(1, "Free-AT steps by eps"),

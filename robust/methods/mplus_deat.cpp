@@ -16,10 +16,11 @@ MethodInfo mplus_deat_method() {
   MethodInfo m;
   m.name = "mplus-deat";
   m.title = "M+DEAT (Wang et al.)";
-  m.summary = "Free-style replay from a uniform random start whose replay count r grows when the epoch's input-gradient "
-              "L1 magnitude G grows (the M+ rule: r starts at 1, gamma 1.01, r_max 8, alpha 1.25 eps). The paper's "
-              "CIFAR-10 setting: --model preact_resnet18 --epochs 50 --optimizer sgd --lr 0.05 --schedule multistep "
-              "--milestones 25,40.";
+  m.summary =
+      "Free-style replay from a uniform random start whose replay count r grows when the epoch's input-gradient "
+      "L1 magnitude G grows (the M+ rule: r starts at 1, gamma 1.01, r_max 8, alpha 1.25 eps). The paper's "
+      "CIFAR-10 setting: --model preact_resnet18 --epochs 50 --optimizer sgd --lr 0.05 --schedule multistep "
+      "--milestones 25,40.";
   m.options = {
       eps_option(),
       alpha_times_eps(1.25, "the paper's 10/255 at 8/255"),
@@ -40,7 +41,8 @@ MethodInfo mplus_deat_method() {
               "eps / r_max (assumed), with --alpha-per-r"),
   };
   m.make = [](const OptionValues& o) {
-    ReplayTraining::Options r{"mplus-deat", o.real("eps"), o.real("alpha"), ReplayTraining::Start::uniform,
+    ReplayTraining::Options r{"mplus-deat",          o.real("eps"),
+                              o.real("alpha"),       ReplayTraining::Start::uniform,
                               o.flag("alpha_per_r"), o.real("alpha_min")};
     return std::make_unique<ReplayTraining>(
         r, std::make_unique<MplusRule>(1, static_cast<int>(o.integer("r_max")), o.real("gamma")));

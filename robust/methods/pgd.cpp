@@ -11,9 +11,9 @@
 //   MNIST-like, eps 0.3, k 40   -> 0.01   (Madry et al.'s MNIST setting)
 //   CIFAR-like, eps 8/255, k 7  -> 2/255  (Madry et al.'s CIFAR-10 setting)
 //   otherwise                   -> 2.5 eps / k
-#include <cmath>
-
 #include <fmt/format.h>
+
+#include <cmath>
 
 #include "robust/method_steps.h"
 #include "robust/registry.h"
@@ -61,9 +61,10 @@ MethodInfo pgd_method() {
   MethodInfo m;
   m.name = "pgd";
   m.title = "PGD-AT (Madry et al. 2018)";
-  m.summary = "Trains on the PGD-k example of every batch (random start, k signed steps of alpha, projected to the "
-              "eps-ball and [0,1]): k + 1 forward and backward passes per batch. The paper's settings are the "
-              "defaults: k = 40, alpha = 0.01 at eps 0.3 on MNIST; k = 7, alpha = 2/255 at eps 8/255 on CIFAR-10.";
+  m.summary =
+      "Trains on the PGD-k example of every batch (random start, k signed steps of alpha, projected to the "
+      "eps-ball and [0,1]): k + 1 forward and backward passes per batch. The paper's settings are the "
+      "defaults: k = 40, alpha = 0.01 at eps 0.3 on MNIST; k = 7, alpha = 2/255 at eps 8/255 on CIFAR-10.";
   m.options = {
       eps_option(),
       Option::make("steps", "--steps", OptionType::integer, "pgd: attack steps k per batch")
@@ -75,8 +76,9 @@ MethodInfo pgd_method() {
                 return {7, "Madry et al.'s CIFAR-10 setting"};
               },
               "40 on MNIST-like input, 7 on CIFAR-like"),
-      alpha_option(pgd_alpha, "the paper's step in the paper's setting (0.01 at MNIST eps 0.3 with k = 40; 2/255 at "
-                              "CIFAR eps 8/255 with k = 7), else 2.5 eps / k"),
+      alpha_option(pgd_alpha,
+                   "the paper's step in the paper's setting (0.01 at MNIST eps 0.3 with k = 40; 2/255 at "
+                   "CIFAR eps 8/255 with k = 7), else 2.5 eps / k"),
       eps_ramp_option(),
   };
   m.make = [](const OptionValues& o) {

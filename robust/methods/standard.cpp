@@ -19,8 +19,9 @@ MethodInfo standard_method() {
   MethodInfo m;
   m.name = "standard";
   m.title = "standard training";
-  m.summary = "Clean training: one forward, one backward and one optimizer step per batch. The baseline every "
-              "robust method is compared with; --eps only sets the radius of the robust validation.";
+  m.summary =
+      "Clean training: one forward, one backward and one optimizer step per batch. The baseline every "
+      "robust method is compared with; --eps only sets the radius of the robust validation.";
   m.adversarial = false;
   m.options = {eps_option()};
   m.make = [](const OptionValues&) { return std::make_unique<StandardTraining>(); };
