@@ -295,6 +295,23 @@ OptionValues read_options(const std::vector<Option>& options, const nlohmann::js
   return values;
 }
 
+void check_complete(const std::vector<Option>& options, const OptionValues& values, const std::string& owner) {
+  for (const auto& [key, value] : values.json().items())
+    require(find_option(options, key) != nullptr, fmt::format("option '{}' is not an option of {}", key, owner));
+  for (const Option& o : options) {
+    require(values.has(o.key), fmt::format("{} ({}) has no value", o.flag, owner));
+    check_option_value(o, values.json().at(o.key), owner);
+  }
+}
+
+std::string SharedFlag::default_text() const {
+  if (std::all_of(defaults.begin(), defaults.end(), [&](const std::string& d) { return d == defaults.front(); }))
+    return defaults.front();
+  std::vector<std::string> each;
+  for (size_t i = 0; i < owners.size(); ++i) each.push_back(fmt::format("{}: {}", owners[i], defaults[i]));
+  return fmt::format("{}", fmt::join(each, "; "));
+}
+
 // The values in the options' declaration order (a value no option declares goes last).
 ojson ordered_values(const std::vector<Option>& options, const OptionValues& values) {
   ojson out = ojson::object();

@@ -114,4 +114,34 @@ nlohmann::ordered_json ordered_values(const std::vector<Option>& options, const 
 
 const Option* find_option(const std::vector<Option>& options, const std::string& key);
 
+// Throws std::invalid_argument unless `values` holds exactly the options of `options`, each in
+// its range: a config whose defaults are resolved.
+void check_complete(const std::vector<Option>& options, const OptionValues& values, const std::string& owner);
+
+// One flag of a registry (methods, schedules, attacks) as --help and the docs show it: several
+// entries may declare it (--alpha, --r-max), each with its own default.
+struct SharedFlag {
+  const Option* option = nullptr;  // the first declaration
+  std::vector<std::string> owners, defaults;
+  bool every_owner = false;  // every entry declares it
+  // The default, or "owner: default; ..." when the owners differ.
+  std::string default_text() const;
+};
+
+// The distinct flags of `entries` (anything with `name` and `options`), in declaration order.
+template <class Entry>
+std::vector<SharedFlag> shared_flags(const std::vector<Entry>& entries) {
+  std::vector<SharedFlag> flags;
+  for (const Entry& e : entries)
+    for (const Option& o : e.options) {
+      auto it = flags.begin();
+      while (it != flags.end() && it->option->flag != o.flag) ++it;
+      if (it == flags.end()) it = flags.insert(flags.end(), SharedFlag{&o, {}, {}, false});
+      it->owners.push_back(e.name);
+      it->defaults.push_back(o.default_text());
+    }
+  for (SharedFlag& f : flags) f.every_owner = f.owners.size() == entries.size();
+  return flags;
+}
+
 }  // namespace bulwark

@@ -105,14 +105,7 @@ std::vector<std::string> resolve_method(MethodConfig& cfg, const DefaultScope& s
 }
 
 void validate(const MethodConfig& cfg) {
-  const MethodInfo& info = method_registry().at(cfg.name);
-  for (const auto& [key, value] : cfg.options.json().items())
-    require(find_option(info.options, key) != nullptr,
-            fmt::format("option '{}' is not an option of {}", key, owner(cfg.name)));
-  for (const Option& o : info.options) {
-    require(cfg.options.has(o.key), fmt::format("{} ({}) has no value", o.flag, owner(cfg.name)));
-    check_option_value(o, cfg.options.json().at(o.key), owner(cfg.name));
-  }
+  check_complete(method_registry().at(cfg.name).options, cfg.options, owner(cfg.name));
 }
 
 nlohmann::ordered_json to_json(const MethodConfig& cfg) {

@@ -85,37 +85,19 @@ void add_recorded(CLI::App* cmd, std::map<std::string, std::string>& given, cons
   if (o.type == OptionType::flag) opt->expected(0, 1);
 }
 
-// Options that several registry entries declare under one flag (--alpha, --r-max): one line,
-// with each owner's default.
+// A registry's options (a flag several entries declare is one line, with each one's default).
 template <class Entry>
-void add_owned_flags(CLI::App* cmd, std::map<std::string, std::string>& given, const std::vector<Entry>& entries, const std::string& kind,
-                     const std::string& group) {
-  std::vector<std::string> seen;
-  for (const Entry& e : entries)
-    for (const Option& o : e.options) {
-      if (std::find(seen.begin(), seen.end(), o.flag) != seen.end()) continue;
-      seen.push_back(o.flag);
-      std::vector<std::string> owners, defaults;
-      for (const Entry& other : entries)
-        for (const Option& p : other.options)
-          if (p.flag == o.flag) {
-            owners.push_back(other.name);
-            defaults.push_back(fmt::format("{} {}", other.name, p.default_text()));
-          }
-      std::string d = o.help;
-      const std::string range = o.range_text();
-      if (!range.empty() && o.type != OptionType::flag) d += fmt::format(" (valid: {})", range);
-      const bool one_default = std::all_of(defaults.begin(), defaults.end(), [&](const std::string& x) {
-        return x.substr(x.find(' ') + 1) == defaults.front().substr(defaults.front().find(' ') + 1);
-      });
-      if (owners.size() == entries.size())
-        d += fmt::format(" [every {}]", kind);
-      else
-        d += fmt::format(" [{}: {}]", kind, fmt::join(owners, ", "));
-      d += one_default ? fmt::format(" [default: {}]", o.default_text())
-                       : fmt::format(" [default: {}]", fmt::join(defaults, "; "));
-      add_recorded(cmd, given, o, d, group);
-    }
+void add_owned_flags(CLI::App* cmd, std::map<std::string, std::string>& given, const std::vector<Entry>& entries,
+                     const std::string& kind, const std::string& group) {
+  for (const SharedFlag& f : shared_flags(entries)) {
+    const Option& o = *f.option;
+    std::string d = o.help;
+    const std::string range = o.range_text();
+    if (!range.empty() && o.type != OptionType::flag) d += fmt::format(" (valid: {})", range);
+    d += f.every_owner ? fmt::format(" [every {}]", kind) : fmt::format(" [{}: {}]", kind, fmt::join(f.owners, ", "));
+    d += fmt::format(" [default: {}]", f.default_text());
+    add_recorded(cmd, given, o, d, group);
+  }
 }
 
 CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {

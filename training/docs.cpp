@@ -59,30 +59,12 @@ std::string schedules_table() {
 template <class Entry>
 std::string owned_options_table(const std::vector<Entry>& entries, const std::string& kind) {
   std::string md = fmt::format("| option | {} | default | valid | meaning |\n|---|---|---|---|---|\n", kind);
-  std::vector<std::string> seen;
-  for (const Entry& e : entries)
-    for (const Option& o : e.options) {
-      if (std::find(seen.begin(), seen.end(), o.flag) != seen.end()) continue;
-      seen.push_back(o.flag);
-      std::vector<std::string> owners, defaults;
-      for (const Entry& other : entries)
-        for (const Option& p : other.options)
-          if (p.flag == o.flag) {
-            owners.push_back(other.name);
-            defaults.push_back(p.default_text());
-          }
-      const bool one_default =
-          std::all_of(defaults.begin(), defaults.end(), [&](const auto& d) { return d == defaults[0]; });
-      std::string def = defaults[0];
-      if (!one_default) {
-        std::vector<std::string> each;
-        for (size_t i = 0; i < owners.size(); ++i) each.push_back(fmt::format("{}: {}", owners[i], defaults[i]));
-        def = fmt::format("{}", fmt::join(each, "; "));
-      }
-      const std::string who = owners.size() == entries.size() ? "all" : fmt::format("{}", fmt::join(owners, ", "));
-      md += fmt::format("| {} | {} | {} | {} | {} |\n", code(o.flag), who, cell(def),
-                        cell(o.type == OptionType::flag ? "a flag" : o.range_text()), cell(o.help));
-    }
+  for (const SharedFlag& f : shared_flags(entries)) {
+    const Option& o = *f.option;
+    const std::string who = f.every_owner ? "all" : fmt::format("{}", fmt::join(f.owners, ", "));
+    md += fmt::format("| {} | {} | {} | {} | {} |\n", code(o.flag), who, cell(f.default_text()),
+                      cell(o.type == OptionType::flag ? "a flag" : o.range_text()), cell(o.help));
+  }
   return md;
 }
 

@@ -281,13 +281,7 @@ std::vector<std::string> resolve_schedule(ScheduleConfig& cfg, int64_t epochs) {
 
 void validate(const ScheduleConfig& cfg, int64_t epochs) {
   const ScheduleInfo& info = schedule_info(cfg.name);
-  for (const auto& [key, value] : cfg.options.json().items())
-    require(find_option(info.options, key) != nullptr,
-            fmt::format("option '{}' is not an option of {}", key, owner(cfg.name)));
-  for (const Option& o : info.options) {
-    require(cfg.options.has(o.key), fmt::format("{} ({}) has no value", o.flag, owner(cfg.name)));
-    check_option_value(o, cfg.options.json().at(o.key), owner(cfg.name));
-  }
+  check_complete(info.options, cfg.options, owner(cfg.name));
   if (info.check) info.check(cfg.options, epochs);
 }
 
