@@ -50,6 +50,9 @@ MethodInfo toy_method() {
   m.name = "toy-noise";
   m.title = "toy noise training (test only)";
   m.summary = "Trains on uniform noise of noise_scale * eps around each input.";
+  // Not one of the attack-based methods the [methods] tests hold to the eps-ball's edge, should they
+  // run in this process after it registered.
+  m.adversarial = false;
   m.options = {eps_option(), eps_ramp_option(),
                Option::make("noise_scale", "--toy-noise-scale", OptionType::real, "toy-noise: the noise, in eps")
                    .above(0)
