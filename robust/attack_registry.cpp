@@ -26,9 +26,9 @@ AttackOptions base(AttackKind kind, double eps, uint64_t seed) {
 
 std::vector<EvalAttackInfo> builtin_attacks() {
   std::vector<EvalAttackInfo> all;
-  all.push_back({"clean", "the unperturbed test samples", {}, [](const OptionValues&, double eps, uint64_t seed) {
-                   return base(AttackKind::none, eps, seed);
-                 }});
+  all.push_back({"clean", "the unperturbed test samples", {},
+                 [](const OptionValues&, double eps, uint64_t seed) { return base(AttackKind::none, eps, seed); },
+                 AttackRole::clean});
   all.push_back(
       {"pgd",
        "PGD on the cross-entropy (Madry et al. 2018): random start, signed steps projected to the eps-ball "
@@ -58,7 +58,8 @@ std::vector<EvalAttackInfo> builtin_attacks() {
   all.push_back({"fgsm",
                  "one signed gradient step of eps from the sample (Goodfellow et al. 2015)",
                  {},
-                 [](const OptionValues&, double eps, uint64_t seed) { return base(AttackKind::fgsm, eps, seed); }});
+                 [](const OptionValues&, double eps, uint64_t seed) { return base(AttackKind::fgsm, eps, seed); },
+                 AttackRole::single_step});
   return all;
 }
 

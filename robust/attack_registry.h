@@ -12,12 +12,21 @@
 
 namespace bulwark::robust {
 
+// What an attack can see of the model, for the gradient-masking checks (robust/masking_checks.h).
+enum class AttackRole {
+  clean,        // no attack
+  single_step,  // one gradient step (FGSM): never stronger than many on a model that does not mask
+  white_box,    // iterative, from gradients (PGD, CW, APGD)
+  black_box,    // from scores or queries alone (Square): blind to masked gradients
+};
+
 struct EvalAttackInfo {
   std::string name;     // the value in --attacks: clean, pgd, cw, fgsm
   std::string summary;  // what it does, and its paper
   std::vector<Option> options;
   // The attack at radius eps with the Philox stream `seed`, from resolved, checked values.
   std::function<AttackOptions(const OptionValues&, double eps, uint64_t seed)> make;
+  AttackRole role = AttackRole::white_box;
 };
 
 const std::vector<EvalAttackInfo>& eval_attack_registry();

@@ -275,6 +275,48 @@ TEST_CASE("bulwark eval reports clean, PGD, CW and FGSM accuracy as a table and 
   CHECK_FALSE(k.contains("pgd_acc"));
 }
 
+TEST_CASE("bulwark eval runs transfer attacks, an eps sweep and the masking checks", "[cli]") {
+  Scratch s;
+  const fs::path target = s.path / "target", source = s.path / "source";
+  REQUIRE(run(std::string(kTinyTrain) + " --out '" + target.string() + "'", s.path).code == 0);
+  REQUIRE(run(std::string(kTinyTrain) + " --seed 5 --out '" + source.string() + "'", s.path).code == 0);
+  const Result e = run("eval --checkpoint '" + target.string() + "' --source-checkpoint '" + source.string() +
+                           "' --test-size 100 --attacks clean,pgd,fgsm --pgd-steps 5 --restarts 1 --eps-sweep 2/255,1 "
+                           "--json",
+                       s.path);
+  INFO("stderr: " << e.err);
+  REQUIRE(e.code == 0);
+  const auto j = nlohmann::json::parse(e.out);
+  std::vector<std::string> names;
+  for (const auto& a : j["attacks"]) names.push_back(a["attack"]);
+  CHECK(names == std::vector<std::string>{"clean", "PGD-5", "FGSM", "transfer PGD-5", "transfer FGSM"});
+  CHECK(j["attacks"][3]["transfer"] == true);
+  CHECK(j.contains("transfer_pgd_acc"));
+  CHECK(j["eps_sweep"].size() == 4);  // pgd and fgsm at 2/255 and at 1
+  for (const auto& p : j["eps_sweep"])
+    if (p["eps"] == 1.0) CHECK(p["accuracy"] == 0.0);  // at eps 1 an MLP loses every sample
+  std::vector<std::string> checks;
+  for (const auto& c : j["masking_checks"]) {
+    checks.push_back(c["check"]);
+    CHECK(c["applicable"] == true);
+  }
+  CHECK(checks == std::vector<std::string>{"fgsm-below-pgd", "above-clean", "rises-with-eps", "black-box-below-white",
+                                           "nonzero-at-eps-1"});
+  CHECK(j["masking_flagged"].is_boolean());
+
+  const Result table = run("eval --checkpoint '" + target.string() + "' --test-size 50 --attacks clean,pgd --pgd-steps 3 "
+                               "--restarts 1",
+                           s.path);
+  CHECK(table.code == 0);
+  CHECK(table.out.find("gradient-masking checks") != std::string::npos);
+  CHECK(table.out.find("not run") != std::string::npos);  // no sweep, no FGSM, no black-box row
+
+  const Result missing = run("eval --checkpoint '" + target.string() + "' --source-checkpoint /nonexistent/run", s.path);
+  CHECK(missing.code == 2);
+  CHECK(missing.err.find("--source-checkpoint /nonexistent/run/last.safetensors does not exist") == std::string::npos);
+  CHECK(missing.err.find("/nonexistent/run") != std::string::npos);
+}
+
 TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading anything", "[cli]") {
   Scratch s;
   struct Case {
@@ -290,6 +332,7 @@ TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading an
       {"--restarts 0", "--restarts must be >= 1"},
       {"--pgd-steps 0", "--pgd-steps must be >= 1"},
       {"--attacks clean,pgd --cw-steps 5", "--cw-steps is an option of cw, which --attacks clean,pgd does not run"},
+      {"--eps-sweep 0.1,2", "--eps-sweep: '2' is not a perturbation size"},
   };
   for (const Case& c : cases) {
     INFO("bulwark eval " << c.args);

@@ -22,6 +22,7 @@
 #include "robust/registry.h"
 #include "robust/attack_registry.h"
 #include "robust/attacks.h"
+#include "robust/masking_checks.h"
 #include "training/docs.h"
 #include "training/evaluate.h"
 #include "training/progress.h"
@@ -51,6 +52,8 @@ struct EvalArgs {
   std::string eps;  // as typed: "0.3" or "8/255"; "" = the run's training eps
   std::vector<std::string> attacks{"clean", "pgd", "cw", "fgsm"};
   std::map<std::string, std::string> given;  // the attacks' options: flag -> the text typed after it
+  std::string source_checkpoint;             // transfer attacks: craft on this model
+  std::vector<std::string> eps_sweep;        // as typed; every attack also runs at each of these
   uint64_t seed = 0;
 };
 
@@ -211,6 +214,14 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   e->add_option("--eps", a.eps,
                 "L-inf radius as a fraction or k/255 (default: the run's training eps, else 0.3 for 1x28x28 "
                 "images and 8/255 for the others)");
+  e->add_option("--source-checkpoint", a.source_checkpoint,
+                "Transfer attacks: also craft every gradient attack on this checkpoint's model (a file or run "
+                "directory; same input shape) and evaluate the examples on --checkpoint's model");
+  e->add_option("--eps-sweep", a.eps_sweep,
+                "Also run every attack at each of these radii (comma-separated, fractions or k/255; include 1 for the "
+                "eps-1 check): accuracy must fall as eps grows")
+      ->delimiter(',')
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   add_owned_flags(e, a.given, robust::eval_attack_registry(), "attack", "Options of the --attacks");
   e->add_option("--seed", a.seed, "Philox seed of the random starts")->capture_default_str();
   e->add_option("--batch-size", a.batch_size, "Evaluation batch size")->capture_default_str();
@@ -276,6 +287,7 @@ std::string format_eps(double eps) {
 struct EvalAttack {
   std::string key;  // as in --attacks: clean, pgd, cw, fgsm
   AttackOptions options;
+  robust::AttackRole role = robust::AttackRole::white_box;
 };
 
 // The attacks of --attacks in order (repeats dropped), each with its given options checked and
@@ -311,7 +323,7 @@ std::vector<EvalAttack> eval_attacks(const EvalArgs& a, double eps) {
   for (size_t i = 0; i < chosen.size(); ++i) {
     const std::string owner = "attack '" + chosen[i]->name + "'";
     resolve_options(chosen[i]->options, values[i], DefaultScope{values[i], "", false, 0}, owner);
-    attacks.push_back({chosen[i]->name, resolve_attack(chosen[i]->make(values[i], eps, a.seed))});
+    attacks.push_back({chosen[i]->name, resolve_attack(chosen[i]->make(values[i], eps, a.seed)), chosen[i]->role});
   }
   return attacks;
 }
@@ -327,6 +339,13 @@ void validate_eval_args(const EvalArgs& a) {
     throw std::invalid_argument(fmt::format("--eps: {}", e.what()));
   }
   eval_attacks(a, 0.1);  // the attacks and their options (eps is the checkpoint's, known later)
+  for (const std::string& e : a.eps_sweep) {
+    try {
+      parse_radius(e);
+    } catch (const std::invalid_argument& err) {
+      throw std::invalid_argument(fmt::format("--eps-sweep: {}", err.what()));
+    }
+  }
 }
 
 // A per-batch bar on stderr while an attack runs, when stderr is a terminal.
@@ -350,6 +369,11 @@ EvalProgress attack_progress_bar(const std::string& name) {
 struct EvalRow {
   EvalAttack attack;
   EvalResult result;
+  bool transfer = false;  // crafted on --source-checkpoint's model
+  std::string name() const { return (transfer ? "transfer " : "") + attack_name(attack.options); }
+  robust::AttackRow summary() const {
+    return {name(), attack.role, transfer, attack.options.eps, result.accuracy, result.count};
+  }
 };
 
 // Per sample, correct under every row: the accuracy against the strongest of the attacks run.
@@ -367,9 +391,9 @@ nlohmann::ordered_json eval_json(const std::vector<EvalRow>& rows, nlohmann::ord
   for (const EvalRow& row : rows) {
     const AttackOptions& o = row.attack.options;
     const EvalResult& r = row.result;
-    j[row.attack.key + "_acc"] = r.accuracy;
+    j[(row.transfer ? "transfer_" : "") + row.attack.key + "_acc"] = r.accuracy;
     if (row.attack.key == "clean") j["loss"] = r.loss;
-    list.push_back({{"attack", attack_name(o)}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"samples", r.count},
+    list.push_back({{"attack", row.name()}, {"transfer", row.transfer}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"samples", r.count},
                     {"seconds", r.seconds}, {"fwd_passes", r.forward_passes}, {"bwd_passes", r.backward_passes},
                     {"eps", o.eps}, {"alpha", o.alpha}, {"steps", o.steps}, {"restarts", o.restarts}});
   }
@@ -379,13 +403,13 @@ nlohmann::ordered_json eval_json(const std::vector<EvalRow>& rows, nlohmann::ord
 }
 
 void print_eval_table(const std::vector<EvalRow>& rows) {
-  fmt::print("{:<12} | {:>8} | {:>7} | {:>8} | {:>10} | {:>10}\n", "attack", "accuracy", "samples", "seconds",
+  fmt::print("{:<21} | {:>8} | {:>7} | {:>8} | {:>10} | {:>10}\n", "attack", "accuracy", "samples", "seconds",
              "fwd passes", "bwd passes");
-  fmt::print("{:-<12}-+-{:-<8}-+-{:-<7}-+-{:-<8}-+-{:-<10}-+-{:-<10}\n", "", "", "", "", "", "");
+  fmt::print("{:-<21}-+-{:-<8}-+-{:-<7}-+-{:-<8}-+-{:-<10}-+-{:-<10}\n", "", "", "", "", "", "");
   for (const EvalRow& row : rows) {
     const EvalResult& r = row.result;
-    fmt::print("{:<12} | {:>7.2f}% | {:>7} | {:>8.1f} | {:>10} | {:>10}\n", attack_name(row.attack.options),
-               100 * r.accuracy, r.count, r.seconds, r.forward_passes, r.backward_passes);
+    fmt::print("{:<21} | {:>7.2f}% | {:>7} | {:>8.1f} | {:>10} | {:>10}\n", row.name(), 100 * r.accuracy, r.count,
+               r.seconds, r.forward_passes, r.backward_passes);
   }
   std::vector<std::string> summary;
   for (const EvalRow& row : rows)
@@ -412,6 +436,25 @@ int run_eval(const EvalArgs& a) {
   const std::shared_ptr<Module> model = build_model(cfg);
   model->load_state_dict(ckpt.model);
   model->to(device);
+  std::shared_ptr<Module> source;
+  if (!a.source_checkpoint.empty()) {
+    const std::string source_path = fs::is_directory(a.source_checkpoint)
+                                        ? (fs::path(a.source_checkpoint) / "last.safetensors").string()
+                                        : a.source_checkpoint;
+    if (!fs::exists(source_path))
+      throw std::invalid_argument(fmt::format("--source-checkpoint {} does not exist", source_path));
+    const Checkpoint source_ckpt = load_checkpoint(source_path);
+    const TrainConfig source_cfg = config_from_json(source_ckpt.state.config);
+    const ModelInput &si = source_cfg.input, &ti = cfg.input;
+    require(si.channels == ti.channels && si.height == ti.height && si.width == ti.width &&
+                si.num_classes == ti.num_classes,
+            fmt::format("--source-checkpoint takes {}x{}x{} images and {} classes; --checkpoint's model {}x{}x{} and {}",
+                        si.channels, si.height, si.width, si.num_classes, ti.channels, ti.height, ti.width,
+                        ti.num_classes));
+    source = build_model(source_cfg);
+    source->load_state_dict(source_ckpt.model);
+    source->to(device);
+  }
 
   DataConfig d = cfg.data;
   if (!a.dataset.empty() && a.dataset != d.dataset) {
@@ -435,16 +478,56 @@ int run_eval(const EvalArgs& a) {
                test.name, test.n, format_eps(eps), eps_source);
     std::fflush(stdout);
   }
+  const auto run = [&](const EvalAttack& attack, bool transfer) {
+    EvalRow row{attack, {}, transfer};
+    row.result = evaluate_attack(*model, test, 0, test.n, attack.options, a.batch_size, device,
+                                 attack_progress_bar(row.name()), transfer ? source.get() : nullptr);
+    return row;
+  };
+  const auto gradient_based = [](const EvalAttack& attack) {
+    return attack.role == robust::AttackRole::white_box || attack.role == robust::AttackRole::single_step;
+  };
   std::vector<EvalRow> rows;
-  for (const EvalAttack& attack : attacks)
-    rows.push_back({attack, evaluate_attack(*model, test, 0, test.n, attack.options, a.batch_size, device,
-                                            attack_progress_bar(attack_name(attack.options)))});
-  if (table) print_eval_table(rows);
+  for (const EvalAttack& attack : attacks) rows.push_back(run(attack, false));
+  if (source)
+    for (const EvalAttack& attack : attacks)
+      if (gradient_based(attack)) rows.push_back(run(attack, true));
+  std::vector<EvalRow> sweep;
+  for (const std::string& text : a.eps_sweep)
+    for (const EvalAttack& attack : eval_attacks(a, parse_radius(text)))
+      if (attack.role != robust::AttackRole::clean) sweep.push_back(run(attack, false));
+  std::vector<robust::AttackRow> main_rows, sweep_rows;
+  for (const EvalRow& row : rows) main_rows.push_back(row.summary());
+  for (const EvalRow& row : sweep) sweep_rows.push_back(row.summary());
+  const std::vector<robust::MaskingCheck> checks = robust::masking_checks(main_rows, sweep_rows);
+  if (table) {
+    print_eval_table(rows);
+    if (!sweep.empty()) {
+      fmt::print("eps sweep:\n");
+      for (const EvalRow& row : sweep)
+        fmt::print("  eps {:<10.4g} {:<21} {:>7.2f}%\n", row.attack.options.eps, row.name(), 100 * row.result.accuracy);
+    }
+    fmt::print("gradient-masking checks (docs/attacks.md):\n");
+    for (const robust::MaskingCheck& c : checks)
+      fmt::print("  {:<8} {:<22} {}\n", !c.applicable ? "not run" : c.fired ? "FLAGGED" : "ok", c.name, c.detail);
+  }
   if (a.json.empty()) return 0;
 
-  const nlohmann::ordered_json j = eval_json(
+  nlohmann::ordered_json j = eval_json(
       rows, {{"checkpoint", path}, {"model", cfg.model}, {"dataset", test.name}, {"samples", test.n},
              {"epoch", ckpt.state.epoch}, {"device", device_name(device)}, {"eps", eps}, {"eps_source", eps_source}});
+  if (source) j["source_checkpoint"] = a.source_checkpoint;
+  nlohmann::ordered_json sweep_json = nlohmann::ordered_json::array(), checks_json = nlohmann::ordered_json::array();
+  for (const EvalRow& row : sweep)
+    sweep_json.push_back({{"eps", row.attack.options.eps}, {"attack", row.name()}, {"accuracy", row.result.accuracy}});
+  bool flagged = false;
+  for (const robust::MaskingCheck& c : checks) {
+    checks_json.push_back({{"check", c.name}, {"applicable", c.applicable}, {"fired", c.fired}, {"detail", c.detail}});
+    flagged = flagged || c.fired;
+  }
+  j["eps_sweep"] = std::move(sweep_json);
+  j["masking_checks"] = std::move(checks_json);
+  j["masking_flagged"] = flagged;
   if (a.json == "-") {
     fmt::print("{}\n", j.dump());
     return 0;

@@ -29,10 +29,12 @@ using EvalProgress = std::function<void(int64_t done, int64_t batches, double ac
 // Accuracy of `model` on samples [first, first + n) of `d` under `attack` (AttackKind::none:
 // clean), in batches of batch_size moved to `device`, where the model must already live. Batch
 // b draws its random starts from offset attack.offset + (the attack_counters of the batches
-// before it), so an evaluation is a function of (seed, offset, batch_size).
+// before it), so an evaluation is a function of (seed, offset, batch_size). With `source` (a
+// transfer attack) the examples are crafted on `source` and judged on `model`: the passes counted
+// are the source's attack plus one forward of `model` per batch.
 EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first, int64_t n,
                            const AttackOptions& attack, int64_t batch_size, Device device,
-                           const EvalProgress& progress = {});
+                           const EvalProgress& progress = {}, Module* source = nullptr);
 
 // evaluate_attack of the whole of `d` with AttackKind::none.
 EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size, Device device = Device::cpu);
