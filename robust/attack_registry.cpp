@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 #include "engine/check.h"
 
 namespace bulwark::robust {
@@ -73,6 +75,57 @@ const std::vector<EvalAttackInfo>& eval_attack_registry() {
 std::vector<std::string> eval_attack_names() {
   std::vector<std::string> names;
   for (const EvalAttackInfo& a : eval_attack_registry()) names.push_back(a.name);
+  return names;
+}
+
+const std::vector<EvalSuiteInfo>& eval_suite_registry() {
+  static const std::vector<EvalSuiteInfo> all{
+      {"autoattack", "AutoAttack's standard suite (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square",
+       {"apgd-ce", "apgd-t", "fab-t", "square"}},
+  };
+  return all;
+}
+
+namespace {
+std::vector<std::string> attacks_only() {  // the registry's names but "clean"
+  std::vector<std::string> names;
+  for (const EvalAttackInfo& a : eval_attack_registry())
+    if (a.role != AttackRole::clean) names.push_back(a.name);
+  return names;
+}
+}  // namespace
+
+std::vector<std::string> suite_attacks(const std::string& suite) {
+  std::vector<std::string> names;
+  bool named = false;
+  for (const EvalSuiteInfo& s : eval_suite_registry())
+    if (s.name == suite) {
+      names = s.attacks;
+      named = true;
+    }
+  if (!named) {
+    std::string rest = suite;
+    while (!rest.empty()) {
+      const size_t comma = rest.find(',');
+      names.push_back(rest.substr(0, comma));
+      rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+    }
+  }
+  std::vector<std::string> suites;
+  for (const EvalSuiteInfo& s : eval_suite_registry()) suites.push_back(s.name);
+  for (const std::string& name : names) {
+    const bool known = std::any_of(eval_attack_registry().begin(), eval_attack_registry().end(),
+                                   [&](const EvalAttackInfo& a) { return a.name == name; });
+    if (known) continue;
+    if (named)
+      throw std::invalid_argument(fmt::format("--suite {} needs the attack '{}', which bulwark does not implement yet "
+                                              "(available attacks: {}; give them as a list, e.g. --suite {})",
+                                              suite, name, fmt::join(eval_attack_names(), ", "),
+                                              fmt::join(attacks_only(), ",")));
+    throw std::invalid_argument(fmt::format("--suite {}: unknown attack '{}' (suites: {}; attacks: {})", suite, name,
+                                            fmt::join(suites, ", "), fmt::join(eval_attack_names(), ", ")));
+  }
+  require(!names.empty(), "--suite is empty");
   return names;
 }
 

@@ -29,6 +29,19 @@ struct EvalAttackInfo {
   AttackRole role = AttackRole::white_box;
 };
 
+// A named sequence of attacks for `bulwark eval --suite`, each run on the samples the earlier
+// ones left correct (training/evaluate.h evaluate_sequence).
+struct EvalSuiteInfo {
+  std::string name;
+  std::string summary;
+  std::vector<std::string> attacks;  // names in eval_attack_registry()
+};
+const std::vector<EvalSuiteInfo>& eval_suite_registry();
+// The attacks of --suite: a registered suite's name, or a comma-separated list of attack names.
+// Throws std::invalid_argument naming what is missing: an unknown suite or attack, or a suite's
+// attack that bulwark does not implement yet.
+std::vector<std::string> suite_attacks(const std::string& suite);
+
 const std::vector<EvalAttackInfo>& eval_attack_registry();
 // Throws std::invalid_argument "unknown attack 'x' in --attacks (available: ...)".
 const EvalAttackInfo& eval_attack_info(const std::string& name);

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -315,6 +316,43 @@ TEST_CASE("bulwark eval runs transfer attacks, an eps sweep and the masking chec
   CHECK(missing.code == 2);
   CHECK(missing.err.find("--source-checkpoint /nonexistent/run/last.safetensors does not exist") == std::string::npos);
   CHECK(missing.err.find("/nonexistent/run") != std::string::npos);
+}
+
+TEST_CASE("bulwark eval --suite runs each attack on the samples still robust, compacted or not", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  REQUIRE(run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path).code == 0);
+  const std::string base = "eval --checkpoint '" + run_dir.string() +
+                           "' --test-size 100 --attacks clean,fgsm,pgd --pgd-steps 5 --restarts 2 --suite fgsm,pgd --json";
+  const Result on = run(base, s.path), off = run(base + " --no-compact", s.path);
+  INFO("stderr: " << on.err << off.err);
+  REQUIRE(on.code == 0);
+  REQUIRE(off.code == 0);
+  const auto a = nlohmann::json::parse(on.out), b = nlohmann::json::parse(off.out);
+  const auto& suite = a["suite"];
+  CHECK(suite["compact"] == true);
+  REQUIRE(suite["steps"].size() == 2);
+  const double fgsm = suite["steps"][0]["robust_acc"], pgd = suite["steps"][1]["robust_acc"];
+  // Robust so far can only fall, and the suite is at least as strong as each of its attacks alone.
+  CHECK(pgd <= fgsm);
+  CHECK(fgsm <= a["fgsm_acc"].get<double>());
+  CHECK(suite["robust_acc"].get<double>() <= a["pgd_acc"].get<double>());
+  CHECK(suite["robust_acc"].get<double>() == pgd);
+  // Compacted, each attack sees only the samples still correct; masked, all of them.
+  CHECK(suite["steps"][0]["attacked"] == std::lround(100 * suite["clean_acc"].get<double>()));
+  CHECK(suite["steps"][1]["attacked"] == std::lround(100 * fgsm));
+  CHECK(b["suite"]["compact"] == false);
+  CHECK(b["suite"]["steps"][0]["attacked"] == 100);
+  CHECK(b["suite"]["steps"][1]["attacked"] == 100);
+  // FGSM has no randomness, so both ways agree on it exactly.
+  CHECK(b["suite"]["steps"][0]["robust_acc"] == suite["steps"][0]["robust_acc"]);
+
+  const Result aa = run("eval --checkpoint '" + run_dir.string() + "' --suite autoattack", s.path);
+  CHECK(aa.code == 2);
+  CHECK(aa.err.find("--suite autoattack needs the attack") != std::string::npos);
+  const Result bad = run("eval --checkpoint '" + run_dir.string() + "' --suite pgd,madry", s.path);
+  CHECK(bad.code == 2);
+  CHECK(bad.err.find("unknown attack 'madry'") != std::string::npos);
 }
 
 TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading anything", "[cli]") {

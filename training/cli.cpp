@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -52,6 +53,8 @@ struct EvalArgs {
   std::string eps;  // as typed: "0.3" or "8/255"; "" = the run's training eps
   std::vector<std::string> attacks{"clean", "pgd", "cw", "fgsm"};
   std::map<std::string, std::string> given;  // the attacks' options: flag -> the text typed after it
+  std::string suite;                         // "" or a suite name / attack list (evaluate_sequence)
+  bool no_compact = false;                   // the suite attacks every sample, not only the survivors
   std::string source_checkpoint;             // transfer attacks: craft on this model
   std::vector<std::string> eps_sweep;        // as typed; every attack also runs at each of these
   uint64_t seed = 0;
@@ -214,6 +217,12 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   e->add_option("--eps", a.eps,
                 "L-inf radius as a fraction or k/255 (default: the run's training eps, else 0.3 for 1x28x28 "
                 "images and 8/255 for the others)");
+  e->add_option("--suite", a.suite,
+                "After the rows: run these attacks in sequence, each on the samples still robust (AutoAttack's "
+                "protocol): a suite's name (autoattack) or a comma-separated list of --attacks names");
+  e->add_flag("--no-compact", a.no_compact,
+              "The suite's later attacks run on every batch, masking the broken samples, instead of on full batches "
+              "of the survivors (for measuring what compaction saves)");
   e->add_option("--source-checkpoint", a.source_checkpoint,
                 "Transfer attacks: also craft every gradient attack on this checkpoint's model (a file or run "
                 "directory; same input shape) and evaluate the examples on --checkpoint's model");
@@ -292,10 +301,14 @@ struct EvalAttack {
 
 // The attacks of --attacks in order (repeats dropped), each with its given options checked and
 // the rest at their defaults. An option of an attack --attacks does not run is an error.
-std::vector<EvalAttack> eval_attacks(const EvalArgs& a, double eps) {
+std::vector<EvalAttack> eval_attacks(const EvalArgs& a, const std::vector<std::string>& names, double eps) {
   require(!a.attacks.empty(), fmt::format("--attacks is empty (use {})", fmt::join(robust::eval_attack_names(), ", ")));
+  // Every attack the command runs: an option given for one of them is not an error elsewhere.
+  std::vector<std::string> everything = a.attacks;
+  if (!a.suite.empty())
+    for (const std::string& name : robust::suite_attacks(a.suite)) everything.push_back(name);
   std::vector<const robust::EvalAttackInfo*> chosen;
-  for (const std::string& key : a.attacks) {
+  for (const std::string& key : names) {
     const robust::EvalAttackInfo* info = &robust::eval_attack_info(key);
     if (std::find(chosen.begin(), chosen.end(), info) == chosen.end()) chosen.push_back(info);
   }
@@ -310,13 +323,19 @@ std::vector<EvalAttack> eval_attacks(const EvalArgs& a, double eps) {
           values[i].set(o.key, v);
           used = true;
         }
-    if (!used) {
+    const auto runs_it = [&](const std::string& name) {
+      for (const Option& o : robust::eval_attack_info(name).options)
+        if (o.flag == flag) return true;
+      return false;
+    };
+    if (!used && !std::any_of(everything.begin(), everything.end(), runs_it)) {
       std::vector<std::string> owners;
       for (const robust::EvalAttackInfo& e : robust::eval_attack_registry())
         for (const Option& o : e.options)
           if (o.flag == flag) owners.push_back(e.name);
-      throw std::invalid_argument(fmt::format("{} is an option of {}, which --attacks {} does not run", flag,
-                                              fmt::join(owners, ", "), fmt::join(a.attacks, ",")));
+      throw std::invalid_argument(fmt::format("{} is an option of {}, which --attacks {}{} does not run", flag,
+                                              fmt::join(owners, ", "), fmt::join(a.attacks, ","),
+                                              a.suite.empty() ? "" : " --suite " + a.suite));
     }
   }
   std::vector<EvalAttack> attacks;
@@ -338,7 +357,8 @@ void validate_eval_args(const EvalArgs& a) {
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(fmt::format("--eps: {}", e.what()));
   }
-  eval_attacks(a, 0.1);  // the attacks and their options (eps is the checkpoint's, known later)
+  eval_attacks(a, a.attacks, 0.1);  // the attacks and their options (eps is the checkpoint's, known later)
+  if (!a.suite.empty()) eval_attacks(a, robust::suite_attacks(a.suite), 0.1);
   for (const std::string& e : a.eps_sweep) {
     try {
       parse_radius(e);
@@ -432,7 +452,7 @@ int run_eval(const EvalArgs& a) {
   const TrainConfig cfg = config_from_json(ckpt.state.config);
   std::string eps_source;
   const double eps = eval_eps(a, ckpt.state.config, cfg.input, eps_source);
-  const std::vector<EvalAttack> attacks = eval_attacks(a, eps);
+  const std::vector<EvalAttack> attacks = eval_attacks(a, a.attacks, eps);
   const std::shared_ptr<Module> model = build_model(cfg);
   model->load_state_dict(ckpt.model);
   model->to(device);
@@ -494,8 +514,16 @@ int run_eval(const EvalArgs& a) {
       if (gradient_based(attack)) rows.push_back(run(attack, true));
   std::vector<EvalRow> sweep;
   for (const std::string& text : a.eps_sweep)
-    for (const EvalAttack& attack : eval_attacks(a, parse_radius(text)))
+    for (const EvalAttack& attack : eval_attacks(a, a.attacks, parse_radius(text)))
       if (attack.role != robust::AttackRole::clean) sweep.push_back(run(attack, false));
+  std::optional<SequenceResult> suite;
+  std::vector<EvalAttack> suite_attacks;
+  if (!a.suite.empty()) {
+    suite_attacks = eval_attacks(a, robust::suite_attacks(a.suite), eps);
+    std::vector<AttackOptions> options;
+    for (const EvalAttack& s : suite_attacks) options.push_back(s.options);
+    suite = evaluate_sequence(*model, test, 0, test.n, options, a.batch_size, device, !a.no_compact);
+  }
   std::vector<robust::AttackRow> main_rows, sweep_rows;
   for (const EvalRow& row : rows) main_rows.push_back(row.summary());
   for (const EvalRow& row : sweep) sweep_rows.push_back(row.summary());
@@ -506,6 +534,20 @@ int run_eval(const EvalArgs& a) {
       fmt::print("eps sweep:\n");
       for (const EvalRow& row : sweep)
         fmt::print("  eps {:<10.4g} {:<21} {:>7.2f}%\n", row.attack.options.eps, row.name(), 100 * row.result.accuracy);
+    }
+    if (suite) {
+      fmt::print("suite {} (each attack on the samples still robust; {}):\n", a.suite,
+                 a.no_compact ? "every batch, survivors masked" : "survivors compacted into full batches");
+      fmt::print("  {:<21} | {:>10} | {:>8} | {:>8} | {:>10} | {:>10}\n", "attack", "robust acc", "attacked",
+                 "seconds", "fwd passes", "bwd passes");
+      fmt::print("  {:<21} | {:>9.2f}% | {:>8} | {:>8.1f} | {:>10} | {:>10}\n", "clean", 100 * suite->clean.accuracy,
+                 suite->clean.count, suite->clean.seconds, suite->clean.forward_passes, suite->clean.backward_passes);
+      for (size_t i = 0; i < suite_attacks.size(); ++i) {
+        const EvalResult& r = suite->attacks[i];
+        fmt::print("  {:<21} | {:>9.2f}% | {:>8} | {:>8.1f} | {:>10} | {:>10}\n", attack_name(suite_attacks[i].options),
+                   100 * r.accuracy, r.count, r.seconds, r.forward_passes, r.backward_passes);
+      }
+      fmt::print("suite robust acc {:.2f}%\n", 100 * suite->robust.accuracy);
     }
     fmt::print("gradient-masking checks (docs/attacks.md):\n");
     for (const robust::MaskingCheck& c : checks)
@@ -526,6 +568,23 @@ int run_eval(const EvalArgs& a) {
     flagged = flagged || c.fired;
   }
   j["eps_sweep"] = std::move(sweep_json);
+  if (suite) {
+    nlohmann::ordered_json steps = nlohmann::ordered_json::array();
+    for (size_t i = 0; i < suite_attacks.size(); ++i) {
+      const EvalResult& r = suite->attacks[i];
+      steps.push_back({{"attack", attack_name(suite_attacks[i].options)}, {"robust_acc", r.accuracy},
+                       {"attacked", r.count}, {"seconds", r.seconds}, {"fwd_passes", r.forward_passes},
+                       {"bwd_passes", r.backward_passes}});
+    }
+    j["suite"] = {{"name", a.suite},
+                  {"compact", !a.no_compact},
+                  {"clean_acc", suite->clean.accuracy},
+                  {"robust_acc", suite->robust.accuracy},
+                  {"seconds", suite->robust.seconds},
+                  {"fwd_passes", suite->robust.forward_passes},
+                  {"bwd_passes", suite->robust.backward_passes},
+                  {"steps", std::move(steps)}};
+  }
   j["masking_checks"] = std::move(checks_json);
   j["masking_flagged"] = flagged;
   if (a.json == "-") {

@@ -93,6 +93,75 @@ EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first,
   return r;
 }
 
+Tensor images_at(const data::Dataset& d, const std::vector<int64_t>& indices) {
+  const auto k = static_cast<int64_t>(indices.size());
+  Tensor t = Tensor::empty({k, d.c, d.h, d.w});
+  float* out = t.data<float>();
+  for (int64_t i = 0; i < k; ++i)
+    std::memcpy(out + i * d.sample_size(), d.image(indices[i]), sizeof(float) * d.sample_size());
+  return t;
+}
+
+Tensor labels_at(const data::Dataset& d, const std::vector<int64_t>& indices) {
+  std::vector<int32_t> y;
+  y.reserve(indices.size());
+  for (int64_t i : indices) y.push_back(d.labels[i]);
+  return Tensor::from_vector(y, {static_cast<int64_t>(y.size())});
+}
+
+SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t first, int64_t n,
+                                 const std::vector<AttackOptions>& attacks, int64_t batch_size, Device device,
+                                 bool compact,
+                                 const std::function<void(size_t attack, int64_t done, int64_t batches)>& progress) {
+  SequenceResult out;
+  AttackOptions clean;
+  clean.kind = AttackKind::none;
+  out.clean = evaluate_attack(model, d, first, n, clean, batch_size, device);
+  std::vector<uint8_t> robust = out.clean.correct;
+  out.robust = out.clean;
+  EvalModeGuard eval_mode(model);
+  for (size_t a = 0; a < attacks.size(); ++a) {
+    const auto start = std::chrono::steady_clock::now();
+    AttackOptions o = resolve_attack(attacks[a]);
+    EvalResult r;
+    // The samples this attack runs on: the survivors (compact) or all of them, in batches.
+    std::vector<int64_t> todo;
+    for (int64_t i = 0; i < n; ++i)
+      if (!compact || robust[static_cast<size_t>(i)]) todo.push_back(i);
+    const auto total = static_cast<int64_t>(todo.size());
+    r.count = total;  // the samples attacked (the accuracy is over all n)
+    const int64_t batches = (total + batch_size - 1) / batch_size;
+    for (int64_t b = 0; b < batches; ++b) {
+      const std::vector<int64_t> rows(todo.begin() + b * batch_size,
+                                      todo.begin() + std::min(total, (b + 1) * batch_size));
+      std::vector<int64_t> samples(rows.size());
+      for (size_t k = 0; k < rows.size(); ++k) samples[k] = first + rows[k];
+      const Tensor x = images_at(d, samples).to(device), y = labels_at(d, samples).to(device);
+      AttackStats stats;
+      const AttackOutcome outcome = attack_outcome(model, x, y, o, &stats);
+      o.offset += attack_counters(o, x.shape());
+      r.forward_passes += stats.forward_passes;
+      r.backward_passes += stats.backward_passes;
+      for (size_t k = 0; k < rows.size(); ++k) robust[static_cast<size_t>(rows[k])] &= outcome.correct[k];
+      if (progress) progress(a, b + 1, batches);
+    }
+    int64_t correct = 0;
+    for (uint8_t c : robust) correct += c;
+    r.accuracy = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(n, 1));
+    r.correct = robust;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    out.robust.forward_passes += r.forward_passes;
+    out.robust.backward_passes += r.backward_passes;
+    out.robust.seconds += r.seconds;
+    out.attacks.push_back(std::move(r));
+  }
+  int64_t correct = 0;
+  for (uint8_t c : robust) correct += c;
+  out.robust.accuracy = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(n, 1));
+  out.robust.correct = robust;
+  return out;
+}
+
 EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size, Device device) {
   AttackOptions clean;
   clean.kind = AttackKind::none;

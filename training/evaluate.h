@@ -36,10 +36,31 @@ EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first,
                            const AttackOptions& attack, int64_t batch_size, Device device,
                            const EvalProgress& progress = {}, Module* source = nullptr);
 
+// AutoAttack's protocol: the attacks in order, each on the samples that the clean pass and every
+// earlier attack left correct; a sample is robust when every attack fails on it. With `compact`
+// each attack gathers the survivors into full batches (work follows the samples still robust);
+// without, it runs on every batch and only the survivors' outcomes count (the reference, and the
+// way to measure what compaction saves). The random starts differ between the two (a batch holds
+// other samples), so their accuracies may differ by the attacks' own randomness.
+struct SequenceResult {
+  EvalResult clean;                 // the clean pass
+  std::vector<EvalResult> attacks;  // per attack: accuracy after it (robust so far, over all n), the samples
+                                    // it attacked (count) and its own work; loss is not measured
+  EvalResult robust;                // after the last attack: accuracy, per-sample correct, all passes
+};
+SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t first, int64_t n,
+                                 const std::vector<AttackOptions>& attacks, int64_t batch_size, Device device,
+                                 bool compact, const std::function<void(size_t attack, int64_t done, int64_t batches)>&
+                                                   progress = {});
+
 // evaluate_attack of the whole of `d` with AttackKind::none.
 EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size, Device device = Device::cpu);
 
 using robust::count_correct;
+
+// The samples `indices` of `d` (in that order) as an f32 [k, c, h, w] tensor and i32 labels.
+Tensor images_at(const data::Dataset& d, const std::vector<int64_t>& indices);
+Tensor labels_at(const data::Dataset& d, const std::vector<int64_t>& indices);
 
 // Samples [first, first + n) of `d` as an f32 [n, c, h, w] tensor (a copy).
 Tensor images_tensor(const data::Dataset& d, int64_t first, int64_t n);
