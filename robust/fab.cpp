@@ -1,0 +1,133 @@
+#include "robust/fab.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace bulwark {
+
+Tensor linf_box_projection(const Tensor& w, const Tensor& c, const Tensor& lo, const Tensor& hi, int iterations) {
+  NoGradGuard no_grad;
+  const int64_t n = w.size(0);
+  const Tensor cc = c.reshape({n, 1});
+  const Tensor direction = mul(sign(w), sign(cc));  // each coordinate moves w . d towards c
+  const Tensor target = abs(cc);
+  const Tensor towards_c = sign(cc);
+  const auto reach = [&](const Tensor& t) {  // how far w . d(t) has gone towards c, [n, 1]
+    return mul(sum(mul(w, clamp(mul(direction, t), lo, hi)), {1}, true), towards_c);
+  };
+  Tensor t_lo = Tensor::zeros({n, 1}, w.dtype(), w.device());
+  Tensor t_hi = Tensor::ones({n, 1}, w.dtype(), w.device());
+  for (int i = 0; i < iterations; ++i) {
+    const Tensor t_mid = mul(add(t_lo, t_hi), 0.5);
+    const Tensor reached = ge(reach(t_mid), target);  // 1 where t_mid suffices
+    t_hi = add(mul(reached, t_mid), mul(affine(reached, -1, 1), t_hi));
+    t_lo = add(mul(reached, t_lo), mul(affine(reached, -1, 1), t_mid));
+  }
+  return clamp(mul(direction, t_hi), lo, hi);
+}
+
+namespace {
+
+// Rows of `mask` ([n, 1], 0/1) take `update`, the others keep `current`.
+Tensor blend_rows(const Tensor& mask, const Tensor& update, const Tensor& current) {
+  return add(current, mul(mask, sub(update, current)));
+}
+
+Tensor mask_tensor(const std::vector<uint8_t>& m, const Tensor& like) {
+  std::vector<float> v(m.begin(), m.end());
+  return Tensor::from_vector(v, {static_cast<int64_t>(v.size()), 1}).to(like.device());
+}
+
+}  // namespace
+
+FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const FabOptions& o, AttackStats* stats) {
+  if (!(o.eps >= 0) || o.steps < 1 || o.targets < 1 || !(o.alpha_max > 0 && o.alpha_max <= 1) || !(o.eta >= 1) ||
+      !(o.beta > 0 && o.beta < 1))
+    throw std::invalid_argument(fmt::format("fab_targeted: eps >= 0, steps >= 1, targets >= 1, alpha_max in (0, 1], "
+                                            "eta >= 1 and beta in (0, 1) are needed; got {}, {}, {}, {}, {}, {}",
+                                            o.eps, o.steps, o.targets, o.alpha_max, o.eta, o.beta));
+  AttackStats local;
+  AttackStats& st = stats ? *stats : local;
+  const Tensor x0 = x_in.detach().contiguous();
+  const int64_t n = x0.size(0), d = x0.numel() / std::max<int64_t>(n, 1);
+  const Tensor xf0 = x0.reshape({n, d});
+  const Tensor lo0 = neg(xf0), hi0 = affine(xf0, -1, 1);
+  const std::vector<int32_t> labels = y.to_vector_i32();
+
+  // The clean logits rank the targets; misclassified samples are adversarial at distance 0.
+  std::vector<float> clean_logits;
+  int64_t classes = 0;
+  {
+    NoGradGuard no_grad;
+    const Tensor z = model.forward(x0);
+    ++st.forward_passes;
+    classes = z.size(1);
+    clean_logits = z.to_vector();
+  }
+  FabResult r;
+  r.norm.assign(static_cast<size_t>(n), std::numeric_limits<double>::infinity());
+  Tensor best = xf0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* zi = clean_logits.data() + i * classes;
+    if (std::max_element(zi, zi + classes) - zi != labels[i]) r.norm[i] = 0;
+  }
+  const int targets = static_cast<int>(std::min<int64_t>(o.targets, classes - 1));
+
+  for (int rank = 0; rank < targets; ++rank) {
+    std::vector<int32_t> target(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<int> order(static_cast<size_t>(classes));
+      std::iota(order.begin(), order.end(), 0);
+      const float* zi = clean_logits.data() + i * classes;
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return zi[a] > zi[b]; });
+      order.erase(std::remove(order.begin(), order.end(), labels[i]), order.end());
+      target[i] = order[rank];
+    }
+    const Tensor t = Tensor::from_vector(target, {n}).to(x0.device());
+    const Tensor margin_weights = sub(one_hot(y, classes), one_hot(t, classes));  // g = f_y - f_t
+    Tensor xk = xf0;
+    for (int step = 0; step < o.steps; ++step) {
+      Tensor xi = xk.reshape(x0.shape()).detach();
+      xi.set_requires_grad(true);
+      const Tensor g = sum(mul(model.forward(xi), margin_weights), {1});
+      ++st.forward_passes;
+      const Tensor w = grad({sum(g)}, {xi})[0].reshape({n, d});
+      ++st.backward_passes;
+      NoGradGuard no_grad;
+      const Tensor c_k = neg(g.detach());
+      const Tensor d_k = linf_box_projection(w, c_k, neg(xk), affine(xk, -1, 1));
+      const Tensor c_0 = sub(c_k, sum(mul(w, sub(xf0, xk)), {1}));
+      const Tensor d_0 = linf_box_projection(w, c_0, lo0, hi0);
+      const Tensor a = max(abs(d_k), 1, true), b = max(abs(d_0), 1, true);
+      const Tensor alpha = minimum(div(a, add(add(a, b), 1e-12)), Tensor::full({n, 1}, o.alpha_max, w.dtype(), w.device()));
+      const Tensor x_next = clamp(add(mul(affine(alpha, -1, 1), add(xk, mul(d_k, o.eta))),
+                                      mul(alpha, add(xf0, mul(d_0, o.eta)))),
+                                  0.0, 1.0);
+      const Tensor z = model.forward(x_next.reshape(x0.shape()));
+      ++st.forward_passes;
+      const std::vector<int32_t> predicted = argmax(z, 1).to_vector_i32();
+      const std::vector<float> dist = max(abs(sub(x_next, xf0)), 1).to_vector();
+      std::vector<uint8_t> fooled(static_cast<size_t>(n)), closer(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {
+        fooled[i] = predicted[i] != labels[i];
+        closer[i] = fooled[i] && dist[i] < r.norm[i];
+        if (closer[i]) r.norm[i] = dist[i];
+      }
+      best = blend_rows(mask_tensor(closer, x_next), x_next, best);
+      xk = blend_rows(mask_tensor(fooled, x_next), add(mul(xf0, 1 - o.beta), mul(x_next, o.beta)), x_next);
+    }
+  }
+  std::vector<uint8_t> within(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) within[i] = r.norm[i] <= o.eps;
+  r.x_adv = blend_rows(mask_tensor(within, xf0), best, xf0).reshape(x0.shape());
+  return r;
+}
+
+}  // namespace bulwark

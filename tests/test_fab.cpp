@@ -1,0 +1,136 @@
+// FAB-T (robust/fab.h): the box-constrained L-inf projection, the analytic distance to a linear
+// model's decision boundary, and the attack's examples within eps and [0,1].
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "models/layers.h"
+#include "robust/fab.h"
+
+using namespace bulwark;
+
+namespace {
+
+// f(x) = W flatten(x) + b with W and b given: a model whose decision boundaries are hyperplanes.
+class LinearModel final : public Module {
+ public:
+  LinearModel(int64_t in, int64_t out, uint64_t seed) {
+    Generator gen(seed);
+    linear_ = register_module("fc", std::make_shared<Linear>(in, out, gen));
+  }
+  Tensor forward(const Tensor& x) override { return linear_->forward(x.reshape({x.size(0), x.numel() / x.size(0)})); }
+  Linear& linear() { return *linear_; }
+
+ private:
+  std::shared_ptr<Linear> linear_;
+};
+
+}  // namespace
+
+TEST_CASE("the box-constrained L-inf projection reaches the hyperplane with the smallest step", "[attacks]") {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1, 1);
+  const int64_t n = 6, d = 40;
+  std::vector<float> w(n * d), x(n * d, 0.5f);
+  for (float& v : w) v = u(rng);
+  std::vector<float> c{0.3f, -0.2f, 0.0f, 1.5f, -0.05f, 100.0f};
+  const Tensor W = Tensor::from_vector(w, {n, d}), X = Tensor::from_vector(x, {n, d});
+  const Tensor step = linf_box_projection(W, Tensor::from_vector(c, {n}), neg(X), affine(X, -1, 1));
+  const std::vector<float> s = step.to_vector();
+  for (int64_t i = 0; i < n; ++i) {
+    INFO("row " << i);
+    double l1 = 0, reached = 0, largest = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      l1 += std::abs(w[i * d + j]);
+      reached += w[i * d + j] * s[i * d + j];
+      largest = std::max(largest, static_cast<double>(std::abs(s[i * d + j])));
+      CHECK(x[i * d + j] + s[i * d + j] >= -1e-6);  // in the box
+      CHECK(x[i * d + j] + s[i * d + j] <= 1 + 1e-6);
+    }
+    if (i == 5) {  // unreachable within [0,1]: the box's farthest step towards c
+      CHECK(largest == Approx(0.5).epsilon(1e-4));
+      continue;
+    }
+    CHECK(reached == Approx(c[i]).margin(1e-4));
+    // Without the box binding, the smallest L-inf step onto w . d = c has size |c| / ||w||_1.
+    CHECK(largest == Approx(std::abs(c[i]) / l1).margin(1e-5));
+  }
+}
+
+TEST_CASE("FAB-T finds a linear model's distance to its decision boundary within 1%", "[attacks]") {
+  const int64_t d = 30, k = 2;
+  LinearModel model(d, k, 7);
+  model.eval();
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(0.4f, 0.6f);  // far from the box's faces
+  const int64_t n = 8;
+  std::vector<float> x(n * d);
+  for (float& v : x) v = u(rng);
+  const Tensor X = Tensor::from_vector(x, {n, d});
+  // Label each sample with the class the model gives it, so every sample starts correct.
+  const std::vector<int32_t> predicted = argmax(model.forward(X), 1).to_vector_i32();
+  const Tensor Y = Tensor::from_vector(predicted, {n});
+  const std::vector<float> W = model.linear().weight.to_vector(), B = model.linear().bias.to_vector();
+  FabOptions o;
+  o.eps = 1;
+  o.targets = 1;
+  const FabResult r = fab_targeted(model, X, Y, o);
+  for (int64_t i = 0; i < n; ++i) {
+    const int y = predicted[i], t = 1 - y;
+    double g = B[y] - B[t], l1 = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      g += (W[y * d + j] - W[t * d + j]) * x[i * d + j];
+      l1 += std::abs(W[y * d + j] - W[t * d + j]);
+    }
+    const double analytic = g / l1;  // L-inf distance to the hyperplane f_y = f_t
+    INFO("sample " << i << ": analytic " << analytic << ", found " << r.norm[i]);
+    REQUIRE(std::isfinite(r.norm[i]));
+    CHECK(r.norm[i] >= analytic * (1 - 1e-3));  // nothing misclassified is closer
+    CHECK(r.norm[i] <= analytic * 1.01);
+  }
+}
+
+TEST_CASE("FAB-T returns examples within eps and [0,1], and x itself where none is that close", "[attacks]") {
+  const int64_t d = 30;
+  LinearModel model(d, 3, 9);
+  model.eval();
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> u(0, 1);
+  const int64_t n = 12;
+  std::vector<float> x(n * d);
+  for (float& v : x) v = u(rng);
+  const Tensor X = Tensor::from_vector(x, {n, d});
+  const Tensor Y = argmax(model.forward(X), 1);
+  FabOptions o;
+  o.eps = 0.05;
+  o.steps = 30;
+  AttackStats stats;
+  const FabResult r = fab_targeted(model, X, Y, o, &stats);
+  CHECK(stats.forward_passes == 1 + 2 * 2 * 30);  // clean ranking, then 2 targets x 30 steps x 2 forwards
+  CHECK(stats.backward_passes == 2 * 30);
+  const std::vector<float> a = r.x_adv.to_vector();
+  const std::vector<int32_t> after = argmax(model.forward(r.x_adv), 1).to_vector_i32(), y = Y.to_vector_i32();
+  int broken = 0, kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double dist = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      CHECK(a[i * d + j] >= 0.0f);
+      CHECK(a[i * d + j] <= 1.0f);
+      dist = std::max(dist, static_cast<double>(std::abs(a[i * d + j] - x[i * d + j])));
+    }
+    CHECK(dist <= o.eps + 1e-6);
+    if (r.norm[i] <= o.eps) {
+      CHECK(after[i] != y[i]);
+      ++broken;
+    } else {
+      CHECK(dist == 0);
+      ++kept;
+    }
+  }
+  CHECK(broken > 0);
+  CHECK(kept > 0);
+}
