@@ -62,6 +62,30 @@ std::vector<EvalAttackInfo> builtin_attacks() {
                  {},
                  [](const OptionValues&, double eps, uint64_t seed) { return base(AttackKind::fgsm, eps, seed); },
                  AttackRole::single_step});
+  all.push_back(
+      {"square",
+       "Square attack (Andriushchenko et al. 2020): score-based random search over square L-inf updates, "
+       "accepted when the margin falls; no gradients, so gradient masking cannot fool it",
+       {Option::make("queries", "--square-queries", OptionType::integer, "Square forwards per restart (its query budget)")
+            .at_least(1)
+            .default_to(5000),
+        Option::make("p_init", "--square-p-init", OptionType::real,
+                     "Square's first square covers this fraction of the image (halved on the paper's schedule)")
+            .above(0)
+            .at_most(1)
+            .default_to(0.8),
+        Option::make("restarts", "--square-restarts", OptionType::integer,
+                     "Square restarts, each on the samples still standing")
+            .at_least(1)
+            .default_to(1)},
+       [](const OptionValues& v, double eps, uint64_t seed) {
+         AttackOptions o = base(AttackKind::square, eps, seed);
+         o.queries = static_cast<int>(v.integer("queries"));
+         o.p_init = v.real("p_init");
+         o.restarts = static_cast<int>(v.integer("restarts"));
+         return o;
+       },
+       AttackRole::black_box});
   return all;
 }
 

@@ -21,7 +21,7 @@ enum class AttackRole {
 };
 
 struct EvalAttackInfo {
-  std::string name;     // the value in --attacks: clean, pgd, cw, fgsm
+  std::string name;     // the value in --attacks: clean, pgd, cw, fgsm, square
   std::string summary;  // what it does, and its paper
   std::vector<Option> options;
   // The attack at radius eps with the Philox stream `seed`, from resolved, checked values.

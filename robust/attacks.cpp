@@ -14,6 +14,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "robust/square.h"
 
 namespace bulwark {
 
@@ -197,6 +198,15 @@ AttackOptions resolve_attack(const AttackOptions& options) {
     case AttackKind::cw:
       if (o.alpha == 0 && o.steps > 0) o.alpha = 2.5 * o.eps / o.steps;
       break;
+    case AttackKind::square:
+      if (o.queries < 1) throw std::invalid_argument(fmt::format("attack: Square queries must be >= 1, got {}", o.queries));
+      if (!(o.p_init > 0 && o.p_init <= 1))
+        throw std::invalid_argument(fmt::format("attack: Square p_init must be in (0, 1], got {}", o.p_init));
+      if (o.norm != Norm::linf) throw std::invalid_argument("attack: Square is implemented for the L-inf norm only");
+      o.steps = o.queries;  // what tables and the eval JSON show as its length
+      o.alpha = 0;
+      o.random_start = true;
+      break;
   }
   return o;
 }
@@ -211,6 +221,7 @@ std::string attack_name(const AttackOptions& options) {
     case AttackKind::fgsm_rs: return norm + "FGSM-RS" + restarts;
     case AttackKind::pgd: return fmt::format("{}PGD-{}{}", norm, o.steps, restarts);
     case AttackKind::cw: return fmt::format("{}CW-{}{}", norm, o.steps, restarts);
+    case AttackKind::square: return fmt::format("Square-{}{}", o.queries, restarts);
   }
   return "?";
 }
@@ -225,16 +236,18 @@ uint64_t start_counters(Norm norm, const Shape& shape) {
 
 uint64_t attack_counters(const AttackOptions& options, const Shape& shape) {
   const AttackOptions o = resolve_attack(options);
+  if (o.kind == AttackKind::square) return static_cast<uint64_t>(o.restarts) * square_counters(o, shape);
   return has_random_start(o.kind) ? static_cast<uint64_t>(o.restarts) * start_counters(o.norm, shape) : 0;
 }
 
 Tensor attack(Module& model, const Tensor& x_in, const Tensor& y, const AttackOptions& options, AttackStats* stats) {
   const AttackOptions o = resolve_attack(options);
-  if (o.restarts > 1) return attack_outcome(model, x_in, y, o, stats).x_adv;
+  if (o.restarts > 1 && o.kind != AttackKind::square) return attack_outcome(model, x_in, y, o, stats).x_adv;
   require_batch(x_in, y);
   const Tensor x = x_in.detach().contiguous();
   AttackStats local;
-  Tensor x_adv = ascend(model, x, y, restart_start(x, o, 0), o, local);
+  Tensor x_adv = o.kind == AttackKind::square ? square_attack(model, x, y, o, local)
+                                              : ascend(model, x, y, restart_start(x, o, 0), o, local);
   if (stats) *stats = local;
   return x_adv;
 }
@@ -247,12 +260,14 @@ AttackOutcome attack_outcome(Module& model, const Tensor& x_in, const Tensor& y,
   const std::vector<int32_t> labels = y.to_vector_i32();
 
   AttackStats local;
-  const Tensor x_first = ascend(model, x, y, restart_start(x, o, 0), o, local);
+  // Square runs its restarts itself (each on the samples its margin has not broken yet).
+  const Tensor x_first = o.kind == AttackKind::square ? square_attack(model, x, y, o, local)
+                                                      : ascend(model, x, y, restart_start(x, o, 0), o, local);
   Judgement first = judge(model, x_first, y, labels, o.kind, local);
   AttackOutcome best{x_first, std::move(first.correct), std::move(first.cross_entropy)};
   std::vector<double> best_objective = std::move(first.objective);
 
-  for (int restart = 1; restart < o.restarts; ++restart) {
+  for (int restart = 1; restart < o.restarts && o.kind != AttackKind::square; ++restart) {
     // Later restarts attack only the samples no restart has broken yet: a broken sample keeps
     // its first breaking example whatever follows. Each sample starts from its own row of the
     // whole batch's start, so who else is left does not change its noise.

@@ -13,6 +13,8 @@
 //              x_adv <- clip_[0,1](clip_[x-eps, x+eps](x_adv + alpha * sign(grad_x_adv CE)))
 //   CW-k     PGD-k on the Carlini-Wagner margin max_{j != y} z_j - z_y (maximised), which does
 //            not saturate the way cross-entropy does on confident models
+//   Square   no gradient: random search over square-shaped L-inf updates, accepted when the
+//            margin z_y - max_{j != y} z_j falls (Andriushchenko et al. 2020; robust/square.cpp)
 //   L2       PGD-k and CW-k with norm = l2: steps of alpha * g / ||g||_2 per sample, projection
 //            onto the L2 ball ||x_adv - x||_2 <= eps, then [0,1]; the start is uniform in the
 //            L2 ball (Gaussian direction, radius eps * u^(1/d)), clipped to [0,1]
@@ -47,6 +49,7 @@ enum class AttackKind {
   fgsm_rs,  // one signed step of alpha from a random start
   pgd,      // k steps on cross-entropy
   cw,       // k steps on the CW margin
+  square,   // score-based random search, no gradients (robust/square.h; L-inf only)
 };
 enum class Norm { linf, l2 };
 
@@ -59,8 +62,10 @@ struct AttackOptions {
   int steps = 10;      // pgd and cw; fgsm and fgsm_rs take 1, none takes 0
   int restarts = 1;    // >= 1; fgsm and none have no randomness and run once
   bool random_start = true;  // false: the FIRST restart starts at x (the others are always random)
-  uint64_t seed = 0;         // Philox stream of the random starts
+  uint64_t seed = 0;         // Philox stream of the random starts (square: of all its draws)
   uint64_t offset = 0;
+  int queries = 5000;        // square: forwards per restart, the stripe start included
+  double p_init = 0.8;       // square: the fraction of the image the first squares cover
 };
 
 // What an attack did, for the trainers' counters and DEAT's magnitude signal.
@@ -74,16 +79,18 @@ struct AttackStats {
 };
 
 // The options as the attack runs them: defaults filled in (alpha), the fixed settings of fgsm,
-// fgsm_rs and none applied (steps, restarts, start). Throws std::invalid_argument naming the bad
-// field: eps or alpha negative or not finite, steps < 0, restarts < 1.
+// fgsm_rs and none applied (steps, restarts, start; square: steps = queries, alpha 0, norm linf).
+// Throws std::invalid_argument naming the bad field: eps or alpha negative or not finite,
+// steps < 0, restarts < 1, square with queries < 1, p_init outside (0, 1] or norm l2.
 AttackOptions resolve_attack(const AttackOptions& options);
 
-// "clean", "FGSM", "FGSM-RS", "PGD-50x10", "CW-20", "L2 PGD-20": for tables and logs.
+// "clean", "FGSM", "FGSM-RS", "PGD-50x10", "CW-20", "L2 PGD-20", "Square-5000": for tables and logs.
 std::string attack_name(const AttackOptions& options);
 
 // Philox counters one random start of an input of `shape` consumes (0 when it has none), and
-// all restarts of the attack together: a caller drawing attacks from a Generator reserves
-// attack_counters(...) and passes the returned offset.
+// all restarts of the attack together (square: every draw of its search, square_counters per
+// restart): a caller drawing attacks from a Generator reserves attack_counters(...) and passes
+// the returned offset.
 uint64_t start_counters(Norm norm, const Shape& shape);
 uint64_t attack_counters(const AttackOptions& options, const Shape& shape);
 

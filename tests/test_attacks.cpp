@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
-#include "data/synthetic.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "tests/attack_fixtures.h"
 #include "models/zoo.h"
 #include "engine/options.h"
 #include "robust/attacks.h"
@@ -22,52 +22,9 @@
 #include "training/optim.h"
 
 using namespace bulwark;
+using namespace bulwark::testing;
 
 namespace {
-
-constexpr int kSide = 12;
-constexpr uint64_t kDataSeed = 5;
-
-data::Dataset synthetic(int64_t n, bool train) { return data::make_synthetic_split(n, kDataSeed, train, 1, kSide, kSide, 10); }
-
-struct Batch {
-  Tensor x, y;
-};
-
-Batch test_batch(int64_t n) {
-  const data::Dataset d = synthetic(n, false);
-  return {training::images_tensor(d, 0, n), training::labels_tensor(d, 0, n)};
-}
-
-std::shared_ptr<Module> small_mlp(uint64_t seed) {
-  ModelConfig cfg;
-  cfg.in_channels = 1;
-  cfg.height = cfg.width = kSide;
-  cfg.seed = seed;
-  return make_model("mlp", cfg);
-}
-
-// An MLP trained for a few Adam epochs: accurate enough that attacks have something to break.
-std::shared_ptr<Module> trained_mlp() {
-  static const std::shared_ptr<Module> model = [] {
-    auto m = small_mlp(3);
-    const data::Dataset d = synthetic(1000, true);
-    training::OptimizerConfig oc;
-    oc.name = "adam";
-    oc.lr = 2e-3;
-    oc.weight_decay = 0;
-    training::Adam opt(m->named_parameters(), oc);
-    for (int epoch = 0; epoch < 8; ++epoch)
-      for (int64_t first = 0; first < d.n; first += 100) {
-        opt.zero_grad();
-        backward(cross_entropy(m->forward(training::images_tensor(d, first, 100)), training::labels_tensor(d, first, 100)));
-        opt.step();
-      }
-    m->eval();
-    return m;
-  }();
-  return model;
-}
 
 double mean_loss(Module& model, const Tensor& x, const Tensor& y, AttackKind kind = AttackKind::pgd) {
   NoGradGuard no_grad;

@@ -294,7 +294,7 @@ std::string format_eps(double eps) {
 }
 
 struct EvalAttack {
-  std::string key;  // as in --attacks: clean, pgd, cw, fgsm
+  std::string key;  // as in --attacks: clean, pgd, cw, fgsm, square
   AttackOptions options;
   robust::AttackRole role = robust::AttackRole::white_box;
 };
