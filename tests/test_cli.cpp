@@ -224,7 +224,7 @@ TEST_CASE("bulwark eval reports clean, PGD, CW and FGSM accuracy as a table and 
   // 40 samples in batches of 25 and 15; small step counts keep the run short.
   const Result e = run("eval --checkpoint '" + run_dir.string() +
                            "' --test-size 40 --batch-size 25 --pgd-steps 3 --restarts 2 --cw-steps 4 --eps 8/255 "
-                           "--threads 1 --json '" + json_file.string() + "'",
+                           "--threads 1 --no-compact --json '" + json_file.string() + "'",
                        s.path);
   INFO("stderr: " << e.err);
   REQUIRE(e.code == 0);
@@ -241,7 +241,8 @@ TEST_CASE("bulwark eval reports clean, PGD, CW and FGSM accuracy as a table and 
     std::string name;
     int fwd, bwd;  // per batch
   };
-  // Passes per batch: clean 1 + 0; PGD-3x2 at most 2 x (3 + 1) + 2 x 3 (the second restart
+  // Passes per batch (--no-compact: the attack's own restarts, in the batch): clean 1 + 0; PGD-3x2
+  // at most 2 x (3 + 1) + 2 x 3 (the second restart
   // attacks only what the first left standing, if anything); CW-4 (4 + 1) + 4; FGSM 2 + 1.
   const std::vector<Row> rows{{"clean", 1, 0}, {"PGD-3x2", 8, 6}, {"CW-4", 5, 4}, {"FGSM", 2, 1}};
   double lowest = 1;
@@ -346,6 +347,20 @@ TEST_CASE("bulwark eval --suite runs each attack on the samples still robust, co
   CHECK(b["suite"]["steps"][1]["attacked"] == 100);
   // FGSM has no randomness, so both ways agree on it exactly.
   CHECK(b["suite"]["steps"][0]["robust_acc"] == suite["steps"][0]["robust_acc"]);
+
+  // PGD's restarts: compacted, each restart runs on full batches of the survivors, so the work
+  // falls (one pass per batch of survivors) while the accuracy stays that of the same attack.
+  const std::string restarts = "eval --checkpoint '" + run_dir.string() +
+                               "' --test-size 100 --attacks clean,pgd --pgd-steps 5 --restarts 4 --batch-size 30 --json";
+  const Result compact = run(restarts, s.path), masked = run(restarts + " --no-compact", s.path);
+  REQUIRE(compact.code == 0);
+  REQUIRE(masked.code == 0);
+  const auto pc = nlohmann::json::parse(compact.out)["attacks"][1], pm = nlohmann::json::parse(masked.out)["attacks"][1];
+  CHECK(pc["attack"] == "PGD-5x4");
+  CHECK(pc["fwd_passes"].get<int64_t>() < pm["fwd_passes"].get<int64_t>());
+  CHECK(pc["bwd_passes"].get<int64_t>() < pm["bwd_passes"].get<int64_t>());
+  CHECK(std::abs(pc["accuracy"].get<double>() - pm["accuracy"].get<double>()) <= 0.05);
+  CHECK(pc["loss"].is_null());
 
   const Result aa = run("eval --checkpoint '" + run_dir.string() + "' --suite autoattack", s.path);
   CHECK(aa.code == 2);

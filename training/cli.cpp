@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -500,8 +501,24 @@ int run_eval(const EvalArgs& a) {
   }
   const auto run = [&](const EvalAttack& attack, bool transfer) {
     EvalRow row{attack, {}, transfer};
-    row.result = evaluate_attack(*model, test, 0, test.n, attack.options, a.batch_size, device,
-                                 attack_progress_bar(row.name()), transfer ? source.get() : nullptr);
+    const AttackOptions& o = attack.options;
+    const bool restarts = o.restarts > 1 && (o.kind == AttackKind::pgd || o.kind == AttackKind::cw);
+    if (restarts && !transfer && !a.no_compact) {
+      // Restart r runs on full batches of the samples every earlier restart left correct, from
+      // its own Philox range (2^40 counters apart: no batch of a restart reaches the next).
+      std::vector<AttackOptions> each(static_cast<size_t>(o.restarts), o);
+      for (int r = 0; r < o.restarts; ++r) {
+        each[r].restarts = 1;
+        each[r].offset = o.offset + (static_cast<uint64_t>(r) << 40);
+      }
+      const SequenceResult seq = evaluate_sequence(*model, test, 0, test.n, each, a.batch_size, device, true);
+      row.result = seq.robust;
+      row.result.count = test.n;
+      row.result.loss = std::numeric_limits<double>::quiet_NaN();  // not measured (null in the JSON)
+      return row;
+    }
+    row.result = evaluate_attack(*model, test, 0, test.n, o, a.batch_size, device, attack_progress_bar(row.name()),
+                                 transfer ? source.get() : nullptr);
     return row;
   };
   const auto gradient_based = [](const EvalAttack& attack) {
