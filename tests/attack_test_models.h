@@ -1,6 +1,6 @@
 #pragma once
 // The small models and batches the attack tests share: synthetic 1x12x12 images, an untrained
-// MLP, and one trained for a few Adam epochs (built once per process).
+// MLP, one trained for a few Adam epochs (built once per process), their options and scoring.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -83,6 +83,26 @@ inline Perturbation perturbation(const Tensor& x_adv, const Tensor& x, Norm norm
     p.mean += size / static_cast<double>(n);
   }
   return p;
+}
+
+// Fraction of 1s in a per-sample correctness vector.
+inline double accuracy(const std::vector<uint8_t>& correct) {
+  double c = 0;
+  for (uint8_t v : correct) c += v;
+  return c / static_cast<double>(correct.size());
+}
+
+// The attack tests' options: seed 11, offset 3.
+inline AttackOptions options(AttackKind kind, Norm norm, double eps, int steps = 10, int restarts = 1) {
+  AttackOptions o;
+  o.kind = kind;
+  o.norm = norm;
+  o.eps = eps;
+  o.steps = steps;
+  o.restarts = restarts;
+  o.seed = 11;
+  o.offset = 3;
+  return o;
 }
 
 }  // namespace bulwark::testing

@@ -21,21 +21,11 @@ using namespace bulwark::testing;
 
 namespace {
 
+// The attack tests' options (seed 11, offset 3 unless given), L-inf.
 AttackOptions apgd(AttackKind kind, double eps, int steps, uint64_t seed = 11, int restarts = 1) {
-  AttackOptions o;
-  o.kind = kind;
-  o.eps = eps;
-  o.steps = steps;
-  o.restarts = restarts;
+  AttackOptions o = options(kind, Norm::linf, eps, steps, restarts);
   o.seed = seed;
-  o.offset = 3;
   return o;
-}
-
-double accuracy(const std::vector<uint8_t>& correct) {
-  double c = 0;
-  for (uint8_t v : correct) c += v;
-  return c / static_cast<double>(correct.size());
 }
 
 Tensor logits(const std::vector<float>& values, int64_t rows) {

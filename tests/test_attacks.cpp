@@ -33,24 +33,6 @@ double mean_loss(Module& model, const Tensor& x, const Tensor& y, AttackKind kin
   return (kind == AttackKind::cw ? mean(cw_margin(z, y)) : cross_entropy(z, y)).item();
 }
 
-double accuracy(const std::vector<uint8_t>& correct) {
-  double c = 0;
-  for (uint8_t v : correct) c += v;
-  return c / static_cast<double>(correct.size());
-}
-
-AttackOptions options(AttackKind kind, Norm norm, double eps, int steps = 10, int restarts = 1) {
-  AttackOptions o;
-  o.kind = kind;
-  o.norm = norm;
-  o.eps = eps;
-  o.steps = steps;
-  o.restarts = restarts;
-  o.seed = 11;
-  o.offset = 3;
-  return o;
-}
-
 }  // namespace
 
 TEST_CASE("every attack stays in its eps-ball and in [0,1], and moves", "[attacks]") {

@@ -275,6 +275,30 @@ TEST_CASE("bulwark eval reports clean, PGD, CW and FGSM accuracy as a table and 
   CHECK_FALSE(k.contains("pgd_acc"));
 }
 
+TEST_CASE("bulwark eval runs APGD-CE and APGD-T beside PGD", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  const Result t = run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path);
+  INFO("stderr: " << t.err);
+  REQUIRE(t.code == 0);
+  const Result e = run("eval --checkpoint '" + run_dir.string() +
+                           "' --test-size 30 --attacks clean,pgd,apgd-ce,apgd-t --pgd-steps 4 --restarts 1 "
+                           "--apgd-steps 4 --apgd-targets 2 --threads 1 --json",
+                       s.path);
+  INFO("stderr: " << e.err);
+  REQUIRE(e.code == 0);
+  const auto j = nlohmann::json::parse(e.out);
+  REQUIRE(j["attacks"].size() == 4);
+  CHECK(j["attacks"][2]["attack"] == "APGD-CE-4");
+  CHECK(j["attacks"][3]["attack"] == "APGD-T-4x2");
+  // APGD-CE-4: the start and 4 steps, 4 backwards, and the judging forward.
+  CHECK(j["attacks"][2]["fwd_passes"] == 6);
+  CHECK(j["attacks"][2]["bwd_passes"] == 4);
+  CHECK(j["attacks"][2]["alpha"].get<double>() == Approx(2 * 8.0 / 255));  // eta_0 = 2 eps
+  CHECK(j["apgd-t_acc"].get<double>() <= j["clean_acc"].get<double>());
+  CHECK(j["robust_acc"].get<double>() <= j["apgd-ce_acc"].get<double>());
+}
+
 TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading anything", "[cli]") {
   Scratch s;
   struct Case {
@@ -290,6 +314,9 @@ TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading an
       {"--restarts 0", "--restarts must be >= 1"},
       {"--pgd-steps 0", "--pgd-steps must be >= 1"},
       {"--attacks clean,pgd --cw-steps 5", "--cw-steps is an option of cw, which --attacks clean,pgd does not run"},
+      {"--attacks apgd-t --apgd-targets 0", "--apgd-targets must be in [1, 999] (attack 'apgd-t')"},
+      {"--attacks apgd-ce --apgd-targets 3", "--apgd-targets is an option of apgd-t, which --attacks apgd-ce does not run"},
+      {"--attacks apgd-ce --apgd-steps 0", "--apgd-steps must be >= 1"},
   };
   for (const Case& c : cases) {
     INFO("bulwark eval " << c.args);
