@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "engine/check.h"
 
@@ -24,6 +25,36 @@ AttackOptions base(AttackKind kind, double eps, uint64_t seed) {
   o.eps = eps;
   o.seed = seed;
   return o;
+}
+
+// The options of the APGD attacks (each declares them; --apgd-targets only APGD-T).
+std::vector<Option> apgd_options(bool targeted) {
+  std::vector<Option> options{
+      Option::make("steps", "--apgd-steps", OptionType::integer, "APGD iterations per run (the paper: 100)")
+          .at_least(1)
+          .default_to(100),
+      Option::make("restarts", "--apgd-restarts", OptionType::integer,
+                   "APGD random restarts, later ones on the samples still standing")
+          .at_least(1)
+          .default_to(1)};
+  if (targeted)
+    options.push_back(Option::make("targets", "--apgd-targets", OptionType::integer,
+                                   "APGD-T target classes: the highest non-true clean logits, in turn")
+                          .at_least(1)
+                          .at_most(999)
+                          .default_to(9));
+  return options;
+}
+
+EvalAttackInfo apgd_attack(std::string name, std::string summary, AttackKind kind) {
+  return {std::move(name), std::move(summary), apgd_options(kind == AttackKind::apgd_t),
+          [kind](const OptionValues& v, double eps, uint64_t seed) {
+            AttackOptions o = base(kind, eps, seed);
+            o.steps = static_cast<int>(v.integer("steps"));
+            o.restarts = static_cast<int>(v.integer("restarts"));
+            if (v.has("targets")) o.targets = static_cast<int>(v.integer("targets"));
+            return o;
+          }};
 }
 
 std::vector<EvalAttackInfo> builtin_attacks() {
@@ -86,6 +117,18 @@ std::vector<EvalAttackInfo> builtin_attacks() {
          return o;
        },
        AttackRole::black_box});
+  all.push_back(apgd_attack("apgd-ce",
+                            "APGD on the cross-entropy (Croce & Hein 2020): momentum steps from 2 eps, halved per "
+                            "sample at checkpoints when the loss stalls, restarting from the best point",
+                            AttackKind::apgd_ce));
+  all.push_back(apgd_attack("apgd-dlr",
+                            "APGD on the DLR loss -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3), invariant to the "
+                            "logits' shift and scale",
+                            AttackKind::apgd_dlr));
+  all.push_back(apgd_attack("apgd-t",
+                            "APGD on the targeted DLR loss -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), once per "
+                            "target class t, each on the samples still standing (AutoAttack's APGD-T)",
+                            AttackKind::apgd_t));
   return all;
 }
 

@@ -14,6 +14,8 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "robust/apgd.h"
+#include "robust/attack_rows.h"
 #include "robust/square.h"
 
 namespace bulwark {
@@ -34,7 +36,13 @@ void require_batch(const Tensor& x, const Tensor& y) {
   require_same_device(x, y, "attack");
 }
 
-bool has_random_start(AttackKind kind) { return kind == AttackKind::fgsm_rs || kind == AttackKind::pgd || kind == AttackKind::cw; }
+bool is_apgd(AttackKind kind) {
+  return kind == AttackKind::apgd_ce || kind == AttackKind::apgd_dlr || kind == AttackKind::apgd_t;
+}
+
+bool has_random_start(AttackKind kind) {
+  return kind == AttackKind::fgsm_rs || kind == AttackKind::pgd || kind == AttackKind::cw || is_apgd(kind);
+}
 
 // The dims of one sample: 1 .. dim-1.
 std::vector<int64_t> sample_dims(const Tensor& t) {
@@ -87,13 +95,21 @@ Tensor restart_start(const Tensor& x, const AttackOptions& o, int restart) {
   return o.norm == Norm::linf ? random_start(x, o.eps, o.seed, offset) : l2_random_start(x, o.eps, o.seed, offset);
 }
 
-// The attack's objective per sample: cross-entropy, or the CW margin max_{j != y} z_j - z_y.
+// The attack's objective per sample: cross-entropy, the CW margin max_{j != y} z_j - z_y, or
+// the DLR loss (APGD-DLR, and APGD-T across its targets, whose own losses are not comparable).
 Tensor objective(AttackKind kind, const Tensor& logits, const Tensor& y) {
-  return kind == AttackKind::cw ? cw_margin(logits, y) : cross_entropy(logits, y, false);
+  if (kind == AttackKind::cw) return cw_margin(logits, y);
+  if (kind == AttackKind::apgd_dlr || kind == AttackKind::apgd_t) return dlr_loss(logits, y);
+  return cross_entropy(logits, y, false);
+}
+
+bool objective_is_cross_entropy(AttackKind kind) {
+  return kind != AttackKind::cw && kind != AttackKind::apgd_dlr && kind != AttackKind::apgd_t;
 }
 
 // o.steps ascent steps from `x_adv` (contiguous, detached; updated in place on L-inf).
 Tensor ascend(Module& model, const Tensor& x, const Tensor& y, Tensor x_adv, const AttackOptions& o, AttackStats& stats) {
+  if (is_apgd(o.kind)) return apgd_ascend(model, x, y, x_adv, o, stats);
   for (int step = 0; step < o.steps; ++step) {
     // A fresh leaf over x_adv's storage each step: the graph of the previous step is gone, and
     // the in-place update below happens after this step's graph has been used.
@@ -138,18 +154,12 @@ Judgement judge(Module& model, const Tensor& x_adv, const Tensor& y, const std::
   j.correct.resize(labels.size());
   for (size_t i = 0; i < labels.size(); ++i) j.correct[i] = predicted[i] == labels[i];
   j.cross_entropy = cross_entropy(logits, y, false).to_vector_f64();
-  j.objective = kind == AttackKind::cw ? cw_margin(logits, y).to_vector_f64() : j.cross_entropy;
+  j.objective = objective_is_cross_entropy(kind) ? j.cross_entropy : objective(kind, logits, y).to_vector_f64();
   return j;
 }
 
-// Row `row` of tensor `source`: where one sample of an assembled batch comes from.
-struct RowSource {
-  const Tensor* source;
-  int64_t row;
-};
+}  // namespace
 
-// The batch whose sample k is rows[k], copied run by run (consecutive rows of one source are
-// one slice), so picking or merging whole batches costs a copy or none.
 Tensor assemble_rows(const std::vector<RowSource>& rows) {
   NoGradGuard no_grad;
   std::vector<Tensor> runs;
@@ -169,13 +179,16 @@ Tensor take_rows(const Tensor& t, const std::vector<int64_t>& indices) {
   return assemble_rows(rows);
 }
 
-}  // namespace
 
 AttackOptions resolve_attack(const AttackOptions& options) {
   AttackOptions o = options;
   check_attack_budget(o.eps, o.alpha);
   if (o.steps < 0) throw std::invalid_argument(fmt::format("attack: steps must be >= 0, got {}", o.steps));
   if (o.restarts < 1) throw std::invalid_argument(fmt::format("attack: restarts must be >= 1, got {}", o.restarts));
+  if (is_apgd(o.kind) && o.norm != Norm::linf)
+    throw std::invalid_argument("attack: APGD is implemented for the L-inf norm only");
+  if (o.kind == AttackKind::apgd_t && o.targets < 1)
+    throw std::invalid_argument(fmt::format("attack: APGD-T targets must be >= 1, got {}", o.targets));
   switch (o.kind) {
     case AttackKind::none:
       o.steps = 0;
@@ -206,6 +219,10 @@ AttackOptions resolve_attack(const AttackOptions& options) {
       o.steps = o.queries;  // what tables and the eval JSON show as its length
       o.alpha = 0;
       o.random_start = true;
+    case AttackKind::apgd_ce:
+    case AttackKind::apgd_dlr:
+    case AttackKind::apgd_t:
+      o.alpha = 2 * o.eps;  // APGD's initial step size; it adapts from there
       break;
   }
   return o;
@@ -222,6 +239,9 @@ std::string attack_name(const AttackOptions& options) {
     case AttackKind::pgd: return fmt::format("{}PGD-{}{}", norm, o.steps, restarts);
     case AttackKind::cw: return fmt::format("{}CW-{}{}", norm, o.steps, restarts);
     case AttackKind::square: return fmt::format("Square-{}{}", o.queries, restarts);
+    case AttackKind::apgd_ce: return fmt::format("APGD-CE-{}{}", o.steps, restarts);
+    case AttackKind::apgd_dlr: return fmt::format("APGD-DLR-{}{}", o.steps, restarts);
+    case AttackKind::apgd_t: return fmt::format("APGD-T-{}x{}{}", o.steps, o.targets, restarts);
   }
   return "?";
 }

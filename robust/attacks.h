@@ -15,6 +15,9 @@
 //            not saturate the way cross-entropy does on confident models
 //   Square   no gradient: random search over square-shaped L-inf updates, accepted when the
 //            margin z_y - max_{j != y} z_j falls (Andriushchenko et al. 2020; robust/square.cpp)
+//   APGD-k   Croce & Hein 2020, robust/apgd.h: from the same start, k momentum steps whose
+//            step size (2 eps at first) halves per sample when the loss stalls; cross-entropy
+//            (APGD-CE), DLR (APGD-DLR) or targeted DLR once per target class (APGD-T). L-inf
 //   L2       PGD-k and CW-k with norm = l2: steps of alpha * g / ||g||_2 per sample, projection
 //            onto the L2 ball ||x_adv - x||_2 <= eps, then [0,1]; the start is uniform in the
 //            L2 ball (Gaussian direction, radius eps * u^(1/d)), clipped to [0,1]
@@ -50,6 +53,9 @@ enum class AttackKind {
   pgd,      // k steps on cross-entropy
   cw,       // k steps on the CW margin
   square,   // score-based random search, no gradients (robust/square.h; L-inf only)
+  apgd_ce,  // APGD (robust/apgd.h): k steps of momentum PGD with halving step size, cross-entropy
+  apgd_dlr, // APGD on the DLR loss
+  apgd_t,   // APGD on the targeted DLR loss, once per target class (`targets` of them)
 };
 enum class Norm { linf, l2 };
 
@@ -61,6 +67,7 @@ struct AttackOptions {
                        // cw, 1.25 eps for fgsm_rs; fgsm always steps eps
   int steps = 10;      // pgd and cw; fgsm and fgsm_rs take 1, none takes 0
   int restarts = 1;    // >= 1; fgsm and none have no randomness and run once
+  int targets = 9;     // apgd_t: the classes attacked, the highest non-true clean logits first
   bool random_start = true;  // false: the FIRST restart starts at x (the others are always random)
   uint64_t seed = 0;         // Philox stream of the random starts (square: of all its draws)
   uint64_t offset = 0;
@@ -81,10 +88,13 @@ struct AttackStats {
 // The options as the attack runs them: defaults filled in (alpha), the fixed settings of fgsm,
 // fgsm_rs and none applied (steps, restarts, start; square: steps = queries, alpha 0, norm linf).
 // Throws std::invalid_argument naming the bad field: eps or alpha negative or not finite,
-// steps < 0, restarts < 1, square with queries < 1, p_init outside (0, 1] or norm l2.
+// steps < 0, restarts < 1, targets < 1, APGD in L2, square with queries < 1, p_init outside
+// (0, 1] or norm l2.
 AttackOptions resolve_attack(const AttackOptions& options);
 
-// "clean", "FGSM", "FGSM-RS", "PGD-50x10", "CW-20", "L2 PGD-20", "Square-5000": for tables and logs.
+// "clean", "FGSM", "FGSM-RS", "PGD-50x10", "CW-20", "L2 PGD-20", "APGD-CE-100", "APGD-DLR-100x5"
+// (5 restarts), "APGD-T-100x9" (9 targets), "APGD-T-100x9x2" (9 targets, 2 restarts),
+// "Square-5000": for tables and logs.
 std::string attack_name(const AttackOptions& options);
 
 // Philox counters one random start of an input of `shape` consumes (0 when it has none), and

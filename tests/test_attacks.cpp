@@ -14,7 +14,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "kernels/cuda/cuda_kernels.h"
-#include "tests/attack_fixtures.h"
+#include "tests/attack_test_models.h"
 #include "models/zoo.h"
 #include "engine/options.h"
 #include "robust/attacks.h"
@@ -30,49 +30,6 @@ double mean_loss(Module& model, const Tensor& x, const Tensor& y, AttackKind kin
   NoGradGuard no_grad;
   const Tensor z = model(x);
   return (kind == AttackKind::cw ? mean(cw_margin(z, y)) : cross_entropy(z, y)).item();
-}
-
-double accuracy(const std::vector<uint8_t>& correct) {
-  double c = 0;
-  for (uint8_t v : correct) c += v;
-  return c / static_cast<double>(correct.size());
-}
-
-AttackOptions options(AttackKind kind, Norm norm, double eps, int steps = 10, int restarts = 1) {
-  AttackOptions o;
-  o.kind = kind;
-  o.norm = norm;
-  o.eps = eps;
-  o.steps = steps;
-  o.restarts = restarts;
-  o.seed = 11;
-  o.offset = 3;
-  return o;
-}
-
-// Largest per-sample norm of x_adv - x (L-inf or L2), and the range of x_adv, on the host.
-struct Perturbation {
-  double largest = 0, mean = 0;
-  float lo = 1, hi = 0;
-};
-
-Perturbation perturbation(const Tensor& x_adv, const Tensor& x, Norm norm) {
-  const std::vector<float> a = x_adv.cpu().to_vector(), b = x.cpu().to_vector();
-  const int64_t n = x.size(0), d = x.numel() / n;
-  Perturbation p;
-  for (int64_t i = 0; i < n; ++i) {
-    double size = 0;
-    for (int64_t k = i * d; k < (i + 1) * d; ++k) {
-      const double diff = std::abs(static_cast<double>(a[k]) - b[k]);
-      size = norm == Norm::linf ? std::max(size, diff) : size + diff * diff;
-      p.lo = std::min(p.lo, a[k]);
-      p.hi = std::max(p.hi, a[k]);
-    }
-    if (norm == Norm::l2) size = std::sqrt(size);
-    p.largest = std::max(p.largest, size);
-    p.mean += size / static_cast<double>(n);
-  }
-  return p;
 }
 
 }  // namespace

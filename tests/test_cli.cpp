@@ -396,3 +396,27 @@ TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading an
     CHECK(r.err.find("does not exist") == std::string::npos);
   }
 }
+
+TEST_CASE("bulwark eval runs APGD-CE and APGD-T beside PGD", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  const Result t = run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path);
+  INFO("stderr: " << t.err);
+  REQUIRE(t.code == 0);
+  const Result e = run("eval --checkpoint '" + run_dir.string() +
+                           "' --test-size 30 --attacks clean,pgd,apgd-ce,apgd-t --pgd-steps 4 --restarts 1 "
+                           "--apgd-steps 4 --apgd-targets 2 --threads 1 --json",
+                       s.path);
+  INFO("stderr: " << e.err);
+  REQUIRE(e.code == 0);
+  const auto j = nlohmann::json::parse(e.out);
+  REQUIRE(j["attacks"].size() == 4);
+  CHECK(j["attacks"][2]["attack"] == "APGD-CE-4");
+  CHECK(j["attacks"][3]["attack"] == "APGD-T-4x2");
+  // APGD-CE-4: the start and 4 steps, 4 backwards, and the judging forward.
+  CHECK(j["attacks"][2]["fwd_passes"] == 6);
+  CHECK(j["attacks"][2]["bwd_passes"] == 4);
+  CHECK(j["attacks"][2]["alpha"].get<double>() == Approx(2 * 8.0 / 255));  // eta_0 = 2 eps
+  CHECK(j["apgd-t_acc"].get<double>() <= j["clean_acc"].get<double>());
+  CHECK(j["robust_acc"].get<double>() <= j["apgd-ce_acc"].get<double>());
+}

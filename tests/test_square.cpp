@@ -1,4 +1,4 @@
-// The Square attack (robust/square.h) on the small MLP of tests/attack_fixtures.h: it breaks a
+// The Square attack (robust/square.h) on the small MLP of tests/attack_test_models.h: it breaks a
 // model whose gradient is masked where PGD cannot, lowers a normal model's accuracy, keeps
 // every value at a corner of the eps-ball inside [0,1], is a function of its seed, follows the
 // paper's p schedule, and gives the CPU's examples on the emulated CUDA backend.
@@ -16,7 +16,7 @@
 #include "robust/attack_registry.h"
 #include "robust/attacks.h"
 #include "robust/square.h"
-#include "tests/attack_fixtures.h"
+#include "tests/attack_test_models.h"
 
 using namespace bulwark;
 using namespace bulwark::testing;
