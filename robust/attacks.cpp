@@ -219,6 +219,7 @@ AttackOptions resolve_attack(const AttackOptions& options) {
       o.steps = o.queries;  // what tables and the eval JSON show as its length
       o.alpha = 0;
       o.random_start = true;
+      break;
     case AttackKind::apgd_ce:
     case AttackKind::apgd_dlr:
     case AttackKind::apgd_t:
