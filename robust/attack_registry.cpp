@@ -129,6 +129,25 @@ std::vector<EvalAttackInfo> builtin_attacks() {
                             "APGD on the targeted DLR loss -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), once per "
                             "target class t, each on the samples still standing (AutoAttack's APGD-T)",
                             AttackKind::apgd_t));
+  all.push_back({"fab-t",
+                 "FAB-T (Croce & Hein 2020): the targeted minimum-norm attack; walks to the nearest point of the "
+                 "linearised boundary towards each of the top target classes, and breaks a sample when that point is "
+                 "within eps",
+                 {Option::make("steps", "--fab-steps", OptionType::integer, "FAB-T iterations per target class")
+                      .at_least(1)
+                      .default_to(100),
+                  Option::make("targets", "--fab-targets", OptionType::integer,
+                               "FAB-T target classes: the highest non-true clean logits, in turn")
+                      .at_least(1)
+                      .at_most(999)
+                      .default_to(9)},
+                 [](const OptionValues& v, double eps, uint64_t seed) {
+                   AttackOptions o = base(AttackKind::fab_t, eps, seed);
+                   o.steps = static_cast<int>(v.integer("steps"));
+                   o.targets = static_cast<int>(v.integer("targets"));
+                   return o;
+                 },
+                 AttackRole::white_box});
   return all;
 }
 

@@ -16,6 +16,7 @@
 #include "engine/rng.h"
 #include "robust/apgd.h"
 #include "robust/attack_rows.h"
+#include "robust/fab.h"
 #include "robust/square.h"
 
 namespace bulwark {
@@ -220,6 +221,15 @@ AttackOptions resolve_attack(const AttackOptions& options) {
       o.alpha = 0;
       o.random_start = true;
       break;
+    case AttackKind::fab_t:
+      if (o.steps < 1 || o.targets < 1)
+        throw std::invalid_argument(fmt::format("attack: FAB-T needs steps >= 1 and targets >= 1, got {} and {}", o.steps,
+                                                o.targets));
+      if (o.norm != Norm::linf) throw std::invalid_argument("attack: FAB-T is implemented for the L-inf norm only");
+      o.alpha = 0;  // it steps onto the linearised boundary, not by a fixed size
+      o.restarts = 1;
+      o.random_start = false;
+      break;
     case AttackKind::apgd_ce:
     case AttackKind::apgd_dlr:
     case AttackKind::apgd_t:
@@ -240,6 +250,7 @@ std::string attack_name(const AttackOptions& options) {
     case AttackKind::pgd: return fmt::format("{}PGD-{}{}", norm, o.steps, restarts);
     case AttackKind::cw: return fmt::format("{}CW-{}{}", norm, o.steps, restarts);
     case AttackKind::square: return fmt::format("Square-{}{}", o.queries, restarts);
+    case AttackKind::fab_t: return fmt::format("FAB-T-{}x{}", o.steps, o.targets);
     case AttackKind::apgd_ce: return fmt::format("APGD-CE-{}{}", o.steps, restarts);
     case AttackKind::apgd_dlr: return fmt::format("APGD-DLR-{}{}", o.steps, restarts);
     case AttackKind::apgd_t: return fmt::format("APGD-T-{}x{}{}", o.steps, o.targets, restarts);
@@ -261,14 +272,30 @@ uint64_t attack_counters(const AttackOptions& options, const Shape& shape) {
   return has_random_start(o.kind) ? static_cast<uint64_t>(o.restarts) * start_counters(o.norm, shape) : 0;
 }
 
+namespace {
+
+// Attacks that are not "start, ascend, keep the worst restart": they run their own search.
+bool self_contained(AttackKind kind) { return kind == AttackKind::square || kind == AttackKind::fab_t; }
+
+Tensor run_self_contained(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& o, AttackStats& stats) {
+  if (o.kind == AttackKind::square) return square_attack(model, x, y, o, stats);
+  FabOptions f;
+  f.eps = o.eps;
+  f.steps = o.steps;
+  f.targets = o.targets;
+  return fab_targeted(model, x, y, f, &stats).x_adv;
+}
+
+}  // namespace
+
 Tensor attack(Module& model, const Tensor& x_in, const Tensor& y, const AttackOptions& options, AttackStats* stats) {
   const AttackOptions o = resolve_attack(options);
-  if (o.restarts > 1 && o.kind != AttackKind::square) return attack_outcome(model, x_in, y, o, stats).x_adv;
+  if (o.restarts > 1 && !self_contained(o.kind)) return attack_outcome(model, x_in, y, o, stats).x_adv;
   require_batch(x_in, y);
   const Tensor x = x_in.detach().contiguous();
   AttackStats local;
-  Tensor x_adv = o.kind == AttackKind::square ? square_attack(model, x, y, o, local)
-                                              : ascend(model, x, y, restart_start(x, o, 0), o, local);
+  Tensor x_adv = self_contained(o.kind) ? run_self_contained(model, x, y, o, local)
+                                        : ascend(model, x, y, restart_start(x, o, 0), o, local);
   if (stats) *stats = local;
   return x_adv;
 }
@@ -281,14 +308,14 @@ AttackOutcome attack_outcome(Module& model, const Tensor& x_in, const Tensor& y,
   const std::vector<int32_t> labels = y.to_vector_i32();
 
   AttackStats local;
-  // Square runs its restarts itself (each on the samples its margin has not broken yet).
-  const Tensor x_first = o.kind == AttackKind::square ? square_attack(model, x, y, o, local)
-                                                      : ascend(model, x, y, restart_start(x, o, 0), o, local);
+  // Square runs its restarts itself (each on the samples its margin has not broken yet); FAB-T has none.
+  const Tensor x_first = self_contained(o.kind) ? run_self_contained(model, x, y, o, local)
+                                                : ascend(model, x, y, restart_start(x, o, 0), o, local);
   Judgement first = judge(model, x_first, y, labels, o.kind, local);
   AttackOutcome best{x_first, std::move(first.correct), std::move(first.cross_entropy)};
   std::vector<double> best_objective = std::move(first.objective);
 
-  for (int restart = 1; restart < o.restarts && o.kind != AttackKind::square; ++restart) {
+  for (int restart = 1; restart < o.restarts && !self_contained(o.kind); ++restart) {
     // Later restarts attack only the samples no restart has broken yet: a broken sample keeps
     // its first breaking example whatever follows. Each sample starts from its own row of the
     // whole batch's start, so who else is left does not change its noise.

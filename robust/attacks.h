@@ -53,6 +53,7 @@ enum class AttackKind {
   pgd,      // k steps on cross-entropy
   cw,       // k steps on the CW margin
   square,   // score-based random search, no gradients (robust/square.h; L-inf only)
+  fab_t,    // FAB-T, the targeted minimum-norm boundary attack (robust/fab.h; L-inf only)
   apgd_ce,  // APGD (robust/apgd.h): k steps of momentum PGD with halving step size, cross-entropy
   apgd_dlr, // APGD on the DLR loss
   apgd_t,   // APGD on the targeted DLR loss, once per target class (`targets` of them)
@@ -94,7 +95,7 @@ AttackOptions resolve_attack(const AttackOptions& options);
 
 // "clean", "FGSM", "FGSM-RS", "PGD-50x10", "CW-20", "L2 PGD-20", "APGD-CE-100", "APGD-DLR-100x5"
 // (5 restarts), "APGD-T-100x9" (9 targets), "APGD-T-100x9x2" (9 targets, 2 restarts),
-// "Square-5000": for tables and logs.
+// "Square-5000", "FAB-T-100x9" (9 targets): for tables and logs.
 std::string attack_name(const AttackOptions& options);
 
 // Philox counters one random start of an input of `shape` consumes (0 when it has none), and

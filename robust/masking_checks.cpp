@@ -28,7 +28,8 @@ std::vector<MaskingCheck> masking_checks(const std::vector<AttackRow>& rows, con
   for (const AttackRow& r : rows)
     if (white(r) && (!strongest || r.accuracy < strongest->accuracy)) strongest = &r;
 
-  MaskingCheck fgsm{"fgsm-below-pgd"};
+  MaskingCheck fgsm;
+  fgsm.name = "fgsm-below-pgd";
   for (const AttackRow& one : rows) {
     if (one.role != AttackRole::single_step || one.transfer || !strongest) continue;
     fgsm.applicable = true;
@@ -40,7 +41,8 @@ std::vector<MaskingCheck> masking_checks(const std::vector<AttackRow>& rows, con
   }
   checks.push_back(fgsm);
 
-  MaskingCheck above{"above-clean"};
+  MaskingCheck above;
+  above.name = "above-clean";
   const auto clean = std::find_if(rows.begin(), rows.end(), [](const AttackRow& r) { return r.role == AttackRole::clean; });
   if (clean != rows.end())
     for (const AttackRow& r : rows) {
@@ -54,7 +56,8 @@ std::vector<MaskingCheck> masking_checks(const std::vector<AttackRow>& rows, con
     }
   checks.push_back(above);
 
-  MaskingCheck rises{"rises-with-eps"};
+  MaskingCheck rises;
+  rises.name = "rises-with-eps";
   std::map<std::string, std::vector<const AttackRow*>> by_name;
   for (const AttackRow& r : sweep)
     if (r.role != AttackRole::clean) by_name[r.name].push_back(&r);
@@ -72,7 +75,8 @@ std::vector<MaskingCheck> masking_checks(const std::vector<AttackRow>& rows, con
   }
   checks.push_back(rises);
 
-  MaskingCheck blind{"black-box-below-white"};
+  MaskingCheck blind;
+  blind.name = "black-box-below-white";
   if (strongest)
     for (const AttackRow& r : rows) {
       if (r.role != AttackRole::black_box && !r.transfer) continue;
@@ -85,7 +89,8 @@ std::vector<MaskingCheck> masking_checks(const std::vector<AttackRow>& rows, con
     }
   checks.push_back(blind);
 
-  MaskingCheck unbounded{"nonzero-at-eps-1"};
+  MaskingCheck unbounded;
+  unbounded.name = "nonzero-at-eps-1";
   for (const AttackRow& r : sweep) {
     if (r.role == AttackRole::clean || r.transfer || std::abs(r.eps - 1.0) > 1e-12) continue;
     unbounded.applicable = true;

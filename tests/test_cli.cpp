@@ -362,9 +362,23 @@ TEST_CASE("bulwark eval --suite runs each attack on the samples still robust, co
   CHECK(std::abs(pc["accuracy"].get<double>() - pm["accuracy"].get<double>()) <= 0.05);
   CHECK(pc["loss"].is_null());
 
-  const Result aa = run("eval --checkpoint '" + run_dir.string() + "' --suite autoattack", s.path);
-  CHECK(aa.code == 2);
-  CHECK(aa.err.find("--suite autoattack needs the attack") != std::string::npos);
+  // AutoAttack's standard suite, shortened: APGD-CE, APGD-T, FAB-T, Square in that order.
+  const Result aa = run("eval --checkpoint '" + run_dir.string() +
+                            "' --test-size 60 --attacks clean --suite autoattack --apgd-steps 5 --apgd-targets 2 "
+                            "--fab-steps 5 --fab-targets 2 --square-queries 50 --json",
+                        s.path);
+  INFO("stderr: " << aa.err);
+  REQUIRE(aa.code == 0);
+  const auto aj = nlohmann::json::parse(aa.out)["suite"];
+  std::vector<std::string> steps;
+  for (const auto& step : aj["steps"]) steps.push_back(step["attack"]);
+  CHECK(steps == std::vector<std::string>{"APGD-CE-5", "APGD-T-5x2", "FAB-T-5x2", "Square-50"});
+  for (size_t i = 1; i < aj["steps"].size(); ++i)
+    CHECK(aj["steps"][i]["robust_acc"].get<double>() <= aj["steps"][i - 1]["robust_acc"].get<double>());
+  const Result rand = run("eval --checkpoint '" + run_dir.string() + "' --suite autoattack-rand", s.path);
+  CHECK(rand.code == 2);
+  CHECK(rand.err.find("unknown attack 'autoattack-rand'") != std::string::npos);
+  CHECK(rand.err.find("suites: autoattack") != std::string::npos);
   const Result bad = run("eval --checkpoint '" + run_dir.string() + "' --suite pgd,madry", s.path);
   CHECK(bad.code == 2);
   CHECK(bad.err.find("unknown attack 'madry'") != std::string::npos);

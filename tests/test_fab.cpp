@@ -134,3 +134,29 @@ TEST_CASE("FAB-T returns examples within eps and [0,1], and x itself where none 
   CHECK(broken > 0);
   CHECK(kept > 0);
 }
+
+TEST_CASE("FAB-T through attack(): the same examples, no randomness, its name and checks", "[attacks]") {
+  const int64_t d = 30;
+  LinearModel model(d, 4, 3);
+  model.eval();
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(0, 1);
+  std::vector<float> x(10 * d);
+  for (float& v : x) v = u(rng);
+  const Tensor X = Tensor::from_vector(x, {10, d});
+  const Tensor Y = argmax(model.forward(X), 1);
+  AttackOptions o;
+  o.kind = AttackKind::fab_t;
+  o.eps = 0.05;
+  o.steps = 15;
+  o.targets = 2;
+  FabOptions f;
+  f.eps = o.eps;
+  f.steps = o.steps;
+  f.targets = o.targets;
+  CHECK(attack(model, X, Y, o).to_vector() == fab_targeted(model, X, Y, f).x_adv.to_vector());
+  CHECK(attack_name(resolve_attack(o)) == "FAB-T-15x2");
+  CHECK(attack_counters(o, X.shape()) == 0);  // deterministic: no random start
+  o.norm = Norm::l2;
+  CHECK_THROWS_WITH(resolve_attack(o), Catch::Contains("L-inf"));
+}
