@@ -111,9 +111,10 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {
   CLI::App* t = app.add_subcommand("train", "Train a model; writes a run directory (config.json, metrics.jsonl, "
                                             "checkpoints, summary.json)");
   t->footer(
-      "With no options: fast adversarial training (FGSM-RS with its overfitting guard) of wong_small under the AccelAT\n"
-      "schedule, on Fashion-MNIST at eps 0.1 when Debian's dataset-fashion-mnist is installed (else on the synthetic\n"
-      "dataset at 8/255), for 5 epochs, with PGD-10 validation every epoch and a PGD-20 test at the end.\n"
+      "With no options: PGD-AT (10 steps) of wong_small under the cyclic learning rate (SGD, peak 0.2), on\n"
+      "Fashion-MNIST at eps 0.1 when Debian's dataset-fashion-mnist is installed (else on the synthetic dataset at\n"
+      "8/255, 7 steps), for 5 epochs, with PGD-10 validation every epoch and a PGD-20 test at the end\n"
+      "(docs/results/default_job.md: why this job).\n"
       "Defaults that depend on other options (eps, the step size, lr, milestones) are resolved after all options\n"
       "are read, and each resolved value is printed with the rule that chose it.\n\n"
       "Examples:\n"

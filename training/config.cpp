@@ -101,7 +101,8 @@ std::vector<TrainOption> make_train_options() {
   add("optimizer",
       Option::make("lr", "--lr", T::real, "Base learning rate")
           .at_least(0)
-          .default_by({}, fmt::format("{} for sgd, {} for adam", kSgdDefaultLr, kAdamDefaultLr)),
+          .default_by({}, fmt::format("sgd: {} ({} under --schedule cyclic); adam: {}", kSgdDefaultLr, kSgdCyclicLr,
+                                      kAdamDefaultLr)),
       [](auto& c) -> auto& { return c.optimizer.lr; });
   add("optimizer", Option::make("momentum", "--momentum", T::real, "SGD momentum").at_least(0).below(1),
       [](auto& c) -> auto& { return c.optimizer.momentum; });
@@ -302,8 +303,12 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
 
   const bool mnist_like = c.data.dataset == "mnist" || c.data.dataset == "fashion-mnist";
   if (c.optimizer.lr == 0) {
-    c.optimizer.lr = c.optimizer.name == "adam" ? kAdamDefaultLr : kSgdDefaultLr;
-    notes.push_back(fmt::format("{}: --lr = {:g} (the default of {})", c.optimizer.name, c.optimizer.lr, c.optimizer.name));
+    const bool adam = c.optimizer.name == "adam", cyclic = c.schedule.name == "cyclic";
+    c.optimizer.lr = adam ? kAdamDefaultLr : cyclic ? kSgdCyclicLr : kSgdDefaultLr;
+    notes.push_back(fmt::format("{}: --lr = {:g} ({})", c.optimizer.name, c.optimizer.lr,
+                                adam     ? "Adam's default"
+                                : cyclic ? "SGD's peak under the cyclic schedule, Wong et al.'s 0.2"
+                                         : "SGD's default"));
   }
   for (auto& n : resolve_schedule(c.schedule, c.epochs)) notes.push_back(std::move(n));
   for (auto& n : robust::resolve_method(c.method, DefaultScope{c.method.options, c.data.dataset, mnist_like, c.epochs}))

@@ -11,6 +11,7 @@
 //   MNIST-like, eps 0.3, k 40   -> 0.01   (Madry et al.'s MNIST setting)
 //   CIFAR-like, eps 8/255, k 7  -> 2/255  (Madry et al.'s CIFAR-10 setting)
 //   otherwise                   -> 2.5 eps / k
+// and k itself defaults to the paper's in the paper's setting (40, 7), else to 10.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -72,10 +73,12 @@ MethodInfo pgd_method() {
           .at_most(10000)
           .default_by(
               [](const DefaultScope& s) -> DefaultChoice {
-                if (s.mnist_like) return {40, "Madry et al.'s MNIST setting"};
-                return {7, "Madry et al.'s CIFAR-10 setting"};
+                const double eps = s.values.real("eps");
+                if (s.mnist_like && near(eps, 0.3)) return {40, "Madry et al.'s MNIST setting at eps 0.3"};
+                if (!s.mnist_like && near(eps, 8.0 / 255.0)) return {7, "Madry et al.'s CIFAR-10 setting at 8/255"};
+                return {10, "no paper's setting: 10 steps"};
               },
-              "40 on MNIST-like input, 7 on CIFAR-like"),
+              "40 at MNIST-like eps 0.3, 7 at CIFAR-like eps 8/255 (the papers'), else 10"),
       alpha_option(pgd_alpha,
                    "the paper's step in the paper's setting (0.01 at MNIST eps 0.3 with k = 40; 2/255 at "
                    "CIFAR eps 8/255 with k = 7), else 2.5 eps / k"),
