@@ -54,4 +54,14 @@ for c in "${candidates[@]}"; do
   for f in config.json metrics.jsonl summary.json eval.json wall_seconds; do cp "$dir/$f" "$out/$label/"; done
   echo "done: $label ($(date +%H:%M:%S))"
 done
+# AutoAttack on the default (the first candidate by min(PGD, Square) is what `bulwark train` runs).
+best="$(python3 -c "
+import json, os, sys
+runs = sys.argv[1]
+score = lambda l: min(a['accuracy'] for a in json.load(open(os.path.join(runs, l, 'eval.json')))['attacks'] if a['attack'] != 'clean')
+print(max(os.listdir(runs), key=score))" "$out")"
+if [[ ! -f "$out/$best/autoattack.json" ]]; then
+  "$bulwark" eval --checkpoint "$runs/$best" --test-size 1000 --attacks clean --suite autoattack --threads 2 \
+    --json "$out/$best/autoattack.json" > "$runs/$best/autoattack.txt"
+fi
 python3 "$here/make_default_job_page.py" --runs "$out" --out "$root/docs/results/default_job.md"
