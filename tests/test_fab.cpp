@@ -160,3 +160,38 @@ TEST_CASE("FAB-T through attack(): the same examples, no randomness, its name an
   o.norm = Norm::l2;
   CHECK_THROWS_WITH(resolve_attack(o), Catch::Contains("L-inf"));
 }
+
+TEST_CASE("FAB-T on the CUDA backend (emulated) finds the CPU's distances", "[attacks][cuda]") {
+  const int64_t d = 30;
+  LinearModel cpu_model(d, 3, 12), gpu_model(d, 3, 12);
+  cpu_model.eval();
+  gpu_model.eval();
+  gpu_model.to(Device::cuda);
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> u(0, 1);
+  std::vector<float> x(10 * d);
+  for (float& v : x) v = u(rng);
+  const Tensor X = Tensor::from_vector(x, {10, d});
+  const Tensor Y = argmax(cpu_model.forward(X), 1);
+  FabOptions o;
+  o.eps = 0.05;
+  o.steps = 10;
+  o.targets = 2;
+  AttackStats cpu_stats, gpu_stats;
+  const FabResult on_cpu = fab_targeted(cpu_model, X, Y, o, &cpu_stats);
+  const FabResult on_gpu = fab_targeted(gpu_model, X.cuda(), Y.cuda(), o, &gpu_stats);
+  CHECK(on_gpu.x_adv.device() == Device::cuda);
+  CHECK(gpu_stats.forward_passes == cpu_stats.forward_passes);
+  CHECK(gpu_stats.backward_passes == cpu_stats.backward_passes);
+  for (size_t i = 0; i < on_cpu.norm.size(); ++i) {
+    INFO("sample " << i);
+    if (std::isinf(on_cpu.norm[i]))
+      CHECK(std::isinf(on_gpu.norm[i]));
+    else
+      CHECK(on_gpu.norm[i] == Approx(on_cpu.norm[i]).margin(1e-4));
+  }
+  const std::vector<float> a = on_cpu.x_adv.to_vector(), b = on_gpu.x_adv.cpu().to_vector();
+  double largest = 0;
+  for (size_t k = 0; k < a.size(); ++k) largest = std::max(largest, static_cast<double>(std::abs(a[k] - b[k])));
+  CHECK(largest < 1e-4);
+}
