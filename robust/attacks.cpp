@@ -348,6 +348,16 @@ AttackOutcome attack_outcome(Module& model, const Tensor& x_in, const Tensor& y,
   return best;
 }
 
+AttackOutcome transfer_outcome(Module& model, Module& source, const Tensor& x, const Tensor& y,
+                               const AttackOptions& options, AttackStats* stats) {
+  const AttackOptions o = resolve_attack(options);
+  AttackStats local;
+  const Tensor x_adv = attack(source, x, y, o, &local);
+  Judgement j = judge(model, x_adv, y, y.to_vector_i32(), o.kind, local);
+  if (stats) *stats = local;
+  return {x_adv, std::move(j.correct), std::move(j.cross_entropy)};
+}
+
 double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options, AttackStats* stats) {
   const AttackOutcome outcome = attack_outcome(model, x, y, options, stats);
   if (outcome.correct.empty()) return 0.0;

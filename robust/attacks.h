@@ -119,6 +119,10 @@ struct AttackOutcome {
 AttackOutcome attack_outcome(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,
                              AttackStats* stats = nullptr);
 
+// A transfer attack: the examples the attack finds on `source`, judged by one forward of `model`.
+AttackOutcome transfer_outcome(Module& model, Module& source, const Tensor& x, const Tensor& y,
+                               const AttackOptions& options, AttackStats* stats = nullptr);
+
 // Fraction of the batch still classified correctly under the attack, in [0, 1].
 double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,
                        AttackStats* stats = nullptr);

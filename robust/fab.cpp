@@ -40,11 +40,6 @@ Tensor blend_rows(const Tensor& mask, const Tensor& update, const Tensor& curren
   return add(current, mul(mask, sub(update, current)));
 }
 
-Tensor mask_tensor(const std::vector<uint8_t>& m, const Tensor& like) {
-  std::vector<float> v(m.begin(), m.end());
-  return Tensor::from_vector(v, {static_cast<int64_t>(v.size()), 1}).to(like.device());
-}
-
 }  // namespace
 
 FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const FabOptions& o, AttackStats* stats) {
@@ -71,25 +66,28 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
     classes = z.size(1);
     clean_logits = z.to_vector();
   }
-  FabResult r;
-  r.norm.assign(static_cast<size_t>(n), std::numeric_limits<double>::infinity());
-  Tensor best = xf0;
+  // Per sample: the non-true classes by clean logit, highest first (the targets, in turn), and
+  // the distance of the closest misclassified point so far (0 for a sample misclassified clean).
+  std::vector<int32_t> ranked;  // [n, classes - 1]
+  std::vector<float> start_norm(static_cast<size_t>(n), std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < n; ++i) {
     const float* zi = clean_logits.data() + i * classes;
-    if (std::max_element(zi, zi + classes) - zi != labels[i]) r.norm[i] = 0;
+    if (std::max_element(zi, zi + classes) - zi != labels[i]) start_norm[i] = 0;
+    std::vector<int32_t> order(static_cast<size_t>(classes));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return zi[a] > zi[b]; });
+    order.erase(std::remove(order.begin(), order.end(), labels[i]), order.end());
+    ranked.insert(ranked.end(), order.begin(), order.end());
   }
+  // The bookkeeping stays on x's device: the loop reads nothing back to the host.
+  Tensor norm = Tensor::from_vector(start_norm, {n, 1}).to(x0.device());
+  Tensor best = xf0;
+  const Tensor y_f = y.to(DType::f32);
   const int targets = static_cast<int>(std::min<int64_t>(o.targets, classes - 1));
 
   for (int rank = 0; rank < targets; ++rank) {
     std::vector<int32_t> target(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      std::vector<int> order(static_cast<size_t>(classes));
-      std::iota(order.begin(), order.end(), 0);
-      const float* zi = clean_logits.data() + i * classes;
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return zi[a] > zi[b]; });
-      order.erase(std::remove(order.begin(), order.end(), labels[i]), order.end());
-      target[i] = order[rank];
-    }
+    for (int64_t i = 0; i < n; ++i) target[i] = ranked[i * (classes - 1) + rank];
     const Tensor t = Tensor::from_vector(target, {n}).to(x0.device());
     const Tensor margin_weights = sub(one_hot(y, classes), one_hot(t, classes));  // g = f_y - f_t
     Tensor xk = xf0;
@@ -112,21 +110,19 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
                                   0.0, 1.0);
       const Tensor z = model.forward(x_next.reshape(x0.shape()));
       ++st.forward_passes;
-      const std::vector<int32_t> predicted = argmax(z, 1).to_vector_i32();
-      const std::vector<float> dist = max(abs(sub(x_next, xf0)), 1).to_vector();
-      std::vector<uint8_t> fooled(static_cast<size_t>(n)), closer(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) {
-        fooled[i] = predicted[i] != labels[i];
-        closer[i] = fooled[i] && dist[i] < r.norm[i];
-        if (closer[i]) r.norm[i] = dist[i];
-      }
-      best = blend_rows(mask_tensor(closer, x_next), x_next, best);
-      xk = blend_rows(mask_tensor(fooled, x_next), add(mul(xf0, 1 - o.beta), mul(x_next, o.beta)), x_next);
+      const Tensor fooled = affine(eq(argmax(z, 1).to(DType::f32), y_f), -1, 1).reshape({n, 1});
+      const Tensor dist = max(abs(sub(x_next, xf0)), 1, true);
+      const Tensor closer = mul(fooled, gt(norm, dist));
+      norm = where(closer, dist, norm);
+      best = blend_rows(closer, x_next, best);
+      xk = blend_rows(fooled, add(mul(xf0, 1 - o.beta), mul(x_next, o.beta)), x_next);
     }
   }
-  std::vector<uint8_t> within(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) within[i] = r.norm[i] <= o.eps;
-  r.x_adv = blend_rows(mask_tensor(within, xf0), best, xf0).reshape(x0.shape());
+  FabResult r;
+  const std::vector<float> found = norm.to_vector();
+  r.norm.assign(found.begin(), found.end());
+  const Tensor within = affine(gt(norm, o.eps), -1, 1);
+  r.x_adv = blend_rows(within, best, xf0).reshape(x0.shape());
   return r;
 }
 

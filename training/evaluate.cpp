@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include "engine/autograd.h"
-#include "engine/ops.h"
 
 #include <algorithm>
 #include <chrono>
@@ -21,20 +19,6 @@ void require_model_on(const Module& model, Device device) {
       throw std::invalid_argument(fmt::format("evaluation on {} but the model's parameters are on {} (move it with "
                                               "Module::to first)",
                                               device_name(device), device_name(p.device())));
-}
-
-// The examples `source` finds for (x, y), judged by one forward of `model`.
-AttackOutcome transfer_outcome(Module& model, Module& source, const Tensor& x, const Tensor& y, const AttackOptions& o,
-                               AttackStats& stats) {
-  AttackOutcome out;
-  out.x_adv = attack(source, x, y, o, &stats);
-  NoGradGuard no_grad;
-  const Tensor logits = model.forward(out.x_adv);
-  ++stats.forward_passes;
-  const std::vector<int32_t> predicted = argmax(logits, 1).to_vector_i32(), labels = y.to_vector_i32();
-  for (size_t i = 0; i < labels.size(); ++i) out.correct.push_back(predicted[i] == labels[i]);
-  out.loss = cross_entropy(logits, y, false).to_vector_f64();
-  return out;
 }
 
 }  // namespace
@@ -74,7 +58,7 @@ EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first,
     const int64_t begin = first + b * batch_size, m = std::min(batch_size, first + n - begin);
     const Tensor x = images_tensor(d, begin, m).to(device), y = labels_tensor(d, begin, m).to(device);
     AttackStats stats;
-    const AttackOutcome outcome = source ? transfer_outcome(model, *source, x, y, o, stats)
+    const AttackOutcome outcome = source ? transfer_outcome(model, *source, x, y, o, &stats)
                                          : attack_outcome(model, x, y, o, &stats);
     o.offset += attack_counters(o, x.shape());
     r.forward_passes += stats.forward_passes;
@@ -125,15 +109,15 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
     AttackOptions o = resolve_attack(attacks[a]);
     EvalResult r;
     // The samples this attack runs on: the survivors (compact) or all of them, in batches.
-    std::vector<int64_t> todo;
+    std::vector<int64_t> attacked;
     for (int64_t i = 0; i < n; ++i)
-      if (!compact || robust[static_cast<size_t>(i)]) todo.push_back(i);
-    const auto total = static_cast<int64_t>(todo.size());
+      if (!compact || robust[static_cast<size_t>(i)]) attacked.push_back(i);
+    const auto total = static_cast<int64_t>(attacked.size());
     r.count = total;  // the samples attacked (the accuracy is over all n)
     const int64_t batches = (total + batch_size - 1) / batch_size;
     for (int64_t b = 0; b < batches; ++b) {
-      const std::vector<int64_t> rows(todo.begin() + b * batch_size,
-                                      todo.begin() + std::min(total, (b + 1) * batch_size));
+      const std::vector<int64_t> rows(attacked.begin() + b * batch_size,
+                                      attacked.begin() + std::min(total, (b + 1) * batch_size));
       std::vector<int64_t> samples(rows.size());
       for (size_t k = 0; k < rows.size(); ++k) samples[k] = first + rows[k];
       const Tensor x = images_at(d, samples).to(device), y = labels_at(d, samples).to(device);
