@@ -110,7 +110,7 @@ std::string Option::default_text() const {
   return option_value_text(fixed);
 }
 
-double parse_radius(const std::string& text) {
+double parse_radius(const std::string& text, double max) {
   const auto fail = [&](const std::string& why) {
     return std::invalid_argument(fmt::format(
         "'{}' is not a perturbation size: {} (write a fraction such as 0.3, or k/255 such as 8/255)", text, why));
@@ -131,7 +131,8 @@ double parse_radius(const std::string& text) {
     if (denominator == 0) throw fail("division by zero");
     value = numerator / denominator;
   }
-  if (!(value >= 0 && value <= 1)) throw fail(fmt::format("{:.6g} is outside [0, 1]", value));
+  if (!(value >= 0 && value <= max))
+    throw fail(max == 1 ? fmt::format("{:.6g} is outside [0, 1]", value) : fmt::format("{:.6g} is below 0 or above {:.6g}", value, max));
   return value;
 }
 

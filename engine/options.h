@@ -95,8 +95,9 @@ void check_option_value(const Option& o, const nlohmann::ordered_json& value, co
 // A value as the user would type it ("0.0313725", "true", "25,40").
 std::string option_value_text(const nlohmann::ordered_json& value);
 
-// The perturbation size a user typed: a fraction in [0, 1] ("0.3") or k/255 ("8/255").
-double parse_radius(const std::string& text);
+// The perturbation size a user typed: a fraction in [0, max] ("0.3"; max 1 for an L-inf radius) or
+// k/255 ("8/255").
+double parse_radius(const std::string& text, double max = 1.0);
 
 // Fills in every option of `options` that `values` lacks, in declaration order (a rule sees
 // what was given and what was resolved before it), then checks every value. Returns one line per

@@ -15,6 +15,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "robust/attack_rows.h"
+#include "robust/norm_ball.h"
 
 namespace bulwark {
 
@@ -52,24 +53,34 @@ struct Point {
 };
 
 Point evaluate(Module& model, const Tensor& x_point, const Tensor& y_real, const SampleLoss& loss_of, bool need_grad,
-               AttackStats& stats) {
-  Tensor leaf = x_point.detach();
-  if (need_grad) leaf.set_requires_grad(true);
-  Tensor logits, loss, total;
-  {
-    GradModeGuard record_graph(need_grad);
-    logits = model.forward(leaf);
-    loss = loss_of(logits);
-    total = sum(loss);  // the samples are independent: its gradient is each sample's own
-  }
-  ++stats.forward_passes;
+               int eot, AttackStats& stats) {
   Point p;
-  if (need_grad) {
-    p.grad = grad({total}, {leaf})[0];
-    ++stats.backward_passes;
+  Tensor logits;
+  for (int draw = 0; draw < eot; ++draw) {
+    Tensor leaf = x_point.detach();
+    if (need_grad) leaf.set_requires_grad(true);
+    Tensor loss, total;
+    {
+      GradModeGuard record_graph(need_grad);
+      logits = model.forward(leaf);
+      loss = loss_of(logits);
+      total = sum(loss);  // the samples are independent: its gradient is each sample's own
+    }
+    ++stats.forward_passes;
+    NoGradGuard no_grad;
+    const Tensor g = need_grad ? grad({total}, {leaf})[0] : Tensor();
+    if (need_grad) ++stats.backward_passes;
+    // Expectation over Transformation: the mean over the draws of a randomised model (one draw
+    // of a deterministic one).
+    p.loss = draw == 0 ? loss.detach() : p.loss + loss.detach();
+    if (need_grad) p.grad = draw == 0 ? g : p.grad + g;
   }
   NoGradGuard no_grad;
-  p.loss = loss.detach();
+  if (eot > 1) {
+    p.loss = p.loss * (1.0 / eot);
+    if (need_grad) p.grad = p.grad * (1.0 / eot);
+  }
+  // Judged by the last draw, as the model would answer once.
   p.wrong = affine(eq(argmax(logits, 1).to(logits.dtype()), y_real), -1, 1);
   return p;
 }
@@ -87,11 +98,10 @@ RunResult apgd_run(Module& model, const Tensor& x, const Tensor& y, const Tensor
   per_sample[0] = n;
   const auto rows = [&](const Tensor& t) { return t.reshape(per_sample); };
   const Tensor y_real = y.to(x.dtype());
-  const Tensor lo = clamp(x - o.eps, 0.0, 1.0), hi = clamp(x + o.eps, 0.0, 1.0);
-  const auto project = [&](const Tensor& v) { return clamp(v, lo, hi); };
+  const auto project = [&](const Tensor& v) { return project_ball(v, x, o.eps, o.norm); };
   const std::vector<int> checkpoints = apgd_checkpoints(o.steps);
 
-  Point start = evaluate(model, x_start, y_real, loss_of, o.steps > 0, stats);
+  Point start = evaluate(model, x_start, y_real, loss_of, o.steps > 0, o.eot, stats);
   NoGradGuard no_grad;
   Tensor x_cur = x_start, x_prev = x_start, g_cur = start.grad, loss_cur = start.loss;
   Tensor x_best = x_cur, g_best = g_cur, loss_best = loss_cur;
@@ -105,9 +115,9 @@ RunResult apgd_run(Module& model, const Tensor& x, const Tensor& y, const Tensor
   for (int k = 0; k < o.steps; ++k) {
     const bool last = k + 1 == o.steps;
     if (last) stats.last_grad_l1 = sum(abs(g_cur));
-    const Tensor z = project(x_cur + sign(g_cur) * rows(eta));
+    const Tensor z = project(x_cur + steepest_direction(g_cur, o.norm) * rows(eta));
     const Tensor x_new = k == 0 ? z : project(x_cur + kMomentum * (z - x_cur) + (1 - kMomentum) * (x_cur - x_prev));
-    const Point p = evaluate(model, x_new, y_real, loss_of, !last, stats);
+    const Point p = evaluate(model, x_new, y_real, loss_of, !last, o.eot, stats);
 
     increases = increases + gt(p.loss, loss_cur);
     const Tensor improved = gt(p.loss, loss_best);

@@ -1,15 +1,16 @@
 #pragma once
-// APGD, L-inf (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+// APGD, L-inf and L2 (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
 // ensemble of diverse parameter-free attacks", ICML; Algorithm 1 and Section 3): PGD whose step
 // size needs no tuning. attack() runs it for AttackKind::apgd_ce, apgd_dlr and apgd_t; these are
 // the pieces, public for the tests and for whoever builds an AutoAttack-style ensemble.
 //
 // With P the projection onto the eps-ball around x intersected with [0,1], f the per-sample loss,
-// from x0 (the attack's random start) and for k = 0 .. N_iter - 1:
+// s(g) the norm's steepest direction (sign(g) in L-inf, g / ||g||_2 in L2), from x0 (the
+// attack's random start) and for k = 0 .. N_iter - 1:
 //
 //   eta_0   = 2 eps                                  (per sample from here on)
-//   x1      = P(x0 + eta sign(grad f(x0)))
-//   z       = P(x_k + eta sign(grad f(x_k)))                                  for k >= 1
+//   x1      = P(x0 + eta s(grad f(x0)))
+//   z       = P(x_k + eta s(grad f(x_k)))                                     for k >= 1
 //   x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})),    alpha = 0.75
 //
 // Checkpoints w_j = ceil(p_j N_iter), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} -
@@ -26,9 +27,14 @@
 // APGD-T attacks the n_target highest non-true classes of the clean logits in turn (1st, 2nd,
 // ...), each run on the samples no earlier target broke, each from the restart's start.
 //
+// EOT (Athalye et al. 2018, AutoAttack's "rand" version): with eot = m > 1 every point's loss and
+// gradient are the mean of m forwards and backwards, the expectation a randomised model is
+// attacked through; whether the point is misclassified is the last draw's answer.
+//
 // A run returns per sample the first point it found misclassified, else its best-loss point, so
 // the result is never worse than the start. Each run costs N_iter + 1 forwards and N_iter
-// backwards (the last point needs no gradient); APGD-T adds one forward for the clean logits.
+// backwards (the last point needs no gradient), times eot; APGD-T adds one forward for the clean
+// logits.
 // All bookkeeping is per-sample tensor ops on x's device; the host waits once per APGD-T target.
 #include <vector>
 

@@ -36,6 +36,11 @@ std::vector<Option> apgd_options(bool targeted) {
       Option::make("restarts", "--apgd-restarts", OptionType::integer,
                    "APGD random restarts, later ones on the samples still standing")
           .at_least(1)
+          .default_to(1),
+      Option::make("eot", "--apgd-eot", OptionType::integer,
+                   "APGD: loss and gradient averaged over this many forwards and backwards per point (EOT, for "
+                   "randomised models; autoattack-rand: 20)")
+          .at_least(1)
           .default_to(1)};
   if (targeted)
     options.push_back(Option::make("targets", "--apgd-targets", OptionType::integer,
@@ -52,6 +57,7 @@ EvalAttackInfo apgd_attack(std::string name, std::string summary, AttackKind kin
             AttackOptions o = base(kind, eps, seed);
             o.steps = static_cast<int>(v.integer("steps"));
             o.restarts = static_cast<int>(v.integer("restarts"));
+            o.eot = static_cast<int>(v.integer("eot"));
             if (v.has("targets")) o.targets = static_cast<int>(v.integer("targets"));
             return o;
           }};
@@ -116,7 +122,8 @@ std::vector<EvalAttackInfo> builtin_attacks() {
          o.restarts = static_cast<int>(v.integer("restarts"));
          return o;
        },
-       AttackRole::black_box});
+       AttackRole::black_box,
+       {Norm::linf}});
   all.push_back(apgd_attack("apgd-ce",
                             "APGD on the cross-entropy (Croce & Hein 2020): momentum steps from 2 eps, halved per "
                             "sample at checkpoints when the loss stalls, restarting from the best point",
@@ -167,7 +174,13 @@ std::vector<std::string> eval_attack_names() {
 const std::vector<EvalSuiteInfo>& eval_suite_registry() {
   static const std::vector<EvalSuiteInfo> all{
       {"autoattack", "AutoAttack's standard suite (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square",
-       {"apgd-ce", "apgd-t", "fab-t", "square"}},
+       {"apgd-ce", "apgd-t", "fab-t", "square"},
+       {}},
+      {"autoattack-rand",
+       "AutoAttack's suite for randomised defences: APGD-CE and APGD-DLR, each point's loss and gradient averaged "
+       "over 20 draws of the model (Expectation over Transformation)",
+       {"apgd-ce", "apgd-dlr"},
+       {{"--apgd-eot", "20"}}},
   };
   return all;
 }
@@ -213,6 +226,24 @@ std::vector<std::string> suite_attacks(const std::string& suite) {
   }
   require(!names.empty(), "--suite is empty");
   return names;
+}
+
+std::map<std::string, std::string> suite_settings(const std::string& suite) {
+  for (const EvalSuiteInfo& s : eval_suite_registry())
+    if (s.name == suite) return s.settings;
+  return {};
+}
+
+const char* norm_name(Norm norm) { return norm == Norm::l2 ? "l2" : "linf"; }
+
+void require_norm(const EvalAttackInfo& attack, Norm norm) {
+  if (std::find(attack.norms.begin(), attack.norms.end(), norm) != attack.norms.end()) return;
+  std::vector<std::string> have;
+  for (const EvalAttackInfo& a : eval_attack_registry())
+    if (std::find(a.norms.begin(), a.norms.end(), norm) != a.norms.end()) have.push_back(a.name);
+  throw std::invalid_argument(fmt::format("--norm {}: {} is implemented in {} only (attacks in {}: {})", norm_name(norm),
+                                          attack.name, norm == Norm::l2 ? "L-inf" : "L2", norm_name(norm),
+                                          fmt::join(have, ", ")));
 }
 
 const EvalAttackInfo& eval_attack_info(const std::string& name) {

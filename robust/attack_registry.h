@@ -4,6 +4,7 @@
 // eval command's flags, --help, validation and the docs come from this list, and this is the one
 // place that looks an evaluation attack up by name.
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ struct EvalAttackInfo {
   // The attack at radius eps with the Philox stream `seed`, from resolved, checked values.
   std::function<AttackOptions(const OptionValues&, double eps, uint64_t seed)> make;
   AttackRole role = AttackRole::white_box;
+  std::vector<Norm> norms{Norm::linf, Norm::l2};  // the norms bulwark implements it in
 };
 
 // A named sequence of attacks for `bulwark eval --suite`, each run on the samples the earlier
@@ -35,12 +37,23 @@ struct EvalSuiteInfo {
   std::string name;
   std::string summary;
   std::vector<std::string> attacks;  // names in eval_attack_registry()
+  // Attack options the suite sets (flag -> value, as typed on the command line) unless the
+  // command line gives them: autoattack-rand's EOT.
+  std::map<std::string, std::string> settings;
 };
 const std::vector<EvalSuiteInfo>& eval_suite_registry();
 // The attacks of --suite: a registered suite's name, or a comma-separated list of attack names.
 // Throws std::invalid_argument naming what is missing: an unknown suite or attack, or a suite's
 // attack that bulwark does not implement yet.
 std::vector<std::string> suite_attacks(const std::string& suite);
+// The settings of a registered suite (empty for a list of attacks).
+std::map<std::string, std::string> suite_settings(const std::string& suite);
+
+// "l2" or "linf" (as --norm takes them).
+const char* norm_name(Norm norm);
+// Throws std::invalid_argument naming the attacks that have a version in `norm` when `attack`
+// has none: "--norm l2: square is implemented in L-inf only (attacks in L2: ...)".
+void require_norm(const EvalAttackInfo& attack, Norm norm);
 
 const std::vector<EvalAttackInfo>& eval_attack_registry();
 // Throws std::invalid_argument "unknown attack 'x' in --attacks (available: ...)".

@@ -17,6 +17,7 @@
 #include "robust/apgd.h"
 #include "robust/attack_rows.h"
 #include "robust/fab.h"
+#include "robust/norm_ball.h"
 #include "robust/square.h"
 
 namespace bulwark {
@@ -52,21 +53,9 @@ std::vector<int64_t> sample_dims(const Tensor& t) {
   return dims;
 }
 
-// ||t_i||_2 per sample, shaped [N, 1, ..., 1] to broadcast against t.
-Tensor sample_l2_norm(const Tensor& t) { return sqrt(sum(square(t), sample_dims(t), true)); }
-
-// x + delta * min(1, eps / ||delta||_2), then clip_[0,1]. Clipping to [0,1] only moves each
-// coordinate towards x (x is in [0,1]), so the result stays in the ball.
-Tensor project_l2(const Tensor& x_adv, const Tensor& x, double eps) {
-  const Tensor delta = x_adv - x;
-  const Tensor norm = sample_l2_norm(delta);
-  const Tensor scale = clamp(div(Tensor::full(norm.shape(), eps, norm.dtype(), norm.device()), norm + kTinyNorm), 0.0, 1.0);
-  return clamp(x + delta * scale, 0.0, 1.0);
-}
-
 // x_adv + alpha * g / ||g||_2 per sample, projected.
 Tensor l2_step(const Tensor& x_adv, const Tensor& x, const Tensor& g, double eps, double alpha) {
-  return project_l2(x_adv + alpha * g / (sample_l2_norm(g) + kTinyNorm), x, eps);
+  return project_ball(x_adv + alpha * steepest_direction(g, Norm::l2), x, eps, Norm::l2);
 }
 
 // Uniform in the L2 ball of radius eps around each sample, clipped to [0,1]: a Gaussian
@@ -161,6 +150,28 @@ Judgement judge(Module& model, const Tensor& x_adv, const Tensor& y, const std::
 
 }  // namespace
 
+Tensor sample_l2_norm(const Tensor& t) { return sqrt(sum(square(t), sample_dims(t), true)); }
+
+Tensor sample_norm(const Tensor& t, Norm norm) {
+  if (norm == Norm::l2) return sample_l2_norm(t);
+  Shape per_sample(static_cast<size_t>(t.dim()), 1);
+  per_sample[0] = t.size(0);
+  return max(abs(t.reshape({t.size(0), t.numel() / std::max<int64_t>(t.size(0), 1)})), 1, true).reshape(per_sample);
+}
+
+Tensor steepest_direction(const Tensor& g, Norm norm) {
+  return norm == Norm::linf ? sign(g) : g / (sample_l2_norm(g) + kTinyNorm);
+}
+
+Tensor project_ball(const Tensor& v, const Tensor& x, double eps, Norm norm) {
+  if (norm == Norm::linf) return clamp(v, clamp(x - eps, 0.0, 1.0), clamp(x + eps, 0.0, 1.0));
+  const Tensor delta = v - x;
+  const Tensor norm_l2 = sample_l2_norm(delta);
+  const Tensor scale =
+      clamp(div(Tensor::full(norm_l2.shape(), eps, norm_l2.dtype(), norm_l2.device()), norm_l2 + kTinyNorm), 0.0, 1.0);
+  return clamp(x + delta * scale, 0.0, 1.0);
+}
+
 Tensor assemble_rows(const std::vector<RowSource>& rows) {
   NoGradGuard no_grad;
   std::vector<Tensor> runs;
@@ -186,8 +197,9 @@ AttackOptions resolve_attack(const AttackOptions& options) {
   check_attack_budget(o.eps, o.alpha);
   if (o.steps < 0) throw std::invalid_argument(fmt::format("attack: steps must be >= 0, got {}", o.steps));
   if (o.restarts < 1) throw std::invalid_argument(fmt::format("attack: restarts must be >= 1, got {}", o.restarts));
-  if (is_apgd(o.kind) && o.norm != Norm::linf)
-    throw std::invalid_argument("attack: APGD is implemented for the L-inf norm only");
+  if (o.eot < 1) throw std::invalid_argument(fmt::format("attack: eot must be >= 1, got {}", o.eot));
+  if (o.eot > 1 && !is_apgd(o.kind))
+    throw std::invalid_argument("attack: EOT (eot > 1) is implemented for the APGD attacks only");
   if (o.kind == AttackKind::apgd_t && o.targets < 1)
     throw std::invalid_argument(fmt::format("attack: APGD-T targets must be >= 1, got {}", o.targets));
   switch (o.kind) {
@@ -225,7 +237,6 @@ AttackOptions resolve_attack(const AttackOptions& options) {
       if (o.steps < 1 || o.targets < 1)
         throw std::invalid_argument(fmt::format("attack: FAB-T needs steps >= 1 and targets >= 1, got {} and {}", o.steps,
                                                 o.targets));
-      if (o.norm != Norm::linf) throw std::invalid_argument("attack: FAB-T is implemented for the L-inf norm only");
       o.alpha = 0;  // it steps onto the linearised boundary, not by a fixed size
       o.restarts = 1;
       o.random_start = false;
@@ -243,6 +254,7 @@ std::string attack_name(const AttackOptions& options) {
   const AttackOptions o = resolve_attack(options);
   const std::string norm = o.norm == Norm::l2 ? "L2 " : "";
   const std::string restarts = o.restarts > 1 ? fmt::format("x{}", o.restarts) : "";
+  const std::string eot = o.eot > 1 ? fmt::format(" EOT-{}", o.eot) : "";
   switch (o.kind) {
     case AttackKind::none: return "clean";
     case AttackKind::fgsm: return norm + "FGSM";
@@ -250,10 +262,10 @@ std::string attack_name(const AttackOptions& options) {
     case AttackKind::pgd: return fmt::format("{}PGD-{}{}", norm, o.steps, restarts);
     case AttackKind::cw: return fmt::format("{}CW-{}{}", norm, o.steps, restarts);
     case AttackKind::square: return fmt::format("Square-{}{}", o.queries, restarts);
-    case AttackKind::fab_t: return fmt::format("FAB-T-{}x{}", o.steps, o.targets);
-    case AttackKind::apgd_ce: return fmt::format("APGD-CE-{}{}", o.steps, restarts);
-    case AttackKind::apgd_dlr: return fmt::format("APGD-DLR-{}{}", o.steps, restarts);
-    case AttackKind::apgd_t: return fmt::format("APGD-T-{}x{}{}", o.steps, o.targets, restarts);
+    case AttackKind::fab_t: return fmt::format("{}FAB-T-{}x{}", norm, o.steps, o.targets);
+    case AttackKind::apgd_ce: return fmt::format("{}APGD-CE-{}{}{}", norm, o.steps, restarts, eot);
+    case AttackKind::apgd_dlr: return fmt::format("{}APGD-DLR-{}{}{}", norm, o.steps, restarts, eot);
+    case AttackKind::apgd_t: return fmt::format("{}APGD-T-{}x{}{}{}", norm, o.steps, o.targets, restarts, eot);
   }
   return "?";
 }
@@ -280,6 +292,7 @@ bool self_contained(AttackKind kind) { return kind == AttackKind::square || kind
 Tensor run_self_contained(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& o, AttackStats& stats) {
   if (o.kind == AttackKind::square) return square_attack(model, x, y, o, stats);
   FabOptions f;
+  f.norm = o.norm;
   f.eps = o.eps;
   f.steps = o.steps;
   f.targets = o.targets;
@@ -356,6 +369,28 @@ AttackOutcome transfer_outcome(Module& model, Module& source, const Tensor& x, c
   Judgement j = judge(model, x_adv, y, y.to_vector_i32(), o.kind, local);
   if (stats) *stats = local;
   return {x_adv, std::move(j.correct), std::move(j.cross_entropy)};
+}
+
+void require_logits(const Tensor& outputs) {
+  if (outputs.dim() != 2 || outputs.size(1) < 2)
+    throw std::invalid_argument(fmt::format("the model's outputs are {}, not logits [N, K] over K >= 2 classes: the "
+                                            "attacks need one score per class",
+                                            outputs.str()));
+  NoGradGuard no_grad;
+  const std::vector<double> z = outputs.to(DType::f64).cpu().to_vector_f64();
+  const int64_t n = outputs.size(0), k = outputs.size(1);
+  for (int64_t i = 0; i < n; ++i) {
+    double total = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      if (!(z[i * k + j] >= 0)) return;
+      total += z[i * k + j];
+    }
+    if (std::abs(total - 1) > 1e-4) return;
+  }
+  throw std::invalid_argument(
+      "the model's outputs look like probabilities (every row is non-negative and sums to 1): the attacks' "
+      "cross-entropy, margin and DLR losses need logits, the scores before the softmax; evaluate the model without "
+      "its final softmax");
 }
 
 double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options, AttackStats* stats) {

@@ -17,7 +17,8 @@
 //            margin z_y - max_{j != y} z_j falls (Andriushchenko et al. 2020; robust/square.cpp)
 //   APGD-k   Croce & Hein 2020, robust/apgd.h: from the same start, k momentum steps whose
 //            step size (2 eps at first) halves per sample when the loss stalls; cross-entropy
-//            (APGD-CE), DLR (APGD-DLR) or targeted DLR once per target class (APGD-T). L-inf
+//            (APGD-CE), DLR (APGD-DLR) or targeted DLR once per target class (APGD-T); L-inf
+//            and L2
 //   L2       PGD-k and CW-k with norm = l2: steps of alpha * g / ||g||_2 per sample, projection
 //            onto the L2 ball ||x_adv - x||_2 <= eps, then [0,1]; the start is uniform in the
 //            L2 ball (Gaussian direction, radius eps * u^(1/d)), clipped to [0,1]
@@ -53,7 +54,7 @@ enum class AttackKind {
   pgd,      // k steps on cross-entropy
   cw,       // k steps on the CW margin
   square,   // score-based random search, no gradients (robust/square.h; L-inf only)
-  fab_t,    // FAB-T, the targeted minimum-norm boundary attack (robust/fab.h; L-inf only)
+  fab_t,    // FAB-T, the targeted minimum-norm boundary attack (robust/fab.h)
   apgd_ce,  // APGD (robust/apgd.h): k steps of momentum PGD with halving step size, cross-entropy
   apgd_dlr, // APGD on the DLR loss
   apgd_t,   // APGD on the targeted DLR loss, once per target class (`targets` of them)
@@ -74,6 +75,8 @@ struct AttackOptions {
   uint64_t offset = 0;
   int queries = 5000;        // square: forwards per restart, the stripe start included
   double p_init = 0.8;       // square: the fraction of the image the first squares cover
+  int eot = 1;               // APGD: loss and gradient averaged over this many forwards and backwards
+                             // (Expectation over Transformation, for randomised models)
 };
 
 // What an attack did, for the trainers' counters and DEAT's magnitude signal.
@@ -89,13 +92,14 @@ struct AttackStats {
 // The options as the attack runs them: defaults filled in (alpha), the fixed settings of fgsm,
 // fgsm_rs and none applied (steps, restarts, start; square: steps = queries, alpha 0, norm linf).
 // Throws std::invalid_argument naming the bad field: eps or alpha negative or not finite,
-// steps < 0, restarts < 1, targets < 1, APGD in L2, square with queries < 1, p_init outside
-// (0, 1] or norm l2.
+// steps < 0, restarts < 1, targets < 1, eot < 1, square with queries < 1, p_init outside (0, 1]
+// or norm l2.
 AttackOptions resolve_attack(const AttackOptions& options);
 
 // "clean", "FGSM", "FGSM-RS", "PGD-50x10", "CW-20", "L2 PGD-20", "APGD-CE-100", "APGD-DLR-100x5"
 // (5 restarts), "APGD-T-100x9" (9 targets), "APGD-T-100x9x2" (9 targets, 2 restarts),
-// "Square-5000", "FAB-T-100x9" (9 targets): for tables and logs.
+// "Square-5000", "FAB-T-100x9" (9 targets), "L2 APGD-CE-100", "APGD-DLR-100 EOT-20" (20 draws
+// per point): for tables and logs.
 std::string attack_name(const AttackOptions& options);
 
 // Philox counters one random start of an input of `shape` consumes (0 when it has none), and
@@ -122,6 +126,13 @@ AttackOutcome attack_outcome(Module& model, const Tensor& x, const Tensor& y, co
 // A transfer attack: the examples the attack finds on `source`, judged by one forward of `model`.
 AttackOutcome transfer_outcome(Module& model, Module& source, const Tensor& x, const Tensor& y,
                                const AttackOptions& options, AttackStats* stats = nullptr);
+
+// Throws std::invalid_argument when a model's `outputs` for a batch are not logits the attacks
+// can use: not [N, K] with K >= 2 classes, or probabilities (every row non-negative and summing
+// to 1: a softmax ends the model, and the margin, DLR and cross-entropy losses of the attacks
+// would all be computed on the wrong quantity). Log-probabilities are logits shifted per row and
+// pass.
+void require_logits(const Tensor& outputs);
 
 // Fraction of the batch still classified correctly under the attack, in [0, 1].
 double robust_accuracy(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,

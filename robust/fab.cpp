@@ -33,7 +33,42 @@ Tensor linf_box_projection(const Tensor& w, const Tensor& c, const Tensor& lo, c
   return clamp(mul(direction, t_hi), lo, hi);
 }
 
+Tensor l2_box_projection(const Tensor& w, const Tensor& c, const Tensor& lo, const Tensor& hi, int iterations) {
+  NoGradGuard no_grad;
+  const int64_t n = w.size(0);
+  const Tensor cc = c.reshape({n, 1});
+  const Tensor direction = mul(w, sign(cc));  // d(lambda) = clip(lambda * direction, lo, hi)
+  const Tensor target = abs(cc);
+  const auto reach = [&](const Tensor& lambda) { return sum(mul(direction, clamp(mul(direction, lambda), lo, hi)), {1}, true); };
+  // Without the box lambda* = |c| / ||w||^2 is the answer; the box only slows the reach, so the
+  // answer is lambda* 2^u for some u >= 0: bisect on u in [0, kOctaves].
+  constexpr double kOctaves = 40;
+  const Tensor lambda_star = div(target, add(sum(square(w), {1}, true), 1e-30));
+  const auto lambda_at = [&](const Tensor& u) { return mul(lambda_star, exp(mul(u, std::log(2.0)))); };
+  Tensor u_lo = Tensor::zeros({n, 1}, w.dtype(), w.device());
+  Tensor u_hi = Tensor::full({n, 1}, kOctaves, w.dtype(), w.device());
+  for (int i = 0; i < iterations; ++i) {
+    const Tensor u_mid = mul(add(u_lo, u_hi), 0.5);
+    const Tensor reached = ge(reach(lambda_at(u_mid)), mul(target, 1 - 1e-6));
+    u_hi = add(mul(reached, u_mid), mul(affine(reached, -1, 1), u_hi));
+    u_lo = add(mul(reached, u_lo), mul(affine(reached, -1, 1), u_mid));
+  }
+  // u = 0 reaches c exactly when the box does not bind: return lambda* itself then.
+  const Tensor free = ge(reach(lambda_star), mul(target, 1 - 1e-6));
+  const Tensor u = mul(affine(free, -1, 1), u_hi);
+  return clamp(mul(direction, lambda_at(u)), lo, hi);
+}
+
+Tensor box_projection(const Tensor& w, const Tensor& c, const Tensor& lo, const Tensor& hi, Norm norm) {
+  return norm == Norm::linf ? linf_box_projection(w, c, lo, hi) : l2_box_projection(w, c, lo, hi);
+}
+
 namespace {
+
+// ||v_i|| per row of [n, d], as [n, 1].
+Tensor row_norm(const Tensor& v, Norm norm) {
+  return norm == Norm::linf ? max(abs(v), 1, true) : sqrt(sum(square(v), {1}, true));
+}
 
 // Rows of `mask` ([n, 1], 0/1) take `update`, the others keep `current`.
 Tensor blend_rows(const Tensor& mask, const Tensor& update, const Tensor& current) {
@@ -100,10 +135,10 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
       ++st.backward_passes;
       NoGradGuard no_grad;
       const Tensor c_k = neg(g.detach());
-      const Tensor d_k = linf_box_projection(w, c_k, neg(xk), affine(xk, -1, 1));
+      const Tensor d_k = box_projection(w, c_k, neg(xk), affine(xk, -1, 1), o.norm);
       const Tensor c_0 = sub(c_k, sum(mul(w, sub(xf0, xk)), {1}));
-      const Tensor d_0 = linf_box_projection(w, c_0, lo0, hi0);
-      const Tensor a = max(abs(d_k), 1, true), b = max(abs(d_0), 1, true);
+      const Tensor d_0 = box_projection(w, c_0, lo0, hi0, o.norm);
+      const Tensor a = row_norm(d_k, o.norm), b = row_norm(d_0, o.norm);
       const Tensor alpha = minimum(div(a, add(add(a, b), 1e-12)), Tensor::full({n, 1}, o.alpha_max, w.dtype(), w.device()));
       const Tensor x_next = clamp(add(mul(affine(alpha, -1, 1), add(xk, mul(d_k, o.eta))),
                                       mul(alpha, add(xf0, mul(d_0, o.eta)))),
@@ -111,7 +146,7 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
       const Tensor z = model.forward(x_next.reshape(x0.shape()));
       ++st.forward_passes;
       const Tensor fooled = affine(eq(argmax(z, 1).to(DType::f32), y_f), -1, 1).reshape({n, 1});
-      const Tensor dist = max(abs(sub(x_next, xf0)), 1, true);
+      const Tensor dist = row_norm(sub(x_next, xf0), o.norm);
       const Tensor closer = mul(fooled, gt(norm, dist));
       norm = where(closer, dist, norm);
       best = blend_rows(closer, x_next, best);

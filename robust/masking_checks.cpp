@@ -92,7 +92,7 @@ std::vector<MaskingCheck> masking_checks(const std::vector<AttackRow>& rows, con
   MaskingCheck unbounded;
   unbounded.name = "nonzero-at-eps-1";
   for (const AttackRow& r : sweep) {
-    if (r.role == AttackRole::clean || r.transfer || std::abs(r.eps - 1.0) > 1e-12) continue;
+    if (r.role == AttackRole::clean || r.transfer || r.norm != Norm::linf || std::abs(r.eps - 1.0) > 1e-12) continue;
     unbounded.applicable = true;
     if (r.accuracy > 0) {
       unbounded.fired = true;

@@ -13,8 +13,8 @@
 //   black-box-below-white  a gradient-free (Square) or transfer attack leaves more than 2 points
 //                          less than the strongest white-box attack: the white-box attacks were
 //                          blind, so their figure is void.
-//   nonzero-at-eps-1       (--eps-sweep with 1) accuracy above 0% at eps 1, where every image
-//                          can be turned into any other.
+//   nonzero-at-eps-1       (--eps-sweep with 1) accuracy above 0% at L-inf eps 1, where every
+//                          image can be turned into any other (an L2 ball of radius 1 cannot).
 #include <string>
 #include <vector>
 
@@ -30,6 +30,7 @@ struct AttackRow {
   double eps = 0;
   double accuracy = 0;
   int64_t samples = 0;
+  Norm norm = Norm::linf;
 };
 
 struct MaskingCheck {

@@ -11,6 +11,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/rng.h"
 #include "robust/apgd.h"
 #include "robust/attack_registry.h"
 #include "robust/attacks.h"
@@ -119,12 +120,105 @@ TEST_CASE("APGD stays in the eps-ball and [0,1], counts its passes and names its
   CHECK(attack_name(apgd(AttackKind::apgd_t, 0.1, 100)) == "APGD-T-100x9");
   CHECK(attack_name(apgd(AttackKind::apgd_t, 0.1, 100, 0, 2)) == "APGD-T-100x9x2");
   CHECK(resolve_attack(apgd(AttackKind::apgd_ce, 0.1, 100)).alpha == Approx(0.2));  // eta_0 = 2 eps
-  AttackOptions l2 = apgd(AttackKind::apgd_ce, 0.1, 10);
+  AttackOptions l2 = apgd(AttackKind::apgd_t, 0.1, 100);
   l2.norm = Norm::l2;
-  CHECK_THROWS_WITH(resolve_attack(l2), Catch::Contains("L-inf"));
+  l2.eot = 20;
+  CHECK(attack_name(l2) == "L2 APGD-T-100x9 EOT-20");
+  l2.eot = 0;
+  CHECK_THROWS_WITH(resolve_attack(l2), Catch::Contains("eot must be >= 1"));
+  AttackOptions pgd_eot = apgd(AttackKind::pgd, 0.1, 10);
+  pgd_eot.eot = 2;
+  CHECK_THROWS_WITH(resolve_attack(pgd_eot), Catch::Contains("APGD attacks only"));
   AttackOptions no_targets = apgd(AttackKind::apgd_t, 0.1, 10);
   no_targets.targets = 0;
   CHECK_THROWS_WITH(resolve_attack(no_targets), Catch::Contains("targets"));
+}
+
+TEST_CASE("L2 APGD stays in the L2 ball and [0,1] and leaves no higher accuracy than L2 PGD", "[attacks]") {
+  auto model = trained_mlp();
+  const Batch b = test_batch(200);
+  constexpr int kSteps = 20;
+  constexpr double kEps = 0.1;  // L2, over 144 pixels: about 0.008 per pixel
+  for (uint64_t seed : {1, 2}) {
+    AttackOptions pgd = apgd(AttackKind::pgd, kEps, kSteps, seed);
+    pgd.norm = Norm::l2;
+    const double pgd_accuracy = accuracy(attack_outcome(*model, b.x, b.y, pgd).correct);
+    REQUIRE(pgd_accuracy > 0.2);
+    for (AttackKind kind : kApgdKinds) {
+      AttackOptions o = apgd(kind, kEps, kSteps, seed);
+      o.norm = Norm::l2;
+      o.targets = 3;
+      const AttackOutcome out = attack_outcome(*model, b.x, b.y, o);
+      const Perturbation p = perturbation(out.x_adv, b.x, Norm::l2);
+      INFO("seed " << seed << ": L2 PGD-" << kSteps << " " << pgd_accuracy << ", " << attack_name(o) << " "
+                   << accuracy(out.correct) << ", largest L2 step " << p.largest);
+      CHECK(p.largest <= kEps * (1 + 1e-5));
+      CHECK(p.mean > 0.5 * kEps);
+      CHECK(perturbation(out.x_adv, b.x, Norm::linf).largest > kEps / 12);  // not an L-inf ball of kEps / 12
+      CHECK(p.lo >= 0.f);
+      CHECK(p.hi <= 1.f);
+      CHECK(accuracy(out.correct) <= pgd_accuracy);
+    }
+  }
+}
+
+namespace {
+
+// A randomised defence that hides its gradient: the trained MLP's logits z(x) plus
+//   c s * (F x - stop_gradient(F x)),   s ~ uniform {-1, +1}^K afresh each forward,
+// which is 0 in value (the model answers exactly as the MLP does) but adds c s F to the input
+// gradient of every logit: noise of mean 0 that swamps the true gradient in any one draw.
+// EOT's mean over m draws shrinks it by sqrt(m).
+class NoisyGradientModel final : public Module {
+ public:
+  NoisyGradientModel(std::shared_ptr<Module> inner, double scale, uint64_t seed)
+      : inner_(std::move(inner)), scale_(scale), gen_(seed) {
+    Generator f_gen(seed + 1);
+    f_ = rand_normal({10, kSide * kSide}, 0.0, 1.0, f_gen);
+  }
+  Tensor forward(const Tensor& x) override {
+    const Tensor flat = x.reshape({x.size(0), kSide * kSide});
+    const Tensor fx = matmul(flat, f_.transpose(0, 1));
+    const Tensor s = sign(rand_uniform(fx.shape(), -1.0, 1.0, gen_, x.dtype()));
+    return inner_->forward(x) + scale_ * s * (fx - fx.detach());
+  }
+
+ private:
+  std::shared_ptr<Module> inner_;
+  double scale_;
+  Generator gen_;
+  Tensor f_;
+};
+
+// The model's accuracy at x (its answers carry no randomness).
+double accuracy_at(Module& model, const Tensor& x, const Tensor& y) {
+  NoGradGuard no_grad;
+  const std::vector<int32_t> predicted = argmax(model.forward(x), 1).to_vector_i32(), labels = y.to_vector_i32();
+  double right = 0;
+  for (size_t i = 0; i < labels.size(); ++i) right += predicted[i] == labels[i];
+  return right / static_cast<double>(labels.size());
+}
+
+}  // namespace
+
+TEST_CASE("APGD with EOT averages a randomised model's gradient noise away and breaks it where one draw does not", "[attacks]") {
+  NoisyGradientModel model(trained_mlp(), 3, 21);
+  const Batch b = test_batch(200);
+  AttackOptions o = apgd(AttackKind::apgd_ce, 0.012, 10);
+  AttackStats one_stats, eot_stats;
+  const Tensor one = attack(model, b.x, b.y, o, &one_stats);
+  o.eot = 10;
+  const Tensor eot = attack(model, b.x, b.y, o, &eot_stats);
+  CHECK(one_stats.forward_passes == 11);
+  CHECK(one_stats.backward_passes == 10);
+  CHECK(eot_stats.forward_passes == 110);  // every point: 10 draws
+  CHECK(eot_stats.backward_passes == 100);
+  const double clean = accuracy_at(model, b.x, b.y);
+  const double without = accuracy_at(model, one, b.y), with = accuracy_at(model, eot, b.y);
+  INFO("accuracy: clean " << clean << ", APGD-CE-10 " << without << ", with EOT-10 " << with);
+  REQUIRE(clean > 0.5);
+  CHECK(without > clean - 0.1);  // one draw's gradient is mostly noise
+  CHECK(with < without - 0.1);
 }
 
 TEST_CASE("APGD leaves no higher accuracy than PGD with the same steps and restarts", "[attacks]") {
@@ -199,7 +293,7 @@ TEST_CASE("the APGD attacks are registered for bulwark eval with their options",
   CHECK_THROWS_WITH(check_option_value(*targets, 0, "attack 'apgd-t'"), Catch::Contains("--apgd-targets"));
 }
 
-TEST_CASE("APGD on the CUDA backend (emulated) matches the CPU", "[attacks][cuda]") {
+TEST_CASE("APGD on the CUDA backend (emulated) matches the CPU, L-inf and L2", "[attacks][cuda]") {
   auto cpu_model = trained_mlp();
   auto gpu_model = small_mlp(3);
   std::map<std::string, Tensor> weights;
@@ -209,9 +303,12 @@ TEST_CASE("APGD on the CUDA backend (emulated) matches the CPU", "[attacks][cuda
   gpu_model->to(Device::cuda);
   const Batch b = test_batch(16);
   const Tensor x_gpu = b.x.cuda(), y_gpu = b.y.cuda();
-  for (AttackKind kind : kApgdKinds) {
-    AttackOptions o = apgd(kind, 0.03, 6);
+  for (const auto& [kind, norm] : {std::pair{AttackKind::apgd_ce, Norm::linf}, std::pair{AttackKind::apgd_dlr, Norm::linf},
+                                   std::pair{AttackKind::apgd_t, Norm::linf}, std::pair{AttackKind::apgd_ce, Norm::l2},
+                                   std::pair{AttackKind::apgd_t, Norm::l2}}) {
+    AttackOptions o = apgd(kind, norm == Norm::linf ? 0.03 : 0.3, 6);
     o.targets = 2;
+    o.norm = norm;
     INFO(attack_name(o));
     AttackStats cpu_stats, gpu_stats;
     const AttackOutcome on_cpu = attack_outcome(*cpu_model, b.x, b.y, o, &cpu_stats);
@@ -221,7 +318,7 @@ TEST_CASE("APGD on the CUDA backend (emulated) matches the CPU", "[attacks][cuda
     INFO("accuracy CPU " << cpu_acc << ", CUDA " << gpu_acc);
     CHECK(std::abs(cpu_acc - gpu_acc) <= 1.0 / 16 + 1e-9);
     CHECK(max_abs_diff(on_gpu.x_adv.cpu(), on_cpu.x_adv) <= 1e-4);
-    CHECK(perturbation(on_gpu.x_adv, b.x, Norm::linf).largest <= o.eps + 1e-6);
+    CHECK(perturbation(on_gpu.x_adv, b.x, norm).largest <= o.eps * (1 + 1e-5));
     CHECK(gpu_stats.forward_passes == cpu_stats.forward_passes);
   }
 }

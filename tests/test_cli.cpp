@@ -375,10 +375,36 @@ TEST_CASE("bulwark eval --suite runs each attack on the samples still robust, co
   CHECK(steps == std::vector<std::string>{"APGD-CE-5", "APGD-T-5x2", "FAB-T-5x2", "Square-50"});
   for (size_t i = 1; i < aj["steps"].size(); ++i)
     CHECK(aj["steps"][i]["robust_acc"].get<double>() <= aj["steps"][i - 1]["robust_acc"].get<double>());
-  const Result rand = run("eval --checkpoint '" + run_dir.string() + "' --suite autoattack-rand", s.path);
-  CHECK(rand.code == 2);
-  CHECK(rand.err.find("unknown attack 'autoattack-rand'") != std::string::npos);
-  CHECK(rand.err.find("suites: autoattack") != std::string::npos);
+  // The randomised-defence suite: APGD-CE and APGD-DLR with EOT-20 unless --apgd-eot says otherwise.
+  for (const auto& [extra, eot] : std::vector<std::pair<std::string, std::string>>{{"", "20"}, {" --apgd-eot 2", "2"}}) {
+    const Result rand = run("eval --checkpoint '" + run_dir.string() +
+                                "' --test-size 30 --attacks clean --suite autoattack-rand --apgd-steps 3 --json" + extra,
+                            s.path);
+    INFO("stderr: " << rand.err);
+    REQUIRE(rand.code == 0);
+    const auto rj = nlohmann::json::parse(rand.out)["suite"];
+    REQUIRE(rj["steps"].size() == 2);
+    CHECK(rj["steps"][0]["attack"] == "APGD-CE-3 EOT-" + eot);
+    CHECK(rj["steps"][1]["attack"] == "APGD-DLR-3 EOT-" + eot);
+    CHECK(rj["randomised_model"] == false);
+    // Per point eot forwards: (3 + 1) x eot forwards on the one batch of survivors, and the judging one.
+    CHECK(rj["steps"][0]["fwd_passes"] == 4 * std::stoi(eot) + 1);
+  }
+  // L2: the attacks that have an L2 version, on an L2 radius.
+  const Result l2 = run("eval --checkpoint '" + run_dir.string() +
+                            "' --test-size 30 --norm l2 --eps 0.5 --attacks clean,pgd,apgd-ce,fab-t --pgd-steps 5 "
+                            "--restarts 1 --apgd-steps 5 --fab-steps 5 --fab-targets 2 --json",
+                        s.path);
+  INFO("stderr: " << l2.err);
+  REQUIRE(l2.code == 0);
+  const auto lj = nlohmann::json::parse(l2.out);
+  CHECK(lj["norm"] == "l2");
+  CHECK(lj["eps"] == 0.5);
+  std::vector<std::string> l2_names;
+  for (const auto& row : lj["attacks"]) l2_names.push_back(row["attack"]);
+  CHECK(l2_names == std::vector<std::string>{"clean", "L2 PGD-5", "L2 APGD-CE-5", "L2 FAB-T-5x2"});
+  for (size_t i = 1; i < lj["attacks"].size(); ++i)
+    CHECK(lj["attacks"][i]["accuracy"].get<double>() <= lj["attacks"][0]["accuracy"].get<double>());
   const Result bad = run("eval --checkpoint '" + run_dir.string() + "' --suite pgd,madry", s.path);
   CHECK(bad.code == 2);
   CHECK(bad.err.find("unknown attack 'madry'") != std::string::npos);
@@ -391,7 +417,14 @@ TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading an
   };
   const std::vector<Case> cases{
       {"--eps 8/0", "'8/0'"},
-      {"--eps 300/255", "outside [0, 1]"},
+      {"--eps 300/255", "--eps: 1.17647 is larger than any L-inf distance between images in [0, 1] (at most 1): an "
+                        "L2 radius? add --norm l2"},
+      {"--norm l2", "--norm l2 needs --eps"},
+      {"--norm l1 --eps 1", "--norm: l1 not in {linf,l2}"},
+      {"--norm l2 --eps 2 --attacks clean,square", "--norm l2: square is implemented in L-inf only (attacks in l2: "
+                                                   "clean, pgd, cw, fgsm, apgd-ce, apgd-dlr, apgd-t, fab-t)"},
+      {"--norm l2 --eps 2 --attacks clean --suite autoattack", "square is implemented in L-inf only"},
+      {"--attacks clean --suite autoattack-rand --apgd-eot 0", "--apgd-eot must be >= 1"},
       {"--eps abc", "--eps: 'abc' is not a perturbation size"},
       {"--eps -1", "'-1'"},
       {"--alpha 2/0", "--alpha"},
@@ -399,7 +432,8 @@ TEST_CASE("bulwark eval rejects a bad --eps, --alpha or attack before loading an
       {"--restarts 0", "--restarts must be >= 1"},
       {"--pgd-steps 0", "--pgd-steps must be >= 1"},
       {"--attacks clean,pgd --cw-steps 5", "--cw-steps is an option of cw, which --attacks clean,pgd does not run"},
-      {"--eps-sweep 0.1,2", "--eps-sweep: '2' is not a perturbation size"},
+      {"--eps-sweep 0.1,2", "--eps-sweep: 2 is larger than any L-inf distance"},
+      {"--eps-sweep 0.1,x", "--eps-sweep: 'x' is not a perturbation size"},
   };
   for (const Case& c : cases) {
     INFO("bulwark eval " << c.args);

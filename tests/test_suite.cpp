@@ -3,6 +3,8 @@
 // the same budget, and compaction changes the work, not the verdict of a deterministic attack.
 #include <catch2/catch.hpp>
 
+#include "engine/rng.h"
+#include "robust/attack_registry.h"
 #include "tests/attack_test_models.h"
 #include "training/evaluate.h"
 
@@ -51,4 +53,54 @@ TEST_CASE("an APGD-CE + APGD-T + FAB-T suite leaves no more than PGD with equal 
   const training::SequenceResult fab_off =
       training::evaluate_sequence(*model, d, 0, d.n, {with(AttackKind::fab_t, 20, 3)}, 100, Device::cpu, false);
   CHECK(fab_on.robust.correct == fab_off.robust.correct);
+}
+
+namespace {
+
+// The trained MLP with something at its end: a softmax (probabilities, not logits), a sum over
+// the classes (one number per sample), a log-softmax (logits shifted per row), or input noise.
+class Wrapped final : public Module {
+ public:
+  enum class Tail { softmax, one_number, log_softmax, noise };
+  explicit Wrapped(Tail tail) : tail_(tail), gen_(4) {}
+  Tensor forward(const Tensor& x) override {
+    if (tail_ == Tail::noise) return trained_mlp()->forward(x + rand_normal(x.shape(), 0.0, 0.1, gen_, x.dtype()));
+    const Tensor z = trained_mlp()->forward(x);
+    const Tensor log_p = log_softmax(z, 1);
+    if (tail_ == Tail::softmax) return exp(log_p);
+    if (tail_ == Tail::one_number) return sum(z, {1});
+    return log_p;
+  }
+
+ private:
+  Tail tail_;
+  Generator gen_;
+};
+
+}  // namespace
+
+TEST_CASE("a suite on a model whose outputs are not logits stops with a clear error", "[attacks]") {
+  const data::Dataset d = synthetic(50, false);
+  const std::vector<AttackOptions> suite{with(AttackKind::apgd_ce, 2)};
+  Wrapped softmax(Wrapped::Tail::softmax), one_number(Wrapped::Tail::one_number), log_softmax(Wrapped::Tail::log_softmax);
+  CHECK_THROWS_WITH(training::evaluate_sequence(softmax, d, 0, d.n, suite, 25, Device::cpu, true),
+                    Catch::Contains("look like probabilities") && Catch::Contains("without its final softmax"));
+  CHECK_THROWS_WITH(training::evaluate_sequence(one_number, d, 0, d.n, suite, 25, Device::cpu, true),
+                    Catch::Contains("not logits [N, K]"));
+  const training::SequenceResult ok = training::evaluate_sequence(log_softmax, d, 0, d.n, suite, 25, Device::cpu, true);
+  CHECK_FALSE(ok.randomised);
+  CHECK(ok.clean.forward_passes == 2 + 2);  // the two checking forwards, then 2 batches
+}
+
+TEST_CASE("the suite notices a randomised model, and autoattack-rand attacks it with EOT", "[attacks]") {
+  const data::Dataset d = synthetic(50, false);
+  Wrapped noisy(Wrapped::Tail::noise);
+  const training::SequenceResult r =
+      training::evaluate_sequence(noisy, d, 0, d.n, {with(AttackKind::apgd_ce, 2)}, 25, Device::cpu, true);
+  CHECK(r.randomised);
+  const std::vector<std::string> rand = robust::suite_attacks("autoattack-rand");
+  CHECK(rand == std::vector<std::string>{"apgd-ce", "apgd-dlr"});
+  CHECK(robust::suite_settings("autoattack-rand").at("--apgd-eot") == "20");
+  CHECK(robust::suite_settings("autoattack").empty());
+  CHECK(robust::suite_settings("apgd-ce,square").empty());
 }

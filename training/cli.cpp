@@ -52,6 +52,7 @@ struct EvalArgs {
   std::string device = "auto";
   std::string json;  // "" = the table only, "-" = JSON on stdout instead, else a file for the JSON
   std::string eps;  // as typed: "0.3" or "8/255"; "" = the run's training eps
+  std::string norm = "linf";  // the attacks' norm: linf or l2
   std::vector<std::string> attacks{"clean", "pgd", "cw", "fgsm"};
   std::map<std::string, std::string> given;  // the attacks' options: flag -> the text typed after it
   std::string suite;                         // "" or a suite name / attack list (evaluate_sequence)
@@ -217,11 +218,14 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->capture_default_str();
   e->add_option("--eps", a.eps,
-                "L-inf radius as a fraction or k/255 (default: the run's training eps, else 0.3 for 1x28x28 "
-                "images and 8/255 for the others)");
+                "Radius as a fraction or k/255 (default, L-inf: the run's training eps, else 0.3 for 1x28x28 "
+                "images and 8/255 for the others; L2: required)");
+  e->add_option("--norm", a.norm, "The attacks' norm: linf, or l2 (pgd, cw, fgsm, apgd-*, fab-t)")
+      ->check(CLI::IsMember({"linf", "l2"}))
+      ->capture_default_str();
   e->add_option("--suite", a.suite,
                 "After the rows: run these attacks in sequence, each on the samples still robust (AutoAttack's "
-                "protocol): a suite's name (autoattack) or a comma-separated list of --attacks names");
+                "protocol): a suite's name (autoattack, autoattack-rand) or a comma-separated list of --attacks names");
   e->add_flag("--no-compact", a.no_compact,
               "The suite's later attacks run on every batch, masking the broken samples, instead of on full batches "
               "of the survivors (for measuring what compaction saves)");
@@ -272,10 +276,27 @@ int run_train(CLI::App& cmd, TrainArgs& a) {
 // The eps of an evaluation and where it came from: --eps, else the eps the run was trained with
 // (its config's "eps", or "method"."eps", when > 0), else the usual radius of the input kind:
 // 0.3 for MNIST-like 1x28x28 images, 8/255 for CIFAR-like ones.
+Norm eval_norm(const EvalArgs& a) { return a.norm == "l2" ? Norm::l2 : Norm::linf; }
+
+// A radius typed after `flag` in the evaluation's norm: L-inf at most 1 (the whole image box),
+// L2 any finite size.
+double eval_radius(const std::string& text, Norm norm, const char* flag) {
+  try {
+    const double eps = parse_radius(text, std::numeric_limits<double>::max());
+    if (norm == Norm::linf && eps > 1)
+      throw std::invalid_argument(fmt::format("{:.6g} is larger than any L-inf distance between images in [0, 1] (at "
+                                              "most 1): an L2 radius? add --norm l2",
+                                              eps));
+    return eps;
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(fmt::format("{}: {}", flag, e.what()));
+  }
+}
+
 double eval_eps(const EvalArgs& a, const nlohmann::json& config, const ModelInput& in, std::string& source) {
   if (!a.eps.empty()) {
     source = "--eps";
-    return parse_radius(a.eps);
+    return eval_radius(a.eps, eval_norm(a), "--eps");
   }
   double trained = config.value("eps", -1.0);
   if (trained <= 0 && config.contains("method") && config["method"].is_object())
@@ -303,7 +324,8 @@ struct EvalAttack {
 
 // The attacks of --attacks in order (repeats dropped), each with its given options checked and
 // the rest at their defaults. An option of an attack --attacks does not run is an error.
-std::vector<EvalAttack> eval_attacks(const EvalArgs& a, const std::vector<std::string>& names, double eps) {
+std::vector<EvalAttack> eval_attacks(const EvalArgs& a, const std::vector<std::string>& names, double eps,
+                                     const std::map<std::string, std::string>& settings = {}) {
   require(!a.attacks.empty(), fmt::format("--attacks is empty (use {})", fmt::join(robust::eval_attack_names(), ", ")));
   // Every attack the command runs: an option given for one of them is not an error elsewhere.
   std::vector<std::string> everything = a.attacks;
@@ -312,10 +334,13 @@ std::vector<EvalAttack> eval_attacks(const EvalArgs& a, const std::vector<std::s
   std::vector<const robust::EvalAttackInfo*> chosen;
   for (const std::string& key : names) {
     const robust::EvalAttackInfo* info = &robust::eval_attack_info(key);
+    robust::require_norm(*info, eval_norm(a));
     if (std::find(chosen.begin(), chosen.end(), info) == chosen.end()) chosen.push_back(info);
   }
   std::vector<OptionValues> values(chosen.size());
-  for (const auto& [flag, text] : a.given) {
+  std::map<std::string, std::string> given = settings;  // the suite's settings, unless typed
+  for (const auto& [flag, text] : a.given) given[flag] = text;
+  for (const auto& [flag, text] : given) {
     bool used = false;
     for (size_t i = 0; i < chosen.size(); ++i)
       for (const Option& o : chosen[i]->options)
@@ -344,7 +369,9 @@ std::vector<EvalAttack> eval_attacks(const EvalArgs& a, const std::vector<std::s
   for (size_t i = 0; i < chosen.size(); ++i) {
     const std::string owner = "attack '" + chosen[i]->name + "'";
     resolve_options(chosen[i]->options, values[i], DefaultScope{values[i], "", false, 0}, owner);
-    attacks.push_back({chosen[i]->name, resolve_attack(chosen[i]->make(values[i], eps, a.seed)), chosen[i]->role});
+    AttackOptions o = chosen[i]->make(values[i], eps, a.seed);
+    o.norm = eval_norm(a);
+    attacks.push_back({chosen[i]->name, resolve_attack(o), chosen[i]->role});
   }
   return attacks;
 }
@@ -354,20 +381,12 @@ void validate_eval_args(const EvalArgs& a) {
   require(a.test_size >= 0, fmt::format("--test-size must be >= 0 (0 = all), got {}", a.test_size));
   require(a.batch_size >= 1, fmt::format("--batch-size must be >= 1, got {}", a.batch_size));
   require(a.threads >= 0, fmt::format("--threads must be >= 0, got {}", a.threads));
-  try {
-    if (!a.eps.empty()) parse_radius(a.eps);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(fmt::format("--eps: {}", e.what()));
-  }
+  if (!a.eps.empty()) eval_radius(a.eps, eval_norm(a), "--eps");
+  require(!a.eps.empty() || eval_norm(a) == Norm::linf,
+          "--norm l2 needs --eps: the run's training eps and the defaults are L-inf radii");
   eval_attacks(a, a.attacks, 0.1);  // the attacks and their options (eps is the checkpoint's, known later)
-  if (!a.suite.empty()) eval_attacks(a, robust::suite_attacks(a.suite), 0.1);
-  for (const std::string& e : a.eps_sweep) {
-    try {
-      parse_radius(e);
-    } catch (const std::invalid_argument& err) {
-      throw std::invalid_argument(fmt::format("--eps-sweep: {}", err.what()));
-    }
-  }
+  if (!a.suite.empty()) eval_attacks(a, robust::suite_attacks(a.suite), 0.1, robust::suite_settings(a.suite));
+  for (const std::string& e : a.eps_sweep) eval_radius(e, eval_norm(a), "--eps-sweep");
 }
 
 // A per-batch bar on stderr while an attack runs, when stderr is a terminal.
@@ -394,7 +413,7 @@ struct EvalRow {
   bool transfer = false;  // crafted on --source-checkpoint's model
   std::string name() const { return (transfer ? "transfer " : "") + attack_name(attack.options); }
   robust::AttackRow summary() const {
-    return {name(), attack.role, transfer, attack.options.eps, result.accuracy, result.count};
+    return {name(), attack.role, transfer, attack.options.eps, result.accuracy, result.count, attack.options.norm};
   }
 };
 
@@ -496,8 +515,8 @@ int run_eval(const EvalArgs& a) {
   const bool table = a.json != "-";
   if (table) {
     for (const auto& n : notes) fmt::print("{}\n", n);
-    fmt::print("checkpoint {} (epoch {}): {} on {}, {} samples, eps {} ({})\n", path, ckpt.state.epoch, cfg.model,
-               test.name, test.n, format_eps(eps), eps_source);
+    fmt::print("checkpoint {} (epoch {}): {} on {}, {} samples, {} eps {} ({})\n", path, ckpt.state.epoch, cfg.model,
+               test.name, test.n, eval_norm(a) == Norm::l2 ? "L2" : "L-inf", format_eps(eps), eps_source);
     std::fflush(stdout);
   }
   const auto run = [&](const EvalAttack& attack, bool transfer) {
@@ -532,12 +551,12 @@ int run_eval(const EvalArgs& a) {
       if (gradient_based(attack)) rows.push_back(run(attack, true));
   std::vector<EvalRow> sweep;
   for (const std::string& text : a.eps_sweep)
-    for (const EvalAttack& attack : eval_attacks(a, a.attacks, parse_radius(text)))
+    for (const EvalAttack& attack : eval_attacks(a, a.attacks, eval_radius(text, eval_norm(a), "--eps-sweep")))
       if (attack.role != robust::AttackRole::clean) sweep.push_back(run(attack, false));
   std::optional<SequenceResult> suite;
   std::vector<EvalAttack> suite_attacks;
   if (!a.suite.empty()) {
-    suite_attacks = eval_attacks(a, robust::suite_attacks(a.suite), eps);
+    suite_attacks = eval_attacks(a, robust::suite_attacks(a.suite), eps, robust::suite_settings(a.suite));
     std::vector<AttackOptions> options;
     for (const EvalAttack& s : suite_attacks) options.push_back(s.options);
     suite = evaluate_sequence(*model, test, 0, test.n, options, a.batch_size, device, !a.no_compact);
@@ -566,6 +585,11 @@ int run_eval(const EvalArgs& a) {
                    100 * r.accuracy, r.count, r.seconds, r.forward_passes, r.backward_passes);
       }
       fmt::print("suite robust acc {:.2f}%\n", 100 * suite->robust.accuracy);
+      const bool eot = std::any_of(suite_attacks.begin(), suite_attacks.end(),
+                                   [](const EvalAttack& s) { return s.options.eot > 1; });
+      if (suite->randomised && !eot)
+        fmt::print("note: the model's outputs changed between two forwards of the same batch: it is randomised, and "
+                   "only attacks that average over its randomness measure it (--suite autoattack-rand)\n");
     }
     fmt::print("gradient-masking checks (docs/attacks.md):\n");
     for (const robust::MaskingCheck& c : checks)
@@ -575,7 +599,7 @@ int run_eval(const EvalArgs& a) {
 
   nlohmann::ordered_json j = eval_json(
       rows, {{"checkpoint", path}, {"model", cfg.model}, {"dataset", test.name}, {"samples", test.n},
-             {"epoch", ckpt.state.epoch}, {"device", device_name(device)}, {"eps", eps}, {"eps_source", eps_source}});
+             {"epoch", ckpt.state.epoch}, {"device", device_name(device)}, {"eps", eps}, {"norm", a.norm}, {"eps_source", eps_source}});
   if (source) j["source_checkpoint"] = a.source_checkpoint;
   nlohmann::ordered_json sweep_json = nlohmann::ordered_json::array(), checks_json = nlohmann::ordered_json::array();
   for (const EvalRow& row : sweep)
@@ -596,6 +620,7 @@ int run_eval(const EvalArgs& a) {
     }
     j["suite"] = {{"name", a.suite},
                   {"compact", !a.no_compact},
+                  {"randomised_model", suite->randomised},
                   {"clean_acc", suite->clean.accuracy},
                   {"robust_acc", suite->robust.accuracy},
                   {"seconds", suite->robust.seconds},

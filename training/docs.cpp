@@ -76,9 +76,23 @@ std::string methods_table() {
 }
 
 std::string eval_attacks_table() {
-  std::string md = "| `--attacks` | what it does |\n|---|---|\n";
-  for (const robust::EvalAttackInfo& a : robust::eval_attack_registry())
-    md += fmt::format("| {} | {} |\n", code(a.name), cell(a.summary));
+  std::string md = "| `--attacks` | `--norm` | what it does |\n|---|---|---|\n";
+  for (const robust::EvalAttackInfo& a : robust::eval_attack_registry()) {
+    std::vector<std::string> norms;
+    for (const Norm n : a.norms) norms.push_back(robust::norm_name(n));
+    md += fmt::format("| {} | {} | {} |\n", code(a.name), fmt::join(norms, ", "), cell(a.summary));
+  }
+  return md;
+}
+
+std::string eval_suites_table() {
+  std::string md = "| `--suite` | attacks, in order | sets | what it is |\n|---|---|---|---|\n";
+  for (const robust::EvalSuiteInfo& s : robust::eval_suite_registry()) {
+    std::vector<std::string> settings;
+    for (const auto& [flag, value] : s.settings) settings.push_back(fmt::format("`{} {}`", flag, value));
+    md += fmt::format("| {} | {} | {} | {} |\n", code(s.name), fmt::join(s.attacks, ", "),
+                      settings.empty() ? "-" : fmt::format("{}", fmt::join(settings, ", ")), cell(s.summary));
+  }
   return md;
 }
 
@@ -98,6 +112,7 @@ std::vector<DocSection> doc_sections() {
           {"methods", methods_table()},
           {"method-options", owned_options_table(robust::method_registry().all(), "methods")},
           {"eval-attacks", eval_attacks_table()},
+          {"eval-suites", eval_suites_table()},
           {"eval-attack-options", owned_options_table(robust::eval_attack_registry(), "attacks")}};
 }
 

@@ -2,12 +2,14 @@
 
 #include <fmt/format.h>
 
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <optional>
 #include <stdexcept>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
 
 namespace bulwark::training {
 
@@ -98,12 +100,20 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
                                  bool compact,
                                  const std::function<void(size_t attack, int64_t done, int64_t batches)>& progress) {
   SequenceResult out;
+  EvalModeGuard eval_mode(model);
+  if (n > 0) {
+    NoGradGuard no_grad;
+    const Tensor x = images_tensor(d, first, std::min(n, batch_size)).to(device);
+    const Tensor z = model.forward(x), again = model.forward(x);
+    require_logits(z);
+    out.randomised = sum(abs(z - again)).item() > 0;
+  }
   AttackOptions clean;
   clean.kind = AttackKind::none;
   out.clean = evaluate_attack(model, d, first, n, clean, batch_size, device);
+  if (n > 0) out.clean.forward_passes += 2;
   std::vector<uint8_t> robust = out.clean.correct;
   out.robust = out.clean;
-  EvalModeGuard eval_mode(model);
   for (size_t a = 0; a < attacks.size(); ++a) {
     const auto start = std::chrono::steady_clock::now();
     AttackOptions o = resolve_attack(attacks[a]);

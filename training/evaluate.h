@@ -41,12 +41,16 @@ EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first,
 // each attack gathers the survivors into full batches (work follows the samples still robust);
 // without, it runs on every batch and only the survivors' outcomes count (the reference, and the
 // way to measure what compaction saves). The random starts differ between the two (a batch holds
-// other samples), so their accuracies may differ by the attacks' own randomness.
+// other samples), so their accuracies may differ by the attacks' own randomness. Before the clean
+// pass, two forwards of the first batch check that the model's outputs are logits
+// (robust::require_logits, which throws) and whether the model is randomised (counted in the
+// clean pass's forwards).
 struct SequenceResult {
   EvalResult clean;                 // the clean pass
   std::vector<EvalResult> attacks;  // per attack: accuracy after it (robust so far, over all n), the samples
                                     // it attacked (count) and its own work; loss is not measured
   EvalResult robust;                // after the last attack: accuracy, per-sample correct, all passes
+  bool randomised = false;          // two forwards of the same batch gave different outputs
 };
 SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t first, int64_t n,
                                  const std::vector<AttackOptions>& attacks, int64_t batch_size, Device device,
