@@ -66,10 +66,10 @@ Point evaluate(Module& model, const Tensor& x_point, const Tensor& y_real, const
       loss = loss_of(logits);
       total = sum(loss);  // the samples are independent: its gradient is each sample's own
     }
-    ++stats.forward_passes;
+    stats.count_forward(x_point.size(0));
     NoGradGuard no_grad;
     const Tensor g = need_grad ? grad({total}, {leaf})[0] : Tensor();
-    if (need_grad) ++stats.backward_passes;
+    if (need_grad) stats.count_backward(x_point.size(0));
     // Expectation over Transformation: the mean over the draws of a randomised model (one draw
     // of a deterministic one).
     p.loss = draw == 0 ? loss.detach() : p.loss + loss.detach();
@@ -170,7 +170,7 @@ Tensor apgd_targeted(Module& model, const Tensor& x, const Tensor& y, const Tens
   {
     NoGradGuard no_grad;
     clean_logits = model.forward(x);
-    ++stats.forward_passes;
+    stats.count_forward(x.size(0));
   }
   require_classes(clean_logits, 4, "APGD-T");
   const int64_t classes = clean_logits.size(1);

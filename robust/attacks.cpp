@@ -111,8 +111,8 @@ Tensor ascend(Module& model, const Tensor& x, const Tensor& y, Tensor x_adv, con
       loss = mean(objective(o.kind, model.forward(leaf), y));
     }
     const Tensor g = grad({loss}, {leaf})[0];
-    ++stats.forward_passes;
-    ++stats.backward_passes;
+    stats.count_forward(x_adv.size(0));
+    stats.count_backward(x_adv.size(0));
     // Only the last step's L1 is kept: the earlier steps skip its reduction.
     const bool last = step + 1 == o.steps;
     if (o.norm == Norm::linf) {
@@ -138,7 +138,7 @@ Judgement judge(Module& model, const Tensor& x_adv, const Tensor& y, const std::
                 AttackStats& stats) {
   NoGradGuard no_grad;
   const Tensor logits = model.forward(x_adv);
-  ++stats.forward_passes;
+  stats.count_forward(x_adv.size(0));
   const std::vector<int32_t> predicted = argmax(logits, 1).to_vector_i32();
   Judgement j;
   j.correct.resize(labels.size());

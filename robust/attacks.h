@@ -33,7 +33,7 @@
 // one with the highest objective. Judging a restart costs one forward (no backward). Restarts
 // after the first attack only the samples still classified correctly (a broken sample keeps
 // its example whatever follows), each from its own row of the whole batch's start; a pass
-// over such a sub-batch still counts as one pass in AttackStats.
+// over such a sub-batch counts as one pass in AttackStats, and its images as images.
 //
 // The model is used in whatever mode the caller set (train mode updates BatchNorm running
 // statistics during the attack, exactly as in PyTorch); evaluation sets eval mode.
@@ -81,8 +81,21 @@ struct AttackOptions {
 
 // What an attack did, for the trainers' counters and DEAT's magnitude signal.
 struct AttackStats {
+  // A pass is one forward or backward through the whole model of whatever batch the attack had
+  // then: restarts, targets and Square's queries on the samples still standing pass smaller
+  // batches. The images count the same passes per sample, the work whatever the batch sizes.
   int64_t forward_passes = 0;
   int64_t backward_passes = 0;
+  int64_t forward_images = 0;
+  int64_t backward_images = 0;
+  void count_forward(int64_t images) {
+    ++forward_passes;
+    forward_images += images;
+  }
+  void count_backward(int64_t images) {
+    ++backward_passes;
+    backward_images += images;
+  }
   // sum |grad_x L| of the last step, as a one-element tensor on x's device (f64 from the fused
   // L-inf step, f32 from the L2 step), left there: item() reads it. Undefined when no step was
   // taken.

@@ -97,7 +97,7 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
   {
     NoGradGuard no_grad;
     const Tensor z = model.forward(x0);
-    ++st.forward_passes;
+    st.count_forward(n);
     classes = z.size(1);
     clean_logits = z.to_vector();
   }
@@ -130,9 +130,9 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
       Tensor xi = xk.reshape(x0.shape()).detach();
       xi.set_requires_grad(true);
       const Tensor g = sum(mul(model.forward(xi), margin_weights), {1});
-      ++st.forward_passes;
+      st.count_forward(n);
       const Tensor w = grad({sum(g)}, {xi})[0].reshape({n, d});
-      ++st.backward_passes;
+      st.count_backward(n);
       NoGradGuard no_grad;
       const Tensor c_k = neg(g.detach());
       const Tensor d_k = box_projection(w, c_k, neg(xk), affine(xk, -1, 1), o.norm);
@@ -144,7 +144,7 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
                                       mul(alpha, add(xf0, mul(d_0, o.eta)))),
                                   0.0, 1.0);
       const Tensor z = model.forward(x_next.reshape(x0.shape()));
-      ++st.forward_passes;
+      st.count_forward(n);
       const Tensor fooled = affine(eq(argmax(z, 1).to(DType::f32), y_f), -1, 1).reshape({n, 1});
       const Tensor dist = row_norm(sub(x_next, xf0), o.norm);
       const Tensor closer = mul(fooled, gt(norm, dist));

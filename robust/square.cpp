@@ -115,7 +115,7 @@ std::vector<double> margins(const Problem& p, const std::vector<int64_t>& rows, 
   const Tensor xt = Tensor::from_vector(images, {m, p.g.c, p.g.h, p.g.w}).to(p.dtype).to(p.device);
   const Tensor yt = Tensor::from_vector(labels, {m}).to(p.device);
   std::vector<double> margin = cw_margin(p.model.forward(xt), yt).to_vector_f64();
-  ++stats.forward_passes;
+  stats.count_forward(m);
   for (double& v : margin) v = -v;
   return margin;
 }

@@ -436,7 +436,7 @@ nlohmann::ordered_json eval_json(const std::vector<EvalRow>& rows, nlohmann::ord
     if (row.attack.key == "clean") j["loss"] = r.loss;
     list.push_back({{"attack", row.name()}, {"transfer", row.transfer}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"samples", r.count},
                     {"seconds", r.seconds}, {"fwd_passes", r.forward_passes}, {"bwd_passes", r.backward_passes},
-                    {"eps", o.eps}, {"alpha", o.alpha}, {"steps", o.steps}, {"restarts", o.restarts}});
+                    {"fwd_images", r.forward_images}, {"bwd_images", r.backward_images}, {"eps", o.eps}, {"alpha", o.alpha}, {"steps", o.steps}, {"restarts", o.restarts}});
   }
   j["robust_acc"] = worst_case_accuracy(rows);
   j["attacks"] = std::move(list);
@@ -444,13 +444,14 @@ nlohmann::ordered_json eval_json(const std::vector<EvalRow>& rows, nlohmann::ord
 }
 
 void print_eval_table(const std::vector<EvalRow>& rows) {
-  fmt::print("{:<21} | {:>8} | {:>7} | {:>8} | {:>10} | {:>10}\n", "attack", "accuracy", "samples", "seconds",
-             "fwd passes", "bwd passes");
-  fmt::print("{:-<21}-+-{:-<8}-+-{:-<7}-+-{:-<8}-+-{:-<10}-+-{:-<10}\n", "", "", "", "", "", "");
+  fmt::print("{:<21} | {:>8} | {:>7} | {:>8} | {:>10} | {:>10} | {:>11} | {:>11}\n", "attack", "accuracy", "samples",
+             "seconds", "fwd passes", "bwd passes", "fwd images", "bwd images");
+  fmt::print("{:-<21}-+-{:-<8}-+-{:-<7}-+-{:-<8}-+-{:-<10}-+-{:-<10}-+-{:-<11}-+-{:-<11}\n", "", "", "", "", "", "", "", "");
   for (const EvalRow& row : rows) {
     const EvalResult& r = row.result;
-    fmt::print("{:<21} | {:>7.2f}% | {:>7} | {:>8.1f} | {:>10} | {:>10}\n", row.name(), 100 * r.accuracy, r.count,
-               r.seconds, r.forward_passes, r.backward_passes);
+    fmt::print("{:<21} | {:>7.2f}% | {:>7} | {:>8.1f} | {:>10} | {:>10} | {:>11} | {:>11}\n", row.name(),
+               100 * r.accuracy, r.count, r.seconds, r.forward_passes, r.backward_passes, r.forward_images,
+               r.backward_images);
   }
   std::vector<std::string> summary;
   for (const EvalRow& row : rows)
@@ -575,15 +576,16 @@ int run_eval(const EvalArgs& a) {
     if (suite) {
       fmt::print("suite {} (each attack on the samples still robust; {}):\n", a.suite,
                  a.no_compact ? "every batch, survivors masked" : "survivors compacted into full batches");
-      fmt::print("  {:<21} | {:>10} | {:>8} | {:>8} | {:>10} | {:>10}\n", "attack", "robust acc", "attacked",
-                 "seconds", "fwd passes", "bwd passes");
-      fmt::print("  {:<21} | {:>9.2f}% | {:>8} | {:>8.1f} | {:>10} | {:>10}\n", "clean", 100 * suite->clean.accuracy,
-                 suite->clean.count, suite->clean.seconds, suite->clean.forward_passes, suite->clean.backward_passes);
-      for (size_t i = 0; i < suite_attacks.size(); ++i) {
-        const EvalResult& r = suite->attacks[i];
-        fmt::print("  {:<21} | {:>9.2f}% | {:>8} | {:>8.1f} | {:>10} | {:>10}\n", attack_name(suite_attacks[i].options),
-                   100 * r.accuracy, r.count, r.seconds, r.forward_passes, r.backward_passes);
-      }
+      fmt::print("  {:<21} | {:>10} | {:>8} | {:>8} | {:>10} | {:>10} | {:>11} | {:>11}\n", "attack", "robust acc",
+                 "attacked", "seconds", "fwd passes", "bwd passes", "fwd images", "bwd images");
+      const auto suite_row = [](const std::string& name, const EvalResult& r) {
+        fmt::print("  {:<21} | {:>9.2f}% | {:>8} | {:>8.1f} | {:>10} | {:>10} | {:>11} | {:>11}\n", name,
+                   100 * r.accuracy, r.count, r.seconds, r.forward_passes, r.backward_passes, r.forward_images,
+                   r.backward_images);
+      };
+      suite_row("clean", suite->clean);
+      for (size_t i = 0; i < suite_attacks.size(); ++i)
+        suite_row(attack_name(suite_attacks[i].options), suite->attacks[i]);
       fmt::print("suite robust acc {:.2f}%\n", 100 * suite->robust.accuracy);
       const bool eot = std::any_of(suite_attacks.begin(), suite_attacks.end(),
                                    [](const EvalAttack& s) { return s.options.eot > 1; });
@@ -616,7 +618,8 @@ int run_eval(const EvalArgs& a) {
       const EvalResult& r = suite->attacks[i];
       steps.push_back({{"attack", attack_name(suite_attacks[i].options)}, {"robust_acc", r.accuracy},
                        {"attacked", r.count}, {"seconds", r.seconds}, {"fwd_passes", r.forward_passes},
-                       {"bwd_passes", r.backward_passes}});
+                       {"bwd_passes", r.backward_passes}, {"fwd_images", r.forward_images},
+                       {"bwd_images", r.backward_images}});
     }
     j["suite"] = {{"name", a.suite},
                   {"compact", !a.no_compact},
@@ -626,6 +629,8 @@ int run_eval(const EvalArgs& a) {
                   {"seconds", suite->robust.seconds},
                   {"fwd_passes", suite->robust.forward_passes},
                   {"bwd_passes", suite->robust.backward_passes},
+                  {"fwd_images", suite->robust.forward_images},
+                  {"bwd_images", suite->robust.backward_images},
                   {"steps", std::move(steps)}};
   }
   j["masking_checks"] = std::move(checks_json);

@@ -65,6 +65,8 @@ EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first,
     o.offset += attack_counters(o, x.shape());
     r.forward_passes += stats.forward_passes;
     r.backward_passes += stats.backward_passes;
+    r.forward_images += stats.forward_images;
+    r.backward_images += stats.backward_images;
     for (int64_t i = 0; i < m; ++i) {
       loss_sum += outcome.loss[i];
       correct += outcome.correct[i];
@@ -111,7 +113,10 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
   AttackOptions clean;
   clean.kind = AttackKind::none;
   out.clean = evaluate_attack(model, d, first, n, clean, batch_size, device);
-  if (n > 0) out.clean.forward_passes += 2;
+  if (n > 0) {
+    out.clean.forward_passes += 2;
+    out.clean.forward_images += 2 * std::min(n, batch_size);
+  }
   std::vector<uint8_t> robust = out.clean.correct;
   out.robust = out.clean;
   for (size_t a = 0; a < attacks.size(); ++a) {
@@ -136,6 +141,8 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
       o.offset += attack_counters(o, x.shape());
       r.forward_passes += stats.forward_passes;
       r.backward_passes += stats.backward_passes;
+      r.forward_images += stats.forward_images;
+      r.backward_images += stats.backward_images;
       for (size_t k = 0; k < rows.size(); ++k) robust[static_cast<size_t>(rows[k])] &= outcome.correct[k];
       if (progress) progress(a, b + 1, batches);
     }
@@ -146,6 +153,8 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     out.robust.forward_passes += r.forward_passes;
     out.robust.backward_passes += r.backward_passes;
+    out.robust.forward_images += r.forward_images;
+    out.robust.backward_images += r.backward_images;
     out.robust.seconds += r.seconds;
     out.attacks.push_back(std::move(r));
   }

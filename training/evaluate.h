@@ -20,6 +20,7 @@ struct EvalResult {
   int64_t count = 0;
   double seconds = 0;   // wall time of the evaluation, attack included
   int64_t forward_passes = 0, backward_passes = 0;  // through the whole model, summed over batches
+  int64_t forward_images = 0, backward_images = 0;  // the same per image (AttackStats)
   std::vector<uint8_t> correct;  // per sample: 1 where the model got it right (under the attack)
 };
 
