@@ -110,9 +110,13 @@ TEST_CASE("APGD stays in the eps-ball and [0,1], counts its passes and names its
       CHECK(stats.backward_passes >= 6);
       CHECK(stats.backward_passes <= 18);
       CHECK(stats.forward_passes == 1 + stats.backward_passes / 6 * 7);
+      CHECK(stats.forward_images <= stats.forward_passes * 32);
+      CHECK(stats.forward_images >= 32 + 7 * 32);  // the clean pass and the first target on everything
     } else {
       CHECK(stats.forward_passes == 7);
       CHECK(stats.backward_passes == 6);
+      CHECK(stats.forward_images == 7 * 32);
+      CHECK(stats.backward_images == 6 * 32);
     }
   }
   CHECK(attack_name(apgd(AttackKind::apgd_ce, 0.1, 100)) == "APGD-CE-100");

@@ -46,6 +46,11 @@ TEST_CASE("an APGD-CE + APGD-T + FAB-T suite leaves no more than PGD with equal 
   }
   CHECK(on.attacks[0].count == std::lround(on.clean.accuracy * d.n));
   CHECK(on.robust.forward_passes < off.robust.forward_passes);
+  CHECK(on.robust.forward_images < off.robust.forward_images);
+  CHECK(on.robust.backward_images < off.robust.backward_images);
+  // Masked, every attack's first pass runs on all 200 images; compacted, on the survivors.
+  CHECK(off.attacks[0].forward_images >= 200);
+  CHECK(on.attacks[0].forward_images % on.attacks[0].count == 0);  // APGD-CE: k + 2 passes over its survivors
   CHECK(std::abs(on.robust.accuracy - off.robust.accuracy) <= 3.0 / 200);
   // FAB-T has no randomness: on the samples both runs still had, its verdict is the same.
   const training::SequenceResult fab_on =
