@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -20,11 +21,31 @@ const char* st_dtype(DType t) {
   }
   return "?";
 }
-DType parse_dtype(const std::string& s, const std::string& path, const std::string& name) {
-  if (s == "F32") return DType::f32;
-  if (s == "F64") return DType::f64;
-  if (s == "I32") return DType::i32;
-  throw std::runtime_error(fmt::format("{}: tensor '{}' has dtype {}, bulwark reads F32, F64 and I32", path, name, s));
+// How a stored dtype is read: its size in the file, and the engine dtype it becomes. I64 (PyTorch's
+// integer buffers, such as BatchNorm's num_batches_tracked) is narrowed to i32, checked.
+struct StoredDType {
+  DType dtype;
+  size_t file_size;
+};
+StoredDType parse_dtype(const std::string& s, const std::string& path, const std::string& name) {
+  if (s == "F32") return {DType::f32, 4};
+  if (s == "F64") return {DType::f64, 8};
+  if (s == "I32") return {DType::i32, 4};
+  if (s == "I64") return {DType::i32, 8};
+  throw std::runtime_error(
+      fmt::format("{}: tensor '{}' has dtype {}, bulwark reads F32, F64, I32 and I64 (as i32)", path, name, s));
+}
+
+// Little-endian int64 values into i32, or an error naming the tensor and the value.
+void narrow_i64(const std::vector<char>& bytes, Tensor& out, const std::string& path, const std::string& name) {
+  int32_t* dst = out.data<int32_t>();
+  for (size_t i = 0; i < bytes.size() / 8; ++i) {
+    int64_t v = 0;
+    std::memcpy(&v, bytes.data() + 8 * i, 8);
+    if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max())
+      throw std::runtime_error(fmt::format("{}: I64 tensor '{}' holds {}, beyond bulwark's 32-bit integers", path, name, v));
+    dst[i] = static_cast<int32_t>(v);
+  }
 }
 }  // namespace
 
@@ -89,17 +110,24 @@ SafetensorsFile load_safetensors(const std::string& path) {
       for (auto& [k, v] : entry.items()) file.metadata[k] = v.get<std::string>();
       continue;
     }
-    const DType dt = parse_dtype(entry.at("dtype").get<std::string>(), path, name);
+    const StoredDType stored = parse_dtype(entry.at("dtype").get<std::string>(), path, name);
+    const DType dt = stored.dtype;
     const Shape shape = entry.at("shape").get<Shape>();
     const auto offs = entry.at("data_offsets").get<std::vector<uint64_t>>();
-    const uint64_t expect = shape_numel(shape) * dtype_size(dt);
+    const uint64_t expect = shape_numel(shape) * stored.file_size;
     if (offs.size() != 2 || offs[1] < offs[0] || offs[1] - offs[0] != expect)
       throw std::runtime_error(fmt::format("{}: tensor '{}' {} needs {} bytes, its offsets say otherwise", path, name, shape_str(shape), expect));
     if (offs[1] > data_size)
       throw std::runtime_error(fmt::format("{}: tensor '{}' ends at byte {} of a {}-byte data section: truncated file?", path, name, offs[1], data_size));
     Tensor t = Tensor::empty(shape, dt);
     in.seekg(static_cast<std::streamoff>(data_start + offs[0]));
-    in.read(static_cast<char*>(t.impl()->storage->data), static_cast<std::streamsize>(expect));
+    if (stored.file_size == dtype_size(dt)) {
+      in.read(static_cast<char*>(t.impl()->storage->data), static_cast<std::streamsize>(expect));
+    } else {
+      std::vector<char> bytes(expect);
+      in.read(bytes.data(), static_cast<std::streamsize>(expect));
+      if (in) narrow_i64(bytes, t, path, name);
+    }
     if (!in) throw std::runtime_error(fmt::format("{}: reading tensor '{}' failed", path, name));
     file.tensors.emplace(name, t);
   }

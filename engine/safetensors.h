@@ -2,7 +2,8 @@
 // safetensors I/O (the format of Hugging Face's `safetensors`): an 8-byte little-endian header
 // length, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__":
 // {string: string}}, then the raw little-endian tensor bytes. Files written here load in
-// PyTorch with safetensors.torch.load_file, and vice versa (F32, F64 and I32 tensors).
+// PyTorch with safetensors.torch.load_file, and vice versa (F32, F64 and I32 tensors; I64, which PyTorch
+// writes for integer buffers such as num_batches_tracked, is read into i32 when it fits).
 #include <map>
 #include <string>
 #include <utility>

@@ -7,12 +7,16 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "engine/ops.h"
+#include "engine/safetensors.h"
 
 namespace fs = std::filesystem;
 
@@ -467,4 +471,90 @@ TEST_CASE("bulwark eval runs APGD-CE and APGD-T beside PGD", "[cli]") {
   CHECK(j["attacks"][2]["alpha"].get<double>() == Approx(2 * 8.0 / 255));  // eta_0 = 2 eps
   CHECK(j["apgd-t_acc"].get<double>() <= j["clean_acc"].get<double>());
   CHECK(j["robust_acc"].get<double>() <= j["apgd-ce_acc"].get<double>());
+}
+
+namespace {
+
+// A .npy file of float32 as save_npy writes it: the shape from its header, the values after it.
+std::pair<std::vector<int64_t>, std::vector<float>> read_npy_f32(const fs::path& path) {
+  const std::string bytes = read_file(path);
+  REQUIRE(bytes.size() > 10);
+  REQUIRE(bytes.compare(0, 8, std::string("\x93NUMPY\x01\x00", 8)) == 0);
+  const size_t length = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+  REQUIRE((10 + length) % 64 == 0);  // the data starts aligned
+  const std::string header = bytes.substr(10, length);
+  REQUIRE(header.find("'descr': '<f4'") != std::string::npos);
+  REQUIRE(header.find("'fortran_order': False") != std::string::npos);
+  std::vector<int64_t> shape;
+  std::stringstream dims(header.substr(header.find("'shape': (") + 10));
+  for (int64_t d = 0; dims >> d;) {
+    shape.push_back(d);
+    dims.ignore(2, ' ');
+  }
+  std::vector<float> values((bytes.size() - 10 - length) / 4);
+  std::memcpy(values.data(), bytes.data() + 10 + length, values.size() * 4);
+  return {shape, values};
+}
+
+}  // namespace
+
+TEST_CASE("bulwark eval --logits writes the clean logits; bulwark import makes a run of a state_dict", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  REQUIRE(run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path).code == 0);
+  const std::string eval = "eval --checkpoint '" + run_dir.string() + "' --attacks clean --test-size 37 --json --logits ";
+  const Result npy = run(eval + "'" + (s.path / "z.npy").string() + "'", s.path);
+  const Result st = run(eval + "'" + (s.path / "z.safetensors").string() + "'", s.path);
+  INFO("stderr: " << npy.err << st.err);
+  REQUIRE(npy.code == 0);
+  REQUIRE(st.code == 0);
+  const auto [shape, values] = read_npy_f32(s.path / "z.npy");
+  CHECK(shape == std::vector<int64_t>{37, 10});
+  const bulwark::SafetensorsFile file = bulwark::load_safetensors((s.path / "z.safetensors").string());
+  const bulwark::Tensor logits = file.tensors.at("logits"), labels = file.tensors.at("labels");
+  CHECK(logits.to_vector() == values);
+  CHECK(file.tensors.at("images").shape() == bulwark::Shape{37, 3, 32, 32});  // the synthetic images
+  // The clean accuracy the eval reports is the argmax of these logits.
+  const std::vector<int32_t> y = labels.to_vector_i32(), predicted = bulwark::argmax(logits, 1).to_vector_i32();
+  double correct = 0;
+  for (size_t i = 0; i < y.size(); ++i) correct += y[i] == predicted[i];
+  CHECK(correct / 37 == Approx(nlohmann::json::parse(npy.out)["clean_acc"].get<double>()));
+
+  // The model's state_dict alone (what PyTorch saves) becomes a run that gives the same logits.
+  bulwark::SafetensorsFile checkpoint = bulwark::load_safetensors((run_dir / "last.safetensors").string());
+  std::vector<std::pair<std::string, bulwark::Tensor>> state;
+  for (const auto& [name, t] : checkpoint.tensors)
+    if (name.rfind("optimizer.", 0) != 0) state.emplace_back(name, t);
+  bulwark::save_safetensors((s.path / "state.safetensors").string(), state);
+  const std::string import = "import --state-dict '" + (s.path / "state.safetensors").string() +
+                             "' --dataset synthetic --model mlp --train-size 300 --val-size 100 --out ";
+  const Result imported = run(import + "'" + (s.path / "imported").string() + "'", s.path);
+  INFO("stderr: " << imported.err);
+  REQUIRE(imported.code == 0);
+  CHECK(imported.out.find("bulwark eval --checkpoint") != std::string::npos);
+  const Result again = run("eval --checkpoint '" + (s.path / "imported").string() +
+                               "' --attacks clean --test-size 37 --logits '" + (s.path / "z2.npy").string() + "'",
+                           s.path);
+  REQUIRE(again.code == 0);
+  CHECK(read_npy_f32(s.path / "z2.npy").second == values);
+
+  // Bad input: the wrong model, a checkpoint instead of a state_dict, a file that is not there,
+  // a logits file of another kind.
+  const Result wrong = run("import --state-dict '" + (s.path / "state.safetensors").string() +
+                               "' --dataset synthetic --model wong_small --out '" + (s.path / "w").string() + "'",
+                           s.path);
+  CHECK(wrong.code == 2);
+  CHECK(wrong.err.find("does not fit wong_small on synthetic") != std::string::npos);
+  CHECK_FALSE(fs::exists(s.path / "w"));
+  const Result ckpt = run("import --state-dict '" + (run_dir / "last.safetensors").string() +
+                              "' --dataset synthetic --model mlp --out '" + (s.path / "c").string() + "'",
+                          s.path);
+  CHECK(ckpt.code == 2);
+  CHECK(ckpt.err.find("is already a bulwark checkpoint") != std::string::npos);
+  const Result missing = run("import --state-dict /nonexistent.safetensors --dataset synthetic", s.path);
+  CHECK(missing.code == 2);
+  CHECK(missing.err.find("--state-dict /nonexistent.safetensors does not exist") != std::string::npos);
+  const Result txt = run(eval + "'" + (s.path / "z.txt").string() + "'", s.path);
+  CHECK(txt.code == 2);
+  CHECK(txt.err.find("must end in .npy or .safetensors") != std::string::npos);
 }

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -345,6 +346,32 @@ TEST_CASE("state_dict round trip through safetensors", "[models]") {
   source->eval();
   target->eval();
   CHECK(max_abs_diff(source->forward(xf), target->forward(xf)) == 0);
+}
+
+TEST_CASE("safetensors I64 tensors (PyTorch's integer buffers) read into i32, and out-of-range ones are refused", "[models]") {
+  // Written by hand as PyTorch writes a state_dict: num_batches_tracked is an I64 scalar.
+  const auto write = [](const std::string& path, int64_t value) {
+    const std::string header = R"({"bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
+                               R"("bn.weight":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})";
+    std::ofstream out(path, std::ios::binary);
+    const uint64_t length = header.size();
+    out.write(reinterpret_cast<const char*>(&length), 8);  // little-endian on every machine bulwark runs on
+    out << header;
+    out.write(reinterpret_cast<const char*>(&value), 8);
+    const float weight[2] = {1.5f, -2.0f};
+    out.write(reinterpret_cast<const char*>(weight), sizeof weight);
+  };
+  const std::string path = (std::filesystem::temp_directory_path() / "bulwark_test_i64.safetensors").string();
+  write(path, 7);
+  const SafetensorsFile file = load_safetensors(path);
+  const Tensor tracked = file.tensors.at("bn.num_batches_tracked");
+  CHECK(tracked.dtype() == DType::i32);
+  CHECK(tracked.dim() == 0);
+  CHECK(tracked.item() == 7);
+  CHECK(file.tensors.at("bn.weight").to_vector() == std::vector<float>{1.5f, -2.0f});
+  write(path, int64_t{1} << 40);
+  CHECK_THROWS_WITH(load_safetensors(path), Catch::Contains("I64 tensor 'bn.num_batches_tracked' holds 1099511627776"));
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("BatchNorm uses and updates batch statistics in train mode and uses running ones in eval mode", "[models]") {

@@ -18,8 +18,10 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/npy.h"
 #include "engine/options.h"
 #include "engine/runtime.h"
+#include "engine/safetensors.h"
 #include "models/zoo.h"
 #include "robust/registry.h"
 #include "robust/attack_registry.h"
@@ -53,6 +55,7 @@ struct EvalArgs {
   std::string json;  // "" = the table only, "-" = JSON on stdout instead, else a file for the JSON
   std::string eps;  // as typed: "0.3" or "8/255"; "" = the run's training eps
   std::string norm = "linf";  // the attacks' norm: linf or l2
+  std::string logits;         // "" or a .npy / .safetensors file for the clean logits
   std::vector<std::string> attacks{"clean", "pgd", "cw", "fgsm"};
   std::map<std::string, std::string> given;  // the attacks' options: flag -> the text typed after it
   std::string suite;                         // "" or a suite name / attack list (evaluate_sequence)
@@ -108,6 +111,21 @@ void add_owned_flags(CLI::App* cmd, std::map<std::string, std::string>& given, c
   }
 }
 
+// The flags of a run's config (train_options(), the schedules' and the methods' options), recorded
+// into a.given: `bulwark train` and `bulwark import` describe a run the same way.
+void add_config_flags(CLI::App* t, TrainArgs& a) {
+  t->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last wins
+  for (const TrainOption& o : train_options()) {
+    std::string d = describe(o.option);
+    if (o.group == "method" && o.option.key == "name")
+      d = fmt::format("Training method: {} (its options are listed below; docs/methods.md) [default: {}]",
+                      fmt::join(robust::method_registry().names(), ", "), o.option.default_text());
+    add_recorded(t, a.given, o.option, d, "Options");
+  }
+  add_owned_flags(t, a.given, schedule_registry(), "schedule", "Options of the --schedule");
+  add_owned_flags(t, a.given, robust::method_registry().all(), "method", "Options of the --method");
+}
+
 CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {
   CLI::App* t = app.add_subcommand("train", "Train a model; writes a run directory (config.json, metrics.jsonl, "
                                             "checkpoints, summary.json)");
@@ -125,17 +143,7 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {
       "  bulwark train --dataset mnist --data-dir data/mnist --model wong_large --epochs 10 --schedule multistep\n"
       "  bulwark train --dataset cifar10 --data-dir data/cifar10 --model preact_resnet18 --crop-pad 4 --flip\n"
       "  bulwark train --resume runs/20250101-120000-wong_small-fashion-mnist");
-  t->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated option: the last wins
-
-  for (const TrainOption& o : train_options()) {
-    std::string d = describe(o.option);
-    if (o.group == "method" && o.option.key == "name")
-      d = fmt::format("Training method: {} (its options are listed below; docs/methods.md) [default: {}]",
-                      fmt::join(robust::method_registry().names(), ", "), o.option.default_text());
-    add_recorded(t, a.given, o.option, d, "Options");
-  }
-  add_owned_flags(t, a.given, schedule_registry(), "schedule", "Options of the --schedule");
-  add_owned_flags(t, a.given, robust::method_registry().all(), "method", "Options of the --method");
+  add_config_flags(t, a);
 
   t->add_option("--resume", a.resume,
                 "Continue the run in this directory from its last.safetensors (only --threads, --stop-after and "
@@ -198,6 +206,33 @@ TrainConfig config_from_args(const TrainArgs& a) {
   return cfg;
 }
 
+struct ImportArgs {
+  TrainArgs run;  // the run's config flags: --model, --dataset, --data-dir, --out, ...
+  std::string state_dict;
+};
+
+CLI::App* add_import_command(CLI::App& app, ImportArgs& a) {
+  CLI::App* c = app.add_subcommand("import", "Make a run directory from a safetensors state_dict (from PyTorch: "
+                                             "python/bulwark_torch.py), to evaluate it with bulwark eval");
+  c->footer("The run's flags are bulwark train's: the model and dataset say which network the weights are for.\n\n"
+            "Example:\n"
+            "  bulwark import --state-dict model.safetensors --model wong_small --dataset fashion-mnist --out runs/torch\n"
+            "  bulwark eval --checkpoint runs/torch");
+  c->add_option("--state-dict", a.state_dict,
+                "A safetensors file of the model's state_dict under its PyTorch names (I64 buffers allowed)")
+      ->required();
+  add_config_flags(c, a.run);
+  return c;
+}
+
+int run_import(const ImportArgs& a) {
+  const TrainConfig cfg = config_from_args(a.run);
+  const std::string out = import_state_dict(cfg, a.state_dict);
+  fmt::print("imported {} into {}/last.safetensors ({} on {}); evaluate it with: bulwark eval --checkpoint {}\n",
+             a.state_dict, out, cfg.model, cfg.data.dataset, out);
+  return 0;
+}
+
 CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   CLI::App* e = app.add_subcommand("eval", "Clean and robust accuracy of a checkpoint on a test split (clean, "
                                            "PGD-50x10, CW-20, FGSM; docs/attacks.md)");
@@ -229,6 +264,11 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   e->add_flag("--no-compact", a.no_compact,
               "The suite's later attacks run on every batch, masking the broken samples, instead of on full batches "
               "of the survivors (for measuring what compaction saves)");
+  e->add_option("--logits", a.logits,
+                "Also write the clean logits of the evaluated samples, in dataset order, to FILE: .npy (float32 [N, "
+                "K]) or .safetensors (logits, labels and the input images), for checking the model elsewhere "
+                "(python/bulwark_torch.py)")
+      ->type_name("FILE");
   e->add_option("--source-checkpoint", a.source_checkpoint,
                 "Transfer attacks: also craft every gradient attack on this checkpoint's model (a file or run "
                 "directory; same input shape) and evaluate the examples on --checkpoint's model");
@@ -379,6 +419,11 @@ std::vector<EvalAttack> eval_attacks(const EvalArgs& a, const std::vector<std::s
 // Every option that can be checked before loading anything.
 void validate_eval_args(const EvalArgs& a) {
   require(a.test_size >= 0, fmt::format("--test-size must be >= 0 (0 = all), got {}", a.test_size));
+  const auto ends_with = [&](const std::string& suffix) {
+    return a.logits.size() >= suffix.size() && a.logits.compare(a.logits.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  require(a.logits.empty() || ends_with(".npy") || ends_with(".safetensors"),
+          fmt::format("--logits {}: the file must end in .npy or .safetensors", a.logits));
   require(a.batch_size >= 1, fmt::format("--batch-size must be >= 1, got {}", a.batch_size));
   require(a.threads >= 0, fmt::format("--threads must be >= 0, got {}", a.threads));
   if (!a.eps.empty()) eval_radius(a.eps, eval_norm(a), "--eps");
@@ -519,6 +564,15 @@ int run_eval(const EvalArgs& a) {
     fmt::print("checkpoint {} (epoch {}): {} on {}, {} samples, {} eps {} ({})\n", path, ckpt.state.epoch, cfg.model,
                test.name, test.n, eval_norm(a) == Norm::l2 ? "L2" : "L-inf", format_eps(eps), eps_source);
     std::fflush(stdout);
+  }
+  if (!a.logits.empty()) {
+    const Tensor logits = evaluate_logits(*model, test, 0, test.n, a.batch_size, device);
+    if (a.logits.size() > 4 && a.logits.compare(a.logits.size() - 4, 4, ".npy") == 0)
+      save_npy(a.logits, logits);
+    else
+      save_safetensors(a.logits, {{"logits", logits}, {"labels", labels_tensor(test, 0, test.n)},
+                                  {"images", images_tensor(test, 0, test.n)}});
+    if (table) fmt::print("logits of the {} samples written to {}\n", test.n, a.logits);
   }
   const auto run = [&](const EvalAttack& attack, bool transfer) {
     EvalRow row{attack, {}, transfer};
@@ -683,8 +737,10 @@ int run_cli(int argc, char** argv) {
   app.require_subcommand(1);
   TrainArgs train_args;
   EvalArgs eval_args;
+  ImportArgs import_args;
   CLI::App* train_cmd = add_train_command(app, train_args);
   CLI::App* eval_cmd = add_eval_command(app, eval_args);
+  CLI::App* import_cmd = add_import_command(app, import_args);
   DocsArgs docs_args;
   CLI::App* docs_cmd = add_docs_command(app, docs_args);
 
@@ -695,6 +751,7 @@ int run_cli(int argc, char** argv) {
     const CLI::App* cmd = train_cmd->parsed()  ? train_cmd
                           : eval_cmd->parsed() ? eval_cmd
                           : docs_cmd->parsed() ? docs_cmd
+                          : import_cmd->parsed() ? import_cmd
                                                : nullptr;
     fmt::print(stderr, "bulwark: error: {}\nRun '{} --help' for the options.\n", e.what(),
                cmd ? "bulwark " + cmd->get_name() : std::string("bulwark"));
@@ -703,6 +760,7 @@ int run_cli(int argc, char** argv) {
   try {
     if (train_cmd->parsed()) return run_train(*train_cmd, train_args);
     if (docs_cmd->parsed()) return run_docs(docs_args);
+    if (import_cmd->parsed()) return run_import(import_args);
     return run_eval(eval_args);
   } catch (const TrainingDiverged& e) {
     fmt::print(stderr, "bulwark: error: {}\n", e.what());

@@ -165,6 +165,20 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
   return out;
 }
 
+Tensor evaluate_logits(Module& model, const data::Dataset& d, int64_t first, int64_t n, int64_t batch_size,
+                       Device device) {
+  require_model_on(model, device);
+  EvalModeGuard eval_mode(model);
+  NoGradGuard no_grad;
+  std::vector<Tensor> parts;
+  for (int64_t begin = first; begin < first + n; begin += batch_size) {
+    const int64_t m = std::min(batch_size, first + n - begin);
+    parts.push_back(model.forward(images_tensor(d, begin, m).to(device)).to(DType::f32).cpu());
+  }
+  if (parts.empty()) throw std::invalid_argument("evaluate_logits: no samples");
+  return parts.size() == 1 ? parts[0] : concat(parts, 0);
+}
+
 EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size, Device device) {
   AttackOptions clean;
   clean.kind = AttackKind::none;

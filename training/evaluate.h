@@ -58,6 +58,11 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
                                  bool compact, const std::function<void(size_t attack, int64_t done, int64_t batches)>&
                                                    progress = {});
 
+// The model's outputs on samples [first, first + n) of `d`, in eval mode, without a graph, in
+// batches on `device`: a host f32 tensor [n, K].
+Tensor evaluate_logits(Module& model, const data::Dataset& d, int64_t first, int64_t n, int64_t batch_size,
+                       Device device);
+
 // evaluate_attack of the whole of `d` with AttackKind::none.
 EvalResult evaluate_clean(Module& model, const data::Dataset& d, int64_t batch_size, Device device = Device::cpu);
 

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "engine/runtime.h"
+#include "engine/safetensors.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
 #include "robust/registry.h"
@@ -348,6 +349,40 @@ RunSummary train(TrainConfig cfg, const RunOptions& options) {
                         cfg.epochs == 1 ? "" : "s", cfg.threads, cfg.threads == 1 ? "" : "s", cfg.out));
   Trainer trainer(std::move(cfg), std::move(data), options);
   return trainer.run();
+}
+
+std::string import_state_dict(TrainConfig cfg, const std::string& state_dict_path) {
+  resolve_defaults(cfg);
+  if (!fs::exists(state_dict_path)) throw std::invalid_argument(fmt::format("--state-dict {} does not exist", state_dict_path));
+  const SafetensorsFile file = load_safetensors(state_dict_path);
+  if (file.metadata.count("format"))
+    throw std::invalid_argument(fmt::format("{} is already a bulwark checkpoint (format '{}'): evaluate or resume it as "
+                                            "it is",
+                                            state_dict_path, file.metadata.at("format")));
+  if (fs::exists(fs::path(cfg.out) / "config.json"))
+    throw std::invalid_argument(fmt::format("{} already holds a run (config.json); choose another --out", cfg.out));
+  load_run_data(cfg);  // fills cfg.input (shape, classes, the data's mean and std)
+  const std::shared_ptr<Module> model = build_model(cfg);
+  try {
+    model->load_state_dict(file.tensors);
+  } catch (const std::runtime_error& e) {
+    throw std::invalid_argument(fmt::format("{} does not fit {} on {}: {}", state_dict_path, cfg.model,
+                                            cfg.data.dataset, e.what()));
+  }
+  // The normalisation the weights came with is the model's, whatever the data's statistics.
+  for (const auto& [name, t] : model->state_dict()) {
+    if (name == "normalize.mean") cfg.input.mean = t.to(DType::f64).to_vector_f64();
+    if (name == "normalize.std") cfg.input.std = t.to(DType::f64).to_vector_f64();
+  }
+  std::error_code ec;
+  fs::create_directories(cfg.out, ec);
+  if (ec) throw std::runtime_error(fmt::format("cannot create the run directory {}: {}", cfg.out, ec.message()));
+  write_file_atomically((fs::path(cfg.out) / "config.json").string(), to_json(cfg).dump(2) + "\n");
+  const std::unique_ptr<Optimizer> optimizer = make_optimizer(cfg.optimizer, model->named_parameters());
+  CheckpointState state;
+  state.config = to_json(cfg);
+  save_checkpoint((fs::path(cfg.out) / "last.safetensors").string(), *model, *optimizer, state);
+  return cfg.out;
 }
 
 RunSummary resume(const std::string& run_dir, const RunOptions& options, int threads) {

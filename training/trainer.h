@@ -80,6 +80,13 @@ struct RunSummary {
 // from the same weights) and moved to `device`.
 std::shared_ptr<Module> build_model(const TrainConfig& cfg, Device device = Device::cpu);
 
+// Writes the run directory cfg.out (config.json, last.safetensors at epoch 0) of the model cfg
+// describes with its weights from `state_dict_path`, a safetensors state_dict under the model's
+// PyTorch names (written by PyTorch, e.g. python/bulwark_torch.py's save_state_dict; I64 buffers
+// are read as i32). The data is loaded as for training, to fill cfg.input. Every entry must
+// match the model in name and shape: the error names the first that does not. Returns cfg.out.
+std::string import_state_dict(TrainConfig cfg, const std::string& state_dict_path);
+
 class Trainer {
  public:
   // cfg: resolved and validated, cfg.input filled by load_run_data (which gave `data`).
