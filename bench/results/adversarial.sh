@@ -29,6 +29,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+# Debian's python3 first: the page's plots need its python3-matplotlib (.ci/setup installs it).
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
 bulwark="${BULWARK:-$root/build/bulwark}"
 runs_root="$root/runs/results"
 study=table
@@ -87,7 +90,7 @@ run_epochs() {  # the epochs a method trains: Free-AT replays each batch m times
 method_args() {  # dataset method-label eps-ramp: the method and its options
   case "$2" in
     standard) echo "--method standard" ;;  # no attack, so no warm-up to give it
-    pgd) echo "--method pgd --steps $pgd_steps --alpha $(python3 -c "print(2.5 * $(dataset_eps "$1") / $pgd_steps)") --eps-ramp $3" ;;  # Madry's 2.5 eps / k
+    pgd) echo "--method pgd --steps $pgd_steps --alpha $("$py" -c "print(2.5 * $(dataset_eps "$1") / $pgd_steps)") --eps-ramp $3" ;;  # Madry's 2.5 eps / k
     pgd40) echo "--method pgd --steps 40 --alpha 0.01 --eps-ramp $3" ;;  # Madry et al.'s MNIST setting
     free) echo "--method free --replays $free_replays --eps-ramp $3" ;;
     *) echo "--method $2 --eps-ramp $3" ;;
@@ -98,7 +101,7 @@ schedule_args() {  # shape epochs: the schedule and its base rate
   case "$1" in
     accelat-1e-2) echo "--schedule accelat --lr 1e-2" ;;
     accelat) echo "--schedule accelat --lr 1e-3" ;;
-    multistep) echo "--schedule multistep --milestones $(python3 -c "print(f'{$2 / 2:g},{$2 * 4 / 5:g}')") --lr 1e-3" ;;
+    multistep) echo "--schedule multistep --milestones $("$py" -c "print(f'{$2 / 2:g},{$2 * 4 / 5:g}')") --lr 1e-3" ;;
     *) echo "--schedule $1 --lr 1e-3" ;;
   esac
 }
@@ -106,7 +109,7 @@ schedule_args() {  # shape epochs: the schedule and its base rate
 train_args() {  # dataset method-label shape: the training command's options (all but --out)
   local ds="$1" method="$2" shape="$3" e ramp
   e="$(run_epochs "$method")"
-  ramp="$(python3 -c "print($eps_ramp * $e / $epochs)")"
+  ramp="$("$py" -c "print($eps_ramp * $e / $epochs)")"
   echo "$(dataset_args "$ds") $(method_args "$ds" "$method" "$ramp") $(schedule_args "$shape" "$e")" \
     "--model wong_small --optimizer adam --train-size $train_size --epochs $e" \
     "--test-size $test_size --threads 1 --quiet"
@@ -134,7 +137,7 @@ eval_run() {  # dataset method-label shape
 }
 
 # The chosen fixed shape of each (dataset, method): "dataset method shape" lines.
-winners() { python3 "$here/make_page.py" --select --runs "$runs" --shapes "$shapes"; }
+winners() { "$py" "$here/make_page.py" --select --runs "$runs" --shapes "$shapes"; }
 
 if [[ "$check_configs" == 1 ]]; then
   # Each committed run's options as the study gave them, resolved under today's defaults.
@@ -155,7 +158,7 @@ if [[ "$check_configs" == 1 ]]; then
         echo "cannot resolve $d:"; cat "$tmp/resolve.log"; status=1; rm -f "$tmp/resolve.log" "$tmp/resolved.json"; continue
       fi
       rm -f "$tmp/resolve.log"
-      if ! python3 - "$config" "$tmp/resolved.json" <<'PY'
+      if ! "$py" - "$config" "$tmp/resolved.json" <<'PY'
 import json, sys
 old, new = (json.load(open(p)) for p in sys.argv[1:3])
 diff = [f"{block}.{k}: {old[block].get(k)} -> {v}" for block in ("method", "schedule", "optimizer")
@@ -205,4 +208,4 @@ for f in "$runs"/*/*/summary.json; do
     [[ -f "$d/$name" ]] && cp "$d/$name" "$dest/"
   done
 done
-python3 "$here/make_page.py" --runs "$root/docs/results/runs" --out "$root/docs/results.md"
+"$py" "$here/make_page.py" --runs "$root/docs/results/runs" --out "$root/docs/results.md"

@@ -6,7 +6,7 @@ Reads <runs>/<study>/<dataset>/<method>-<shape>/ for the studies `table` and `lo
 trainer's PGD-20 test) and, for the runs the table evaluates, eval.json (`bulwark eval`: clean,
 PGD-50x10, CW-20, FGSM). The best fixed shape of a method is chosen by robust validation accuracy
 only (`--select` prints the choice for the script). Writes the sweep and test tables, the papers'
-claims checked against the numbers, and the plots. Standard library only (hand-written SVG).
+claims checked against the numbers, and the plots (matplotlib: Debian's python3-matplotlib).
 """
 import argparse
 import collections
@@ -117,53 +117,34 @@ def pct(x):
 
 
 def polyline_svg(series, title, ylabel, path, log_y=False):
-    """series: list of (label, color, dash pattern or None, [(x, y), ...]). A plain line chart."""
-    import math
-    w, h, left, right, top, bottom = 640, 360, 60, 170, 30, 40
-    pts = [p for _, _, _, ps in series for p in ps if not (log_y and p[1] <= 0)]
-    if not pts:
+    """series: list of (label, color, dash pattern "on,off" or None, [(x, y), ...]). A line chart per
+    epoch, drawn by matplotlib into a deterministic SVG (no date, a fixed hash salt, text as text)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    matplotlib.rcParams["svg.hashsalt"] = "bulwark"
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    drawn = [(label, color, dash, [p for p in ps if not (log_y and p[1] <= 0)]) for label, color, dash, ps in series]
+    if not any(ps for _, _, _, ps in drawn):
         return False
-    ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    xs = [p[0] for p in pts]
-    ys = [ty(p[1]) for p in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y1 = y0 + 1
-    sx = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)
-    sy = lambda y: top + (1 - (ty(y) - y0) / (y1 - y0)) * (h - top - bottom)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{w}" height="{h}" fill="white"/>',
-           f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="13">{title}</text>',
-           f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>']
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        yy = top + (1 - i / 4) * (h - top - bottom)
-        label = f"{10 ** yv:.0e}" if log_y else f"{yv:.3g}"
-        out.append(f'<text x="{left - 4}" y="{yy + 4}" text-anchor="end">{label}</text>')
-        out.append(f'<line x1="{left}" y1="{yy}" x2="{w - right}" y2="{yy}" stroke="#eeeeee"/>')
-    for x in sorted(set(int(v) for v in xs)):
-        out.append(f'<text x="{sx(x)}" y="{h - bottom + 14}" text-anchor="middle">{x}</text>')
-    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 6}" text-anchor="middle">epoch</text>')
-    out.append(f'<text x="14" y="{(top + h - bottom) / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 14 {(top + h - bottom) / 2})">{ylabel}</text>')
-    for k, (label, color, dashed, ps) in enumerate(series):
-        ps = [p for p in ps if not (log_y and p[1] <= 0)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, color, dash, ps in drawn:
         if not ps:
             continue
-        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps)
-        dash = f' stroke-dasharray="{dashed}"' if dashed else ""
-        out.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="1.8"{dash}/>')
-        ly = top + 12 + 15 * k
-        out.append(f'<line x1="{w - right + 8}" y1="{ly - 4}" x2="{w - right + 30}" y2="{ly - 4}" stroke="{color}" '
-                   f'stroke-width="1.8"{dash}/>')
-        out.append(f'<text x="{w - right + 34}" y="{ly}">{label}</text>')
-    out.append("</svg>")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
+        style = {"linestyle": (0, tuple(float(v) for v in dash.split(",")))} if dash else {}
+        ax.plot([x for x, _ in ps], [y for _, y in ps], color=color, linewidth=1.8, label=label, **style)
+    if log_y:
+        ax.set_yscale("log")
+    epochs = sorted({int(x) for _, _, _, ps in drawn for x, _ in ps})
+    ax.set_xticks(epochs if len(epochs) <= 20 else epochs[::max(1, len(epochs) // 10)])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(color="#eeeeee")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format="svg", metadata={"Date": None})
+    plt.close(fig)
     return True
 
 
