@@ -21,7 +21,7 @@ Three uses:
        #   x_adv = atk(images, labels)
        #
        #   from autoattack import AutoAttack
-       #   adversary = AutoAttack(model, norm="Linf", eps=8/255, version="standard")
+       #   adversary = AutoAttack(model, norm="Linf", eps=8/255, version="standard", device="cpu")
        #   x_adv = adversary.run_standard_evaluation(images, labels, bs=500)
        #
        #   from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
@@ -115,7 +115,8 @@ class Normalize(nn.Module):
 
     def forward(self, x):
         c = self.mean.numel()
-        if x.dim() != 4 or x.shape[1] != c:
+        # (The check is skipped while tracing, e.g. by auto_LiRPA: shapes are fixed there.)
+        if not torch.jit.is_tracing() and (x.dim() != 4 or x.shape[1] != c):
             raise ValueError(f"Normalize: input of shape {tuple(x.shape)} should be images [N, {c}, H, W]")
         return (x - self.mean.view(1, c, 1, 1)) / self.std.view(1, c, 1, 1)
 
@@ -465,13 +466,17 @@ def _fit_state(model, state, path):
     misshaped = [f"{n}: file {list(state[n].shape)}, model {list(expected[n].shape)}"
                  for n in expected if n in state and state[n].shape != expected[n].shape]
     if missing or unexpected or misshaped:
+        def listed(names, sep, most=24):
+            more = f"{sep}... ({len(names) - most} more)" if len(names) > most else ""
+            return sep.join(names[:most]) + more
+
         lines = [f"{path}: the weights do not fit the model"]
         if missing:
-            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
+            lines.append(f"  missing ({len(missing)}): " + listed(missing, ", "))
         if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
+            lines.append(f"  unexpected ({len(unexpected)}): " + listed(unexpected, ", "))
         if misshaped:
-            lines.append(f"  wrong shape ({len(misshaped)}): " + "; ".join(misshaped))
+            lines.append(f"  wrong shape ({len(misshaped)}): " + listed(misshaped, "; "))
         raise BulwarkFormatError("\n".join(lines))
     return OrderedDict((n, state[n].to(expected[n].dtype)) for n in expected)
 
@@ -487,9 +492,10 @@ def load_checkpoint(path, dtype=torch.float32):
     tensors, metadata = read_safetensors(path)
     fmt = metadata.get("format")
     if fmt != CHECKPOINT_FORMAT:
-        raise BulwarkFormatError(f"{path} is a safetensors file but not a bulwark checkpoint (metadata format "
-                                 f"{fmt!r}, expected {CHECKPOINT_FORMAT!r}); for a plain state_dict use "
-                                 "read_safetensors and model.load_state_dict")
+        found = "no 'format' in its metadata" if fmt is None else f"metadata format {fmt!r}"
+        raise BulwarkFormatError(f"{path} is a safetensors file but not a bulwark checkpoint ({found}, expected "
+                                 f"{CHECKPOINT_FORMAT!r}); for a plain state_dict use read_safetensors and "
+                                 "model.load_state_dict")
     try:
         config = json.loads(metadata["config"])
     except (KeyError, json.JSONDecodeError) as e:

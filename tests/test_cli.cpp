@@ -558,3 +558,42 @@ TEST_CASE("bulwark eval --logits writes the clean logits; bulwark import makes a
   CHECK(txt.code == 2);
   CHECK(txt.err.find("must end in .npy or .safetensors") != std::string::npos);
 }
+
+TEST_CASE("bulwark eval --report writes report.md, report.json and the accuracy-against-eps plot", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  REQUIRE(run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path).code == 0);
+  const Result r = run("eval --checkpoint '" + run_dir.string() +
+                           "' --test-size 40 --attacks clean,pgd,fgsm --pgd-steps 3 --restarts 1 --suite fgsm,pgd --report",
+                       s.path);
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.code == 0);
+  const auto report = nlohmann::json::parse(read_file(run_dir / "report.json"));
+  CHECK(report["training"]["method"]["name"] == "standard");
+  CHECK(report["training"]["epochs_done"] == 2);
+  CHECK(report["training"]["fwd_passes"].get<int64_t>() > 0);
+  // No --eps-sweep: the attacks and the suite also ran at eps/4, eps/2 and 2 eps.
+  const double eps = report["eps"];
+  REQUIRE(report["eps_sweep"].size() == 6);  // 3 radii x (PGD, FGSM)
+  CHECK(report["eps_sweep"][0]["eps"].get<double>() == Approx(eps / 4));
+  REQUIRE(report["suite_sweep"].size() == 3);
+  CHECK(report["suite_sweep"][2]["eps"].get<double>() == Approx(2 * eps));
+  // The suite at 2 eps leaves no more than at eps (a larger ball holds the smaller one's examples
+  // up to the attacks' randomness: one sample of slack).
+  CHECK(report["suite_sweep"][2]["robust_acc"].get<double>() <= report["suite"]["robust_acc"].get<double>() + 1.0 / 40);
+  const std::string md = read_file(run_dir / "report.md");
+  for (const char* section : {"# Robustness report: mlp on synthetic", "## Training", "| method | standard",
+                              "## Accuracy under each attack", "| PGD-3 |", "### Suite `fgsm,pgd`",
+                              "## Gradient-masking checks", "## Accuracy against eps"})
+    CHECK(md.find(section) != std::string::npos);
+  const bool matplotlib = std::system("/usr/bin/python3 -c 'import matplotlib' 2> /dev/null") == 0;
+  if (matplotlib) {
+    CHECK(md.find("![accuracy against eps](report.svg)") != std::string::npos);
+    const std::string svg = read_file(run_dir / "report.svg");
+    CHECK(svg.find("<svg") != std::string::npos);
+    CHECK(svg.find("suite fgsm,pgd") != std::string::npos);  // the legend names each line
+  } else {
+    WARN("python3-matplotlib is not installed: only the report without its plot is checked");
+    CHECK(md.find("No plot: python3-matplotlib is not installed") != std::string::npos);
+  }
+}

@@ -30,6 +30,7 @@
 #include "training/docs.h"
 #include "training/evaluate.h"
 #include "training/progress.h"
+#include "training/report.h"
 #include "training/trainer.h"
 
 namespace bulwark::training {
@@ -56,6 +57,7 @@ struct EvalArgs {
   std::string eps;  // as typed: "0.3" or "8/255"; "" = the run's training eps
   std::string norm = "linf";  // the attacks' norm: linf or l2
   std::string logits;         // "" or a .npy / .safetensors file for the clean logits
+  bool report = false;        // write report.md, report.json and report.svg into the run directory
   std::vector<std::string> attacks{"clean", "pgd", "cw", "fgsm"};
   std::map<std::string, std::string> given;  // the attacks' options: flag -> the text typed after it
   std::string suite;                         // "" or a suite name / attack list (evaluate_sequence)
@@ -269,6 +271,10 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
                 "K]) or .safetensors (logits, labels and the input images), for checking the model elsewhere "
                 "(python/bulwark_torch.py)")
       ->type_name("FILE");
+  e->add_flag("--report", a.report,
+              "Write a robustness report into the checkpoint's run directory: report.md, report.json and "
+              "report.svg (accuracy against eps; needs python3-matplotlib). Without --eps-sweep the attacks (and the "
+              "--suite) also run at eps/4, eps/2 and 2 eps");
   e->add_option("--source-checkpoint", a.source_checkpoint,
                 "Transfer attacks: also craft every gradient attack on this checkpoint's model (a file or run "
                 "directory; same input shape) and evaluate the examples on --checkpoint's model");
@@ -604,17 +610,30 @@ int run_eval(const EvalArgs& a) {
   if (source)
     for (const EvalAttack& attack : attacks)
       if (gradient_based(attack)) rows.push_back(run(attack, true));
+  // The radii of the sweep: --eps-sweep, else for a report eps/4, eps/2 and 2 eps (L-inf: at most 1).
+  std::vector<double> sweep_eps;
+  for (const std::string& text : a.eps_sweep) sweep_eps.push_back(eval_radius(text, eval_norm(a), "--eps-sweep"));
+  if (a.report && a.eps_sweep.empty())
+    for (const double factor : {0.25, 0.5, 2.0})
+      if (eval_norm(a) == Norm::l2 || factor * eps <= 1) sweep_eps.push_back(factor * eps);
   std::vector<EvalRow> sweep;
-  for (const std::string& text : a.eps_sweep)
-    for (const EvalAttack& attack : eval_attacks(a, a.attacks, eval_radius(text, eval_norm(a), "--eps-sweep")))
+  for (const double radius : sweep_eps)
+    for (const EvalAttack& attack : eval_attacks(a, a.attacks, radius))
       if (attack.role != robust::AttackRole::clean) sweep.push_back(run(attack, false));
   std::optional<SequenceResult> suite;
   std::vector<EvalAttack> suite_attacks;
+  std::vector<std::pair<double, SequenceResult>> suite_sweep;  // a report's suite at the sweep's radii
+  const auto run_suite = [&](double radius) {
+    std::vector<AttackOptions> options;
+    for (const EvalAttack& s : eval_attacks(a, robust::suite_attacks(a.suite), radius, robust::suite_settings(a.suite)))
+      options.push_back(s.options);
+    return evaluate_sequence(*model, test, 0, test.n, options, a.batch_size, device, !a.no_compact);
+  };
   if (!a.suite.empty()) {
     suite_attacks = eval_attacks(a, robust::suite_attacks(a.suite), eps, robust::suite_settings(a.suite));
-    std::vector<AttackOptions> options;
-    for (const EvalAttack& s : suite_attacks) options.push_back(s.options);
-    suite = evaluate_sequence(*model, test, 0, test.n, options, a.batch_size, device, !a.no_compact);
+    suite = run_suite(eps);
+    if (a.report)
+      for (const double radius : sweep_eps) suite_sweep.emplace_back(radius, run_suite(radius));
   }
   std::vector<robust::AttackRow> main_rows, sweep_rows;
   for (const EvalRow& row : rows) main_rows.push_back(row.summary());
@@ -651,7 +670,7 @@ int run_eval(const EvalArgs& a) {
     for (const robust::MaskingCheck& c : checks)
       fmt::print("  {:<8} {:<22} {}\n", !c.applicable ? "not run" : c.fired ? "FLAGGED" : "ok", c.name, c.detail);
   }
-  if (a.json.empty()) return 0;
+  if (a.json.empty() && !a.report) return 0;
 
   nlohmann::ordered_json j = eval_json(
       rows, {{"checkpoint", path}, {"model", cfg.model}, {"dataset", test.name}, {"samples", test.n},
@@ -689,6 +708,30 @@ int run_eval(const EvalArgs& a) {
   }
   j["masking_checks"] = std::move(checks_json);
   j["masking_flagged"] = flagged;
+  if (a.report) {
+    nlohmann::ordered_json swept = nlohmann::ordered_json::array();
+    for (const auto& [radius, result] : suite_sweep)
+      swept.push_back({{"eps", radius}, {"robust_acc", result.robust.accuracy}});
+    nlohmann::ordered_json report = j;
+    report["suite_sweep"] = std::move(swept);
+    const fs::path dir = fs::path(path).parent_path();
+    const fs::path summary_path = dir / "summary.json";
+    nlohmann::json summary;
+    if (fs::exists(summary_path)) {
+      std::ifstream in(summary_path);
+      summary = nlohmann::json::parse(in, nullptr, false);
+    }
+    report["training"] = training_summary(ckpt.state.config, ckpt.state.epoch, summary);
+    const std::string json_path = (dir / "report.json").string(), svg_path = (dir / "report.svg").string();
+    write_file_atomically(json_path, report.dump(2) + "\n");
+    const std::string why_not = draw_report_plot(json_path, svg_path);
+    write_file_atomically((dir / "report.md").string(),
+                          report_markdown(report, why_not.empty() ? "report.svg" : "", why_not));
+    if (table)
+      fmt::print("report written to {}{}\n", (dir / "report.md").string(),
+                 why_not.empty() ? " (plot report.svg)" : " (no plot: " + why_not + ")");
+  }
+  if (a.json.empty()) return 0;
   if (a.json == "-") {
     fmt::print("{}\n", j.dump());
     return 0;
