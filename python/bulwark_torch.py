@@ -31,7 +31,7 @@ Three uses:
        #                                                x_U=(images + 0.1).clamp(0, 1)))
        #   lower, upper = bounded.compute_bounds(x=(x,), method="IBP")
 
-2. Bring PyTorch weights into bulwark (to evaluate them with bulwark's attacks, or fine-tune):
+2. Bring PyTorch weights into bulwark (to evaluate them with bulwark's attacks):
 
        model = bulwark_torch.build_model({"model": "preact_resnet18",
                                           "input": {"channels": 3, "height": 32, "width": 32,
@@ -355,7 +355,7 @@ def _from_little_endian(raw, dtype, size, shape):
     if sys.byteorder == "big" and size > 1:
         swapped = torch.frombuffer(buf, dtype=torch.uint8).view(-1, size).flip(1).contiguous()
         buf = bytearray(_tensor_bytes(swapped))
-    return torch.frombuffer(buf, dtype=dtype).reshape(shape).clone()
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)  # the tensor keeps `buf` alive
 
 
 def _tensor_bytes(t):

@@ -525,7 +525,8 @@ TEST_CASE("bulwark eval --logits writes the clean logits; bulwark import makes a
   std::vector<std::pair<std::string, bulwark::Tensor>> state;
   for (const auto& [name, t] : checkpoint.tensors)
     if (name.rfind("optimizer.", 0) != 0) state.emplace_back(name, t);
-  bulwark::save_safetensors((s.path / "state.safetensors").string(), state);
+  // Written as safetensors.torch.save_file does, with its {"format": "pt"} metadata.
+  bulwark::save_safetensors((s.path / "state.safetensors").string(), state, {{"format", "pt"}});
   const std::string import = "import --state-dict '" + (s.path / "state.safetensors").string() +
                              "' --dataset synthetic --model mlp --train-size 300 --val-size 100 --out ";
   const Result imported = run(import + "'" + (s.path / "imported").string() + "'", s.path);

@@ -13,7 +13,6 @@
 namespace bulwark::training {
 
 namespace {
-constexpr const char* kFormat = "bulwark-checkpoint-1";
 constexpr const char* kOptimizerPrefix = "optimizer.";
 
 // Runs `write` (which creates path + ".tmp" and renames it to path); if it throws, removes the

@@ -28,6 +28,9 @@
 
 namespace bulwark::training {
 
+// The metadata "format" of a bulwark checkpoint.
+inline constexpr const char* kFormat = "bulwark-checkpoint-1";
+
 struct CheckpointState {
   nlohmann::json config;
   int64_t epoch = 0, batch = 0;

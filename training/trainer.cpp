@@ -355,7 +355,8 @@ std::string import_state_dict(TrainConfig cfg, const std::string& state_dict_pat
   resolve_defaults(cfg);
   if (!fs::exists(state_dict_path)) throw std::invalid_argument(fmt::format("--state-dict {} does not exist", state_dict_path));
   const SafetensorsFile file = load_safetensors(state_dict_path);
-  if (file.metadata.count("format"))
+  const auto format = file.metadata.find("format");  // PyTorch's files may say "pt"
+  if (format != file.metadata.end() && format->second == kFormat)
     throw std::invalid_argument(fmt::format("{} is already a bulwark checkpoint (format '{}'): evaluate or resume it as "
                                             "it is",
                                             state_dict_path, file.metadata.at("format")));
