@@ -35,6 +35,25 @@ Tensor Linear::forward(const Tensor& x) {
   return linear(x, weight, bias);
 }
 
+Interval Linear::interval_forward(const Interval& in) {
+  if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
+  return {linear(in.center, weight, bias), linear(in.radius, abs(weight))};
+}
+
+Interval Linear::interval_margin(const Interval& in, const Tensor& labels) {
+  if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
+  // Center: the margins of the center's logits. Radius: sum_i |W_j,i - W_y,i| r_i per sample and
+  // class, the exact radius of the affine map x -> (W_j - W_y) x on the box (0 at j = y).
+  const Interval z{linear(in.center, weight, bias), Tensor::zeros({in.center.size(0), out_features}, in.center.dtype(),
+                                                                  in.center.device())};
+  const Interval margins = interval_margin_of_logits(z, labels);
+  const int64_t n = in.center.size(0);
+  const Tensor w_label = matmul(one_hot(labels, out_features, weight.dtype()), weight);  // W_y per sample [N, in]
+  const Tensor difference = weight.reshape({1, out_features, in_features}) - w_label.reshape({n, 1, in_features});
+  const Tensor radius = sum(abs(difference) * in.radius.reshape({n, 1, in_features}), {2});
+  return {margins.center, radius};
+}
+
 // ---- Conv2d ----------------------------------------------------------------------------------
 
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t k, Generator& gen, Conv2dOptions opts)
@@ -62,6 +81,11 @@ Tensor Conv2d::forward(const Tensor& x) {
   return conv2d(x, weight, bias, {stride, padding});
 }
 
+Interval Conv2d::interval_forward(const Interval& in) {
+  if (in.center.dim() != 4 || in.center.size(1) != in_channels) forward(in.center.detach());  // its shape error
+  return {conv2d(in.center, weight, bias, {stride, padding}), conv2d(in.radius, abs(weight), Tensor(), {stride, padding})};
+}
+
 // ---- BatchNorm -------------------------------------------------------------------------------
 
 BatchNorm::BatchNorm(int64_t features, int64_t input_dims, DType dtype, double eps, double momentum)
@@ -85,11 +109,47 @@ Tensor BatchNorm::forward(const Tensor& x) {
   return out;
 }
 
+Interval BatchNorm::interval_forward(const Interval& in) {
+  const Tensor& c = in.center;
+  if (c.dim() != input_dims_ || c.size(1) != num_features) forward(c.detach());  // its shape error
+  Shape per_channel(static_cast<size_t>(input_dims_), 1);
+  per_channel[1] = num_features;
+  Tensor mean_c, var_c;
+  if (is_training()) {
+    const std::vector<int64_t> dims = input_dims_ == 2 ? std::vector<int64_t>{0} : std::vector<int64_t>{0, 2, 3};
+    mean_c = mean(c, dims, true);
+    var_c = mean(square(c - mean_c), dims, true);
+  } else {
+    mean_c = running_mean.reshape(per_channel);
+    var_c = running_var.reshape(per_channel);
+  }
+  const Tensor scale = weight.reshape(per_channel) / sqrt(var_c + eps);
+  return {(c - mean_c) * scale + bias.reshape(per_channel), in.radius * abs(scale)};
+}
+
 // ---- shape and pooling layers ------------------------------------------------------------------
 
 Tensor Flatten::forward(const Tensor& x) {
   if (x.dim() < 2) throw std::invalid_argument(fmt::format("Flatten: input {} has no dims to flatten after the batch", x.str()));
   return x.flatten(1);
+}
+
+Interval Flatten::interval_forward(const Interval& in) {
+  if (in.center.dim() < 2) forward(in.center.detach());  // its shape error
+  return interval_positive_linear(in, [](const Tensor& t) { return t.flatten(1); });
+}
+
+Interval MaxPool2d::interval_forward(const Interval& in) {
+  return interval_from_bounds(max_pool2d(in.lower(), kernel_size, stride, padding),
+                              max_pool2d(in.upper(), kernel_size, stride, padding));
+}
+
+Interval AvgPool2d::interval_forward(const Interval& in) {
+  return interval_positive_linear(in, [this](const Tensor& t) { return avg_pool2d(t, kernel_size, stride, padding); });
+}
+
+Interval AdaptiveAvgPool2d::interval_forward(const Interval& in) {
+  return interval_positive_linear(in, [this](const Tensor& t) { return adaptive_avg_pool2d(t, out_h, out_w); });
 }
 
 MaxPool2d::MaxPool2d(int64_t k, int64_t s, int64_t p) : kernel_size(k), stride(s ? s : k), padding(p) {
@@ -121,6 +181,13 @@ Tensor Normalize::forward(const Tensor& x) {
   return (x - mean.reshape(per_channel)) / std.reshape(per_channel);
 }
 
+Interval Normalize::interval_forward(const Interval& in) {
+  if (in.center.dim() != 4 || in.center.size(1) != mean.numel()) forward(in.center.detach());  // its shape error
+  const Shape per_channel{1, mean.numel(), 1, 1};
+  const Tensor s = std.reshape(per_channel);
+  return {(in.center - mean.reshape(per_channel)) / s, in.radius / abs(s)};
+}
+
 // ---- Sequential ------------------------------------------------------------------------------
 
 Sequential::Sequential(const std::vector<std::shared_ptr<Module>>& layers) {
@@ -142,6 +209,19 @@ Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
   for (auto& [name, layer] : layers_) h = layer->forward(h);
   return h;
+}
+
+Interval Sequential::interval_forward(const Interval& in) {
+  Interval h = in;
+  for (auto& [name, layer] : layers_) h = layer->interval_forward(h);
+  return h;
+}
+
+Interval Sequential::interval_margin(const Interval& in, const Tensor& labels) {
+  if (layers_.empty()) return Module::interval_margin(in, labels);
+  Interval h = in;
+  for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i].second->interval_forward(h);
+  return layers_.back().second->interval_margin(h, labels);
 }
 
 }  // namespace bulwark

@@ -30,6 +30,9 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, Generator& gen, LinearOptions opts = {});
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
+  // Elision: the margins' box with (W_j - W_y) merged per sample, |W_j - W_y| r.
+  Interval interval_margin(const Interval& in, const Tensor& labels) override;
 
   const int64_t in_features, out_features;
   Tensor weight, bias;  // bias is undefined when opts.bias is false
@@ -46,6 +49,7 @@ class Conv2d : public Module {
  public:
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, Generator& gen, Conv2dOptions opts = {});
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
   // Spatial size of the output for an input of size `in` (throws when the kernel does not fit).
   int64_t output_size(int64_t in) const;
 
@@ -60,6 +64,9 @@ class Conv2d : public Module {
 class BatchNorm : public Module {
  public:
   Tensor forward(const Tensor& x) override;
+  // Eval mode: the affine map of the running statistics. Training mode: the batch statistics of
+  // the box centers (the running statistics are left alone), as IBP training uses them.
+  Interval interval_forward(const Interval& in) override;
 
   const int64_t num_features;
   const double eps, momentum;
@@ -87,12 +94,14 @@ class BatchNorm2d : public BatchNorm {
 class ReLU : public Module {
  public:
   Tensor forward(const Tensor& x) override { return relu(x); }
+  Interval interval_forward(const Interval& in) override { return interval_relu(in); }
 };
 
 // [N, d1, d2, ...] -> [N, d1 * d2 * ...].
 class Flatten : public Module {
  public:
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
 };
 
 class MaxPool2d : public Module {
@@ -100,6 +109,7 @@ class MaxPool2d : public Module {
   // stride 0 means stride = kernel_size, PyTorch's default.
   explicit MaxPool2d(int64_t kernel_size, int64_t stride = 0, int64_t padding = 0);
   Tensor forward(const Tensor& x) override { return max_pool2d(x, kernel_size, stride, padding); }
+  Interval interval_forward(const Interval& in) override;
   const int64_t kernel_size, stride, padding;
 };
 
@@ -108,6 +118,7 @@ class AvgPool2d : public Module {
  public:
   explicit AvgPool2d(int64_t kernel_size, int64_t stride = 0, int64_t padding = 0);
   Tensor forward(const Tensor& x) override { return avg_pool2d(x, kernel_size, stride, padding); }
+  Interval interval_forward(const Interval& in) override;
   const int64_t kernel_size, stride, padding;
 };
 
@@ -115,6 +126,7 @@ class AdaptiveAvgPool2d : public Module {
  public:
   AdaptiveAvgPool2d(int64_t out_h, int64_t out_w) : out_h(out_h), out_w(out_w) {}
   Tensor forward(const Tensor& x) override { return adaptive_avg_pool2d(x, out_h, out_w); }
+  Interval interval_forward(const Interval& in) override;
   const int64_t out_h, out_w;
 };
 
@@ -125,6 +137,7 @@ class Normalize : public Module {
  public:
   Normalize(const std::vector<double>& mean, const std::vector<double>& stddev, DType dtype = DType::f32);
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
   Tensor mean, std;
 };
 
@@ -139,6 +152,9 @@ class Sequential : public Module {
   Sequential& add(std::shared_ptr<Module> layer);
   Sequential& add(const std::string& name, std::shared_ptr<Module> layer);
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
+  // Every layer but the last forwards the box; the last gives the margins (so a final Linear elides).
+  Interval interval_margin(const Interval& in, const Tensor& labels) override;
 
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& layers() const { return layers_; }
 

@@ -2,10 +2,34 @@
 
 #include <fmt/format.h>
 
+#include <cxxabi.h>
+
+#include <cstdlib>
+#include <memory>
 #include <set>
 #include <stdexcept>
+#include <typeinfo>
 
 namespace bulwark {
+
+std::string Module::type_name() const {
+  int status = 0;
+  const char* mangled = typeid(*this).name();
+  std::unique_ptr<char, void (*)(void*)> demangled(abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
+  std::string name = status == 0 && demangled ? demangled.get() : mangled;
+  const size_t colon = name.rfind("::");
+  return colon == std::string::npos ? name : name.substr(colon + 2);
+}
+
+Interval Module::interval_forward(const Interval&) {
+  throw std::invalid_argument(fmt::format("{}: interval bound propagation cannot pass this layer (it does not say how "
+                                          "a box of its inputs maps to its outputs)",
+                                          type_name()));
+}
+
+Interval Module::interval_margin(const Interval& in, const Tensor& labels) {
+  return interval_margin_of_logits(interval_forward(in), labels);
+}
 
 void Module::train(bool on) {
   training_ = on;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/ops.h"
+#include "models/interval.h"
 
 namespace bulwark {
 
@@ -22,6 +23,19 @@ class Module {
   virtual ~Module() = default;
   virtual Tensor forward(const Tensor& x) = 0;
   Tensor operator()(const Tensor& x) { return forward(x); }
+
+  // Bound propagation (models/interval.h; robust/bounds.h drives it). Each layer type states how
+  // a box of its inputs maps to a box holding all its outputs, and a model composes its layers'
+  // boxes the way its forward composes the layers, so any model made of such layers is bounded
+  // without the bound knowing its class. The default throws, naming the module: a layer the
+  // bound cannot pass.
+  virtual Interval interval_forward(const Interval& in);
+  // The box of the margins z_j - z_y of this module's logits z (0 at j = y) for inputs in `in`:
+  // by default interval_margin_of_logits(interval_forward(in)); a model ending in a Linear
+  // merges the difference into that layer's weights (elision: |W_j - W_y| r, never looser).
+  virtual Interval interval_margin(const Interval& in, const Tensor& labels);
+  // The module's type, for messages ("Conv2d", "PreActBlock").
+  std::string type_name() const;
 
   // Train/eval mode, applied to the whole tree (BatchNorm reads it).
   void train(bool on = true);

@@ -165,6 +165,22 @@ Tensor PreActBlock::forward(const Tensor& x) {
   return conv2->forward(relu(bn2->forward(conv1->forward(a)))) + skip;
 }
 
+Interval PreActBlock::interval_forward(const Interval& x) {
+  const Interval a = interval_relu(bn1->interval_forward(x));
+  const Interval skip = shortcut ? shortcut->interval_forward(a) : x;
+  return interval_add(conv2->interval_forward(interval_relu(bn2->interval_forward(conv1->interval_forward(a)))), skip);
+}
+
+namespace {
+
+// relu, global average pooling and flatten: the ResNets' head before their final Linear.
+Interval pooled_features(const Interval& h) {
+  return interval_positive_linear(interval_relu(h),
+                                  [](const Tensor& t) { return adaptive_avg_pool2d(t, 1, 1).flatten(1); });
+}
+
+}  // namespace
+
 PreActResNet18::PreActResNet18(const ModelConfig& cfg) {
   Generator gen(cfg.seed);
   const DType dt = cfg.dtype;
@@ -194,6 +210,20 @@ Tensor PreActResNet18::forward(const Tensor& x) {
   return linear->forward(h);
 }
 
+namespace {
+Interval preact_features(PreActResNet18& m, const Interval& x) {
+  Interval h = m.conv1->interval_forward(m.normalize->interval_forward(x));
+  for (const auto& layer : {m.layer1, m.layer2, m.layer3, m.layer4}) h = layer->interval_forward(h);
+  return pooled_features(m.bn->interval_forward(h));
+}
+}  // namespace
+
+Interval PreActResNet18::interval_forward(const Interval& in) { return linear->interval_forward(preact_features(*this, in)); }
+
+Interval PreActResNet18::interval_margin(const Interval& in, const Tensor& labels) {
+  return linear->interval_margin(preact_features(*this, in), labels);
+}
+
 // ---- WideResNet ------------------------------------------------------------------------------------
 
 WideBasicBlock::WideBasicBlock(int64_t in_planes, int64_t out_planes, int64_t stride, Generator& gen, DType dtype) {
@@ -213,6 +243,12 @@ Tensor WideBasicBlock::forward(const Tensor& x) {
   const Tensor a = relu(bn1->forward(x));
   const Tensor skip = convShortcut ? convShortcut->forward(a) : x;
   return conv2->forward(relu(bn2->forward(conv1->forward(a)))) + skip;
+}
+
+Interval WideBasicBlock::interval_forward(const Interval& x) {
+  const Interval a = interval_relu(bn1->interval_forward(x));
+  const Interval skip = convShortcut ? convShortcut->interval_forward(a) : x;
+  return interval_add(conv2->interval_forward(interval_relu(bn2->interval_forward(conv1->interval_forward(a)))), skip);
 }
 
 WideNetworkBlock::WideNetworkBlock(int64_t num_blocks, int64_t in_planes, int64_t out_planes, int64_t stride,
@@ -244,6 +280,20 @@ Tensor WideResNet::forward(const Tensor& x) {
   h = block3->forward(block2->forward(block1->forward(h)));
   h = adaptive_avg_pool2d(relu(bn1->forward(h)), 1, 1).flatten(1);
   return fc->forward(h);
+}
+
+namespace {
+Interval wide_features(WideResNet& m, const Interval& x) {
+  Interval h = m.conv1->interval_forward(m.normalize->interval_forward(x));
+  h = m.block3->interval_forward(m.block2->interval_forward(m.block1->interval_forward(h)));
+  return pooled_features(m.bn1->interval_forward(h));
+}
+}  // namespace
+
+Interval WideResNet::interval_forward(const Interval& in) { return fc->interval_forward(wide_features(*this, in)); }
+
+Interval WideResNet::interval_margin(const Interval& in, const Tensor& labels) {
+  return fc->interval_margin(wide_features(*this, in), labels);
 }
 
 }  // namespace bulwark

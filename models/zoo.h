@@ -46,6 +46,7 @@ class PreActBlock : public Module {
  public:
   PreActBlock(int64_t in_planes, int64_t planes, int64_t stride, Generator& gen, DType dtype);
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
 
   std::shared_ptr<BatchNorm2d> bn1, bn2;
   std::shared_ptr<Conv2d> conv1, conv2;
@@ -59,6 +60,8 @@ class PreActResNet18 : public Module {
  public:
   explicit PreActResNet18(const ModelConfig& cfg);
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
+  Interval interval_margin(const Interval& in, const Tensor& labels) override;
 
   std::shared_ptr<Normalize> normalize;
   std::shared_ptr<Conv2d> conv1;
@@ -74,6 +77,7 @@ class WideBasicBlock : public Module {
  public:
   WideBasicBlock(int64_t in_planes, int64_t out_planes, int64_t stride, Generator& gen, DType dtype);
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
 
   std::shared_ptr<BatchNorm2d> bn1, bn2;
   std::shared_ptr<Conv2d> conv1, conv2;
@@ -85,6 +89,7 @@ class WideNetworkBlock : public Module {
  public:
   WideNetworkBlock(int64_t num_blocks, int64_t in_planes, int64_t out_planes, int64_t stride, Generator& gen, DType dtype);
   Tensor forward(const Tensor& x) override { return layer->forward(x); }
+  Interval interval_forward(const Interval& in) override { return layer->interval_forward(in); }
 
   std::shared_ptr<Sequential> layer;
 };
@@ -95,6 +100,8 @@ class WideResNet : public Module {
  public:
   explicit WideResNet(const ModelConfig& cfg);
   Tensor forward(const Tensor& x) override;
+  Interval interval_forward(const Interval& in) override;
+  Interval interval_margin(const Interval& in, const Tensor& labels) override;
 
   std::shared_ptr<Normalize> normalize;
   std::shared_ptr<Conv2d> conv1;

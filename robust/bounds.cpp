@@ -1,0 +1,56 @@
+#include "robust/bounds.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <limits>
+#include <stdexcept>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace bulwark::robust {
+
+BoundKind bound_from_name(const std::string& name) {
+  if (name == "ibp") return BoundKind::ibp;
+  throw std::invalid_argument(
+      fmt::format("unknown bound '{}' (bulwark implements: {})", name, fmt::join(bound_names(), ", ")));
+}
+
+const char* bound_name(BoundKind kind) {
+  switch (kind) {
+    case BoundKind::ibp: return "ibp";
+  }
+  return "?";
+}
+
+std::vector<std::string> bound_names() { return {"ibp"}; }
+
+Interval input_box(const Tensor& x, double eps) {
+  if (!(eps >= 0 && eps <= 1))
+    throw std::invalid_argument(fmt::format("the input box needs eps in [0, 1] (pixel units), got {}", eps));
+  return interval_from_bounds(clamp(x - eps, 0.0, 1.0), clamp(x + eps, 0.0, 1.0));
+}
+
+Tensor worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, double eps, BoundKind kind) {
+  if (labels.dtype() != DType::i32 || labels.dim() != 1 || labels.size(0) != x.size(0))
+    throw std::invalid_argument(fmt::format("worst_case_logits: labels must be i32 [{}], got {}", x.size(0), labels.str()));
+  switch (kind) {
+    case BoundKind::ibp: return model.interval_margin(input_box(x, eps), labels).upper();
+  }
+  throw std::invalid_argument("worst_case_logits: unknown bound");
+}
+
+std::vector<uint8_t> verified_samples(const Tensor& worst_case, const Tensor& labels) {
+  NoGradGuard no_grad;
+  const int64_t n = worst_case.size(0), k = worst_case.size(1);
+  const std::vector<double> wc = worst_case.to(DType::f64).cpu().to_vector_f64();
+  const std::vector<int32_t> y = labels.cpu().to_vector_i32();
+  std::vector<uint8_t> out(static_cast<size_t>(n), 1);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j)
+      if (j != y[i] && !(wc[i * k + j] < 0)) out[i] = 0;
+  return out;
+}
+
+}  // namespace bulwark::robust

@@ -1,0 +1,326 @@
+// Interval bound propagation (models/interval.h, robust/bounds.h): soundness for every layer type
+// and every zoo model (random points of the box and its corners land inside the bounds), exactness
+// on one linear layer, elision never looser, gradients through the bound against finite
+// differences in f64, the emulated CUDA backend against the CPU, verified never above PGD, and the
+// errors for a layer the bound cannot pass and for a bad eps.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/rng.h"
+#include "models/layers.h"
+#include "models/zoo.h"
+#include "robust/attacks.h"
+#include "robust/bounds.h"
+#include "tests/attack_test_models.h"
+
+using namespace bulwark;
+
+namespace {
+
+// Points of the box: its corners (each coordinate at lower or upper, at random) and uniform
+// points inside, `count` of each, as one batch per point [n, ...].
+std::vector<Tensor> box_points(const Interval& box, int count, uint64_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(0, 1);
+  const std::vector<double> lo = box.lower().to(DType::f64).to_vector_f64(), hi = box.upper().to(DType::f64).to_vector_f64();
+  std::vector<Tensor> points;
+  for (int k = 0; k < 2 * count; ++k) {
+    std::vector<double> p(lo.size());
+    for (size_t i = 0; i < p.size(); ++i) {
+      const double t = k < count ? (u(rng) < 0.5 ? 0.0 : 1.0) : u(rng);
+      p[i] = lo[i] + t * (hi[i] - lo[i]);
+    }
+    points.push_back(Tensor::from_vector(p, box.center.shape()).to(box.center.dtype()));
+  }
+  return points;
+}
+
+// Largest amount by which `values` leaves [lower, upper] (0 when inside everywhere).
+double escape(const Tensor& values, const Tensor& lower, const Tensor& upper) {
+  const std::vector<double> v = values.to(DType::f64).to_vector_f64(), l = lower.to(DType::f64).to_vector_f64(),
+                            h = upper.to(DType::f64).to_vector_f64();
+  double worst = 0;
+  for (size_t i = 0; i < v.size(); ++i) worst = std::max({worst, l[i] - v[i], v[i] - h[i]});
+  return worst;
+}
+
+// A box around random centers with random radii, of `shape`.
+Interval random_box(const Shape& shape, uint64_t seed, double max_radius = 0.2) {
+  Generator gen(seed);
+  const Tensor center = rand_uniform(shape, -1, 1, gen, DType::f64);
+  const Tensor radius = rand_uniform(shape, 0, max_radius, gen, DType::f64);
+  return {center, radius};
+}
+
+struct LayerCase {
+  std::string name;
+  std::function<std::shared_ptr<Module>(Generator&)> make;
+  Shape input;
+};
+
+// Eval-mode BatchNorm with running statistics away from 0 and 1.
+template <class BN>
+std::shared_ptr<Module> moved_batch_norm(int64_t channels, uint64_t seed) {
+  auto bn = std::make_shared<BN>(channels, DType::f64);
+  Generator gen(seed);
+  bn->weight.copy_(rand_uniform({channels}, -2, 2, gen, DType::f64));
+  bn->bias.copy_(rand_uniform({channels}, -1, 1, gen, DType::f64));
+  bn->running_mean.copy_(rand_uniform({channels}, -0.5, 0.5, gen, DType::f64));
+  bn->running_var.copy_(rand_uniform({channels}, 0.2, 3, gen, DType::f64));
+  bn->eval();
+  return bn;
+}
+
+std::vector<LayerCase> layer_cases() {
+  const DType f64 = DType::f64;
+  return {
+      {"Linear", [f64](Generator& g) { return std::make_shared<Linear>(7, 5, g, LinearOptions{.dtype = f64}); }, {3, 7}},
+      {"Conv2d stride 2 padding 1",
+       [f64](Generator& g) { return std::make_shared<Conv2d>(3, 4, 3, g, Conv2dOptions{.stride = 2, .padding = 1, .dtype = f64}); },
+       {2, 3, 7, 6}},
+      {"Conv2d no bias",
+       [f64](Generator& g) { return std::make_shared<Conv2d>(2, 3, 2, g, Conv2dOptions{.bias = false, .dtype = f64}); },
+       {2, 2, 5, 5}},
+      {"BatchNorm1d (eval)", [](Generator&) { return moved_batch_norm<BatchNorm1d>(6, 3); }, {4, 6}},
+      {"BatchNorm2d (eval)", [](Generator&) { return moved_batch_norm<BatchNorm2d>(3, 4); }, {2, 3, 4, 5}},
+      {"ReLU", [](Generator&) { return std::make_shared<ReLU>(); }, {3, 9}},
+      {"Flatten", [](Generator&) { return std::make_shared<Flatten>(); }, {2, 3, 2, 2}},
+      {"MaxPool2d 2x2", [](Generator&) { return std::make_shared<MaxPool2d>(2); }, {2, 2, 5, 4}},
+      {"MaxPool2d 3 stride 2 padding 1", [](Generator&) { return std::make_shared<MaxPool2d>(3, 2, 1); }, {1, 2, 6, 7}},
+      {"AvgPool2d 2x2", [](Generator&) { return std::make_shared<AvgPool2d>(2); }, {2, 2, 4, 6}},
+      {"AdaptiveAvgPool2d 1x1", [](Generator&) { return std::make_shared<AdaptiveAvgPool2d>(1, 1); }, {2, 3, 5, 5}},
+      {"AdaptiveAvgPool2d 2x3", [](Generator&) { return std::make_shared<AdaptiveAvgPool2d>(2, 3); }, {1, 2, 5, 7}},
+      {"Normalize", [f64](Generator&) { return std::make_shared<Normalize>(std::vector<double>{0.4, 0.5},
+                                                                           std::vector<double>{0.2, 0.3}, f64); },
+       {2, 2, 3, 3}},
+      {"PreActBlock (projection shortcut)",
+       [f64](Generator& g) {
+         auto b = std::make_shared<PreActBlock>(3, 4, 2, g, f64);
+         b->eval();
+         return b;
+       },
+       {2, 3, 6, 6}},
+      {"PreActBlock (identity shortcut)",
+       [f64](Generator& g) {
+         auto b = std::make_shared<PreActBlock>(3, 3, 1, g, f64);
+         b->eval();
+         return b;
+       },
+       {2, 3, 5, 5}},
+      {"WideBasicBlock (projection shortcut)",
+       [f64](Generator& g) {
+         auto b = std::make_shared<WideBasicBlock>(2, 4, 2, g, f64);
+         b->eval();
+         return b;
+       },
+       {2, 2, 6, 6}},
+  };
+}
+
+// The zoo at small sizes, f64, eval mode, BatchNorm statistics moved by one training forward.
+std::shared_ptr<Module> small_zoo_model(const std::string& name, DType dtype, int64_t channels, int64_t side) {
+  ModelConfig cfg;
+  cfg.in_channels = channels;
+  cfg.height = cfg.width = side;
+  cfg.mean.assign(static_cast<size_t>(channels), 0.45);
+  cfg.std.assign(static_cast<size_t>(channels), 0.25);
+  cfg.seed = 3;
+  cfg.depth = 10;
+  cfg.widen_factor = 1;
+  cfg.dtype = dtype;
+  auto model = make_model(name, cfg);
+  Generator gen(9);
+  model->train();
+  {
+    NoGradGuard no_grad;
+    model->forward(rand_uniform({8, channels, side, side}, 0, 1, gen, dtype));
+  }
+  model->eval();
+  return model;
+}
+
+}  // namespace
+
+TEST_CASE("every layer's interval holds all its outputs on random points and corners of the box", "[bounds]") {
+  for (const LayerCase& c : layer_cases()) {
+    INFO(c.name);
+    Generator gen(17);
+    const auto layer = c.make(gen);
+    const Interval box = random_box(c.input, 5);
+    const Interval out = layer->interval_forward(box);
+    REQUIRE(out.center.shape() == layer->forward(box.center).shape());
+    CHECK(escape(out.radius, Tensor::zeros(out.radius.shape(), DType::f64), out.radius) == 0);  // r >= 0
+    double worst = 0;
+    for (const Tensor& p : box_points(box, 200, 7)) worst = std::max(worst, escape(layer->forward(p), out.lower(), out.upper()));
+    CHECK(worst <= 1e-12);
+  }
+}
+
+TEST_CASE("every zoo model's margins stay inside their IBP bounds over the input box", "[bounds]") {
+  for (const std::string& name : model_names()) {
+    const bool big = name == "preact_resnet18" || name == "wide_resnet";
+    const int64_t side = big ? 8 : (name == "ibp_large" || name == "wong_large" || name == "cnn7" ? 12 : 16);
+    INFO(name);
+    const auto model = small_zoo_model(name, DType::f64, 1, side);
+    Generator gen(21);
+    const Tensor x = rand_uniform({2, 1, side, side}, 0, 1, gen, DType::f64);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{3, 7}, {2});
+    const double eps = 0.02;
+    const Interval box = robust::input_box(x, eps);
+    const Interval margins = model->interval_margin(box, y);
+    const Interval logits = model->interval_forward(box);
+    double worst_logit = 0, worst_margin = 0;
+    for (const Tensor& p : box_points(box, big ? 20 : 60, 8)) {
+      const Tensor z = model->forward(p);
+      worst_logit = std::max(worst_logit, escape(z, logits.lower(), logits.upper()));
+      const Interval exact = interval_margin_of_logits({z, zeros_like(z)}, y);
+      worst_margin = std::max(worst_margin, escape(exact.center, margins.lower(), margins.upper()));
+    }
+    CHECK(worst_logit <= 1e-9);
+    CHECK(worst_margin <= 1e-9);
+    // The worst-case logits are the margins' upper bounds: 0 at the label.
+    const std::vector<double> wc = robust::worst_case_logits(*model, x, y, eps).to_vector_f64();
+    CHECK(wc[3] == 0.0);
+    CHECK(wc[10 + 7] == 0.0);
+  }
+}
+
+TEST_CASE("IBP is exact on one linear layer: each output's bound is reached at a corner", "[bounds]") {
+  Generator gen(4);
+  Linear layer(6, 4, gen, LinearOptions{.dtype = DType::f64});
+  const Interval box = random_box({1, 6}, 9, 0.3);
+  const Interval out = layer.interval_forward(box);
+  const std::vector<double> w = layer.weight.to_vector_f64(), c = box.center.to_vector_f64(),
+                            r = box.radius.to_vector_f64(), upper = out.upper().to_vector_f64(),
+                            lower = out.lower().to_vector_f64();
+  for (int64_t j = 0; j < 4; ++j) {
+    std::vector<double> hi(6), lo(6);
+    for (int64_t i = 0; i < 6; ++i) {
+      const double s = w[j * 6 + i] >= 0 ? 1 : -1;
+      hi[i] = c[i] + s * r[i];
+      lo[i] = c[i] - s * r[i];
+    }
+    const std::vector<double> at_hi = layer.forward(Tensor::from_vector(hi, {1, 6})).to_vector_f64(),
+                              at_lo = layer.forward(Tensor::from_vector(lo, {1, 6})).to_vector_f64();
+    CHECK(at_hi[j] == Approx(upper[j]).epsilon(1e-12));
+    CHECK(at_lo[j] == Approx(lower[j]).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("elision (the last Linear merged with the margins) is never looser, and tighter somewhere", "[bounds]") {
+  for (const std::string& name : {"mlp", "wong_small", "cnn7", "preact_resnet18"}) {
+    INFO(name);
+    const int64_t side = std::string(name) == "preact_resnet18" ? 8 : 12;
+    const auto model = small_zoo_model(name, DType::f64, 1, side);
+    Generator gen(2);
+    const Tensor x = rand_uniform({4, 1, side, side}, 0, 1, gen, DType::f64);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 4, 9, 2}, {4});
+    const Interval box = robust::input_box(x, 0.01);
+    const Tensor elided = model->interval_margin(box, y).upper();
+    const Tensor plain = interval_margin_of_logits(model->interval_forward(box), y).upper();
+    const std::vector<double> e = elided.to_vector_f64(), p = plain.to_vector_f64();
+    double gain = 0;
+    for (size_t i = 0; i < e.size(); ++i) {
+      CHECK(e[i] <= p[i] + 1e-12);
+      gain = std::max(gain, p[i] - e[i]);
+    }
+    CHECK(gain > 0);
+  }
+}
+
+TEST_CASE("gradients through the IBP verified loss match finite differences (f64)", "[bounds]") {
+  const auto model = small_zoo_model("wong_small", DType::f64, 1, 12);
+  Generator gen(6);
+  const Tensor x = rand_uniform({3, 1, 12, 12}, 0, 1, gen, DType::f64);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{1, 5, 8}, {3});
+  const auto loss = [&] { return cross_entropy(robust::worst_case_logits(*model, x, y, 0.03), y); };
+  const NamedTensors params = model->named_parameters();
+  std::vector<Tensor> leaves;
+  for (const auto& [name, p] : params) leaves.push_back(p);
+  const std::vector<Tensor> grads = grad({loss()}, leaves);
+  std::mt19937 rng(3);
+  for (size_t k = 0; k < params.size(); ++k) {
+    INFO(params[k].first);
+    Tensor p = params[k].second;
+    double* data = p.data<double>();
+    const std::vector<double> g = grads[k].to_vector_f64();
+    for (int probe = 0; probe < 3; ++probe) {
+      const auto i = static_cast<size_t>(std::uniform_int_distribution<int64_t>(0, p.numel() - 1)(rng));
+      const double keep = data[i], h = 1e-6;
+      NoGradGuard no_grad;
+      data[i] = keep + h;
+      const double up = loss().item();
+      data[i] = keep - h;
+      const double down = loss().item();
+      data[i] = keep;
+      CHECK(g[i] == Approx((up - down) / (2 * h)).margin(1e-6).epsilon(1e-5));
+    }
+  }
+}
+
+TEST_CASE("IBP on the CUDA backend (emulated) gives the CPU's worst-case logits", "[bounds][cuda]") {
+  for (const std::string& name : {"mlp", "wong_small", "ibp_small", "cnn7", "preact_resnet18"}) {
+    INFO(name);
+    const int64_t side = std::string(name) == "preact_resnet18" ? 8 : 12;
+    const auto cpu = small_zoo_model(name, DType::f32, 3, side);
+    const auto gpu = small_zoo_model(name, DType::f32, 3, side);
+    gpu->to(Device::cuda);
+    Generator gen(12);
+    const Tensor x = rand_uniform({5, 3, side, side}, 0, 1, gen);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3, 9}, {5});
+    const Tensor on_cpu = robust::worst_case_logits(*cpu, x, y, 0.02);
+    const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.02);
+    CHECK(on_gpu.device() == Device::cuda);
+    CHECK(max_abs_diff(on_gpu.cpu(), on_cpu) <= 1e-4 * std::max(1.0, max_abs_diff(on_cpu, zeros_like(on_cpu))));
+  }
+}
+
+TEST_CASE("a verified sample is never broken by PGD, and verification falls as eps grows", "[bounds]") {
+  auto model = testing::trained_mlp();
+  const testing::Batch b = testing::test_batch(200);
+  double previous = 1;
+  for (const double eps : {0.0, 0.002, 0.005, 0.01}) {
+    INFO("eps " << eps);
+    const std::vector<uint8_t> verified =
+        robust::verified_samples(robust::worst_case_logits(*model, b.x, b.y, eps), b.y);
+    const AttackOutcome pgd = attack_outcome(*model, b.x, b.y, testing::options(AttackKind::pgd, Norm::linf, eps, 20, 2));
+    int broken_but_verified = 0;
+    for (size_t i = 0; i < verified.size(); ++i) broken_but_verified += verified[i] && !pgd.correct[i];
+    CHECK(broken_but_verified == 0);
+    const double fraction = testing::accuracy(verified);
+    CHECK(fraction <= testing::accuracy(pgd.correct));
+    CHECK(fraction <= previous);
+    previous = fraction;
+    if (eps == 0.0) CHECK(fraction == Approx(testing::accuracy(pgd.correct)));  // eps 0: verified = correct
+  }
+  CHECK(previous < 0.9);  // the largest eps verifies less than all
+}
+
+namespace {
+class Squash final : public Module {  // a layer that does not say how a box passes through it
+ public:
+  Tensor forward(const Tensor& x) override { return sigmoid(x); }
+};
+}  // namespace
+
+TEST_CASE("bounds name the layer they cannot pass, and refuse eps outside [0, 1]", "[bounds]") {
+  Generator gen(1);
+  Sequential net;
+  net.add(std::make_shared<Flatten>());
+  net.add(std::make_shared<Linear>(4, 3, gen));
+  net.add(std::make_shared<Squash>());
+  const Tensor x = rand_uniform({2, 1, 2, 2}, 0, 1, gen);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 2}, {2});
+  CHECK_THROWS_WITH(robust::worst_case_logits(net, x, y, 0.1),
+                    Catch::Contains("Squash: interval bound propagation cannot pass this layer"));
+  CHECK_THROWS_WITH(robust::input_box(x, 1.5), Catch::Contains("eps in [0, 1]"));
+  CHECK_THROWS_WITH(robust::bound_from_name("crown-ibp"), Catch::Contains("bulwark implements: ibp"));
+}
