@@ -19,6 +19,7 @@ MethodInfo mplus_deat_method();
 MethodInfo mplus_pgd_method();
 MethodInfo deat_d_method();
 MethodInfo deat_p_method();
+MethodInfo ibp_method();
 
 namespace {
 
@@ -32,6 +33,7 @@ void register_builtin_methods(MethodRegistry& r) {
   r.add(mplus_pgd_method());
   r.add(deat_d_method());
   r.add(deat_p_method());
+  r.add(ibp_method());
 }
 
 // The fields of the single method block written before methods declared their own options

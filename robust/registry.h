@@ -22,6 +22,7 @@ struct MethodInfo {
   std::string title;            // "PGD-AT (Madry et al. 2018)"
   std::string summary;          // what it does, its paper, and the options that reproduce the paper's setting
   bool adversarial = true;      // trains on attacked inputs (prints its eps/alpha choices)
+  bool certified = false;       // trains on verified bounds: validation also reports verified accuracy
   std::vector<Option> options;  // every option, eps first (robust/method_steps.h has the shared ones)
   std::function<std::unique_ptr<Method>(const OptionValues&)> make;  // from resolved, checked values
 };

@@ -598,3 +598,32 @@ TEST_CASE("bulwark eval --report writes report.md, report.json and the accuracy-
     CHECK(md.find("No plot: python3-matplotlib is not installed") != std::string::npos);
   }
 }
+
+TEST_CASE("bulwark verify reports clean, PGD and IBP-verified accuracy, verified never above PGD", "[cli]") {
+  Scratch s;
+  const fs::path run_dir = s.path / "run";
+  REQUIRE(run(std::string(kTinyTrain) + " --out '" + run_dir.string() + "'", s.path).code == 0);
+  const std::string verify = "verify --checkpoint '" + run_dir.string() + "' --test-size 50 --pgd-steps 5 ";
+  const Result table = run(verify + "--eps 1/255", s.path);
+  INFO("stdout: " << table.out << "\nstderr: " << table.err);
+  REQUIRE(table.code == 0);
+  CHECK(table.out.find("bound ibp") != std::string::npos);
+  CHECK(table.out.find("verified (ibp)") != std::string::npos);
+  for (const char* eps : {"0", "1/255", "4/255"}) {
+    const Result r = run(verify + "--json --eps " + eps, s.path);
+    REQUIRE(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out);
+    INFO("eps " << eps << ": " << j.dump());
+    CHECK(j["bound"] == "ibp");
+    CHECK(j["pgd"] == "PGD-5");
+    CHECK(j["verified_acc"].get<double>() <= j["pgd_acc"].get<double>());
+    CHECK(j["pgd_acc"].get<double>() <= j["clean_acc"].get<double>());
+    if (std::string(eps) == "0") CHECK(j["verified_acc"] == j["clean_acc"]);  // the box is the point
+  }
+  const Result crown = run(verify + "--bound crown", s.path);
+  CHECK(crown.code == 2);
+  CHECK(crown.err.find("unknown bound 'crown' (bulwark implements: ibp)") != std::string::npos);
+  const Result big = run(verify + "--eps 1.5", s.path);
+  CHECK(big.code == 2);
+  CHECK(big.err.find("larger than any L-inf distance") != std::string::npos);
+}

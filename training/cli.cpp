@@ -339,10 +339,11 @@ double eval_radius(const std::string& text, Norm norm, const char* flag) {
   }
 }
 
-double eval_eps(const EvalArgs& a, const nlohmann::json& config, const ModelInput& in, std::string& source) {
-  if (!a.eps.empty()) {
+double eval_eps(const std::string& eps_text, Norm norm, const nlohmann::json& config, const ModelInput& in,
+                std::string& source) {
+  if (!eps_text.empty()) {
     source = "--eps";
-    return eval_radius(a.eps, eval_norm(a), "--eps");
+    return eval_radius(eps_text, norm, "--eps");
   }
   double trained = config.value("eps", -1.0);
   if (trained <= 0 && config.contains("method") && config["method"].is_object())
@@ -512,23 +513,61 @@ void print_eval_table(const std::vector<EvalRow>& rows) {
   fmt::print("{}\n", fmt::join(summary, ", "));
 }
 
+// What `bulwark eval` and `bulwark verify` evaluate: a checkpoint's model, in eval mode on
+// `device`, and the test split (--dataset / --data-dir override the run's) it takes.
+struct EvalTarget {
+  std::string path;  // the checkpoint file
+  Checkpoint ckpt;
+  TrainConfig cfg;
+  std::shared_ptr<Module> model;
+};
+
+EvalTarget load_eval_target(const std::string& checkpoint, Device device) {
+  EvalTarget t;
+  t.path = fs::is_directory(checkpoint) ? (fs::path(checkpoint) / "last.safetensors").string() : checkpoint;
+  if (!fs::exists(t.path)) throw std::invalid_argument(fmt::format("checkpoint {} does not exist", t.path));
+  t.ckpt = load_checkpoint(t.path);
+  t.cfg = config_from_json(t.ckpt.state.config);
+  t.model = build_model(t.cfg);
+  t.model->load_state_dict(t.ckpt.model);
+  t.model->to(device);
+  t.model->eval();
+  return t;
+}
+
+data::Dataset load_eval_split(const TrainConfig& cfg, const std::string& dataset, const std::string& data_dir,
+                              int64_t test_size) {
+  DataConfig d = cfg.data;
+  if (!dataset.empty() && dataset != d.dataset) {
+    d.dataset = dataset;
+    d.data_dir.clear();
+  }
+  if (!data_dir.empty()) d.data_dir = data_dir;
+  validate(d);
+  resolve_data_dir(d);
+  data::Dataset test = load_test_split(d, test_size);
+  const ModelInput& in = cfg.input;
+  if (test.c != in.channels || test.h != in.height || test.w != in.width || test.num_classes > in.num_classes)
+    throw std::invalid_argument(fmt::format("the model takes {}x{}x{} images and {} classes; {} has {}x{}x{} and {}",
+                                            in.channels, in.height, in.width, in.num_classes, test.name, test.c,
+                                            test.h, test.w, test.num_classes));
+  return test;
+}
+
 int run_eval(const EvalArgs& a) {
   validate_eval_args(a);
   std::vector<std::string> notes;
   const Device device = resolve_device(a.device, notes) == "cuda" ? Device::cuda : Device::cpu;
   if (a.threads > 0) runtime::set_num_threads(a.threads);
 
-  const std::string path = fs::is_directory(a.checkpoint) ? (fs::path(a.checkpoint) / "last.safetensors").string()
-                                                          : a.checkpoint;
-  if (!fs::exists(path)) throw std::invalid_argument(fmt::format("checkpoint {} does not exist", path));
-  const Checkpoint ckpt = load_checkpoint(path);
-  const TrainConfig cfg = config_from_json(ckpt.state.config);
+  const EvalTarget target = load_eval_target(a.checkpoint, device);
+  const std::string& path = target.path;
+  const Checkpoint& ckpt = target.ckpt;
+  const TrainConfig& cfg = target.cfg;
+  const std::shared_ptr<Module>& model = target.model;
   std::string eps_source;
-  const double eps = eval_eps(a, ckpt.state.config, cfg.input, eps_source);
+  const double eps = eval_eps(a.eps, eval_norm(a), ckpt.state.config, cfg.input, eps_source);
   const std::vector<EvalAttack> attacks = eval_attacks(a, a.attacks, eps);
-  const std::shared_ptr<Module> model = build_model(cfg);
-  model->load_state_dict(ckpt.model);
-  model->to(device);
   std::shared_ptr<Module> source;
   if (!a.source_checkpoint.empty()) {
     const std::string source_path = fs::is_directory(a.source_checkpoint)
@@ -549,20 +588,7 @@ int run_eval(const EvalArgs& a) {
     source->to(device);
   }
 
-  DataConfig d = cfg.data;
-  if (!a.dataset.empty() && a.dataset != d.dataset) {
-    d.dataset = a.dataset;
-    d.data_dir.clear();
-  }
-  if (!a.data_dir.empty()) d.data_dir = a.data_dir;
-  validate(d);
-  resolve_data_dir(d);
-  const data::Dataset test = load_test_split(d, a.test_size);
-  const ModelInput& in = cfg.input;
-  if (test.c != in.channels || test.h != in.height || test.w != in.width || test.num_classes > in.num_classes)
-    throw std::invalid_argument(fmt::format("the model takes {}x{}x{} images and {} classes; {} has {}x{}x{} and {}",
-                                            in.channels, in.height, in.width, in.num_classes, test.name, test.c,
-                                            test.h, test.w, test.num_classes));
+  const data::Dataset test = load_eval_split(cfg, a.dataset, a.data_dir, a.test_size);
 
   const bool table = a.json != "-";
   if (table) {
@@ -744,6 +770,128 @@ int run_eval(const EvalArgs& a) {
   return 0;
 }
 
+struct VerifyArgs {
+  std::string checkpoint, dataset, data_dir, eps, bound = "ibp";
+  int64_t test_size = 0, batch_size = 500;
+  int threads = 0;
+  std::string device = "auto", json;
+  int pgd_steps = 20, restarts = 1;
+  uint64_t seed = 0;
+};
+
+CLI::App* add_verify_command(CLI::App& app, VerifyArgs& a) {
+  CLI::App* v = app.add_subcommand("verify", "Verified accuracy of a checkpoint: the samples whose decision no input "
+                                             "of the eps-box can change, proved by bound propagation (docs/certified.md)");
+  v->footer("Examples:\n"
+            "  bulwark verify --checkpoint runs/my-run\n"
+            "  bulwark verify --checkpoint runs/my-run --eps 0.3 --test-size 1000 --json result.json");
+  v->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  v->add_option("--checkpoint", a.checkpoint, "A checkpoint file, or a run directory (its last.safetensors)")->required();
+  v->add_option("--bound", a.bound, fmt::format("The bound: {}", fmt::join(robust::bound_names(), ", ")))
+      ->capture_default_str();
+  v->add_option("--eps", a.eps,
+                "L-inf radius as a fraction or k/255 (default: the run's training eps, else 0.3 for 1x28x28 images and "
+                "8/255 for the others)");
+  v->add_option("--dataset", a.dataset, "Dataset to evaluate on (default: the one the model was trained on)");
+  v->add_option("--data-dir", a.data_dir, "Folder with the dataset's files (default: the training run's)");
+  v->add_option("--test-size", a.test_size, "Samples from the start of the test split (0 = all; synthetic: 2000)")
+      ->capture_default_str();
+  v->add_option("--pgd-steps", a.pgd_steps, "Steps of the PGD row beside the verified one (an upper bound on it)")
+      ->capture_default_str();
+  v->add_option("--restarts", a.restarts, "Restarts of the PGD row")->capture_default_str();
+  v->add_option("--seed", a.seed, "Philox seed of PGD's random starts")->capture_default_str();
+  v->add_option("--batch-size", a.batch_size, "Evaluation batch size")->capture_default_str();
+  v->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  v->add_option("--device", a.device, "cpu, cuda or auto (auto: the GPU when there is one)")->capture_default_str();
+  v->add_option_function<std::string>(
+       "--json", [&a](const std::string& file) { a.json = file.empty() ? "-" : file; },
+       "Write the results as JSON to FILE (with the table on stdout); without FILE or with '-', print the JSON "
+       "instead of the table")
+      ->expected(0, 1)
+      ->type_name("[FILE]");
+  return v;
+}
+
+int run_verify(const VerifyArgs& a) {
+  const robust::BoundKind bound = robust::bound_from_name(a.bound);
+  require(a.test_size >= 0, fmt::format("--test-size must be >= 0 (0 = all), got {}", a.test_size));
+  require(a.batch_size >= 1, fmt::format("--batch-size must be >= 1, got {}", a.batch_size));
+  require(a.pgd_steps >= 1, fmt::format("--pgd-steps must be >= 1, got {}", a.pgd_steps));
+  require(a.restarts >= 1, fmt::format("--restarts must be >= 1, got {}", a.restarts));
+  if (!a.eps.empty()) eval_radius(a.eps, Norm::linf, "--eps");
+  std::vector<std::string> notes;
+  const Device device = resolve_device(a.device, notes) == "cuda" ? Device::cuda : Device::cpu;
+  if (a.threads > 0) runtime::set_num_threads(a.threads);
+  const EvalTarget target = load_eval_target(a.checkpoint, device);
+  std::string eps_source;
+  const double eps = eval_eps(a.eps, Norm::linf, target.ckpt.state.config, target.cfg.input, eps_source);
+  const data::Dataset test = load_eval_split(target.cfg, a.dataset, a.data_dir, a.test_size);
+  const bool table = a.json != "-";
+  if (table) {
+    for (const auto& n : notes) fmt::print("{}\n", n);
+    fmt::print("checkpoint {} (epoch {}): {} on {}, {} samples, L-inf eps {} ({}), bound {}\n", target.path,
+               target.ckpt.state.epoch, target.cfg.model, test.name, test.n, format_eps(eps), eps_source, a.bound);
+    std::fflush(stdout);
+  }
+  AttackOptions clean;
+  clean.kind = AttackKind::none;
+  AttackOptions pgd;
+  pgd.kind = AttackKind::pgd;
+  pgd.eps = eps;
+  pgd.steps = a.pgd_steps;
+  pgd.restarts = a.restarts;
+  pgd.seed = a.seed;
+  pgd = resolve_attack(pgd);
+  const EvalResult clean_r = evaluate_attack(*target.model, test, 0, test.n, clean, a.batch_size, device);
+  const EvalResult pgd_r =
+      evaluate_attack(*target.model, test, 0, test.n, pgd, a.batch_size, device, attack_progress_bar(attack_name(pgd)));
+  const EvalResult verified_r = evaluate_verified(*target.model, test, 0, test.n, eps, bound, a.batch_size, device,
+                                                  attack_progress_bar(fmt::format("verified ({})", a.bound)));
+  // A verified sample that PGD breaks would be a bug in the bound: say so loudly.
+  int64_t contradictions = 0;
+  for (size_t i = 0; i < verified_r.correct.size(); ++i) contradictions += verified_r.correct[i] && !pgd_r.correct[i];
+  if (contradictions > 0)
+    throw std::runtime_error(fmt::format("{} samples verified by {} were broken by {}: the bound is unsound (please "
+                                         "report this)",
+                                         contradictions, a.bound, attack_name(pgd)));
+  const std::string verified_name = fmt::format("verified ({})", a.bound);
+  if (table) {
+    fmt::print("{:<21} | {:>8} | {:>7} | {:>8} | {:>10} | {:>10}\n", "", "accuracy", "samples", "seconds",
+               "fwd passes", "bwd passes");
+    fmt::print("{:-<21}-+-{:-<8}-+-{:-<7}-+-{:-<8}-+-{:-<10}-+-{:-<10}\n", "", "", "", "", "", "");
+    for (const auto& [name, r] : std::vector<std::pair<std::string, const EvalResult*>>{
+             {"clean", &clean_r}, {attack_name(pgd), &pgd_r}, {verified_name, &verified_r}})
+      fmt::print("{:<21} | {:>7.2f}% | {:>7} | {:>8.1f} | {:>10} | {:>10}\n", name, 100 * r->accuracy, r->count,
+                 r->seconds, r->forward_passes, r->backward_passes);
+    fmt::print("verified accuracy {:.2f}% <= {} accuracy {:.2f}% <= clean {:.2f}% (the gap between the first two is "
+               "what the bound cannot prove and the attack cannot break)\n",
+               100 * verified_r.accuracy, attack_name(pgd), 100 * pgd_r.accuracy, 100 * clean_r.accuracy);
+  }
+  if (a.json.empty()) return 0;
+  nlohmann::ordered_json j{{"checkpoint", target.path},
+                           {"model", target.cfg.model},
+                           {"dataset", test.name},
+                           {"samples", test.n},
+                           {"epoch", target.ckpt.state.epoch},
+                           {"device", device_name(device)},
+                           {"eps", eps},
+                           {"eps_source", eps_source},
+                           {"bound", a.bound},
+                           {"clean_acc", clean_r.accuracy},
+                           {"pgd", attack_name(pgd)},
+                           {"pgd_acc", pgd_r.accuracy},
+                           {"verified_acc", verified_r.accuracy},
+                           {"verified_loss", verified_r.loss},
+                           {"seconds", {{"clean", clean_r.seconds}, {"pgd", pgd_r.seconds}, {"verified", verified_r.seconds}}}};
+  if (a.json == "-") {
+    fmt::print("{}\n", j.dump());
+    return 0;
+  }
+  write_file_atomically(a.json, j.dump(2) + "\n");
+  fmt::print("results written to {}\n", a.json);
+  return 0;
+}
+
 struct DocsArgs {
   std::string check, write;
 };
@@ -781,7 +929,9 @@ int run_cli(int argc, char** argv) {
   TrainArgs train_args;
   EvalArgs eval_args;
   ImportArgs import_args;
+  VerifyArgs verify_args;
   CLI::App* train_cmd = add_train_command(app, train_args);
+  CLI::App* verify_cmd = add_verify_command(app, verify_args);
   CLI::App* eval_cmd = add_eval_command(app, eval_args);
   CLI::App* import_cmd = add_import_command(app, import_args);
   DocsArgs docs_args;
@@ -795,6 +945,7 @@ int run_cli(int argc, char** argv) {
                           : eval_cmd->parsed() ? eval_cmd
                           : docs_cmd->parsed() ? docs_cmd
                           : import_cmd->parsed() ? import_cmd
+                          : verify_cmd->parsed() ? verify_cmd
                                                : nullptr;
     fmt::print(stderr, "bulwark: error: {}\nRun '{} --help' for the options.\n", e.what(),
                cmd ? "bulwark " + cmd->get_name() : std::string("bulwark"));
@@ -804,6 +955,7 @@ int run_cli(int argc, char** argv) {
     if (train_cmd->parsed()) return run_train(*train_cmd, train_args);
     if (docs_cmd->parsed()) return run_docs(docs_args);
     if (import_cmd->parsed()) return run_import(import_args);
+    if (verify_cmd->parsed()) return run_verify(verify_args);
     return run_eval(eval_args);
   } catch (const TrainingDiverged& e) {
     fmt::print(stderr, "bulwark: error: {}\n", e.what());

@@ -165,6 +165,36 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
   return out;
 }
 
+EvalResult evaluate_verified(Module& model, const data::Dataset& d, int64_t first, int64_t n, double eps,
+                             robust::BoundKind bound, int64_t batch_size, Device device, const EvalProgress& progress) {
+  require_model_on(model, device);
+  EvalModeGuard eval_mode(model);
+  NoGradGuard no_grad;
+  const auto start = std::chrono::steady_clock::now();
+  EvalResult r;
+  r.count = n;
+  double loss_sum = 0;
+  int64_t verified = 0;
+  const int64_t batches = (n + batch_size - 1) / batch_size;
+  for (int64_t b = 0; b < batches; ++b) {
+    const int64_t begin = first + b * batch_size, m = std::min(batch_size, first + n - begin);
+    const Tensor x = images_tensor(d, begin, m).to(device), y = labels_tensor(d, begin, m).to(device);
+    const Tensor worst = robust::worst_case_logits(model, x, y, eps, bound);
+    ++r.forward_passes;
+    r.forward_images += m;
+    loss_sum += cross_entropy(worst, y).item() * static_cast<double>(m);
+    const std::vector<uint8_t> ok = robust::verified_samples(worst, y);
+    for (uint8_t v : ok) verified += v;
+    r.correct.insert(r.correct.end(), ok.begin(), ok.end());
+    if (progress) progress(b + 1, batches, static_cast<double>(verified) / static_cast<double>(begin + m - first));
+  }
+  const double count = static_cast<double>(std::max<int64_t>(n, 1));
+  r.loss = loss_sum / count;
+  r.accuracy = static_cast<double>(verified) / count;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
 Tensor evaluate_logits(Module& model, const data::Dataset& d, int64_t first, int64_t n, int64_t batch_size,
                        Device device) {
   require_model_on(model, device);

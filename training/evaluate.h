@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "models/module.h"
 #include "robust/attacks.h"
+#include "robust/bounds.h"
 #include "robust/method.h"
 
 namespace bulwark::training {
@@ -57,6 +58,13 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
                                  const std::vector<AttackOptions>& attacks, int64_t batch_size, Device device,
                                  bool compact, const std::function<void(size_t attack, int64_t done, int64_t batches)>&
                                                    progress = {});
+
+// Verified accuracy at eps under `bound` (robust/bounds.h) of samples [first, first + n) of `d`,
+// in eval mode, without a graph: `correct` marks the verified samples, `loss` is the mean verified
+// loss CE(worst-case logits, y). A bound pass is counted as one forward pass.
+EvalResult evaluate_verified(Module& model, const data::Dataset& d, int64_t first, int64_t n, double eps,
+                             robust::BoundKind bound, int64_t batch_size, Device device,
+                             const EvalProgress& progress = {});
 
 // The model's outputs on samples [first, first + n) of `d`, in eval mode, without a graph, in
 // batches on `device`: a host f32 tensor [n, K].

@@ -241,6 +241,11 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   if (cfg_.robust_val_size > 0 && cfg_.method.eps() > 0)
     m.robust_val_acc = pgd_accuracy(*model_, data_.val, std::min(cfg_.robust_val_size, data_.val.n),
                                        cfg_.method.eps(), cfg_.robust_val_steps, cfg_.eval_batch_size, device_);
+  if (robust::method_registry().at(cfg_.method.name).certified && cfg_.robust_val_size > 0)
+    m.extra["verified_val_acc"] =
+        evaluate_verified(*model_, data_.val, 0, std::min(cfg_.robust_val_size, data_.val.n), cfg_.method.eps(),
+                          robust::BoundKind::ibp, cfg_.eval_batch_size, device_)
+            .accuracy;
   robust::EpochEnd end{*model_, gen_, epoch, m.train_acc, probe_x_, probe_y_, m.extra};
   stop_ = method_->on_epoch_end(end) == robust::EpochVerdict::stop_at_previous;
   model_->train();
