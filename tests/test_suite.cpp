@@ -67,10 +67,11 @@ namespace {
 class Wrapped final : public Module {
  public:
   enum class Tail { softmax, one_number, log_softmax, noise };
-  explicit Wrapped(Tail tail) : tail_(tail), gen_(4) {}
+  // The trained MLP is built here, not under the suite's no-grad forward (it trains on first use).
+  explicit Wrapped(Tail tail) : tail_(tail), gen_(4), inner_(trained_mlp()) {}
   Tensor forward(const Tensor& x) override {
-    if (tail_ == Tail::noise) return trained_mlp()->forward(x + rand_normal(x.shape(), 0.0, 0.1, gen_, x.dtype()));
-    const Tensor z = trained_mlp()->forward(x);
+    if (tail_ == Tail::noise) return inner_->forward(x + rand_normal(x.shape(), 0.0, 0.1, gen_, x.dtype()));
+    const Tensor z = inner_->forward(x);
     const Tensor log_p = log_softmax(z, 1);
     if (tail_ == Tail::softmax) return exp(log_p);
     if (tail_ == Tail::one_number) return sum(z, {1});
@@ -80,6 +81,7 @@ class Wrapped final : public Module {
  private:
   Tail tail_;
   Generator gen_;
+  std::shared_ptr<Module> inner_;
 };
 
 }  // namespace
