@@ -235,6 +235,22 @@ int run_import(const ImportArgs& a) {
   return 0;
 }
 
+// The flags `bulwark eval` and `bulwark verify` share about how they run: --seed, --batch-size,
+// --threads, --device and --json.
+template <class Args>
+void add_run_flags(CLI::App* c, Args& a) {
+  c->add_option("--seed", a.seed, "Philox seed of the random starts")->capture_default_str();
+  c->add_option("--batch-size", a.batch_size, "Evaluation batch size")->capture_default_str();
+  c->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  c->add_option("--device", a.device, "cpu, cuda or auto (auto: the GPU when there is one)")->capture_default_str();
+  c->add_option_function<std::string>(
+       "--json", [&a](const std::string& file) { a.json = file.empty() ? "-" : file; },
+       "Write the results as JSON to FILE (with the table on stdout); without FILE or with '-', print the JSON "
+       "instead of the table")
+      ->expected(0, 1)
+      ->type_name("[FILE]");
+}
+
 CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
   CLI::App* e = app.add_subcommand("eval", "Clean and robust accuracy of a checkpoint on a test split (clean, "
                                            "PGD-50x10, CW-20, FGSM; docs/attacks.md)");
@@ -284,16 +300,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
       ->delimiter(',')
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   add_owned_flags(e, a.given, robust::eval_attack_registry(), "attack", "Options of the --attacks");
-  e->add_option("--seed", a.seed, "Philox seed of the random starts")->capture_default_str();
-  e->add_option("--batch-size", a.batch_size, "Evaluation batch size")->capture_default_str();
-  e->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
-  e->add_option("--device", a.device, "cpu, cuda or auto (auto: the GPU when there is one)")->capture_default_str();
-  e->add_option_function<std::string>(
-       "--json", [&a](const std::string& file) { a.json = file.empty() ? "-" : file; },
-       "Write the results as JSON to FILE (with the table on stdout); without FILE or with '-', print the JSON "
-       "instead of the table")
-      ->expected(0, 1)
-      ->type_name("[FILE]");
+  add_run_flags(e, a);
   return e;
 }
 
@@ -799,16 +806,7 @@ CLI::App* add_verify_command(CLI::App& app, VerifyArgs& a) {
   v->add_option("--pgd-steps", a.pgd_steps, "Steps of the PGD row beside the verified one (an upper bound on it)")
       ->capture_default_str();
   v->add_option("--restarts", a.restarts, "Restarts of the PGD row")->capture_default_str();
-  v->add_option("--seed", a.seed, "Philox seed of PGD's random starts")->capture_default_str();
-  v->add_option("--batch-size", a.batch_size, "Evaluation batch size")->capture_default_str();
-  v->add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
-  v->add_option("--device", a.device, "cpu, cuda or auto (auto: the GPU when there is one)")->capture_default_str();
-  v->add_option_function<std::string>(
-       "--json", [&a](const std::string& file) { a.json = file.empty() ? "-" : file; },
-       "Write the results as JSON to FILE (with the table on stdout); without FILE or with '-', print the JSON "
-       "instead of the table")
-      ->expected(0, 1)
-      ->type_name("[FILE]");
+  add_run_flags(v, a);
   return v;
 }
 

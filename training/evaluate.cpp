@@ -37,19 +37,24 @@ Tensor labels_tensor(const data::Dataset& d, int64_t first, int64_t n) {
   return t;
 }
 
-EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first, int64_t n, const AttackOptions& attack,
-                           int64_t batch_size, Device device, const EvalProgress& progress, Module* source) {
+namespace {
+
+// Per batch: the samples' correctness (under whatever is measured), their summed loss, and the
+// work, which it adds to the result.
+struct BatchScore {
+  std::vector<uint8_t> correct;
+  double loss_sum = 0;
+};
+
+// Samples [first, first + n) of `d` in batches of batch_size moved to `device`, each scored by
+// `score(x, y, result)`; the result's accuracy, mean loss, per-sample correctness and seconds.
+template <class Score>
+EvalResult evaluate_batches(const data::Dataset& d, int64_t first, int64_t n, int64_t batch_size, Device device,
+                            const EvalProgress& progress, Score score) {
   if (first < 0 || n < 0 || first + n > d.n)
     throw std::out_of_range(fmt::format("evaluation of samples [{}, {}) of {}, which has {}", first, first + n, d.name, d.n));
   if (batch_size < 1) throw std::invalid_argument(fmt::format("evaluation batch size must be >= 1, got {}", batch_size));
-  require_model_on(model, device);
-  if (source) require_model_on(*source, device);
-  AttackOptions o = resolve_attack(attack);
   const auto start = std::chrono::steady_clock::now();
-  EvalModeGuard eval_mode(model);
-  std::optional<EvalModeGuard> source_eval_mode;
-  if (source) source_eval_mode.emplace(*source);
-
   EvalResult r;
   r.count = n;
   r.correct.reserve(static_cast<size_t>(n));
@@ -59,6 +64,30 @@ EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first,
   for (int64_t b = 0; b < batches; ++b) {
     const int64_t begin = first + b * batch_size, m = std::min(batch_size, first + n - begin);
     const Tensor x = images_tensor(d, begin, m).to(device), y = labels_tensor(d, begin, m).to(device);
+    const BatchScore scored = score(x, y, r);
+    loss_sum += scored.loss_sum;
+    for (uint8_t c : scored.correct) correct += c;
+    r.correct.insert(r.correct.end(), scored.correct.begin(), scored.correct.end());
+    if (progress) progress(b + 1, batches, static_cast<double>(correct) / static_cast<double>(begin + m - first));
+  }
+  const double count = static_cast<double>(std::max<int64_t>(n, 1));
+  r.loss = loss_sum / count;
+  r.accuracy = static_cast<double>(correct) / count;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+}  // namespace
+
+EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first, int64_t n, const AttackOptions& attack,
+                           int64_t batch_size, Device device, const EvalProgress& progress, Module* source) {
+  require_model_on(model, device);
+  if (source) require_model_on(*source, device);
+  AttackOptions o = resolve_attack(attack);
+  EvalModeGuard eval_mode(model);
+  std::optional<EvalModeGuard> source_eval_mode;
+  if (source) source_eval_mode.emplace(*source);
+  return evaluate_batches(d, first, n, batch_size, device, progress, [&](const Tensor& x, const Tensor& y, EvalResult& r) {
     AttackStats stats;
     const AttackOutcome outcome = source ? transfer_outcome(model, *source, x, y, o, &stats)
                                          : attack_outcome(model, x, y, o, &stats);
@@ -67,18 +96,10 @@ EvalResult evaluate_attack(Module& model, const data::Dataset& d, int64_t first,
     r.backward_passes += stats.backward_passes;
     r.forward_images += stats.forward_images;
     r.backward_images += stats.backward_images;
-    for (int64_t i = 0; i < m; ++i) {
-      loss_sum += outcome.loss[i];
-      correct += outcome.correct[i];
-    }
-    r.correct.insert(r.correct.end(), outcome.correct.begin(), outcome.correct.end());
-    if (progress) progress(b + 1, batches, static_cast<double>(correct) / static_cast<double>(begin + m - first));
-  }
-  const double count = static_cast<double>(std::max<int64_t>(n, 1));
-  r.loss = loss_sum / count;
-  r.accuracy = static_cast<double>(correct) / count;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return r;
+    BatchScore scored{outcome.correct, 0};
+    for (double l : outcome.loss) scored.loss_sum += l;
+    return scored;
+  });
 }
 
 Tensor images_at(const data::Dataset& d, const std::vector<int64_t>& indices) {
@@ -170,29 +191,13 @@ EvalResult evaluate_verified(Module& model, const data::Dataset& d, int64_t firs
   require_model_on(model, device);
   EvalModeGuard eval_mode(model);
   NoGradGuard no_grad;
-  const auto start = std::chrono::steady_clock::now();
-  EvalResult r;
-  r.count = n;
-  double loss_sum = 0;
-  int64_t verified = 0;
-  const int64_t batches = (n + batch_size - 1) / batch_size;
-  for (int64_t b = 0; b < batches; ++b) {
-    const int64_t begin = first + b * batch_size, m = std::min(batch_size, first + n - begin);
-    const Tensor x = images_tensor(d, begin, m).to(device), y = labels_tensor(d, begin, m).to(device);
+  return evaluate_batches(d, first, n, batch_size, device, progress, [&](const Tensor& x, const Tensor& y, EvalResult& r) {
     const Tensor worst = robust::worst_case_logits(model, x, y, eps, bound);
     ++r.forward_passes;
-    r.forward_images += m;
-    loss_sum += cross_entropy(worst, y).item() * static_cast<double>(m);
-    const std::vector<uint8_t> ok = robust::verified_samples(worst, y);
-    for (uint8_t v : ok) verified += v;
-    r.correct.insert(r.correct.end(), ok.begin(), ok.end());
-    if (progress) progress(b + 1, batches, static_cast<double>(verified) / static_cast<double>(begin + m - first));
-  }
-  const double count = static_cast<double>(std::max<int64_t>(n, 1));
-  r.loss = loss_sum / count;
-  r.accuracy = static_cast<double>(verified) / count;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return r;
+    r.forward_images += x.size(0);
+    return BatchScore{robust::verified_samples(worst, y),
+                      cross_entropy(worst, y).item() * static_cast<double>(x.size(0))};
+  });
 }
 
 Tensor evaluate_logits(Module& model, const data::Dataset& d, int64_t first, int64_t n, int64_t batch_size,
