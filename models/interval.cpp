@@ -1,5 +1,8 @@
 #include "models/interval.h"
 
+#include <algorithm>
+#include <limits>
+
 namespace bulwark {
 
 Interval interval_from_bounds(const Tensor& lower, const Tensor& upper) {
@@ -9,6 +12,49 @@ Interval interval_from_bounds(const Tensor& lower, const Tensor& upper) {
 Interval interval_relu(const Interval& in) { return interval_from_bounds(relu(in.lower()), relu(in.upper())); }
 
 Interval interval_add(const Interval& a, const Interval& b) { return {a.center + b.center, a.radius + b.radius}; }
+
+namespace {
+
+// t [N, ...] as [N, 1, ...], to broadcast against A [N, S, ...].
+Tensor per_sample(const Tensor& t) {
+  Shape s = t.shape();
+  s.insert(s.begin() + 1, 1);
+  return t.reshape(s);
+}
+
+// <A, v> summed over the value dims: [N, S].
+Tensor contract(const Tensor& A, const Tensor& v) {
+  const int64_t n = A.size(0), s = A.size(1);
+  return sum((A * v).reshape({n, s, A.numel() / std::max<int64_t>(n * s, 1)}), {2});
+}
+
+}  // namespace
+
+LinearBound relu_crown_backward(const LinearBound& upper, const Interval& pre, bool adaptive_lower) {
+  const Tensor l = pre.lower(), u = pre.upper();
+  const Tensor active = affine(gt(neg(l), 0.0), -1, 1);  // l >= 0
+  const Tensor unstable = gt(u, 0.0) * affine(active, -1, 1);
+  // Upper line of an unstable neuron: u / (u - l) (x - l); stable active: x; inactive: 0.
+  const Tensor width = clamp(u - l, 1e-12, std::numeric_limits<double>::max());
+  const Tensor up_slope = active + unstable * (u / width);
+  const Tensor up_intercept = unstable * (-(u * l) / width);
+  const Tensor low_slope = active + (adaptive_lower ? unstable * gt(u, -l) : zeros_like(l));
+  const Tensor A_pos = clamp(upper.A, 0.0, std::numeric_limits<double>::max()), A_neg = upper.A - A_pos;
+  return {A_pos * per_sample(up_slope) + A_neg * per_sample(low_slope),
+          upper.bias + contract(A_pos, per_sample(up_intercept))};
+}
+
+LinearBound affine_crown_backward(const LinearBound& upper, const Tensor& scale, const Tensor& shift) {
+  Shape s = scale.shape();
+  s.insert(s.begin() + 1, 1);
+  Shape t = shift.shape();
+  t.insert(t.begin() + 1, 1);
+  return {upper.A * scale.reshape(s), upper.bias + contract(upper.A, shift.reshape(t))};
+}
+
+Tensor maximize_over_box(const LinearBound& bound, const Interval& box) {
+  return bound.bias + contract(bound.A, per_sample(box.center)) + contract(abs(bound.A), per_sample(box.radius));
+}
 
 Interval interval_margin_of_logits(const Interval& z, const Tensor& labels) {
   const Tensor is_label = one_hot(labels, z.center.size(1), z.center.dtype());

@@ -54,6 +54,13 @@ Interval Linear::interval_margin(const Interval& in, const Tensor& labels) {
   return {margins.center, radius};
 }
 
+LinearBound Linear::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  const int64_t n = upper.A.size(0), s = upper.A.size(1);
+  const Tensor A = matmul(upper.A.reshape({n * s, out_features}), weight).reshape({n, s, in_features});
+  if (!bias.defined()) return {A, upper.bias};
+  return {A, upper.bias + sum(upper.A * bias.reshape({1, 1, out_features}), {2})};
+}
+
 // ---- Conv2d ----------------------------------------------------------------------------------
 
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t k, Generator& gen, Conv2dOptions opts)
@@ -83,7 +90,19 @@ Tensor Conv2d::forward(const Tensor& x) {
 
 Interval Conv2d::interval_forward(const Interval& in) {
   if (in.center.dim() != 4 || in.center.size(1) != in_channels) forward(in.center.detach());  // its shape error
+  input_shape_ = in.center.shape();
   return {conv2d(in.center, weight, bias, {stride, padding}), conv2d(in.radius, abs(weight), Tensor(), {stride, padding})};
+}
+
+LinearBound Conv2d::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  if (input_shape_.empty()) Module::crown_backward(upper, {});  // no interval pass yet: its error
+  const int64_t n = upper.A.size(0), s = upper.A.size(1);
+  const int64_t oh = upper.A.size(3), ow = upper.A.size(4);
+  const Shape in{n * s, input_shape_[1], input_shape_[2], input_shape_[3]};
+  const Tensor A = conv2d_backward_input(upper.A.reshape({n * s, out_channels, oh, ow}), weight, in, {stride, padding})
+                       .reshape({n, s, input_shape_[1], input_shape_[2], input_shape_[3]});
+  if (!bias.defined()) return {A, upper.bias};
+  return {A, upper.bias + sum(upper.A * bias.reshape({1, 1, out_channels, 1, 1}), {2, 3, 4})};
 }
 
 // ---- BatchNorm -------------------------------------------------------------------------------
@@ -124,7 +143,14 @@ Interval BatchNorm::interval_forward(const Interval& in) {
     var_c = running_var.reshape(per_channel);
   }
   const Tensor scale = weight.reshape(per_channel) / sqrt(var_c + eps);
+  scale_ = scale;
+  shift_ = bias.reshape(per_channel) - mean_c * scale;
   return {(c - mean_c) * scale + bias.reshape(per_channel), in.radius * abs(scale)};
+}
+
+LinearBound BatchNorm::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  if (!scale_.defined()) Module::crown_backward(upper, {});  // no interval pass yet: its error
+  return affine_crown_backward(upper, scale_, shift_);
 }
 
 // ---- shape and pooling layers ------------------------------------------------------------------
@@ -136,7 +162,15 @@ Tensor Flatten::forward(const Tensor& x) {
 
 Interval Flatten::interval_forward(const Interval& in) {
   if (in.center.dim() < 2) forward(in.center.detach());  // its shape error
+  input_shape_ = in.center.shape();
   return interval_positive_linear(in, [](const Tensor& t) { return t.flatten(1); });
+}
+
+LinearBound Flatten::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  if (input_shape_.empty()) Module::crown_backward(upper, {});  // no interval pass yet: its error
+  Shape shape{upper.A.size(0), upper.A.size(1)};
+  shape.insert(shape.end(), input_shape_.begin() + 1, input_shape_.end());
+  return {upper.A.reshape(shape), upper.bias};
 }
 
 Interval MaxPool2d::interval_forward(const Interval& in) {
@@ -188,6 +222,13 @@ Interval Normalize::interval_forward(const Interval& in) {
   return {(in.center - mean.reshape(per_channel)) / s, in.radius / abs(s)};
 }
 
+LinearBound Normalize::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  const Shape per_channel{1, mean.numel(), 1, 1};
+  const Tensor s = std.reshape(per_channel);
+  const Tensor inverse = div(ones_like(s), s);
+  return affine_crown_backward(upper, inverse, -(mean.reshape(per_channel) * inverse));
+}
+
 // ---- Sequential ------------------------------------------------------------------------------
 
 Sequential::Sequential(const std::vector<std::shared_ptr<Module>>& layers) {
@@ -215,6 +256,12 @@ Interval Sequential::interval_forward(const Interval& in) {
   Interval h = in;
   for (auto& [name, layer] : layers_) h = layer->interval_forward(h);
   return h;
+}
+
+LinearBound Sequential::crown_backward(const LinearBound& upper, const CrownOptions& options) {
+  LinearBound b = upper;
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) b = it->second->crown_backward(b, options);
+  return b;
 }
 
 Interval Sequential::interval_margin(const Interval& in, const Tensor& labels) {

@@ -33,6 +33,7 @@ class Linear : public Module {
   Interval interval_forward(const Interval& in) override;
   // Elision: the margins' box with (W_j - W_y) merged per sample, |W_j - W_y| r.
   Interval interval_margin(const Interval& in, const Tensor& labels) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
 
   const int64_t in_features, out_features;
   Tensor weight, bias;  // bias is undefined when opts.bias is false
@@ -50,11 +51,15 @@ class Conv2d : public Module {
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, Generator& gen, Conv2dOptions opts = {});
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
   // Spatial size of the output for an input of size `in` (throws when the kernel does not fit).
   int64_t output_size(int64_t in) const;
 
   const int64_t in_channels, out_channels, kernel_size, stride, padding;
   Tensor weight, bias;
+
+ private:
+  Shape input_shape_;  // of the last interval_forward, for CROWN
 };
 
 // Batch normalisation over the channel dim 1, PyTorch's BatchNorm: in training mode the batch
@@ -67,6 +72,7 @@ class BatchNorm : public Module {
   // Eval mode: the affine map of the running statistics. Training mode: the batch statistics of
   // the box centers (the running statistics are left alone), as IBP training uses them.
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
 
   const int64_t num_features;
   const double eps, momentum;
@@ -76,7 +82,8 @@ class BatchNorm : public Module {
   BatchNorm(int64_t num_features, int64_t input_dims, DType dtype, double eps, double momentum);
 
  private:
-  int64_t input_dims_;  // 2 for BatchNorm1d ([N, C]), 4 for BatchNorm2d ([N, C, H, W])
+  int64_t input_dims_;    // 2 for BatchNorm1d ([N, C]), 4 for BatchNorm2d ([N, C, H, W])
+  Tensor scale_, shift_;  // the affine map of the last interval_forward, per channel, for CROWN
 };
 
 class BatchNorm1d : public BatchNorm {
@@ -94,7 +101,16 @@ class BatchNorm2d : public BatchNorm {
 class ReLU : public Module {
  public:
   Tensor forward(const Tensor& x) override { return relu(x); }
-  Interval interval_forward(const Interval& in) override { return interval_relu(in); }
+  Interval interval_forward(const Interval& in) override {
+    pre_ = in;
+    return interval_relu(in);
+  }
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override {
+    return relu_crown_backward(upper, pre_, options.adaptive_lower);
+  }
+
+ private:
+  Interval pre_;  // the pre-activation box of the last interval_forward
 };
 
 // [N, d1, d2, ...] -> [N, d1 * d2 * ...].
@@ -102,6 +118,9 @@ class Flatten : public Module {
  public:
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
+ private:
+  Shape input_shape_;
 };
 
 class MaxPool2d : public Module {
@@ -138,6 +157,7 @@ class Normalize : public Module {
   Normalize(const std::vector<double>& mean, const std::vector<double>& stddev, DType dtype = DType::f32);
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
   Tensor mean, std;
 };
 
@@ -155,6 +175,7 @@ class Sequential : public Module {
   Interval interval_forward(const Interval& in) override;
   // Every layer but the last forwards the box; the last gives the margins (so a final Linear elides).
   Interval interval_margin(const Interval& in, const Tensor& labels) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
 
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& layers() const { return layers_; }
 

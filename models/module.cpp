@@ -27,6 +27,11 @@ Interval Module::interval_forward(const Interval&) {
                                           type_name()));
 }
 
+LinearBound Module::crown_backward(const LinearBound&, const CrownOptions&) {
+  throw std::invalid_argument(fmt::format("{}: CROWN cannot pass this layer (it has no backward linear relaxation)",
+                                          type_name()));
+}
+
 Interval Module::interval_margin(const Interval& in, const Tensor& labels) {
   return interval_margin_of_logits(interval_forward(in), labels);
 }

@@ -34,6 +34,11 @@ class Module {
   // by default interval_margin_of_logits(interval_forward(in)); a model ending in a Linear
   // merges the difference into that layer's weights (elision: |W_j - W_y| r, never looser).
   virtual Interval interval_margin(const Interval& in, const Tensor& labels);
+  // CROWN's backward step (models/interval.h): from the upper bound <A, out> + bias of this
+  // module's output to one in terms of its input. It uses what the module's last
+  // interval_forward recorded (ReLU pre-activation bounds, input shapes, BatchNorm's affine map),
+  // so an interval pass over the same box comes first. The default throws, naming the module.
+  virtual LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options);
   // The module's type, for messages ("Conv2d", "PreActBlock").
   std::string type_name() const;
 

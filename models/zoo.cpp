@@ -166,12 +166,35 @@ Tensor PreActBlock::forward(const Tensor& x) {
 }
 
 Interval PreActBlock::interval_forward(const Interval& x) {
-  const Interval a = interval_relu(bn1->interval_forward(x));
+  pre1_ = bn1->interval_forward(x);
+  const Interval a = interval_relu(pre1_);
   const Interval skip = shortcut ? shortcut->interval_forward(a) : x;
-  return interval_add(conv2->interval_forward(interval_relu(bn2->interval_forward(conv1->interval_forward(a)))), skip);
+  pre2_ = bn2->interval_forward(conv1->interval_forward(a));
+  return interval_add(conv2->interval_forward(interval_relu(pre2_)), skip);
 }
 
 namespace {
+
+// The sum of two bounds on the same values (the branches meeting at a residual block's input).
+LinearBound add_bounds(const LinearBound& a, const LinearBound& b) { return {a.A + b.A, a.bias + b.bias}; }
+
+// A bound with the same A and no bias: a second branch starts from it, so the bias accumulated
+// so far is counted once.
+LinearBound without_bias(const LinearBound& b) { return {b.A, zeros_like(b.bias)}; }
+
+// CROWN through a pre-activation residual block: out = conv2(relu(pre2)) + skip, pre2 =
+// bn2(conv1(a)), a = relu(pre1), pre1 = bn1(x), skip = shortcut(a) or x.
+template <class Shortcut>
+LinearBound residual_crown_backward(const LinearBound& upper, const CrownOptions& o, Conv2d& conv1, Conv2d& conv2,
+                                    BatchNorm2d& bn1, BatchNorm2d& bn2, const Interval& pre1, const Interval& pre2,
+                                    Shortcut* shortcut) {
+  LinearBound at_a = conv1.crown_backward(
+      bn2.crown_backward(relu_crown_backward(conv2.crown_backward(upper, o), pre2, o.adaptive_lower), o), o);
+  if (shortcut) at_a = add_bounds(at_a, shortcut->crown_backward(without_bias(upper), o));
+  const LinearBound at_x = bn1.crown_backward(relu_crown_backward(at_a, pre1, o.adaptive_lower), o);
+  return shortcut ? at_x : add_bounds(at_x, without_bias(upper));
+}
+
 
 // relu, global average pooling and flatten: the ResNets' head before their final Linear.
 Interval pooled_features(const Interval& h) {
@@ -214,7 +237,8 @@ namespace {
 Interval preact_features(PreActResNet18& m, const Interval& x) {
   Interval h = m.conv1->interval_forward(m.normalize->interval_forward(x));
   for (const auto& layer : {m.layer1, m.layer2, m.layer3, m.layer4}) h = layer->interval_forward(h);
-  return pooled_features(m.bn->interval_forward(h));
+  m.head_pre = m.bn->interval_forward(h);
+  return pooled_features(m.head_pre);
 }
 }  // namespace
 
@@ -222,6 +246,31 @@ Interval PreActResNet18::interval_forward(const Interval& in) { return linear->i
 
 Interval PreActResNet18::interval_margin(const Interval& in, const Tensor& labels) {
   return linear->interval_margin(preact_features(*this, in), labels);
+}
+
+LinearBound PreActBlock::crown_backward(const LinearBound& upper, const CrownOptions& o) {
+  if (!pre1_.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  return residual_crown_backward(upper, o, *conv1, *conv2, *bn1, *bn2, pre1_, pre2_, shortcut.get());
+}
+
+namespace {
+
+// CROWN back through the ResNets' head (relu, global average pooling, flatten) to the last
+// stage's output, whose pre-activation box the interval pass recorded.
+LinearBound pooled_features_crown_backward(const LinearBound& upper, const Interval& pre, const CrownOptions& o) {
+  const int64_t n = upper.A.size(0), s = upper.A.size(1), c = pre.center.size(1), h = pre.center.size(2),
+                w = pre.center.size(3);
+  const Tensor spread = Tensor::full({1, 1, 1, h, w}, 1.0 / static_cast<double>(h * w), upper.A.dtype(), upper.A.device());
+  return relu_crown_backward({upper.A.reshape({n, s, c, 1, 1}) * spread, upper.bias}, pre, o.adaptive_lower);
+}
+
+}  // namespace
+
+LinearBound PreActResNet18::crown_backward(const LinearBound& upper, const CrownOptions& o) {
+  if (!head_pre.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  LinearBound b = bn->crown_backward(pooled_features_crown_backward(linear->crown_backward(upper, o), head_pre, o), o);
+  for (const auto& layer : {layer4, layer3, layer2, layer1}) b = layer->crown_backward(b, o);
+  return normalize->crown_backward(conv1->crown_backward(b, o), o);
 }
 
 // ---- WideResNet ------------------------------------------------------------------------------------
@@ -246,9 +295,16 @@ Tensor WideBasicBlock::forward(const Tensor& x) {
 }
 
 Interval WideBasicBlock::interval_forward(const Interval& x) {
-  const Interval a = interval_relu(bn1->interval_forward(x));
+  pre1_ = bn1->interval_forward(x);
+  const Interval a = interval_relu(pre1_);
   const Interval skip = convShortcut ? convShortcut->interval_forward(a) : x;
-  return interval_add(conv2->interval_forward(interval_relu(bn2->interval_forward(conv1->interval_forward(a)))), skip);
+  pre2_ = bn2->interval_forward(conv1->interval_forward(a));
+  return interval_add(conv2->interval_forward(interval_relu(pre2_)), skip);
+}
+
+LinearBound WideBasicBlock::crown_backward(const LinearBound& upper, const CrownOptions& o) {
+  if (!pre1_.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  return residual_crown_backward(upper, o, *conv1, *conv2, *bn1, *bn2, pre1_, pre2_, convShortcut.get());
 }
 
 WideNetworkBlock::WideNetworkBlock(int64_t num_blocks, int64_t in_planes, int64_t out_planes, int64_t stride,
@@ -286,7 +342,8 @@ namespace {
 Interval wide_features(WideResNet& m, const Interval& x) {
   Interval h = m.conv1->interval_forward(m.normalize->interval_forward(x));
   h = m.block3->interval_forward(m.block2->interval_forward(m.block1->interval_forward(h)));
-  return pooled_features(m.bn1->interval_forward(h));
+  m.head_pre = m.bn1->interval_forward(h);
+  return pooled_features(m.head_pre);
 }
 }  // namespace
 
@@ -294,6 +351,13 @@ Interval WideResNet::interval_forward(const Interval& in) { return fc->interval_
 
 Interval WideResNet::interval_margin(const Interval& in, const Tensor& labels) {
   return fc->interval_margin(wide_features(*this, in), labels);
+}
+
+LinearBound WideResNet::crown_backward(const LinearBound& upper, const CrownOptions& o) {
+  if (!head_pre.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  LinearBound b = bn1->crown_backward(pooled_features_crown_backward(fc->crown_backward(upper, o), head_pre, o), o);
+  for (const auto& block : {block3, block2, block1}) b = block->crown_backward(b, o);
+  return normalize->crown_backward(conv1->crown_backward(b, o), o);
 }
 
 }  // namespace bulwark

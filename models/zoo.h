@@ -47,10 +47,14 @@ class PreActBlock : public Module {
   PreActBlock(int64_t in_planes, int64_t planes, int64_t stride, Generator& gen, DType dtype);
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
 
   std::shared_ptr<BatchNorm2d> bn1, bn2;
   std::shared_ptr<Conv2d> conv1, conv2;
   std::shared_ptr<Sequential> shortcut;  // null for the identity shortcut
+
+ private:
+  Interval pre1_, pre2_;  // the two ReLUs' pre-activation boxes of the last interval_forward
 };
 
 // normalize, conv1 3x3 64, layer1..layer4 (2 PreActBlocks each, 64/128/256/512 channels, stride
@@ -62,6 +66,8 @@ class PreActResNet18 : public Module {
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
   Interval interval_margin(const Interval& in, const Tensor& labels) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
+  Interval head_pre;  // the head ReLU's pre-activation box of the last interval pass
 
   std::shared_ptr<Normalize> normalize;
   std::shared_ptr<Conv2d> conv1;
@@ -78,10 +84,14 @@ class WideBasicBlock : public Module {
   WideBasicBlock(int64_t in_planes, int64_t out_planes, int64_t stride, Generator& gen, DType dtype);
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
 
   std::shared_ptr<BatchNorm2d> bn1, bn2;
   std::shared_ptr<Conv2d> conv1, conv2;
   std::shared_ptr<Conv2d> convShortcut;  // null when in_planes == out_planes
+
+ private:
+  Interval pre1_, pre2_;  // the two ReLUs' pre-activation boxes of the last interval_forward
 };
 
 // A stage of a WideResNet: n blocks in a Sequential named "layer" (the original NetworkBlock).
@@ -90,6 +100,9 @@ class WideNetworkBlock : public Module {
   WideNetworkBlock(int64_t num_blocks, int64_t in_planes, int64_t out_planes, int64_t stride, Generator& gen, DType dtype);
   Tensor forward(const Tensor& x) override { return layer->forward(x); }
   Interval interval_forward(const Interval& in) override { return layer->interval_forward(in); }
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override {
+    return layer->crown_backward(upper, options);
+  }
 
   std::shared_ptr<Sequential> layer;
 };
@@ -102,6 +115,8 @@ class WideResNet : public Module {
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
   Interval interval_margin(const Interval& in, const Tensor& labels) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
+  Interval head_pre;  // the head ReLU's pre-activation box of the last interval pass
 
   std::shared_ptr<Normalize> normalize;
   std::shared_ptr<Conv2d> conv1;

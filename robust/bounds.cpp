@@ -13,6 +13,7 @@ namespace bulwark::robust {
 
 BoundKind bound_from_name(const std::string& name) {
   if (name == "ibp") return BoundKind::ibp;
+  if (name == "crown-ibp") return BoundKind::crown_ibp;
   throw std::invalid_argument(
       fmt::format("unknown bound '{}' (bulwark implements: {})", name, fmt::join(bound_names(), ", ")));
 }
@@ -20,11 +21,32 @@ BoundKind bound_from_name(const std::string& name) {
 const char* bound_name(BoundKind kind) {
   switch (kind) {
     case BoundKind::ibp: return "ibp";
+    case BoundKind::crown_ibp: return "crown-ibp";
   }
   return "?";
 }
 
-std::vector<std::string> bound_names() { return {"ibp"}; }
+std::vector<std::string> bound_names() { return {"ibp", "crown-ibp"}; }
+
+Tensor margin_specification(const Tensor& labels, int64_t classes, DType dtype) {
+  std::vector<int32_t> all(static_cast<size_t>(classes));
+  for (int32_t c = 0; c < classes; ++c) all[c] = c;
+  const Tensor eye = one_hot(Tensor::from_vector(all, {classes}).to(labels.device()), classes, dtype);
+  const int64_t n = labels.size(0);
+  return eye.reshape({1, classes, classes}) - one_hot(labels, classes, dtype).reshape({n, 1, classes});
+}
+
+Tensor mixed_worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, double eps, double beta,
+                               const CrownOptions& options) {
+  if (!(beta >= 0 && beta <= 1)) throw std::invalid_argument(fmt::format("CROWN-IBP's beta must be in [0, 1], got {}", beta));
+  const Interval box = input_box(x, eps);
+  const Tensor ibp = model.interval_margin(box, labels).upper();  // also records what CROWN needs
+  if (beta == 0) return ibp;
+  const int64_t n = x.size(0), k = ibp.size(1);
+  const LinearBound start{margin_specification(labels, k, x.dtype()), Tensor::zeros({n, k}, x.dtype(), x.device())};
+  const Tensor crown = maximize_over_box(model.crown_backward(start, options), box);
+  return beta == 1 ? crown : crown * beta + ibp * (1 - beta);
+}
 
 Interval input_box(const Tensor& x, double eps) {
   if (!(eps >= 0 && eps <= 1))
@@ -37,6 +59,7 @@ Tensor worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, d
     throw std::invalid_argument(fmt::format("worst_case_logits: labels must be i32 [{}], got {}", x.size(0), labels.str()));
   switch (kind) {
     case BoundKind::ibp: return model.interval_margin(input_box(x, eps), labels).upper();
+    case BoundKind::crown_ibp: return mixed_worst_case_logits(model, x, labels, eps, 1.0);
   }
   throw std::invalid_argument("worst_case_logits: unknown bound");
 }

@@ -3,10 +3,13 @@
 // [x - eps, x + eps] intersected with [0,1] can change the model's decision, which the bounds
 // prove by showing every margin z_j - z_y (j != y) stays below 0 over the whole box.
 //
-//   ibp   interval bound propagation (Gowal et al. 2018): each layer maps a box of its inputs to
-//         a box of its outputs (models/interval.h, Module::interval_forward), and the model's
-//         last Linear is merged with the margins (elision: |W_j - W_y| r instead of |W_j| r +
-//         |W_y| r), which is never looser.
+//   ibp        interval bound propagation (Gowal et al. 2018): each layer maps a box of its inputs
+//              to a box of its outputs (models/interval.h, Module::interval_forward), and the
+//              model's last Linear is merged with the margins (elision: |W_j - W_y| r instead of
+//              |W_j| r + |W_y| r), which is never looser.
+//   crown-ibp  (Zhang et al. 2020) the ReLUs' pre-activation boxes from the IBP pass, then CROWN's
+//              backward linear relaxation (Module::crown_backward) from the margins z_j - z_y
+//              through the whole network to the input box, maximised there in closed form.
 //
 // The worst-case logits wc_j = upper(z_j - z_y) (wc_y = 0) give the verified loss CE(wc, y),
 // which IBP training minimises (robust/methods/ibp.cpp), and the verified decision
@@ -21,9 +24,9 @@
 
 namespace bulwark::robust {
 
-enum class BoundKind { ibp };
+enum class BoundKind { ibp, crown_ibp };
 
-// "ibp"; throws std::invalid_argument listing the bounds bulwark implements.
+// "ibp", "crown-ibp"; throws std::invalid_argument listing the bounds bulwark implements.
 BoundKind bound_from_name(const std::string& name);
 const char* bound_name(BoundKind kind);
 std::vector<std::string> bound_names();
@@ -34,6 +37,15 @@ Interval input_box(const Tensor& x, double eps);
 // Upper bounds of z_j - z_y over the box of radius eps around x, [N, K], 0 at j = y.
 Tensor worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, double eps,
                          BoundKind kind = BoundKind::ibp);
+
+// CROWN-IBP training's mix, from one interval pass: beta * crown-ibp + (1 - beta) * ibp worst-case
+// logits (both are upper bounds, so is any such mix). beta = 0 skips the CROWN pass.
+Tensor mixed_worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, double eps, double beta,
+                               const CrownOptions& options = {});
+
+// The margins z_j - z_y as linear functions of the logits, [N, K, K] (row j = e_j - e_y; row y is
+// 0): where CROWN starts its backward pass.
+Tensor margin_specification(const Tensor& labels, int64_t classes, DType dtype);
 
 // Per sample, 1 where every wc_j (j != y) is below 0: the decision cannot change in the box.
 std::vector<uint8_t> verified_samples(const Tensor& worst_case, const Tensor& labels);

@@ -20,6 +20,7 @@ MethodInfo mplus_pgd_method();
 MethodInfo deat_d_method();
 MethodInfo deat_p_method();
 MethodInfo ibp_method();
+MethodInfo crown_ibp_method();
 
 namespace {
 
@@ -34,6 +35,7 @@ void register_builtin_methods(MethodRegistry& r) {
   r.add(deat_d_method());
   r.add(deat_p_method());
   r.add(ibp_method());
+  r.add(crown_ibp_method());
 }
 
 // The fields of the single method block written before methods declared their own options

@@ -267,15 +267,16 @@ TEST_CASE("gradients through the IBP verified loss match finite differences (f64
 }
 
 TEST_CASE("IBP on the CUDA backend (emulated) gives the CPU's worst-case logits", "[bounds][cuda]") {
+  // Small sizes: the emulator runs every CUDA thread as a fiber.
   for (const std::string& name : {"mlp", "wong_small", "ibp_small", "cnn7", "preact_resnet18"}) {
     INFO(name);
-    const int64_t side = std::string(name) == "preact_resnet18" ? 8 : 12;
+    const int64_t side = std::string(name) == "ibp_small" ? 12 : 8;
     const auto cpu = small_zoo_model(name, DType::f32, 3, side);
     const auto gpu = small_zoo_model(name, DType::f32, 3, side);
     gpu->to(Device::cuda);
     Generator gen(12);
-    const Tensor x = rand_uniform({5, 3, side, side}, 0, 1, gen);
-    const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3, 9}, {5});
+    const Tensor x = rand_uniform({3, 3, side, side}, 0, 1, gen);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 1, 9}, {3});
     const Tensor on_cpu = robust::worst_case_logits(*cpu, x, y, 0.02);
     const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.02);
     CHECK(on_gpu.device() == Device::cuda);
@@ -322,5 +323,151 @@ TEST_CASE("bounds name the layer they cannot pass, and refuse eps outside [0, 1]
   CHECK_THROWS_WITH(robust::worst_case_logits(net, x, y, 0.1),
                     Catch::Contains("Squash: interval bound propagation cannot pass this layer"));
   CHECK_THROWS_WITH(robust::input_box(x, 1.5), Catch::Contains("eps in [0, 1]"));
-  CHECK_THROWS_WITH(robust::bound_from_name("crown-ibp"), Catch::Contains("bulwark implements: ibp"));
+  CHECK_THROWS_WITH(robust::bound_from_name("crown"), Catch::Contains("bulwark implements: ibp, crown-ibp"));
+}
+
+// ---- CROWN-IBP ---------------------------------------------------------------------------------
+
+TEST_CASE("every zoo model's margins stay below their CROWN-IBP bounds over the input box", "[bounds]") {
+  for (const std::string& name : model_names()) {
+    const bool big = name == "preact_resnet18" || name == "wide_resnet";
+    const int64_t side = big ? 8 : (name == "ibp_large" || name == "wong_large" || name == "cnn7" ? 12 : 16);
+    INFO(name);
+    const auto model = small_zoo_model(name, DType::f64, 1, side);
+    Generator gen(31);
+    const Tensor x = rand_uniform({2, 1, side, side}, 0, 1, gen, DType::f64);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{2, 6}, {2});
+    const double eps = 0.02;
+    const Interval box = robust::input_box(x, eps);
+    const Tensor crown = robust::worst_case_logits(*model, x, y, eps, robust::BoundKind::crown_ibp);
+    const Tensor ibp = robust::worst_case_logits(*model, x, y, eps, robust::BoundKind::ibp);
+    double worst = 0;
+    for (const Tensor& p : box_points(box, big ? 20 : 60, 9)) {
+      const Tensor z = model->forward(p);
+      const Tensor margins = interval_margin_of_logits({z, zeros_like(z)}, y).center;
+      worst = std::max(worst, escape(margins, margins - 1e9, crown));  // margins <= crown
+    }
+    CHECK(worst <= 1e-9);
+    const std::vector<double> c = crown.to_vector_f64(), i = ibp.to_vector_f64();
+    int tighter = 0;
+    for (size_t k = 0; k < c.size(); ++k) tighter += c[k] < i[k];
+    INFO("CROWN-IBP tighter than IBP on " << tighter << " of " << c.size() << " margins");
+    CHECK(c[2] == 0.0);  // the label's own margin
+  }
+}
+
+TEST_CASE("CROWN is exact on a multi-layer linear network, where IBP is not", "[bounds]") {
+  Generator gen(8);
+  Sequential net;
+  net.add(std::make_shared<Flatten>());
+  net.add(std::make_shared<Linear>(12, 9, gen, LinearOptions{.dtype = DType::f64}));
+  net.add(std::make_shared<Linear>(9, 7, gen, LinearOptions{.dtype = DType::f64}));
+  net.add(std::make_shared<Linear>(7, 5, gen, LinearOptions{.dtype = DType::f64}));
+  const Tensor x = rand_uniform({3, 1, 3, 4}, 0.2, 0.8, gen, DType::f64);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 3, 4}, {3});
+  const double eps = 0.05;
+  const Interval box = robust::input_box(x, eps);
+  net.interval_margin(box, y);
+  const LinearBound start{robust::margin_specification(y, 5, DType::f64), Tensor::zeros({3, 5}, DType::f64)};
+  const LinearBound back = net.crown_backward(start, {});
+  const std::vector<double> crown = maximize_over_box(back, box).to_vector_f64();
+  const std::vector<double> ibp = robust::worst_case_logits(net, x, y, eps).to_vector_f64();
+  // The maximiser of a linear function over the box is the corner c + r sign(A).
+  const std::vector<double> A = back.A.to_vector_f64(), c = box.center.to_vector_f64(), r = box.radius.to_vector_f64();
+  const std::vector<int32_t> labels = y.to_vector_i32();
+  int looser = 0;
+  for (int64_t n = 0; n < 3; ++n)
+    for (int64_t j = 0; j < 5; ++j) {
+      std::vector<double> corner(12);
+      for (int64_t i = 0; i < 12; ++i) corner[i] = c[n * 12 + i] + r[n * 12 + i] * (A[(n * 5 + j) * 12 + i] >= 0 ? 1 : -1);
+      const std::vector<double> z = net.forward(Tensor::from_vector(corner, {1, 1, 3, 4})).to_vector_f64();
+      CHECK(crown[n * 5 + j] == Approx(z[j] - z[labels[n]]).margin(1e-12));
+      looser += ibp[n * 5 + j] > crown[n * 5 + j] + 1e-9;
+    }
+  CHECK(looser > 0);
+}
+
+TEST_CASE("CROWN with lower slope 0 is never looser than IBP on one hidden layer", "[bounds]") {
+  for (uint64_t seed : {1, 2, 3}) {
+    INFO("seed " << seed);
+    Generator gen(seed);
+    Sequential net;
+    net.add(std::make_shared<Flatten>());
+    net.add(std::make_shared<Linear>(16, 20, gen, LinearOptions{.dtype = DType::f64}));
+    net.add(std::make_shared<ReLU>());
+    net.add(std::make_shared<Linear>(20, 6, gen, LinearOptions{.dtype = DType::f64}));
+    const Tensor x = rand_uniform({5, 1, 4, 4}, 0, 1, gen, DType::f64);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3, 5}, {5});
+    for (const double eps : {0.01, 0.05, 0.2}) {
+      const Interval box = robust::input_box(x, eps);
+      const std::vector<double> ibp = net.interval_margin(box, y).upper().to_vector_f64();
+      const LinearBound start{robust::margin_specification(y, 6, DType::f64), Tensor::zeros({5, 6}, DType::f64)};
+      const std::vector<double> crown =
+          maximize_over_box(net.crown_backward(start, CrownOptions{.adaptive_lower = false}), box).to_vector_f64();
+      for (size_t k = 0; k < ibp.size(); ++k) CHECK(crown[k] <= ibp[k] + 1e-10);
+    }
+  }
+}
+
+TEST_CASE("gradients through the CROWN-IBP verified loss match finite differences (f64)", "[bounds]") {
+  const auto model = small_zoo_model("cnn7", DType::f64, 1, 8);
+  Generator gen(16);
+  const Tensor x = rand_uniform({2, 1, 8, 8}, 0, 1, gen, DType::f64);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{4, 7}, {2});
+  const auto loss = [&] { return cross_entropy(robust::mixed_worst_case_logits(*model, x, y, 0.01, 0.7), y); };
+  const NamedTensors params = model->named_parameters();
+  std::vector<Tensor> leaves;
+  for (const auto& [name, p] : params) leaves.push_back(p);
+  const std::vector<Tensor> grads = grad({loss()}, leaves);
+  std::mt19937 rng(5);
+  for (size_t k = 0; k < params.size(); k += 3) {
+    INFO(params[k].first);
+    Tensor p = params[k].second;
+    double* data = p.data<double>();
+    const std::vector<double> g = grads[k].to_vector_f64();
+    const auto i = static_cast<size_t>(std::uniform_int_distribution<int64_t>(0, p.numel() - 1)(rng));
+    const double keep = data[i], h = 1e-6;
+    NoGradGuard no_grad;
+    data[i] = keep + h;
+    const double up = loss().item();
+    data[i] = keep - h;
+    const double down = loss().item();
+    data[i] = keep;
+    CHECK(g[i] == Approx((up - down) / (2 * h)).margin(1e-6).epsilon(1e-4));
+  }
+}
+
+TEST_CASE("CROWN-IBP on the CUDA backend (emulated) gives the CPU's worst-case logits", "[bounds][cuda]") {
+  for (const std::string& name : {"wong_small", "preact_resnet18"}) {
+    INFO(name);
+    const int64_t side = 8;
+    const auto cpu = small_zoo_model(name, DType::f32, 3, side);
+    const auto gpu = small_zoo_model(name, DType::f32, 3, side);
+    gpu->to(Device::cuda);
+    Generator gen(13);
+    const Tensor x = rand_uniform({2, 3, side, side}, 0, 1, gen);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 9}, {2});
+    const Tensor on_cpu = robust::worst_case_logits(*cpu, x, y, 0.01, robust::BoundKind::crown_ibp);
+    const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.01, robust::BoundKind::crown_ibp);
+    CHECK(on_gpu.device() == Device::cuda);
+    CHECK(max_abs_diff(on_gpu.cpu(), on_cpu) <= 1e-4 * std::max(1.0, max_abs_diff(on_cpu, zeros_like(on_cpu))));
+  }
+}
+
+TEST_CASE("a CROWN-IBP-verified sample is never broken by PGD", "[bounds]") {
+  auto model = testing::trained_mlp();
+  const testing::Batch b = testing::test_batch(200);
+  for (const double eps : {0.002, 0.005}) {
+    const std::vector<uint8_t> verified = robust::verified_samples(
+        robust::worst_case_logits(*model, b.x, b.y, eps, robust::BoundKind::crown_ibp), b.y);
+    const std::vector<uint8_t> ibp =
+        robust::verified_samples(robust::worst_case_logits(*model, b.x, b.y, eps, robust::BoundKind::ibp), b.y);
+    const AttackOutcome pgd = attack_outcome(*model, b.x, b.y, testing::options(AttackKind::pgd, Norm::linf, eps, 20, 2));
+    int broken = 0;
+    for (size_t i = 0; i < verified.size(); ++i) broken += verified[i] && !pgd.correct[i];
+    INFO("eps " << eps << ": CROWN-IBP verifies " << testing::accuracy(verified) << ", IBP " << testing::accuracy(ibp)
+                << ", PGD leaves " << testing::accuracy(pgd.correct));
+    CHECK(broken == 0);
+    CHECK(testing::accuracy(verified) > 0);
+  }
 }

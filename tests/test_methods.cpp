@@ -717,7 +717,7 @@ TEST_CASE("PGD-AT has clearly higher PGD accuracy than standard training of the 
   CHECK(pgd.fwd_passes == 4 * standard.fwd_passes);  // PGD-3 + the training pass per batch
 }
 
-TEST_CASE("IBP training verifies far more than standard training, and its rule (eps and kappa ramps) fires", "[methods]") {
+TEST_CASE("IBP and CROWN-IBP training verify far more than standard training, and their ramps fire", "[methods]") {
   // The MLP on the synthetic data (3x32x32), 6 epochs each, Adam 1e-3, eps 1/255 ramped over 2
   // epochs. Measured: IBP-verified test accuracy 0.37 after IBP training, 0 after standard
   // training (an MLP's first layer sums |W| r over 3,072 inputs: IBP needs training for it).
@@ -731,12 +731,11 @@ TEST_CASE("IBP training verifies far more than standard training, and its rule (
     c.optimizer.name = "adam";
     c.optimizer.lr = 1e-3;
     c.method.options.set("eps", eps);
-    if (method == "ibp") c.method.options.set("eps_ramp", 2.0);
+    if (method != "standard") c.method.options.set("eps_ramp", 2.0);
     c.robust_val_size = 200;
     c.final_attack_size = 0;
     return training::train(c, quiet());
   };
-  const training::RunSummary standard = run("standard"), ibp = run("ibp");
   const auto verified = [&](const std::string& method) {
     const training::Checkpoint ckpt = training::load_checkpoint(dir / (method + "/last.safetensors"));
     const training::TrainConfig cfg = training::config_from_json(ckpt.state.config);
@@ -745,18 +744,35 @@ TEST_CASE("IBP training verifies far more than standard training, and its rule (
     const data::Dataset test = training::load_test_split(cfg.data, 200);
     return training::evaluate_verified(*model, test, 0, 200, eps, robust::BoundKind::ibp, 100, Device::cpu).accuracy;
   };
-  const double standard_verified = verified("standard"), ibp_verified = verified("ibp");
-  INFO("IBP-verified accuracy at 1/255: standard " << standard_verified << ", ibp " << ibp_verified);
-  CHECK(ibp_verified >= standard_verified + 0.2);
-  CHECK(ibp.fwd_passes == 2 * standard.fwd_passes);  // the clean pass and the bound pass per batch
-  CHECK(ibp.bwd_passes == ibp.fwd_passes);
-  // Per epoch: the clean loss's weight kappa follows the ramp, 1 -> 0.5 over 2 epochs, and the
-  // validation reports verified accuracy.
-  const auto lines = metrics_lines(dir / "ibp");
-  REQUIRE(lines.size() == 6);
-  CHECK(lines[0]["kappa"].get<double>() > 0.5);
-  CHECK(lines[0]["kappa"].get<double>() < 1.0);
-  CHECK(lines[5]["kappa"].get<double>() == Approx(0.5));
-  CHECK(lines[5]["verified_val_acc"].get<double>() > 0.2);
+  const training::RunSummary standard = run("standard");
+  const double standard_verified = verified("standard");
   CHECK_FALSE(metrics_lines(dir / "standard")[0].contains("verified_val_acc"));
+  for (const std::string method : {"ibp", "crown-ibp"}) {
+    INFO(method);
+    const training::RunSummary certified = run(method);
+    const double certified_verified = verified(method);
+    INFO("IBP-verified accuracy at 1/255: standard " << standard_verified << ", " << method << " " << certified_verified);
+    CHECK(certified_verified >= standard_verified + 0.2);
+    // Per epoch: the clean loss's weight kappa follows the ramp, 1 -> 0.5 over 2 epochs, and the
+    // validation reports verified accuracy.
+    const auto lines = metrics_lines(dir / method);
+    REQUIRE(lines.size() == 6);
+    CHECK(lines[0]["kappa"].get<double>() > 0.5);
+    CHECK(lines[0]["kappa"].get<double>() < 1.0);
+    CHECK(lines[5]["kappa"].get<double>() == Approx(0.5));
+    CHECK(lines[5]["verified_val_acc"].get<double>() > 0.2);
+    const int64_t batches = standard.fwd_passes / 6;  // one pass per batch
+    if (method == "ibp") {
+      CHECK(certified.fwd_passes == 2 * standard.fwd_passes);  // the clean pass and the bound pass per batch
+      CHECK_FALSE(lines[0].contains("beta"));
+    } else {
+      // beta: 1 -> 0 on the ramp; while it is above 0 a batch also runs CROWN's backward pass.
+      CHECK(lines[0]["beta"].get<double>() > 0.0);
+      CHECK(lines[0]["beta"].get<double>() < 1.0);
+      CHECK(lines[5]["beta"].get<double>() == 0.0);
+      CHECK(lines[0]["fwd_passes"].get<int64_t>() == 3 * batches);
+      CHECK(lines[5]["fwd_passes"].get<int64_t>() == 2 * batches);
+    }
+    CHECK(certified.bwd_passes == certified.fwd_passes);
+  }
 }
