@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -43,6 +44,31 @@ Option eps_ramp_option() {
       .at_least(0)
       .default_to(0.0);
 }
+Option eps_ramp_start_option() {
+  return Option::make("eps_ramp_start", "--eps-ramp-start", OptionType::real,
+                      "Epochs trained at eps 0 before the --eps-ramp starts")
+      .at_least(0)
+      .default_to(0.0);
+}
+
+Option eps_ramp_shape_option() {
+  return Option::make("eps_ramp_shape", "--eps-ramp-shape", OptionType::text,
+                      "The ramp's shape: linear, or smoothed (eps ~ t^4 for the first quarter, then linear; "
+                      "auto_LiRPA's SmoothedScheduler)")
+      .one_of({"linear", "smoothed"})
+      .default_to(std::string("linear"));
+}
+
+double eps_ramp_scale(double progress, double start, double length, EpsRampShape shape) {
+  if (length <= 0) return progress >= start ? 1.0 : 0.0;
+  const double p = std::clamp((progress - start) / length, 0.0, 1.0);
+  if (shape == EpsRampShape::linear) return p;
+  constexpr double kMid = 0.25, kPower = 4;
+  const double alpha = 1 / (std::pow(kMid, kPower - 1) * ((1 - kMid) * kPower + kMid));
+  const double at_mid = alpha * std::pow(kMid, kPower);
+  return p < kMid ? alpha * std::pow(p, kPower) : at_mid + (1 - at_mid) * (p - kMid) / (1 - kMid);
+}
+
 Option r_max_option(int paper_default) {
   return Option::make("r_max", "--r-max", OptionType::integer,
                       "M+ and DEAT ablations: the most replays (or attack steps) per batch")

@@ -23,6 +23,21 @@ Option alpha_times_eps(double factor, std::string why);
 // --eps-ramp: eps and alpha grow linearly from 0 over this many epochs (0 = off).
 Option eps_ramp_option();
 
+// --eps-ramp-start: epochs at eps 0 before the ramp starts (IBP's warm-up), and --eps-ramp-shape
+// (linear, or auto_LiRPA's smoothed: see eps_ramp_scale). The certified methods have them.
+Option eps_ramp_start_option();
+Option eps_ramp_shape_option();
+
+enum class EpsRampShape { linear, smoothed };
+// The fraction of eps used `progress` epochs into training for a ramp of `length` epochs that
+// starts after `start` epochs (1 without a ramp: length 0). With p = (progress - start) / length
+// clamped to [0, 1]:
+//   linear    p
+//   smoothed  alpha p^4 while p < 1/4, then the straight line from there to 1, with alpha chosen so
+//             the slope is continuous at 1/4 (alpha = 1 / (m^3 ((1 - m) 4 + m)), m = 1/4): eps
+//             grows slowly at first, the shape of auto_LiRPA's SmoothedScheduler (beta 4, mid 0.25).
+double eps_ramp_scale(double progress, double start, double length, EpsRampShape shape);
+
 // --r-max for the methods whose replay or step count grows (M+DEAT, M+PGD, DEAT-d, DEAT-p),
 // with the method's paper's cap as the default.
 Option r_max_option(int paper_default);

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "engine/check.h"
+#include "robust/method_steps.h"
 
 namespace bulwark::robust {
 
@@ -101,6 +102,12 @@ MethodRegistry& method_registry() {
 
 double MethodConfig::eps() const { return options.has("eps") ? options.real("eps") : -1.0; }
 double MethodConfig::eps_ramp() const { return options.has("eps_ramp") ? options.real("eps_ramp") : 0.0; }
+
+double MethodConfig::eps_scale(double progress) const {
+  const double start = options.has("eps_ramp_start") ? options.real("eps_ramp_start") : 0.0;
+  const bool smoothed = options.has("eps_ramp_shape") && options.text("eps_ramp_shape") == "smoothed";
+  return eps_ramp_scale(progress, start, eps_ramp(), smoothed ? EpsRampShape::smoothed : EpsRampShape::linear);
+}
 
 std::vector<std::string> resolve_method(MethodConfig& cfg, const DefaultScope& scope) {
   const MethodInfo& info = method_registry().at(cfg.name);

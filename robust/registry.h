@@ -56,6 +56,9 @@ struct MethodConfig {
   // the defaults are resolved; the eps warm-up in epochs, 0 for a method without one.
   double eps() const;
   double eps_ramp() const;
+  // The fraction of eps a step at `progress` epochs into training uses (robust/method_steps.h
+  // eps_ramp_scale with this method's --eps-ramp, --eps-ramp-start and --eps-ramp-shape).
+  double eps_scale(double progress) const;
 };
 
 // Fills in every option the config lacks, from its default or default rule (which may look at

@@ -622,7 +622,7 @@ TEST_CASE("bulwark verify reports clean, PGD and IBP-verified accuracy, verified
   }
   const Result crown = run(verify + "--bound crown", s.path);
   CHECK(crown.code == 2);
-  CHECK(crown.err.find("unknown bound 'crown' (bulwark implements: ibp)") != std::string::npos);
+  CHECK(crown.err.find("unknown bound 'crown' (bulwark implements: ibp, crown-ibp)") != std::string::npos);
   const Result big = run(verify + "--eps 1.5", s.path);
   CHECK(big.code == 2);
   CHECK(big.err.find("larger than any L-inf distance") != std::string::npos);

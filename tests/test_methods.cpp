@@ -18,6 +18,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "models/zoo.h"
 #include "robust/epoch_rules.h"
+#include "robust/method_steps.h"
 #include "robust/registry.h"
 #include "training/optim.h"
 #include "training/datasets.h"
@@ -774,5 +775,27 @@ TEST_CASE("IBP and CROWN-IBP training verify far more than standard training, an
       CHECK(lines[5]["fwd_passes"].get<int64_t>() == 2 * batches);
     }
     CHECK(certified.bwd_passes == certified.fwd_passes);
+  }
+}
+
+TEST_CASE("the eps ramp: linear or smoothed, after a start, continuous in value and slope", "[methods]") {
+  using robust::EpsRampShape;
+  CHECK(robust::eps_ramp_scale(3.0, 0, 0, EpsRampShape::linear) == 1.0);  // no ramp
+  CHECK(robust::eps_ramp_scale(0.5, 1, 0, EpsRampShape::linear) == 0.0);  // before the start
+  CHECK(robust::eps_ramp_scale(1.0, 1, 4, EpsRampShape::linear) == 0.0);
+  CHECK(robust::eps_ramp_scale(3.0, 1, 4, EpsRampShape::linear) == Approx(0.5));
+  CHECK(robust::eps_ramp_scale(9.0, 1, 4, EpsRampShape::linear) == 1.0);
+  // Smoothed: slower than linear at first, ends at 1, and its value and slope meet at a quarter.
+  const auto smoothed = [](double p) { return robust::eps_ramp_scale(p, 0, 1, EpsRampShape::smoothed); };
+  CHECK(smoothed(0.0) == 0.0);
+  CHECK(smoothed(0.1) < 0.1 * 0.1);
+  CHECK(smoothed(1.0) == Approx(1.0));
+  const double h = 1e-7;
+  CHECK(smoothed(0.25 - h) == Approx(smoothed(0.25)).margin(1e-6));
+  CHECK((smoothed(0.25) - smoothed(0.25 - h)) / h == Approx((smoothed(0.25 + h) - smoothed(0.25)) / h).epsilon(1e-4));
+  double previous = 0;
+  for (double p = 0.01; p <= 1.0; p += 0.01) {
+    CHECK(smoothed(p) >= previous);  // never falls
+    previous = smoothed(p);
   }
 }

@@ -165,6 +165,32 @@ TEST_CASE("SGD momentum follows PyTorch's rule, literal values", "[training]") {
   }
 }
 
+TEST_CASE("gradient clipping scales the global norm down to the limit, and leaves smaller ones alone", "[training]") {
+  // Two parameters with gradients (3, 0) and (0, 4): global norm 5. Plain SGD, lr 1.
+  for (const double limit : {1.0, 10.0}) {
+    INFO("limit " << limit);
+    Tensor a = Tensor::from_vector(std::vector<double>{0.0, 0.0}, {2}).set_requires_grad(true);
+    Tensor b = Tensor::from_vector(std::vector<double>{0.0, 0.0}, {2}).set_requires_grad(true);
+    OptimizerConfig cfg;
+    cfg.lr = 1;
+    cfg.momentum = 0;
+    cfg.weight_decay = 0;
+    Sgd opt({{"a", a}, {"b", b}}, cfg);
+    opt.set_grad_clip(limit);
+    const Tensor wa = Tensor::from_vector(std::vector<double>{3.0, 0.0}, {2});
+    const Tensor wb = Tensor::from_vector(std::vector<double>{0.0, 4.0}, {2});
+    backward(sum(a * wa) + sum(b * wb));
+    opt.step();
+    const double scale = std::min(1.0, limit / 5.0);
+    CHECK(a.to_vector_f64()[0] == Approx(-3 * scale).epsilon(1e-6));
+    CHECK(b.to_vector_f64()[1] == Approx(-4 * scale).epsilon(1e-6));
+  }
+  OptimizerConfig cfg;
+  Tensor p = Tensor::from_vector(std::vector<double>{1.0}, {1}).set_requires_grad(true);
+  Sgd opt({{"p", p}}, cfg);
+  CHECK_THROWS_WITH(opt.set_grad_clip(-1), Catch::Contains("gradient clipping"));
+}
+
 TEST_CASE("SGD matches torch.optim.SGD over 3 steps (momentum, Nesterov, weight decay)", "[training]") {
   struct Case {
     double momentum, weight_decay;

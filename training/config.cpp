@@ -96,6 +96,12 @@ std::vector<TrainOption> make_train_options() {
       Option::make("eval_batch_size", "--eval-batch-size", T::integer, "Batch size of validation and test evaluation")
           .at_least(1),
       [](auto& c) -> auto& { return c.eval_batch_size; });
+  add("",
+      Option::make("grad_clip", "--grad-clip", T::real,
+                   "Clip the gradient's global L2 norm to this before every optimizer step (0 = off; auto_LiRPA's "
+                   "certified-training recipe: 8)")
+          .at_least(0),
+      [](auto& c) -> auto& { return c.grad_clip; });
   add("optimizer", Option::make("name", "--optimizer", T::text, "Optimizer").one_of({"sgd", "adam"}),
       [](auto& c) -> auto& { return c.optimizer.name; });
   add("optimizer",

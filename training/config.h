@@ -49,6 +49,7 @@ struct TrainConfig {
   int64_t epochs = 5;
   int64_t batch_size = 128;
   int64_t eval_batch_size = 500;
+  double grad_clip = 0;  // clip the gradient's global L2 norm before each optimizer step (0 = off)
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   robust::MethodConfig method;  // the training method and its options (robust/registry.h)

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "engine/autograd.h"
 #include "engine/check.h"
 #include "engine/optim_ops.h"
 
@@ -35,12 +36,28 @@ Optimizer::Optimizer(NamedTensors params, std::vector<std::string> state_names)
   }
 }
 
+void Optimizer::set_grad_clip(double max_norm) {
+  if (!(max_norm >= 0) || !std::isfinite(max_norm))
+    throw std::invalid_argument(fmt::format("gradient clipping needs a finite norm >= 0, got {}", max_norm));
+  grad_clip_ = max_norm;
+}
+
 void Optimizer::step() {
   ++steps_;
   std::vector<std::pair<Slot*, Tensor>> with_grad;
   for (Slot& slot : slots_)
     if (Tensor g = slot.param.grad(); g.defined()) with_grad.emplace_back(&slot, g);
-  if (!with_grad.empty()) update(with_grad);
+  if (with_grad.empty()) return;
+  if (grad_clip_ > 0) {
+    NoGradGuard no_grad;
+    Tensor squares;
+    for (const auto& [slot, g] : with_grad) squares = squares.defined() ? squares + sum(square(g)) : sum(square(g));
+    const Tensor& first = with_grad.front().second;
+    const Tensor limit = Tensor::full({}, grad_clip_, first.dtype(), first.device());
+    const Tensor scale = clamp(div(limit, sqrt(squares) + 1e-6), 0.0, 1.0);
+    for (auto& [slot, g] : with_grad) g = g * scale;
+  }
+  update(with_grad);
 }
 
 void Optimizer::zero_grad() {

@@ -46,6 +46,9 @@ class Optimizer : public robust::ParameterUpdate {
 
   double lr() const { return lr_; }
   void set_lr(double lr) { lr_ = lr; }
+  // Before each step, scale the gradients by min(1, max_norm / ||g||_2), ||g|| over all of them
+  // together (torch.nn.utils.clip_grad_norm_), on their device: no host wait. 0 = off.
+  void set_grad_clip(double max_norm);
   int64_t steps() const { return steps_; }
 
   // State as named tensors (the names above; values are copies) and back. load_state
@@ -63,6 +66,7 @@ class Optimizer : public robust::ParameterUpdate {
   virtual void update(const std::vector<std::pair<Slot*, Tensor>>& slots) = 0;
 
   std::vector<std::string> state_names_;
+  double grad_clip_ = 0;
   std::vector<Slot> slots_;
   double lr_ = 0;
   int64_t steps_ = 0;  // completed steps; update() sees the count including the current one

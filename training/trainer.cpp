@@ -123,6 +123,7 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
       schedule_(make_schedule(cfg_.schedule, cfg_.optimizer.lr, cfg_.epochs)),
       method_(robust::make_method(cfg_.method)),
       gen_(method_stream_seed(cfg_.seed)) {
+  optimizer_->set_grad_clip(cfg_.grad_clip);
   // The guard's probe: the first batch_size training samples, fixed for the whole run.
   const int64_t n = std::min(cfg_.batch_size, data_.train.n);
   probe_x_ = images_tensor(data_.train, 0, n).to(device_);
@@ -215,7 +216,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     lr_of_batch[static_cast<size_t>(b.index)] = lr;
     step_log_.begin_batch(b.index);
     robust::StepContext ctx{*model_, *optimizer_, gen_, passes, step_log_, epoch, b.index};
-    if (cfg_.method.eps_ramp() > 0) ctx.eps_scale = std::min(1.0, progress / cfg_.method.eps_ramp());
+    ctx.eps_scale = cfg_.method.eps_scale(progress);
     method_->train_batch(ctx, x, y);
     ++done;
     if (read_every_batch || progress_.due(done, kDeviceReadSeconds)) {

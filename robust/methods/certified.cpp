@@ -89,7 +89,7 @@ MethodInfo ibp_method() {
       "warm-up. The paper trains MNIST at eps 0.4 to test at 0.3, ramping eps over the first part of training.";
   m.adversarial = false;  // it trains on bounds, not on attacked inputs
   m.certified = true;
-  m.options = {eps_option(), kappa_end_option(), eps_ramp_option()};
+  m.options = {eps_option(), kappa_end_option(), eps_ramp_option(), eps_ramp_start_option(), eps_ramp_shape_option()};
   m.make = [](const OptionValues& o) {
     return std::make_unique<BoundTraining>("ibp", o.real("eps"), o.real("kappa_end"), 0.0, 0.0);
   };
@@ -112,7 +112,7 @@ MethodInfo crown_ibp_method() {
                    .at_least(0)
                    .at_most(1)
                    .default_to(0.0),
-               eps_ramp_option()};
+               eps_ramp_option(), eps_ramp_start_option(), eps_ramp_shape_option()};
   m.make = [](const OptionValues& o) {
     return std::make_unique<BoundTraining>("crown-ibp", o.real("eps"), o.real("kappa_end"), 1.0, o.real("beta_end"));
   };
