@@ -10,6 +10,12 @@
 //   crown-ibp  (Zhang et al. 2020) the ReLUs' pre-activation boxes from the IBP pass, then CROWN's
 //              backward linear relaxation (Module::crown_backward) from the margins z_j - z_y
 //              through the whole network to the input box, maximised there in closed form.
+//   crown      (verification only) CROWN for the intermediate layers too: before each ReLU its
+//              pre-activation box is the intersection of IBP's and CROWN's (the identity over the
+//              layer's neurons carried back to the input, upper and lower), then crown-ibp's last
+//              pass. Tighter, and as many backward passes as the network has ReLU neurons (in
+//              chunks): for sequential models (every zoo model but the residual ones). Not
+//              differentiable (no graph is kept).
 //
 // The worst-case logits wc_j = upper(z_j - z_y) (wc_y = 0) give the verified loss CE(wc, y),
 // which IBP training minimises (robust/methods/ibp.cpp), and the verified decision
@@ -24,9 +30,9 @@
 
 namespace bulwark::robust {
 
-enum class BoundKind { ibp, crown_ibp };
+enum class BoundKind { ibp, crown_ibp, crown };
 
-// "ibp", "crown-ibp"; throws std::invalid_argument listing the bounds bulwark implements.
+// "ibp", "crown-ibp", "crown"; throws std::invalid_argument listing the bounds bulwark implements.
 BoundKind bound_from_name(const std::string& name);
 const char* bound_name(BoundKind kind);
 std::vector<std::string> bound_names();

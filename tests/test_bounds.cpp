@@ -323,7 +323,7 @@ TEST_CASE("bounds name the layer they cannot pass, and refuse eps outside [0, 1]
   CHECK_THROWS_WITH(robust::worst_case_logits(net, x, y, 0.1),
                     Catch::Contains("Squash: interval bound propagation cannot pass this layer"));
   CHECK_THROWS_WITH(robust::input_box(x, 1.5), Catch::Contains("eps in [0, 1]"));
-  CHECK_THROWS_WITH(robust::bound_from_name("crown"), Catch::Contains("bulwark implements: ibp, crown-ibp"));
+  CHECK_THROWS_WITH(robust::bound_from_name("alpha-crown"), Catch::Contains("bulwark implements: ibp, crown-ibp, crown"));
 }
 
 // ---- CROWN-IBP ---------------------------------------------------------------------------------
@@ -470,4 +470,33 @@ TEST_CASE("a CROWN-IBP-verified sample is never broken by PGD", "[bounds]") {
     CHECK(broken == 0);
     CHECK(testing::accuracy(verified) > 0);
   }
+}
+
+TEST_CASE("full CROWN is sound on the sequential zoo models and tighter than CROWN-IBP on average", "[bounds]") {
+  for (const std::string& name : {"mlp", "wong_small", "ibp_small"}) {
+    INFO(name);
+    const int64_t side = 12;
+    const auto model = small_zoo_model(name, DType::f64, 1, side);
+    Generator gen(41);
+    const Tensor x = rand_uniform({2, 1, side, side}, 0, 1, gen, DType::f64);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{1, 8}, {2});
+    const double eps = 0.03;
+    const Tensor crown = robust::worst_case_logits(*model, x, y, eps, robust::BoundKind::crown);
+    const Tensor crown_ibp = robust::worst_case_logits(*model, x, y, eps, robust::BoundKind::crown_ibp);
+    double worst = 0;
+    for (const Tensor& p : box_points(robust::input_box(x, eps), 60, 10)) {
+      const Tensor z = model->forward(p);
+      const Tensor margins = interval_margin_of_logits({z, zeros_like(z)}, y).center;
+      worst = std::max(worst, escape(margins, margins - 1e9, crown));
+    }
+    CHECK(worst <= 1e-9);
+    const double mean_crown = sum(crown).item(), mean_crown_ibp = sum(crown_ibp).item();
+    INFO("sum of the worst-case margins: CROWN " << mean_crown << ", CROWN-IBP " << mean_crown_ibp);
+    CHECK(mean_crown <= mean_crown_ibp + 1e-9);
+  }
+  const auto residual = small_zoo_model("preact_resnet18", DType::f32, 1, 8);
+  Generator gen(2);
+  CHECK_THROWS_WITH(robust::worst_case_logits(*residual, rand_uniform({1, 1, 8, 8}, 0, 1, gen),
+                                              Tensor::from_vector(std::vector<int32_t>{0}, {1}), 0.01, robust::BoundKind::crown),
+                    Catch::Contains("use --bound crown-ibp"));
 }
