@@ -620,9 +620,16 @@ TEST_CASE("bulwark verify reports clean, PGD and IBP-verified accuracy, verified
     CHECK(j["pgd_acc"].get<double>() <= j["clean_acc"].get<double>());
     if (std::string(eps) == "0") CHECK(j["verified_acc"] == j["clean_acc"]);  // the box is the point
   }
-  const Result crown = run(verify + "--bound crown", s.path);
-  CHECK(crown.code == 2);
-  CHECK(crown.err.find("unknown bound 'crown' (bulwark implements: ibp, crown-ibp)") != std::string::npos);
+  for (const char* bound : {"crown-ibp", "crown"}) {
+    const Result r = run(verify + "--json --eps 1/255 --bound " + bound, s.path);
+    REQUIRE(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out);
+    CHECK(j["bound"] == bound);
+    CHECK(j["verified_acc"].get<double>() <= j["pgd_acc"].get<double>());
+  }
+  const Result unknown = run(verify + "--bound alpha-crown", s.path);
+  CHECK(unknown.code == 2);
+  CHECK(unknown.err.find("unknown bound 'alpha-crown' (bulwark implements: ibp, crown-ibp, crown)") != std::string::npos);
   const Result big = run(verify + "--eps 1.5", s.path);
   CHECK(big.code == 2);
   CHECK(big.err.find("larger than any L-inf distance") != std::string::npos);
