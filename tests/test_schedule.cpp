@@ -190,6 +190,38 @@ TEST_CASE("AccelAT reads the clean accuracy when the robust one was not measured
   CHECK(decay_epochs(lr0, plateau_lrs) == std::vector<int>{7, 12, 17, 22});
 }
 
+TEST_CASE("AccelAT follows the accuracy --accelat-signal names: robust, verified or clean", "[schedule]") {
+  const double lr0 = 1e-3;
+  const auto accs = rise_then_plateau(0.3, 0.02, 10, 25);
+  const auto with_signal = [&](const std::string& signal) {
+    ScheduleConfig cfg = accelat_config();
+    cfg.options.set("accelat_signal", signal);
+    resolve_schedule(cfg, 100);
+    return make_schedule(cfg, lr0, 100);
+  };
+  const auto robust = make_schedule(accelat_config(), lr0, 100);
+  const auto verified = with_signal("verified"), clean = with_signal("clean");
+  std::vector<double> robust_lrs, verified_lrs, clean_lrs;
+  for (double a : accs) {
+    EpochMetrics m;
+    m.robust_val_acc = a;  // the rule fires on this series
+    m.val_acc = 0.5;       // flat: a plateau from the start
+    m.extra["verified_val_acc"] = a;
+    robust->on_epoch_end(m);
+    verified->on_epoch_end(m);
+    clean->on_epoch_end(m);
+    robust_lrs.push_back(robust->lr(0));
+    verified_lrs.push_back(verified->lr(0));
+    clean_lrs.push_back(clean->lr(0));
+  }
+  CHECK(verified_lrs == robust_lrs);
+  CHECK(decay_epochs(lr0, verified_lrs) == std::vector<int>{14, 19, 24});
+  CHECK(decay_epochs(lr0, clean_lrs) == std::vector<int>{7, 12, 17, 22});
+  EpochMetrics no_verified;
+  no_verified.robust_val_acc = 0.4;
+  CHECK_THROWS_WITH(with_signal("verified")->on_epoch_end(no_verified), Catch::Contains("needs a certified method"));
+}
+
 TEST_CASE("AccelAT resumed from its saved state continues bit for bit", "[schedule]") {
   // Accuracies as a validation subset of 113 samples gives them (k / 113, not short in binary):
   // a noisy saturating rise, so that decays land both before and after the save.

@@ -40,13 +40,14 @@ class AccelatSchedule final : public LrSchedule {
   struct Constants {
     int64_t window, cooldown;
     double threshold, factor, floor;
+    std::string signal;  // robust, verified or clean: which validation accuracy drives the rule
   };
   AccelatSchedule(Constants c, double lr0) : cfg_(c), lr_(lr0), quiet_(c.cooldown) {}
 
   double lr(double) const override { return lr_; }
 
   void on_epoch_end(const EpochMetrics& metrics) override {
-    accuracies_.push_back(metrics.robust_val_acc >= 0 ? metrics.robust_val_acc : metrics.val_acc);
+    accuracies_.push_back(signal(metrics));
     const double mean = window_mean();
     ++quiet_;
     const auto window = static_cast<size_t>(cfg_.window);
@@ -87,6 +88,19 @@ class AccelatSchedule final : public LrSchedule {
 
  private:
   // mean(acc[-window:]): fewer values while fewer epochs are done.
+  // The accuracy the rule follows this epoch.
+  double signal(const EpochMetrics& m) const {
+    if (cfg_.signal == "clean") return m.val_acc;
+    if (cfg_.signal == "verified") {
+      const auto it = m.extra.find("verified_val_acc");
+      if (it == m.extra.end())
+        throw std::invalid_argument("--accelat-signal verified needs a certified method (ibp, crown-ibp), whose "
+                                    "validation reports verified accuracy, and --robust-val-size > 0");
+      return it->second;
+    }
+    return m.robust_val_acc >= 0 ? m.robust_val_acc : m.val_acc;
+  }
+
   double window_mean() const {
     const size_t count = std::min(accuracies_.size(), static_cast<size_t>(cfg_.window));
     double sum = 0;
@@ -204,10 +218,17 @@ ScheduleInfo accelat_schedule() {
           .at_least(0)
           .default_to(1e-6),
   };
+  info.options.push_back(
+      Option::make("accelat_signal", "--accelat-signal", OptionType::text,
+                   "accelat: the validation accuracy it follows: robust (PGD; clean when no robust validation runs), "
+                   "verified (IBP, for the certified methods) or clean")
+          .one_of({"robust", "verified", "clean"})
+          .default_to(std::string("robust")));
   info.make = [](const OptionValues& o, double lr0, int64_t) {
     return std::make_unique<AccelatSchedule>(
         AccelatSchedule::Constants{o.integer("accelat_window"), o.integer("accelat_cooldown"),
-                                   o.real("accelat_threshold"), o.real("accelat_factor"), o.real("accelat_floor")},
+                                   o.real("accelat_threshold"), o.real("accelat_factor"), o.real("accelat_floor"),
+                                   o.text("accelat_signal")},
         lr0);
   };
   return info;

@@ -161,8 +161,10 @@ if [[ "$check_configs" == 1 ]]; then
       if ! "$py" - "$config" "$tmp/resolved.json" <<'PY'
 import json, sys
 old, new = (json.load(open(p)) for p in sys.argv[1:3])
+# An option added since a run was trained is absent from its config: the run had the behaviour
+# of the option's default, which is what reading that config gives it, so only keys present count.
 diff = [f"{block}.{k}: {old[block].get(k)} -> {v}" for block in ("method", "schedule", "optimizer")
-        for k, v in new[block].items() if old[block].get(k) != v]
+        for k, v in new[block].items() if k in old[block] and old[block][k] != v]
 diff += [f"{k}: {old[k]} -> {new[k]}" for k in ("epochs", "seed") if old[k] != new[k]]
 if diff:
     print("differs: " + sys.argv[1] + "\n  " + "\n  ".join(diff))
