@@ -95,7 +95,7 @@ Interval Conv2d::interval_forward(const Interval& in) {
 }
 
 LinearBound Conv2d::crown_backward(const LinearBound& upper, const CrownOptions&) {
-  if (input_shape_.empty()) Module::crown_backward(upper, {});  // no interval pass yet: its error
+  require_interval_pass(!input_shape_.empty());
   const int64_t n = upper.A.size(0), s = upper.A.size(1);
   const int64_t oh = upper.A.size(3), ow = upper.A.size(4);
   const Shape in{n * s, input_shape_[1], input_shape_[2], input_shape_[3]};
@@ -149,7 +149,7 @@ Interval BatchNorm::interval_forward(const Interval& in) {
 }
 
 LinearBound BatchNorm::crown_backward(const LinearBound& upper, const CrownOptions&) {
-  if (!scale_.defined()) Module::crown_backward(upper, {});  // no interval pass yet: its error
+  require_interval_pass(scale_.defined());
   return affine_crown_backward(upper, scale_, shift_);
 }
 
@@ -167,7 +167,7 @@ Interval Flatten::interval_forward(const Interval& in) {
 }
 
 LinearBound Flatten::crown_backward(const LinearBound& upper, const CrownOptions&) {
-  if (input_shape_.empty()) Module::crown_backward(upper, {});  // no interval pass yet: its error
+  require_interval_pass(!input_shape_.empty());
   Shape shape{upper.A.size(0), upper.A.size(1)};
   shape.insert(shape.end(), input_shape_.begin() + 1, input_shape_.end());
   return {upper.A.reshape(shape), upper.bias};

@@ -106,6 +106,7 @@ class ReLU : public Module {
     return interval_relu(in);
   }
   LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override {
+    require_interval_pass(pre_.center.defined());
     return relu_crown_backward(upper, pre_, options.adaptive_lower);
   }
 

@@ -32,6 +32,13 @@ LinearBound Module::crown_backward(const LinearBound&, const CrownOptions&) {
                                           type_name()));
 }
 
+void Module::require_interval_pass(bool recorded) const {
+  if (!recorded)
+    throw std::logic_error(fmt::format("{}: CROWN's backward pass needs an interval pass over the same box first "
+                                       "(interval_forward or interval_margin)",
+                                       type_name()));
+}
+
 Interval Module::interval_margin(const Interval& in, const Tensor& labels) {
   return interval_margin_of_logits(interval_forward(in), labels);
 }

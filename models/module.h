@@ -63,6 +63,10 @@ class Module {
   void to(Device dev);
 
  protected:
+  // For crown_backward: throws, naming the module, when `recorded` is false (no interval_forward
+  // has recorded what the relaxation needs).
+  void require_interval_pass(bool recorded) const;
+
   Tensor register_parameter(const std::string& name, Tensor t);
   Tensor register_buffer(const std::string& name, Tensor t);
   template <class M>

@@ -165,15 +165,20 @@ Tensor PreActBlock::forward(const Tensor& x) {
   return conv2->forward(relu(bn2->forward(conv1->forward(a)))) + skip;
 }
 
-Interval PreActBlock::interval_forward(const Interval& x) {
-  pre1_ = bn1->interval_forward(x);
-  const Interval a = interval_relu(pre1_);
-  const Interval skip = shortcut ? shortcut->interval_forward(a) : x;
-  pre2_ = bn2->interval_forward(conv1->interval_forward(a));
-  return interval_add(conv2->interval_forward(interval_relu(pre2_)), skip);
-}
-
 namespace {
+
+// IBP through a pre-activation residual block (PreActBlock, WideBasicBlock): out =
+// conv2(relu(pre2)) + skip, pre2 = bn2(conv1(a)), a = relu(pre1), pre1 = bn1(x), skip =
+// shortcut(a) or x. The two ReLUs' pre-activation boxes are recorded for CROWN.
+template <class Shortcut>
+Interval residual_interval_forward(const Interval& x, Conv2d& conv1, Conv2d& conv2, BatchNorm2d& bn1, BatchNorm2d& bn2,
+                                   Interval& pre1, Interval& pre2, Shortcut* shortcut) {
+  pre1 = bn1.interval_forward(x);
+  const Interval a = interval_relu(pre1);
+  const Interval skip = shortcut ? shortcut->interval_forward(a) : x;
+  pre2 = bn2.interval_forward(conv1.interval_forward(a));
+  return interval_add(conv2.interval_forward(interval_relu(pre2)), skip);
+}
 
 // The sum of two bounds on the same values (the branches meeting at a residual block's input).
 LinearBound add_bounds(const LinearBound& a, const LinearBound& b) { return {a.A + b.A, a.bias + b.bias}; }
@@ -182,8 +187,7 @@ LinearBound add_bounds(const LinearBound& a, const LinearBound& b) { return {a.A
 // so far is counted once.
 LinearBound without_bias(const LinearBound& b) { return {b.A, zeros_like(b.bias)}; }
 
-// CROWN through a pre-activation residual block: out = conv2(relu(pre2)) + skip, pre2 =
-// bn2(conv1(a)), a = relu(pre1), pre1 = bn1(x), skip = shortcut(a) or x.
+// CROWN back through the same block (see residual_interval_forward).
 template <class Shortcut>
 LinearBound residual_crown_backward(const LinearBound& upper, const CrownOptions& o, Conv2d& conv1, Conv2d& conv2,
                                     BatchNorm2d& bn1, BatchNorm2d& bn2, const Interval& pre1, const Interval& pre2,
@@ -248,8 +252,12 @@ Interval PreActResNet18::interval_margin(const Interval& in, const Tensor& label
   return linear->interval_margin(preact_features(*this, in), labels);
 }
 
+Interval PreActBlock::interval_forward(const Interval& x) {
+  return residual_interval_forward(x, *conv1, *conv2, *bn1, *bn2, pre1_, pre2_, shortcut.get());
+}
+
 LinearBound PreActBlock::crown_backward(const LinearBound& upper, const CrownOptions& o) {
-  if (!pre1_.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  require_interval_pass(pre1_.center.defined());
   return residual_crown_backward(upper, o, *conv1, *conv2, *bn1, *bn2, pre1_, pre2_, shortcut.get());
 }
 
@@ -267,7 +275,7 @@ LinearBound pooled_features_crown_backward(const LinearBound& upper, const Inter
 }  // namespace
 
 LinearBound PreActResNet18::crown_backward(const LinearBound& upper, const CrownOptions& o) {
-  if (!head_pre.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  require_interval_pass(head_pre.center.defined());
   LinearBound b = bn->crown_backward(pooled_features_crown_backward(linear->crown_backward(upper, o), head_pre, o), o);
   for (const auto& layer : {layer4, layer3, layer2, layer1}) b = layer->crown_backward(b, o);
   return normalize->crown_backward(conv1->crown_backward(b, o), o);
@@ -295,15 +303,11 @@ Tensor WideBasicBlock::forward(const Tensor& x) {
 }
 
 Interval WideBasicBlock::interval_forward(const Interval& x) {
-  pre1_ = bn1->interval_forward(x);
-  const Interval a = interval_relu(pre1_);
-  const Interval skip = convShortcut ? convShortcut->interval_forward(a) : x;
-  pre2_ = bn2->interval_forward(conv1->interval_forward(a));
-  return interval_add(conv2->interval_forward(interval_relu(pre2_)), skip);
+  return residual_interval_forward(x, *conv1, *conv2, *bn1, *bn2, pre1_, pre2_, convShortcut.get());
 }
 
 LinearBound WideBasicBlock::crown_backward(const LinearBound& upper, const CrownOptions& o) {
-  if (!pre1_.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  require_interval_pass(pre1_.center.defined());
   return residual_crown_backward(upper, o, *conv1, *conv2, *bn1, *bn2, pre1_, pre2_, convShortcut.get());
 }
 
@@ -354,7 +358,7 @@ Interval WideResNet::interval_margin(const Interval& in, const Tensor& labels) {
 }
 
 LinearBound WideResNet::crown_backward(const LinearBound& upper, const CrownOptions& o) {
-  if (!head_pre.center.defined()) Module::crown_backward(upper, o);  // no interval pass yet: its error
+  require_interval_pass(head_pre.center.defined());
   LinearBound b = bn1->crown_backward(pooled_features_crown_backward(fc->crown_backward(upper, o), head_pre, o), o);
   for (const auto& block : {block3, block2, block1}) b = block->crown_backward(b, o);
   return normalize->crown_backward(conv1->crown_backward(b, o), o);

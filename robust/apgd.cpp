@@ -98,7 +98,7 @@ RunResult apgd_run(Module& model, const Tensor& x, const Tensor& y, const Tensor
   per_sample[0] = n;
   const auto rows = [&](const Tensor& t) { return t.reshape(per_sample); };
   const Tensor y_real = y.to(x.dtype());
-  const auto project = [&](const Tensor& v) { return project_ball(v, x, o.eps, o.norm); };
+  const BallProjection project(x, o.eps, o.norm);
   const std::vector<int> checkpoints = apgd_checkpoints(o.steps);
 
   Point start = evaluate(model, x_start, y_real, loss_of, o.steps > 0, o.eot, stats);

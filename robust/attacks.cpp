@@ -55,7 +55,7 @@ std::vector<int64_t> sample_dims(const Tensor& t) {
 
 // x_adv + alpha * g / ||g||_2 per sample, projected.
 Tensor l2_step(const Tensor& x_adv, const Tensor& x, const Tensor& g, double eps, double alpha) {
-  return project_ball(x_adv + alpha * steepest_direction(g, Norm::l2), x, eps, Norm::l2);
+  return BallProjection(x, eps, Norm::l2)(x_adv + alpha * steepest_direction(g, Norm::l2));
 }
 
 // Uniform in the L2 ball of radius eps around each sample, clipped to [0,1]: a Gaussian
@@ -163,13 +163,20 @@ Tensor steepest_direction(const Tensor& g, Norm norm) {
   return norm == Norm::linf ? sign(g) : g / (sample_l2_norm(g) + kTinyNorm);
 }
 
-Tensor project_ball(const Tensor& v, const Tensor& x, double eps, Norm norm) {
-  if (norm == Norm::linf) return clamp(v, clamp(x - eps, 0.0, 1.0), clamp(x + eps, 0.0, 1.0));
-  const Tensor delta = v - x;
+BallProjection::BallProjection(const Tensor& x, double eps, Norm norm) : x_(x), eps_(eps), norm_(norm) {
+  if (norm == Norm::linf) {
+    lo_ = clamp(x - eps, 0.0, 1.0);
+    hi_ = clamp(x + eps, 0.0, 1.0);
+  }
+}
+
+Tensor BallProjection::operator()(const Tensor& v) const {
+  if (norm_ == Norm::linf) return clamp(v, lo_, hi_);
+  const Tensor delta = v - x_;
   const Tensor norm_l2 = sample_l2_norm(delta);
-  const Tensor scale =
-      clamp(div(Tensor::full(norm_l2.shape(), eps, norm_l2.dtype(), norm_l2.device()), norm_l2 + kTinyNorm), 0.0, 1.0);
-  return clamp(x + delta * scale, 0.0, 1.0);
+  const Tensor scale = clamp(
+      div(Tensor::full(norm_l2.shape(), eps_, norm_l2.dtype(), norm_l2.device()), norm_l2 + kTinyNorm), 0.0, 1.0);
+  return clamp(x_ + delta * scale, 0.0, 1.0);
 }
 
 Tensor assemble_rows(const std::vector<RowSource>& rows) {

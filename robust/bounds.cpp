@@ -33,6 +33,16 @@ std::vector<std::string> bound_names() { return {"ibp", "crown-ibp", "crown"}; }
 
 namespace {
 
+// CROWN's upper bounds of the margins z_j - z_y over `box` ([N, classes]), once an interval pass
+// over the box has recorded the relaxations: the margins carried back through the model.
+Tensor crown_margins(Module& model, const Interval& box, const Tensor& labels, int64_t classes,
+                     const CrownOptions& options) {
+  const Tensor& x = box.center;
+  const LinearBound start{margin_specification(labels, classes, x.dtype()),
+                          Tensor::zeros({x.size(0), classes}, x.dtype(), x.device())};
+  return maximize_over_box(model.crown_backward(start, options), box);
+}
+
 // CROWN's box of `h`, the output of layers [0, end) of `layers` whose interval pass has run (so
 // their relaxations are recorded), over the input box: for each neuron the identity carried back
 // to the input, maximised for the upper bound and, negated, for the lower one. The neurons go in
@@ -88,9 +98,8 @@ Tensor crown_worst_case_logits(Module& model, const Tensor& x, const Tensor& lab
     }
     h = layers[i].second->interval_forward(h);
   }
-  const int64_t n = x.size(0), k = layers.back().second->interval_margin(h, labels).center.size(1);
-  const LinearBound start{margin_specification(labels, k, x.dtype()), Tensor::zeros({n, k}, x.dtype(), x.device())};
-  return maximize_over_box(model.crown_backward(start, {}), box);
+  const int64_t classes = layers.back().second->interval_margin(h, labels).center.size(1);
+  return crown_margins(model, box, labels, classes, {});
 }
 
 }  // namespace
@@ -109,9 +118,7 @@ Tensor mixed_worst_case_logits(Module& model, const Tensor& x, const Tensor& lab
   const Interval box = input_box(x, eps);
   const Tensor ibp = model.interval_margin(box, labels).upper();  // also records what CROWN needs
   if (beta == 0) return ibp;
-  const int64_t n = x.size(0), k = ibp.size(1);
-  const LinearBound start{margin_specification(labels, k, x.dtype()), Tensor::zeros({n, k}, x.dtype(), x.device())};
-  const Tensor crown = maximize_over_box(model.crown_backward(start, options), box);
+  const Tensor crown = crown_margins(model, box, labels, ibp.size(1), options);
   return beta == 1 ? crown : crown * beta + ibp * (1 - beta);
 }
 

@@ -9,6 +9,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "robust/norm_ball.h"
 
 namespace bulwark {
 
@@ -64,11 +65,6 @@ Tensor box_projection(const Tensor& w, const Tensor& c, const Tensor& lo, const 
 }
 
 namespace {
-
-// ||v_i|| per row of [n, d], as [n, 1].
-Tensor row_norm(const Tensor& v, Norm norm) {
-  return norm == Norm::linf ? max(abs(v), 1, true) : sqrt(sum(square(v), {1}, true));
-}
 
 // Rows of `mask` ([n, 1], 0/1) take `update`, the others keep `current`.
 Tensor blend_rows(const Tensor& mask, const Tensor& update, const Tensor& current) {
@@ -138,7 +134,7 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
       const Tensor d_k = box_projection(w, c_k, neg(xk), affine(xk, -1, 1), o.norm);
       const Tensor c_0 = sub(c_k, sum(mul(w, sub(xf0, xk)), {1}));
       const Tensor d_0 = box_projection(w, c_0, lo0, hi0, o.norm);
-      const Tensor a = row_norm(d_k, o.norm), b = row_norm(d_0, o.norm);
+      const Tensor a = sample_norm(d_k, o.norm), b = sample_norm(d_0, o.norm);
       const Tensor alpha = minimum(div(a, add(add(a, b), 1e-12)), Tensor::full({n, 1}, o.alpha_max, w.dtype(), w.device()));
       const Tensor x_next = clamp(add(mul(affine(alpha, -1, 1), add(xk, mul(d_k, o.eta))),
                                       mul(alpha, add(xf0, mul(d_0, o.eta)))),
@@ -146,7 +142,7 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
       const Tensor z = model.forward(x_next.reshape(x0.shape()));
       st.count_forward(n);
       const Tensor fooled = affine(eq(argmax(z, 1).to(DType::f32), y_f), -1, 1).reshape({n, 1});
-      const Tensor dist = row_norm(sub(x_next, xf0), o.norm);
+      const Tensor dist = sample_norm(sub(x_next, xf0), o.norm);
       const Tensor closer = mul(fooled, gt(norm, dist));
       norm = where(closer, dist, norm);
       best = blend_rows(closer, x_next, best);

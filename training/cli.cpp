@@ -235,6 +235,18 @@ int run_import(const ImportArgs& a) {
   return 0;
 }
 
+// The flags `bulwark eval` and `bulwark verify` share about what they evaluate: --checkpoint,
+// --dataset, --data-dir and --test-size.
+template <class Args>
+void add_target_flags(CLI::App* c, Args& a) {
+  c->add_option("--checkpoint", a.checkpoint, "A checkpoint file, or a run directory (its last.safetensors)")
+      ->required();
+  c->add_option("--dataset", a.dataset, "Dataset to evaluate on (default: the one the model was trained on)");
+  c->add_option("--data-dir", a.data_dir, "Folder with the dataset's files (default: the training run's)");
+  c->add_option("--test-size", a.test_size, "Samples from the start of the test split (0 = all; synthetic: 2000)")
+      ->capture_default_str();
+}
+
 // The flags `bulwark eval` and `bulwark verify` share about how they run: --seed, --batch-size,
 // --threads, --device and --json.
 template <class Args>
@@ -259,12 +271,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
             "  bulwark eval --checkpoint runs/my-run/best.safetensors --test-size 1000 --eps 8/255 --json result.json\n"
             "  bulwark eval --checkpoint runs/my-run --attacks clean,pgd --pgd-steps 20 --restarts 1 --json");
   e->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  e->add_option("--checkpoint", a.checkpoint, "A checkpoint file, or a run directory (its last.safetensors)")
-      ->required();
-  e->add_option("--dataset", a.dataset, "Dataset to evaluate on (default: the one the model was trained on)");
-  e->add_option("--data-dir", a.data_dir, "Folder with the dataset's files (default: the training run's)");
-  e->add_option("--test-size", a.test_size, "Samples from the start of the test split (0 = all; synthetic: 2000)")
-      ->capture_default_str();
+  add_target_flags(e, a);
   e->add_option("--attacks", a.attacks,
                 fmt::format("Comma-separated, run in this order: {}", fmt::join(robust::eval_attack_names(), ", ")))
       ->delimiter(',')
@@ -793,16 +800,12 @@ CLI::App* add_verify_command(CLI::App& app, VerifyArgs& a) {
             "  bulwark verify --checkpoint runs/my-run\n"
             "  bulwark verify --checkpoint runs/my-run --eps 0.3 --test-size 1000 --json result.json");
   v->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  v->add_option("--checkpoint", a.checkpoint, "A checkpoint file, or a run directory (its last.safetensors)")->required();
+  add_target_flags(v, a);
   v->add_option("--bound", a.bound, fmt::format("The bound: {}", fmt::join(robust::bound_names(), ", ")))
       ->capture_default_str();
   v->add_option("--eps", a.eps,
                 "L-inf radius as a fraction or k/255 (default: the run's training eps, else 0.3 for 1x28x28 images and "
                 "8/255 for the others)");
-  v->add_option("--dataset", a.dataset, "Dataset to evaluate on (default: the one the model was trained on)");
-  v->add_option("--data-dir", a.data_dir, "Folder with the dataset's files (default: the training run's)");
-  v->add_option("--test-size", a.test_size, "Samples from the start of the test split (0 = all; synthetic: 2000)")
-      ->capture_default_str();
   v->add_option("--pgd-steps", a.pgd_steps, "Steps of the PGD row beside the verified one (an upper bound on it)")
       ->capture_default_str();
   v->add_option("--restarts", a.restarts, "Restarts of the PGD row")->capture_default_str();

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <sys/wait.h>
 
+#include "data/file_io.h"
+
 namespace bulwark::training {
 
 namespace {
@@ -26,15 +28,6 @@ std::string named_options(const nlohmann::json& entry, const std::vector<std::st
   }
   const std::string name = entry.value("name", std::string("?"));
   return options.empty() ? name : fmt::format("{} ({})", name, options);
-}
-
-std::string thousands(int64_t v) {
-  std::string digits = std::to_string(v < 0 ? -v : v), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return (v < 0 ? "-" : "") + out;
 }
 
 // Shell-quotes a path for std::system.
@@ -84,11 +77,11 @@ std::string report_markdown(const nlohmann::ordered_json& r, const std::string& 
                     t.value("epochs_planned", 0), t.value("batch_size", 0), t.value("train_size", 0));
   if (t.contains("fwd_passes"))
     md += fmt::format("| work | {} forward + {} backward passes, {:.1f} s ({:.1f} CPU s) |\n",
-                      thousands(t["fwd_passes"].get<int64_t>()), thousands(t["bwd_passes"].get<int64_t>()),
+                      data::with_commas(t["fwd_passes"].get<int64_t>()), data::with_commas(t["bwd_passes"].get<int64_t>()),
                       t.value("seconds", 0.0), t.value("cpu_seconds", 0.0));
   else
     md += "| work | not recorded (no summary.json: an imported or unfinished run) |\n";
-  if (t.contains("num_parameters")) md += fmt::format("| parameters | {} |\n", thousands(t["num_parameters"].get<int64_t>()));
+  if (t.contains("num_parameters")) md += fmt::format("| parameters | {} |\n", data::with_commas(t["num_parameters"].get<int64_t>()));
   md += "\n";
 
   md += "## Accuracy under each attack\n\n| attack | accuracy | samples | seconds | fwd / bwd passes | fwd / bwd images |\n"
@@ -98,8 +91,8 @@ std::string report_markdown(const nlohmann::ordered_json& r, const std::string& 
   for (const auto& row : r.value("attacks", nlohmann::json::array())) {
     md += fmt::format("| {} | {} | {} | {:.1f} | {} / {} | {} / {} |\n", row["attack"].get<std::string>(),
                       pct(row["accuracy"].get<double>()), row["samples"].get<int64_t>(), row["seconds"].get<double>(),
-                      thousands(row["fwd_passes"].get<int64_t>()), thousands(row["bwd_passes"].get<int64_t>()),
-                      thousands(row.value("fwd_images", int64_t{0})), thousands(row.value("bwd_images", int64_t{0})));
+                      data::with_commas(row["fwd_passes"].get<int64_t>()), data::with_commas(row["bwd_passes"].get<int64_t>()),
+                      data::with_commas(row.value("fwd_images", int64_t{0})), data::with_commas(row.value("bwd_images", int64_t{0})));
     if (row["attack"] != "clean" && row["accuracy"].get<double>() < lowest) {
       lowest = row["accuracy"].get<double>();
       strongest = row["attack"].get<std::string>();
@@ -116,8 +109,8 @@ std::string report_markdown(const nlohmann::ordered_json& r, const std::string& 
     for (const auto& step : s["steps"])
       md += fmt::format("| {} | {} | {} | {:.1f} | {} / {} |\n", step["attack"].get<std::string>(),
                         pct(step["robust_acc"].get<double>()), step["attacked"].get<int64_t>(),
-                        step["seconds"].get<double>(), thousands(step["fwd_passes"].get<int64_t>()),
-                        thousands(step["bwd_passes"].get<int64_t>()));
+                        step["seconds"].get<double>(), data::with_commas(step["fwd_passes"].get<int64_t>()),
+                        data::with_commas(step["bwd_passes"].get<int64_t>()));
     md += fmt::format("\n**{} robust accuracy {}** (clean {}).", s["name"].get<std::string>(),
                       pct(s["robust_acc"].get<double>()), pct(s["clean_acc"].get<double>()));
     if (s.value("randomised_model", false)) md += " The model's outputs are randomised: only EOT attacks measure it.";
