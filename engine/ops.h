@@ -85,6 +85,16 @@ Tensor conv2d_backward_input(const Tensor& g, const Tensor& w, const Shape& x_sh
 // d conv2d / d w given input x and output gradient g.
 Tensor conv2d_backward_weight(const Tensor& x, const Tensor& g, const Shape& w_shape, Conv2dParams p);
 
+// ---- interval bound propagation (engine/interval_ops.cpp) ------------------------------------
+// A box with center c and radius r >= 0 through an affine layer, in one fused kernel per pass:
+// [W c + b; |W| r] stacked as [2, ...output shape] (center, radius). With `relu` the interval
+// ReLU ([max(c - r, 0), max(c + r, 0)] as a box) is applied in the same pass and the result is
+// [4, ...]: the pre-activation box, then the ReLU's box (CROWN needs the pre-activation bounds).
+// Differentiable in c, r, w and bias; equal to the composition of conv2d/linear, abs and relu.
+Tensor interval_conv2d(const Tensor& c, const Tensor& r, const Tensor& w, const Tensor& bias, Conv2dParams p,
+                       bool relu);
+Tensor interval_linear(const Tensor& c, const Tensor& r, const Tensor& w, const Tensor& bias, bool relu);
+
 // ---- pooling ---------------------------------------------------------------------------------
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding = 0);
 Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding = 0);  // counts padding

@@ -9,6 +9,11 @@ Interval interval_from_bounds(const Tensor& lower, const Tensor& upper) {
   return {(upper + lower) * 0.5, (upper - lower) * 0.5};
 }
 
+Interval stacked_box(const Tensor& stack, int64_t k) {
+  const Shape box(stack.shape().begin() + 1, stack.shape().end());
+  return {stack.slice(0, 2 * k, 2 * k + 1).reshape(box), stack.slice(0, 2 * k + 1, 2 * k + 2).reshape(box)};
+}
+
 Interval interval_relu(const Interval& in) { return interval_from_bounds(relu(in.lower()), relu(in.upper())); }
 
 Interval interval_add(const Interval& a, const Interval& b) { return {a.center + b.center, a.radius + b.radius}; }

@@ -32,6 +32,9 @@ struct Interval {
   Tensor upper() const { return center + radius; }
 };
 
+// Box k of a stack of boxes [2K, ...] (center, radius, center, radius, ...), as the fused
+// interval ops return them (engine/ops.h, interval_conv2d): views, differentiable.
+Interval stacked_box(const Tensor& stack, int64_t k);
 // The box [lower, upper] (lower <= upper elementwise).
 Interval interval_from_bounds(const Tensor& lower, const Tensor& upper);
 // A monotone non-decreasing elementwise g, e.g. ReLU: [g(l), g(u)].

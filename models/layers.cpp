@@ -37,7 +37,14 @@ Tensor Linear::forward(const Tensor& x) {
 
 Interval Linear::interval_forward(const Interval& in) {
   if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
-  return {linear(in.center, weight, bias), linear(in.radius, abs(weight))};
+  return stacked_box(interval_linear(in.center, in.radius, weight, bias, false), 0);
+}
+
+std::optional<Interval> Linear::interval_forward_relu(const Interval& in, Interval* pre) {
+  if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
+  const Tensor boxes = interval_linear(in.center, in.radius, weight, bias, true);
+  *pre = stacked_box(boxes, 0);
+  return stacked_box(boxes, 1);
 }
 
 Interval Linear::interval_margin(const Interval& in, const Tensor& labels) {
@@ -91,7 +98,15 @@ Tensor Conv2d::forward(const Tensor& x) {
 Interval Conv2d::interval_forward(const Interval& in) {
   if (in.center.dim() != 4 || in.center.size(1) != in_channels) forward(in.center.detach());  // its shape error
   input_shape_ = in.center.shape();
-  return {conv2d(in.center, weight, bias, {stride, padding}), conv2d(in.radius, abs(weight), Tensor(), {stride, padding})};
+  return stacked_box(interval_conv2d(in.center, in.radius, weight, bias, {stride, padding}, false), 0);
+}
+
+std::optional<Interval> Conv2d::interval_forward_relu(const Interval& in, Interval* pre) {
+  if (in.center.dim() != 4 || in.center.size(1) != in_channels) forward(in.center.detach());  // its shape error
+  input_shape_ = in.center.shape();
+  const Tensor boxes = interval_conv2d(in.center, in.radius, weight, bias, {stride, padding}, true);
+  *pre = stacked_box(boxes, 0);
+  return stacked_box(boxes, 1);
 }
 
 LinearBound Conv2d::crown_backward(const LinearBound& upper, const CrownOptions&) {
@@ -252,11 +267,27 @@ Tensor Sequential::forward(const Tensor& x) {
   return h;
 }
 
-Interval Sequential::interval_forward(const Interval& in) {
+Interval Sequential::interval_through(const Interval& in, size_t end) {
   Interval h = in;
-  for (auto& [name, layer] : layers_) h = layer->interval_forward(h);
+  for (size_t i = 0; i < end; ++i) {
+    // An affine layer and the ReLU after it: one fused kernel (the only layer type Sequential
+    // looks at, so that the ReLU records the pre-activation box CROWN needs).
+    auto* relu = i + 1 < end ? dynamic_cast<ReLU*>(layers_[i + 1].second.get()) : nullptr;
+    Interval pre;
+    if (relu != nullptr) {
+      if (std::optional<Interval> post = layers_[i].second->interval_forward_relu(h, &pre)) {
+        relu->record_interval(pre);
+        h = *post;
+        ++i;
+        continue;
+      }
+    }
+    h = layers_[i].second->interval_forward(h);
+  }
   return h;
 }
+
+Interval Sequential::interval_forward(const Interval& in) { return interval_through(in, layers_.size()); }
 
 LinearBound Sequential::crown_backward(const LinearBound& upper, const CrownOptions& options) {
   LinearBound b = upper;
@@ -266,9 +297,7 @@ LinearBound Sequential::crown_backward(const LinearBound& upper, const CrownOpti
 
 Interval Sequential::interval_margin(const Interval& in, const Tensor& labels) {
   if (layers_.empty()) return Module::interval_margin(in, labels);
-  Interval h = in;
-  for (size_t i = 0; i + 1 < layers_.size(); ++i) h = layers_[i].second->interval_forward(h);
-  return layers_.back().second->interval_margin(h, labels);
+  return layers_.back().second->interval_margin(interval_through(in, layers_.size() - 1), labels);
 }
 
 }  // namespace bulwark

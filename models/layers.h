@@ -31,6 +31,7 @@ class Linear : public Module {
   Linear(int64_t in_features, int64_t out_features, Generator& gen, LinearOptions opts = {});
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
+  std::optional<Interval> interval_forward_relu(const Interval& in, Interval* pre) override;
   // Elision: the margins' box with (W_j - W_y) merged per sample, |W_j - W_y| r.
   Interval interval_margin(const Interval& in, const Tensor& labels) override;
   LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
@@ -51,6 +52,7 @@ class Conv2d : public Module {
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, Generator& gen, Conv2dOptions opts = {});
   Tensor forward(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
+  std::optional<Interval> interval_forward_relu(const Interval& in, Interval* pre) override;
   LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
   // Spatial size of the output for an input of size `in` (throws when the kernel does not fit).
   int64_t output_size(int64_t in) const;
@@ -105,6 +107,8 @@ class ReLU : public Module {
     pre_ = in;
     return interval_relu(in);
   }
+  // The pre-activation box of a pass the layer before fused with this one (Sequential).
+  void record_interval(const Interval& pre) { pre_ = pre; }
   LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override {
     require_interval_pass(pre_.center.defined());
     return relu_crown_backward(upper, pre_, options.adaptive_lower);
@@ -181,6 +185,9 @@ class Sequential : public Module {
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& layers() const { return layers_; }
 
  private:
+  // The interval pass over layers [0, end), each affine layer followed by a ReLU fused with it.
+  Interval interval_through(const Interval& in, size_t end);
+
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> layers_;
   int64_t unnamed_ = 0;
 };

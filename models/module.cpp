@@ -27,6 +27,8 @@ Interval Module::interval_forward(const Interval&) {
                                           type_name()));
 }
 
+std::optional<Interval> Module::interval_forward_relu(const Interval&, Interval*) { return std::nullopt; }
+
 LinearBound Module::crown_backward(const LinearBound&, const CrownOptions&) {
   throw std::invalid_argument(fmt::format("{}: CROWN cannot pass this layer (it has no backward linear relaxation)",
                                           type_name()));

@@ -7,6 +7,7 @@
 // PyTorch gives it: checkpoints and fixtures line up with PyTorch models one to one.
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,11 @@ class Module {
   // interval_forward recorded (ReLU pre-activation bounds, input shapes, BatchNorm's affine map),
   // so an interval pass over the same box comes first. The default throws, naming the module.
   virtual LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options);
+  // An affine layer's interval pass fused with the ReLU after it (one kernel: the engine's
+  // interval_conv2d / interval_linear with relu): the ReLU's box, with the pre-activation box in
+  // *pre for the ReLU to record; nullopt for a layer that cannot fuse (the default). Sequential
+  // fuses each affine layer followed by a ReLU; the boxes are those of the two passes in turn.
+  virtual std::optional<Interval> interval_forward_relu(const Interval& in, Interval* pre);
   // The module's type, for messages ("Conv2d", "PreActBlock").
   std::string type_name() const;
 

@@ -1051,6 +1051,88 @@ TEST_CASE("ops: conv2d at the CUDA kernels' awkward sizes", "[ops][cuda][conv]")
   check_ops(cases);
 }
 
+// ==== interval bound propagation (engine/interval_ops.cpp) ==========================================
+
+namespace {
+// [W c + b; |W| r], then (relu) the interval ReLU's box after it: the unfused composition, in f64.
+RT ref_interval_stack(const RT& yc, const RT& yr, bool relu) {
+  Shape s{relu ? 4 : 2};
+  s.insert(s.end(), yc.shape.begin(), yc.shape.end());
+  RT out(s);
+  const int64_t n = yc.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    out.v[i] = yc.v[i];
+    out.v[n + i] = yr.v[i];
+    if (!relu) continue;
+    const double l = std::max(yc.v[i] - yr.v[i], 0.0), u = std::max(yc.v[i] + yr.v[i], 0.0);
+    out.v[2 * n + i] = (u + l) / 2;
+    out.v[3 * n + i] = (u - l) / 2;
+  }
+  return out;
+}
+RT ref_abs_of(const RT& a) {
+  RT r = a;
+  for (double& v : r.v) v = std::fabs(v);
+  return r;
+}
+// Radii are positive, weights away from 0 (|w| has a kink there).
+std::vector<InputSpec> interval_inputs(const Shape& x, const Shape& w, int64_t bias) {
+  std::vector<InputSpec> ins = {in(x), in(x, positive(0.05, 0.6)), in(w, away_from_zero(0.05, 1.0))};
+  if (bias) ins.push_back(in({bias}));
+  return ins;
+}
+}  // namespace
+
+TEST_CASE("ops: interval_conv2d and interval_linear, with and without the fused ReLU", "[ops][cuda][conv][interval]") {
+  std::vector<OpCase> cases;
+  for (const bool relu : {false, true}) {
+    const std::string tag = relu ? " relu" : "";
+    for (const ConvCfg& cfg : conv_cfgs) {
+      if (cfg.transposed_input) continue;
+      const Conv2dParams p{cfg.stride, cfg.pad};
+      cases.push_back({.name = "interval_conv2d" + tag + " " + conv_name(cfg),
+                       .inputs = interval_inputs(conv_x(cfg), conv_w(cfg), cfg.bias ? cfg.o : 0),
+                       .op = [cfg, p, relu](const Args& a) {
+                         return interval_conv2d(a[0], a[1], a[2], cfg.bias ? a[3] : Tensor(), p, relu);
+                       },
+                       .ref = [cfg, relu](const Refs& r) {
+                         return ref_interval_stack(ref_conv2d(r[0], r[2], cfg.bias ? &r[3] : nullptr, cfg.stride, cfg.pad),
+                                                   ref_conv2d(r[1], ref_abs_of(r[2]), nullptr, cfg.stride, cfg.pad), relu);
+                       },
+                       .gradgrad = cfg.gradgrad});
+    }
+    // Off the 64x64 tile: two tile rows (O = 70), more than one column tile, batch 1.
+    const ConvCfg wide{2, 3, 9, 8, 70, 3, 1, 1, true, false}, deep{1, 67, 5, 5, 3, 3, 1, 1, true, false};
+    for (const ConvCfg& cfg : {wide, deep}) {
+      const Conv2dParams p{cfg.stride, cfg.pad};
+      cases.push_back({.name = "interval_conv2d" + tag + " tiles " + conv_name(cfg),
+                       .inputs = interval_inputs(conv_x(cfg), conv_w(cfg), cfg.o),
+                       .op = [p, relu](const Args& a) { return interval_conv2d(a[0], a[1], a[2], a[3], p, relu); },
+                       .ref = [cfg, relu](const Refs& r) {
+                         return ref_interval_stack(ref_conv2d(r[0], r[2], &r[3], cfg.stride, cfg.pad),
+                                                   ref_conv2d(r[1], ref_abs_of(r[2]), nullptr, cfg.stride, cfg.pad), relu);
+                       },
+                       .finite_differences = false, .f32 = {1e-4, 1e-5}});
+    }
+    // Linear: batch 1, the IBP models' shapes scaled down, and sizes off the tile both ways.
+    const struct { int64_t n, in, out; bool bias, gradgrad, fd; } lins[] = {
+        {1, 3, 1, true, true, true}, {4, 7, 5, false, false, true}, {3, 10, 6, true, false, true},
+        {67, 70, 5, true, false, false}, {5, 130, 66, true, false, false}};
+    for (const auto& l : lins) {
+      cases.push_back({.name = fmt::format("interval_linear{} [{}, {}] -> {}{}", tag, l.n, l.in, l.out, l.bias ? " bias" : ""),
+                       .inputs = interval_inputs({l.n, l.in}, {l.out, l.in}, l.bias ? l.out : 0),
+                       .op = [l, relu](const Args& a) { return interval_linear(a[0], a[1], a[2], l.bias ? a[3] : Tensor(), relu); },
+                       .ref = [l, relu](const Refs& r) {
+                         return ref_interval_stack(ref_linear(r[0], r[2], l.bias ? &r[3] : nullptr),
+                                                   ref_linear(r[1], ref_abs_of(r[2]), nullptr), relu);
+                       },
+                       .gradgrad = l.gradgrad, .finite_differences = l.fd, .f32 = {1e-4, 1e-5}});
+    }
+  }
+  check_ops(cases);
+}
+
+
 // ==== pooling ============================================================================================
 
 TEST_CASE("ops: pooling", "[ops][cuda]") {

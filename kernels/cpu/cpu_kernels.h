@@ -52,6 +52,28 @@ template <class T> void conv2d_forward(const ConvShape& s, const T* x, const T* 
 template <class T> void conv2d_backward_input(const ConvShape& s, const T* g, const T* w, T* dx);
 template <class T> void conv2d_backward_weight(const ConvShape& s, const T* x, const T* g, T* dw);
 
+// Interval affine layers (kernels/cpu/interval.cpp): a box (center c, radius r) through a conv or
+// a linear layer, out = [W c + b; |W| r] stacked as [2, N, ...]; with `relu` the interval ReLU
+// follows in the epilogue and out is [4, N, ...]: the pre-activation box, then the ReLU's box.
+template <class T> void interval_conv2d_forward(const ConvShape& s, const T* c, const T* r, const T* w, const T* bias,
+                                                bool relu, T* out);
+// dc = W^T gc, dr = |W|^T gr (transposed convolutions).
+template <class T> void interval_conv2d_backward_input(const ConvShape& s, const T* gc, const T* gr, const T* w, T* dc,
+                                                       T* dr);
+// dW = sum_n gc col(c)^T + sign(W) * sum_n gr col(r)^T.
+template <class T> void interval_conv2d_backward_weight(const ConvShape& s, const T* c, const T* r, const T* gc,
+                                                        const T* gr, const T* w, T* dw);
+// The same for a linear layer y = x W^T + b with x [n, in], W [o, in].
+template <class T> void interval_linear_forward(int64_t n, int64_t in, int64_t o, const T* c, const T* r, const T* w,
+                                                const T* bias, bool relu, T* out);
+template <class T> void interval_linear_backward_input(int64_t n, int64_t in, int64_t o, const T* gc, const T* gr,
+                                                       const T* w, T* dc, T* dr);
+template <class T> void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const T* c, const T* r,
+                                                        const T* gc, const T* gr, const T* w, T* dw);
+// The fused ReLU's backward: pre [2, count] the pre-activation box, g [4, count] the gradient of
+// the fused output; gpre [2, count] = g[0:2] + the ReLU's backward of g[2:4].
+template <class T> void interval_relu_backward(int64_t count, const T* pre, const T* g, T* gpre);
+
 // idx[p, q] = flat index (within the plane) of the max of window q; padding never wins.
 template <class T> void max_pool2d_indices(const PoolShape& s, const T* x, int32_t* idx);
 template <class T> void avg_pool2d_forward(const PoolShape& s, const T* x, T* y);

@@ -69,6 +69,21 @@ void conv2d_forward(const ConvShape& s, const float* x, const float* w, const fl
 void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw);
 
+// ---- interval bound propagation (interval.cu; the contract of kernels/cpu/cpu_kernels.h) --------
+void interval_conv2d_forward(const ConvShape& s, const float* c, const float* r, const float* w, const float* bias,
+                             bool relu, float* out);
+void interval_conv2d_backward_input(const ConvShape& s, const float* gc, const float* gr, const float* w, float* dc,
+                                    float* dr);
+void interval_conv2d_backward_weight(const ConvShape& s, const float* c, const float* r, const float* gc,
+                                     const float* gr, const float* w, float* dw);
+void interval_linear_forward(int64_t n, int64_t in, int64_t o, const float* c, const float* r, const float* w,
+                             const float* bias, bool relu, float* out);
+void interval_linear_backward_input(int64_t n, int64_t in, int64_t o, const float* gc, const float* gr,
+                                    const float* w, float* dc, float* dr);
+void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const float* c, const float* r,
+                                     const float* gc, const float* gr, const float* w, float* dw);
+void interval_relu_backward(int64_t count, const float* pre, const float* g, float* gpre);
+
 // ---- which implementation gemm and conv2d_* run (kernel_source.cu, docs/kernels.md) ---------------
 // ours (gemm.cu, conv.cu) or the vendor's (cuBLAS, cuDNN). automatic, the default: on a GPU the
 // first launch of each (op, shape) times both and keeps the faster (a tie goes to ours); in the

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/emu/launch.h"
 
@@ -190,6 +191,116 @@ __global__ __launch_bounds__(kThreads, kMinBlocksPerSM) void gemm_tiles(LoadA lo
       if (c < n_count) store(m0 + r, n0 + c, acc[i][j]);
     }
   }
+}
+
+// ---- the two-accumulator tile loop (interval.cu) -------------------------------------------------
+//
+//   C1 = op(A1) op(B1),  C2 = op(A2) op(B2),  store(i, j, C1[i, j], C2[i, j])
+//
+// Interval bound propagation needs W c and |W| r: the same A, two B's. With A2 = AbsOfA1 the A
+// slice is staged once and each thread takes |a| in registers, so W is read from memory once for
+// both products; otherwise (the weight gradient, sum g_c col(c) + sign(W) sum g_r col(r)) all four
+// operands are staged. Same blocking as gemm_tiles, with two 4x4 accumulator sets per thread
+// (32 registers instead of 16) and twice the shared memory (three or four staged slices).
+struct AbsOfA1 {};  // the A2 operand of a dual loop: |A1|, taken from A1's staged slice
+
+template <bool kAbs, class A1, class A2>
+__device__ const auto& second_a_loader(const A1& a1, const A2& a2) {
+  if constexpr (kAbs)
+    return a1;
+  else
+    return a2;
+}
+
+template <class LoadA1, class LoadA2, class LoadB1, class LoadB2, class Store>
+__global__ __launch_bounds__(kThreads, kMinBlocksPerSM) void dual_gemm_tiles(LoadA1 load_a1, LoadA2 load_a2,
+                                                                             LoadB1 load_b1, LoadB2 load_b2,
+                                                                             Store store, int64_t M, int64_t N,
+                                                                             int64_t K) {
+  constexpr bool kAbs = std::is_same<LoadA2, AbsOfA1>::value;
+  BW_SHARED(float, as1, [BK][BM + kPad]);
+  BW_SHARED(float, as2, [kAbs ? 1 : BK][BM + kPad]);
+  BW_SHARED(float, bs1, [BK][BN + kPad]);
+  BW_SHARED(float, bs2, [BK][BN + kPad]);
+  const int tid = threadIdx.x;
+  const int tm = tid / kColsT, tn = tid % kColsT;
+  const int64_t m0 = int64_t(blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
+  const int m_count = M - m0 < BM ? int(M - m0) : BM, n_count = N - n0 < BN ? int(N - n0) : BN;
+  typename StagerOf<LoadA1, false>::type stage_a1(load_a1, tid, m0, m_count);
+  // With |A1| there is no A2 to stage: its stager is A1's again, built but never used.
+  typename StagerOf<typename std::conditional<kAbs, LoadA1, LoadA2>::type, false>::type stage_a2(
+      second_a_loader<kAbs>(load_a1, load_a2), tid, m0, m_count);
+  typename StagerOf<LoadB1, true>::type stage_b1(load_b1, tid, n0, n_count);
+  typename StagerOf<LoadB2, true>::type stage_b2(load_b2, tid, n0, n_count);
+  float acc1[TM][TN], acc2[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc1[i][j] = acc2[i][j] = 0.0f;
+
+  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+    const int k_count = K - k0 < BK ? int(K - k0) : BK;
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) as1[stage_a1.slots.kk[s]][stage_a1.slots.outer[s]] = stage_a1.fetch(s, k0, k_count);
+    if (!kAbs) {
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s)
+        as2[stage_a2.slots.kk[s]][stage_a2.slots.outer[s]] = stage_a2.fetch(s, k0, k_count);
+      stage_a2.next_slice();
+    }
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) bs1[stage_b1.slots.kk[s]][stage_b1.slots.outer[s]] = stage_b1.fetch(s, k0, k_count);
+#pragma unroll
+    for (int s = 0; s < kSlots; ++s) bs2[stage_b2.slots.kk[s]][stage_b2.slots.outer[s]] = stage_b2.fetch(s, k0, k_count);
+    stage_a1.next_slice();
+    stage_b1.next_slice();
+    stage_b2.next_slice();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a1[TM], a2[TM], b1[TN], b2[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+        a1[i] = as1[kk][tm + kRowsT * i];
+        a2[i] = kAbs ? fabsf(a1[i]) : as2[kk][tm + kRowsT * i];
+      }
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        b1[j] = bs1[kk][tn + kColsT * j];
+        b2[j] = bs2[kk][tn + kColsT * j];
+      }
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          acc1[i][j] += a1[i] * b1[j];
+          acc2[i][j] += a2[i] * b2[j];
+        }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int r = tm + kRowsT * i;
+    if (r >= m_count) continue;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int c = tn + kColsT * j;
+      if (c < n_count) store(m0 + r, n0 + c, acc1[i][j], acc2[i][j]);
+    }
+  }
+}
+
+template <class LoadA1, class LoadA2, class LoadB1, class LoadB2, class Store>
+void run_dual_tiles(const LoadA1& a1, const LoadA2& a2, const LoadB1& b1, const LoadB2& b2, const Store& s, int64_t M,
+                    int64_t N, int64_t K, cudaStream_t stream) {
+  if (M <= 0 || N <= 0) return;
+  const int64_t gx = (N + BN - 1) / BN, gy = (M + BM - 1) / BM;
+  if (gy > 65535 || gx > 2147483647)
+    throw std::invalid_argument("dual_gemm_tiles: output " + std::to_string(M) + " x " + std::to_string(N) +
+                                " is too large for one launch");
+  BW_LAUNCH((dual_gemm_tiles<LoadA1, LoadA2, LoadB1, LoadB2, Store>), dim3(unsigned(gx), unsigned(gy)),
+            dim3(kThreads), 0, stream, a1, a2, b1, b2, s, M, N, K);
 }
 
 // Launches the tile loop over an M x N output: columns on grid.x (up to 2^31 - 1 tiles), rows on
