@@ -161,4 +161,45 @@ Tensor interval_linear(const Tensor& c_in, const Tensor& r_in, const Tensor& w_i
   });
 }
 
+Tensor elided_margin_radius(const Tensor& r_in, const Tensor& w_in, const Tensor& labels_in) {
+  require_float(r_in, "elided_margin_radius");
+  require_same_device(r_in, w_in, "elided_margin_radius");
+  require_same_device(r_in, labels_in, "elided_margin_radius");
+  if (r_in.dim() != 2 || w_in.dim() != 2 || r_in.size(1) != w_in.size(1) || r_in.dtype() != w_in.dtype() ||
+      labels_in.dtype() != DType::i32 || labels_in.shape() != Shape{r_in.size(0)})
+    throw std::invalid_argument(fmt::format("elided_margin_radius: radius {}, weight {} and labels {} do not match (want "
+                                            "[N, in], [K, in] of one dtype and i32 [N])",
+                                            r_in.str(), w_in.str(), labels_in.str()));
+  const int64_t n = r_in.size(0), in = r_in.size(1), k = w_in.size(0);
+  const Tensor r = r_in.contiguous(), w = w_in.contiguous(), labels = labels_in.contiguous();
+  check_index_range(labels, k, "elided_margin_radius", cuda::IndexRole::label);
+  Tensor out = Tensor::empty({n, k}, r.dtype(), r.device());
+  BW_KERNEL(r.device(), r.dtype(), "elided_margin_radius", elided_radius_forward, n, in, k, r.data<T>(), w.data<T>(),
+            labels.data<int32_t>(), out.data<T>());
+  return record(out, "elided_margin_radius", {r_in, w_in, labels_in}, [n, in, k](const Node& node, const Tensor& g,
+                                                                                   const Needs& need) {
+    const Tensor &r = node.inputs[0], &w = node.inputs[1], &labels = node.inputs[2];
+    Grads out(3);
+    if (grad_enabled()) {  // differentiable: the difference rows per sample, as the unfused form has them
+      const Tensor picks = one_hot(labels, k, w.dtype());
+      const Tensor d = w.reshape({1, k, in}) - matmul(picks, w).reshape({n, 1, in});
+      if (need[0]) out[0] = sum(abs(d) * g.reshape({n, k, 1}), {1});
+      if (need[1]) {
+        const Tensor t = sign(d) * g.reshape({n, k, 1}) * r.reshape({n, 1, in});
+        out[1] = sum(t, {0}) - matmul(picks.t(), sum(t, {1}));
+      }
+      return out;
+    }
+    const Tensor gc = g.contiguous(), rc = r.contiguous(), wc = w.contiguous(), lc = labels.contiguous();
+    Tensor dr = need[0] ? Tensor::empty({n, in}, g.dtype(), g.device()) : Tensor();
+    Tensor dw = need[1] ? Tensor::empty({k, in}, g.dtype(), g.device()) : Tensor();
+    BW_KERNEL(g.device(), g.dtype(), "elided_margin_radius backward", elided_radius_backward, n, in, k, rc.data<T>(),
+              wc.data<T>(), lc.data<int32_t>(), gc.data<T>(), need[0] ? dr.data<T>() : nullptr,
+              need[1] ? dw.data<T>() : nullptr);
+    out[0] = dr;
+    out[1] = dw;
+    return out;
+  });
+}
+
 }  // namespace bulwark

@@ -94,6 +94,10 @@ Tensor conv2d_backward_weight(const Tensor& x, const Tensor& g, const Shape& w_s
 Tensor interval_conv2d(const Tensor& c, const Tensor& r, const Tensor& w, const Tensor& bias, Conv2dParams p,
                        bool relu);
 Tensor interval_linear(const Tensor& c, const Tensor& r, const Tensor& w, const Tensor& bias, bool relu);
+// The radius of the margins z_j - z_y of a last linear layer W [K, in] merged with the
+// specification (IBP's elision): out[n, j] = sum_i |W_j,i - W_{y_n},i| r[n, i] for r [N, in] and
+// i32 labels [N], without the [N, K, in] difference tensor. Differentiable in r and w.
+Tensor elided_margin_radius(const Tensor& r, const Tensor& w, const Tensor& labels);
 
 // ---- pooling ---------------------------------------------------------------------------------
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding = 0);

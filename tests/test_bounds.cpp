@@ -15,6 +15,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "kernels/emu/execution.h"
 #include "models/layers.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
@@ -292,6 +293,57 @@ TEST_CASE("IBP on the CUDA backend (emulated) gives the CPU's worst-case logits"
     const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.02);
     CHECK(on_gpu.device() == Device::cuda);
     CHECK(max_abs_diff(on_gpu.cpu(), on_cpu) <= 1e-4 * std::max(1.0, max_abs_diff(on_cpu, zeros_like(on_cpu))));
+  }
+}
+
+// The interval pass of a Sequential written out layer by layer with the unfused primitives: two
+// products per affine layer, the ReLU on the bounds.
+Interval unfused_interval_pass(const Sequential& model, const Interval& in) {
+  Interval h = in;
+  for (const auto& [name, layer] : model.layers()) {
+    if (const auto* conv = dynamic_cast<const Conv2d*>(layer.get()))
+      h = {conv2d(h.center, conv->weight, conv->bias, {conv->stride, conv->padding}),
+           conv2d(h.radius, abs(conv->weight), Tensor(), {conv->stride, conv->padding})};
+    else if (const auto* fc = dynamic_cast<const Linear*>(layer.get()))
+      h = {linear(h.center, fc->weight, fc->bias), linear(h.radius, abs(fc->weight))};
+    else if (dynamic_cast<const ReLU*>(layer.get()))
+      h = interval_relu(h);
+    else
+      h = layer->interval_forward(h);
+  }
+  return h;
+}
+
+uint64_t launches_of(const std::string& kernel) {
+  uint64_t total = 0;
+  for (const auto& [name, record] : emu::launch_counts())
+    if (emu::kernel_base_name(name) == kernel) total += record.launches;
+  return total;
+}
+
+TEST_CASE("the fused interval pass (each affine layer and its ReLU in one kernel) equals the unfused one", "[bounds][cuda]") {
+  for (const std::string& name : {"mlp", "wong_small", "ibp_small"}) {
+    INFO(name);
+    const int64_t side = name == "ibp_small" ? 12 : 8;
+    const auto model = std::dynamic_pointer_cast<Sequential>(small_zoo_model(name, DType::f64, 1, side));
+    REQUIRE(model);
+    Generator gen(31);
+    const Tensor x = rand_uniform({3, 1, side, side}, 0, 1, gen, DType::f64);
+    const Interval box = robust::input_box(x, 0.05);
+    const Interval fused = model->interval_forward(box), unfused = unfused_interval_pass(*model, box);
+    CHECK(max_abs_diff(fused.center, unfused.center) <= 1e-12);
+    CHECK(max_abs_diff(fused.radius, unfused.radius) <= 1e-12);
+    // One dual tile launch per affine layer on the CUDA backend, no plain GEMM or elementwise ReLU.
+    auto gpu = std::dynamic_pointer_cast<Sequential>(small_zoo_model(name, DType::f32, 1, side));
+    gpu->to(Device::cuda);
+    int64_t affine = 0;
+    for (const auto& [n, layer] : gpu->layers())
+      affine += dynamic_cast<const Conv2d*>(layer.get()) || dynamic_cast<const Linear*>(layer.get());
+    const uint64_t dual = launches_of("dual_gemm_tiles"), plain = launches_of("gemm_tiles");
+    NoGradGuard no_grad;
+    gpu->interval_forward(robust::input_box(x.to(DType::f32).cuda(), 0.05));
+    CHECK(launches_of("dual_gemm_tiles") - dual == uint64_t(affine));
+    CHECK(launches_of("gemm_tiles") == plain);
   }
 }
 

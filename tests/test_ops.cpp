@@ -1083,6 +1083,30 @@ std::vector<InputSpec> interval_inputs(const Shape& x, const Shape& w, int64_t b
 }
 }  // namespace
 
+TEST_CASE("ops: elided_margin_radius (the last layer merged with the margins)", "[ops][cuda][interval]") {
+  const auto ref = [](const Refs& r) {
+    const int64_t n = r[0].size(0), in = r[0].size(1), k = r[1].size(0);
+    RT out({n, k});
+    for (int64_t s = 0; s < n; ++s) {
+      const auto y = static_cast<int64_t>(r[2].v[s]);
+      for (int64_t j = 0; j < k; ++j)
+        for (int64_t i = 0; i < in; ++i) out[{s, j}] += std::fabs(r[1][{j, i}] - r[1][{y, i}]) * r[0][{s, i}];
+    }
+    return out;
+  };
+  std::vector<OpCase> cases;
+  // distinct weights: no two entries of a column equal, so |W_j - W_y| has no kink to straddle.
+  const struct { int64_t n, in, k; bool fd; } shapes[] = {{1, 3, 2, true}, {5, 7, 4, true}, {6, 9, 10, true},
+                                                          {33, 300, 10, false}};
+  for (const auto& sh : shapes)
+    cases.push_back({.name = fmt::format("elided_margin_radius r[{}, {}] w[{}, {}]", sh.n, sh.in, sh.k, sh.in),
+                     .inputs = {in({sh.n, sh.in}, positive(0.05, 0.6)), in({sh.k, sh.in}, distinct(-2.0, 2.0)),
+                                in({sh.n}, ints(0, int(sh.k) - 1))},
+                     .op = [](const Args& a) { return elided_margin_radius(a[0], a[1], a[2]); },
+                     .ref = ref, .gradgrad = sh.n == 5, .finite_differences = sh.fd, .f32 = {1e-4, 1e-5}});
+  check_ops(cases);
+}
+
 TEST_CASE("ops: interval_conv2d and interval_linear, with and without the fused ReLU", "[ops][cuda][conv][interval]") {
   std::vector<OpCase> cases;
   for (const bool relu : {false, true}) {

@@ -70,6 +70,13 @@ template <class T> void interval_linear_backward_input(int64_t n, int64_t in, in
                                                        const T* w, T* dc, T* dr);
 template <class T> void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const T* c, const T* r,
                                                         const T* gc, const T* gr, const T* w, T* dw);
+// The elided last layer's radius (IBP's margins z_j - z_y merged into a linear layer W [k, in]):
+// out[n, j] = sum_i |W[j, i] - W[y_n, i]| r[n, i] for r [n, in], labels y [n] in [0, k); the
+// difference rows are formed per term, never stored per sample. The backward: dr, and dW.
+template <class T> void elided_radius_forward(int64_t n, int64_t in, int64_t k, const T* r, const T* w,
+                                              const int32_t* labels, T* out);
+template <class T> void elided_radius_backward(int64_t n, int64_t in, int64_t k, const T* r, const T* w,
+                                               const int32_t* labels, const T* g, T* dr, T* dw);
 // The fused ReLU's backward: pre [2, count] the pre-activation box, g [4, count] the gradient of
 // the fused output; gpre [2, count] = g[0:2] + the ReLU's backward of g[2:4].
 template <class T> void interval_relu_backward(int64_t count, const T* pre, const T* g, T* gpre);

@@ -12,6 +12,7 @@
 // for the ReLU. Bytes: c, r, W once each, out 2 (4 with the ReLU) x N O L.
 #include <omp.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/common/interval.h"
@@ -111,6 +112,49 @@ void interval_relu_backward(int64_t count, const T* pre, const T* g, T* gpre) {
   }
 }
 
+template <class T>
+void elided_radius_forward(int64_t n, int64_t in, int64_t k, const T* r, const T* w, const int32_t* labels, T* out) {
+#pragma omp parallel for schedule(static) if (n * k * in > 1 << 20)
+  for (int64_t s = 0; s < n; ++s) {
+    const T* wy = w + labels[s] * in;
+    const T* rs = r + s * in;
+    for (int64_t j = 0; j < k; ++j) {
+      const T* wj = w + j * in;
+      T acc = 0;
+      for (int64_t i = 0; i < in; ++i) {
+        const T d = wj[i] - wy[i];
+        acc += (d < T(0) ? -d : d) * rs[i];
+      }
+      out[s * k + j] = acc;
+    }
+  }
+}
+
+// dr[s, i] = sum_j g[s, j] |W_j,i - W_y,i|; with t = g[s, j] sign(W_j,i - W_y,i) r[s, i], dW_j += t
+// and dW_y -= t. One pass over the samples in order (dW is shared), so the sums are deterministic.
+template <class T>
+void elided_radius_backward(int64_t n, int64_t in, int64_t k, const T* r, const T* w, const int32_t* labels,
+                            const T* g, T* dr, T* dw) {
+  if (dw) std::fill(dw, dw + k * in, T(0));
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t y = labels[s];
+    const T *wy = w + y * in, *rs = r + s * in, *gs = g + s * k;
+    if (dr) std::fill(dr + s * in, dr + (s + 1) * in, T(0));
+    for (int64_t j = 0; j < k; ++j) {
+      const T* wj = w + j * in;
+      for (int64_t i = 0; i < in; ++i) {
+        const T d = wj[i] - wy[i];
+        if (dr) dr[s * in + i] += gs[j] * (d < T(0) ? -d : d);
+        if (dw && j != y) {
+          const T t = gs[j] * interval::sign(d) * rs[i];
+          dw[j * in + i] += t;
+          dw[y * in + i] -= t;
+        }
+      }
+    }
+  }
+}
+
 #define BW_INTERVAL_INSTANTIATE(T)                                                                                 \
   template void interval_conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, const T*, bool, T*);    \
   template void interval_conv2d_backward_input<T>(const ConvShape&, const T*, const T*, const T*, T*, T*);         \
@@ -121,7 +165,10 @@ void interval_relu_backward(int64_t count, const T* pre, const T* g, T* gpre) {
   template void interval_linear_backward_input<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, T*, T*); \
   template void interval_linear_backward_weight<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*,        \
                                                    const T*, const T*, T*);                                        \
-  template void interval_relu_backward<T>(int64_t, const T*, const T*, T*);
+  template void interval_relu_backward<T>(int64_t, const T*, const T*, T*);                                         \
+  template void elided_radius_forward<T>(int64_t, int64_t, int64_t, const T*, const T*, const int32_t*, T*);        \
+  template void elided_radius_backward<T>(int64_t, int64_t, int64_t, const T*, const T*, const int32_t*, const T*,  \
+                                          T*, T*);
 BW_INTERVAL_INSTANTIATE(float)
 BW_INTERVAL_INSTANTIATE(double)
 

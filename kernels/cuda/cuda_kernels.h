@@ -83,6 +83,10 @@ void interval_linear_backward_input(int64_t n, int64_t in, int64_t o, const floa
 void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const float* c, const float* r,
                                      const float* gc, const float* gr, const float* w, float* dw);
 void interval_relu_backward(int64_t count, const float* pre, const float* g, float* gpre);
+void elided_radius_forward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
+                           float* out);
+void elided_radius_backward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
+                            const float* g, float* dr, float* dw);
 
 // ---- which implementation gemm and conv2d_* run (kernel_source.cu, docs/kernels.md) ---------------
 // ours (gemm.cu, conv.cu) or the vendor's (cuBLAS, cuDNN). automatic, the default: on a GPU the

@@ -107,7 +107,70 @@ __global__ void interval_relu_backward_kernel(int64_t count, const float* pre, c
     gpre[count + i] = g[count + i] + gr;
   }
 }
+// The elided last layer (kernels/cpu/cpu_kernels.h, elided_radius_*): one thread per output.
+// Per output in FLOPs 3 in; W's rows are read by every sample (from L2: W is k x in, ~20 KB for
+// the IBP models' last layer), r once per class.
+__global__ void elided_radius_kernel(int64_t n, int64_t in, int64_t k, const float* r, const float* w,
+                                     const int32_t* labels, float* out) {
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n * k; o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t s = o / k, j = o % k;
+    const float *wj = w + j * in, *wy = w + int64_t(labels[s]) * in, *rs = r + s * in;
+    float acc = 0.0f;
+    for (int64_t i = 0; i < in; ++i) acc += fabsf(wj[i] - wy[i]) * rs[i];
+    out[o] = acc;
+  }
+}
+
+// dr[s, i] = sum_j g[s, j] |W_j,i - W_y,i|: one thread per (s, i).
+__global__ void elided_radius_input_kernel(int64_t n, int64_t in, int64_t k, const float* w, const int32_t* labels,
+                                           const float* g, float* dr) {
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n * in; o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t s = o / in, i = o % in;
+    const float wy = w[int64_t(labels[s]) * in + i];
+    float acc = 0.0f;
+    for (int64_t j = 0; j < k; ++j) acc += g[s * k + j] * fabsf(w[j * in + i] - wy);
+    dr[o] = acc;
+  }
+}
+
+// dW[c, i] = sum_s r[s, i] (g[s, c] sign(W_c,i - W_y,i) - [c == y_s] sum_j g[s, j] sign(W_j,i - W_y,i)):
+// one thread per weight, the samples in order (no atomics: deterministic).
+__global__ void elided_radius_weight_kernel(int64_t n, int64_t in, int64_t k, const float* r, const float* w,
+                                            const int32_t* labels, const float* g, float* dw) {
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < k * in; o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = o / in, i = o % in;
+    float acc = 0.0f;
+    for (int64_t s = 0; s < n; ++s) {
+      const int64_t y = labels[s];
+      const float wy = w[y * in + i], rs = r[s * in + i];
+      if (c != y) {
+        acc += g[s * k + c] * interval::sign(w[o] - wy) * rs;
+        continue;
+      }
+      float total = 0.0f;
+      for (int64_t j = 0; j < k; ++j)
+        if (j != y) total += g[s * k + j] * interval::sign(w[j * in + i] - wy);
+      acc -= total * rs;
+    }
+    dw[o] = acc;
+  }
+}
 }  // namespace
+
+void elided_radius_forward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
+                           float* out) {
+  if (n * k > 0)
+    BW_LAUNCH(elided_radius_kernel, blocks_for(n * k), kThreads, 0, current_stream(), n, in, k, r, w, labels, out);
+}
+
+void elided_radius_backward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
+                            const float* g, float* dr, float* dw) {
+  if (dr && n * in > 0)
+    BW_LAUNCH(elided_radius_input_kernel, blocks_for(n * in), kThreads, 0, current_stream(), n, in, k, w, labels, g, dr);
+  if (dw && k * in > 0)
+    BW_LAUNCH(elided_radius_weight_kernel, blocks_for(k * in), kThreads, 0, current_stream(), n, in, k, r, w, labels,
+              g, dw);
+}
 
 void interval_conv2d_forward(const ConvShape& s, const float* c, const float* r, const float* w, const float* bias,
                              bool relu, float* out) {
