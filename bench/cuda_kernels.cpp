@@ -13,6 +13,10 @@
 //   cuda_random_start/<batch>              Philox start                      BYTES: 8 per element
 //   cuda_softmax_xent/<shape>              fused lse - z[label]              BYTES: 4 per logit + 8 per row
 //   cuda_sgd_step/<model>_all_params       one launch over every parameter   BYTES: 20 per parameter
+//   cuda_interval_conv_forward/<layer>/v0_cudnn_twice   |W| (one elementwise launch), then cuDNN
+//                                          for W c + b and for |W| r         FLOPS: 2 x 2 n O C KH KW OH OW
+//   cuda_interval_conv_forward/<layer>/ours        interval.cu: both in one dual tile loop, W read once
+//   cuda_interval_conv_forward/<layer>/ours_relu   the same with the interval ReLU in the epilogue
 // The fused kernels have no vendor twin (cuBLAS/cuDNN have no such ops; PyTorch runs them as
 // several elementwise kernels). Each row calls one implementation directly (vendor.h), whatever
 // kernel_source() says.
@@ -219,6 +223,28 @@ void sgd_step_row(benchmark::State& state, const std::string& model) {
   });
 }
 
+// The box of an interval conv layer (interval.cu) beside cuDNN run twice, at the certified
+// models' shapes.
+enum class IntervalImpl { cudnn_twice, ours, ours_relu };
+void interval_conv_row(benchmark::State& state, const ConvLayer& layer, IntervalImpl impl) {
+  gpu_row(state, [&] {
+    const cpu::ConvShape& s = layer.shape;
+    const int64_t in = s.n * s.c * s.h * s.w, wn = s.o * s.c * s.kh * s.kw, out = s.n * s.o * s.oh * s.ow;
+    DeviceFloats c(in), r(in, 0.f, 0.1f, 2), w(wn), bias(s.o), abs_w(wn), boxes(4 * out);
+    time_launches(state, [&] {
+      if (impl == IntervalImpl::cudnn_twice) {
+        cuda::unary(ew::Unary::abs, w.get(), abs_w.get(), wn, 0.f, 0.f);
+        cuda::conv2d_forward_vendor(s, c.get(), w.get(), bias.get(), boxes.get());
+        cuda::conv2d_forward_vendor(s, r.get(), abs_w.get(), nullptr, boxes.get() + out);
+      } else {
+        cuda::interval_conv2d_forward(s, c.get(), r.get(), w.get(), bias.get(), impl == IntervalImpl::ours_relu,
+                                      boxes.get());
+      }
+    });
+    state.counters["FLOPS"] = rate(2.0 * conv_flops(s));
+  });
+}
+
 // ---- registration -----------------------------------------------------------------------------------
 
 // A square problem large enough to reach each GEMM's peak, for the roofline comparison.
@@ -248,6 +274,11 @@ bool register_cuda_benchmarks() {
     add(std::string("cuda_softmax_xent/") + c.name, [c](benchmark::State& st) { softmax_xent_row(st, c); });
   for (const std::string& model : sgd_models())
     add("cuda_sgd_step/" + model + "_all_params", [model](benchmark::State& st) { sgd_step_row(st, model); });
+  for (const ConvLayer& layer : interval_conv_layers())
+    for (const auto& [impl, suffix] : {std::pair{IntervalImpl::cudnn_twice, "/v0_cudnn_twice"},
+                                       std::pair{IntervalImpl::ours, "/ours"}, std::pair{IntervalImpl::ours_relu, "/ours_relu"}})
+      add("cuda_interval_conv_forward/" + std::string(layer.name) + suffix,
+          [layer, impl](benchmark::State& st) { interval_conv_row(st, layer, impl); });
   return true;
 }
 

@@ -147,4 +147,18 @@ inline std::vector<int64_t> parameter_sizes(const std::string& model) {
   return sizes;
 }
 
+// The conv layers of the certified-training models at batch 128, for the interval rows
+// (bench/interval_kernels.cpp, bench/cuda_kernels.cpp): ibp_large on MNIST (3x3, pad 1) and the
+// IBP models' 4x4 stride-2 layers (wong_small's).
+inline const std::vector<ConvLayer>& interval_conv_layers() {
+  constexpr int64_t n = 128;
+  static const std::vector<ConvLayer> layers = {
+      {"wong_small_conv1_1x28x28_to_16", conv_shape(n, 1, 28, 16, 4, 2, 1), true},
+      {"wong_small_conv2_16x14x14_to_32", conv_shape(n, 16, 14, 32, 4, 2, 1), true},
+      {"ibp_large_conv2_64x28x28_to_64", conv_shape(n, 64, 28, 64, 3, 1, 1), true},
+      {"ibp_large_conv3_64x28x28_to_128_s2", conv_shape(n, 64, 28, 128, 3, 2, 1), true},
+  };
+  return layers;
+}
+
 }  // namespace bulwark::bench

@@ -14,6 +14,8 @@
 
 namespace bulwark::interval {
 
+// Branch-free (the masks are data: a sign pattern a branch predictor cannot learn), so the CPU
+// loops vectorise.
 template <class T>
 BW_HD inline void relu(T c, T r, T* c_out, T* r_out) {
   const T l = c - r, u = c + r;
@@ -25,8 +27,8 @@ BW_HD inline void relu(T c, T r, T* c_out, T* r_out) {
 // c, r: the pre-activation box; gc_out, gr_out: the gradients of the ReLU's outputs (c', r').
 template <class T>
 BW_HD inline void relu_backward(T c, T r, T gc_out, T gr_out, T* gc, T* gr) {
-  const T gu = c + r > T(0) ? (gc_out + gr_out) * T(0.5) : T(0);
-  const T gl = c - r > T(0) ? (gc_out - gr_out) * T(0.5) : T(0);
+  const T gu = T(c + r > T(0)) * (gc_out + gr_out) * T(0.5);
+  const T gl = T(c - r > T(0)) * (gc_out - gr_out) * T(0.5);
   *gc = gu + gl;
   *gr = gu - gl;
 }

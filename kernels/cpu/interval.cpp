@@ -31,9 +31,11 @@ std::vector<T> abs_of(const T* w, int64_t n) {
 // out [4, count]: out[2:4] = the interval ReLU of out[0:2].
 template <class T>
 void relu_epilogue(int64_t count, T* out) {
-  const T *c = out, *r = out + count;
-  T *cp = out + 2 * count, *rp = out + 3 * count;
-#pragma omp parallel for schedule(static) if (count > 65536)
+  const T* __restrict c = out;
+  const T* __restrict r = out + count;
+  T* __restrict cp = out + 2 * count;
+  T* __restrict rp = out + 3 * count;
+#pragma omp parallel for simd schedule(static) if (count > 65536)
   for (int64_t i = 0; i < count; ++i) interval::relu(c[i], r[i], cp + i, rp + i);
 }
 
@@ -102,13 +104,20 @@ void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const T* 
 
 template <class T>
 void interval_relu_backward(int64_t count, const T* pre, const T* g, T* gpre) {
-  const T *c = pre, *r = pre + count;
-#pragma omp parallel for schedule(static) if (count > 65536)
+  const T* __restrict c = pre;
+  const T* __restrict r = pre + count;
+  const T* __restrict g_pre_c = g;
+  const T* __restrict g_pre_r = g + count;
+  const T* __restrict g_post_c = g + 2 * count;
+  const T* __restrict g_post_r = g + 3 * count;
+  T* __restrict out_c = gpre;
+  T* __restrict out_r = gpre + count;
+#pragma omp parallel for simd schedule(static) if (count > 65536)
   for (int64_t i = 0; i < count; ++i) {
     T gc, gr;
-    interval::relu_backward(c[i], r[i], g[2 * count + i], g[3 * count + i], &gc, &gr);
-    gpre[i] = g[i] + gc;
-    gpre[count + i] = g[count + i] + gr;
+    interval::relu_backward(c[i], r[i], g_post_c[i], g_post_r[i], &gc, &gr);
+    out_c[i] = g_pre_c[i] + gc;
+    out_r[i] = g_pre_r[i] + gr;
   }
 }
 
