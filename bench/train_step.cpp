@@ -71,7 +71,7 @@ PassFlops count_flops(Module& model, const Tensor& x) {
 TrainStepConfig default_train_step(const std::string& model) {
   TrainStepConfig c;
   c.model = model;
-  if (model == "wong_small" || model == "mlp" || model == "ibp_small" || model == "wong_large") {
+  if (model == "wong_small" || model == "mlp" || model == "ibp_small" || model == "wong_large" || model == "ibp_large") {
     c.channels = 1, c.height = 28, c.width = 28;
     c.mean = {0.1307};
     c.std = {0.3081};

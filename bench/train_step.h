@@ -30,7 +30,8 @@ struct TrainStepConfig {
 // The two configurations the benches compare with PyTorch:
 //   wong_small  MNIST 1x28x28, PGD-10, eps 0.3, alpha eps/4, random start
 //   cnn7        CIFAR 3x32x32, FGSM-RS (random start + 1 step), eps 8/255, alpha 1.25 eps
-// Any other zoo model gets the CIFAR input and the FGSM-RS attack.
+// The other MNIST models of the zoo (mlp, ibp_small, ibp_large, wong_large) get wong_small's
+// setting, any other model cnn7's.
 TrainStepConfig default_train_step(const std::string& model);
 
 // Matrix-multiply FLOPs of one pass of the model at the configured batch (2 per multiply-add of
