@@ -141,6 +141,15 @@ struct StagerOf<MatrixLoader, kIsB> {
   using type = MatrixStager<kIsB>;
 };
 
+// This block's tile of the M x N output: its origin, and how many of its rows and columns exist.
+struct TileExtent {
+  int64_t m0, n0;
+  int m_count, n_count;
+  __device__ TileExtent(int64_t M, int64_t N)
+      : m0(int64_t(blockIdx.y) * BM), n0(int64_t(blockIdx.x) * BN), m_count(M - m0 < BM ? int(M - m0) : BM),
+        n_count(N - n0 < BN ? int(N - n0) : BN) {}
+};
+
 template <class LoadA, class LoadB, class Store>
 __global__ __launch_bounds__(kThreads, kMinBlocksPerSM) void gemm_tiles(LoadA load_a, LoadB load_b, Store store,
                                                                         int64_t M, int64_t N, int64_t K) {
@@ -148,8 +157,9 @@ __global__ __launch_bounds__(kThreads, kMinBlocksPerSM) void gemm_tiles(LoadA lo
   BW_SHARED(float, bs, [BK][BN + kPad]);
   const int tid = threadIdx.x;
   const int tm = tid / kColsT, tn = tid % kColsT;
-  const int64_t m0 = int64_t(blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
-  const int m_count = M - m0 < BM ? int(M - m0) : BM, n_count = N - n0 < BN ? int(N - n0) : BN;
+  const TileExtent tile(M, N);
+  const int64_t m0 = tile.m0, n0 = tile.n0;
+  const int m_count = tile.m_count, n_count = tile.n_count;
   typename StagerOf<LoadA, false>::type stage_a(load_a, tid, m0, m_count);
   typename StagerOf<LoadB, true>::type stage_b(load_b, tid, n0, n_count);
   float acc[TM][TN];
@@ -224,8 +234,9 @@ __global__ __launch_bounds__(kThreads, kMinBlocksPerSM) void dual_gemm_tiles(Loa
   BW_SHARED(float, bs2, [BK][BN + kPad]);
   const int tid = threadIdx.x;
   const int tm = tid / kColsT, tn = tid % kColsT;
-  const int64_t m0 = int64_t(blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
-  const int m_count = M - m0 < BM ? int(M - m0) : BM, n_count = N - n0 < BN ? int(N - n0) : BN;
+  const TileExtent tile(M, N);
+  const int64_t m0 = tile.m0, n0 = tile.n0;
+  const int m_count = tile.m_count, n_count = tile.n_count;
   typename StagerOf<LoadA1, false>::type stage_a1(load_a1, tid, m0, m_count);
   // With |A1| there is no A2 to stage: its stager is A1's again, built but never used.
   typename StagerOf<typename std::conditional<kAbs, LoadA1, LoadA2>::type, false>::type stage_a2(
