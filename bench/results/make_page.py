@@ -372,7 +372,9 @@ def protocol_study(study, plot_dir, tag):
         runs = study.get(ds)
         if not runs:
             continue
-        cfg = next(iter(runs.values()))["config"]
+        # The fixed protocol's options (a multistep run's, PGD-AT's when there is one).
+        fixed = [r for (m, shape), r in sorted(runs.items(), key=lambda kv: kv[0][0] != "pgd") if shape == "multistep"]
+        cfg = (fixed[0] if fixed else next(iter(runs.values())))["config"]
         methods = [m for m in METHODS if any(k[0] == m for k in runs)]
         evaluated = [(m, shape) for m in methods for shape in ("multistep", "accelat")
                      if (m, shape) in runs and "eval" in runs[(m, shape)]]
