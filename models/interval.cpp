@@ -1,5 +1,7 @@
 #include "models/interval.h"
 
+#include "engine/autograd.h"
+
 #include <algorithm>
 #include <limits>
 
@@ -55,6 +57,33 @@ LinearBound affine_crown_backward(const LinearBound& upper, const Tensor& scale,
   Shape t = shift.shape();
   t.insert(t.begin() + 1, 1);
   return {upper.A * scale.reshape(s), upper.bias + contract(upper.A, shift.reshape(t))};
+}
+
+LinearBound pooling_crown_backward(const LinearBound& upper, const Tensor& at,
+                                   const std::function<Tensor(const Tensor&)>& op) {
+  const int64_t n = upper.A.size(0), s = upper.A.size(1);
+  Shape rows = at.shape(), per_sample_rows = at.shape();
+  rows[0] = n * s;
+  per_sample_rows.insert(per_sample_rows.begin() + 1, s);
+  per_sample_rows[0] = n;
+  // S copies of each sample's point, as a leaf: the op's Jacobian there, transposed, applied to A.
+  Tensor probe = per_sample(at.detach()).expand(per_sample_rows).contiguous().reshape(rows);
+  probe.set_requires_grad(true);
+  const bool keep_graph = grad_enabled();  // training: A_in stays differentiable in A
+  GradModeGuard record_probe(true);
+  const Tensor out = op(probe);
+  const Tensor A_in = grad({out}, {probe}, {upper.A.reshape(out.shape())}, keep_graph)[0];
+  return {A_in.reshape(per_sample_rows), upper.bias};
+}
+
+LinearBound max_pool_crown_backward(const LinearBound& upper, const Interval& pre, int64_t kernel, int64_t stride,
+                                    int64_t padding) {
+  const auto pool = [&](const Tensor& t) { return max_pool2d(t, kernel, stride, padding); };
+  const Tensor A_pos = clamp(upper.A, 0.0, std::numeric_limits<double>::max()), A_neg = upper.A - A_pos;
+  // Negative coefficients take the lower bound x_j (j: the largest lower bound of the window),
+  // the VJP of max pooling at the lower bounds; positive ones the constant max_i u_i.
+  const LinearBound lower_part = pooling_crown_backward({A_neg, upper.bias}, pre.lower(), pool);
+  return {lower_part.A, upper.bias + contract(A_pos, per_sample(pool(pre.upper())))};
 }
 
 Tensor maximize_over_box(const LinearBound& bound, const Interval& box) {

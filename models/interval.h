@@ -22,6 +22,8 @@
 // holding every output); through several layers the boxes grow looser, never unsound. Every
 // operation is written with engine ops, so the bounds are differentiable (IBP training
 // backpropagates through them) and run on any device.
+#include <functional>
+
 #include "engine/ops.h"
 
 namespace bulwark {
@@ -63,6 +65,17 @@ LinearBound relu_crown_backward(const LinearBound& upper, const Interval& pre, b
 // An elementwise affine map h_out = h_in * scale + shift (scale and shift broadcast against h_in,
 // e.g. [1, C, 1, 1]): A_in = A * scale, bias + <A, shift>.
 LinearBound affine_crown_backward(const LinearBound& upper, const Tensor& scale, const Tensor& shift);
+// The CROWN step of a pooling op that is linear in its input near `at` ([N, C, H, W], one value per
+// sample; e.g. max pooling once each window's maximum is chosen): A_in = op^T A, the op's
+// vector-Jacobian product, computed by the engine's autograd on S copies of `at`; differentiable
+// in A. Average pooling is linear everywhere and has no offset: its exact CROWN step.
+LinearBound pooling_crown_backward(const LinearBound& upper, const Tensor& at,
+                                   const std::function<Tensor(const Tensor&)>& op);
+// Max pooling over a box `pre` (window k, stride s, padding p): each output y = max of its window
+// is bounded above by the constant max_i u_i and below by x_j, j the window's input with the
+// largest lower bound (any input is below the maximum). Sound; exact where one input dominates.
+LinearBound max_pool_crown_backward(const LinearBound& upper, const Interval& pre, int64_t kernel, int64_t stride,
+                                    int64_t padding);
 // The maximum of <A, x> + bias over the box: <A, c> + <|A|, r> + bias, [N, S].
 Tensor maximize_over_box(const LinearBound& bound, const Interval& box);
 

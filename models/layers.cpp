@@ -185,16 +185,34 @@ LinearBound Flatten::crown_backward(const LinearBound& upper, const CrownOptions
 }
 
 Interval MaxPool2d::interval_forward(const Interval& in) {
+  pre_ = in;
   return interval_from_bounds(max_pool2d(in.lower(), kernel_size, stride, padding),
                               max_pool2d(in.upper(), kernel_size, stride, padding));
 }
 
+LinearBound MaxPool2d::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  require_interval_pass(pre_.center.defined());
+  return max_pool_crown_backward(upper, pre_, kernel_size, stride, padding);
+}
+
 Interval AvgPool2d::interval_forward(const Interval& in) {
+  input_ = in.center.detach();
   return interval_positive_linear(in, [this](const Tensor& t) { return avg_pool2d(t, kernel_size, stride, padding); });
 }
 
+LinearBound AvgPool2d::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  require_interval_pass(input_.defined());
+  return pooling_crown_backward(upper, input_, [this](const Tensor& t) { return avg_pool2d(t, kernel_size, stride, padding); });
+}
+
 Interval AdaptiveAvgPool2d::interval_forward(const Interval& in) {
+  input_ = in.center.detach();
   return interval_positive_linear(in, [this](const Tensor& t) { return adaptive_avg_pool2d(t, out_h, out_w); });
+}
+
+LinearBound AdaptiveAvgPool2d::crown_backward(const LinearBound& upper, const CrownOptions&) {
+  require_interval_pass(input_.defined());
+  return pooling_crown_backward(upper, input_, [this](const Tensor& t) { return adaptive_avg_pool2d(t, out_h, out_w); });
 }
 
 MaxPool2d::MaxPool2d(int64_t k, int64_t s, int64_t p) : kernel_size(k), stride(s ? s : k), padding(p) {

@@ -134,7 +134,11 @@ class MaxPool2d : public Module {
   explicit MaxPool2d(int64_t kernel_size, int64_t stride = 0, int64_t padding = 0);
   Tensor forward(const Tensor& x) override { return max_pool2d(x, kernel_size, stride, padding); }
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
   const int64_t kernel_size, stride, padding;
+
+ private:
+  Interval pre_;  // the input box of the last interval_forward
 };
 
 // Padding counts towards the window average (PyTorch's count_include_pad=True).
@@ -143,7 +147,11 @@ class AvgPool2d : public Module {
   explicit AvgPool2d(int64_t kernel_size, int64_t stride = 0, int64_t padding = 0);
   Tensor forward(const Tensor& x) override { return avg_pool2d(x, kernel_size, stride, padding); }
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
   const int64_t kernel_size, stride, padding;
+
+ private:
+  Tensor input_;  // the input box's center of the last interval_forward (its shape, for CROWN)
 };
 
 class AdaptiveAvgPool2d : public Module {
@@ -151,7 +159,11 @@ class AdaptiveAvgPool2d : public Module {
   AdaptiveAvgPool2d(int64_t out_h, int64_t out_w) : out_h(out_h), out_w(out_w) {}
   Tensor forward(const Tensor& x) override { return adaptive_avg_pool2d(x, out_h, out_w); }
   Interval interval_forward(const Interval& in) override;
+  LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
   const int64_t out_h, out_w;
+
+ private:
+  Tensor input_;  // the input box's center of the last interval_forward (its shape, for CROWN)
 };
 
 // (x - mean) / std per channel, the first layer of every zoo model: inputs stay in [0, 1] pixel

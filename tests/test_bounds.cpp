@@ -391,6 +391,56 @@ TEST_CASE("bounds name the layer they cannot pass, and refuse eps outside [0, 1]
 
 // ---- CROWN-IBP ---------------------------------------------------------------------------------
 
+// Conv, max pooling (overlapping windows, padding), average pooling and global pooling: the
+// pooling layers' CROWN steps, which no zoo model exercises. The max pools see pre-ReLU values:
+// after a ReLU, many lower bounds of a window are exactly 0 and the window's lower-bound choice
+// (max_pool_crown_backward) switches under the finite differences' nudges, a jump of the bound
+// that the gradient check would read as a wrong derivative.
+std::shared_ptr<Sequential> pooling_net(uint64_t seed) {
+  Generator g(seed);
+  const DType f64 = DType::f64;
+  auto net = std::make_shared<Sequential>();
+  net->add(std::make_shared<Conv2d>(1, 4, 3, g, Conv2dOptions{.padding = 1, .dtype = f64}))
+      .add(std::make_shared<MaxPool2d>(3, 2, 1))
+      .add(std::make_shared<ReLU>())
+      .add(std::make_shared<Conv2d>(4, 5, 3, g, Conv2dOptions{.padding = 1, .dtype = f64}))
+      .add(std::make_shared<AvgPool2d>(2, 1))
+      .add(std::make_shared<MaxPool2d>(2))
+      .add(std::make_shared<ReLU>())
+      .add(std::make_shared<AdaptiveAvgPool2d>(1, 1))
+      .add(std::make_shared<Flatten>())
+      .add(std::make_shared<Linear>(5, 10, g, LinearOptions{.dtype = f64}));
+  return net;
+}
+
+TEST_CASE("CROWN through max, average and global pooling holds over the box, and is differentiable", "[bounds]") {
+  for (const uint64_t seed : {3, 4, 5}) {
+    INFO("seed " << seed);
+    const auto net = pooling_net(seed);
+    Generator gen(seed + 10);
+    const Tensor x = rand_uniform({3, 1, 9, 9}, 0, 1, gen, DType::f64);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{2, 6, 9}, {3});
+    const double eps = 0.03;
+    const Interval box = robust::input_box(x, eps);
+    for (const auto kind : {robust::BoundKind::crown_ibp, robust::BoundKind::crown}) {
+      INFO(robust::bound_name(kind));
+      const Tensor bound = robust::worst_case_logits(*net, x, y, eps, kind);
+      double worst = 0;
+      for (const Tensor& p : box_points(box, 100, seed)) {
+        const Tensor z = net->forward(p);
+        worst = std::max(worst, escape(interval_margin_of_logits({z, zeros_like(z)}, y).center, bound - 1e9, bound));
+      }
+      CHECK(worst <= 1e-9);
+    }
+  }
+  const auto net = pooling_net(3);
+  Generator gen(13);
+  const Tensor x = rand_uniform({3, 1, 9, 9}, 0, 1, gen, DType::f64);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{1, 5, 8}, {3});
+  check_parameter_gradients(
+      *net, [&] { return cross_entropy(robust::mixed_worst_case_logits(*net, x, y, 0.03, 0.6), y); }, 3, 1, 1e-5);
+}
+
 TEST_CASE("every zoo model's margins stay below their CROWN-IBP bounds over the input box", "[bounds]") {
   for (const std::string& name : model_names()) {
     const bool big = name == "preact_resnet18" || name == "wide_resnet";

@@ -51,20 +51,24 @@ study=table
 jobs=2
 datasets="" methods="" epochs=""
 pairs=""  # "dataset:method ...": the runs of a study; --datasets/--methods give all their pairs
-# The comparison shapes of the AccelAT paper (constant, piecewise, cyclic-restart, one-cycle; its
-# exponential range test finds a rate rather than trains, so it is left out) and the shapes the
-# method papers use: Fast-AT's cyclic triangle and DEAT's x0.1 at 50% and 80% (multistep).
-shapes="constant piecewise multistep cyclic cyclic-restart one-cycle"
-accelat_shapes="accelat accelat-1e-2"
-train_size=5000
-test_size=1000
-model=wong_small
-optimizer="--optimizer adam"
-extra_train=""   # study-specific training options
+# The settings of the table and long studies; study_settings changes some for the others.
+study_defaults() {
+  # The comparison shapes of the AccelAT paper (constant, piecewise, cyclic-restart, one-cycle; its
+  # exponential range test finds a rate rather than trains, so it is left out) and the shapes the
+  # method papers use: Fast-AT's cyclic triangle and DEAT's x0.1 at 50% and 80% (multistep).
+  shapes="constant piecewise multistep cyclic cyclic-restart one-cycle"
+  accelat_shapes="accelat accelat-1e-2"
+  train_size=5000
+  test_size=1000
+  model=wong_small
+  optimizer="--optimizer adam"
+  extra_train=""   # study-specific training options
+  pgd_steps=10    # PGD-AT's k for the tables; MNIST adds the paper's k=40 ("pgd40")
+  eps_ramp=3      # epochs of eps warm-up (Free-AT: the same fraction of its shorter run)
+  free_replays=5  # so that E / m is a whole number of epochs at E = 10 and 30
+}
+study_defaults
 evaluated_only=0
-pgd_steps=10    # PGD-AT's k for the tables; MNIST adds the paper's k=40 ("pgd40")
-eps_ramp=3      # epochs of eps warm-up (Free-AT: the same fraction of its shorter run)
-free_replays=5  # so that E / m is a whole number of epochs at E = 10 and 30
 shared="${BULWARK_SHARED_DATA:-$root/../shared/data}"
 check_configs=0
 while [[ $# -gt 0 ]]; do
@@ -188,7 +192,8 @@ if [[ "$check_configs" == 1 ]]; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   for study_dir in "$root"/docs/results/runs/*/; do
-    epochs="" datasets="" methods=""
+    epochs="" datasets="" methods="" pairs=""
+    study_defaults
     study_settings "$(basename "$study_dir")"
     for config in "$study_dir"*/*/config.json; do
       d="$(dirname "$config")" ds="$(basename "$(dirname "$(dirname "$config")")")" name="$(basename "$(dirname "$config")")"
