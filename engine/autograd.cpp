@@ -100,6 +100,17 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
       if (!needs[i]) ++g_stats.inputs_skipped;
     }
     ++g_stats.nodes_run;
+    if (!create_graph && node->accumulate_into && needs.size() == 1 && needs[0]) {
+      Tensor& acc = grads[node->inputs[0].impl()];
+      // In place only into memory no one else holds (a gradient is often one tensor for
+      // several inputs, or the caller's seed).
+      if (acc.defined() && (acc.impl_ptr().use_count() > 1 || acc.impl()->storage.use_count() > 1 || !acc.is_contiguous()))
+        acc = acc.detach().clone();
+      if (node->accumulate_into(acc, g)) {
+        if (by_op) ++g_stats.grads_computed[node->op + "[0]"];
+        continue;
+      }
+    }
     std::vector<Tensor> in_grads = node->backward(*node, g, needs);
     if (by_op)
       for (size_t i = 0; i < in_grads.size(); ++i)

@@ -333,9 +333,19 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
   s[d] = end - start;
   Tensor out = make_view(*this, s, strides(), offset() + start * strides()[d]);
   const Shape full = shape();
-  return record(out, "slice", {*this}, [full, d, start](const Node&, const Tensor& g, const std::vector<bool>&) {
+  out = record(out, "slice", {*this}, [full, d, start](const Node&, const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{slice_backward(g, full, d, start)};
   });
+  if (Node* node = out.impl()->grad_fn.get()) {
+    node->accumulate_into = [full, d, start](Tensor& acc, const Tensor& g) {
+      if (!acc.defined()) acc = Tensor::zeros(full, g.dtype(), g.device());
+      Tensor block = acc.slice(d, start, start + g.shape()[d]);
+      if (!block.is_contiguous()) return false;  // a slice along an inner dim: the plain backward
+      block.copy_(block.numel() ? add(block, g) : block);
+      return true;
+    };
+  }
+  return out;
 }
 
 Tensor Tensor::expand(const Shape& target) const {
