@@ -339,10 +339,22 @@ TEST_CASE("the fused interval pass (each affine layer and its ReLU in one kernel
     int64_t affine = 0;
     for (const auto& [n, layer] : gpu->layers())
       affine += dynamic_cast<const Conv2d*>(layer.get()) || dynamic_cast<const Linear*>(layer.get());
-    const uint64_t dual = launches_of("dual_gemm_tiles"), plain = launches_of("gemm_tiles");
-    NoGradGuard no_grad;
-    gpu->interval_forward(robust::input_box(x.to(DType::f32).cuda(), 0.05));
+    const Interval gpu_box = robust::input_box(x.to(DType::f32).cuda(), 0.05);
+    uint64_t dual = launches_of("dual_gemm_tiles"), plain = launches_of("gemm_tiles");
+    {
+      NoGradGuard no_grad;
+      gpu->interval_forward(gpu_box);
+    }
     CHECK(launches_of("dual_gemm_tiles") - dual == uint64_t(affine));
+    CHECK(launches_of("gemm_tiles") == plain);
+    // Training's backward: per affine layer one dual launch for the weight gradient, and one for
+    // the input box's gradient except at the first layer (the input box needs none).
+    const Interval out = gpu->interval_forward(gpu_box);
+    dual = launches_of("dual_gemm_tiles"), plain = launches_of("gemm_tiles");
+    std::vector<Tensor> weights;
+    for (const auto& [n, p] : gpu->named_parameters()) weights.push_back(p);
+    grad({sum(out.center) + sum(out.radius)}, weights);
+    CHECK(launches_of("dual_gemm_tiles") - dual == uint64_t(2 * affine - 1));
     CHECK(launches_of("gemm_tiles") == plain);
   }
 }
