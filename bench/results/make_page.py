@@ -518,7 +518,13 @@ def main():
              "Fast-AT's triangle peaking at 40%, cyclic-restart, piecewise and one-cycle are the AccelAT paper's "
              "comparison shapes; the range test is left out because it searches for a rate rather than trains. "
              "CPU minutes are the training process's CPU time (per-epoch validation included, final evaluation "
-             "excluded).", ""]
+             "excluded).", "",
+             "For the AutoAttack column, the table's evaluated runs were trained again "
+             "(`bench/results/adversarial.sh --study table --evaluated-only`) and evaluated with `--suite autoattack`. "
+             "The CPU kernels' summation order has changed since the sweep was first trained, so these runs are "
+             "close to, not bitwise equal to, the first ones: the sweep table mixes both, and a method prone to "
+             "catastrophic overfitting (FGSM-RS) can land several points apart. The choice of fixed shape was made on "
+             "the first sweep and stands.", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(page))
     print(f"wrote {args.out} and the plots in {plot_dir}")
