@@ -24,8 +24,6 @@ namespace bulwark::bench {
 
 namespace {
 
-double two_products(const ConvShape& s) { return 2.0 * 2.0 * double(s.n * s.o) * double(s.c * s.kh * s.kw) * double(s.oh * s.ow); }
-
 // The post-ReLU box of the layer, fused or as the composition of primitive ops.
 std::pair<Tensor, Tensor> interval_layer(const Tensor& c, const Tensor& r, const Tensor& w, const Tensor& b,
                                          const ConvShape& s, bool fused) {
@@ -56,7 +54,7 @@ void interval_row(benchmark::State& state, const ConvLayer& layer, bool fused, b
     const auto g = grad({sum(cc) + sum(rr)}, {c, r, w, b});
     benchmark::DoNotOptimize(g[0].data<float>());
   }
-  state.counters["FLOPS"] = benchmark::Counter(two_products(s) * (train ? 3.0 : 1.0),
+  state.counters["FLOPS"] = benchmark::Counter(2.0 * conv_flops(s) * (train ? 3.0 : 1.0),
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 

@@ -106,10 +106,9 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
       // several inputs, or the caller's seed).
       if (acc.defined() && (acc.impl_ptr().use_count() > 1 || acc.impl()->storage.use_count() > 1 || !acc.is_contiguous()))
         acc = acc.detach().clone();
-      if (node->accumulate_into(acc, g)) {
-        if (by_op) ++g_stats.grads_computed[node->op + "[0]"];
-        continue;
-      }
+      node->accumulate_into(acc, g);
+      if (by_op) ++g_stats.grads_computed[node->op + "[0]"];
+      continue;
     }
     std::vector<Tensor> in_grads = node->backward(*node, g, needs);
     if (by_op)

@@ -27,12 +27,12 @@ struct Node {
   std::vector<Tensor> inputs;
   std::weak_ptr<TensorImpl> out;  // weak: the output owns the node, not the reverse
   Backward backward;
-  // Optional, for a one-input view op (slice): adds g into `acc`, the input's gradient so far
-  // (undefined: none yet; otherwise contiguous and owned by the backward pass alone, so it may
-  // be written in place), and returns true; false leaves the work to `backward`. Used when the
+  // Optional, for a one-input view op (a slice that is one block of its base): adds g into
+  // `acc`, the input's gradient so far (undefined: none yet; otherwise contiguous and owned by
+  // the backward pass alone, so it may be written in place). Used instead of `backward` when the
   // backward is not recorded: several slices of one tensor (the stacked boxes of the fused
   // interval ops) then share one gradient buffer instead of a zero-padded copy each plus the adds.
-  using AccumulateInto = std::function<bool(Tensor& acc, const Tensor& g)>;
+  using AccumulateInto = std::function<void(Tensor& acc, const Tensor& g)>;
   AccumulateInto accumulate_into;
 
   Tensor output() const;  // the op's output (alive whenever its gradient is being computed)

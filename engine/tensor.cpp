@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -336,13 +337,15 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
   out = record(out, "slice", {*this}, [full, d, start](const Node&, const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{slice_backward(g, full, d, start)};
   });
-  if (Node* node = out.impl()->grad_fn.get()) {
+  // The slice is one contiguous block of its base when every dim before d has size 1 (d = 0
+  // included); then its gradient can be added into the base's gradient in place. A slice along
+  // an inner dim keeps the plain backward.
+  Node* node = out.impl()->grad_fn.get();
+  if (node && std::all_of(full.begin(), full.begin() + d, [](int64_t size) { return size == 1; })) {
     node->accumulate_into = [full, d, start](Tensor& acc, const Tensor& g) {
       if (!acc.defined()) acc = Tensor::zeros(full, g.dtype(), g.device());
       Tensor block = acc.slice(d, start, start + g.shape()[d]);
-      if (!block.is_contiguous()) return false;  // a slice along an inner dim: the plain backward
-      block.copy_(block.numel() ? add(block, g) : block);
-      return true;
+      if (block.numel() > 0) block.copy_(add(block, g));
     };
   }
   return out;
