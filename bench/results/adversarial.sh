@@ -270,6 +270,7 @@ elif [[ "$study" == paper || "$study" == cifar ]]; then
 fi
 
 for f in "$runs"/*/*/summary.json; do
+  [[ -f "$f" ]] || continue  # no finished run yet: the pattern stays literal
   d="$(dirname "$f")"
   dest="$root/docs/results/runs/$study/${d#"$runs"/}"
   mkdir -p "$dest"
