@@ -286,7 +286,9 @@ Interval Sequential::interval_through(const Interval& in, size_t end) {
   for (size_t i = 0; i < end; ++i) {
     // An affine layer and the ReLU after it: one fused kernel (the only layer type Sequential
     // looks at, so that the ReLU records the pre-activation box CROWN needs).
-    auto* relu = i + 1 < end ? dynamic_cast<ReLU*>(layers_[i + 1].second.get()) : nullptr;
+    // Not under full CROWN, which tightens the pre-activation box before the ReLU takes it.
+    auto* relu = i + 1 < end && CrownTightening::active() == nullptr ? dynamic_cast<ReLU*>(layers_[i + 1].second.get())
+                                                                     : nullptr;
     Interval pre;
     if (relu != nullptr) {
       if (std::optional<Interval> post = layers_[i].second->interval_forward_relu(h, &pre)) {
@@ -296,7 +298,7 @@ Interval Sequential::interval_through(const Interval& in, size_t end) {
         continue;
       }
     }
-    h = layers_[i].second->interval_forward(h);
+    h = interval_step(*layers_[i].second, h);
   }
   return h;
 }

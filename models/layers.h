@@ -105,7 +105,7 @@ class ReLU : public Module {
   Tensor forward(const Tensor& x) override { return relu(x); }
   Interval interval_forward(const Interval& in) override {
     pre_ = in;
-    return interval_relu(in);
+    return relu_step(pre_);  // tightens pre_ first under full CROWN
   }
   // The pre-activation box of a pass the layer before fused with this one (Sequential).
   void record_interval(const Interval& pre) { pre_ = pre; }

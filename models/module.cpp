@@ -129,4 +129,79 @@ Tensor Module::register_buffer(const std::string& name, Tensor t) {
   return t;
 }
 
+// ---- CrownTightening -----------------------------------------------------------------------------
+
+namespace {
+thread_local CrownTightening* tightening_in_scope = nullptr;
+}
+
+CrownTightening::CrownTightening(const Interval& input_box)
+    : box_(input_box),
+      to_input_([](const LinearBound& b) { return b; }),
+      widest_(input_box.center.numel() / std::max<int64_t>(input_box.center.size(0), 1)),
+      previous_(tightening_in_scope) {
+  tightening_in_scope = this;
+}
+
+CrownTightening::~CrownTightening() { tightening_in_scope = previous_; }
+
+CrownTightening* CrownTightening::active() { return tightening_in_scope; }
+
+void CrownTightening::passed(Backward step) {
+  to_input_ = [before = std::move(to_input_), step = std::move(step)](const LinearBound& b) { return before(step(b)); };
+}
+
+// The neurons go in chunks so that A, at the widest layer passed (widest_ values per sample),
+// stays within about 2^20 values: a convolution's backward step unfolds it again by its kernel's
+// size. Each chunk is the identity over its neurons, carried back for the upper bounds and,
+// negated, for the lower ones.
+Interval CrownTightening::tighten(const Interval& pre) {
+  const Tensor& h = pre.center;
+  const int64_t n = h.size(0), neurons = h.numel() / n;
+  reached(neurons);
+  if (relus_++ == 0) return pre;
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(n * widest_, 1));
+  Shape per_neuron = h.shape();
+  per_neuron.erase(per_neuron.begin());
+  std::vector<Tensor> uppers, lowers;
+  for (int64_t first = 0; first < neurons; first += chunk) {
+    const int64_t s = std::min(chunk, neurons - first);
+    std::vector<int32_t> which(static_cast<size_t>(s));
+    for (int64_t k = 0; k < s; ++k) which[k] = static_cast<int32_t>(first + k);
+    const Tensor rows = one_hot(Tensor::from_vector(which, {s}).to(h.device()), neurons, h.dtype());  // [s, neurons]
+    Shape a_shape{1, s};
+    a_shape.insert(a_shape.end(), per_neuron.begin(), per_neuron.end());
+    Shape full = a_shape;
+    full[0] = n;
+    const Tensor identity = rows.reshape(a_shape) * Tensor::ones(full, h.dtype(), h.device());
+    for (const double sign : {1.0, -1.0}) {
+      const Tensor bound = maximize_over_box(to_input_({identity * sign, Tensor::zeros({n, s}, h.dtype(), h.device())}), box_);
+      (sign > 0 ? uppers : lowers).push_back(sign > 0 ? bound : neg(bound));
+    }
+  }
+  const auto joined = [&](const std::vector<Tensor>& parts) {
+    return (parts.size() == 1 ? parts[0] : concat(parts, 1)).reshape(h.shape());
+  };
+  return interval_from_bounds(maximum(pre.lower(), joined(lowers)), minimum(pre.upper(), joined(uppers)));
+}
+
+Interval interval_step(Module& m, const Interval& in) {
+  CrownTightening* t = CrownTightening::active();
+  if (t == nullptr) return m.interval_forward(in);
+  CrownTightening::Backward entry = t->to_input();
+  Interval out = m.interval_forward(in);
+  t->reached(out.center.numel() / out.center.size(0));
+  t->set_to_input(std::move(entry));
+  t->passed([&m](const LinearBound& b) { return m.crown_backward(b, {}); });
+  return out;
+}
+
+Interval relu_step(Interval& pre) {
+  CrownTightening* t = CrownTightening::active();
+  if (t == nullptr) return interval_relu(pre);
+  pre = t->tighten(pre);
+  t->passed([pre](const LinearBound& b) { return relu_crown_backward(b, pre); });
+  return interval_relu(pre);
+}
+
 }  // namespace bulwark

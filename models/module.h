@@ -5,6 +5,8 @@
 // is saved but not trained, e.g. BatchNorm running statistics) and named child modules. Names
 // compose with dots, so a parameter is addressed as "layer1.0.conv1.weight", the same name
 // PyTorch gives it: checkpoints and fixtures line up with PyTorch models one to one.
+#include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -86,6 +88,58 @@ class Module {
   NamedTensors params_, buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 };
+
+// ---- Full CROWN: each ReLU's pre-activation box tightened during the interval pass ---------------
+//
+// The `crown` bound (robust/bounds.h) bounds every ReLU's pre-activation by CROWN too, not only the
+// margins at the end. While a CrownTightening is in scope (one per thread), an interval pass keeps,
+// beside the box of the values it has reached, `to_input`: CROWN's backward map from a linear
+// bound on those values to one on the input, the composition of the crown_backward of every step
+// passed. Before a ReLU, its pre-activation box is intersected with CROWN's box of it (the identity
+// over its neurons carried back by to_input, maximised over the input box, upper and lower), and
+// the ReLU records the tighter box, which its own crown_backward then uses.
+//
+// A composite module passes its children with interval_step and an inline ReLU with relu_step,
+// which keep to_input at the step's output; where the graph branches (a residual block's shortcut)
+// it saves to_input and restores it for the other branch. At a composite's end interval_step sets
+// to_input from the composite's own crown_backward, so a join needs no bookkeeping of its own.
+// Without a CrownTightening in scope both are the plain interval pass.
+class CrownTightening {
+ public:
+  using Backward = std::function<LinearBound(const LinearBound&)>;
+  // The pass over `input_box` that follows is tightened; to_input starts as the identity.
+  explicit CrownTightening(const Interval& input_box);
+  ~CrownTightening();
+  CrownTightening(const CrownTightening&) = delete;
+  CrownTightening& operator=(const CrownTightening&) = delete;
+  // The tightening in scope on this thread, or nullptr.
+  static CrownTightening* active();
+
+  const Backward& to_input() const { return to_input_; }
+  void set_to_input(Backward b) { to_input_ = std::move(b); }
+  // One more step passed, whose CROWN backward is `step`: to_input = to_input o step.
+  void passed(Backward step);
+  // Values of `per_sample` numbers per sample were reached (sizes the chunks of tighten).
+  void reached(int64_t per_sample) { widest_ = std::max(widest_, per_sample); }
+  // `pre`, the pre-activation box of the next ReLU, intersected with CROWN's box of it. Up to the
+  // first ReLU the box is returned as it is: there the zoo's models have passed per-channel maps
+  // and one convolution or linear layer, through which IBP's box is already exact per neuron.
+  Interval tighten(const Interval& pre);
+
+ private:
+  Interval box_;
+  Backward to_input_;
+  int64_t widest_;
+  int64_t relus_ = 0;
+  CrownTightening* previous_;
+};
+
+// A child's interval pass as a composite makes it: m.interval_forward(in), and under a
+// CrownTightening to_input moves to the child's output.
+Interval interval_step(Module& m, const Interval& in);
+// An inline ReLU of a composite (one that is not a ReLU module): interval_relu(pre), with `pre`
+// first tightened in place under a CrownTightening (the caller records it for its crown_backward).
+Interval relu_step(Interval& pre);
 
 // Puts a model in eval mode for a scope (evaluation, attacks on a probe batch) and restores the
 // mode it had when the scope ends, also by an exception.

@@ -173,11 +173,15 @@ namespace {
 template <class Shortcut>
 Interval residual_interval_forward(const Interval& x, Conv2d& conv1, Conv2d& conv2, BatchNorm2d& bn1, BatchNorm2d& bn2,
                                    Interval& pre1, Interval& pre2, Shortcut* shortcut) {
-  pre1 = bn1.interval_forward(x);
-  const Interval a = interval_relu(pre1);
-  const Interval skip = shortcut ? shortcut->interval_forward(a) : x;
-  pre2 = bn2.interval_forward(conv1.interval_forward(a));
-  return interval_add(conv2.interval_forward(interval_relu(pre2)), skip);
+  pre1 = interval_step(bn1, x);
+  const Interval a = relu_step(pre1);
+  // Under full CROWN the shortcut moves to_input along its branch; the main branch starts at a too.
+  CrownTightening* t = CrownTightening::active();
+  const CrownTightening::Backward at_a = t ? t->to_input() : CrownTightening::Backward{};
+  const Interval skip = shortcut ? interval_step(*shortcut, a) : x;
+  if (t) t->set_to_input(at_a);
+  pre2 = interval_step(bn2, interval_step(conv1, a));
+  return interval_add(interval_step(conv2, relu_step(pre2)), skip);
 }
 
 // The sum of two bounds on the same values (the branches meeting at a residual block's input).
@@ -200,10 +204,21 @@ LinearBound residual_crown_backward(const LinearBound& upper, const CrownOptions
 }
 
 
-// relu, global average pooling and flatten: the ResNets' head before their final Linear.
-Interval pooled_features(const Interval& h) {
-  return interval_positive_linear(interval_relu(h),
-                                  [](const Tensor& t) { return adaptive_avg_pool2d(t, 1, 1).flatten(1); });
+// Global average pooling and flatten's CROWN step, [N, S, C] -> [N, S, C, H, W] (the mean's
+// weight 1 / (H W) spread over each channel's H x W values).
+LinearBound global_pool_crown_backward(const LinearBound& upper, const Shape& pooled_input) {
+  const int64_t n = upper.A.size(0), s = upper.A.size(1), c = pooled_input[1], h = pooled_input[2], w = pooled_input[3];
+  const Tensor spread = Tensor::full({1, 1, 1, h, w}, 1.0 / static_cast<double>(h * w), upper.A.dtype(), upper.A.device());
+  return {upper.A.reshape({n, s, c, 1, 1}) * spread, upper.bias};
+}
+
+// relu, global average pooling and flatten: the ResNets' head before their final Linear, from the
+// head ReLU's pre-activation box (tightened in place under full CROWN).
+Interval pooled_features(Interval& pre) {
+  const Interval a = relu_step(pre);
+  if (CrownTightening* t = CrownTightening::active())
+    t->passed([shape = pre.center.shape()](const LinearBound& b) { return global_pool_crown_backward(b, shape); });
+  return interval_positive_linear(a, [](const Tensor& t) { return adaptive_avg_pool2d(t, 1, 1).flatten(1); });
 }
 
 }  // namespace
@@ -239,14 +254,14 @@ Tensor PreActResNet18::forward(const Tensor& x) {
 
 namespace {
 Interval preact_features(PreActResNet18& m, const Interval& x) {
-  Interval h = m.conv1->interval_forward(m.normalize->interval_forward(x));
-  for (const auto& layer : {m.layer1, m.layer2, m.layer3, m.layer4}) h = layer->interval_forward(h);
-  m.head_pre = m.bn->interval_forward(h);
+  Interval h = interval_step(*m.conv1, interval_step(*m.normalize, x));
+  for (const auto& layer : {m.layer1, m.layer2, m.layer3, m.layer4}) h = interval_step(*layer, h);
+  m.head_pre = interval_step(*m.bn, h);
   return pooled_features(m.head_pre);
 }
 }  // namespace
 
-Interval PreActResNet18::interval_forward(const Interval& in) { return linear->interval_forward(preact_features(*this, in)); }
+Interval PreActResNet18::interval_forward(const Interval& in) { return interval_step(*linear, preact_features(*this, in)); }
 
 Interval PreActResNet18::interval_margin(const Interval& in, const Tensor& labels) {
   return linear->interval_margin(preact_features(*this, in), labels);
@@ -266,10 +281,7 @@ namespace {
 // CROWN back through the ResNets' head (relu, global average pooling, flatten) to the last
 // stage's output, whose pre-activation box the interval pass recorded.
 LinearBound pooled_features_crown_backward(const LinearBound& upper, const Interval& pre, const CrownOptions& o) {
-  const int64_t n = upper.A.size(0), s = upper.A.size(1), c = pre.center.size(1), h = pre.center.size(2),
-                w = pre.center.size(3);
-  const Tensor spread = Tensor::full({1, 1, 1, h, w}, 1.0 / static_cast<double>(h * w), upper.A.dtype(), upper.A.device());
-  return relu_crown_backward({upper.A.reshape({n, s, c, 1, 1}) * spread, upper.bias}, pre, o.adaptive_lower);
+  return relu_crown_backward(global_pool_crown_backward(upper, pre.center.shape()), pre, o.adaptive_lower);
 }
 
 }  // namespace
@@ -344,14 +356,14 @@ Tensor WideResNet::forward(const Tensor& x) {
 
 namespace {
 Interval wide_features(WideResNet& m, const Interval& x) {
-  Interval h = m.conv1->interval_forward(m.normalize->interval_forward(x));
-  h = m.block3->interval_forward(m.block2->interval_forward(m.block1->interval_forward(h)));
-  m.head_pre = m.bn1->interval_forward(h);
+  Interval h = interval_step(*m.conv1, interval_step(*m.normalize, x));
+  for (const auto& block : {m.block1, m.block2, m.block3}) h = interval_step(*block, h);
+  m.head_pre = interval_step(*m.bn1, h);
   return pooled_features(m.head_pre);
 }
 }  // namespace
 
-Interval WideResNet::interval_forward(const Interval& in) { return fc->interval_forward(wide_features(*this, in)); }
+Interval WideResNet::interval_forward(const Interval& in) { return interval_step(*fc, wide_features(*this, in)); }
 
 Interval WideResNet::interval_margin(const Interval& in, const Tensor& labels) {
   return fc->interval_margin(wide_features(*this, in), labels);

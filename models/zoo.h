@@ -99,7 +99,7 @@ class WideNetworkBlock : public Module {
  public:
   WideNetworkBlock(int64_t num_blocks, int64_t in_planes, int64_t out_planes, int64_t stride, Generator& gen, DType dtype);
   Tensor forward(const Tensor& x) override { return layer->forward(x); }
-  Interval interval_forward(const Interval& in) override { return layer->interval_forward(in); }
+  Interval interval_forward(const Interval& in) override { return interval_step(*layer, in); }
   LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override {
     return layer->crown_backward(upper, options);
   }

@@ -43,63 +43,15 @@ Tensor crown_margins(Module& model, const Interval& box, const Tensor& labels, i
   return maximize_over_box(model.crown_backward(start, options), box);
 }
 
-// CROWN's box of `h`, the output of layers [0, end) of `layers` whose interval pass has run (so
-// their relaxations are recorded), over the input box: for each neuron the identity carried back
-// to the input, maximised for the upper bound and, negated, for the lower one. The neurons go in
-// chunks so that A, at the widest layer (`widest` values per sample), stays within about 2^20
-// values: a convolution's backward pass unfolds it again by its kernel's size.
-Interval crown_box(const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& layers, size_t end,
-                   const Tensor& h, const Interval& box, int64_t widest) {
-  const int64_t n = h.size(0), neurons = h.numel() / n;
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(n * widest, 1));
-  Shape per_neuron = h.shape();
-  per_neuron.erase(per_neuron.begin());
-  std::vector<Tensor> uppers, lowers;
-  for (int64_t first = 0; first < neurons; first += chunk) {
-    const int64_t s = std::min(chunk, neurons - first);
-    std::vector<int32_t> which(static_cast<size_t>(s));
-    for (int64_t k = 0; k < s; ++k) which[k] = static_cast<int32_t>(first + k);
-    const Tensor rows = one_hot(Tensor::from_vector(which, {s}).to(h.device()), neurons, h.dtype());  // [s, neurons]
-    Shape a_shape{1, s};
-    a_shape.insert(a_shape.end(), per_neuron.begin(), per_neuron.end());
-    Shape full = a_shape;
-    full[0] = n;
-    const Tensor identity = rows.reshape(a_shape) * Tensor::ones(full, h.dtype(), h.device());
-    for (const double sign : {1.0, -1.0}) {
-      LinearBound b{identity * sign, Tensor::zeros({n, s}, h.dtype(), h.device())};
-      for (size_t i = end; i-- > 0;) b = layers[i].second->crown_backward(b, {});
-      const Tensor bound = maximize_over_box(b, box);
-      (sign > 0 ? uppers : lowers).push_back(sign > 0 ? bound : neg(bound));
-    }
-  }
-  const auto joined = [&](const std::vector<Tensor>& parts) {
-    return (parts.size() == 1 ? parts[0] : concat(parts, 1)).reshape(h.shape());
-  };
-  return interval_from_bounds(joined(lowers), joined(uppers));
-}
-
 Tensor crown_worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, double eps) {
   NoGradGuard no_grad;  // for verification: its many backward passes keep no graph
-  auto* net = dynamic_cast<Sequential*>(&model);
-  if (!net)
-    throw std::invalid_argument(fmt::format("the crown bound handles sequential models; {} is not one (use --bound "
-                                            "crown-ibp)",
-                                            model.type_name()));
-  const auto& layers = net->layers();
   const Interval box = input_box(x, eps);
-  Interval h = box;
-  int64_t widest = box.center.numel() / x.size(0);  // values per sample of the widest layer so far
-  for (size_t i = 0; i + 1 < layers.size(); ++i) {
-    widest = std::max(widest, h.center.numel() / x.size(0));
-    if (dynamic_cast<ReLU*>(layers[i].second.get()) && i > 0) {
-      // Tighten the pre-activation box with CROWN, keeping the tighter side of each bound.
-      const Interval crown = crown_box(layers, i, h.center, box, widest);
-      h = interval_from_bounds(maximum(h.lower(), crown.lower()), minimum(h.upper(), crown.upper()));
-    }
-    h = layers[i].second->interval_forward(h);
+  Interval logits;
+  {
+    CrownTightening tightening(box);  // every ReLU's pre-activation box: IBP's intersected with CROWN's
+    logits = model.interval_forward(box);
   }
-  const int64_t classes = layers.back().second->interval_margin(h, labels).center.size(1);
-  return crown_margins(model, box, labels, classes, {});
+  return crown_margins(model, box, labels, logits.center.size(1), {});
 }
 
 }  // namespace
