@@ -135,8 +135,9 @@ namespace {
 thread_local CrownTightening* tightening_in_scope = nullptr;
 }
 
-CrownTightening::CrownTightening(const Interval& input_box)
+CrownTightening::CrownTightening(const Interval& input_box, bool tighten)
     : box_(input_box),
+      tighten_(tighten),
       to_input_([](const LinearBound& b) { return b; }),
       widest_(input_box.center.numel() / std::max<int64_t>(input_box.center.size(0), 1)),
       previous_(tightening_in_scope) {
@@ -151,15 +152,23 @@ void CrownTightening::passed(Backward step) {
   to_input_ = [before = std::move(to_input_), step = std::move(step)](const LinearBound& b) { return before(step(b)); };
 }
 
+Interval CrownTightening::tighten(const Interval& pre) {
+  reached(pre.center.numel() / pre.center.size(0));
+  if (relus_++ == 0 || !tighten_) {
+    boxes_.push_back(pre);
+  } else {
+    const Interval crown = crown_box(pre.center);
+    boxes_.push_back(interval_from_bounds(maximum(pre.lower(), crown.lower()), minimum(pre.upper(), crown.upper())));
+  }
+  return boxes_.back();
+}
+
 // The neurons go in chunks so that A, at the widest layer passed (widest_ values per sample),
 // stays within about 2^20 values: a convolution's backward step unfolds it again by its kernel's
 // size. Each chunk is the identity over its neurons, carried back for the upper bounds and,
 // negated, for the lower ones.
-Interval CrownTightening::tighten(const Interval& pre) {
-  const Tensor& h = pre.center;
+Interval CrownTightening::crown_box(const Tensor& h) {
   const int64_t n = h.size(0), neurons = h.numel() / n;
-  reached(neurons);
-  if (relus_++ == 0) return pre;
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(n * widest_, 1));
   Shape per_neuron = h.shape();
   per_neuron.erase(per_neuron.begin());
@@ -182,7 +191,7 @@ Interval CrownTightening::tighten(const Interval& pre) {
   const auto joined = [&](const std::vector<Tensor>& parts) {
     return (parts.size() == 1 ? parts[0] : concat(parts, 1)).reshape(h.shape());
   };
-  return interval_from_bounds(maximum(pre.lower(), joined(lowers)), minimum(pre.upper(), joined(uppers)));
+  return interval_from_bounds(joined(lowers), joined(uppers));
 }
 
 Interval interval_step(Module& m, const Interval& in) {

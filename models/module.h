@@ -107,8 +107,9 @@ class Module {
 class CrownTightening {
  public:
   using Backward = std::function<LinearBound(const LinearBound&)>;
-  // The pass over `input_box` that follows is tightened; to_input starts as the identity.
-  explicit CrownTightening(const Interval& input_box);
+  // The pass over `input_box` that follows is tightened; to_input starts as the identity. With
+  // `tighten` false the boxes are only recorded (boxes()), as IBP gives them.
+  explicit CrownTightening(const Interval& input_box, bool tighten = true);
   ~CrownTightening();
   CrownTightening(const CrownTightening&) = delete;
   CrownTightening& operator=(const CrownTightening&) = delete;
@@ -125,9 +126,15 @@ class CrownTightening {
   // first ReLU the box is returned as it is: there the zoo's models have passed per-channel maps
   // and one convolution or linear layer, through which IBP's box is already exact per neuron.
   Interval tighten(const Interval& pre);
+  // Every ReLU's pre-activation box as tighten returned it, in the order of the pass.
+  const std::vector<Interval>& boxes() const { return boxes_; }
 
  private:
+  Interval crown_box(const Tensor& h);  // CROWN's box of the values h (their shape)
+
   Interval box_;
+  bool tighten_;
+  std::vector<Interval> boxes_;
   Backward to_input_;
   int64_t widest_;
   int64_t relus_ = 0;

@@ -578,6 +578,43 @@ TEST_CASE("a CROWN-IBP-verified sample is never broken by PGD", "[bounds]") {
   }
 }
 
+TEST_CASE("full CROWN's tightened pre-activation boxes hold every ReLU input of the box, and are tighter than IBP's",
+          "[bounds]") {
+  for (const std::string& name : {"wong_small", "wide_resnet"}) {
+    INFO(name);
+    const int64_t side = name == "wide_resnet" ? 4 : 12;
+    const auto model = small_zoo_model(name, DType::f64, 1, side);
+    Generator gen(43);
+    const Tensor x = rand_uniform({2, 1, side, side}, 0, 1, gen, DType::f64);
+    const Interval box = robust::input_box(x, 0.03);
+    NoGradGuard no_grad;
+    const auto recorded = [&](const Interval& over, bool tighten) {
+      CrownTightening t(over, tighten);
+      model->interval_forward(over);
+      return t.boxes();
+    };
+    const std::vector<Interval> tight = recorded(box, true), ibp = recorded(box, false);
+    REQUIRE(tight.size() == ibp.size());
+    REQUIRE(tight.size() >= 3);
+    // A zero-radius box's interval pass is the forward pass: its boxes are the ReLUs' inputs.
+    double worst = 0;
+    for (const Tensor& p : box_points(box, 40, 12)) {
+      const std::vector<Interval> exact = recorded({p, zeros_like(p)}, false);
+      for (size_t k = 0; k < tight.size(); ++k)
+        worst = std::max(worst, escape(exact[k].center, tight[k].lower(), tight[k].upper()));
+    }
+    CHECK(worst <= 1e-9);
+    double width_tight = 0, width_ibp = 0;
+    for (size_t k = 0; k < tight.size(); ++k) {
+      CHECK(escape(tight[k].center, ibp[k].lower(), ibp[k].upper()) <= 1e-12);  // never looser than IBP's
+      width_tight += sum(tight[k].radius).item();
+      width_ibp += sum(ibp[k].radius).item();
+    }
+    INFO("total radius of the ReLUs' boxes: full CROWN " << width_tight << ", IBP " << width_ibp);
+    CHECK(width_tight < 0.95 * width_ibp);
+  }
+}
+
 TEST_CASE("full CROWN is sound on the zoo models, residual ones included, and tighter than CROWN-IBP on average",
           "[bounds]") {
   // wide_resnet (depth 10) has both kinds of residual block, identity and convolution shortcut, on
