@@ -14,7 +14,7 @@
 //              pre-activation box is the intersection of IBP's and CROWN's (the identity over the
 //              layer's neurons carried back to the input, upper and lower), then crown-ibp's last
 //              pass. Tighter, and as many backward passes as the network has ReLU neurons (in
-//              chunks): for sequential models (every zoo model but the residual ones). Not
+//              chunks; models/module.h, CrownTightening, walks any zoo model). Not
 //              differentiable (no graph is kept).
 //
 // The worst-case logits wc_j = upper(z_j - z_y) (wc_y = 0) give the verified loss CE(wc, y),
