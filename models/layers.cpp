@@ -1,5 +1,7 @@
 #include "models/layers.h"
 
+#include "models/symbolic.h"
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -146,9 +148,11 @@ Interval BatchNorm::interval_forward(const Interval& in) {
   per_channel[1] = num_features;
   Tensor mean_c, var_c;
   if (is_training()) {
+    // The batch statistics of the boxes' centers (a symbolic pass: of its IBP rows' centers).
+    const Tensor stats_of = SymbolicPass::active() ? SymbolicPass::active()->ibp_rows(c) : c;
     const std::vector<int64_t> dims = input_dims_ == 2 ? std::vector<int64_t>{0} : std::vector<int64_t>{0, 2, 3};
-    mean_c = mean(c, dims, true);
-    var_c = mean(square(c - mean_c), dims, true);
+    mean_c = mean(stats_of, dims, true);
+    var_c = mean(square(stats_of - mean_c), dims, true);
   } else {
     mean_c = running_mean.reshape(per_channel);
     var_c = running_var.reshape(per_channel);
@@ -185,6 +189,9 @@ LinearBound Flatten::crown_backward(const LinearBound& upper, const CrownOptions
 }
 
 Interval MaxPool2d::interval_forward(const Interval& in) {
+  if (SymbolicPass::active())
+    throw std::invalid_argument("MaxPool2d: the symbolic bound cannot pass max pooling (it is not affine, and its "
+                                "linear functions would need a relaxation of the maximum); use --bound ibp or crown-ibp");
   pre_ = in;
   return interval_from_bounds(max_pool2d(in.lower(), kernel_size, stride, padding),
                               max_pool2d(in.upper(), kernel_size, stride, padding));
@@ -286,9 +293,10 @@ Interval Sequential::interval_through(const Interval& in, size_t end) {
   for (size_t i = 0; i < end; ++i) {
     // An affine layer and the ReLU after it: one fused kernel (the only layer type Sequential
     // looks at, so that the ReLU records the pre-activation box CROWN needs).
-    // Not under full CROWN, which tightens the pre-activation box before the ReLU takes it.
-    auto* relu = i + 1 < end && CrownTightening::active() == nullptr ? dynamic_cast<ReLU*>(layers_[i + 1].second.get())
-                                                                     : nullptr;
+    // Not under full CROWN, which tightens the pre-activation box before the ReLU takes it, nor
+    // under a symbolic pass, whose ReLU is not the interval one.
+    const bool plain = CrownTightening::active() == nullptr && SymbolicPass::active() == nullptr;
+    auto* relu = i + 1 < end && plain ? dynamic_cast<ReLU*>(layers_[i + 1].second.get()) : nullptr;
     Interval pre;
     if (relu != nullptr) {
       if (std::optional<Interval> post = layers_[i].second->interval_forward_relu(h, &pre)) {

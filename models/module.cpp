@@ -1,5 +1,7 @@
 #include "models/module.h"
 
+#include "models/symbolic.h"
+
 #include <fmt/format.h>
 
 #include <cxxabi.h>
@@ -206,6 +208,7 @@ Interval interval_step(Module& m, const Interval& in) {
 }
 
 Interval relu_step(Interval& pre) {
+  if (SymbolicPass* s = SymbolicPass::active()) return s->relu(pre);
   CrownTightening* t = CrownTightening::active();
   if (t == nullptr) return interval_relu(pre);
   pre = t->tighten(pre);

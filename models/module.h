@@ -145,7 +145,8 @@ class CrownTightening {
 // CrownTightening to_input moves to the child's output.
 Interval interval_step(Module& m, const Interval& in);
 // An inline ReLU of a composite (one that is not a ReLU module): interval_relu(pre), with `pre`
-// first tightened in place under a CrownTightening (the caller records it for its crown_backward).
+// first tightened in place under a CrownTightening (the caller records it for its crown_backward);
+// under a SymbolicPass (models/symbolic.h) the pass's ReLU step on its rows.
 Interval relu_step(Interval& pre);
 
 // Puts a model in eval mode for a scope (evaluation, attacks on a probe batch) and restores the

@@ -8,28 +8,38 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "models/symbolic.h"
 #include "models/layers.h"
 
 namespace bulwark::robust {
 
+namespace {
+struct BoundEntry {
+  BoundKind kind;
+  const char* name;
+};
+constexpr BoundEntry kBounds[] = {
+    {BoundKind::ibp, "ibp"}, {BoundKind::crown_ibp, "crown-ibp"}, {BoundKind::crown, "crown"}, {BoundKind::symbolic, "symbolic"}};
+}  // namespace
+
 BoundKind bound_from_name(const std::string& name) {
-  if (name == "ibp") return BoundKind::ibp;
-  if (name == "crown-ibp") return BoundKind::crown_ibp;
-  if (name == "crown") return BoundKind::crown;
+  for (const BoundEntry& b : kBounds)
+    if (name == b.name) return b.kind;
   throw std::invalid_argument(
       fmt::format("unknown bound '{}' (bulwark implements: {})", name, fmt::join(bound_names(), ", ")));
 }
 
 const char* bound_name(BoundKind kind) {
-  switch (kind) {
-    case BoundKind::ibp: return "ibp";
-    case BoundKind::crown_ibp: return "crown-ibp";
-    case BoundKind::crown: return "crown";
-  }
+  for (const BoundEntry& b : kBounds)
+    if (kind == b.kind) return b.name;
   return "?";
 }
 
-std::vector<std::string> bound_names() { return {"ibp", "crown-ibp", "crown"}; }
+std::vector<std::string> bound_names() {
+  std::vector<std::string> names;
+  for (const BoundEntry& b : kBounds) names.emplace_back(b.name);
+  return names;
+}
 
 namespace {
 
@@ -52,6 +62,11 @@ Tensor crown_worst_case_logits(Module& model, const Tensor& x, const Tensor& lab
     logits = model.interval_forward(box);
   }
   return crown_margins(model, box, labels, logits.center.size(1), {});
+}
+
+Tensor symbolic_worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, double eps) {
+  SymbolicPass pass(input_box(x, eps));
+  return pass.bounds(model.interval_margin(pass.expanded(), pass.repeat_labels(labels))).upper();
 }
 
 }  // namespace
@@ -87,6 +102,7 @@ Tensor worst_case_logits(Module& model, const Tensor& x, const Tensor& labels, d
     case BoundKind::ibp: return model.interval_margin(input_box(x, eps), labels).upper();
     case BoundKind::crown_ibp: return mixed_worst_case_logits(model, x, labels, eps, 1.0);
     case BoundKind::crown: return crown_worst_case_logits(model, x, labels, eps);
+    case BoundKind::symbolic: return symbolic_worst_case_logits(model, x, labels, eps);
   }
   throw std::invalid_argument("worst_case_logits: unknown bound");
 }

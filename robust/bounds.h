@@ -16,6 +16,10 @@
 //              pass. Tighter, and as many backward passes as the network has ReLU neurons (in
 //              chunks; models/module.h, CrownTightening, walks any zoo model). Not
 //              differentiable (no graph is kept).
+//   symbolic   (MixTrain's bound; ReluVal, Neurify) every neuron keeps a lower and an upper linear
+//              function of the input (models/symbolic.h), each ReLU's concrete bounds intersected
+//              with IBP's; the margins elided into the last Linear like IBP's. Never looser than
+//              IBP; d + 3 times IBP's memory per sample (d: input values per sample).
 //
 // The worst-case logits wc_j = upper(z_j - z_y) (wc_y = 0) give the verified loss CE(wc, y),
 // which IBP training minimises (robust/methods/ibp.cpp), and the verified decision
@@ -30,9 +34,9 @@
 
 namespace bulwark::robust {
 
-enum class BoundKind { ibp, crown_ibp, crown };
+enum class BoundKind { ibp, crown_ibp, crown, symbolic };
 
-// "ibp", "crown-ibp", "crown"; throws std::invalid_argument listing the bounds bulwark implements.
+// "ibp", "crown-ibp", "crown", "symbolic"; throws std::invalid_argument listing the bounds bulwark implements.
 BoundKind bound_from_name(const std::string& name);
 const char* bound_name(BoundKind kind);
 std::vector<std::string> bound_names();

@@ -17,6 +17,7 @@
 #include "engine/rng.h"
 #include "kernels/emu/execution.h"
 #include "models/layers.h"
+#include "models/symbolic.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
 #include "robust/bounds.h"
@@ -640,4 +641,117 @@ TEST_CASE("full CROWN is sound on the zoo models, residual ones included, and ti
     INFO("sum of the worst-case margins: CROWN " << mean_crown << ", CROWN-IBP " << mean_crown_ibp);
     CHECK(mean_crown <= mean_crown_ibp + 1e-9);
   }
+}
+
+// ---- symbolic intervals (models/symbolic.h) -------------------------------------------------------
+
+TEST_CASE("symbolic intervals are sound on every zoo model, hold every ReLU's input, and are never looser than IBP",
+          "[bounds][symbolic]") {
+  for (const std::string& name : model_names()) {
+    // d + 3 rows per sample (d = side^2), each through the whole model
+    const std::map<std::string, int64_t> sides{{"preact_resnet18", 2}, {"wide_resnet", 4}, {"ibp_small", 10},
+                                               {"ibp_large", 6}, {"wong_large", 6}, {"cnn7", 6}};
+    const int64_t side = sides.count(name) ? sides.at(name) : 8;
+    INFO(name);
+    const auto model = small_zoo_model(name, DType::f64, 1, side);
+    Generator gen(51);
+    const Tensor x = rand_uniform({2, 1, side, side}, 0, 1, gen, DType::f64);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{4, 1}, {2});
+    const double eps = 0.02;
+    const Interval box = robust::input_box(x, eps);
+    NoGradGuard no_grad;
+    std::vector<Interval> relu_boxes;
+    Tensor symbolic;
+    {
+      SymbolicPass pass(box);
+      symbolic = pass.bounds(model->interval_margin(pass.expanded(), pass.repeat_labels(y))).upper();
+      relu_boxes = pass.boxes();
+    }
+    CHECK(max_abs_diff(symbolic, robust::worst_case_logits(*model, x, y, eps, robust::BoundKind::symbolic)) == 0);
+    const Tensor ibp = robust::worst_case_logits(*model, x, y, eps, robust::BoundKind::ibp);
+    double worst_margin = 0, worst_relu = 0;
+    for (const Tensor& p : box_points(box, 20, 14)) {
+      const Tensor z = model->forward(p);
+      const Tensor margins = interval_margin_of_logits({z, zeros_like(z)}, y).center;
+      worst_margin = std::max(worst_margin, escape(margins, margins - 1e9, symbolic));
+      // A zero-radius box's interval pass is the forward pass: what each ReLU takes there.
+      CrownTightening record({p, zeros_like(p)}, false);
+      model->interval_forward({p, zeros_like(p)});
+      REQUIRE(record.boxes().size() == relu_boxes.size());
+      for (size_t k = 0; k < relu_boxes.size(); ++k)
+        worst_relu = std::max(worst_relu, escape(record.boxes()[k].center, relu_boxes[k].lower(), relu_boxes[k].upper()));
+    }
+    CHECK(worst_margin <= 1e-9);
+    CHECK(worst_relu <= 1e-9);
+    CHECK(escape(symbolic, symbolic - 1e9, ibp) <= 1e-12);  // symbolic <= ibp everywhere
+    const double total_symbolic = sum(symbolic).item(), total_ibp = sum(ibp).item();
+    INFO("sum of the worst-case margins: symbolic " << total_symbolic << ", IBP " << total_ibp);
+    CHECK(total_symbolic < total_ibp);
+    CHECK(symbolic.to_vector_f64()[4] == 0.0);  // the label's own margin
+  }
+}
+
+TEST_CASE("symbolic intervals are exact on a multi-layer linear network (CROWN's value)", "[bounds][symbolic]") {
+  Generator gen(8);
+  Sequential net;
+  net.add(std::make_shared<Flatten>());
+  net.add(std::make_shared<Linear>(12, 9, gen, LinearOptions{.dtype = DType::f64}));
+  net.add(std::make_shared<Linear>(9, 7, gen, LinearOptions{.dtype = DType::f64}));
+  net.add(std::make_shared<Linear>(7, 5, gen, LinearOptions{.dtype = DType::f64}));
+  const Tensor x = rand_uniform({3, 1, 3, 4}, 0.2, 0.8, gen, DType::f64);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 3, 4}, {3});
+  const Tensor symbolic = robust::worst_case_logits(net, x, y, 0.05, robust::BoundKind::symbolic);
+  const Tensor crown = robust::worst_case_logits(net, x, y, 0.05, robust::BoundKind::crown_ibp);
+  CHECK(max_abs_diff(symbolic, crown) <= 1e-12);  // CROWN is exact there (the test above)
+  CHECK(max_abs_diff(symbolic, robust::worst_case_logits(net, x, y, 0.05)) > 1e-3);  // IBP is not
+}
+
+TEST_CASE("gradients through the symbolic verified loss match finite differences (f64)", "[bounds][symbolic]") {
+  const auto model = small_zoo_model("wong_small", DType::f64, 1, 8);
+  Generator gen(17);
+  const Tensor x = rand_uniform({2, 1, 8, 8}, 0, 1, gen, DType::f64);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{3, 6}, {2});
+  check_parameter_gradients(
+      *model,
+      [&] { return cross_entropy(robust::worst_case_logits(*model, x, y, 0.03, robust::BoundKind::symbolic), y); }, 3, 5,
+      1e-5);
+}
+
+TEST_CASE("symbolic intervals on the CUDA backend (emulated) give the CPU's worst-case logits", "[bounds][symbolic][cuda]") {
+  for (const std::string& name : {"wong_small", "wide_resnet"}) {
+    INFO(name);
+    const int64_t side = name == std::string("wide_resnet") ? 4 : 8;
+    const auto cpu = small_zoo_model(name, DType::f32, 1, side);
+    const auto gpu = small_zoo_model(name, DType::f32, 1, side);
+    gpu->to(Device::cuda);
+    Generator gen(19);
+    const Tensor x = rand_uniform({2, 1, side, side}, 0, 1, gen);
+    const Tensor y = Tensor::from_vector(std::vector<int32_t>{2, 8}, {2});
+    const Tensor on_cpu = robust::worst_case_logits(*cpu, x, y, 0.02, robust::BoundKind::symbolic);
+    const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.02, robust::BoundKind::symbolic);
+    CHECK(on_gpu.device() == Device::cuda);
+    CHECK(max_abs_diff(on_gpu.cpu(), on_cpu) <= 1e-4 * std::max(1.0, max_abs_diff(on_cpu, zeros_like(on_cpu))));
+  }
+}
+
+TEST_CASE("symbolic intervals take BatchNorm's batch statistics from the IBP rows, and refuse max pooling",
+          "[bounds][symbolic]") {
+  // In train mode both bounds normalise with the statistics of the same box centers, so the
+  // symbolic bound stays below IBP's there too.
+  const auto model = small_zoo_model("cnn7", DType::f64, 1, 8);
+  model->train();
+  Generator gen(23);
+  const Tensor x = rand_uniform({4, 1, 8, 8}, 0, 1, gen, DType::f64);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3}, {4});
+  const Tensor symbolic = robust::worst_case_logits(*model, x, y, 0.01, robust::BoundKind::symbolic);
+  const Tensor ibp = robust::worst_case_logits(*model, x, y, 0.01, robust::BoundKind::ibp);
+  CHECK(escape(symbolic, symbolic - 1e9, ibp) <= 1e-12);
+  CHECK(sum(symbolic).item() < sum(ibp).item());
+
+  Sequential pooled;
+  pooled.add(std::make_shared<Conv2d>(1, 2, 3, gen, Conv2dOptions{.padding = 1, .dtype = DType::f64}));
+  pooled.add(std::make_shared<MaxPool2d>(2));
+  pooled.add(std::make_shared<Flatten>());
+  CHECK_THROWS_WITH(robust::worst_case_logits(pooled, x, y, 0.01, robust::BoundKind::symbolic),
+                    Catch::Contains("MaxPool2d: the symbolic bound cannot pass max pooling"));
 }

@@ -1,0 +1,107 @@
+#include "models/symbolic.h"
+
+#include <fmt/format.h>
+
+#include <limits>
+#include <stdexcept>
+
+#include "engine/ops.h"
+
+namespace bulwark {
+
+namespace {
+thread_local SymbolicPass* symbolic_in_scope = nullptr;
+
+// [N, k, ...] -> [N, k, M]: the rows of each sample with their values flattened.
+Tensor by_sample(const Tensor& rows, int64_t n, int64_t k) { return rows.reshape({n, k, rows.numel() / (n * k)}); }
+}  // namespace
+
+SymbolicPass::SymbolicPass(const Interval& input_box) : box_(input_box), previous_(symbolic_in_scope) {
+  const Tensor& c = input_box.center;
+  if (c.dim() < 2) throw std::invalid_argument(fmt::format("symbolic bound: the input box {} has no values per sample", c.str()));
+  n_ = c.size(0);
+  d_ = c.numel() / n_;
+  Shape sample(c.shape().begin() + 1, c.shape().end());
+  const auto rows_of = [&](int64_t k) {  // [N, k, sample...]
+    Shape s{n_, k};
+    s.insert(s.end(), sample.begin(), sample.end());
+    return s;
+  };
+  std::vector<int32_t> all(static_cast<size_t>(d_));
+  for (int64_t i = 0; i < d_; ++i) all[i] = static_cast<int32_t>(i);
+  // U = L = x at the input: coefficient row i is the one-hot image e_i, with no radius.
+  Shape eye_shape = rows_of(d_);
+  eye_shape[0] = 1;
+  const Tensor eye = one_hot(Tensor::from_vector(all, {d_}).to(c.device()), d_, c.dtype()).reshape(eye_shape);
+  const Tensor coef_c = eye * Tensor::ones(rows_of(d_), c.dtype(), c.device());
+  const Tensor zero_rows = Tensor::zeros(rows_of(2), c.dtype(), c.device());  // the constant and "zero" rows
+  Shape flat = sample;
+  flat.insert(flat.begin(), n_ * (d_ + 3));
+  const Tensor center = concat({coef_c, zero_rows, c.reshape(rows_of(1))}, 1).reshape(flat);
+  const Tensor radius = concat({zeros_like(coef_c), zero_rows, input_box.radius.reshape(rows_of(1))}, 1).reshape(flat);
+  expanded_ = {center, radius};
+  symbolic_in_scope = this;
+}
+
+SymbolicPass::~SymbolicPass() { symbolic_in_scope = previous_; }
+
+SymbolicPass* SymbolicPass::active() { return symbolic_in_scope; }
+
+Tensor SymbolicPass::repeat_labels(const Tensor& labels) const {
+  std::vector<int32_t> y = labels.cpu().to_vector_i32(), rows;
+  rows.reserve(y.size() * static_cast<size_t>(d_ + 3));
+  for (int32_t v : y) rows.insert(rows.end(), static_cast<size_t>(d_ + 3), v);
+  return Tensor::from_vector(rows, {static_cast<int64_t>(rows.size())}).to(labels.device());
+}
+
+Tensor SymbolicPass::ibp_rows(const Tensor& rows) const {
+  Shape sample(rows.shape().begin() + 1, rows.shape().end());
+  sample.insert(sample.begin(), n_);
+  return by_sample(rows, n_, d_ + 3).slice(1, d_ + 2, d_ + 3).reshape(sample);
+}
+
+SymbolicPass::Functions SymbolicPass::split(const Interval& rows) const {
+  if (rows.center.size(0) != n_ * (d_ + 3))
+    throw std::logic_error(fmt::format("symbolic bound: {} rows, expected {} samples x {}", rows.center.size(0), n_, d_ + 3));
+  const Tensor c = by_sample(rows.center, n_, d_ + 3), r = by_sample(rows.radius, n_, d_ + 3);
+  return {c.slice(1, 0, d_) - c.slice(1, d_ + 1, d_ + 2), r.slice(1, 0, d_), c.slice(1, d_, d_ + 1),
+          r.slice(1, d_, d_ + 1), c.slice(1, d_ + 2, d_ + 3), r.slice(1, d_ + 2, d_ + 3)};
+}
+
+// max over the box of sum_i a_i x_i is sum_i a_i c_i + |a_i| r_i; the lower function's minimum
+// is the negated maximum of its negation.
+std::pair<Tensor, Tensor> SymbolicPass::concrete(const Functions& f) const {
+  const Tensor bc = box_.center.reshape({n_, d_, 1}), br = box_.radius.reshape({n_, d_, 1});
+  const Tensor up_coef = f.coef_c + f.coef_r, low_coef = f.coef_c - f.coef_r;
+  const Tensor upper = sum(up_coef * bc + abs(up_coef) * br, {1}, true) + (f.const_c + f.const_r);
+  const Tensor lower = sum(low_coef * bc - abs(low_coef) * br, {1}, true) + (f.const_c - f.const_r);
+  return {maximum(lower, f.ibp_c - f.ibp_r), minimum(upper, f.ibp_c + f.ibp_r)};
+}
+
+Interval SymbolicPass::relu(const Interval& pre) {
+  peak_row_bytes_ = std::max(peak_row_bytes_, 2 * pre.center.numel() * static_cast<int64_t>(dtype_size(pre.center.dtype())));
+  const Functions f = split(pre);
+  const auto [l, u] = concrete(f);
+  Shape sample(pre.center.shape().begin() + 1, pre.center.shape().end());
+  sample.insert(sample.begin(), n_);
+  boxes_.push_back(interval_from_bounds(l.reshape(sample), u.reshape(sample)));
+  // lambda = u+ / (u+ - l-) with u+ = max(u, 0), l- = min(l, 0): 1 when l >= 0, 0 when u <= 0,
+  // u / (u - l) when unstable, without a branch; the upper function's offset is -lambda l-.
+  const Tensor up = bulwark::relu(u), low = neg(bulwark::relu(neg(l)));
+  const Tensor lambda = up / clamp(up - low, 1e-12, std::numeric_limits<double>::max());
+  const Tensor half_offset = lambda * low * -0.5;
+  const Tensor zero = zeros_like(f.const_c);
+  const Tensor ibp_low = bulwark::relu(l);
+  const Tensor center = concat({f.coef_c * lambda, f.const_c * lambda + half_offset, zero, (up + ibp_low) * 0.5}, 1);
+  const Tensor radius = concat({f.coef_r * lambda, f.const_r * lambda + half_offset, zero, (up - ibp_low) * 0.5}, 1);
+  return {center.reshape(pre.center.shape()), radius.reshape(pre.center.shape())};
+}
+
+Interval SymbolicPass::bounds(const Interval& rows) const {
+  const auto [l, u] = concrete(split(rows));
+  Shape sample(rows.center.shape().begin() + 1, rows.center.shape().end());
+  sample.insert(sample.begin(), n_);
+  return interval_from_bounds(l.reshape(sample), u.reshape(sample));
+}
+
+}  // namespace bulwark
