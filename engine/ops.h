@@ -98,6 +98,15 @@ Tensor interval_linear(const Tensor& c, const Tensor& r, const Tensor& w, const 
 // specification (IBP's elision): out[n, j] = sum_i |W_j,i - W_{y_n},i| r[n, i] for r [N, in] and
 // i32 labels [N], without the [N, K, in] difference tensor. Differentiable in r and w.
 Tensor elided_margin_radius(const Tensor& r, const Tensor& w, const Tensor& labels);
+// Symbolic intervals (models/symbolic.h; kernels/common/symbolic.h has the math). c, r [N, d + 3,
+// M]: the rows of N samples' linear functions of the input in center/radius form (d coefficient
+// rows, the constants, the "zero" row carrying the biases, the IBP box); the input box bc, br
+// [N, d]. symbolic_bounds: each neuron's bounds [l; u] over the box, stacked [2, N, M], each
+// intersected with the IBP row's box. symbolic_relu: the rows after the ReLU with those bounds,
+// [c'; r'] stacked [2, N, d + 3, M]. One fused kernel per pass on either backend; differentiable
+// (twice: with create_graph the backward is their engine-op composition's).
+Tensor symbolic_bounds(const Tensor& c, const Tensor& r, const Tensor& bc, const Tensor& br);
+Tensor symbolic_relu(const Tensor& c, const Tensor& r, const Tensor& bounds);
 
 // ---- pooling ---------------------------------------------------------------------------------
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding = 0);

@@ -60,48 +60,30 @@ Tensor SymbolicPass::ibp_rows(const Tensor& rows) const {
   return by_sample(rows, n_, d_ + 3).slice(1, d_ + 2, d_ + 3).reshape(sample);
 }
 
-SymbolicPass::Functions SymbolicPass::split(const Interval& rows) const {
+Tensor SymbolicPass::lower_upper(const Interval& rows) const {
   if (rows.center.size(0) != n_ * (d_ + 3))
     throw std::logic_error(fmt::format("symbolic bound: {} rows, expected {} samples x {}", rows.center.size(0), n_, d_ + 3));
-  const Tensor c = by_sample(rows.center, n_, d_ + 3), r = by_sample(rows.radius, n_, d_ + 3);
-  return {c.slice(1, 0, d_) - c.slice(1, d_ + 1, d_ + 2), r.slice(1, 0, d_), c.slice(1, d_, d_ + 1),
-          r.slice(1, d_, d_ + 1), c.slice(1, d_ + 2, d_ + 3), r.slice(1, d_ + 2, d_ + 3)};
+  return symbolic_bounds(by_sample(rows.center, n_, d_ + 3), by_sample(rows.radius, n_, d_ + 3),
+                         box_.center.reshape({n_, d_}), box_.radius.reshape({n_, d_}));
 }
 
-// max over the box of sum_i a_i x_i is sum_i a_i c_i + |a_i| r_i; the lower function's minimum
-// is the negated maximum of its negation.
-std::pair<Tensor, Tensor> SymbolicPass::concrete(const Functions& f) const {
-  const Tensor bc = box_.center.reshape({n_, d_, 1}), br = box_.radius.reshape({n_, d_, 1});
-  const Tensor up_coef = f.coef_c + f.coef_r, low_coef = f.coef_c - f.coef_r;
-  const Tensor upper = sum(up_coef * bc + abs(up_coef) * br, {1}, true) + (f.const_c + f.const_r);
-  const Tensor lower = sum(low_coef * bc - abs(low_coef) * br, {1}, true) + (f.const_c - f.const_r);
-  return {maximum(lower, f.ibp_c - f.ibp_r), minimum(upper, f.ibp_c + f.ibp_r)};
+// [2, N, M] -> the box of the values, in the rows' per-sample shape.
+Interval SymbolicPass::as_box(const Tensor& lu, const Tensor& rows) const {
+  Shape sample(rows.shape().begin() + 1, rows.shape().end());
+  sample.insert(sample.begin(), n_);
+  return interval_from_bounds(lu.slice(0, 0, 1).reshape(sample), lu.slice(0, 1, 2).reshape(sample));
 }
 
 Interval SymbolicPass::relu(const Interval& pre) {
-  peak_row_bytes_ = std::max(peak_row_bytes_, 2 * pre.center.numel() * static_cast<int64_t>(dtype_size(pre.center.dtype())));
-  const Functions f = split(pre);
-  const auto [l, u] = concrete(f);
-  Shape sample(pre.center.shape().begin() + 1, pre.center.shape().end());
-  sample.insert(sample.begin(), n_);
-  boxes_.push_back(interval_from_bounds(l.reshape(sample), u.reshape(sample)));
-  // lambda = u+ / (u+ - l-) with u+ = max(u, 0), l- = min(l, 0): 1 when l >= 0, 0 when u <= 0,
-  // u / (u - l) when unstable, without a branch; the upper function's offset is -lambda l-.
-  const Tensor up = bulwark::relu(u), low = neg(bulwark::relu(neg(l)));
-  const Tensor lambda = up / clamp(up - low, 1e-12, std::numeric_limits<double>::max());
-  const Tensor half_offset = lambda * low * -0.5;
-  const Tensor zero = zeros_like(f.const_c);
-  const Tensor ibp_low = bulwark::relu(l);
-  const Tensor center = concat({f.coef_c * lambda, f.const_c * lambda + half_offset, zero, (up + ibp_low) * 0.5}, 1);
-  const Tensor radius = concat({f.coef_r * lambda, f.const_r * lambda + half_offset, zero, (up - ibp_low) * 0.5}, 1);
-  return {center.reshape(pre.center.shape()), radius.reshape(pre.center.shape())};
+  const int64_t row_bytes = 2 * pre.center.numel() * static_cast<int64_t>(dtype_size(pre.center.dtype()));
+  peak_row_bytes_ = std::max(peak_row_bytes_, row_bytes);
+  total_row_bytes_ += row_bytes;
+  const Tensor lu = lower_upper(pre);
+  boxes_.push_back(as_box(lu.detach(), pre.center));
+  const Tensor out = symbolic_relu(by_sample(pre.center, n_, d_ + 3), by_sample(pre.radius, n_, d_ + 3), lu);
+  return {out.slice(0, 0, 1).reshape(pre.center.shape()), out.slice(0, 1, 2).reshape(pre.center.shape())};
 }
 
-Interval SymbolicPass::bounds(const Interval& rows) const {
-  const auto [l, u] = concrete(split(rows));
-  Shape sample(rows.center.shape().begin() + 1, rows.center.shape().end());
-  sample.insert(sample.begin(), n_);
-  return interval_from_bounds(l.reshape(sample), u.reshape(sample));
-}
+Interval SymbolicPass::bounds(const Interval& rows) const { return as_box(lower_upper(rows), rows.center); }
 
 }  // namespace bulwark

@@ -66,20 +66,18 @@ class SymbolicPass {
   // The largest pair of row tensors (center and radius) a ReLU took, in bytes: the pass's peak
   // memory is a small multiple of it.
   int64_t peak_row_bytes() const { return peak_row_bytes_; }
+  // The bytes of every ReLU's input rows together: what a training step's graph keeps at least.
+  int64_t total_row_bytes() const { return total_row_bytes_; }
 
  private:
-  struct Functions {  // one layer's rows taken apart, each [N, k, M] (M = values per sample)
-    Tensor coef_c, coef_r, const_c, const_r, ibp_c, ibp_r;
-  };
-  Functions split(const Interval& rows) const;
-  // Lower and upper bounds over the input box of the functions (C -+ R), [N, 1, M] each.
-  std::pair<Tensor, Tensor> concrete(const Functions& f) const;
+  Tensor lower_upper(const Interval& rows) const;  // symbolic_bounds of the rows, [2, N, M]
+  Interval as_box(const Tensor& lower_upper, const Tensor& rows) const;
 
   Interval box_;      // the input box, [N, d]
   int64_t n_, d_;
   Interval expanded_;
   std::vector<Interval> boxes_;
-  int64_t peak_row_bytes_ = 0;
+  int64_t peak_row_bytes_ = 0, total_row_bytes_ = 0;
   SymbolicPass* previous_;
 };
 

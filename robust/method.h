@@ -62,6 +62,7 @@ struct EpochEnd {
   Generator& gen;
   int64_t epoch = 0;        // the epoch just finished, 0-based
   double train_acc = 0;     // over the epoch's training samples, as the method trained on them
+  double val_acc = 0;       // clean accuracy on the validation split, after the epoch
   const Tensor& probe_x;    // a fixed training batch (the first batch_size training samples,
   const Tensor& probe_y;    // on the model's device): the overfitting guard's probe
   std::map<std::string, double>& extra;  // the epoch's metrics.jsonl extras (r, G, threshold, ...)
@@ -79,6 +80,10 @@ class Method {
   // x: f32 [n, c, h, w] in [0, 1]; y: i32 [n]; both on the model's device. The model is in
   // training mode. Nothing a batch computes is read back to the host.
   virtual void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) = 0;
+  // Before training starts: throws, with a message the user can act on, when the method cannot
+  // train this model on batches of `batch_size` like `probe_x` (a bound the model cannot pass,
+  // more memory than a limit allows). Nothing it computes is kept.
+  virtual void check(Module& model, const Tensor& probe_x, const Tensor& probe_y, int64_t batch_size) {}
   virtual EpochVerdict on_epoch_end(EpochEnd& end) { return EpochVerdict::keep_going; }
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void load_state(const nlohmann::json& state) {}

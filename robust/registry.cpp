@@ -22,6 +22,7 @@ MethodInfo deat_d_method();
 MethodInfo deat_p_method();
 MethodInfo ibp_method();
 MethodInfo crown_ibp_method();
+MethodInfo mixtrain_method();
 
 namespace {
 
@@ -37,6 +38,7 @@ void register_builtin_methods(MethodRegistry& r) {
   r.add(deat_p_method());
   r.add(ibp_method());
   r.add(crown_ibp_method());
+  r.add(mixtrain_method());
 }
 
 // The fields of the single method block written before methods declared their own options

@@ -137,7 +137,7 @@ struct Harness {
   // The epoch's end; the probe attack's inputs (fgsm-rs) are not kept among the recorded ones.
   std::map<std::string, double> end_epoch(int64_t epoch, double train_acc, EpochVerdict* verdict = nullptr) {
     std::map<std::string, double> extra;
-    EpochEnd end{*model, gen, epoch, train_acc, probe.x, probe.y, extra};
+    EpochEnd end{*model, gen, epoch, train_acc, 0.0, probe.x, probe.y, extra};
     const size_t recorded = model->inputs.size();
     const EpochVerdict v = method->on_epoch_end(end);
     model->inputs.erase(model->inputs.begin() + static_cast<std::ptrdiff_t>(recorded), model->inputs.end());

@@ -1452,3 +1452,70 @@ TEST_CASE("ops: CUDA tensors (emulated backend): moves, autograd across devices,
   CHECK_THROWS_WITH(cross_entropy(d, labels).item(), Catch::Contains("label 5"));
   CHECK_THROWS_AS(gather(d, Tensor::from_vector(std::vector<int32_t>{3, 0}, {2, 1}).cuda(), 1).cpu(), std::out_of_range);
 }
+
+// ==== symbolic intervals (engine/symbolic_ops.cpp) ===================================================
+
+namespace {
+// The rows' concrete bounds as models/symbolic.h defines them, in f64: [2, N, M].
+RT ref_symbolic_bounds(const Refs& a) {
+  const RT &c = a[0], &r = a[1], &bc = a[2], &br = a[3];
+  const int64_t n = c.size(0), d = c.size(1) - 3, m = c.size(2);
+  RT out({2, n, m});
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t j = 0; j < m; ++j) {
+      double lo = c[{s, d, j}] - r[{s, d, j}], up = c[{s, d, j}] + r[{s, d, j}];
+      for (int64_t i = 0; i < d; ++i) {
+        const double cc = c[{s, i, j}] - c[{s, d + 1, j}], U = cc + r[{s, i, j}], L = cc - r[{s, i, j}];
+        up += U * bc[{s, i}] + std::fabs(U) * br[{s, i}];
+        lo += L * bc[{s, i}] - std::fabs(L) * br[{s, i}];
+      }
+      const double ic = c[{s, d + 2, j}], ir = r[{s, d + 2, j}];
+      out[{0, s, j}] = std::max(lo, ic - ir);
+      out[{1, s, j}] = std::min(up, ic + ir);
+    }
+  return out;
+}
+// The rows after the ReLU with bounds [l, u], in f64: [2, N, d + 3, M].
+RT ref_symbolic_relu(const Refs& a) {
+  const RT &c = a[0], &r = a[1], &b = a[2];
+  const int64_t n = c.size(0), d = c.size(1) - 3, m = c.size(2);
+  RT out({2, n, d + 3, m});
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t j = 0; j < m; ++j) {
+      const double l = b[{0, s, j}], u = b[{1, s, j}];
+      const double up = std::max(u, 0.0), lo = std::min(l, 0.0), lp = std::max(l, 0.0);
+      const double lambda = up / std::max(up - lo, 1e-12), h = -lambda * lo / 2;
+      for (int64_t i = 0; i < d; ++i) {
+        out[{0, s, i, j}] = lambda * (c[{s, i, j}] - c[{s, d + 1, j}]);
+        out[{1, s, i, j}] = lambda * r[{s, i, j}];
+      }
+      out[{0, s, d, j}] = lambda * c[{s, d, j}] + h;
+      out[{1, s, d, j}] = lambda * r[{s, d, j}] + h;
+      out[{0, s, d + 2, j}] = (up + lp) / 2;
+      out[{1, s, d + 2, j}] = (up - lp) / 2;
+    }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("ops: symbolic_bounds and symbolic_relu (the symbolic-interval ReLU)", "[ops][cuda][symbolic]") {
+  std::vector<OpCase> cases;
+  // (n, d, m): one of each; a partial warp of neurons; a row count off every block size.
+  const struct { int64_t n, d, m; bool fd; } shapes[] = {{1, 1, 1, true}, {2, 3, 5, true}, {3, 7, 33, true},
+                                                          {2, 19, 301, false}};
+  for (const auto& sh : shapes) {
+    const Shape rows{sh.n, sh.d + 3, sh.m};
+    cases.push_back({.name = fmt::format("symbolic_bounds rows[{}, {}, {}]", sh.n, sh.d + 3, sh.m),
+                     .inputs = {in(rows), in(rows), in({sh.n, sh.d}, positive(0.1, 0.9)),
+                                in({sh.n, sh.d}, positive(0.01, 0.2))},
+                     .op = [](const Args& a) { return symbolic_bounds(a[0], a[1], a[2], a[3]); },
+                     .ref = ref_symbolic_bounds, .gradgrad = sh.n == 2, .finite_differences = sh.fd,
+                     .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}});
+    cases.push_back({.name = fmt::format("symbolic_relu rows[{}, {}, {}]", sh.n, sh.d + 3, sh.m),
+                     .inputs = {in(rows), in(rows), in({2, sh.n, sh.m}, away_from_zero(0.05, 1.0))},
+                     .op = [](const Args& a) { return symbolic_relu(a[0], a[1], a[2]); },
+                     .ref = ref_symbolic_relu, .gradgrad = sh.n == 2, .finite_differences = sh.fd,
+                     .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}});
+  }
+  check_ops(cases);
+}

@@ -128,6 +128,7 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
   const int64_t n = std::min(cfg_.batch_size, data_.train.n);
   probe_x_ = images_tensor(data_.train, 0, n).to(device_);
   probe_y_ = labels_tensor(data_.train, 0, n).to(device_);
+  method_->check(*model_, probe_x_, probe_y_, cfg_.batch_size);
 }
 
 std::string Trainer::path(const std::string& name) const { return (fs::path(cfg_.out) / name).string(); }
@@ -247,7 +248,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
         evaluate_verified(*model_, data_.val, 0, std::min(cfg_.robust_val_size, data_.val.n), cfg_.method.eps(),
                           robust::BoundKind::ibp, cfg_.eval_batch_size, device_)
             .accuracy;
-  robust::EpochEnd end{*model_, gen_, epoch, m.train_acc, probe_x_, probe_y_, m.extra};
+  robust::EpochEnd end{*model_, gen_, epoch, m.train_acc, m.val_acc, probe_x_, probe_y_, m.extra};
   stop_ = method_->on_epoch_end(end) == robust::EpochVerdict::stop_at_previous;
   model_->train();
   schedule_->on_epoch_end(m);

@@ -80,6 +80,16 @@ template <class T> void elided_radius_backward(int64_t n, int64_t in, int64_t k,
 // The fused ReLU's backward: pre [2, count] the pre-activation box, g [4, count] the gradient of
 // the fused output; gpre [2, count] = g[0:2] + the ReLU's backward of g[2:4].
 template <class T> void interval_relu_backward(int64_t count, const T* pre, const T* g, T* gpre);
+// The symbolic-interval ReLU (kernels/cpu/symbolic.cpp): rows c, r [n, d + 3, m], the input box
+// bc, br [n, d]; bounds [2, n, m] (l, u); the ReLU's rows out [2, n, d + 3, m].
+template <class T> void symbolic_bounds_forward(int64_t n, int64_t d, int64_t m, const T* c, const T* r, const T* bc,
+                                                const T* br, T* bounds);
+template <class T> void symbolic_bounds_backward(int64_t n, int64_t d, int64_t m, const T* c, const T* r, const T* bc,
+                                                 const T* br, const T* g, T* dc, T* dr);
+template <class T> void symbolic_relu_forward(int64_t n, int64_t d, int64_t m, const T* c, const T* r, const T* bounds,
+                                              T* out);
+template <class T> void symbolic_relu_backward(int64_t n, int64_t d, int64_t m, const T* c, const T* r, const T* bounds,
+                                               const T* g, T* dc, T* dr, T* dbounds);
 
 // idx[p, q] = flat index (within the plane) of the max of window q; padding never wins.
 template <class T> void max_pool2d_indices(const PoolShape& s, const T* x, int32_t* idx);

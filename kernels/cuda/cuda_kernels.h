@@ -83,6 +83,15 @@ void interval_linear_backward_input(int64_t n, int64_t in, int64_t o, const floa
 void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const float* c, const float* r,
                                      const float* gc, const float* gr, const float* w, float* dw);
 void interval_relu_backward(int64_t count, const float* pre, const float* g, float* gpre);
+// The symbolic-interval ReLU (kernels/cuda/symbolic.cu); layouts as the CPU kernels'.
+void symbolic_bounds_forward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bc,
+                             const float* br, float* bounds);
+void symbolic_bounds_backward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bc,
+                              const float* br, const float* g, float* dc, float* dr);
+void symbolic_relu_forward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bounds,
+                           float* out);
+void symbolic_relu_backward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bounds,
+                            const float* g, float* dc, float* dr, float* dbounds);
 void elided_radius_forward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
                            float* out);
 void elided_radius_backward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
