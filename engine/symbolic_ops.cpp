@@ -65,22 +65,19 @@ Grads composite_grads(const Node& node, const Tensor& g, const Needs& need,
                       Tensor (*composite)(const std::vector<Tensor>&)) {
   const bool create_graph = grad_enabled();
   GradModeGuard record(true);
-  std::vector<Tensor> leaves;
+  std::vector<Tensor> args, leaves;
   std::vector<size_t> which;
   for (size_t i = 0; i < node.inputs.size(); ++i) {
-    if (!need[i]) continue;
-    which.push_back(i);
-  }
-  // Inputs that are not needed enter as constants (detached); the needed ones as they are.
-  std::vector<Tensor> args;
-  for (size_t i = 0; i < node.inputs.size(); ++i) {
-    Tensor a = need[i] ? node.inputs[i] : node.inputs[i].detach();
-    if (need[i] && !create_graph) {  // a fresh leaf, so the recomputation's graph ends here
-      a = node.inputs[i].detach();
-      a.set_requires_grad(true);
+    // Inputs not needed enter as constants; needed ones as they are when the backward is recorded,
+    // else as fresh leaves, so that the recomputation's graph ends at them.
+    Tensor a = node.inputs[i];
+    if (!need[i] || !create_graph) a = a.detach();
+    if (need[i]) {
+      if (!create_graph) a.set_requires_grad(true);
+      leaves.push_back(a);
+      which.push_back(i);
     }
     args.push_back(a);
-    if (need[i]) leaves.push_back(a);
   }
   const Tensor out = composite(args);
   const std::vector<Tensor> got = grad({out}, leaves, {g}, create_graph, true);
@@ -104,19 +101,26 @@ Tensor symbolic_bounds(const Tensor& c_in, const Tensor& r_in, const Tensor& bc_
   BW_KERNEL(c.device(), c.dtype(), "symbolic_bounds", symbolic_bounds_forward, s.n, s.d, s.m, c.data<T>(), r.data<T>(),
             bc.data<T>(), br.data<T>(), out.data<T>());
   return record(out, "symbolic_bounds", {c_in, r_in, bc_in, br_in}, [s](const Node& node, const Tensor& g, const Needs& need) {
-    if (grad_enabled() || need[2] || need[3])
-      return composite_grads(node, g, need, [](const std::vector<Tensor>& a) {
-        return composite_bounds(a[0], a[1], a[2].reshape({a[0].size(0), a[0].size(1) - 3}),
-                                a[3].reshape({a[0].size(0), a[0].size(1) - 3}));
-      });
-    const Tensor c = node.inputs[0].contiguous(), r = node.inputs[1].contiguous(), bc = node.inputs[2].contiguous(),
-                 br = node.inputs[3].contiguous(), gg = g.contiguous();
-    Tensor dc = Tensor::empty(c.shape(), c.dtype(), c.device()), dr = Tensor::empty(c.shape(), c.dtype(), c.device());
-    BW_KERNEL(c.device(), c.dtype(), "symbolic_bounds backward", symbolic_bounds_backward, s.n, s.d, s.m, c.data<T>(),
-              r.data<T>(), bc.data<T>(), br.data<T>(), gg.data<T>(), dc.data<T>(), dr.data<T>());
+    const auto composite = [](const std::vector<Tensor>& a) {
+      const Shape box{a[0].size(0), a[0].size(1) - 3};
+      return composite_bounds(a[0], a[1], a[2].reshape(box), a[3].reshape(box));
+    };
+    if (grad_enabled()) return composite_grads(node, g, need, composite);
     Grads out(4);
-    if (need[0]) out[0] = dc;
-    if (need[1]) out[1] = dr;
+    if (need[0] || need[1]) {
+      const Tensor c = node.inputs[0].contiguous(), r = node.inputs[1].contiguous(), bc = node.inputs[2].contiguous(),
+                   br = node.inputs[3].contiguous(), gg = g.contiguous();
+      Tensor dc = Tensor::empty(c.shape(), c.dtype(), c.device()), dr = Tensor::empty(c.shape(), c.dtype(), c.device());
+      BW_KERNEL(c.device(), c.dtype(), "symbolic_bounds backward", symbolic_bounds_backward, s.n, s.d, s.m, c.data<T>(),
+                r.data<T>(), bc.data<T>(), br.data<T>(), gg.data<T>(), dc.data<T>(), dr.data<T>());
+      if (need[0]) out[0] = dc;
+      if (need[1]) out[1] = dr;
+    }
+    if (need[2] || need[3]) {  // the box's gradient (data in training): from the composition
+      const Grads box = composite_grads(node, g, {false, false, need[2], need[3]}, composite);
+      out[2] = box[2];
+      out[3] = box[3];
+    }
     return out;
   });
 }
