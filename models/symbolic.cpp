@@ -84,6 +84,11 @@ Interval SymbolicPass::relu(const Interval& pre) {
   return {out.slice(0, 0, 1).reshape(pre.center.shape()), out.slice(0, 1, 2).reshape(pre.center.shape())};
 }
 
+Tensor SymbolicPass::upper_coefficients(const Interval& rows) const {
+  const Tensor c = by_sample(rows.center, n_, d_ + 3), r = by_sample(rows.radius, n_, d_ + 3);
+  return c.slice(1, 0, d_) - c.slice(1, d_ + 1, d_ + 2) + r.slice(1, 0, d_);  // U = C + R, C's bias taken off
+}
+
 Interval SymbolicPass::bounds(const Interval& rows) const { return as_box(lower_upper(rows), rows.center); }
 
 }  // namespace bulwark

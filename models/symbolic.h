@@ -61,6 +61,9 @@ class SymbolicPass {
   // The box of the values the rows stand for, [N, ...]: the functions' bounds over the input box,
   // intersected with the IBP rows' box.
   Interval bounds(const Interval& rows) const;
+  // The input coefficients of the upper functions of the values the rows stand for, [N, d, M]
+  // (M values per sample): the direction in which each upper bound grows (the interval attack).
+  Tensor upper_coefficients(const Interval& rows) const;
   // Every ReLU's input box [l, u] as the pass used it, in order (tests, statistics).
   const std::vector<Interval>& boxes() const { return boxes_; }
   // The largest pair of row tensors (center and radius) a ReLU took, in bytes: the pass's peak

@@ -155,6 +155,27 @@ std::vector<EvalAttackInfo> builtin_attacks() {
                    return o;
                  },
                  AttackRole::white_box});
+  all.push_back({"interval",
+                 "the interval attack (MixTrain, Wang et al. 2018): PGD from x and from random starts; where it fails, "
+                 "the symbolic bound of a box around the point, widened until it cannot prove the sample, gives a "
+                 "direction to step along, and PGD finishes from there. Symbolic bounds cost d + 3 rows a sample: an "
+                 "MNIST-scale attack",
+                 {Option::make("steps", "--interval-steps", OptionType::integer,
+                               "the interval attack's base PGD steps (the paper: 40, step 0.01)")
+                      .at_least(1)
+                      .default_to(40),
+                  Option::make("restarts", "--interval-restarts", OptionType::integer,
+                               "interval attack restarts: the first from x, the others from random starts")
+                      .at_least(1)
+                      .default_to(2)},
+                 [](const OptionValues& v, double eps, uint64_t seed) {
+                   AttackOptions o = base(AttackKind::interval, eps, seed);
+                   o.steps = static_cast<int>(v.integer("steps"));
+                   o.restarts = static_cast<int>(v.integer("restarts"));
+                   return o;
+                 },
+                 AttackRole::white_box,
+                 {Norm::linf}});
   return all;
 }
 

@@ -17,6 +17,7 @@
 #include "robust/apgd.h"
 #include "robust/attack_rows.h"
 #include "robust/fab.h"
+#include "robust/interval_attack.h"
 #include "robust/norm_ball.h"
 #include "robust/square.h"
 
@@ -240,6 +241,11 @@ AttackOptions resolve_attack(const AttackOptions& options) {
       o.alpha = 0;
       o.random_start = true;
       break;
+    case AttackKind::interval:
+      if (o.steps < 1) throw std::invalid_argument(fmt::format("attack: the interval attack needs steps >= 1, got {}", o.steps));
+      if (o.norm != Norm::linf) throw std::invalid_argument("attack: the interval attack is implemented for the L-inf norm only");
+      if (o.alpha == 0) o.alpha = 0.01;  // the paper's base PGD step
+      break;
     case AttackKind::fab_t:
       if (o.steps < 1 || o.targets < 1)
         throw std::invalid_argument(fmt::format("attack: FAB-T needs steps >= 1 and targets >= 1, got {} and {}", o.steps,
@@ -270,6 +276,7 @@ std::string attack_name(const AttackOptions& options) {
     case AttackKind::cw: return fmt::format("{}CW-{}{}", norm, o.steps, restarts);
     case AttackKind::square: return fmt::format("Square-{}{}", o.queries, restarts);
     case AttackKind::fab_t: return fmt::format("{}FAB-T-{}x{}", norm, o.steps, o.targets);
+    case AttackKind::interval: return fmt::format("Interval-PGD-{}{}", o.steps, restarts);
     case AttackKind::apgd_ce: return fmt::format("{}APGD-CE-{}{}{}", norm, o.steps, restarts, eot);
     case AttackKind::apgd_dlr: return fmt::format("{}APGD-DLR-{}{}{}", norm, o.steps, restarts, eot);
     case AttackKind::apgd_t: return fmt::format("{}APGD-T-{}x{}{}{}", norm, o.steps, o.targets, restarts, eot);
@@ -288,16 +295,20 @@ uint64_t start_counters(Norm norm, const Shape& shape) {
 uint64_t attack_counters(const AttackOptions& options, const Shape& shape) {
   const AttackOptions o = resolve_attack(options);
   if (o.kind == AttackKind::square) return static_cast<uint64_t>(o.restarts) * square_counters(o, shape);
+  if (o.kind == AttackKind::interval) return static_cast<uint64_t>(o.restarts) * start_counters(o.norm, shape);
   return has_random_start(o.kind) ? static_cast<uint64_t>(o.restarts) * start_counters(o.norm, shape) : 0;
 }
 
 namespace {
 
 // Attacks that are not "start, ascend, keep the worst restart": they run their own search.
-bool self_contained(AttackKind kind) { return kind == AttackKind::square || kind == AttackKind::fab_t; }
+bool self_contained(AttackKind kind) {
+  return kind == AttackKind::square || kind == AttackKind::fab_t || kind == AttackKind::interval;
+}
 
 Tensor run_self_contained(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& o, AttackStats& stats) {
   if (o.kind == AttackKind::square) return square_attack(model, x, y, o, stats);
+  if (o.kind == AttackKind::interval) return interval_attack(model, x, y, o, stats);
   FabOptions f;
   f.norm = o.norm;
   f.eps = o.eps;
@@ -316,6 +327,20 @@ Tensor attack(Module& model, const Tensor& x_in, const Tensor& y, const AttackOp
   AttackStats local;
   Tensor x_adv = self_contained(o.kind) ? run_self_contained(model, x, y, o, local)
                                         : ascend(model, x, y, restart_start(x, o, 0), o, local);
+  if (stats) *stats = local;
+  return x_adv;
+}
+
+Tensor attack_from(Module& model, const Tensor& x_in, const Tensor& y, const Tensor& start, const AttackOptions& options,
+                   AttackStats* stats) {
+  const AttackOptions o = resolve_attack(options);
+  if (self_contained(o.kind) || o.kind == AttackKind::none)
+    throw std::invalid_argument(fmt::format("attack_from: {} is not an iterative gradient attack", attack_name(o)));
+  require_batch(x_in, y);
+  if (start.shape() != x_in.shape())
+    throw std::invalid_argument(fmt::format("attack_from: start {} for the batch {}", start.str(), x_in.str()));
+  AttackStats local;
+  Tensor x_adv = ascend(model, x_in.detach().contiguous(), y, start.detach().contiguous().clone(), o, local);
   if (stats) *stats = local;
   return x_adv;
 }

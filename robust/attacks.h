@@ -58,6 +58,7 @@ enum class AttackKind {
   apgd_ce,  // APGD (robust/apgd.h): k steps of momentum PGD with halving step size, cross-entropy
   apgd_dlr, // APGD on the DLR loss
   apgd_t,   // APGD on the targeted DLR loss, once per target class (`targets` of them)
+  interval, // PGD guided by the symbolic bound where its gradient stalls (robust/interval_attack.h)
 };
 enum class Norm { linf, l2 };
 
@@ -126,6 +127,11 @@ uint64_t attack_counters(const AttackOptions& options, const Shape& shape);
 // eps of x (in the chosen norm) and in [0,1]. With one restart no judging forward is run.
 Tensor attack(Module& model, const Tensor& x, const Tensor& y, const AttackOptions& options,
               AttackStats* stats = nullptr);
+
+// The iterations of a gradient attack (pgd, cw, the APGDs) from `start` instead of its own start
+// (start: x's shape, within eps of x, in [0, 1]); one restart. The interval attack finishes with it.
+Tensor attack_from(Module& model, const Tensor& x, const Tensor& y, const Tensor& start, const AttackOptions& options,
+                   AttackStats* stats = nullptr);
 
 // The attack's result per sample, judged by one forward at the chosen examples.
 struct AttackOutcome {
