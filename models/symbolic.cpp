@@ -48,10 +48,8 @@ SymbolicPass::~SymbolicPass() { symbolic_in_scope = previous_; }
 SymbolicPass* SymbolicPass::active() { return symbolic_in_scope; }
 
 Tensor SymbolicPass::repeat_labels(const Tensor& labels) const {
-  std::vector<int32_t> y = labels.cpu().to_vector_i32(), rows;
-  rows.reserve(y.size() * static_cast<size_t>(d_ + 3));
-  for (int32_t v : y) rows.insert(rows.end(), static_cast<size_t>(d_ + 3), v);
-  return Tensor::from_vector(rows, {static_cast<int64_t>(rows.size())}).to(labels.device());
+  // On the labels' device: a CUDA batch is not read back.
+  return labels.reshape({n_, 1}).expand({n_, d_ + 3}).contiguous().reshape({n_ * (d_ + 3)});
 }
 
 Tensor SymbolicPass::ibp_rows(const Tensor& rows) const {

@@ -399,7 +399,7 @@ TEST_CASE("bounds name the layer they cannot pass, and refuse eps outside [0, 1]
   CHECK_THROWS_WITH(robust::worst_case_logits(net, x, y, 0.1),
                     Catch::Contains("Squash: interval bound propagation cannot pass this layer"));
   CHECK_THROWS_WITH(robust::input_box(x, 1.5), Catch::Contains("eps in [0, 1]"));
-  CHECK_THROWS_WITH(robust::bound_from_name("alpha-crown"), Catch::Contains("bulwark implements: ibp, crown-ibp, crown"));
+  CHECK_THROWS_WITH(robust::bound_from_name("alpha-crown"), Catch::Contains("bulwark implements: ibp, crown-ibp, crown, symbolic"));
 }
 
 // ---- CROWN-IBP ---------------------------------------------------------------------------------
@@ -544,18 +544,24 @@ TEST_CASE("gradients through the CROWN-IBP verified loss match finite difference
       *model, [&] { return cross_entropy(robust::mixed_worst_case_logits(*model, x, y, 0.01, 0.7), y); }, 1, 3, 1e-4);
 }
 
-TEST_CASE("CROWN-IBP on the CUDA backend (emulated) gives the CPU's worst-case logits", "[bounds][cuda]") {
-  for (const std::string& name : {"wong_small", "preact_resnet18"}) {
-    INFO(name);
-    const int64_t side = 8;
-    const auto cpu = small_zoo_model(name, DType::f32, 3, side);
-    const auto gpu = small_zoo_model(name, DType::f32, 3, side);
+TEST_CASE("CROWN-IBP and symbolic bounds on the CUDA backend (emulated) give the CPU's worst-case logits",
+          "[bounds][symbolic][cuda]") {
+  const struct {
+    robust::BoundKind bound;
+    const char* model;
+    int64_t channels, side;
+  } cases[] = {{robust::BoundKind::crown_ibp, "wong_small", 3, 8}, {robust::BoundKind::crown_ibp, "preact_resnet18", 3, 8},
+               {robust::BoundKind::symbolic, "wong_small", 1, 8}, {robust::BoundKind::symbolic, "wide_resnet", 1, 4}};
+  for (const auto& c : cases) {
+    INFO(robust::bound_name(c.bound) << " on " << c.model);
+    const auto cpu = small_zoo_model(c.model, DType::f32, c.channels, c.side);
+    const auto gpu = small_zoo_model(c.model, DType::f32, c.channels, c.side);
     gpu->to(Device::cuda);
     Generator gen(13);
-    const Tensor x = rand_uniform({2, 3, side, side}, 0, 1, gen);
+    const Tensor x = rand_uniform({2, c.channels, c.side, c.side}, 0, 1, gen);
     const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 9}, {2});
-    const Tensor on_cpu = robust::worst_case_logits(*cpu, x, y, 0.01, robust::BoundKind::crown_ibp);
-    const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.01, robust::BoundKind::crown_ibp);
+    const Tensor on_cpu = robust::worst_case_logits(*cpu, x, y, 0.01, c.bound);
+    const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.01, c.bound);
     CHECK(on_gpu.device() == Device::cuda);
     CHECK(max_abs_diff(on_gpu.cpu(), on_cpu) <= 1e-4 * std::max(1.0, max_abs_diff(on_cpu, zeros_like(on_cpu))));
   }
@@ -715,23 +721,6 @@ TEST_CASE("gradients through the symbolic verified loss match finite differences
       *model,
       [&] { return cross_entropy(robust::worst_case_logits(*model, x, y, 0.03, robust::BoundKind::symbolic), y); }, 3, 5,
       1e-5);
-}
-
-TEST_CASE("symbolic intervals on the CUDA backend (emulated) give the CPU's worst-case logits", "[bounds][symbolic][cuda]") {
-  for (const std::string& name : {"wong_small", "wide_resnet"}) {
-    INFO(name);
-    const int64_t side = name == std::string("wide_resnet") ? 4 : 8;
-    const auto cpu = small_zoo_model(name, DType::f32, 1, side);
-    const auto gpu = small_zoo_model(name, DType::f32, 1, side);
-    gpu->to(Device::cuda);
-    Generator gen(19);
-    const Tensor x = rand_uniform({2, 1, side, side}, 0, 1, gen);
-    const Tensor y = Tensor::from_vector(std::vector<int32_t>{2, 8}, {2});
-    const Tensor on_cpu = robust::worst_case_logits(*cpu, x, y, 0.02, robust::BoundKind::symbolic);
-    const Tensor on_gpu = robust::worst_case_logits(*gpu, x.cuda(), y.cuda(), 0.02, robust::BoundKind::symbolic);
-    CHECK(on_gpu.device() == Device::cuda);
-    CHECK(max_abs_diff(on_gpu.cpu(), on_cpu) <= 1e-4 * std::max(1.0, max_abs_diff(on_cpu, zeros_like(on_cpu))));
-  }
 }
 
 TEST_CASE("symbolic intervals take BatchNorm's batch statistics from the IBP rows, and refuse max pooling",

@@ -629,7 +629,7 @@ TEST_CASE("bulwark verify reports clean, PGD and IBP-verified accuracy, verified
   }
   const Result unknown = run(verify + "--bound alpha-crown", s.path);
   CHECK(unknown.code == 2);
-  CHECK(unknown.err.find("unknown bound 'alpha-crown' (bulwark implements: ibp, crown-ibp, crown)") != std::string::npos);
+  CHECK(unknown.err.find("unknown bound 'alpha-crown' (bulwark implements: ibp, crown-ibp, crown, symbolic)") != std::string::npos);
   const Result big = run(verify + "--eps 1.5", s.path);
   CHECK(big.code == 2);
   CHECK(big.err.find("larger than any L-inf distance") != std::string::npos);

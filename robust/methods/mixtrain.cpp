@@ -17,7 +17,7 @@
 //   ramp     (default; the authors' group's re-implementation) w_t = min(w0 g^floor(max(t - T, 0) / s),
 //            w_max) with T the epoch the eps ramp ends, w0 0.1, g 2.5, s 5, w_max 50;
 //   balance  after each epoch, with clean validation accuracy A and verified validation accuracy V
-//            (IBP, as the trainer reports it), w <- clip(w exp(eta (dA - dV)), w_min, w_max): the
+//            (by the run's bound, as the trainer reports it), w <- clip(w exp(eta (dA - dV)), w_min, w_max): the
 //            verified weight grows while accuracy improves faster than verified robustness.
 //
 // Passes: the clean forward and backward count one each; a bound pass over k samples counts as
