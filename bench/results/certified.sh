@@ -6,9 +6,17 @@
 # per image here) and attacked (`bulwark eval`: clean, PGD-50x10, CW-20, FGSM and the
 # AutoAttack suite), beside the published verified errors.
 #
-#   bench/results/certified.sh [--runs DIR] [--jobs J] [--only REGEX] [--test-size 1000]
-#                              [--crown-size 200] [--cifar-test-size 200] [--cifar-crown-size 0]
-#                              [--page-only]
+#   bench/results/certified.sh [--study certified|mixtrain] [--runs DIR] [--jobs J] [--only REGEX]
+#                              [--test-size 1000] [--crown-size 200] [--cifar-test-size 200]
+#                              [--cifar-crown-size 0] [--page-only]
+#
+# --study mixtrain writes docs/mixtrain.md's block instead: MNIST at eps 0.1 and 0.3 with wong_small
+# (MixTrain's small network) for MixTrain with the symbolic and the IBP bound, each with SRA (10%
+# of the batch) and without (all of it, on a smaller training subset: a full-batch symbolic bound
+# costs (d + 3) = 787 rows a sample), IBP, CROWN-IBP and PGD-AT (PGD-10), all on the same subset,
+# optimizer and epochs but the SRA-off symbolic runs. Its models are verified with the symbolic
+# bound too (batches of 16) and attacked with the interval attack beside PGD-50x10 and AutoAttack.
+# Budget: at most 4 CPU-hours for the whole study.
 #
 # The runs (one line each below): MNIST at eps 0.1, 0.3 and 0.4 with ibp_small (trained at 0.2, 0.4
 # and 0.4, Gowal et al.'s train/test pairs) and ibp_large at 0.3 (trained at 0.4); CIFAR-10 (the
@@ -31,10 +39,11 @@ py=/usr/bin/python3
 [ -x "$py" ] || py=python3
 bulwark="${BULWARK:-$root/build/bulwark}"
 runs="$root/runs/results/certified"
-jobs=1 only="" test_size=1000 crown_size=200 cifar_test_size=200 cifar_crown_size=0 page_only=0
+jobs=1 only="" test_size=1000 crown_size=200 cifar_test_size=200 cifar_crown_size=0 page_only=0 study=certified
 shared="${BULWARK_SHARED_DATA:-$root/../shared/data}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --study) study="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
@@ -43,14 +52,16 @@ while [[ $# -gt 0 ]]; do
     --cifar-test-size) cifar_test_size="$2"; shift 2 ;;
     --cifar-crown-size) cifar_crown_size="$2"; shift 2 ;;
     --page-only) page_only=1; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "certified.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ -x "$bulwark" ]] || { echo "certified.sh: $bulwark not built (cmake --build build)" >&2; exit 2; }
+[[ "$study" == certified || "$study" == mixtrain ]] || { echo "certified.sh: unknown study '$study' (certified, mixtrain)" >&2; exit 2; }
+[[ "$runs" == "$root/runs/results/certified" ]] && runs="$root/runs/results/$study"
 
-# name  dataset  model  method  train-eps  test-eps  train-size  epochs  ramp-epochs
-studies="
+# name  dataset  model  method  train-eps  test-eps  train-size  epochs  ramp-epochs  [options: key=value,...]
+certified_studies="
 mnist-ibp_small-ibp-0.1        mnist   ibp_small  ibp        0.2      0.1    0      20  10
 mnist-ibp_small-ibp-0.3        mnist   ibp_small  ibp        0.4      0.3    0      20  10
 mnist-ibp_small-ibp-0.4        mnist   ibp_small  ibp        0.4      0.4    0      20  10
@@ -64,9 +75,34 @@ cifar10-cnn7-ibp-8             cifar10 cnn7       ibp        8.8/255  8/255  100
 cifar10-cnn7-crown-ibp-2       cifar10 cnn7       crown-ibp  2.2/255  2/255  10000  10  5
 cifar10-cnn7-crown-ibp-8       cifar10 cnn7       crown-ibp  8.8/255  8/255  10000  10  5
 "
+# MixTrain's own budget: 20,000 training images, 10 epochs (eps ramped over the first 5 after one
+# at 0); the full-batch symbolic runs 2,000 images for 4 epochs (ramp 2). The ramp rule's weight
+# grows every epoch after the eps ramp (--dmt-every 1, its 5 scaled to a 10-epoch run).
+mixtrain_studies="
+mnist-mixtrain-symbolic-sra-0.1  mnist wong_small mixtrain 0.1 0.1 20000 10 5 bound=symbolic,sra-k=10%,dmt-every=1
+mnist-mixtrain-symbolic-all-0.1  mnist wong_small mixtrain 0.1 0.1 2000  4  2 bound=symbolic,sra-k=all,dmt-every=1
+mnist-mixtrain-ibp-sra-0.1       mnist wong_small mixtrain 0.1 0.1 20000 10 5 bound=ibp,sra-k=10%,dmt-every=1
+mnist-mixtrain-ibp-all-0.1       mnist wong_small mixtrain 0.1 0.1 20000 10 5 bound=ibp,sra-k=all,dmt-every=1
+mnist-ibp-0.1                    mnist wong_small ibp       0.1 0.1 20000 10 5
+mnist-crown-ibp-0.1              mnist wong_small crown-ibp 0.1 0.1 20000 10 5
+mnist-pgd-0.1                    mnist wong_small pgd       0.1 0.1 20000 10 5 steps=10
+mnist-mixtrain-symbolic-sra-0.3  mnist wong_small mixtrain 0.3 0.3 20000 10 5 bound=symbolic,sra-k=10%,dmt-every=1
+mnist-mixtrain-symbolic-all-0.3  mnist wong_small mixtrain 0.3 0.3 2000  4  2 bound=symbolic,sra-k=all,dmt-every=1
+mnist-mixtrain-ibp-sra-0.3       mnist wong_small mixtrain 0.3 0.3 20000 10 5 bound=ibp,sra-k=10%,dmt-every=1
+mnist-mixtrain-ibp-all-0.3       mnist wong_small mixtrain 0.3 0.3 20000 10 5 bound=ibp,sra-k=all,dmt-every=1
+mnist-ibp-0.3                    mnist wong_small ibp       0.3 0.3 20000 10 5
+mnist-crown-ibp-0.3              mnist wong_small crown-ibp 0.3 0.3 20000 10 5
+mnist-pgd-0.3                    mnist wong_small pgd       0.3 0.3 20000 10 5 steps=10
+"
+studies="$certified_studies"
+bounds="ibp crown-ibp crown"
+if [[ "$study" == mixtrain ]]; then
+  studies="$mixtrain_studies"
+  bounds="ibp crown-ibp crown symbolic"
+fi
 
-train_args() {  # dataset model method train-eps train-size epochs ramp
-  local ds="$1" model="$2" method="$3" eps="$4" size="$5" epochs="$6" ramp="$7" data extra=""
+train_args() {  # dataset model method train-eps train-size epochs ramp [options]
+  local ds="$1" model="$2" method="$3" eps="$4" size="$5" epochs="$6" ramp="$7" options="${8:-}" data extra="" kv
   case "$ds" in
     mnist) data="--dataset mnist --data-dir $shared/mnist" ;;
     cifar10) data="--dataset cifar10 --data-dir $shared/cifar10-jpeg --crop-pad 4"; extra="--grad-clip 8" ;;
@@ -74,13 +110,16 @@ train_args() {  # dataset model method train-eps train-size epochs ramp
   if [[ "$method" == crown-ibp ]]; then
     extra+=" --kappa-end 0 --eps-ramp-shape smoothed"
   fi
-  echo "$data --model $model --method $method --eps $eps --eps-ramp $ramp --eps-ramp-start 1 $extra" \
+  for kv in ${options//,/ }; do extra+=" --${kv%%=*} ${kv#*=}"; done  # bound=symbolic -> --bound symbolic
+  # An eps held at 0 for one epoch first (the certified methods' --eps-ramp-start; PGD-AT has none).
+  [[ "$method" == pgd ]] || extra+=" --eps-ramp-start 1"
+  echo "$data --model $model --method $method --eps $eps --eps-ramp $ramp $extra" \
     "--optimizer adam --lr 5e-4 --schedule multistep" \
     "--milestones $("$py" -c "print(f'{$epochs * 0.75:g},{$epochs * 0.9:g}')")" \
     "--train-size $size --epochs $epochs --robust-val-size 200 --final-attack-size 0 --test-size 1000 --threads 1 --quiet"
 }
 
-run_one() {  # name dataset model method train-eps test-eps train-size epochs ramp
+run_one() {  # name dataset model method train-eps test-eps train-size epochs ramp [options]
   local name="$1" ds="$2" model="$3" method="$4" eps="$5" test_eps="$6" dir="$runs/$1" n
   mkdir -p "$runs"
   if [[ ! -f "$dir/summary.json" ]]; then
@@ -89,22 +128,23 @@ run_one() {  # name dataset model method train-eps test-eps train-size epochs ra
     else
       rm -rf "$dir"
       # shellcheck disable=SC2046
-      "$bulwark" train $(train_args "$ds" "$model" "$method" "$eps" "$7" "$8" "$9") --out "$dir" || return 255
+      "$bulwark" train $(train_args "$ds" "$model" "$method" "$eps" "$7" "$8" "$9" "${10:-}") --out "$dir" || return 255
     fi
     echo "trained: $name ($(date +%H:%M:%S))"
   fi
   n="$test_size"
   [[ "$ds" == cifar10 ]] && n="$cifar_test_size"
-  for bound in ibp crown-ibp crown; do
+  for bound in $bounds; do
     [[ -f "$dir/verify-$bound.json" ]] && continue
-    local size="$test_size"
+    local size="$test_size" batch=500
+    [[ "$bound" == symbolic ]] && batch=16  # d + 3 rows a sample
     if [[ "$bound" == crown ]]; then
       size="$crown_size"
       [[ "$ds" == cifar10 ]] && size="$cifar_crown_size"
       [[ "$size" == 0 ]] && continue
     fi
     "$bulwark" verify --checkpoint "$dir" --bound "$bound" --eps "$test_eps" --test-size "$size" --threads 1 \
-      --json "$dir/verify-$bound.json.tmp" > /dev/null || return 255
+      --batch-size "$batch" --json "$dir/verify-$bound.json.tmp" > /dev/null || return 255
     mv "$dir/verify-$bound.json.tmp" "$dir/verify-$bound.json"
   done
   if [[ ! -f "$dir/eval.json" ]]; then
@@ -112,24 +152,30 @@ run_one() {  # name dataset model method train-eps test-eps train-size epochs ra
       --json "$dir/eval.json.tmp" > "$dir/eval.txt" || return 255
     mv "$dir/eval.json.tmp" "$dir/eval.json"
   fi
+  if [[ "$study" == mixtrain && ! -f "$dir/eval-interval.json" ]]; then
+    "$bulwark" eval --checkpoint "$dir" --eps "$test_eps" --test-size "$n" --attacks interval --threads 1 \
+      --json "$dir/eval-interval.json.tmp" > /dev/null || return 255
+    mv "$dir/eval-interval.json.tmp" "$dir/eval-interval.json"
+  fi
   echo "evaluated: $name ($(date +%H:%M:%S))"
 }
 
 if [[ "$page_only" == 0 ]]; then
   export -f train_args run_one
-  export bulwark runs shared py test_size crown_size cifar_test_size cifar_crown_size
+  export bulwark runs shared py test_size crown_size cifar_test_size cifar_crown_size study bounds
   export OMP_WAIT_POLICY=passive
   grep -v '^$' <<< "$studies" | { if [[ -n "$only" ]]; then grep -E "$only" || true; else cat; fi; } |
     xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _
 fi
 
-dest="$root/docs/results/runs/certified"
+dest="$root/docs/results/runs/$study"
 for f in "$runs"/*/summary.json; do
   [[ -f "$f" ]] || continue
   d="$(dirname "$f")"
   mkdir -p "$dest/$(basename "$d")"
-  for name in config.json metrics.jsonl summary.json eval.json verify-ibp.json verify-crown-ibp.json verify-crown.json; do
+  for name in config.json metrics.jsonl summary.json eval.json eval-interval.json verify-ibp.json verify-crown-ibp.json \
+              verify-crown.json verify-symbolic.json; do
     [[ -f "$d/$name" ]] && cp "$d/$name" "$dest/$(basename "$d")/"
   done
 done
-"$py" "$here/make_certified_page.py" --runs "$dest" --page "$root/docs/certified.md"
+"$py" "$here/make_certified_page.py" --study "$study" --runs "$dest" --page "$root/docs/$study.md"

@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""The results block of docs/certified.md, from the run directories of bench/results/certified.sh.
+"""The results block of docs/certified.md or docs/mixtrain.md, from bench/results/certified.sh's runs.
 
 Reads <runs>/<name>/: config.json, summary.json (CPU time, passes), eval.json (`bulwark eval`:
-clean, PGD-50x10 and the AutoAttack suite) and verify-{ibp,crown-ibp,crown}.json (`bulwark
-verify`), and replaces what lies between the page's `<!-- certified results: begin -->` and
-`<!-- certified results: end -->` lines with a table per dataset, the published verified errors
-beside our verified accuracies.
+clean, PGD-50x10 and the AutoAttack suite), eval-interval.json (the interval attack, MixTrain's
+study) and verify-{ibp,crown-ibp,crown,symbolic}.json (`bulwark verify`), and replaces what lies
+between the page's `<!-- <study> results: begin -->` and `<!-- <study> results: end -->` lines
+with a table per dataset, the published verified errors beside our verified accuracies. A column
+appears when some run has its file.
 """
 import argparse
 import json
 import os
 import sys
 
-BEGIN, END = "<!-- certified results: begin -->", "<!-- certified results: end -->"
 # Published verified error (%) by (dataset, method, test eps): Gowal et al. 2018 (IBP, MNIST large
 # model), Zhang et al. 2020 (CROWN-IBP, DM-large), as METHODS.md lists them.
 PUBLISHED = {("mnist", "ibp", "0.1"): 2.23, ("mnist", "ibp", "0.3"): 8.05, ("mnist", "ibp", "0.4"): 14.88,
              ("mnist", "crown-ibp", "0.3"): 6.68, ("mnist", "crown-ibp", "0.4"): 12.46,
-             ("cifar10", "crown-ibp", "2/255"): 45.50, ("cifar10", "crown-ibp", "8/255"): 67.11}
+             ("cifar10", "crown-ibp", "2/255"): 45.50, ("cifar10", "crown-ibp", "8/255"): 67.11,
+             # MixTrain (Wang et al. 2018) on its small MNIST CNN: 97.1% and 60.1% verified.
+             ("mnist", "mixtrain", "0.1"): 2.9, ("mnist", "mixtrain", "0.3"): 39.9}
+BOUNDS = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN", "symbolic": "symbolic"}
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10 (JPEG copy)"}
-METHODS = {"ibp": "IBP", "crown-ibp": "CROWN-IBP"}
+METHODS = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "pgd": "PGD-AT", "mixtrain": "MixTrain"}
 
 
 def load(path, name):
@@ -39,69 +42,88 @@ def eps_text(value):
     return f"{value:g}"
 
 
-def row(name, run):
+def method_label(cfg):
+    m = cfg["method"]
+    label = METHODS.get(m["name"], m["name"])
+    if m["name"] == "mixtrain":
+        label += f" ({m['bound']}, k = {m['sra_k']})"
+    elif m["name"] == "pgd":
+        label = f"PGD-{m['steps']}-AT"
+    return label
+
+
+def row(run, bounds, interval):
     cfg, s, e = run["config"], run["summary"], run.get("eval")
-    v = {b: run.get("verify-" + b) for b in ("ibp", "crown-ibp", "crown")}
-    test_eps = eps_text(e["eps"]) if e else (eps_text(v["ibp"]["eps"]) if v["ibp"] else "?")
+    v = {b: run.get("verify-" + b) for b in bounds}
+    first = next((x for x in v.values() if x), None)
+    test_eps = eps_text(e["eps"]) if e else (eps_text(first["eps"]) if first else "?")
     aa = e.get("suite", {}).get("robust_acc") if e else None
     published = PUBLISHED.get((cfg["data"]["dataset"], cfg["method"]["name"], test_eps))
     best = max((x["verified_acc"] for x in v.values() if x), default=None)
-    return (f"| {cfg['model']} | {METHODS.get(cfg['method']['name'], cfg['method']['name'])} | "
-            f"{eps_text(cfg['method']['eps'])} | {test_eps} | {s['epochs_completed']} | "
-            f"{pct(e['clean_acc'] if e else None)} | {pct(e['pgd_acc'] if e else None)} | {pct(aa)} | "
-            f"{pct(v['ibp']['verified_acc'] if v['ibp'] else None)} | "
-            f"{pct(v['crown-ibp']['verified_acc'] if v['crown-ibp'] else None)} | "
-            f"{pct(v['crown']['verified_acc'] if v['crown'] else None)} | "
-            f"{'-' if best is None else f'{100 - 100 * best:.1f}'} | {'-' if published is None else f'{published:.2f}'} | "
-            f"{s.get('cpu_seconds', 0) / 60:.1f} | {s['fwd_passes'] + s['bwd_passes']:,} |"), published, best
+    size = cfg["data"]["train_size"]
+    cells = [cfg["model"], method_label(cfg), eps_text(cfg["method"]["eps"]), test_eps,
+             "all" if not size else f"{size:,}", str(s["epochs_completed"]), pct(e["clean_acc"] if e else None),
+             pct(e["pgd_acc"] if e else None), pct(aa)]
+    if interval:
+        ie = run.get("eval-interval")
+        cells.append(pct(ie.get("interval_acc") if ie else None))
+    cells += [pct(v[b]["verified_acc"] if v[b] else None) for b in bounds]
+    cells += ["-" if best is None else f"{100 - 100 * best:.1f}", "-" if published is None else f"{published:.2f}",
+              f"{s.get('cpu_seconds', 0) / 60:.1f}", f"{s['fwd_passes'] + s['bwd_passes']:,}"]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", default="certified", choices=["certified", "mixtrain"])
     ap.add_argument("--runs", required=True)
     ap.add_argument("--page", required=True)
     args = ap.parse_args()
+    begin, end = f"<!-- {args.study} results: begin -->", f"<!-- {args.study} results: end -->"
+    files = ["eval", "eval-interval"] + ["verify-" + b for b in BOUNDS]
     runs = {}
     for name in sorted(os.listdir(args.runs)) if os.path.isdir(args.runs) else []:
         path = os.path.join(args.runs, name)
         if load(path, "summary.json"):
             runs[name] = {"config": load(path, "config.json"), "summary": load(path, "summary.json"),
-                          "eval": load(path, "eval.json"),
-                          **{"verify-" + b: load(path, f"verify-{b}.json") for b in ("ibp", "crown-ibp", "crown")}}
+                          **{f: load(path, f + ".json") for f in files}}
     if not runs:
         sys.exit(f"make_certified_page.py: no finished runs under {args.runs}; the page is left as it is")
-    block = [BEGIN, "", "Generated by `bench/results/make_certified_page.py` from `bench/results/certified.sh`'s runs; "
-             "do not edit by hand.", ""]
+    bounds = [b for b in BOUNDS if any(r.get("verify-" + b) for r in runs.values())]
+    interval = any(r.get("eval-interval") for r in runs.values())
+    block = [begin, "", "Generated by `bench/results/make_certified_page.py` from `bench/results/certified.sh "
+             f"--study {args.study}`'s runs; do not edit by hand.", ""]
     total_cpu = 0.0
     for ds, ds_name in DATASETS.items():
         chosen = {n: r for n, r in runs.items() if r["config"]["data"]["dataset"] == ds}
         if not chosen:
             continue
-        first = next(iter(chosen.values()))
-        size = first["config"]["data"]["train_size"]
         samples = {b: next((r["verify-" + b]["samples"] for r in chosen.values() if r.get("verify-" + b)), "?")
-                   for b in ("ibp", "crown")}
+                   for b in bounds}
         attacked = next((r["eval"]["samples"] for r in chosen.values() if r.get("eval")), "?")
+        verified_on = ", ".join(f"{BOUNDS[b]} {samples[b]}" for b in bounds)
         block += [f"### {ds_name}", "",
-                  f"Training: {'the whole training split' if not size else f'the first {size:,} training images'} "
-                  f"(the ibp_large runs: their own train size, in the config). Verified on the first {samples['ibp']} "
-                  f"test images (CROWN: {'not run' if samples['crown'] == '?' else samples['crown']}); clean, PGD-50x10 and AutoAttack on the first {attacked}.", "",
-                  "| model | method | train eps | test eps | epochs | clean | PGD-50x10 | AutoAttack | verified IBP | "
-                  "verified CROWN-IBP | verified CROWN | our verified error | published | CPU min | passes |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, run in chosen.items():
-            text, _, _ = row(name, run)
-            block.append(text)
+                  f"Test images verified, from the first: {verified_on}; clean, PGD-50x10, AutoAttack"
+                  f"{' and the interval attack' if interval else ''} on the first {attacked}.", "",
+                  "| model | method | train eps | test eps | train images | epochs | clean | PGD-50x10 | AutoAttack | "
+                  + ("interval attack | " if interval else "")
+                  + " | ".join(f"verified {BOUNDS[b]}" for b in bounds)
+                  + " | our verified error | published | CPU min | passes |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if interval else "") + "---:|" * len(bounds)
+                  + "---:|---:|---:|---:|"]
+        for run in chosen.values():
+            block.append(row(run, bounds, interval))
             total_cpu += run["summary"].get("cpu_seconds", 0)
         block.append("")
     block += [f"Training CPU time of these runs: {total_cpu / 3600:.2f} hours (evaluation excluded). \"Our verified "
-              "error\" is 100 minus the best of the three verified accuracies; \"published\" is the verified error "
-              "of the paper's model and schedule (METHODS.md), reached with 5-300x more epochs than these runs.", "", END]
+              f"error\" is 100 minus the best of the {len(bounds)} verified accuracies; \"published\" is the verified "
+              "error of the paper's model and schedule (METHODS.md), reached with many more epochs than these runs.",
+              "", end]
     page = open(args.page).read()
-    if BEGIN not in page or END not in page:
-        sys.exit(f"make_certified_page.py: {args.page} has no '{BEGIN}' ... '{END}' block")
-    head, rest = page.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
+    if begin not in page or end not in page:
+        sys.exit(f"make_certified_page.py: {args.page} has no '{begin}' ... '{end}' block")
+    head, rest = page.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     with open(args.page, "w") as f:
         f.write(head + "\n".join(block) + tail)
     print(f"wrote the results block of {args.page} ({len(runs)} runs)")
