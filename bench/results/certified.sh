@@ -30,7 +30,7 @@
 #
 # A finished run is skipped, an interrupted one resumed, a finished evaluation kept, so the
 # script can be stopped and started again. The small files of every run go to
-# docs/results/runs/certified/ and the results block of docs/certified.md is regenerated.
+# docs/results/runs/<study>/ and the results block of docs/<study>.md is regenerated.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,7 +52,7 @@ while [[ $# -gt 0 ]]; do
     --cifar-test-size) cifar_test_size="$2"; shift 2 ;;
     --cifar-crown-size) cifar_crown_size="$2"; shift 2 ;;
     --page-only) page_only=1; shift ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "certified.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
