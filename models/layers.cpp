@@ -189,9 +189,13 @@ LinearBound Flatten::crown_backward(const LinearBound& upper, const CrownOptions
 }
 
 Interval MaxPool2d::interval_forward(const Interval& in) {
-  if (SymbolicPass::active())
-    throw std::invalid_argument("MaxPool2d: the symbolic bound cannot pass max pooling (it is not affine, and its "
-                                "linear functions would need a relaxation of the maximum); use --bound ibp or crown-ibp");
+  if (SymbolicPass* s = SymbolicPass::active()) {
+    // Not affine: each window's output lies between the largest lower and the largest upper bound
+    // of its inputs' functions, where new, constant functions start.
+    const Interval b = s->bounds(in);
+    return s->constant_rows(interval_from_bounds(max_pool2d(b.lower(), kernel_size, stride, padding),
+                                                 max_pool2d(b.upper(), kernel_size, stride, padding)));
+  }
   pre_ = in;
   return interval_from_bounds(max_pool2d(in.lower(), kernel_size, stride, padding),
                               max_pool2d(in.upper(), kernel_size, stride, padding));

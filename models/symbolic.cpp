@@ -82,6 +82,23 @@ Interval SymbolicPass::relu(const Interval& pre) {
   return {out.slice(0, 0, 1).reshape(pre.center.shape()), out.slice(0, 1, 2).reshape(pre.center.shape())};
 }
 
+Interval SymbolicPass::constant_rows(const Interval& box) const {
+  const Shape sample(box.center.shape().begin() + 1, box.center.shape().end());
+  const auto with_rows = [&](int64_t k) {
+    Shape s{n_, k};
+    s.insert(s.end(), sample.begin(), sample.end());
+    return s;
+  };
+  Shape flat = sample;
+  flat.insert(flat.begin(), n_ * (d_ + 3));
+  const Tensor none = Tensor::zeros(with_rows(d_), box.center.dtype(), box.center.device());  // no coefficients
+  const auto rows_of = [&](const Tensor& v) {
+    const Tensor per = v.reshape(with_rows(1));
+    return concat({none, per, zeros_like(per), per}, 1).reshape(flat);  // constants, "zero", IBP
+  };
+  return {rows_of(box.center), rows_of(box.radius)};
+}
+
 Tensor SymbolicPass::upper_coefficients(const Interval& rows) const {
   const Tensor c = by_sample(rows.center, n_, d_ + 3), r = by_sample(rows.radius, n_, d_ + 3);
   return c.slice(1, 0, d_) - c.slice(1, d_ + 1, d_ + 2) + r.slice(1, 0, d_);  // U = C + R, C's bias taken off

@@ -30,7 +30,8 @@
 // functions unchanged: one batched call of the fused interval kernels per layer. The ReLUs (the
 // ReLU module and the zoo's inline ones, through relu_step) hand their input to the pass in
 // scope; BatchNorm's train form takes its batch statistics from the IBP rows; max pooling, which
-// is not affine, refuses. The rows cost (d + 3) times IBP's memory per sample: MixTrain's
+// is not affine, bounds each window by its inputs' concrete bounds and starts constant rows
+// there (sound, and looser than a relaxation of the maximum would be; no zoo model has one). The rows cost (d + 3) times IBP's memory per sample: MixTrain's
 // stochastic robust approximation bounds only a few samples of a batch for that reason.
 #include <cstdint>
 #include <vector>
@@ -55,6 +56,10 @@ class SymbolicPass {
   Tensor repeat_labels(const Tensor& labels) const;
   // The ReLU's step on the rows of its input (see above).
   Interval relu(const Interval& pre);
+  // Rows that stand for values known only to lie in `box` ([N, ...]): no coefficients, the box as
+  // the constants and as the IBP row. Max pooling ends its inputs' functions this way (its
+  // output lies in [max of the lower bounds, max of the upper bounds] of each window).
+  Interval constant_rows(const Interval& box) const;
   // The IBP rows of `rows` ([N (d + 3), ...] -> [N, ...]): BatchNorm's train form reads its batch
   // statistics there, as IBP does from its box's centers.
   Tensor ibp_rows(const Tensor& rows) const;

@@ -723,7 +723,7 @@ TEST_CASE("gradients through the symbolic verified loss match finite differences
       1e-5);
 }
 
-TEST_CASE("symbolic intervals take BatchNorm's batch statistics from the IBP rows, and refuse max pooling",
+TEST_CASE("symbolic intervals take BatchNorm's batch statistics from the IBP rows, and pass max pooling soundly",
           "[bounds][symbolic]") {
   // In train mode both bounds normalise with the statistics of the same box centers, so the
   // symbolic bound stays below IBP's there too.
@@ -737,10 +737,28 @@ TEST_CASE("symbolic intervals take BatchNorm's batch statistics from the IBP row
   CHECK(escape(symbolic, symbolic - 1e9, ibp) <= 1e-12);
   CHECK(sum(symbolic).item() < sum(ibp).item());
 
+  // Max pooling (overlapping, padded) between two ReLU layers: sound at the box's points, never
+  // looser than IBP.
   Sequential pooled;
-  pooled.add(std::make_shared<Conv2d>(1, 2, 3, gen, Conv2dOptions{.padding = 1, .dtype = DType::f64}));
-  pooled.add(std::make_shared<MaxPool2d>(2));
+  pooled.add(std::make_shared<Conv2d>(1, 3, 3, gen, Conv2dOptions{.padding = 1, .dtype = DType::f64}));
+  pooled.add(std::make_shared<ReLU>());
+  pooled.add(std::make_shared<MaxPool2d>(3, 2, 1));
+  pooled.add(std::make_shared<Conv2d>(3, 4, 3, gen, Conv2dOptions{.dtype = DType::f64}));
+  pooled.add(std::make_shared<ReLU>());
   pooled.add(std::make_shared<Flatten>());
-  CHECK_THROWS_WITH(robust::worst_case_logits(pooled, x, y, 0.01, robust::BoundKind::symbolic),
-                    Catch::Contains("MaxPool2d: the symbolic bound cannot pass max pooling"));
+  pooled.add(std::make_shared<Linear>(16, 5, gen, LinearOptions{.dtype = DType::f64}));
+  const Tensor y5 = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 4}, {4});
+  for (const double eps : {0.01, 0.05}) {
+    INFO("eps " << eps);
+    const Tensor wc = robust::worst_case_logits(pooled, x, y5, eps, robust::BoundKind::symbolic);
+    const Tensor wc_ibp = robust::worst_case_logits(pooled, x, y5, eps, robust::BoundKind::ibp);
+    CHECK(escape(wc, wc - 1e9, wc_ibp) <= 1e-12);
+    double worst = 0;
+    for (const Tensor& p : box_points(robust::input_box(x, eps), 100, 15)) {
+      const Tensor z = pooled.forward(p);
+      const Tensor margins = interval_margin_of_logits({z, zeros_like(z)}, y5).center;
+      worst = std::max(worst, escape(margins, margins - 1e9, wc));
+    }
+    CHECK(worst <= 1e-9);
+  }
 }
