@@ -747,6 +747,19 @@ TEST_CASE("symbolic intervals take BatchNorm's batch statistics from the IBP row
   pooled.add(std::make_shared<ReLU>());
   pooled.add(std::make_shared<Flatten>());
   pooled.add(std::make_shared<Linear>(16, 5, gen, LinearOptions{.dtype = DType::f64}));
+  // The pooling layer alone: its output box holds the pooled values of every point.
+  {
+    MaxPool2d pool(3, 2, 1);
+    const Interval box = robust::input_box(x, 0.05);
+    Interval out;
+    {
+      SymbolicPass pass(box);
+      out = pass.bounds(pool.interval_forward(pass.expanded()));
+    }
+    double worst = 0;
+    for (const Tensor& p : box_points(box, 100, 16)) worst = std::max(worst, escape(pool.forward(p), out.lower(), out.upper()));
+    CHECK(worst <= 1e-12);
+  }
   const Tensor y5 = Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 4}, {4});
   for (const double eps : {0.01, 0.05}) {
     INFO("eps " << eps);
