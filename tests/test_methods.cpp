@@ -921,3 +921,28 @@ TEST_CASE("MixTrain refuses a bad --sra-k, a model its bound cannot pass and a b
   CHECK_THROWS_WITH(symbolic.method->check(opaque, b.x, b.y, 8),
                     Catch::Contains("mixtrain --bound symbolic: Opaque: interval bound propagation cannot pass"));
 }
+
+TEST_CASE("PGD-AT with the interval attack as its inner maximisation trains within the ball and counts its rows",
+          "[methods][interval]") {
+  MethodConfig cfg;
+  cfg.name = "pgd";
+  cfg.options.set("eps", 0.1);
+  cfg.options.set("steps", 3);
+  cfg.options.set("inner", "interval");
+  resolve_method(cfg, DefaultScope{cfg.options, "mnist", true, 10});
+  Harness h(cfg);
+  const Batch b = random_batch(8, kSide, 9);
+  const auto [passes, result] = h.step(b, 0);
+  CHECK(result.count == 8);
+  // PGD-3 from x (3 forward and backward) and the judging forward, at least; the guided steps'
+  // symbolic bounds add (d + 3) rows for each sample PGD left.
+  CHECK(passes.fwd >= 4);
+  CHECK(passes.bwd >= 3);
+  const Tensor trained_on = h.model->inputs.back();
+  CHECK(max_abs_diff(trained_on, b.x) <= 0.1 + 1e-6);
+  CHECK(max_abs_diff(trained_on, b.x) > 0);
+  MethodConfig plain = cfg;
+  plain.options.set("inner", "pgd");
+  Harness p(plain);
+  CHECK(p.step(b, 0).first.fwd == 4);  // PGD-3 + the training pass
+}
