@@ -78,22 +78,17 @@ cifar10-cnn7-crown-ibp-8       cifar10 cnn7       crown-ibp  8.8/255  8/255  100
 # MixTrain's own budget: 20,000 training images, 10 epochs (eps ramped over the first 5 after one
 # at 0); the full-batch symbolic runs 2,000 images for 4 epochs (ramp 2). The ramp rule's weight
 # grows every epoch after the eps ramp (--dmt-every 1, its 5 scaled to a 10-epoch run).
-mixtrain_studies="
-mnist-mixtrain-symbolic-sra-0.1  mnist wong_small mixtrain 0.1 0.1 20000 10 5 bound=symbolic,sra-k=10%,dmt-every=1
-mnist-mixtrain-symbolic-all-0.1  mnist wong_small mixtrain 0.1 0.1 2000  4  2 bound=symbolic,sra-k=all,dmt-every=1
-mnist-mixtrain-ibp-sra-0.1       mnist wong_small mixtrain 0.1 0.1 20000 10 5 bound=ibp,sra-k=10%,dmt-every=1
-mnist-mixtrain-ibp-all-0.1       mnist wong_small mixtrain 0.1 0.1 20000 10 5 bound=ibp,sra-k=all,dmt-every=1
-mnist-ibp-0.1                    mnist wong_small ibp       0.1 0.1 20000 10 5
-mnist-crown-ibp-0.1              mnist wong_small crown-ibp 0.1 0.1 20000 10 5
-mnist-pgd-0.1                    mnist wong_small pgd       0.1 0.1 20000 10 5 steps=10
-mnist-mixtrain-symbolic-sra-0.3  mnist wong_small mixtrain 0.3 0.3 20000 10 5 bound=symbolic,sra-k=10%,dmt-every=1
-mnist-mixtrain-symbolic-all-0.3  mnist wong_small mixtrain 0.3 0.3 2000  4  2 bound=symbolic,sra-k=all,dmt-every=1
-mnist-mixtrain-ibp-sra-0.3       mnist wong_small mixtrain 0.3 0.3 20000 10 5 bound=ibp,sra-k=10%,dmt-every=1
-mnist-mixtrain-ibp-all-0.3       mnist wong_small mixtrain 0.3 0.3 20000 10 5 bound=ibp,sra-k=all,dmt-every=1
-mnist-ibp-0.3                    mnist wong_small ibp       0.3 0.3 20000 10 5
-mnist-crown-ibp-0.3              mnist wong_small crown-ibp 0.3 0.3 20000 10 5
-mnist-pgd-0.3                    mnist wong_small pgd       0.3 0.3 20000 10 5 steps=10
-"
+mixtrain_studies="$(for e in 0.1 0.3; do
+  cat <<EOF
+mnist-mixtrain-symbolic-sra-$e  mnist wong_small mixtrain  $e $e 20000 10 5 bound=symbolic,sra-k=10%,dmt-every=1
+mnist-mixtrain-symbolic-all-$e  mnist wong_small mixtrain  $e $e 2000  4  2 bound=symbolic,sra-k=all,dmt-every=1
+mnist-mixtrain-ibp-sra-$e       mnist wong_small mixtrain  $e $e 20000 10 5 bound=ibp,sra-k=10%,dmt-every=1
+mnist-mixtrain-ibp-all-$e       mnist wong_small mixtrain  $e $e 20000 10 5 bound=ibp,sra-k=all,dmt-every=1
+mnist-ibp-$e                    mnist wong_small ibp       $e $e 20000 10 5
+mnist-crown-ibp-$e              mnist wong_small crown-ibp $e $e 20000 10 5
+mnist-pgd-$e                    mnist wong_small pgd       $e $e 20000 10 5 steps=10
+EOF
+done)"
 studies="$certified_studies"
 bounds="ibp crown-ibp crown"
 if [[ "$study" == mixtrain ]]; then
