@@ -284,7 +284,12 @@ OptionValues read_options(const std::vector<Option>& options, const nlohmann::js
   }
   OptionValues values;  // in declaration order, whatever the file's
   for (const Option& o : options) {
-    if (!j.contains(o.key)) continue;
+    if (!j.contains(o.key)) {
+      // An option added since the file was written: the run had the behaviour of its default,
+      // when that default depends on nothing (a rule's default was always written out).
+      if (!o.fixed.is_null()) values.set(o.key, o.fixed);
+      continue;
+    }
     ojson v = j.at(o.key);
     if (o.type == OptionType::integer && v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())
       v = static_cast<int64_t>(v.get<double>());

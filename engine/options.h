@@ -106,7 +106,9 @@ std::vector<std::string> resolve_options(const std::vector<Option>& options, Opt
                                          const DefaultScope& scope, const std::string& owner);
 
 // The values of `options` in the JSON block `j`. Keys in `ignored` are skipped (blocks written
-// before options had owners carry other owners' keys); any other unknown key is an error.
+// before options had owners carry other owners' keys); any other unknown key is an error. An
+// option the block lacks takes its fixed default (an option added since the block was written:
+// the run behaved as its default); one whose default is a rule stays unset.
 OptionValues read_options(const std::vector<Option>& options, const nlohmann::json& j, const std::string& where,
                           const std::vector<std::string>& ignored = {});
 
