@@ -1,9 +1,6 @@
 #include "robust/interval_attack.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
-#include <cmath>
 
 #include "engine/attack_ops.h"
 #include "engine/autograd.h"
@@ -24,17 +21,17 @@ struct Guided {
   Tensor step;                // their steps, [rows, ...]
 };
 
-// The guided step of each standing sample (x_adv [n, ...], labels y): widen the box around its point until the
+// The guided step of each standing sample (x_adv [n, ...], labels y, on the host too): widen the box around its point until the
 // symbolic bound finds a margin it cannot prove negative, then step along the sign of that margin's
 // upper function's input coefficients.
-Guided guided_steps(Module& model, const Tensor& x_adv, const Tensor& y, double eps, AttackStats& stats) {
+Guided guided_steps(Module& model, const Tensor& x_adv, const Tensor& y, const std::vector<int32_t>& labels, double eps,
+                    AttackStats& stats) {
   NoGradGuard no_grad;
   const int64_t n = x_adv.size(0), d = x_adv.numel() / n;
   const double limit = std::max(1.0, eps / (2 * kUnit));
   std::vector<double> ed(static_cast<size_t>(n), 1.0);
   std::vector<int64_t> active(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) active[i] = i;
-  const std::vector<int32_t> labels = y.cpu().to_vector_i32();
   Guided out;
   std::vector<Tensor> steps;
   while (!active.empty()) {
@@ -84,13 +81,22 @@ Tensor interval_attack(Module& model, const Tensor& x, const Tensor& y, const At
   base.restarts = 1;
   Tensor best = x.clone();
   std::vector<uint8_t> broken(labels.size(), 0);
-  const auto standing_of = [&](const Tensor& candidate, const std::vector<int64_t>& rows) {
+  // Whether each of `candidate`'s samples (the batch's rows `rows`) is misclassified.
+  const auto fooled_at = [&](const Tensor& candidate, const std::vector<int64_t>& rows) {
     NoGradGuard no_grad;
     const std::vector<int32_t> predicted = argmax(model.forward(candidate), 1).cpu().to_vector_i32();
     stats.count_forward(candidate.size(0));
     std::vector<uint8_t> fooled(rows.size());
     for (size_t k = 0; k < rows.size(); ++k) fooled[k] = predicted[k] != labels[rows[k]];
     return fooled;
+  };
+  // The base PGD from `start`, its work added to the attack's.
+  const auto base_attack = [&](const Tensor& x0, const Tensor& y0, const Tensor& start) {
+    AttackStats s;
+    Tensor out = attack_from(model, x0, y0, start, base, &s);
+    stats.forward_passes += s.forward_passes, stats.backward_passes += s.backward_passes;
+    stats.forward_images += s.forward_images, stats.backward_images += s.backward_images;
+    return out;
   };
   const uint64_t per_start = start_counters(Norm::linf, x.shape());
   for (int restart = 0; restart < o.restarts; ++restart) {
@@ -103,32 +109,29 @@ Tensor interval_attack(Module& model, const Tensor& x, const Tensor& y, const At
     // Each sample starts from its own row of the whole batch's start, whoever else is left.
     const Tensor start =
         restart == 0 ? xs : take_rows(random_start(x, o.eps, o.seed, o.offset + static_cast<uint64_t>(restart) * per_start), rows);
-    AttackStats s;
-    Tensor x_adv = attack_from(model, xs, ys, start, base, &s);
-    stats.forward_passes += s.forward_passes, stats.backward_passes += s.backward_passes;
-    stats.forward_images += s.forward_images, stats.backward_images += s.backward_images;
-    std::vector<uint8_t> fooled = standing_of(x_adv, rows);
+    Tensor x_adv = base_attack(xs, ys, start);
+    std::vector<uint8_t> fooled = fooled_at(x_adv, rows);
     // The samples the base attack left: a guided step each where the bound finds a direction,
     // then the base attack again from there.
     std::vector<int64_t> left;
+    std::vector<int32_t> left_labels;
     for (size_t k = 0; k < rows.size(); ++k)
-      if (!fooled[k]) left.push_back(static_cast<int64_t>(k));
+      if (!fooled[k]) {
+        left.push_back(static_cast<int64_t>(k));
+        left_labels.push_back(labels[rows[k]]);
+      }
     if (!left.empty()) {
-      const Guided g = guided_steps(model, take_rows(x_adv, left), take_rows(ys, left), o.eps, stats);
+      const Guided g = guided_steps(model, take_rows(x_adv, left), take_rows(ys, left), left_labels, o.eps, stats);
       if (!g.rows.empty()) {
-        std::vector<int64_t> moved;
-        for (int64_t r : g.rows) moved.push_back(left[r]);
+        std::vector<int64_t> moved, moved_rows;  // among rows, and in the whole batch
+        for (int64_t r : g.rows) {
+          moved.push_back(left[r]);
+          moved_rows.push_back(rows[left[r]]);
+        }
         const Tensor x0 = take_rows(xs, moved), y0 = take_rows(ys, moved);
         const Tensor start = clamp(clamp(take_rows(x_adv, moved) + g.step, x0 - o.eps, x0 + o.eps), 0.0, 1.0);
-        AttackStats f;
-        const Tensor finished = attack_from(model, x0, y0, start, base, &f);
-        stats.forward_passes += f.forward_passes, stats.backward_passes += f.backward_passes;
-        stats.forward_images += f.forward_images, stats.backward_images += f.backward_images;
-        const std::vector<uint8_t> now = standing_of(finished, [&] {
-          std::vector<int64_t> global;
-          for (int64_t k : moved) global.push_back(rows[k]);
-          return global;
-        }());
+        const Tensor finished = base_attack(x0, y0, start);
+        const std::vector<uint8_t> now = fooled_at(finished, moved_rows);
         std::vector<RowSource> merged;
         for (int64_t k = 0; k < x_adv.size(0); ++k) merged.push_back({&x_adv, k});
         for (size_t m = 0; m < moved.size(); ++m)

@@ -25,6 +25,7 @@
 #include "engine/rng.h"
 #include "engine/tensor.h"
 #include "models/module.h"
+#include "robust/bounds.h"
 #include "robust/step_log.h"
 
 namespace bulwark::robust {
@@ -85,6 +86,8 @@ class Method {
   // more memory than a limit allows). Nothing it computes is kept.
   virtual void check(Module& model, const Tensor& probe_x, const Tensor& probe_y, int64_t batch_size) {}
   virtual EpochVerdict on_epoch_end(EpochEnd& end) { return EpochVerdict::keep_going; }
+  // The bound of a certified method's per-epoch verified validation: the one it trains with.
+  virtual BoundKind verified_bound() const { return BoundKind::ibp; }
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void load_state(const nlohmann::json& state) {}
 };

@@ -244,11 +244,9 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     m.robust_val_acc = pgd_accuracy(*model_, data_.val, std::min(cfg_.robust_val_size, data_.val.n),
                                        cfg_.method.eps(), cfg_.robust_val_steps, cfg_.eval_batch_size, device_);
   if (robust::method_registry().at(cfg_.method.name).certified && cfg_.robust_val_size > 0) {
-    // Verified by the bound the method trains with (MixTrain's --bound), else IBP's. The symbolic
-    // bound's d + 3 rows a sample take small batches.
-    const robust::BoundKind bound = cfg_.method.options.has("bound")
-                                        ? robust::bound_from_name(cfg_.method.options.text("bound"))
-                                        : robust::BoundKind::ibp;
+    // Verified by the bound the method trains with; the symbolic bound's d + 3 rows a sample take
+    // small batches.
+    const robust::BoundKind bound = method_->verified_bound();
     const int64_t batch = bound == robust::BoundKind::symbolic ? std::min<int64_t>(cfg_.eval_batch_size, 16)
                                                                 : cfg_.eval_batch_size;
     m.extra["verified_val_acc"] = evaluate_verified(*model_, data_.val, 0, std::min(cfg_.robust_val_size, data_.val.n),

@@ -29,12 +29,12 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
-#include <utility>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "models/symbolic.h"
+#include "robust/attack_rows.h"
 #include "robust/bounds.h"
 #include "robust/method_steps.h"
 #include "robust/registry.h"
@@ -48,29 +48,32 @@ struct DmtConstants {
   double prob = 0.8, w0 = 0.1, growth = 2.5, every = 5, w_min = 0.01, w_max = 50, eta = 10;
 };
 
-// --sra-k: "all", "N%" of the batch, or a count; k for a batch of n samples (at least 1).
-int64_t sra_k(const std::string& spec, int64_t n) {
-  if (spec == "all") return n;
-  if (!spec.empty() && spec.back() == '%') {
-    const double percent = std::stod(spec.substr(0, spec.size() - 1));
-    return std::max<int64_t>(1, static_cast<int64_t>(std::llround(percent / 100 * static_cast<double>(n))));
+// --sra-k: "all", "N%" of the batch, or a count; read once, when the method is made.
+struct SraSpec {
+  enum { all, percent, count } kind = all;
+  double value = 0;
+  // k for a batch of n samples (a percentage: at least 1).
+  int64_t k(int64_t n) const {
+    if (kind == all) return n;
+    if (kind == count) return static_cast<int64_t>(value);
+    return std::max<int64_t>(1, static_cast<int64_t>(std::llround(value / 100 * static_cast<double>(n))));
   }
-  return std::stoll(spec);
-}
+};
 
-void check_sra_spec(const std::string& spec) {
+SraSpec parse_sra(const std::string& spec) {
   const auto bad = [&] {
     return std::invalid_argument(
         fmt::format("--sra-k '{}': give a number of samples (e.g. 13), a percentage of the batch (e.g. 10%) or 'all'",
                     spec));
   };
-  if (spec == "all") return;
+  if (spec == "all") return {};
   try {
     size_t used = 0;
     const bool percent = !spec.empty() && spec.back() == '%';
     const std::string number = percent ? spec.substr(0, spec.size() - 1) : spec;
     const double v = percent ? std::stod(number, &used) : static_cast<double>(std::stoll(number, &used));
     if (used != number.size() || !(v > 0) || (percent && v > 100)) throw bad();
+    return {percent ? SraSpec::percent : SraSpec::count, v};
   } catch (const std::invalid_argument&) {
     throw bad();
   } catch (const std::out_of_range&) {
@@ -78,23 +81,15 @@ void check_sra_spec(const std::string& spec) {
   }
 }
 
-// Rows [which] of t (along dim 0), in that order.
-Tensor rows_of(const Tensor& t, const std::vector<int64_t>& which) {
-  std::vector<Tensor> parts;
-  parts.reserve(which.size());
-  for (int64_t i : which) parts.push_back(t.slice(0, i, i + 1));
-  return parts.size() == 1 ? parts[0] : concat(parts, 0);
-}
-
 class MixTrain final : public Method {
  public:
-  MixTrain(double eps, BoundKind bound, std::string sra, DmtConstants dmt, double ramp_end, double memory_mib)
-      : eps_(eps), bound_(bound), sra_(std::move(sra)), dmt_(dmt), ramp_end_(ramp_end), memory_mib_(memory_mib),
-        w_(dmt.w0) {}
+  MixTrain(double eps, BoundKind bound, SraSpec sra, DmtConstants dmt, double ramp_end, double memory_mib)
+      : eps_(eps), bound_(bound), sra_(sra), dmt_(dmt), ramp_end_(ramp_end), memory_mib_(memory_mib), w_(dmt.w0) {}
   std::string name() const override { return "mixtrain"; }
+  BoundKind verified_bound() const override { return bound_; }
 
   void check(Module& model, const Tensor& probe_x, const Tensor& probe_y, int64_t batch_size) override {
-    const int64_t k = sra_k(sra_, batch_size);
+    const int64_t k = sra_.k(batch_size);
     if (k > batch_size)
       throw std::invalid_argument(fmt::format("mixtrain: --sra-k {} is larger than the batch ({} samples)", k, batch_size));
     // One sample through the bound, as training will run it: a layer it cannot pass fails here.
@@ -129,11 +124,11 @@ class MixTrain final : public Method {
     const Tensor logits = ctx.model(x);
     Tensor loss = cross_entropy(logits, y);
     int64_t passes = 1;
-    const int64_t k = std::min(sra_k(sra_, n), n);
+    const int64_t k = std::min(sra_.k(n), n);
     k_ = std::max(k_, k);  // the epoch's full batches' k
     if (eps_t_ > 0 && draw < dmt_.prob) {
       order.resize(static_cast<size_t>(k));
-      const Tensor xk = k == n ? x : rows_of(x, order), yk = k == n ? y : rows_of(y, order);
+      const Tensor xk = k == n ? x : take_rows(x, order), yk = k == n ? y : take_rows(y, order);
       loss = loss + cross_entropy(worst_case_logits(ctx.model, xk, yk, eps_t_, bound_), yk) * w_;
       const int64_t rows = bound_ == BoundKind::symbolic ? k * (x.numel() / n + 3) : k;
       passes += (rows + n - 1) / n + (bound_ == BoundKind::crown_ibp ? 1 : 0);
@@ -184,7 +179,7 @@ class MixTrain final : public Method {
 
   double eps_;
   BoundKind bound_;
-  std::string sra_;
+  SraSpec sra_;
   DmtConstants dmt_;
   double ramp_end_, memory_mib_;
   double w_, eps_t_ = 0, last_A_ = 0, last_V_ = 0;
@@ -252,7 +247,7 @@ MethodInfo mixtrain_method() {
       eps_ramp_start_option(),
       eps_ramp_shape_option()};
   m.make = [](const OptionValues& o) {
-    check_sra_spec(o.text("sra_k"));
+    const SraSpec sra = parse_sra(o.text("sra_k"));
     DmtConstants dmt;
     dmt.balance = o.text("dmt") == "balance";
     dmt.prob = o.real("dmt_prob");
@@ -265,7 +260,7 @@ MethodInfo mixtrain_method() {
     if (dmt.w_min > dmt.w_max)
       throw std::invalid_argument(fmt::format("mixtrain: --dmt-w-min {} is above --dmt-w-max {}", dmt.w_min, dmt.w_max));
     const double ramp_end = o.real("eps_ramp_start") + o.real("eps_ramp");
-    return std::make_unique<MixTrain>(o.real("eps"), bound_from_name(o.text("bound")), o.text("sra_k"), dmt, ramp_end,
+    return std::make_unique<MixTrain>(o.real("eps"), bound_from_name(o.text("bound")), sra, dmt, ramp_end,
                                       o.real("bound_memory"));
   };
   return m;
