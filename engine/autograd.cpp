@@ -99,6 +99,11 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
       needs[i] = input_needed(node->inputs[i]);
       if (!needs[i]) ++g_stats.inputs_skipped;
     }
+    if (create_graph && !node->twice_differentiable)
+      throw std::invalid_argument(fmt::format(
+          "'{}' has no double backward (its backward is a fused kernel outside the tape): a gradient that is "
+          "differentiated again (create_graph) cannot pass it",
+          node->op));
     ++g_stats.nodes_run;
     if (!create_graph && node->accumulate_into && needs.size() == 1 && needs[0]) {
       Tensor& acc = grads[node->inputs[0].impl()];
@@ -177,6 +182,12 @@ Tensor record(Tensor out, const char* op, std::vector<Tensor> inputs, Node::Back
   node->backward = std::move(backward);
   out.impl()->grad_fn = std::move(node);
   out.impl()->requires_grad = true;
+  return out;
+}
+
+Tensor record_once_differentiable(Tensor out, const char* op, std::vector<Tensor> inputs, Node::Backward backward) {
+  out = record(std::move(out), op, std::move(inputs), std::move(backward));
+  if (out.impl()->grad_fn) out.impl()->grad_fn->twice_differentiable = false;
   return out;
 }
 

@@ -34,6 +34,10 @@ struct Node {
   // interval ops) then share one gradient buffer instead of a zero-padded copy each plus the adds.
   using AccumulateInto = std::function<void(Tensor& acc, const Tensor& g)>;
   AccumulateInto accumulate_into;
+  // False for an op whose backward is not itself recorded (record_once_differentiable): a
+  // create_graph pass that reaches it throws, naming the op, instead of returning a gradient
+  // whose own gradient would be silently wrong.
+  bool twice_differentiable = true;
 
   Tensor output() const;  // the op's output (alive whenever its gradient is being computed)
   ~Node();                // frees long chains of nodes without recursion
@@ -62,6 +66,10 @@ class GradModeGuard {  // sets grad mode to `on` for a scope
 
 // Attaches a node to `out` when grad mode is on and some input requires grad. Returns `out`.
 Tensor record(Tensor out, const char* op, std::vector<Tensor> inputs, Node::Backward backward);
+
+// record() for an op whose backward is computed outside the tape (a fused kernel with no
+// engine-op composition): first-order gradients work; create_graph through it is an error.
+Tensor record_once_differentiable(Tensor out, const char* op, std::vector<Tensor> inputs, Node::Backward backward);
 
 // d outputs / d inputs, seeded with grad_outputs (default: ones, outputs must be scalars).
 // Computes only the gradients that reach `inputs`. An input the outputs do not depend on

@@ -288,7 +288,7 @@ Sequential& Sequential::add(const std::string& name, std::shared_ptr<Module> lay
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
-  for (auto& [name, layer] : layers_) h = layer->forward(h);
+  for (auto& [name, layer] : layers_) h = ActivationTaps::tapped(*layer, layer->forward(h));
   return h;
 }
 

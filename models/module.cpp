@@ -60,6 +60,15 @@ NamedTensors Module::named_parameters(const std::string& prefix) const {
   return out;
 }
 
+std::vector<std::pair<std::string, Module*>> Module::named_modules(const std::string& prefix) const {
+  std::vector<std::pair<std::string, Module*>> out;
+  for (const auto& [name, child] : children_) {
+    out.emplace_back(prefix + name, child.get());
+    for (auto& m : child->named_modules(prefix + name + ".")) out.push_back(std::move(m));
+  }
+  return out;
+}
+
 NamedTensors Module::named_buffers(const std::string& prefix) const {
   NamedTensors out;
   for (const auto& [name, t] : buffers_) out.emplace_back(prefix + name, t);
@@ -205,6 +214,25 @@ Interval interval_step(Module& m, const Interval& in) {
   t->set_to_input(std::move(entry));
   t->passed([&m](const LinearBound& b) { return m.crown_backward(b, {}); });
   return out;
+}
+
+namespace {
+thread_local ActivationTaps* taps_in_scope = nullptr;
+}  // namespace
+
+ActivationTaps::ActivationTaps(std::vector<const Module*> layers, Hook hook)
+    : layers_(std::move(layers)), hook_(std::move(hook)), previous_(taps_in_scope) {
+  taps_in_scope = this;
+}
+
+ActivationTaps::~ActivationTaps() { taps_in_scope = previous_; }
+
+Tensor ActivationTaps::tapped(const Module& layer, const Tensor& output) {
+  ActivationTaps* t = taps_in_scope;
+  if (t == nullptr) return output;
+  const auto it = std::find(t->layers_.begin(), t->layers_.end(), &layer);
+  if (it == t->layers_.end()) return output;
+  return t->hook_(static_cast<size_t>(it - t->layers_.begin()), output);
 }
 
 Interval relu_step(Interval& pre) {

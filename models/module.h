@@ -50,12 +50,26 @@ class Module {
   // The module's type, for messages ("Conv2d", "PreActBlock").
   std::string type_name() const;
 
+  // What one call of this module costs in passes through the whole network (the trainers and
+  // attacks count work in passes, robust/method.h): `forward` forwards and `forward_backward`
+  // backwards for the call itself, and `backward` backwards for one backward through its result.
+  // A plain network is 1, 0, 1; a self-gradient network (models/sgn.h) runs a probe forward and
+  // backward inside its forward, and a backward through the probe's backward counts twice.
+  struct PassCost {
+    int64_t forward = 1, forward_backward = 0, backward = 1;
+  };
+  virtual PassCost pass_cost() const { return {}; }
+
   // Train/eval mode, applied to the whole tree (BatchNorm reads it).
   void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }
 
   NamedTensors named_parameters(const std::string& prefix = "") const;
+  // Every module of the tree below this one (not itself), parents before their children, with
+  // its dotted name ("layer1.0", "layer1.0.conv1"), like torch's named_modules.
+  std::vector<std::pair<std::string, Module*>> named_modules(const std::string& prefix = "") const;
+  bool has_children() const { return !children_.empty(); }
   NamedTensors named_buffers(const std::string& prefix = "") const;
   std::vector<Tensor> parameters() const;
   // Parameters and buffers, in registration order.
@@ -148,6 +162,29 @@ Interval interval_step(Module& m, const Interval& in);
 // first tightened in place under a CrownTightening (the caller records it for its crown_backward);
 // under a SymbolicPass (models/symbolic.h) the pass's ReLU step on its rows.
 Interval relu_step(Interval& pre);
+
+// ---- Activation taps: a scope that reads, and may replace, chosen layers' outputs --------------
+//
+// A self-gradient network (models/sgn.h) reads some activations of its base network in one pass
+// and replaces them in the next. Sequential passes each of its layers' outputs through tapped(),
+// so any layer of any Sequential of a model (a sequential model's ReLUs, a residual stage's
+// blocks) can be tapped: while an ActivationTaps is in scope on the thread, the output of the
+// k-th listed layer goes through hook(k, output), and its result continues the forward pass.
+class ActivationTaps {
+ public:
+  using Hook = std::function<Tensor(size_t tap, const Tensor& output)>;
+  ActivationTaps(std::vector<const Module*> layers, Hook hook);
+  ~ActivationTaps();
+  ActivationTaps(const ActivationTaps&) = delete;
+  ActivationTaps& operator=(const ActivationTaps&) = delete;
+  // `output` of `layer`, or what the hook of the taps in scope makes of it.
+  static Tensor tapped(const Module& layer, const Tensor& output);
+
+ private:
+  std::vector<const Module*> layers_;
+  Hook hook_;
+  ActivationTaps* previous_;
+};
 
 // Puts a model in eval mode for a scope (evaluation, attacks on a probe batch) and restores the
 // mode it had when the scope ends, also by an exception.

@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <functional>
+#include <string_view>
 #include <stdexcept>
 
 namespace bulwark {
@@ -104,6 +105,8 @@ std::shared_ptr<Module> make_cnn7(const ModelConfig& cfg) {
       .conv(128, 3, 1, 1, true).flatten().hidden(512, true).logits(cfg.num_classes);
 }
 
+constexpr std::string_view kSgnPrefix = "sgn:";
+
 using Factory = std::function<std::shared_ptr<Module>(const ModelConfig&)>;
 
 const std::vector<std::pair<std::string, Factory>>& registry() {
@@ -137,13 +140,23 @@ std::vector<std::string> model_names() {
   return names;
 }
 
+std::vector<std::string> model_choices() {
+  std::vector<std::string> names = model_names();
+  for (const auto& [name, factory] : registry()) names.push_back(std::string(kSgnPrefix) + name);
+  return names;
+}
+
 std::shared_ptr<Module> make_model(const std::string& name, const ModelConfig& cfg) {
+  if (name.starts_with(kSgnPrefix)) {
+    std::shared_ptr<Module> base = make_model(name.substr(kSgnPrefix.size()), cfg);
+    return std::make_shared<SelfGradientNetwork>(std::move(base), cfg.sgn, Shape{cfg.in_channels, cfg.height, cfg.width});
+  }
   for (const auto& [known, factory] : registry())
     if (known == name) {
       validate(cfg);
       return factory(cfg);
     }
-  throw std::invalid_argument(fmt::format("unknown model '{}'; valid models: {}", name, fmt::join(model_names(), ", ")));
+  throw std::invalid_argument(fmt::format("unknown model '{}'; valid models: {}", name, fmt::join(model_choices(), ", ")));
 }
 
 // ---- PreAct ResNet-18 ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 //   cnn7             as ibp_large with BatchNorm after every conv and FC512   Shi et al. CNN-7
 //   preact_resnet18  PreAct ResNet-18 of Wong et al.'s fast_adversarial (Fast-AT, DEAT)
 //   wide_resnet      WideResNet-depth-k (Zagoruyko & Komodakis; the TRADES/Rice et al. code)
+//   sgn:<model>      any of the above as a self-gradient network (models/sgn.h)
 //
 // Every model starts with a Normalize layer named "normalize" ((x - mean) / std per channel), so
 // it takes [N, C, H, W] images in [0, 1] and attacks work in pixel space. The sequential models
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "models/layers.h"
+#include "models/sgn.h"
 
 namespace bulwark {
 
@@ -32,12 +34,15 @@ struct ModelConfig {
   int64_t depth = 16;             // wide_resnet: 6n + 4 layers
   int64_t widen_factor = 4;       // wide_resnet: channel multiplier (WRN-16-4 stays CPU-friendly)
   DType dtype = DType::f32;       // f64 for gradient checks and the PyTorch cross-check
+  SgnConfig sgn;                  // "sgn:<base>": the self-gradient network's taps, gradient mode, gates
 };
 
-// Builds the named model, randomly initialised from cfg.seed. Unknown names, bad shapes and bad
+// Builds the named model, randomly initialised from cfg.seed. "sgn:<name>" is the zoo model <name>
+// wrapped in a self-gradient network (models/sgn.h) with cfg.sgn. Unknown names, bad shapes and bad
 // options are errors that say what is valid.
 std::shared_ptr<Module> make_model(const std::string& name, const ModelConfig& cfg);
-std::vector<std::string> model_names();
+std::vector<std::string> model_names();    // the zoo
+std::vector<std::string> model_choices();  // the zoo and "sgn:" + each of it: what --model takes
 
 // PreAct ResNet basic block (He et al. 2016, "Identity mappings"): out = conv2(relu(bn2(conv1(a))))
 // + shortcut, a = relu(bn1(x)); the shortcut is x, or a 1x1 strided conv of a ("shortcut.0")

@@ -325,6 +325,7 @@ Tensor attack(Module& model, const Tensor& x_in, const Tensor& y, const AttackOp
   require_batch(x_in, y);
   const Tensor x = x_in.detach().contiguous();
   AttackStats local;
+  local.cost = model.pass_cost();
   Tensor x_adv = self_contained(o.kind) ? run_self_contained(model, x, y, o, local)
                                         : ascend(model, x, y, restart_start(x, o, 0), o, local);
   if (stats) *stats = local;
@@ -340,6 +341,7 @@ Tensor attack_from(Module& model, const Tensor& x_in, const Tensor& y, const Ten
   if (start.shape() != x_in.shape())
     throw std::invalid_argument(fmt::format("attack_from: start {} for the batch {}", start.str(), x_in.str()));
   AttackStats local;
+  local.cost = model.pass_cost();
   Tensor x_adv = ascend(model, x_in.detach().contiguous(), y, start.detach().contiguous().clone(), o, local);
   if (stats) *stats = local;
   return x_adv;
@@ -353,6 +355,7 @@ AttackOutcome attack_outcome(Module& model, const Tensor& x_in, const Tensor& y,
   const std::vector<int32_t> labels = y.to_vector_i32();
 
   AttackStats local;
+  local.cost = model.pass_cost();
   // Square runs its restarts itself (each on the samples its margin has not broken yet); FAB-T has none.
   const Tensor x_first = self_contained(o.kind) ? run_self_contained(model, x, y, o, local)
                                                 : ascend(model, x, y, restart_start(x, o, 0), o, local);
@@ -397,7 +400,9 @@ AttackOutcome transfer_outcome(Module& model, Module& source, const Tensor& x, c
                                const AttackOptions& options, AttackStats* stats) {
   const AttackOptions o = resolve_attack(options);
   AttackStats local;
+  local.cost = model.pass_cost();
   const Tensor x_adv = attack(source, x, y, o, &local);
+  local.cost = model.pass_cost();  // the judging forward is the target's
   Judgement j = judge(model, x_adv, y, y.to_vector_i32(), o.kind, local);
   if (stats) *stats = local;
   return {x_adv, std::move(j.correct), std::move(j.cross_entropy)};

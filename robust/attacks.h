@@ -89,13 +89,19 @@ struct AttackStats {
   int64_t backward_passes = 0;
   int64_t forward_images = 0;
   int64_t backward_images = 0;
+  // What one call of the attacked model and one backward through it cost in passes
+  // (Module::pass_cost: a self-gradient network's call is more than one forward). The attacks
+  // set it from their model.
+  Module::PassCost cost;
   void count_forward(int64_t images) {
-    ++forward_passes;
-    forward_images += images;
+    forward_passes += cost.forward;
+    backward_passes += cost.forward_backward;
+    forward_images += cost.forward * images;
+    backward_images += cost.forward_backward * images;
   }
   void count_backward(int64_t images) {
-    ++backward_passes;
-    backward_images += images;
+    backward_passes += cost.backward;
+    backward_images += cost.backward * images;
   }
   // sum |grad_x L| of the last step, as a one-element tensor on x's device (f64 from the fused
   // L-inf step, f32 from the L2 step), left there: item() reads it. Undefined when no step was

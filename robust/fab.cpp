@@ -81,6 +81,7 @@ FabResult fab_targeted(Module& model, const Tensor& x_in, const Tensor& y, const
                                             o.eps, o.steps, o.targets, o.alpha_max, o.eta, o.beta));
   AttackStats local;
   AttackStats& st = stats ? *stats : local;
+  st.cost = model.pass_cost();
   const Tensor x0 = x_in.detach().contiguous();
   const int64_t n = x0.size(0), d = x0.numel() / std::max<int64_t>(n, 1);
   const Tensor xf0 = x0.reshape({n, d});

@@ -90,9 +90,10 @@ Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool i
   ctx.optimizer.zero_grad();
   const Tensor logits = ctx.model(input);
   const Tensor loss = cross_entropy(logits, y);
-  ++ctx.passes.fwd;
+  const Module::PassCost cost = ctx.model.pass_cost();
+  ctx.passes.fwd += cost.forward;
   backward(loss);
-  ++ctx.passes.bwd;
+  ctx.passes.bwd += cost.forward_backward + cost.backward;
   ctx.optimizer.step();
   ctx.log.record(loss, correct_predictions(logits, y), x_train.size(0));
   return input_grad ? input.grad() : Tensor();

@@ -50,8 +50,23 @@ using T = OptionType;
 std::vector<TrainOption> make_train_options() {
   std::vector<TrainOption> all;
   const auto add = [&](std::string group, Option o, auto access) { all.push_back(bound(std::move(group), std::move(o), access)); };
-  add("", Option::make("model", "--model", T::text, "Model (docs/models.md)").one_of(model_names()),
+  add("", Option::make("model", "--model", T::text, "Model (docs/models.md; sgn:<model>: docs/sgn.md)").one_of(model_choices()),
       [](auto& c) -> auto& { return c.model; });
+  add("sgn",
+      Option::make("taps", "--sgn-taps", T::text,
+                   "sgn models: comma-separated layers of the base whose outputs the network's own gradient corrects "
+                   "(default: every ReLU of a sequential base, every block of a residual one; docs/sgn.md)"),
+      [](auto& c) -> auto& { return c.sgn.taps; });
+  add("sgn",
+      Option::make("grad", "--sgn-grad", T::text,
+                   "sgn models: full keeps the probe's gradient differentiable (double backward; what attacks "
+                   "differentiate), detached treats it as data")
+          .one_of({"full", "detached"}),
+      [](auto& c) -> auto& { return c.sgn.grad; });
+  add("sgn",
+      Option::make("gate_init", "--sgn-gate-init", T::real, "sgn models: each gate's initial value gamma (softplus of a learned per-channel parameter)")
+          .above(0),
+      [](auto& c) -> auto& { return c.sgn.gate_init; });
   add("data",
       Option::make("dataset", "--dataset", T::text,
                    fmt::format("Dataset: {} (docs/data.md)", fmt::join(dataset_names(), ", ")))

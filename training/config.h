@@ -35,6 +35,13 @@ struct ModelInput {
   std::vector<double> mean, std;
 };
 
+// A self-gradient model's settings (--model sgn:<base>; models/sgn.h), unused by other models.
+struct SgnOptions {
+  std::string taps;           // comma-separated layer names of the base; empty: the default taps
+  std::string grad = "full";  // full | detached
+  double gate_init = 0.1;
+};
+
 struct TrainConfig {
   // The default job: PGD-AT (k = 10 on Fashion-MNIST at eps 0.1) under the cyclic rate, the
   // candidate of docs/results/default_job.md with the highest min(PGD-50x10, Square).
@@ -46,6 +53,7 @@ struct TrainConfig {
   std::string model = "wong_small";
   DataConfig data;
   ModelInput input;
+  SgnOptions sgn;
   int64_t epochs = 5;
   int64_t batch_size = 128;
   int64_t eval_batch_size = 500;

@@ -135,8 +135,11 @@ SequenceResult evaluate_sequence(Module& model, const data::Dataset& d, int64_t 
   clean.kind = AttackKind::none;
   out.clean = evaluate_attack(model, d, first, n, clean, batch_size, device);
   if (n > 0) {
-    out.clean.forward_passes += 2;
-    out.clean.forward_images += 2 * std::min(n, batch_size);
+    const Module::PassCost cost = model.pass_cost();
+    out.clean.forward_passes += 2 * cost.forward;
+    out.clean.backward_passes += 2 * cost.forward_backward;
+    out.clean.forward_images += 2 * cost.forward * std::min(n, batch_size);
+    out.clean.backward_images += 2 * cost.forward_backward * std::min(n, batch_size);
   }
   std::vector<uint8_t> robust = out.clean.correct;
   out.robust = out.clean;

@@ -107,6 +107,9 @@ std::shared_ptr<Module> build_model(const TrainConfig& cfg, Device device) {
   mc.mean = cfg.input.mean;
   mc.std = cfg.input.std;
   mc.seed = cfg.seed;
+  mc.sgn.taps = parse_sgn_taps(cfg.sgn.taps);
+  mc.sgn.grad = parse_sgn_grad(cfg.sgn.grad);
+  mc.sgn.gate_init = cfg.sgn.gate_init;
   std::shared_ptr<Module> model = make_model(cfg.model, mc);  // initialised on the CPU, the same on every device
   model->to(device);
   return model;
