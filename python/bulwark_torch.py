@@ -63,6 +63,10 @@ Names and conventions:
 * BatchNorm is torch's own (eps 1e-5, momentum 0.1), with "running_mean", "running_var" and
   "num_batches_tracked". bulwark stores num_batches_tracked as an I32 scalar; load_checkpoint
   turns it into int64, and save_state_dict writes torch's int64 as I64, which bulwark reads.
+* "sgn:<model>" is <model> as a self-gradient network (SelfGradientNetwork below; bulwark's
+  models/sgn.h and docs/sgn.md): the base's names under "base.", the gates as "gates.0", ...;
+  the config's "sgn" block gives "taps" (comma-separated layer names, "" for the default),
+  "grad" ("full" or "detached") and "gate_init".
 * Flatten is C order over [C, H, W], as x.flatten(1). The residual models pool globally
   (adaptive average to 1x1), which is the papers' fixed avg_pool2d at 32x32.
 * Tensors in bulwark's files are little-endian and C-contiguous; metadata values are strings.
@@ -84,7 +88,7 @@ from torch import nn
 import torch.nn.functional as F
 
 __all__ = [
-    "MODEL_NAMES", "CHECKPOINT_FORMAT", "BulwarkFormatError",
+    "MODEL_NAMES", "CHECKPOINT_FORMAT", "BulwarkFormatError", "SelfGradientNetwork",
     "build_model", "load_checkpoint", "save_state_dict", "read_logits",
     "read_safetensors", "write_safetensors", "read_npy",
 ]
@@ -325,6 +329,13 @@ def build_model(config, dtype=torch.float32):
     if isinstance(config, (str, bytes)):
         config = json.loads(config)
     name = config.get("model")
+    if isinstance(name, str) and name.startswith("sgn:"):
+        sgn = config.get("sgn") or {}
+        base = build_model(dict(config, model=name[len("sgn:"):]), dtype)
+        taps = [t.strip() for t in str(sgn.get("taps", "")).split(",") if t.strip()]
+        cfg = _input_block(config)
+        return SelfGradientNetwork(base, taps, float(sgn.get("gate_init", 0.1)), sgn.get("grad", "full"),
+                                   (cfg["channels"], cfg["height"], cfg["width"]), dtype)
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; bulwark's zoo has: {', '.join(MODEL_NAMES)}")
     cfg = _input_block(config)
@@ -333,6 +344,95 @@ def build_model(config, dtype=torch.float32):
     if name == "preact_resnet18":
         return PreActResNet18(cfg, dtype)
     return WideResNet(cfg, int(config.get("depth", 16)), int(config.get("widen_factor", 4)), dtype)
+
+
+# ---- self-gradient networks ---------------------------------------------------------------------
+
+def _tappable_layers(model):
+    """Every layer of every nn.Sequential in `model` by dotted name, in bulwark's order."""
+    out = []
+    for prefix, m in model.named_modules():
+        if isinstance(m, nn.Sequential):
+            for name, layer in m.named_children():
+                out.append((prefix + "." + name if prefix else name, layer))
+    return out
+
+
+class SelfGradientNetwork(nn.Module):
+    """bulwark's sgn:<model>: a probe pass gives g_l = d CE(f(x), argmax f(x)) / d h_l at each
+    tapped layer's output h_l; the main pass continues from h_l - gamma_l g_l / (rms(g_l) + 1e-12)
+    (rms over one sample's elements), gamma_l = softplus(gates[l]) per channel. grad="full" keeps
+    g_l differentiable (create_graph): attacks on this module differentiate the full graph, as
+    bulwark's do; "detached" treats it as data."""
+
+    def __init__(self, base, taps, gate_init, grad, input_shape, dtype=torch.float32):
+        super().__init__()
+        if grad not in ("full", "detached"):
+            raise ValueError(f"sgn grad must be 'full' or 'detached', got {grad!r}")
+        if not gate_init > 0:
+            raise ValueError(f"sgn gate_init must be > 0, got {gate_init}")
+        self.base = base
+        self.grad = grad
+        layers = _tappable_layers(base)
+        if not taps:  # bulwark's default: a sequential base's ReLUs, else every block of a Sequential
+            if isinstance(base, nn.Sequential):
+                taps = [n for n, m in layers if "." not in n and isinstance(m, nn.ReLU)]
+            else:
+                taps = [n for n, m in layers if any(True for _ in m.children())]
+        by_name = dict(layers)
+        for t in taps:
+            if t not in by_name:
+                raise ValueError(f"sgn: {t!r} is not a layer of the base model; its layers are: "
+                                 f"{', '.join(n for n, _ in layers)}")
+        self.taps = list(taps)
+        self._tapped = [by_name[t] for t in taps]
+        channels = [0] * len(taps)
+        was_training = base.training
+        base.eval()
+        with torch.no_grad(), self._hooked(lambda k, out: channels.__setitem__(k, out.shape[1])):
+            base(torch.zeros((1,) + tuple(input_shape), dtype=dtype))
+        base.train(was_training)
+        rho = math.log(math.expm1(gate_init))
+        self.gates = nn.ParameterList([nn.Parameter(torch.full((c,), rho, dtype=dtype)) for c in channels])
+
+    def _hooked(self, fn):
+        """A context in which tapped layer k's output goes through fn(k, output) (its result, if not None)."""
+        model = self
+
+        class Hooks:
+            def __enter__(self):
+                self.handles = [m.register_forward_hook(lambda _m, _i, out, k=k: fn(k, out))
+                                for k, m in enumerate(model._tapped)]
+
+            def __exit__(self, *exc):
+                for h in self.handles:
+                    h.remove()
+        return Hooks()
+
+    def forward(self, x):
+        full = self.grad == "full" and torch.is_grad_enabled()
+        hs = [None] * len(self._tapped)
+
+        def probe(k, out):
+            hs[k] = out if out.requires_grad else out.detach().requires_grad_(True)
+            return hs[k]
+
+        with torch.enable_grad():
+            with self._hooked(probe):
+                z = self.base(x)
+            loss = F.cross_entropy(z, z.detach().argmax(1), reduction="sum")
+            gs = torch.autograd.grad(loss, hs, create_graph=full, allow_unused=True)
+        gs = [torch.zeros_like(h) if g is None else (g if full else g.detach()) for g, h in zip(gs, hs)]
+
+        def main(k, out):
+            g = gs[k]
+            rms = (g.pow(2).flatten(1).mean(1) + 1e-24).sqrt() + 1e-12
+            shape = [1] * out.dim()
+            shape[1] = out.shape[1]
+            return out - F.softplus(self.gates[k]).view(shape) * g / rms.view([-1] + [1] * (out.dim() - 1))
+
+        with self._hooked(main):
+            return self.base(x)
 
 
 # ---- safetensors ------------------------------------------------------------------------------

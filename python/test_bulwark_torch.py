@@ -36,6 +36,7 @@ import tempfile
 import time
 
 TOLERANCE = 1e-5             # of max(1, the sample's largest |logit|)
+SGN_OUTLIERS, SGN_OUTLIER_TOLERANCE = 2, 1e-2  # self-gradient networks: see check_logits
 SCALE_FREE_TOLERANCE = 1e-4  # of the batch's largest |logit|
 N_TEST = 64  # evaluated samples per model
 # Parameter counts of docs/models.md (10 classes): (1x28x28, 3x32x32).
@@ -45,6 +46,10 @@ PARAMETER_COUNTS = {
     "preact_resnet18": (11171018, 11172170), "wide_resnet": (2748602, 2748890),
 }
 BN_MODELS = {"cnn7", "preact_resnet18", "wide_resnet"}
+# Self-gradient networks checked both ways (synthetic data): the default taps, and named taps
+# with the probe's gradient detached.
+SGN_CASES = [("sgn:wong_small", []), ("sgn:cnn7", ["--sgn-taps", "2,5", "--sgn-grad", "detached"]),
+             ("sgn:preact_resnet18", [])]
 
 
 class Failure(Exception):
@@ -200,7 +205,23 @@ def logit_error(torch, ours, theirs):
 
 
 def check_logits(torch, ours, theirs, where):
-    """The logits agree (see the module docstring); returns max |diff|."""
+    """The logits agree (see the module docstring); returns max |diff|.
+
+    A self-gradient network is not a continuous function of its input: its probe's gradient holds
+    each ReLU's 0/1 derivative, so a pre-activation within rounding of 0 can take the other side in
+    float32 and move that sample's logits by ~1e-3 (measured on sgn:preact_resnet18: 1 sample of
+    64 at 1.8e-3 from torch's float64, the other 63 within 1.3e-6). For those models up to
+    SGN_OUTLIERS samples may differ by up to SGN_OUTLIER_TOLERANCE; the rest are held to the usual
+    tolerance."""
+    if where.startswith("sgn:"):
+        diff = (ours.double() - theirs.double()).abs().amax(dim=1)
+        scale = theirs.double().abs().amax(dim=1).clamp(min=1)
+        outliers = (diff / scale > TOLERANCE).nonzero().flatten().tolist()
+        check(len(outliers) <= SGN_OUTLIERS and all(diff[i] <= SGN_OUTLIER_TOLERANCE * scale[i] for i in outliers),
+              f"{where}: {len(outliers)} samples differ by more than {TOLERANCE} (at most {SGN_OUTLIERS} may, by "
+              f"{SGN_OUTLIER_TOLERANCE}): {[(i, round(diff[i].item(), 6)) for i in outliers[:5]]}")
+        keep = [i for i in range(ours.shape[0]) if i not in outliers]
+        ours, theirs = ours[keep], theirs[keep]
     abs_err, rel_err = logit_error(torch, ours, theirs)
     check(rel_err <= TOLERANCE, f"{where}: torch and bulwark logits differ by {abs_err:.3g} "
                                 f"(relative {rel_err:.3g} > {TOLERANCE})")
@@ -212,8 +233,15 @@ def check_logits(torch, ours, theirs, where):
 
 
 def torch_logits(torch, model, images):
+    """The model's logits in float32; a self-gradient network's in float64 (then rounded): its
+    probe's gradient through torch's float32 convolution backward is off by up to 1e-4 on some
+    samples (measured on sgn:cnn7: torch f32 8.9e-5 from its own f64 twin, bulwark's f32 2.4e-7),
+    and g / rms(g) carries that into the logits."""
+    if isinstance(model, torch.nn.Module) and type(model).__name__ == "SelfGradientNetwork":
+        import copy
+        model, images = copy.deepcopy(model).double(), images.double()
     with torch.no_grad():
-        return model(images)
+        return model(images).float()
 
 
 def eval_logits(bt, binary, run_dir, out_file, extra):
@@ -229,14 +257,14 @@ def eval_logits(bt, binary, run_dir, out_file, extra):
     return report, logits, labels, tensors.get("images")
 
 
-def compare_forward(bt, torch, binary, tmp, model_name, dataset, data_args, known_images):
+def compare_forward(bt, torch, binary, tmp, model_name, dataset, data_args, known_images, train_extra=()):
     """bulwark trains and evaluates; torch must reproduce its logits. Returns the max abs diff."""
-    run_dir = os.path.join(tmp, f"run-{model_name}-{dataset}")
+    run_dir = os.path.join(tmp, f"run-{model_name.replace(':', '-')}-{dataset}")
     train_size, batch = 64, 32
     run([binary, "train", "--model", model_name, "--method", "standard", "--epochs", "1",
          "--train-size", str(train_size), "--val-size", "16", "--test-size", "16", "--batch-size", str(batch),
          "--robust-val-size", "0", "--final-attack-size", "0", "--threads", "1", "--quiet", "--out", run_dir]
-        + data_args, "bulwark train")
+        + data_args + list(train_extra), "bulwark train")
     st_file, npy_file = run_dir + "-logits.safetensors", run_dir + "-logits.npy"
     report, logits, labels, images = eval_logits(bt, binary, run_dir, st_file, [])
     _, npy_logits, _, _ = eval_logits(bt, binary, run_dir, npy_file, [])
@@ -254,8 +282,10 @@ def compare_forward(bt, torch, binary, tmp, model_name, dataset, data_args, know
     model, config, meta = bt.load_checkpoint(run_dir)
     check(not model.training, f"{where}: load_checkpoint left the model in training mode")
     check(config["model"] == model_name and json.loads(meta["config"]) == config, f"{where}: config")
-    if model_name in BN_MODELS:
-        steps = train_size // batch
+    base_name = model_name[len("sgn:"):] if model_name.startswith("sgn:") else model_name
+    if base_name in BN_MODELS:
+        # A self-gradient network runs its base twice a step (probe and main pass).
+        steps = train_size // batch * (2 if base_name != model_name else 1)
         for name, t in model.state_dict().items():
             if name.endswith("num_batches_tracked"):
                 check(t.dtype == torch.int64 and t.item() == steps,
@@ -301,10 +331,10 @@ def randomise(torch, model, seed):
 def compare_reverse(bt, torch, binary, tmp, model_name, dataset, data_args, config, seed):
     """torch weights -> bulwark import -> bulwark eval; torch must reproduce its logits."""
     where = f"{model_name} imported on {dataset}"
-    model = bt.build_model({"model": model_name, "input": config["input"]})
+    model = bt.build_model({"model": model_name, "input": config["input"], "sgn": config.get("sgn", {})})
     randomise(torch, model, seed)
     model.eval()
-    state_file = os.path.join(tmp, f"torch-{model_name}-{dataset}.safetensors")
+    state_file = os.path.join(tmp, f"torch-{model_name.replace(':', '-')}-{dataset}.safetensors")
     bt.save_state_dict(model, state_file)
     saved, meta = bt.read_safetensors(state_file)
     check("format" not in meta, "save_state_dict wrote a 'format' key (bulwark import refuses those)")
@@ -317,9 +347,11 @@ def compare_reverse(bt, torch, binary, tmp, model_name, dataset, data_args, conf
     except bt.BulwarkFormatError as e:
         check("not a bulwark checkpoint" in str(e), f"unclear error for a plain state_dict: {e}")
 
-    run_dir = os.path.join(tmp, f"import-{model_name}-{dataset}")
+    run_dir = os.path.join(tmp, f"import-{model_name.replace(':', '-')}-{dataset}")
+    sgn = config.get("sgn", {})
+    sgn_args = ["--sgn-taps", sgn["taps"]] if sgn.get("taps") else []
     run([binary, "import", "--state-dict", state_file, "--model", model_name, "--train-size", "64",
-         "--val-size", "16", "--test-size", str(N_TEST), "--threads", "1", "--out", run_dir] + data_args,
+         "--val-size", "16", "--test-size", str(N_TEST), "--threads", "1", "--out", run_dir] + data_args + sgn_args,
         "bulwark import")
     back, _, _ = bt.load_checkpoint(run_dir)
     back_state = back.state_dict()
@@ -391,6 +423,16 @@ def main():
                     print(f"ok  {name:<16} {dataset:<10} bulwark->torch max|diff| {err:.2e} "
                           f"(max|logit| {fscale:.3g})   torch->bulwark max|diff| {rerr:.2e} "
                           f"(max|logit| {scale:.3g})   {time.time() - t0:.1f}s", flush=True)
+            # Self-gradient networks: their probe's gradient in torch.autograd gives bulwark's logits.
+            for seed, (name, extra) in enumerate(SGN_CASES):
+                dataset, args, images = datasets[0]
+                t0 = time.time()
+                err, fscale, config = compare_forward(bt, torch, binary, tmp, name, dataset, args, images, extra)
+                rerr, scale = compare_reverse(bt, torch, binary, tmp, name, dataset, args, config, 200 + seed)
+                rows.append((name, dataset, err, rerr))
+                print(f"ok  {name:<16} {dataset:<10} bulwark->torch max|diff| {err:.2e} "
+                      f"(max|logit| {fscale:.3g})   torch->bulwark max|diff| {rerr:.2e} "
+                      f"(max|logit| {scale:.3g})   {time.time() - t0:.1f}s", flush=True)
             check_mismatch_error(bt, torch, tmp, os.path.join(tmp, "run-wong_small-synthetic"))
             print("ok  load_checkpoint errors (not a checkpoint; weights of another model)")
     except Failure as e:
