@@ -5,6 +5,8 @@
 //                                                        build our CUDA kernels next to cuBLAS/cuDNN
 //   bulwark-bench bound-step [--bound ibp|crown-ibp]     one certified (IBP / CROWN-IBP) training step
 //   bulwark-bench mixtrain-step [--bound B]... [--sra-k K] one MixTrain step per bound, sampled beside full-batch
+//   bulwark-bench sgn-step [--model NAME] [--method M]     one self-gradient network step (detached, full)
+//                                                        beside its base network's
 //
 // bench/compare.sh runs train-step next to bench/peer_pytorch.py and prints the ratio table;
 // docs/bench.md has the measured numbers and what limits them.
@@ -23,6 +25,7 @@ namespace bulwark::bench {
 int run_kernel_benchmarks(int argc, char** argv, int threads);
 int bound_step_main(int argc, char** argv);
 int mixtrain_step_main(int argc, char** argv);
+int sgn_step_main(int argc, char** argv);
 }
 
 namespace {
@@ -72,6 +75,7 @@ void usage() {
       "       bulwark-bench kernels [--threads=N] [--benchmark_filter=REGEX] [other Google Benchmark flags]\n"
       "       bulwark-bench bound-step [--model NAME]... [--bound ibp|crown-ibp] [--batch N] [--threads N] [--json]\n"
       "       bulwark-bench mixtrain-step [--model NAME] [--bound B]... [--sra-k K] [--batch N] [--threads N]\n"
+      "       bulwark-bench sgn-step [--model NAME] [--method standard|pgd] [--steps K] [--batch N] [--threads N]\n"
       "run a subcommand with --help for its options\n");
 }
 
@@ -87,6 +91,7 @@ int main(int argc, char** argv) {
     if (command == "train-step") return train_step_main(argc - 1, argv + 1);
     if (command == "bound-step") return bulwark::bench::bound_step_main(argc - 1, argv + 1);
     if (command == "mixtrain-step") return bulwark::bench::mixtrain_step_main(argc - 1, argv + 1);
+    if (command == "sgn-step") return bulwark::bench::sgn_step_main(argc - 1, argv + 1);
     if (command == "kernels") {
       // --threads=N is ours; everything else goes to Google Benchmark.
       int threads = 2;
