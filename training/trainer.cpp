@@ -64,9 +64,11 @@ std::vector<std::pair<std::string, EpochMetrics>> read_metrics(const std::string
   return out;
 }
 // PGD-k accuracy on the first n samples of d: eval mode, step 2.5 eps / k (Madry's rule), one
-// random start from a fixed Philox stream, so every epoch is attacked the same way.
+// random start from a fixed Philox stream, so every epoch is attacked the same way. A
+// self-gradient network is attacked through its full graph, whatever gradient it trains with.
 double pgd_accuracy(Module& model, const data::Dataset& d, int64_t n, double eps, int steps, int64_t batch_size,
                     Device device) {
+  SgnGradScope full_graph(model, SgnGrad::full);
   AttackOptions o;
   o.kind = AttackKind::pgd;
   o.eps = eps;
