@@ -12,6 +12,7 @@
 #include "models/sgn.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
+#include "robust/registry.h"
 #include "test_util.h"
 #include "training/trainer.h"
 
@@ -293,4 +294,39 @@ TEST_CASE("sgn: SGN training learns, and interval bounds refuse it clearly", "[s
   c.method.name = "ibp";
   c.out = dir / "ibp";
   CHECK_THROWS_WITH(training::train(c, quiet), Contains("self-gradient") && Contains("cannot pass"));
+}
+
+TEST_CASE("sgn: every adversarial method trains an SGN; every certified one refuses it by name", "[sgn]") {
+  for (const std::string& name : robust::method_registry().names()) {
+    INFO(name);
+    TempDir dir("sgn-methods");
+    training::TrainConfig c;
+    c.model = "sgn:mlp";
+    c.data.dataset = "synthetic";
+    c.data.train_size = 64;
+    c.data.val_size = 32;
+    c.data.test_size = 32;
+    c.epochs = 1;
+    c.batch_size = 32;
+    c.robust_val_size = 16;
+    c.robust_val_steps = 2;
+    c.final_attack_size = 16;
+    c.final_attack_steps = 2;
+    c.method.name = name;
+    c.method.options.set("eps", 4.0 / 255);
+    c.threads = 1;
+    c.device = "cpu";
+    c.out = dir / "run";
+    training::RunOptions quiet;
+    quiet.quiet = true;
+    if (robust::method_registry().at(name).certified) {
+      CHECK_THROWS_WITH(training::train(c, quiet), Contains("self-gradient network"));
+      continue;
+    }
+    const training::RunSummary s = training::train(c, quiet);
+    CHECK(s.complete);
+    // Every model call is a probe forward and backward and a main forward; every backward through
+    // the full graph counts twice: bwd = 1.5 fwd whatever the method.
+    CHECK(2 * s.bwd_passes == 3 * s.fwd_passes);
+  }
 }
