@@ -140,15 +140,26 @@ TEST_CASE("sgn: default taps are a residual model's blocks; a bad tap lists the 
 }
 
 TEST_CASE("sgn: the full-graph gradient is the derivative of the output; the detached one is not", "[sgn]") {
-  // f64 central differences of sum(u * f(x)) in x and in weights of the base and the gates.
-  const ModelConfig cfg = small_config(DType::f64, 1.0);
-  auto m = make_model("sgn:wong_small", cfg);
+  // f64 central differences of sum(u * f(x)) in x, in a weight of the base and in a gate; on
+  // wong_small, and on a WRN-10-1 in training mode (BatchNorm on batch statistics, residual joins).
+  const std::string name = GENERATE(std::string("wong_small"), std::string("wide_resnet"));
+  INFO(name);
+  ModelConfig cfg = small_config(DType::f64, 1.0);
+  cfg.depth = 10;
+  cfg.widen_factor = 1;
+  auto m = make_model("sgn:" + name, cfg);
   auto* sgn = as_self_gradient(*m);
   Tensor x = small_batch(3, DType::f64);
   Generator gen(5);
   const Tensor u = rand_uniform({3, 10}, -1, 1, gen, DType::f64);
-  NamedTensors params = m->named_parameters();
-  const Tensor w = params[2].second, gate = params.back().second;  // "base.2.weight", "gates.2"
+  const auto param = [&](const std::string& key) {
+    for (const auto& [n, t] : m->named_parameters())
+      if (n == key) return t;
+    FAIL("no parameter " << key);
+    return Tensor();
+  };
+  const Tensor w = param(name == "wong_small" ? "base.2.weight" : "base.block2.layer.0.conv1.weight");
+  const Tensor gate = param("gates.1");
 
   const auto autograd = [&](SgnGrad mode) {
     SgnGradScope scope(*m, mode);
@@ -191,8 +202,14 @@ TEST_CASE("sgn: the full-graph gradient is the derivative of the output; the det
 }
 
 TEST_CASE("sgn: the emulated CUDA backend computes the CPU's output and full-graph gradients", "[sgn][cuda]") {
-  const ModelConfig cfg = small_config(DType::f32, 0.5);
-  auto cpu = make_model("sgn:wong_small", cfg), gpu = make_model("sgn:wong_small", cfg);
+  // wong_small (conv, ReLU, linear) and a WRN-10-1 in training mode (BatchNorm's batch statistics
+  // and its composite double backward, residual joins, global pooling).
+  const std::string name = GENERATE(std::string("wong_small"), std::string("wide_resnet"));
+  INFO(name);
+  ModelConfig cfg = small_config(DType::f32, 0.5);
+  cfg.depth = 10;
+  cfg.widen_factor = 1;
+  auto cpu = make_model("sgn:" + name, cfg), gpu = make_model("sgn:" + name, cfg);
   gpu->to(Device::cuda);
   const Tensor x = small_batch(5, DType::f32);
   Generator gen(9);
