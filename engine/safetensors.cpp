@@ -50,7 +50,7 @@ void narrow_i64(const std::vector<char>& bytes, Tensor& out, const std::string& 
 }  // namespace
 
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata, const std::function<void()>& before_rename) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::vector<Tensor> bodies;
@@ -81,6 +81,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     out.flush();
     if (!out) throw std::runtime_error(fmt::format("writing {} failed (disk full?)", tmp));
   }
+  if (before_rename) before_rename();
   std::filesystem::rename(tmp, path);
 }
 

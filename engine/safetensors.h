@@ -4,6 +4,7 @@
 // {string: string}}, then the raw little-endian tensor bytes. Files written here load in
 // PyTorch with safetensors.torch.load_file, and vice versa (F32, F64 and I32 tensors; I64, which PyTorch
 // writes for integer buffers such as num_batches_tracked, is read into i32 when it fits).
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -19,9 +20,11 @@ struct SafetensorsFile {
 };
 
 // Writes atomically: to `path + ".tmp"`, flushed, then renamed over `path`, so an interrupted
-// write never leaves a truncated file where a good one was.
+// write never leaves a truncated file where a good one was. `before_rename`, when given, runs
+// between the two (tests reach that moment through it).
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {},
+                      const std::function<void()>& before_rename = {});
 
 // Validates the header, dtypes, shapes and offsets against the file size; errors name the file
 // and what is wrong.

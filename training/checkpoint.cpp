@@ -51,7 +51,7 @@ void write_file_atomically(const std::string& path, const std::string& text) {
 }
 
 void save_checkpoint(const std::string& path, const Module& model, const Optimizer& optimizer,
-                     const CheckpointState& s) {
+                     const CheckpointState& s, const std::function<void()>& before_rename) {
   NamedTensors tensors = model.state_dict();
   for (auto& t : optimizer.state()) tensors.push_back(std::move(t));
   const std::map<std::string, std::string> metadata{
@@ -66,8 +66,9 @@ void save_checkpoint(const std::string& path, const Module& model, const Optimiz
       {"best_val_acc", nlohmann::json(s.best_val_acc).dump()},
       {"best_epoch", std::to_string(s.best_epoch)},
       {"metrics", s.metrics.dump()},
+      {"epoch_progress", s.epoch_progress.dump()},
   };
-  atomically(path, "checkpoint", [&] { save_safetensors(path, tensors, metadata); });
+  atomically(path, "checkpoint", [&] { save_safetensors(path, tensors, metadata, before_rename); });
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
@@ -91,6 +92,7 @@ Checkpoint load_checkpoint(const std::string& path) {
     s.best_val_acc = nlohmann::json::parse(meta(m, "best_val_acc", path)).get<double>();
     s.best_epoch = std::stoll(meta(m, "best_epoch", path));
     s.metrics = nlohmann::json::parse(meta(m, "metrics", path));
+    if (const auto p = m.find("epoch_progress"); p != m.end()) s.epoch_progress = nlohmann::json::parse(p->second);
   } catch (const std::runtime_error&) {
     throw;
   } catch (const std::exception& e) {

@@ -39,6 +39,9 @@ struct CheckpointState {
   double best_val_acc = -1;
   int64_t best_epoch = -1;
   nlohmann::json metrics = nlohmann::json::object();
+  // A checkpoint written mid-epoch (an interrupted run: batch > 0): the epoch's sums so far, which
+  // the resumed epoch starts from. Empty at an epoch's end.
+  nlohmann::json epoch_progress = nlohmann::json::object();
 };
 
 struct Checkpoint {
@@ -50,7 +53,7 @@ struct Checkpoint {
 // Atomic: written to path + ".tmp" and renamed; on failure the temporary file is removed, the
 // old file at `path` is untouched, and the error names the path.
 void save_checkpoint(const std::string& path, const Module& model, const Optimizer& optimizer,
-                     const CheckpointState& state);
+                     const CheckpointState& state, const std::function<void()>& before_rename = {});
 
 // Throws naming the file when it is not a bulwark checkpoint or its metadata is damaged.
 Checkpoint load_checkpoint(const std::string& path);

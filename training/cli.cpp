@@ -30,6 +30,7 @@
 #include "robust/masking_checks.h"
 #include "training/docs.h"
 #include "training/evaluate.h"
+#include "training/interrupt.h"
 #include "training/progress.h"
 #include "training/report.h"
 #include "training/trainer.h"
@@ -313,6 +314,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
 }
 
 int run_train(CLI::App& cmd, TrainArgs& a) {
+  const InterruptScope interrupts;  // Ctrl-C and SIGTERM save the run (training/interrupt.h)
   if (a.run.stop_after < 0) throw std::invalid_argument(fmt::format("--stop-after must be >= 0, got {}", a.run.stop_after));
   if (!a.resume.empty()) {
     const std::set<std::string> allowed{"--resume", "--threads", "--stop-after", "--quiet", "--help"};
@@ -982,6 +984,9 @@ int run_cli(int argc, char** argv) {
   } catch (const TrainingDiverged& e) {
     fmt::print(stderr, "bulwark: error: {}\n", e.what());
     return 1;
+  } catch (const TrainingInterrupted& e) {
+    fmt::print(stderr, "bulwark: {}\n", e.what());
+    return 128 + e.signal;
   } catch (const std::exception& e) {
     fmt::print(stderr, "bulwark: error: {}\n", e.what());
     return 2;

@@ -14,6 +14,7 @@
 #include "robust/attacks.h"
 #include "robust/registry.h"
 #include "training/evaluate.h"
+#include "training/interrupt.h"
 
 namespace bulwark::training {
 
@@ -151,6 +152,7 @@ void Trainer::restore(const Checkpoint& c) {
   gen_.set_offset(s.rng_offset);
   start_epoch_ = s.epoch;
   start_batch_ = s.batch;
+  resume_progress_ = s.epoch_progress;
   best_val_acc_ = s.best_val_acc;
   best_epoch_ = s.best_epoch;
   std::string kept;
@@ -206,6 +208,16 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   PassCounter passes;
   step_log_.clear();
   EpochTotals totals;
+  double seconds_before = 0, cpu_seconds_before = 0;  // spent on this epoch before an interrupt
+  if (first_batch > 0 && !resume_progress_.empty()) {
+    const nlohmann::json& p = resume_progress_;
+    totals = {p.at("loss_sum").get<double>(), p.at("correct").get<int64_t>(), p.at("count").get<int64_t>()};
+    passes.fwd = p.at("fwd_passes").get<int64_t>();
+    passes.bwd = p.at("bwd_passes").get<int64_t>();
+    seconds_before = p.at("seconds").get<double>();
+    cpu_seconds_before = p.at("cpu_seconds").get<double>();
+    resume_progress_ = nlohmann::json::object();
+  }
   std::vector<double> lr_of_batch(static_cast<size_t>(batches), 0.0);  // for the divergence message
   // A read of the step log makes the host wait for the device: on the CPU that costs nothing and
   // happens after every batch; on CUDA only when the progress bar redraws, and at the epoch's end.
@@ -231,9 +243,16 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                       static_cast<double>(totals.correct) / static_cast<double>(totals.count),
                       static_cast<double>(totals.count) / seconds_since(t0));
     }
+    test_interrupt_point("batch");
+    // After the epoch's last batch an interrupt waits for the epoch's own checkpoint (run()).
+    if (interrupt_signal() != 0 && b.index + 1 < batches) {
+      add_logged_batches(totals, epoch, batches, lr_of_batch);
+      save_interrupted(epoch, b.index + 1, batches, totals, passes, seconds_before + seconds_since(t0),
+                       cpu_seconds_before + process_cpu_seconds() - cpu0);
+    }
   }
   add_logged_batches(totals, epoch, batches, lr_of_batch);  // on CUDA: waits for the epoch's last step
-  const double train_seconds = seconds_since(t0);
+  const double train_seconds = seconds_since(t0);  // of this process (images_per_s)
   const int64_t count = totals.count;
 
   EpochMetrics m;
@@ -245,6 +264,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   m.bwd_passes = passes.bwd;
   m.images_per_s = train_seconds > 0 ? static_cast<double>(count) / train_seconds : 0;
   m.val_acc = evaluate_clean(*model_, data_.val, cfg_.eval_batch_size, device_).accuracy;
+  test_interrupt_point("validation");
   if (cfg_.robust_val_size > 0 && cfg_.method.eps() > 0)
     m.robust_val_acc = pgd_accuracy(*model_, data_.val, std::min(cfg_.robust_val_size, data_.val.n),
                                        cfg_.method.eps(), cfg_.robust_val_steps, cfg_.eval_batch_size, device_);
@@ -263,9 +283,26 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   model_->train();
   schedule_->on_epoch_end(m);
   for (const auto& [key, value] : schedule_->epoch_report()) m.extra[key] = value;
-  m.seconds = seconds_since(t0);
-  m.cpu_seconds = process_cpu_seconds() - cpu0;
+  m.seconds = seconds_before + seconds_since(t0);
+  m.cpu_seconds = cpu_seconds_before + process_cpu_seconds() - cpu0;
   return m;
+}
+
+void Trainer::save_interrupted(int64_t epoch, int64_t next_batch, int64_t batches, const EpochTotals& totals,
+                               const PassCounter& passes, double seconds, double cpu_seconds) {
+  CheckpointState s = checkpoint_state(epoch, EpochMetrics{});
+  s.batch = next_batch;
+  s.metrics = nlohmann::json::object();
+  s.epoch_progress = {{"loss_sum", totals.loss_sum}, {"correct", totals.correct}, {"count", totals.count},
+                      {"fwd_passes", passes.fwd},    {"bwd_passes", passes.bwd},  {"seconds", seconds},
+                      {"cpu_seconds", cpu_seconds}};
+  const std::string file = path(kInterruptedCheckpoint);
+  save_checkpoint(file, *model_, *optimizer_, s, [] { test_interrupt_point("checkpoint"); });
+  const int signal = interrupt_signal();
+  throw TrainingInterrupted(signal, fmt::format("interrupted by {} at epoch {}/{}, after batch {}/{}: the run so far is "
+                                                "saved in {}\ncontinue with: bulwark train --resume {}",
+                                                signal_name(signal), epoch + 1, cfg_.epochs, next_batch, batches, file,
+                                                cfg_.out));
 }
 
 RunSummary Trainer::run() {
@@ -283,6 +320,8 @@ RunSummary Trainer::run() {
       progress_.end_epoch(m, cfg_.epochs);
       rejected_ = m;
       model_->load_state_dict(load_checkpoint(path("last.safetensors")).model);
+      std::error_code ignored;
+      fs::remove(path(kInterruptedCheckpoint), ignored);  // a checkpoint inside the rejected epoch
       stopped_at_epoch_ = m.epoch;
       progress_.info(fmt::format("{} stopped training after epoch {}; the result is the model of epoch {}",
                                  method_->name(), m.epoch, m.epoch - 1));
@@ -295,8 +334,16 @@ RunSummary Trainer::run() {
       best_epoch_ = m.epoch;
       save_checkpoint(path("best.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m));
     }
-    save_checkpoint(path("last.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m));
+    save_checkpoint(path("last.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m),
+                    [] { test_interrupt_point("checkpoint"); });
+    std::error_code ignored;
+    fs::remove(path(kInterruptedCheckpoint), ignored);  // last.safetensors is now ahead of it
     progress_.end_epoch(m, cfg_.epochs);
+    if (const int signal = interrupt_signal(); signal != 0 && m.epoch < last_epoch)
+      throw TrainingInterrupted(signal, fmt::format("interrupted by {} during epoch {}/{}, which was completed: {} "
+                                                    "holds it\ncontinue with: bulwark train --resume {}",
+                                                    signal_name(signal), m.epoch, cfg_.epochs,
+                                                    path("last.safetensors"), cfg_.out));
   }
 
   RunSummary s;
@@ -404,7 +451,10 @@ std::string import_state_dict(TrainConfig cfg, const std::string& state_dict_pat
 }
 
 RunSummary resume(const std::string& run_dir, const RunOptions& options, int threads) {
-  const std::string last = (fs::path(run_dir) / "last.safetensors").string();
+  std::string last = (fs::path(run_dir) / "last.safetensors").string();
+  // An interrupted epoch's checkpoint continues mid-epoch; it is removed once the epoch is over.
+  const std::string interrupted = (fs::path(run_dir) / kInterruptedCheckpoint).string();
+  if (fs::exists(interrupted)) last = interrupted;
   if (!fs::exists(last)) {
     const bool is_run = fs::exists(fs::path(run_dir) / "config.json");
     throw std::invalid_argument(
@@ -418,7 +468,11 @@ RunSummary resume(const std::string& run_dir, const RunOptions& options, int thr
   validate(cfg);
   RunData data = load_run_data(cfg);
   Progress info(options.quiet);
-  info.info(fmt::format("resuming {} after epoch {} of {}", run_dir, ckpt.state.epoch, cfg.epochs));
+  if (ckpt.state.batch > 0)
+    info.info(fmt::format("resuming {} in epoch {} of {}, at batch {}", run_dir, ckpt.state.epoch + 1, cfg.epochs,
+                          ckpt.state.batch + 1));
+  else
+    info.info(fmt::format("resuming {} after epoch {} of {}", run_dir, ckpt.state.epoch, cfg.epochs));
   Trainer trainer(std::move(cfg), std::move(data), options);
   trainer.restore(ckpt);
   return trainer.run();

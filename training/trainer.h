@@ -24,7 +24,8 @@
 //
 // Resume: resume(run_dir) rebuilds the run from the config inside last.safetensors, restores the
 // model, optimizer, schedule, method and RNG state, drops metrics.jsonl lines past the checkpoint
-// and continues with the next epoch. Every source of randomness is a function of (seed, epoch,
+// and continues with the next epoch; or, after an interrupt (training/interrupt.h), from
+// interrupted.safetensors, mid-epoch, at the batch after the last one trained. Every source of randomness is a function of (seed, epoch,
 // position), so on the CPU a resumed run ends bitwise equal to an uninterrupted one with the same
 // thread count.
 #include <cstdint>
@@ -46,6 +47,9 @@
 #include "training/progress.h"
 
 namespace bulwark::training {
+
+// The checkpoint an interrupt writes mid-epoch (training/interrupt.h), beside last.safetensors.
+inline constexpr const char* kInterruptedCheckpoint = "interrupted.safetensors";
 
 // The loss became NaN or infinite: the run stops (the CLI exits with code 1, not 2).
 struct TrainingDiverged : std::runtime_error {
@@ -116,6 +120,10 @@ class Trainer {
   // batch whose loss is NaN or infinite. On CUDA this waits for the device.
   void add_logged_batches(EpochTotals& totals, int64_t epoch, int64_t batches, const std::vector<double>& lr_of_batch);
   CheckpointState checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const;
+  // On an interrupt after batch `next_batch - 1` of `epoch`: writes interrupted.safetensors with
+  // the epoch's sums so far, and throws TrainingInterrupted.
+  [[noreturn]] void save_interrupted(int64_t epoch, int64_t next_batch, int64_t batches, const EpochTotals& totals,
+                                     const robust::PassCounter& passes, double seconds, double cpu_seconds);
   std::string path(const std::string& name) const;
 
   TrainConfig cfg_;
@@ -135,6 +143,7 @@ class Trainer {
   Generator gen_;
   std::unique_ptr<data::Loader> loader_;  // created by run(), over data_.train
   int64_t start_epoch_ = 0, start_batch_ = 0;
+  nlohmann::json resume_progress_ = nlohmann::json::object();  // the interrupted epoch's sums (start_batch_ > 0)
   double best_val_acc_ = -1;
   int64_t best_epoch_ = -1;
   std::vector<EpochMetrics> history_;  // every finished epoch of the run, resumes included
