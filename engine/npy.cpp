@@ -50,7 +50,7 @@ void save_npy(const std::string& path, const Tensor& t) {
     out.write(static_cast<const char*>(c.impl()->storage->data) + c.offset() * dtype_size(c.dtype()),
               static_cast<std::streamsize>(c.numel() * dtype_size(c.dtype())));
     out.flush();
-    if (!out) throw std::runtime_error(fmt::format("writing {} failed (disk full?)", tmp));
+    if (!out) throw std::runtime_error(fmt::format("writing {} failed: {}", tmp, std::strerror(errno)));
   }
   std::filesystem::rename(tmp, path);
 }

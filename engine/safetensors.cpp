@@ -79,7 +79,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
       out.write(static_cast<const char*>(c.impl()->storage->data) + c.offset() * dtype_size(c.dtype()),
                 static_cast<std::streamsize>(c.numel() * dtype_size(c.dtype())));
     out.flush();
-    if (!out) throw std::runtime_error(fmt::format("writing {} failed (disk full?)", tmp));
+    if (!out) throw std::runtime_error(fmt::format("writing {} failed: {}", tmp, std::strerror(errno)));
   }
   if (before_rename) before_rename();
   std::filesystem::rename(tmp, path);

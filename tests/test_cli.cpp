@@ -306,6 +306,40 @@ TEST_CASE("an interrupted run saves itself, says how to resume, and the resumed 
   CHECK(same_tensors(timed / "last.safetensors", long_reference / "last.safetensors"));
 }
 
+TEST_CASE("a checkpoint write that fails (disk full, file size limit) says so and keeps the previous one", "[cli]") {
+  // Epoch 1 is written normally; epoch 2 runs under a 200 KiB file-size limit (SIGXFSZ ignored, so
+  // the write fails with EFBIG as a full disk fails with ENOSPC): its 3.8 MB checkpoint cannot be
+  // written. The error names the file; last.safetensors still holds epoch 1, no temporary is left,
+  // and a resume without the limit ends where an uninterrupted run does.
+  Scratch s;
+  const std::string args =
+      "--dataset synthetic --model mlp --train-size 300 --val-size 100 --test-size 100 --epochs 2 --batch-size 50 "
+      "--optimizer adam --method standard --threads 1 --quiet";
+  const fs::path reference = s.path / "reference", dir = s.path / "run";
+  REQUIRE(run("train " + args + " --out '" + reference.string() + "'", s.path).code == 0);
+  REQUIRE(run("train " + args + " --stop-after 1 --out '" + dir.string() + "'", s.path).code == 0);
+  const fs::path err = s.path / "limited-stderr.txt";
+  const std::string cmd = "bash -c \"ulimit -f 200; trap '' XFSZ; exec '" + std::string(BULWARK_BINARY) +
+                          "' train --resume '" + dir.string() + "' --quiet\" 2> '" + err.string() + "'";
+  const int status = std::system(cmd.c_str());
+  const std::string message = read_file(err);
+  INFO("stderr: " << message);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 2));
+  // best.safetensors when epoch 2 improved on validation (it is written first), else last.safetensors
+  CHECK(message.find("could not write the checkpoint " + dir.string() + "/") != std::string::npos);
+  CHECK(message.find("File too large") != std::string::npos);
+  CHECK(message.find("the previous file, if any, is intact") != std::string::npos);
+  CHECK_FALSE(fs::exists(dir / "last.safetensors.tmp"));
+  CHECK_FALSE(fs::exists(dir / "best.safetensors.tmp"));
+  const bulwark::SafetensorsFile kept = bulwark::load_safetensors((dir / "last.safetensors").string());
+  CHECK(kept.metadata.at("epoch") == "1");
+  const Result resumed = run("train --resume '" + dir.string() + "' --quiet", s.path);
+  INFO("resume stderr: " << resumed.err);
+  REQUIRE(resumed.code == 0);
+  CHECK(metrics_without_timings(dir) == metrics_without_timings(reference));
+  CHECK(same_tensors(dir / "last.safetensors", reference / "last.safetensors"));
+}
+
 TEST_CASE("a diverging run exits with code 1 and names the epoch and batch", "[cli]") {
   Scratch s;
   const Result r = run(std::string(kTinyTrain) + " --optimizer sgd --lr 1e30 --schedule constant --out '" +

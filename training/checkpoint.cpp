@@ -44,7 +44,7 @@ void write_file_atomically(const std::string& path, const std::string& text) {
       if (!out) throw std::runtime_error(fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
       out << text;
       out.flush();
-      if (!out) throw std::runtime_error(fmt::format("writing {} failed (disk full?)", tmp));
+      if (!out) throw std::runtime_error(fmt::format("writing {} failed: {}", tmp, std::strerror(errno)));
     }
     std::filesystem::rename(tmp, path);
   });
