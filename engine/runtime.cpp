@@ -9,6 +9,12 @@ void set_num_threads(int n) { cpu::set_num_threads(n); }
 int num_threads() { return cpu::num_threads(); }
 
 bool cuda_available(std::string* why) { return cuda::device_available(why); }
+
+int64_t cuda_free_memory() {
+  size_t free_bytes = 0, total_bytes = 0;
+  cuda::device_memory_info(&free_bytes, &total_bytes);
+  return static_cast<int64_t>(free_bytes);
+}
 bool cuda_emulated() { return cuda::emulated(); }
 
 std::vector<std::string> kernel_source_names() {

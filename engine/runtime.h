@@ -3,6 +3,7 @@
 // trainer): how many CPU threads the kernels use, whether a CUDA device is usable and whether the
 // CUDA backend is the CPU emulator, and which implementation the CUDA GEMM and convolution run.
 // Nothing above engine/ includes a kernels/ header; these are the handles it gets instead.
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,8 @@ bool cuda_available(std::string* why = nullptr);
 // True when this build's CUDA backend is the emulator (kernels/emu): its kernels run on the CPU,
 // so it is never a GPU, though cuda_available() says true for the tests' sake.
 bool cuda_emulated();
+// Free device memory in bytes (cudaMemGetInfo; the emulator's host-memory figure in tests).
+int64_t cuda_free_memory();
 
 // Which implementation the CUDA GEMM and convolution run: "auto" (time both per shape, keep the
 // faster), "ours" or "vendor" (cuBLAS/cuDNN; GPU build only). check_kernel_source throws

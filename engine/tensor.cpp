@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -113,9 +114,33 @@ size_t rounded_bytes(size_t nbytes) { return ((nbytes + 63) / 64) * 64; }
 
 // CUDA storage comes from the backend's allocator (cuda::device_malloc: the stream-ordered
 // caching allocator of kernels/cuda/runtime.cu; host memory in the emulated backend).
+namespace {
+// Bytes of live storages per device (cpu, cuda), and the most since the last reset.
+std::atomic<int64_t> g_live[2], g_peak[2];
+
+void count_allocation(Device dev, int64_t bytes) {
+  const int d = dev == Device::cuda ? 1 : 0;
+  const int64_t now = g_live[d].fetch_add(bytes) + bytes;
+  int64_t peak = g_peak[d].load();
+  while (now > peak && !g_peak[d].compare_exchange_weak(peak, now)) {
+  }
+}
+}  // namespace
+
+MemoryStats memory_stats(Device dev) {
+  const int d = dev == Device::cuda ? 1 : 0;
+  return {g_live[d].load(), g_peak[d].load()};
+}
+
+void reset_peak_memory(Device dev) {
+  const int d = dev == Device::cuda ? 1 : 0;
+  g_peak[d].store(g_live[d].load());
+}
+
 Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
   if (dev == Device::cuda) {
     if (nbytes) data = cuda::device_malloc(nbytes);
+    count_allocation(dev, static_cast<int64_t>(nbytes));
     return;
   }
   const size_t rounded = rounded_bytes(nbytes);
@@ -123,8 +148,10 @@ Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
   data = block_cache().take(rounded);
   if (!data) data = std::aligned_alloc(64, rounded);
   if (!data) throw std::bad_alloc();
+  count_allocation(dev, static_cast<int64_t>(rounded));
 }
 Storage::~Storage() {
+  g_live[device == Device::cuda ? 1 : 0] -= static_cast<int64_t>(device == Device::cuda ? bytes : rounded_bytes(bytes));
   if (device == Device::cuda) {
     if (data) cuda::device_free(data);
     return;

@@ -35,6 +35,14 @@ struct Storage {
   Storage& operator=(const Storage&) = delete;
 };
 
+// Bytes held by tensor storages on a device: now, and the most since the last reset_peak_memory
+// (the trainer's memory estimate measures training steps with them).
+struct MemoryStats {
+  int64_t live = 0, peak = 0;
+};
+MemoryStats memory_stats(Device dev);
+void reset_peak_memory(Device dev);
+
 struct Node;
 
 struct TensorImpl {

@@ -14,6 +14,7 @@
 #include "engine/json_field.h"
 #include "engine/runtime.h"
 #include "models/zoo.h"
+#include "training/memory.h"
 
 namespace bulwark::training {
 
@@ -173,6 +174,12 @@ std::vector<TrainOption> make_train_options() {
   add("", Option::make("device", "--device", T::text, "cuda or cpu; auto: cuda when a GPU is usable").one_of({"auto", "cpu", "cuda"}),
       [](auto& c) -> auto& { return c.device; });
   add("",
+      Option::make("memory_limit", "--memory-limit", T::text,
+                   "Memory the run may use, e.g. 2G or 512M (default: MemAvailable or the cgroup's limit; on CUDA the "
+                   "device's free memory); a run whose measured step needs more fails before training")
+          .default_by({}, "what the machine has"),
+      [](auto& c) -> auto& { return c.memory_limit; });
+  add("",
       Option::make("out", "--out", T::text, "Run directory").default_by({}, "runs/<timestamp>-<model>-<dataset>"),
       [](auto& c) -> auto& { return c.out; });
   return all;
@@ -273,6 +280,7 @@ void validate_given(const TrainConfig& c) {
 
 void validate(const TrainConfig& c) {
   validate_given(c);
+  if (!c.memory_limit.empty()) parse_memory_size(c.memory_limit);
   validate(c.optimizer);
   validate(c.schedule, c.epochs);
   robust::validate(c.method);

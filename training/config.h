@@ -73,6 +73,7 @@ struct TrainConfig {
   uint64_t seed = 0;       // model initialisation, shuffling, augmentation, the method's randomness
   int threads = 0;         // OpenMP threads, 0 = all cores
   std::string device = "auto";  // cpu | cuda | auto
+  std::string memory_limit;     // "" = what the machine has (training/memory.h); "2G", "512M", bytes
   std::string out;         // run directory, empty = runs/<timestamp>-<model>-<dataset>
 };
 

@@ -15,6 +15,7 @@
 #include "robust/registry.h"
 #include "training/evaluate.h"
 #include "training/interrupt.h"
+#include "training/memory.h"
 
 namespace bulwark::training {
 
@@ -402,6 +403,7 @@ RunSummary train(TrainConfig cfg, const RunOptions& options) {
                                             "choose another --out",
                                             cfg.out, cfg.out));
   RunData data = load_run_data(cfg);
+  check_memory(cfg, data.train, cfg.device == "cuda" ? Device::cuda : Device::cpu);  // before anything is written
   std::error_code ec;
   fs::create_directories(cfg.out, ec);
   if (ec) throw std::runtime_error(fmt::format("cannot create the run directory {}: {}", cfg.out, ec.message()));
@@ -467,6 +469,7 @@ RunSummary resume(const std::string& run_dir, const RunOptions& options, int thr
   if (threads > 0) cfg.threads = threads;
   validate(cfg);
   RunData data = load_run_data(cfg);
+  check_memory(cfg, data.train, cfg.device == "cuda" ? Device::cuda : Device::cpu);
   Progress info(options.quiet);
   if (ckpt.state.batch > 0)
     info.info(fmt::format("resuming {} in epoch {} of {}, at batch {}", run_dir, ckpt.state.epoch + 1, cfg.epochs,

@@ -25,6 +25,8 @@ bool device_available(std::string* why);
 bool emulated();  // true in the emulated backend (kernels run on the CPU under kernels/emu)
 void* device_malloc(size_t bytes);     // stream-ordered caching allocator, never managed memory
 void device_free(void* p);
+// Free and total device memory (cudaMemGetInfo); the caching allocator's idle blocks count as used.
+void device_memory_info(size_t* free_bytes, size_t* total_bytes);
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);  // waits; raises deferred index errors
 void copy_device(void* dst, const void* src, size_t bytes);

@@ -240,6 +240,9 @@ void check_cuda(cudaError_t err, const char* what) {
 
 void* device_malloc(size_t bytes) { return allocator().allocate(bytes); }
 void device_free(void* p) { allocator().release(p); }
+void device_memory_info(size_t* free_bytes, size_t* total_bytes) {
+  check_cuda(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+}
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
   if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()), "copy to device");

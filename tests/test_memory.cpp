@@ -1,0 +1,88 @@
+// The memory estimate made before a run trains (training/memory.h): its figure against the peak
+// the run then reaches, that it leaves nothing behind, and the --memory-limit parser.
+#include <catch2/catch.hpp>
+
+#include "test_util.h"
+#include "training/memory.h"
+#include "training/trainer.h"
+
+using namespace bulwark;
+using namespace bulwark::training;
+using bulwark::testing::TempDir;
+using Catch::Matchers::Contains;
+
+namespace {
+
+TrainConfig small_run(const std::string& model, const std::string& method, const std::string& out) {
+  TrainConfig c;
+  c.model = model;
+  c.data.dataset = "synthetic";
+  c.data.train_size = 256;
+  c.data.val_size = 64;
+  c.data.test_size = 64;
+  c.epochs = 1;
+  c.batch_size = 64;
+  c.eval_batch_size = 64;
+  c.robust_val_size = 0;
+  c.final_attack_size = 0;
+  c.method.name = method;
+  if (method == "pgd") c.method.options.set("steps", 2);
+  c.threads = 1;
+  c.device = "cpu";
+  c.out = out;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("the memory estimate is within 25% of the tensor peak a training epoch reaches", "[memory]") {
+  for (const auto& [model, method] : std::vector<std::pair<std::string, std::string>>{
+           {"mlp", "standard"}, {"wong_small", "pgd"}, {"cnn7", "fgsm-rs"}, {"sgn:wong_small", "pgd"}}) {
+    INFO(model << " " << method);
+    TempDir dir("memory");
+    TrainConfig c = small_run(model, method, dir / "run");
+    resolve_defaults(c);
+    RunData data = load_run_data(c);
+    const int64_t live = memory_stats(Device::cpu).live;
+    const MemoryEstimate e = estimate_memory(c, data.train, Device::cpu);
+    CHECK(memory_stats(Device::cpu).live == live);  // the estimate's copies are gone
+    std::filesystem::create_directories(c.out);
+    Trainer trainer(c, std::move(data), RunOptions{.quiet = true});
+    // The trainer holds the model, optimizer and probe batch from here; the epoch adds its steps.
+    reset_peak_memory(Device::cpu);
+    const int64_t start = memory_stats(Device::cpu).live;
+    trainer.run();
+    const int64_t peak = memory_stats(Device::cpu).peak - live;
+    const int64_t estimate = e.run_bytes(c, c.data.train_size);
+    INFO("estimate " << format_bytes(estimate) << ", measured peak " << format_bytes(peak) << " (held before the epoch "
+                     << format_bytes(start - live) << ")");
+    CHECK(estimate >= 0.75 * static_cast<double>(peak));
+    CHECK(estimate <= 1.25 * static_cast<double>(peak));
+  }
+}
+
+TEST_CASE("a run that would not fit fails before it writes anything, with both figures", "[memory]") {
+  TempDir dir("memory-refused");
+  TrainConfig c = small_run("wong_small", "pgd", dir / "run");
+  c.memory_limit = "4M";
+  CHECK_THROWS_WITH(train(c, RunOptions{.quiet = true}),
+                    Contains("a training step of wong_small at batch 64 needs about") && Contains("4.0 MiB available (--memory-limit)") &&
+                        Contains("lower --batch-size"));
+  CHECK_FALSE(std::filesystem::exists(dir / "run"));
+  c.memory_limit = "1G";
+  CHECK_NOTHROW(train(c, RunOptions{.quiet = true}));
+}
+
+TEST_CASE("memory limits take sizes with binary units (--memory-limit)", "[memory]") {
+  CHECK(parse_memory_size("100000") == 100000);
+  CHECK(parse_memory_size("512M") == 512LL << 20);
+  CHECK(parse_memory_size("2G") == 2LL << 30);
+  CHECK(parse_memory_size("1.5GiB") == 3LL << 29);
+  CHECK(parse_memory_size("64KB") == 64LL << 10);
+  for (const char* bad : {"", "G", "-1G", "12X", "1.5GiBs", "nan"}) {
+    INFO(bad);
+    CHECK_THROWS_WITH(parse_memory_size(bad), Contains("--memory-limit"));
+  }
+  CHECK(format_bytes(3LL << 29) == "1.5 GiB");
+  CHECK(memory_limit(TrainConfig{}, Device::cpu).bytes > 0);  // MemAvailable or the cgroup's room
+}
