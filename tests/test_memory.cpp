@@ -86,3 +86,20 @@ TEST_CASE("memory limits take sizes with binary units (--memory-limit)", "[memor
   CHECK(format_bytes(3LL << 29) == "1.5 GiB");
   CHECK(memory_limit(TrainConfig{}, Device::cpu).bytes > 0);  // MemAvailable or the cgroup's room
 }
+
+TEST_CASE("on the CUDA device (emulated) the estimate counts device tensors and the limit is the free memory",
+          "[memory][cuda]") {
+  TempDir dir("memory-cuda");
+  TrainConfig c = small_run("wong_small", "pgd", dir / "run");
+  resolve_defaults(c);
+  RunData data = load_run_data(c);
+  const MemoryEstimate cpu = estimate_memory(c, data.train, Device::cpu);
+  const MemoryEstimate cuda = estimate_memory(c, data.train, Device::cuda);
+  // the same parameters and optimizer buffers (the CPU rounds each to 64 bytes)
+  CHECK(static_cast<double>(cuda.state) == Approx(static_cast<double>(cpu.state)).epsilon(0.01));
+  CHECK(cuda.train_per_sample > 0);
+  CHECK(static_cast<double>(cuda.run_bytes(c, 256)) == Approx(static_cast<double>(cpu.run_bytes(c, 256))).epsilon(0.25));
+  const MemoryLimit limit = memory_limit(c, Device::cuda);
+  CHECK(limit.bytes > 0);
+  CHECK_THAT(limit.source, Contains("cudaMemGetInfo"));
+}
