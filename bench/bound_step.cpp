@@ -49,21 +49,13 @@ int bound_step_main(int argc, char** argv) {
   const double beta = bound == "crown-ibp" ? 1.0 : 0.0;
 
   for (const std::string& name : models) {
-    const TrainStepConfig shape = default_train_step(name);  // the input shape and normalisation
-    ModelConfig mc;
-    mc.in_channels = shape.channels, mc.height = shape.height, mc.width = shape.width;
-    mc.mean = shape.mean, mc.std = shape.std;
-    std::shared_ptr<Module> model = make_model(name, mc);
+    const BenchBatch input = bench_batch(name, batch);  // the input shape and normalisation
+    const TrainStepConfig& shape = input.shape;
+    const Tensor &x = input.x, &y = input.y;
+    std::shared_ptr<Module> model = make_model(name, input.model);
     model->train();
     const double radius = eps >= 0 ? eps : shape.eps;
-    Generator gen(1);
-    const Tensor x = rand_uniform({batch, shape.channels, shape.height, shape.width}, 0.0, 1.0, gen);
-    std::vector<int32_t> labels(static_cast<size_t>(batch));
-    for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int32_t>(i % 10);
-    const Tensor y = Tensor::from_vector(labels, {batch});
-    training::OptimizerConfig oc;
-    oc.name = "sgd", oc.lr = 0.01, oc.momentum = 0.9, oc.weight_decay = 5e-4;
-    auto optimizer = training::make_optimizer(oc, model->named_parameters());
+    auto optimizer = training::make_optimizer(bench_sgd(), model->named_parameters());
 
     std::vector<double> ms;
     double loss_value = 0;

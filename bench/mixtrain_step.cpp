@@ -72,15 +72,10 @@ int mixtrain_step_main(int argc, char** argv) {
   if (bounds.empty()) bounds = {"ibp", "symbolic", "crown-ibp"};
   cpu::set_num_threads(threads);
 
-  const TrainStepConfig shape = default_train_step(model_name);
-  ModelConfig mc;
-  mc.in_channels = shape.channels, mc.height = shape.height, mc.width = shape.width;
-  mc.mean = shape.mean, mc.std = shape.std;
-  Generator data_gen(1);
-  const Tensor x = rand_uniform({batch, shape.channels, shape.height, shape.width}, 0.0, 1.0, data_gen);
-  std::vector<int32_t> labels(static_cast<size_t>(batch));
-  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int32_t>(i % 10);
-  const Tensor y = Tensor::from_vector(labels, {batch});
+  const BenchBatch input = bench_batch(model_name, batch);
+  const TrainStepConfig& shape = input.shape;
+  const ModelConfig& mc = input.model;
+  const Tensor &x = input.x, &y = input.y;
   fmt::print("mixtrain-step {} on {}x{}x{}, batch {}, eps {:.4g}, {} threads ({} iterations after {} warm-up, median)\n",
              model_name, shape.channels, shape.height, shape.width, batch, eps, threads, iters, warmup);
   fmt::print("{:>10} | {:>6} | {:>10} | {:>12} | {:>9}\n", "bound", "k", "ms/step", "bound MiB", "vs k=all");
@@ -91,9 +86,7 @@ int mixtrain_step_main(int argc, char** argv) {
     for (const std::string& k_spec : {std::string("all"), sra}) {
       std::shared_ptr<Module> model = make_model(model_name, mc);
       model->train();
-      training::OptimizerConfig oc;
-      oc.name = "sgd", oc.lr = 0.01, oc.momentum = 0.9, oc.weight_decay = 5e-4;
-      auto optimizer = training::make_optimizer(oc, model->named_parameters());
+      auto optimizer = training::make_optimizer(bench_sgd(), model->named_parameters());
       robust::MethodConfig cfg;
       cfg.name = "mixtrain";
       cfg.options.set("eps", eps);

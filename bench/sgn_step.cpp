@@ -47,15 +47,9 @@ int sgn_step_main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   cpu::set_num_threads(threads);
 
-  const TrainStepConfig shape = default_train_step(model_name);
-  ModelConfig mc;
-  mc.in_channels = shape.channels, mc.height = shape.height, mc.width = shape.width;
-  mc.mean = shape.mean, mc.std = shape.std;
-  Generator data_gen(1);
-  const Tensor x = rand_uniform({batch, shape.channels, shape.height, shape.width}, 0.0, 1.0, data_gen);
-  std::vector<int32_t> labels(static_cast<size_t>(batch));
-  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int32_t>(i % 10);
-  const Tensor y = Tensor::from_vector(labels, {batch});
+  const BenchBatch input = bench_batch(model_name, batch);
+  const TrainStepConfig& shape = input.shape;
+  const Tensor &x = input.x, &y = input.y;
 
   struct Variant {
     std::string name;
@@ -72,13 +66,11 @@ int sgn_step_main(int argc, char** argv) {
   for (size_t v = 0; v < variants.size(); ++v) {
     Variant& var = variants[v];
     var.name = names[v];
-    ModelConfig cfg = mc;
+    ModelConfig cfg = input.model;
     cfg.sgn.grad = v == 1 ? SgnGrad::detached : SgnGrad::full;
     var.model = make_model(v == 0 ? model_name : "sgn:" + model_name, cfg);
     var.model->train();
-    training::OptimizerConfig oc;
-    oc.name = "sgd", oc.lr = 0.01, oc.momentum = 0.9, oc.weight_decay = 5e-4;
-    var.optimizer = training::make_optimizer(oc, var.model->named_parameters());
+    var.optimizer = training::make_optimizer(bench_sgd(), var.model->named_parameters());
     robust::MethodConfig method;
     method.name = method_name;
     if (method_name == "pgd") method.options.set("steps", steps);

@@ -206,4 +206,23 @@ void print_train_step_json(const TrainStepResult& r) {
       r.flops.forward / 1e9);
 }
 
+BenchBatch bench_batch(const std::string& model, int64_t batch) {
+  BenchBatch b;
+  b.shape = default_train_step(model);
+  b.model.in_channels = b.shape.channels, b.model.height = b.shape.height, b.model.width = b.shape.width;
+  b.model.mean = b.shape.mean, b.model.std = b.shape.std;
+  Generator gen(1);
+  b.x = rand_uniform({batch, b.shape.channels, b.shape.height, b.shape.width}, 0.0, 1.0, gen);
+  std::vector<int32_t> labels(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int32_t>(i % 10);
+  b.y = Tensor::from_vector(labels, {batch});
+  return b;
+}
+
+training::OptimizerConfig bench_sgd() {
+  training::OptimizerConfig oc;
+  oc.name = "sgd", oc.lr = 0.01, oc.momentum = 0.9, oc.weight_decay = 5e-4;
+  return oc;
+}
+
 }  // namespace bulwark::bench

@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/tensor.h"
+#include "models/zoo.h"
+#include "training/optim.h"
+
 namespace bulwark::bench {
 
 struct TrainStepConfig {
@@ -58,6 +62,18 @@ struct TrainStepResult {
 TrainStepResult run_train_step(const TrainStepConfig& config);
 
 double median(std::vector<double> v);
+
+// The input of the step benches (bound-step, mixtrain-step, sgn-step): `batch` uniform images of
+// the model's default_train_step shape (Philox seed 1) with labels i mod 10, and the ModelConfig
+// of that shape and normalisation.
+struct BenchBatch {
+  TrainStepConfig shape;
+  ModelConfig model;
+  Tensor x, y;
+};
+BenchBatch bench_batch(const std::string& model, int64_t batch);
+// Their optimizer: SGD 0.01, momentum 0.9, weight decay 5e-4.
+training::OptimizerConfig bench_sgd();
 double minimum(const std::vector<double>& v);
 
 // A human-readable table of the phases, and one JSON line for scripts (bench/compare.sh).

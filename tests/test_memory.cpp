@@ -14,22 +14,16 @@ using Catch::Matchers::Contains;
 namespace {
 
 TrainConfig small_run(const std::string& model, const std::string& method, const std::string& out) {
-  TrainConfig c;
-  c.model = model;
-  c.data.dataset = "synthetic";
+  TrainConfig c = bulwark::testing::synthetic_run(model, method, out);
   c.data.train_size = 256;
   c.data.val_size = 64;
   c.data.test_size = 64;
-  c.epochs = 1;
   c.batch_size = 64;
   c.eval_batch_size = 64;
   c.robust_val_size = 0;
   c.final_attack_size = 0;
-  c.method.name = method;
+  c.method.options.erase("eps");  // the method's default for the data
   if (method == "pgd") c.method.options.set("steps", 2);
-  c.threads = 1;
-  c.device = "cpu";
-  c.out = out;
   return c;
 }
 

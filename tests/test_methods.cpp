@@ -161,26 +161,11 @@ training::RunOptions quiet(int64_t stop_after = 0) {
 
 // A tiny synthetic run through the trainer.
 training::TrainConfig tiny_run(const std::string& out, const std::string& method, int64_t epochs) {
-  training::TrainConfig c;
-  c.model = "mlp";
-  c.data.dataset = "synthetic";
-  c.data.train_size = 96;
-  c.data.val_size = 32;
-  c.data.test_size = 32;
+  training::TrainConfig c = testing::synthetic_run("mlp", method, out);
   c.epochs = epochs;
-  c.batch_size = 32;
   c.optimizer.lr = 0.01;
-  c.robust_val_size = 16;
-  c.robust_val_steps = 2;
-  c.final_attack_size = 16;
-  c.final_attack_steps = 2;
-  c.method.name = method;
-  c.method.options.set("eps", 4.0 / 255);
   if (method == "pgd") c.method.options.set("steps", 2);
   if (method == "free") c.method.options.set("replays", 2);
-  c.threads = 1;
-  c.device = "cpu";
-  c.out = out;
   return c;
 }
 

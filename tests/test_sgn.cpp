@@ -285,9 +285,7 @@ TEST_CASE("sgn --sgn-grad full names an op on the path that has no double backwa
 
 TEST_CASE("sgn: SGN training learns, and interval bounds refuse it clearly", "[sgn]") {
   TempDir dir("sgn-learns");
-  training::TrainConfig c;
-  c.model = "sgn:mlp";
-  c.data.dataset = "synthetic";
+  training::TrainConfig c = bulwark::testing::synthetic_run("sgn:mlp", "standard", dir / "run");
   c.data.train_size = 1000;
   c.data.val_size = 100;
   c.data.test_size = 200;
@@ -295,12 +293,8 @@ TEST_CASE("sgn: SGN training learns, and interval bounds refuse it clearly", "[s
   c.batch_size = 50;
   c.optimizer.name = "adam";
   c.optimizer.lr = 1e-3;
-  c.method.name = "standard";
   c.robust_val_size = 0;
   c.final_attack_size = 0;
-  c.threads = 1;
-  c.device = "cpu";
-  c.out = dir / "run";
   training::RunOptions quiet;
   quiet.quiet = true;
   const training::RunSummary s = training::train(c, quiet);
@@ -317,23 +311,8 @@ TEST_CASE("sgn: every adversarial method trains an SGN; every certified one refu
   for (const std::string& name : robust::method_registry().names()) {
     INFO(name);
     TempDir dir("sgn-methods");
-    training::TrainConfig c;
-    c.model = "sgn:mlp";
-    c.data.dataset = "synthetic";
+    training::TrainConfig c = bulwark::testing::synthetic_run("sgn:mlp", name, dir / "run");
     c.data.train_size = 64;
-    c.data.val_size = 32;
-    c.data.test_size = 32;
-    c.epochs = 1;
-    c.batch_size = 32;
-    c.robust_val_size = 16;
-    c.robust_val_steps = 2;
-    c.final_attack_size = 16;
-    c.final_attack_steps = 2;
-    c.method.name = name;
-    c.method.options.set("eps", 4.0 / 255);
-    c.threads = 1;
-    c.device = "cpu";
-    c.out = dir / "run";
     training::RunOptions quiet;
     quiet.quiet = true;
     if (robust::method_registry().at(name).certified) {
