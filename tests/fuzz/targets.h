@@ -1,0 +1,34 @@
+#pragma once
+// The fuzz targets (tests/fuzz/README.md): each takes any bytes and must return without crashing,
+// hanging, leaking, reading out of bounds, hitting undefined behaviour or allocating without a
+// bound; a clear exception (std::exception) is the expected answer to bad input.
+//
+// The same functions serve libFuzzer (libfuzzer_main.cpp, clang with -fsanitize=fuzzer, address and
+// undefined: bulwark-fuzz-<target>) and the corpus replay that ctest runs with the normal compiler
+// (replay.cpp), so every kept input is checked on every build.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bulwark::fuzz {
+
+using Target = int (*)(const uint8_t* data, size_t size);
+
+// IDX images and labels (data/idx.h), raw or gzip: the first two bytes (little endian) split the
+// rest into the images file and the labels file.
+int idx_pair(const uint8_t* data, size_t size);
+// A CIFAR-10 binary batch (data/cifar.h): the bytes are the file.
+int cifar10_file(const uint8_t* data, size_t size);
+// A command-line value (engine/options.h): the first byte picks the option's type (radius such as
+// 8/255, integer, real, list of reals such as milestones, flag, text from a list), the rest is the
+// text typed; also parse_radius.
+int option_value(const uint8_t* data, size_t size);
+
+struct NamedTarget {
+  const char* name;
+  Target run;
+};
+const std::vector<NamedTarget>& targets();
+
+}  // namespace bulwark::fuzz
