@@ -170,7 +170,7 @@ train_run() {  # dataset method-label shape
   local ds="$1" method="$2" shape="$3" dir="$runs/$1/$2-$3"
   [[ -f "$dir/summary.json" ]] && return 0
   mkdir -p "$runs/$ds"
-  if [[ -f "$dir/last.safetensors" ]]; then
+  if [[ -f "$dir/last.safetensors" || -f "$dir/interrupted.safetensors" ]]; then  # resumable (Ctrl-C too)
     "$bulwark" train --resume "$dir" --threads 1 --quiet || return 255  # 255: xargs stops
   else
     rm -rf "$dir"

@@ -118,7 +118,7 @@ run_one() {  # name dataset model method train-eps test-eps train-size epochs ra
   local name="$1" ds="$2" model="$3" method="$4" eps="$5" test_eps="$6" dir="$runs/$1" n
   mkdir -p "$runs"
   if [[ ! -f "$dir/summary.json" ]]; then
-    if [[ -f "$dir/last.safetensors" ]]; then
+    if [[ -f "$dir/last.safetensors" || -f "$dir/interrupted.safetensors" ]]; then  # resumable (Ctrl-C too)
       "$bulwark" train --resume "$dir" --threads 1 --quiet || return 255
     else
       rm -rf "$dir"

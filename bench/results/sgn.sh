@@ -73,7 +73,7 @@ train_run() {  # dataset method variant (base | sgn)
   local ds="$1" method="$2" variant="$3" dir="$runs/$1/$2-$3" args base model e
   [[ -f "$dir/summary.json" ]] && return 0
   mkdir -p "$runs/$ds"
-  if [[ -f "$dir/last.safetensors" ]]; then
+  if [[ -f "$dir/last.safetensors" || -f "$dir/interrupted.safetensors" ]]; then  # resumable (Ctrl-C too)
     "$bulwark" train --resume "$dir" --threads 1 --quiet || return 255
   else
     rm -rf "$dir"
