@@ -19,8 +19,6 @@
 #include <vector>
 
 #include "bench/train_step.h"
-#include "engine/autograd.h"
-#include "engine/ops.h"
 #include "engine/rng.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "models/sgn.h"

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -154,21 +155,17 @@ SgnGrad parse_sgn_grad(const std::string& text) {
 
 std::vector<std::string> parse_sgn_taps(const std::string& text) {
   std::vector<std::string> taps;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t end = text.find(',', start);
-    if (end == std::string::npos) end = text.size();
+  if (text.find_first_not_of(" \t") == std::string::npos) return taps;  // none given: the default
+  for (size_t start = 0;;) {
+    const size_t end = std::min(text.find(',', start), text.size());
     std::string name = text.substr(start, end - start);
     name.erase(0, name.find_first_not_of(" \t"));
     name.erase(name.find_last_not_of(" \t") + 1);
-    if (name.empty() && !(end == text.size() && taps.empty() && start == 0))
-      throw std::invalid_argument(fmt::format("--sgn-taps '{}': an empty layer name", text));
-    if (!name.empty()) taps.push_back(name);
+    if (name.empty()) throw std::invalid_argument(fmt::format("--sgn-taps '{}': an empty layer name", text));
+    taps.push_back(std::move(name));
+    if (end == text.size()) return taps;
     start = end + 1;
   }
-  return taps;
 }
-
-const char* sgn_grad_name(SgnGrad mode) { return mode == SgnGrad::full ? "full" : "detached"; }
 
 }  // namespace bulwark

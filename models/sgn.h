@@ -93,6 +93,5 @@ class SgnGradScope {
 SgnGrad parse_sgn_grad(const std::string& text);  // "full" or "detached"
 // "1, 3,layer2.0" -> {"1", "3", "layer2.0"} (blanks around names dropped; "" -> none: the default)
 std::vector<std::string> parse_sgn_taps(const std::string& text);
-const char* sgn_grad_name(SgnGrad mode);
 
 }  // namespace bulwark

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/options.h"
+#include "engine/tensor.h"
 #include "robust/registry.h"
 #include "training/optim.h"
 #include "training/schedule.h"
@@ -76,6 +77,9 @@ struct TrainConfig {
   std::string memory_limit;     // "" = what the machine has (training/memory.h); "2G", "512M", bytes
   std::string out;         // run directory, empty = runs/<timestamp>-<model>-<dataset>
 };
+
+// The device of a resolved config (its "device" is "cpu" or "cuda" by then).
+inline Device run_device(const TrainConfig& c) { return c.device == "cuda" ? Device::cuda : Device::cpu; }
 
 std::vector<std::string> dataset_names();
 // The synthetic dataset's sizes when --train-size / --test-size are 0.

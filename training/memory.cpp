@@ -6,7 +6,6 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
-#include <limits>
 #include <stdexcept>
 
 #include "engine/runtime.h"
@@ -142,7 +141,8 @@ std::string format_bytes(int64_t bytes) {
   return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, units[u]);
 }
 
-void check_memory(const TrainConfig& cfg, const data::Dataset& train, Device device) {
+void check_memory(const TrainConfig& cfg, const data::Dataset& train) {
+  const Device device = run_device(cfg);
   if (train.n < 4) return;  // too few samples to measure; nothing large either
   const MemoryLimit limit = memory_limit(cfg, device);
   if (limit.bytes <= 0) return;  // unknown here
@@ -159,7 +159,7 @@ void check_memory(const TrainConfig& cfg, const data::Dataset& train, Device dev
         what, cfg.model, batch, format_bytes(need), format_bytes(e.state), format_bytes(per_sample),
         format_bytes(limit.bytes), limit.source, fits));
   };
-  const int64_t train_batch = std::min(cfg.batch_size, train.n);
+  const int64_t train_batch = MemoryEstimate::trained_batch(cfg, train.n);
   if (const int64_t need = e.train_bytes(train_batch); need > limit.bytes)
     refuse("a training step", "--batch-size", train_batch, need, e.train_fixed, e.train_per_sample);
   const int64_t batch = MemoryEstimate::attacked_batch(cfg, train.n);
@@ -172,7 +172,7 @@ int64_t MemoryEstimate::attacked_batch(const TrainConfig& cfg, int64_t train_n) 
   if (!(cfg.method.eps() > 0)) return 0;
   const int64_t evaluated = std::min(cfg.eval_batch_size, std::max(cfg.robust_val_size, cfg.final_attack_size));
   const bool attacks_probe = robust::method_registry().at(cfg.method.name).adversarial;
-  return std::max(evaluated, attacks_probe ? std::min(cfg.batch_size, train_n) : int64_t{0});
+  return std::max(evaluated, attacks_probe ? trained_batch(cfg, train_n) : int64_t{0});
 }
 
 }  // namespace bulwark::training

@@ -37,9 +37,11 @@ struct MemoryEstimate {
   // eval batch size) and, for an adversarial method, its probe (at the training batch size:
   // Fast-AT's guard attacks it).
   static int64_t attacked_batch(const TrainConfig& cfg, int64_t train_n);
+  // The batch a run trains on: the batch size, or all of a smaller training set.
+  static int64_t trained_batch(const TrainConfig& cfg, int64_t train_n) { return std::min(cfg.batch_size, train_n); }
   // What the run needs at its peak: its training step or its largest attack, whichever is more.
   int64_t run_bytes(const TrainConfig& cfg, int64_t train_n) const {
-    return std::max(train_bytes(std::min(cfg.batch_size, train_n)), eval_bytes(attacked_batch(cfg, train_n)));
+    return std::max(train_bytes(trained_batch(cfg, train_n)), eval_bytes(attacked_batch(cfg, train_n)));
   }
 };
 
@@ -61,7 +63,7 @@ int64_t parse_memory_size(const std::string& text);
 std::string format_bytes(int64_t bytes);  // "3.2 GiB"
 
 // Throws std::invalid_argument, with the estimate, the limit and the batch size that fits, when
-// the run's training step or robust validation would not fit.
-void check_memory(const TrainConfig& cfg, const data::Dataset& train, Device device);
+// the run's training step or robust validation would not fit on its device.
+void check_memory(const TrainConfig& cfg, const data::Dataset& train);
 
 }  // namespace bulwark::training

@@ -124,7 +124,7 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
       data_(std::move(data)),
       options_(options),
       progress_(options.quiet),
-      device_(cfg_.device == "cuda" ? Device::cuda : Device::cpu),
+      device_(run_device(cfg_)),
       model_(build_model(cfg_, device_)),
       optimizer_(make_optimizer(cfg_.optimizer, model_->named_parameters())),
       schedule_(make_schedule(cfg_.schedule, cfg_.optimizer.lr, cfg_.epochs)),
@@ -403,7 +403,7 @@ RunSummary train(TrainConfig cfg, const RunOptions& options) {
                                             "choose another --out",
                                             cfg.out, cfg.out));
   RunData data = load_run_data(cfg);
-  check_memory(cfg, data.train, cfg.device == "cuda" ? Device::cuda : Device::cpu);  // before anything is written
+  check_memory(cfg, data.train);  // before anything is written
   std::error_code ec;
   fs::create_directories(cfg.out, ec);
   if (ec) throw std::runtime_error(fmt::format("cannot create the run directory {}: {}", cfg.out, ec.message()));
@@ -469,7 +469,7 @@ RunSummary resume(const std::string& run_dir, const RunOptions& options, int thr
   if (threads > 0) cfg.threads = threads;
   validate(cfg);
   RunData data = load_run_data(cfg);
-  check_memory(cfg, data.train, cfg.device == "cuda" ? Device::cuda : Device::cpu);
+  check_memory(cfg, data.train);
   Progress info(options.quiet);
   if (ckpt.state.batch > 0)
     info.info(fmt::format("resuming {} in epoch {} of {}, at batch {}", run_dir, ckpt.state.epoch + 1, cfg.epochs,
