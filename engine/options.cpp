@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "engine/check.h"
+#include "engine/json_field.h"
 
 namespace bulwark {
 
@@ -291,8 +292,12 @@ OptionValues read_options(const std::vector<Option>& options, const nlohmann::js
       continue;
     }
     ojson v = j.at(o.key);
-    if (o.type == OptionType::integer && v.is_number_float() && std::floor(v.get<double>()) == v.get<double>())
-      v = static_cast<int64_t>(v.get<double>());
+    if (o.type == OptionType::integer && v.is_number_float()) {  // 3.0 reads as 3; 2.5 and 1e99 fail has_type below
+      try {
+        v = json_get<int64_t>(v);
+      } catch (const std::invalid_argument&) {
+      }
+    }
     if (!has_type(o.type, v))
       throw std::invalid_argument(
           fmt::format("config key '{}.{}' must be {}, got {}", where, o.key, type_name(o.type), j.at(o.key).dump()));

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+#include <tuple>
 
 namespace bulwark {
 
@@ -46,6 +48,54 @@ void narrow_i64(const std::vector<char>& bytes, Tensor& out, const std::string& 
       throw std::runtime_error(fmt::format("{}: I64 tensor '{}' holds {}, beyond bulwark's 32-bit integers", path, name, v));
     dst[i] = static_cast<int32_t>(v);
   }
+}
+
+// One tensor's header entry, checked before anything is allocated: a hostile file cannot make the
+// reader allocate more than its own data section holds.
+struct TensorEntry {
+  StoredDType stored;
+  Shape shape;
+  uint64_t begin = 0, bytes = 0;
+};
+TensorEntry tensor_entry(const nlohmann::json& entry, uint64_t data_size, const std::string& path, const std::string& name) {
+  const auto bad = [&](const std::string& what) {
+    return std::runtime_error(fmt::format("{}: tensor '{}' {}", path, name, what));
+  };
+  if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
+    throw bad("is not an object with dtype, shape and data_offsets");
+  const nlohmann::json &dtype = entry["dtype"], &shape = entry["shape"], &offsets = entry["data_offsets"];
+  if (!dtype.is_string()) throw bad("has a dtype that is not a string");
+  TensorEntry e;
+  e.stored = parse_dtype(dtype.get<std::string>(), path, name);
+  if (!shape.is_array()) throw bad("has a shape that is not a list");
+  // The element count, bounded as it grows (by the data section, or 2^32 for the other dimensions
+  // of an empty tensor), so neither it nor the strides made from the shape can overflow.
+  const uint64_t limit = std::max<uint64_t>(data_size, uint64_t{1} << 32);
+  uint64_t numel = 1;
+  bool empty = false;
+  for (const nlohmann::json& d : shape) {
+    if (!d.is_number_unsigned()) throw bad(fmt::format("has a dimension {} that is not a non-negative integer", d.dump()));
+    const uint64_t n = d.get<uint64_t>();
+    if (n == 0) {
+      empty = true;
+    } else if (numel > limit / n) {
+      throw bad(fmt::format("has shape {}, more elements than the file's {} data bytes hold", shape.dump(), data_size));
+    } else {
+      numel *= n;
+    }
+    e.shape.push_back(static_cast<int64_t>(n));
+  }
+  if (empty) numel = 0;
+  e.bytes = numel * e.stored.file_size;
+  if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
+    throw bad("has data_offsets that are not two non-negative integers");
+  e.begin = offsets[0].get<uint64_t>();
+  const uint64_t end = offsets[1].get<uint64_t>();
+  if (end < e.begin || end - e.begin != e.bytes)
+    throw bad(fmt::format("{} needs {} bytes, its offsets say otherwise", shape_str(e.shape), e.bytes));
+  if (end > data_size)
+    throw bad(fmt::format("ends at byte {} of a {}-byte data section: truncated file?", end, data_size));
+  return e;
 }
 }  // namespace
 
@@ -104,29 +154,40 @@ SafetensorsFile load_safetensors(const std::string& path) {
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("{}: header is not valid JSON ({})", path, e.what()));
   }
+  if (!header.is_object())
+    throw std::runtime_error(fmt::format("{}: header is JSON but not an object of tensors", path));
   const uint64_t data_start = 8 + hlen, data_size = size - data_start;
   SafetensorsFile file;
+  std::vector<std::pair<std::string, TensorEntry>> entries;
   for (auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
-      for (auto& [k, v] : entry.items()) file.metadata[k] = v.get<std::string>();
+      if (!entry.is_object()) throw std::runtime_error(fmt::format("{}: __metadata__ is not an object", path));
+      for (auto& [k, v] : entry.items()) {
+        if (!v.is_string()) throw std::runtime_error(fmt::format("{}: metadata '{}' is not a string", path, k));
+        file.metadata[k] = v.get<std::string>();
+      }
       continue;
     }
-    const StoredDType stored = parse_dtype(entry.at("dtype").get<std::string>(), path, name);
-    const DType dt = stored.dtype;
-    const Shape shape = entry.at("shape").get<Shape>();
-    const auto offs = entry.at("data_offsets").get<std::vector<uint64_t>>();
-    const uint64_t expect = shape_numel(shape) * stored.file_size;
-    if (offs.size() != 2 || offs[1] < offs[0] || offs[1] - offs[0] != expect)
-      throw std::runtime_error(fmt::format("{}: tensor '{}' {} needs {} bytes, its offsets say otherwise", path, name, shape_str(shape), expect));
-    if (offs[1] > data_size)
-      throw std::runtime_error(fmt::format("{}: tensor '{}' ends at byte {} of a {}-byte data section: truncated file?", path, name, offs[1], data_size));
-    Tensor t = Tensor::empty(shape, dt);
-    in.seekg(static_cast<std::streamoff>(data_start + offs[0]));
-    if (stored.file_size == dtype_size(dt)) {
-      in.read(static_cast<char*>(t.impl()->storage->data), static_cast<std::streamsize>(expect));
+    entries.emplace_back(name, tensor_entry(entry, data_size, path, name));
+  }
+  // No two tensors share bytes (the format's rule), so all of them together take at most the
+  // data section's size in memory, whatever the header says.
+  std::vector<std::tuple<uint64_t, uint64_t, const std::string*>> ranges;  // begin, end, name
+  for (const auto& [name, e] : entries)
+    if (e.bytes > 0) ranges.emplace_back(e.begin, e.begin + e.bytes, &name);
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (std::get<0>(ranges[i]) < std::get<1>(ranges[i - 1]))
+      throw std::runtime_error(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", path,
+                                           *std::get<2>(ranges[i - 1]), *std::get<2>(ranges[i])));
+  for (const auto& [name, e] : entries) {
+    Tensor t = Tensor::empty(e.shape, e.stored.dtype);
+    in.seekg(static_cast<std::streamoff>(data_start + e.begin));
+    if (e.stored.file_size == dtype_size(e.stored.dtype)) {
+      in.read(static_cast<char*>(t.impl()->storage->data), static_cast<std::streamsize>(e.bytes));
     } else {
-      std::vector<char> bytes(expect);
-      in.read(bytes.data(), static_cast<std::streamsize>(expect));
+      std::vector<char> bytes(e.bytes);
+      in.read(bytes.data(), static_cast<std::streamsize>(e.bytes));
       if (in) narrow_i64(bytes, t, path, name);
     }
     if (!in) throw std::runtime_error(fmt::format("{}: reading tensor '{}' failed", path, name));

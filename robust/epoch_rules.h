@@ -18,6 +18,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/json_field.h"
+
 namespace bulwark::robust {
 
 // state[key] as T, for load_state. A missing key or a wrong type means the checkpoint's method
@@ -25,8 +27,8 @@ namespace bulwark::robust {
 template <class T>
 T saved_state(const nlohmann::json& state, const char* key, const char* owner) {
   try {
-    return state.at(key).get<T>();
-  } catch (const nlohmann::json::exception& e) {
+    return json_get<T>(state.at(key));
+  } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("the checkpoint's method state has no valid '{}' for {} ({}); it was written "
                                          "by another method or version: start the run again",
                                          key, owner, e.what()));

@@ -374,6 +374,44 @@ TEST_CASE("safetensors I64 tensors (PyTorch's integer buffers) read into i32, an
   std::filesystem::remove(path);
 }
 
+TEST_CASE("safetensors headers that lie are refused before anything is allocated", "[models]") {
+  const std::string path = (std::filesystem::temp_directory_path() / "bulwark_test_hostile.safetensors").string();
+  const auto load_with = [&](const std::string& header, size_t data_bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    const uint64_t length = header.size();
+    out.write(reinterpret_cast<const char*>(&length), 8);
+    out << header << std::string(data_bytes, '\0');
+    out.close();
+    return load_safetensors(path);
+  };
+  // A 16-byte data section: the base case loads.
+  CHECK(load_with(R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})", 16).tensors.at("a").numel() == 4);
+  CHECK(load_with(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}})", 0).tensors.at("e").numel() == 0);
+  // Dimensions whose product wraps around 2^64 to the declared byte count, negative or fractional
+  // ones, more elements than the file holds.
+  CHECK_THROWS_WITH(load_with(R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}})", 16),
+                    Catch::Contains("tensor 'a' has shape [4611686018427387904,4], more elements than the file's 16 data bytes"));
+  CHECK_THROWS_WITH(load_with(R"({"a":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", 16),
+                    Catch::Contains("dimension -4 that is not a non-negative integer"));
+  CHECK_THROWS_WITH(load_with(R"({"a":{"dtype":"F32","shape":[2.5],"data_offsets":[0,10]}})", 16),
+                    Catch::Contains("dimension 2.5"));
+  CHECK_THROWS_WITH(load_with(R"({"a":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}})", 16),
+                    Catch::Contains("more elements than"));
+  // Two tensors on the same bytes: each fits, together they would double what the file holds.
+  CHECK_THROWS_WITH(load_with(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+                              R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", 16),
+                    Catch::Contains("tensors 'a' and 'b' overlap in the data section"));
+  // Wrong JSON types name the file and the entry instead of a JSON library error.
+  CHECK_THROWS_WITH(load_with(R"([1,2])", 0), Catch::Contains("not an object of tensors"));
+  CHECK_THROWS_WITH(load_with(R"({"a":5})", 0), Catch::Contains("tensor 'a' is not an object with dtype, shape and data_offsets"));
+  CHECK_THROWS_WITH(load_with(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", 4),
+                    Catch::Contains("data_offsets that are not two non-negative integers"));
+  CHECK_THROWS_WITH(load_with(R"({"__metadata__":{"k":1}})", 0), Catch::Contains("metadata 'k' is not a string"));
+  CHECK_THROWS_WITH(load_with(R"({"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})", 16),
+                    Catch::Contains("ends at byte 32 of a 16-byte data section"));
+  std::filesystem::remove(path);
+}
+
 TEST_CASE("BatchNorm uses and updates batch statistics in train mode and uses running ones in eval mode", "[models]") {
   BatchNorm2d bn(2, DType::f64);
   bn.weight.copy_(Tensor::from_vector(std::vector<double>{2.0, 0.5}, {2}));

@@ -16,8 +16,10 @@
 #include "engine/rng.h"
 #include "kernels/emu/execution.h"
 #include "models/zoo.h"
+#include "engine/json_field.h"
 #include "engine/safetensors.h"
 #include "training/checkpoint.h"
+#include "training/config.h"
 #include "training/optim.h"
 #include "training/schedule.h"
 #include "training/trainer.h"
@@ -462,6 +464,52 @@ TEST_CASE("resume drops metrics lines the checkpoint does not cover", "[training
   const auto lines = read_lines(dir / "run/metrics.jsonl");
   REQUIRE(lines.size() == 2);
   CHECK(nlohmann::json::parse(lines[1])["train_loss"] != 9);
+}
+
+TEST_CASE("a checkpoint's metadata is checked value by value", "[training]") {
+  TempDir dir("metadata");
+  train(tiny_config(dir / "run", 1), quiet(1));
+  const std::map<std::string, std::string> good = load_safetensors(dir / "run/last.safetensors").metadata;
+  const CheckpointState state = checkpoint_state(good, "ck");
+  CHECK(state.epoch == 1);
+  CHECK(state.config.is_object());
+  const auto with = [&](const std::string& key, const std::string& value) {
+    std::map<std::string, std::string> m = good;
+    m[key] = value;
+    return m;
+  };
+  CHECK_THROWS_WITH(checkpoint_state(with("epoch", "-1"), "ck"), "ck: checkpoint metadata 'epoch' is '-1', not an integer >= 0");
+  CHECK_THROWS_WITH(checkpoint_state(with("batch", "3x"), "ck"), Catch::Contains("'batch' is '3x'"));
+  // std::stoull alone would read "-5" as 2^64 - 5.
+  CHECK_THROWS_WITH(checkpoint_state(with("rng_offset", "-5"), "ck"), Catch::Contains("'rng_offset' is '-5', not an unsigned"));
+  CHECK_THROWS_WITH(checkpoint_state(with("config", "[1]"), "ck"), Catch::Contains("'config' is not a JSON object"));
+  CHECK_THROWS_WITH(checkpoint_state(with("schedule_state", "{"), "ck"), Catch::Contains("ck: damaged checkpoint metadata"));
+  CHECK_THROWS_WITH(checkpoint_state(with("epoch_progress", R"({"loss_sum":1})"), "ck"),
+                    Catch::Contains("epoch_progress has no number 'seconds'"));
+  CHECK_THROWS_WITH(checkpoint_state(with("format", "other"), "ck"), Catch::Contains("not a bulwark checkpoint"));
+  std::map<std::string, std::string> missing = good;
+  missing.erase("rng_seed");
+  CHECK_THROWS_WITH(checkpoint_state(missing, "ck"), "ck: checkpoint metadata has no 'rng_seed'");
+}
+
+TEST_CASE("integers read from JSON files are whole numbers in their type's range", "[training]") {
+  using nlohmann::json;
+  CHECK(json_get<int64_t>(json(7)) == 7);
+  CHECK(json_get<int64_t>(json(3.0)) == 3);
+  CHECK(json_get<int>(json(-5)) == -5);
+  CHECK(json_get<std::vector<int64_t>>(json::parse("[1, 2.0, 3]")) == std::vector<int64_t>{1, 2, 3});
+  // nlohmann's get<int64_t>() of 1e99 is undefined behaviour (the fuzzer's first finding), and of
+  // 2.5, or of 2^40 into an int, another number.
+  CHECK_THROWS_WITH(json_get<int64_t>(json(1e99)), Catch::Contains("1e+99 is not a whole number in"));
+  CHECK_THROWS_WITH(json_get<int64_t>(json(9223372036854775808.0)), Catch::Contains("is not a whole number"));
+  CHECK_THROWS_WITH(json_get<int64_t>(json(2.5)), Catch::Contains("2.5 is not a whole number"));
+  CHECK_THROWS_WITH(json_get<int>(json(int64_t{1} << 40)), Catch::Contains("1099511627776 is not a whole number"));
+  CHECK_THROWS_WITH(json_get<uint64_t>(json(-1)), Catch::Contains("-1 is not a whole number"));
+  CHECK_THROWS_AS(json_get<int64_t>(json("7")), nlohmann::json::type_error);
+  // Through a run's config: the key is named.
+  json cfg = to_json(TrainConfig{});
+  cfg["epochs"] = 1e99;
+  CHECK_THROWS_WITH(config_from_json(cfg), Catch::Contains("config key 'epochs': 1e+99 is not a whole number"));
 }
 
 TEST_CASE("checkpoints are written atomically", "[training]") {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -71,33 +72,69 @@ void save_checkpoint(const std::string& path, const Module& model, const Optimiz
   atomically(path, "checkpoint", [&] { save_safetensors(path, tensors, metadata, before_rename); });
 }
 
-Checkpoint load_checkpoint(const std::string& path) {
-  SafetensorsFile file = load_safetensors(path);
-  const auto& m = file.metadata;
+CheckpointState checkpoint_state(const std::map<std::string, std::string>& m, const std::string& path) {
   auto it = m.find("format");
   if (it == m.end() || it->second != kFormat)
     throw std::runtime_error(fmt::format("{} is a safetensors file but not a bulwark checkpoint (metadata format "
                                          "'{}', expected '{}')",
                                          path, it == m.end() ? "" : it->second, kFormat));
-  Checkpoint c;
+  CheckpointState s;
+  // Integers in full (std::stoull would take "-1" as 2^64 - 1) and in range.
+  const auto integer = [&](const char* key, int64_t min) {
+    const std::string& text = meta(m, key, path);
+    size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used != text.size() || v < min)
+      throw std::runtime_error(fmt::format("{}: checkpoint metadata '{}' is '{}', not an integer >= {}", path, key, text, min));
+    return static_cast<int64_t>(v);
+  };
+  const auto unsigned_integer = [&](const char* key) {
+    const std::string& text = meta(m, key, path);
+    size_t used = 0;
+    unsigned long long v = 0;
+    if (!text.empty() && std::isdigit(static_cast<unsigned char>(text[0]))) v = std::stoull(text, &used);
+    if (used == 0 || used != text.size())
+      throw std::runtime_error(fmt::format("{}: checkpoint metadata '{}' is '{}', not an unsigned integer", path, key, text));
+    return static_cast<uint64_t>(v);
+  };
+  const auto object = [&](const char* key) {
+    nlohmann::json j = nlohmann::json::parse(meta(m, key, path));
+    if (!j.is_object()) throw std::runtime_error(fmt::format("{}: checkpoint metadata '{}' is not a JSON object", path, key));
+    return j;
+  };
   try {
-    CheckpointState& s = c.state;
-    s.config = nlohmann::json::parse(meta(m, "config", path));
-    s.epoch = std::stoll(meta(m, "epoch", path));
-    s.batch = std::stoll(meta(m, "batch", path));
-    s.rng_seed = std::stoull(meta(m, "rng_seed", path));
-    s.rng_offset = std::stoull(meta(m, "rng_offset", path));
-    s.schedule_state = nlohmann::json::parse(meta(m, "schedule_state", path));
-    s.method_state = nlohmann::json::parse(meta(m, "method_state", path));
+    s.config = object("config");
+    s.epoch = integer("epoch", 0);
+    s.batch = integer("batch", 0);
+    s.rng_seed = unsigned_integer("rng_seed");
+    s.rng_offset = unsigned_integer("rng_offset");
+    s.schedule_state = object("schedule_state");
+    s.method_state = object("method_state");
     s.best_val_acc = nlohmann::json::parse(meta(m, "best_val_acc", path)).get<double>();
-    s.best_epoch = std::stoll(meta(m, "best_epoch", path));
-    s.metrics = nlohmann::json::parse(meta(m, "metrics", path));
-    if (const auto p = m.find("epoch_progress"); p != m.end()) s.epoch_progress = nlohmann::json::parse(p->second);
+    s.best_epoch = integer("best_epoch", -1);
+    s.metrics = object("metrics");
+    if (m.count("epoch_progress")) s.epoch_progress = object("epoch_progress");
   } catch (const std::runtime_error&) {
     throw;
   } catch (const std::exception& e) {
     throw std::runtime_error(fmt::format("{}: damaged checkpoint metadata ({})", path, e.what()));
   }
+  // A mid-epoch checkpoint's sums, which the trainer reads back as they were written.
+  if (!s.epoch_progress.empty()) {
+    for (const char* key : {"loss_sum", "seconds", "cpu_seconds"})
+      if (!s.epoch_progress.contains(key) || !s.epoch_progress[key].is_number())
+        throw std::runtime_error(fmt::format("{}: checkpoint metadata epoch_progress has no number '{}'", path, key));
+    for (const char* key : {"correct", "count", "fwd_passes", "bwd_passes"})
+      if (!s.epoch_progress.contains(key) || !s.epoch_progress[key].is_number_integer())
+        throw std::runtime_error(fmt::format("{}: checkpoint metadata epoch_progress has no integer '{}'", path, key));
+  }
+  return s;
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+  SafetensorsFile file = load_safetensors(path);
+  Checkpoint c;
+  c.state = checkpoint_state(file.metadata, path);
   for (auto& [name, t] : file.tensors)
     (name.rfind(kOptimizerPrefix, 0) == 0 ? c.optimizer : c.model).emplace(name, t);
   return c;

@@ -57,6 +57,9 @@ void save_checkpoint(const std::string& path, const Module& model, const Optimiz
 
 // Throws naming the file when it is not a bulwark checkpoint or its metadata is damaged.
 Checkpoint load_checkpoint(const std::string& path);
+// The state held in a checkpoint's metadata (what load_checkpoint reads), each value checked;
+// throws naming `path` and the value.
+CheckpointState checkpoint_state(const std::map<std::string, std::string>& metadata, const std::string& path);
 
 // Writes `text` to path + ".tmp", then renames it over `path` (config.json, summary.json).
 void write_file_atomically(const std::string& path, const std::string& text);

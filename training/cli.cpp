@@ -195,7 +195,9 @@ TrainConfig config_from_args(const TrainArgs& a) {
   }
   const robust::MethodInfo& method = robust::method_registry().at(cfg.method.name);
   const ScheduleInfo& schedule = schedule_info(cfg.schedule.name);
-  for (const auto& [flag, text] : a.given) {
+  for (const auto& given : a.given) {  // not a structured binding: clang 14 cannot capture one
+    const std::string& flag = given.first;
+    const std::string& text = given.second;
     if (used.count(flag)) continue;
     const bool of_schedule = std::any_of(schedule_registry().begin(), schedule_registry().end(), [&](const ScheduleInfo& s) {
       return find_if(s.options.begin(), s.options.end(), [&](const Option& o) { return o.flag == flag; }) != s.options.end();
@@ -404,7 +406,9 @@ std::vector<EvalAttack> eval_attacks(const EvalArgs& a, const std::vector<std::s
   std::vector<OptionValues> values(chosen.size());
   std::map<std::string, std::string> given = settings;  // the suite's settings, unless typed
   for (const auto& [flag, text] : a.given) given[flag] = text;
-  for (const auto& [flag, text] : given) {
+  for (const auto& entry : given) {  // not a structured binding: clang 14 cannot capture one
+    const std::string& flag = entry.first;
+    const std::string& text = entry.second;
     bool used = false;
     for (size_t i = 0; i < chosen.size(); ++i)
       for (const Option& o : chosen[i]->options)

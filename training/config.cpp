@@ -39,7 +39,7 @@ TrainOption bound(std::string group, Option o, Access access) {
   t.get = [access](const TrainConfig& c) { return ojson(access(c)); };
   t.set = [access](TrainConfig& c, const ojson& v) {
     using T = std::decay_t<decltype(access(c))>;
-    access(c) = v.get<T>();
+    access(c) = json_get<T>(v);
   };
   if (o.fixed.is_null() && !o.rule) o.fixed = t.get(TrainConfig{});
   t.option = std::move(o);
@@ -221,7 +221,7 @@ TrainConfig config_from_json(const nlohmann::json& j) {
     const std::string where = t.group.empty() ? t.option.key : t.group + "." + t.option.key;
     try {
       t.set(c, block->at(t.option.key));
-    } catch (const nlohmann::json::exception& e) {
+    } catch (const std::exception& e) {
       throw std::invalid_argument(fmt::format("config key '{}': {}", where, e.what()));
     }
   }

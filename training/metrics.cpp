@@ -1,5 +1,7 @@
 #include "training/metrics.h"
 
+#include "engine/json_field.h"
+
 namespace bulwark::training {
 
 nlohmann::ordered_json EpochMetrics::to_json() const {
@@ -21,7 +23,7 @@ nlohmann::ordered_json EpochMetrics::to_json() const {
 
 EpochMetrics metrics_from_json(const nlohmann::json& j) {
   EpochMetrics m;
-  m.epoch = j.at("epoch").get<int64_t>();
+  m.epoch = json_get<int64_t>(j.at("epoch"));
   m.train_loss = j.at("train_loss").get<double>();
   m.train_acc = j.at("train_acc").get<double>();
   m.val_acc = j.at("val_acc").get<double>();
@@ -29,8 +31,8 @@ EpochMetrics metrics_from_json(const nlohmann::json& j) {
   m.lr = j.at("lr").get<double>();
   m.seconds = j.at("seconds").get<double>();
   m.cpu_seconds = j.value("cpu_seconds", 0.0);
-  m.fwd_passes = j.at("fwd_passes").get<int64_t>();
-  m.bwd_passes = j.at("bwd_passes").get<int64_t>();
+  m.fwd_passes = json_get<int64_t>(j.at("fwd_passes"));
+  m.bwd_passes = json_get<int64_t>(j.at("bwd_passes"));
   m.images_per_s = j.at("images_per_s").get<double>();
   const nlohmann::json known = m.to_json();
   for (auto& [k, v] : j.items())

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "engine/check.h"
+#include "engine/json_field.h"
 
 namespace bulwark::training {
 
@@ -67,11 +68,11 @@ class AccelatSchedule final : public LrSchedule {
   void load_state(const nlohmann::json& state) override {
     try {
       lr_ = state.at("lr").get<double>();
-      quiet_ = state.at("quiet").get<int64_t>();
-      decays_ = state.at("decays").get<int64_t>();
+      quiet_ = json_get<int64_t>(state.at("quiet"));
+      decays_ = json_get<int64_t>(state.at("decays"));
       accuracies_ = state.at("accuracies").get<std::vector<double>>();
       means_ = state.at("means").get<std::vector<double>>();
-    } catch (const nlohmann::json::exception& e) {
+    } catch (const std::exception& e) {
       throw std::invalid_argument(fmt::format("the checkpoint's schedule state is not AccelAT's ({}): was the run "
                                               "started with another --schedule?",
                                               e.what()));

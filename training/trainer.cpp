@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/json_field.h"
 #include "engine/runtime.h"
 #include "engine/safetensors.h"
 #include "models/zoo.h"
@@ -144,8 +145,14 @@ void Trainer::restore(const Checkpoint& c) {
   const CheckpointState& s = c.state;
   model_->load_state_dict(c.model);
   optimizer_->load_state(c.optimizer);
-  schedule_->load_state(s.schedule_state);
-  method_->load_state(s.method_state);
+  try {
+    schedule_->load_state(s.schedule_state);
+    method_->load_state(s.method_state);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(fmt::format("the checkpoint's schedule_state or method_state does not fit the {} "
+                                         "schedule and the {} method: damaged checkpoint? ({})",
+                                         cfg_.schedule.name, cfg_.method.name, e.what()));
+  }
   if (s.rng_seed != gen_.seed())
     throw std::runtime_error(fmt::format("checkpoint RNG seed {} does not match the run's seed {}: the checkpoint "
                                          "belongs to another run",
@@ -212,9 +219,9 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   double seconds_before = 0, cpu_seconds_before = 0;  // spent on this epoch before an interrupt
   if (first_batch > 0 && !resume_progress_.empty()) {
     const nlohmann::json& p = resume_progress_;
-    totals = {p.at("loss_sum").get<double>(), p.at("correct").get<int64_t>(), p.at("count").get<int64_t>()};
-    passes.fwd = p.at("fwd_passes").get<int64_t>();
-    passes.bwd = p.at("bwd_passes").get<int64_t>();
+    totals = {p.at("loss_sum").get<double>(), json_get<int64_t>(p.at("correct")), json_get<int64_t>(p.at("count"))};
+    passes.fwd = json_get<int64_t>(p.at("fwd_passes"));
+    passes.bwd = json_get<int64_t>(p.at("bwd_passes"));
     seconds_before = p.at("seconds").get<double>();
     cpu_seconds_before = p.at("cpu_seconds").get<double>();
     resume_progress_ = nlohmann::json::object();

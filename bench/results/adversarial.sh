@@ -197,10 +197,12 @@ if [[ "$check_configs" == 1 ]]; then
   status=0
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  for study_dir in "$root"/docs/results/runs/*/; do
+  for study in table long paper cifar; do  # this script's studies (runs/sgn is bench/results/sgn.sh's)
+    study_dir="$root/docs/results/runs/$study/"
+    [[ -d "$study_dir" ]] || continue
     epochs="" datasets="" methods="" pairs=""
     study_defaults
-    study_settings "$(basename "$study_dir")"
+    study_settings "$study"
     for config in "$study_dir"*/*/config.json; do
       d="$(dirname "$config")" ds="$(basename "$(dirname "$(dirname "$config")")")" name="$(basename "$(dirname "$config")")"
       shape=""

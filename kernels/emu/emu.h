@@ -46,7 +46,6 @@
 #include <limits>
 #include <map>
 #include <memory>
-#include <source_location>
 #include <stdexcept>
 #include <string>
 #include <tuple>

@@ -18,7 +18,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
-#include <source_location>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -114,14 +113,21 @@ void run_grid(const KernelLaunch& launch);
 // Raised at launch time for a pointer argument that a GPU could not dereference.
 void check_pointer_argument(const char* kernel, int index, const void* p);
 
-// Where an emulated thread waits, for error messages.
-struct Site {
+// Where an emulated thread waits, for error messages. Barriers and collectives take a defaulted
+// SourceLocation::current(): the __builtin_FILE/LINE/FUNCTION default arguments are evaluated at
+// the call site, as std::source_location's are, and unlike std::source_location they exist in
+// g++ and in Debian's clang 14 with libstdc++ 12 (which lacks __builtin_source_location), so the
+// emulator also builds with clang (the libFuzzer build of tests/fuzz links it).
+struct SourceLocation {
   const char* file = nullptr;
   unsigned line = 0;
   const char* function = nullptr;
-  Site() = default;
-  Site(const std::source_location& loc) : file(loc.file_name()), line(loc.line()), function(loc.function_name()) {}
+  static constexpr SourceLocation current(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE(),
+                                          const char* function = __builtin_FUNCTION()) {
+    return {file, line, function};
+  }
 };
+using Site = SourceLocation;
 
 enum class BarrierOp { sync, count, all, any };
 int block_barrier(BarrierOp op, int predicate, Site site);

@@ -38,7 +38,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
-#include <source_location>
 #include <type_traits>
 #include "kernels/emu/execution.h"
 

@@ -36,11 +36,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no input files under the paths given\n");
     return 2;
   }
+  size_t refused = 0;
   for (const fs::path& f : files) {
     std::ifstream in(f, std::ios::binary);
     const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     it->run(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+    const std::string& why = bulwark::fuzz::last_refusal();
+    if (!why.empty()) ++refused;
+    std::printf("  %s: %s\n", f.filename().c_str(), why.empty() ? "accepted" : ("refused: " + why).c_str());
   }
-  std::printf("%s: %zu inputs replayed\n", argv[1], files.size());
+  std::printf("%s: %zu inputs replayed, %zu accepted, %zu refused with an error\n", argv[1], files.size(),
+              files.size() - refused, refused);
   return 0;
 }

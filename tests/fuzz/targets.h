@@ -24,6 +24,17 @@ int cifar10_file(const uint8_t* data, size_t size);
 // 8/255, integer, real, list of reals such as milestones, flag, text from a list), the rest is the
 // text typed; also parse_radius.
 int option_value(const uint8_t* data, size_t size);
+// A safetensors file (engine/safetensors.h, load_safetensors): the bytes are the file.
+int safetensors_file(const uint8_t* data, size_t size);
+// A checkpoint's metadata, as resume reads it (training/checkpoint.h checkpoint_state, then the
+// run config (config_from_json, validate) and the schedule's and method's saved state): the bytes
+// are a JSON object whose members are the metadata entries, each a string or JSON (dumped to the
+// string a checkpoint holds).
+int checkpoint_metadata(const uint8_t* data, size_t size);
+
+// What the last input's reader said when it refused it ("" when the input was accepted), so the
+// replay can show which corpus inputs reach past the first check.
+const std::string& last_refusal();
 
 struct NamedTarget {
   const char* name;
