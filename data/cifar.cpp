@@ -155,4 +155,11 @@ Dataset load_cifar10_file(const std::string& path) {
   return d;
 }
 
+Dataset load_cifar100_file(const std::string& path) {
+  Dataset d = empty_cifar("cifar100/" + fs::path(path).filename().string(), 100, stats::kCifar100Mean,
+                          stats::kCifar100Std);
+  append_records(path, kCifar100, 0, d);
+  return d;
+}
+
 }  // namespace bulwark::data

@@ -24,5 +24,7 @@ Dataset load_cifar100(const std::string& dir, bool train);
 // Any file in the CIFAR-10 record layout whose size is a multiple of 3073 bytes (subsets such
 // as the 200-image test sample). Uses the CIFAR-10 stats.
 Dataset load_cifar10_file(const std::string& path);
+// The same for the CIFAR-100 record layout (a multiple of 3074 bytes; fine labels, CIFAR-100 stats).
+Dataset load_cifar100_file(const std::string& path);
 
 }  // namespace bulwark::data

@@ -376,6 +376,22 @@ TEST_CASE("CIFAR: standard files are checked for exact size and label range", "[
   }
 }
 
+TEST_CASE("CIFAR: any-size CIFAR-100 files load fine labels and check both", "[data][cifar]") {
+  TempDir tmp;
+  const std::string path = tmp / "subset100.bin";
+  Bytes b = cifar_records(3, 2);
+  write_file(path, b);
+  const Dataset d = load_cifar100_file(path);
+  CHECK(d.n == 3);
+  CHECK(d.num_classes == 100);
+  CHECK(d.labels == std::vector<int32_t>{0, 1, 2});  // the fine labels, not the coarse ones
+  b[3074] = 20;  // record 1's coarse label
+  write_file(path, b);
+  REQUIRE_THROWS_WITH(load_cifar100_file(path), Contains(path) && Contains("coarse label 20 in record 1 is outside 0..19"));
+  write_file(path, cifar_records(2, 1));
+  REQUIRE_THROWS_WITH(load_cifar100_file(path), Contains(path) && Contains("not a whole number of 3,074-byte records"));
+}
+
 TEST_CASE("CIFAR: any-size CIFAR-10 files must hold whole records with valid labels", "[data][cifar]") {
   TempDir tmp;
   const std::string path = tmp / "subset.bin";

@@ -77,6 +77,11 @@ int cifar10_file(const uint8_t* data, size_t size) {
   return refusing([&] { data::load_cifar10_file(path); });
 }
 
+int cifar100_file(const uint8_t* data, size_t size) {
+  const std::string path = write_file("cifar100", data, size);
+  return refusing([&] { data::load_cifar100_file(path); });
+}
+
 int option_value(const uint8_t* data, size_t size) {
   if (size < 1) return refusing([] { throw std::invalid_argument("empty"); });
   static const std::vector<Option> options = {
@@ -115,6 +120,7 @@ int checkpoint_metadata(const uint8_t* data, size_t size) {
 const std::vector<NamedTarget>& targets() {
   static const std::vector<NamedTarget> all = {{"idx", idx_pair},
                                                {"cifar10", cifar10_file},
+                                               {"cifar100", cifar100_file},
                                                {"option_value", option_value},
                                                {"safetensors", safetensors_file},
                                                {"checkpoint", checkpoint_metadata}};

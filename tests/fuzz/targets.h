@@ -20,6 +20,9 @@ using Target = int (*)(const uint8_t* data, size_t size);
 int idx_pair(const uint8_t* data, size_t size);
 // A CIFAR-10 binary batch (data/cifar.h): the bytes are the file.
 int cifar10_file(const uint8_t* data, size_t size);
+// A file of CIFAR-100 binary records (data/cifar.h, load_cifar100_file: the reader of train.bin and
+// test.bin, on any number of records): the bytes are the file.
+int cifar100_file(const uint8_t* data, size_t size);
 // A command-line value (engine/options.h): the first byte picks the option's type (radius such as
 // 8/255, integer, real, list of reals such as milestones, flag, text from a list), the rest is the
 // text typed; also parse_radius.
