@@ -15,6 +15,7 @@
 #include "robust/registry.h"
 #include "training/checkpoint.h"
 #include "training/config.h"
+#include "training/metrics.h"
 #include "training/schedule.h"
 
 namespace bulwark::fuzz {
@@ -114,6 +115,8 @@ int checkpoint_metadata(const uint8_t* data, size_t size) {
     training::validate(cfg);
     training::make_schedule(cfg.schedule, cfg.optimizer.lr, cfg.epochs)->load_state(state.schedule_state);
     robust::make_method(cfg.method)->load_state(state.method_state);
+    // The last epoch's metrics line, parsed as resume parses each line of metrics.jsonl.
+    if (!state.metrics.empty()) training::metrics_from_json(state.metrics);
   });
 }
 

@@ -30,7 +30,8 @@ int option_value(const uint8_t* data, size_t size);
 // A safetensors file (engine/safetensors.h, load_safetensors): the bytes are the file.
 int safetensors_file(const uint8_t* data, size_t size);
 // A checkpoint's metadata, as resume reads it (training/checkpoint.h checkpoint_state, then the
-// run config (config_from_json, validate) and the schedule's and method's saved state): the bytes
+// run config (config_from_json, validate), the schedule's and method's saved state, and the last
+// epoch's metrics line as metrics.jsonl's lines are read (metrics_from_json)): the bytes
 // are a JSON object whose members are the metadata entries, each a string or JSON (dumped to the
 // string a checkpoint holds).
 int checkpoint_metadata(const uint8_t* data, size_t size);
