@@ -113,9 +113,10 @@ def block(root):
     train_h = sum(r["summary"]["cpu_seconds"] for r in runs.values()) / 3600
     eval_h = sum(sum(a["seconds"] for a in r["eval"]["attacks"]) + r["eval"].get("suite", {}).get("seconds", 0)
                  for r in runs.values() if r["eval"]) / 3600
-    lines += [f"**Budget**: {len(runs)} runs trained in {train_h:.2f} CPU-hours and evaluated in {eval_h:.2f} hours of "
-              f"attacks on one thread ({sum(1 for r in runs.values() if r['eval'])} evaluated): {train_h + eval_h:.2f} "
-              "of the study's 4 CPU-hours.", ""]
+    pending = sum(1 for r in runs.values() if not r["eval"])
+    lines += [f"**Budget**: {len(runs)} runs trained in {train_h:.2f} CPU-hours and {len(runs) - pending} evaluated in "
+              f"{eval_h:.2f} hours of attacks on one thread: {train_h + eval_h:.2f} CPU-hours so far, against the 4 the "
+              "study was sized for" + (f"; {pending} runs are not evaluated yet." if pending else "."), ""]
     conv = [c for c, _ in tally.values()]
     gain = [g for _, g in tally.values() if g is not None]
     lines += [f"**In all**: the >= 10x convergence claim holds in {sum(conv)} of {len(conv)} comparisons, and the "
@@ -158,6 +159,11 @@ def verdicts(runs, ds, tally):
             flagged = [c["detail"] for c in es.get("masking_checks", []) if c.get("fired")]
             if flagged:
                 gain += f" The SGN's masking check fired ({'; '.join(flagged)}): its PGD figure is void, the headline stands."
+        else:
+            names = [name for name, r in (("the base", eb), ("the SGN", es)) if not r]
+            missing = " and ".join(names)
+            gain = (f" {missing[0].upper() + missing[1:]} {'are' if len(names) > 1 else 'is'} not evaluated yet: "
+                    "the +10 points claim is not checked on this pair.")
         out.append(f"- **{METHODS[method]}**: the SGN {conv}.{gain}")
     return out + [""] if out else []
 
