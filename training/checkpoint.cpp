@@ -2,12 +2,13 @@
 
 #include <fmt/format.h>
 
-#include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <type_traits>
 
 #include "engine/safetensors.h"
 
@@ -79,23 +80,17 @@ CheckpointState checkpoint_state(const std::map<std::string, std::string>& m, co
                                          "'{}', expected '{}')",
                                          path, it == m.end() ? "" : it->second, kFormat));
   CheckpointState s;
-  // Integers in full (std::stoull would take "-1" as 2^64 - 1) and in range.
-  const auto integer = [&](const char* key, int64_t min) {
+  // Integers in full and in range: std::from_chars takes no sign for an unsigned type (std::stoull
+  // would read "-1" as 2^64 - 1), no blanks and no trailing text.
+  const auto integer = [&]<class T>(const char* key, T min) {
     const std::string& text = meta(m, key, path);
-    size_t used = 0;
-    const long long v = std::stoll(text, &used);
-    if (used != text.size() || v < min)
-      throw std::runtime_error(fmt::format("{}: checkpoint metadata '{}' is '{}', not an integer >= {}", path, key, text, min));
-    return static_cast<int64_t>(v);
-  };
-  const auto unsigned_integer = [&](const char* key) {
-    const std::string& text = meta(m, key, path);
-    size_t used = 0;
-    unsigned long long v = 0;
-    if (!text.empty() && std::isdigit(static_cast<unsigned char>(text[0]))) v = std::stoull(text, &used);
-    if (used == 0 || used != text.size())
-      throw std::runtime_error(fmt::format("{}: checkpoint metadata '{}' is '{}', not an unsigned integer", path, key, text));
-    return static_cast<uint64_t>(v);
+    T v{};
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc() || end != text.data() + text.size() || v < min)
+      throw std::runtime_error(fmt::format("{}: checkpoint metadata '{}' is '{}', not {}", path, key, text,
+                                           std::is_signed_v<T> ? fmt::format("an integer >= {}", min)
+                                                               : std::string("an unsigned integer")));
+    return v;
   };
   const auto object = [&](const char* key) {
     nlohmann::json j = nlohmann::json::parse(meta(m, key, path));
@@ -104,14 +99,14 @@ CheckpointState checkpoint_state(const std::map<std::string, std::string>& m, co
   };
   try {
     s.config = object("config");
-    s.epoch = integer("epoch", 0);
-    s.batch = integer("batch", 0);
-    s.rng_seed = unsigned_integer("rng_seed");
-    s.rng_offset = unsigned_integer("rng_offset");
+    s.epoch = integer("epoch", int64_t{0});
+    s.batch = integer("batch", int64_t{0});
+    s.rng_seed = integer("rng_seed", uint64_t{0});
+    s.rng_offset = integer("rng_offset", uint64_t{0});
     s.schedule_state = object("schedule_state");
     s.method_state = object("method_state");
     s.best_val_acc = nlohmann::json::parse(meta(m, "best_val_acc", path)).get<double>();
-    s.best_epoch = integer("best_epoch", -1);
+    s.best_epoch = integer("best_epoch", int64_t{-1});
     s.metrics = object("metrics");
     if (m.count("epoch_progress")) s.epoch_progress = object("epoch_progress");
   } catch (const std::runtime_error&) {

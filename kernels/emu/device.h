@@ -5,7 +5,7 @@
 // The overload sets mirror CUDA 13's exactly (atomicMax has no float overload there, so it has
 // none here), so kernel source that compiles under the emulator compiles under nvcc.
 //
-// Barriers and warp collectives take a defaulted SourceLocation (execution.h), so the emulator can say
+// Barriers and warp collectives take a defaulted Site::current() (execution.h), so the emulator can say
 // where each thread waits when a barrier is not reached by all of them.
 //
 // Atomics are plain read-modify-writes: all threads of a launch run on one OS thread and only
@@ -25,19 +25,19 @@
 
 // ---- barriers ----------------------------------------------------------------------------------
 
-inline void __syncthreads(bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline void __syncthreads(bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   bulwark::emu::detail::block_barrier(bulwark::emu::detail::BarrierOp::sync, 1, loc);
 }
-inline int __syncthreads_count(int predicate, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline int __syncthreads_count(int predicate, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   return bulwark::emu::detail::block_barrier(bulwark::emu::detail::BarrierOp::count, predicate, loc);
 }
-inline int __syncthreads_and(int predicate, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline int __syncthreads_and(int predicate, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   return bulwark::emu::detail::block_barrier(bulwark::emu::detail::BarrierOp::all, predicate, loc);
 }
-inline int __syncthreads_or(int predicate, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline int __syncthreads_or(int predicate, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   return bulwark::emu::detail::block_barrier(bulwark::emu::detail::BarrierOp::any, predicate, loc);
 }
-inline void __syncwarp(unsigned mask = 0xffffffffu, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline void __syncwarp(unsigned mask = 0xffffffffu, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   bulwark::emu::detail::warp_collective(bulwark::emu::detail::WarpOp::sync, mask, 0, 0, 32, false, loc);
 }
 inline unsigned __activemask() { return bulwark::emu::detail::active_mask(); }
@@ -81,29 +81,29 @@ T shuffle(WarpOp op, unsigned mask, T v, int arg, int width, Site site) {
 
 #define BW_EMU_WARP_VALUE_OPS(T)                                                                            \
   inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize,                            \
-                       bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {                        \
+                       bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {                        \
     return bulwark::emu::detail::shuffle(bulwark::emu::detail::WarpOp::shfl_idx, mask, var, src_lane, width, loc); \
   }                                                                                                         \
   inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,                       \
-                          bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {                     \
+                          bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {                     \
     return bulwark::emu::detail::shuffle(bulwark::emu::detail::WarpOp::shfl_up, mask, var,                  \
                                          static_cast<int>(delta), width, loc);                              \
   }                                                                                                         \
   inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,                     \
-                            bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {                   \
+                            bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {                   \
     return bulwark::emu::detail::shuffle(bulwark::emu::detail::WarpOp::shfl_down, mask, var,                \
                                          static_cast<int>(delta), width, loc);                              \
   }                                                                                                         \
   inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize,                       \
-                           bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {                    \
+                           bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {                    \
     return bulwark::emu::detail::shuffle(bulwark::emu::detail::WarpOp::shfl_xor, mask, var, lane_mask, width, loc); \
   }                                                                                                         \
-  inline unsigned __match_any_sync(unsigned mask, T value, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) { \
+  inline unsigned __match_any_sync(unsigned mask, T value, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) { \
     return static_cast<unsigned>(bulwark::emu::detail::warp_collective(                                    \
         bulwark::emu::detail::WarpOp::match_any, mask, bulwark::emu::detail::to_bits(value), 0, 32, false, loc)); \
   }                                                                                                         \
   inline unsigned __match_all_sync(unsigned mask, T value, int* pred,                                       \
-                                   bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {            \
+                                   bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {            \
     const uint64_t r = bulwark::emu::detail::warp_collective(                                               \
         bulwark::emu::detail::WarpOp::match_all, mask, bulwark::emu::detail::to_bits(value), 0, 32, false, loc); \
     *pred = static_cast<int>(r >> 32);                                                                      \
@@ -120,21 +120,21 @@ BW_EMU_WARP_VALUE_OPS(float)
 BW_EMU_WARP_VALUE_OPS(double)
 #undef BW_EMU_WARP_VALUE_OPS
 
-inline unsigned __ballot_sync(unsigned mask, int predicate, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline unsigned __ballot_sync(unsigned mask, int predicate, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   return static_cast<unsigned>(bulwark::emu::detail::warp_collective(bulwark::emu::detail::WarpOp::ballot, mask,
                                                                      predicate != 0, 0, 32, false, loc));
 }
-inline int __any_sync(unsigned mask, int predicate, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline int __any_sync(unsigned mask, int predicate, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   return static_cast<int>(bulwark::emu::detail::warp_collective(bulwark::emu::detail::WarpOp::any, mask,
                                                                 predicate != 0, 0, 32, false, loc));
 }
-inline int __all_sync(unsigned mask, int predicate, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {
+inline int __all_sync(unsigned mask, int predicate, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {
   return static_cast<int>(bulwark::emu::detail::warp_collective(bulwark::emu::detail::WarpOp::all, mask,
                                                                 predicate != 0, 0, 32, false, loc));
 }
 
 #define BW_EMU_WARP_REDUCE(name, op, T, is_signed)                                                          \
-  inline T name(unsigned mask, T value, bulwark::emu::detail::SourceLocation loc = bulwark::emu::detail::SourceLocation::current()) {      \
+  inline T name(unsigned mask, T value, bulwark::emu::detail::Site loc = bulwark::emu::detail::Site::current()) {      \
     return static_cast<T>(bulwark::emu::detail::warp_collective(bulwark::emu::detail::WarpOp::op, mask,     \
                                                                 static_cast<uint32_t>(value), 0, 32, is_signed, loc)); \
   }

@@ -114,20 +114,19 @@ void run_grid(const KernelLaunch& launch);
 void check_pointer_argument(const char* kernel, int index, const void* p);
 
 // Where an emulated thread waits, for error messages. Barriers and collectives take a defaulted
-// SourceLocation::current(): the __builtin_FILE/LINE/FUNCTION default arguments are evaluated at
-// the call site, as std::source_location's are, and unlike std::source_location they exist in
-// g++ and in Debian's clang 14 with libstdc++ 12 (which lacks __builtin_source_location), so the
-// emulator also builds with clang (the libFuzzer build of tests/fuzz links it).
-struct SourceLocation {
+// Site::current(): the __builtin_FILE/LINE/FUNCTION default arguments are evaluated at the call
+// site, as std::source_location's are, and unlike std::source_location they exist in g++ and in
+// Debian's clang 14 with libstdc++ 12 (which lacks __builtin_source_location), so the emulator
+// also builds with clang (the libFuzzer build of tests/fuzz links it).
+struct Site {
   const char* file = nullptr;
   unsigned line = 0;
   const char* function = nullptr;
-  static constexpr SourceLocation current(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE(),
-                                          const char* function = __builtin_FUNCTION()) {
+  static constexpr Site current(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE(),
+                                const char* function = __builtin_FUNCTION()) {
     return {file, line, function};
   }
 };
-using Site = SourceLocation;
 
 enum class BarrierOp { sync, count, all, any };
 int block_barrier(BarrierOp op, int predicate, Site site);

@@ -71,7 +71,7 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_
 #define BW_SHARED(T, name, dims)                                                                     \
   static thread_local ::bulwark::emu::detail::SharedSite bw_shared_site_##name;                    \
   ::bulwark::emu::SharedArray<T dims> name =                                                         \
-      ::bulwark::emu::detail::shared_static<T dims>(bw_shared_site_##name, #name, ::bulwark::emu::detail::SourceLocation::current())
+      ::bulwark::emu::detail::shared_static<T dims>(bw_shared_site_##name, #name, ::bulwark::emu::detail::Site::current())
 #define BW_DYNAMIC_SHARED(T, name) ::bulwark::emu::SharedPtr<T> name = ::bulwark::emu::detail::dynamic_shared<T>()
 #define BW_SHARED_PTR(T) ::bulwark::emu::SharedPtr<T>
 #define BW_SHARED_CAST(U, p) ((p).template cast<U>())
