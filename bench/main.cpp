@@ -7,6 +7,8 @@
 //   bulwark-bench mixtrain-step [--bound B]... [--sra-k K] one MixTrain step per bound, sampled beside full-batch
 //   bulwark-bench sgn-step [--model NAME] [--method M]     one self-gradient network step (detached, full)
 //                                                        beside its base network's
+//   bulwark-bench gpu-model [--model NAME]... [--method M]...  the modelled H100/A100 time of one training
+//                                                        step per method, from its kernel launches
 //
 // bench/compare.sh runs train-step next to bench/peer_pytorch.py and prints the ratio table;
 // docs/bench.md has the measured numbers and what limits them.
@@ -26,6 +28,7 @@ int run_kernel_benchmarks(int argc, char** argv, int threads);
 int bound_step_main(int argc, char** argv);
 int mixtrain_step_main(int argc, char** argv);
 int sgn_step_main(int argc, char** argv);
+int gpu_model_main(int argc, char** argv);
 }
 
 namespace {
@@ -76,6 +79,7 @@ void usage() {
       "       bulwark-bench bound-step [--model NAME]... [--bound ibp|crown-ibp] [--batch N] [--threads N] [--json]\n"
       "       bulwark-bench mixtrain-step [--model NAME] [--bound B]... [--sra-k K] [--batch N] [--threads N]\n"
       "       bulwark-bench sgn-step [--model NAME] [--method standard|pgd] [--steps K] [--batch N] [--threads N]\n"
+      "       bulwark-bench gpu-model [--model NAME]... [--method NAME[:key=value,...]]... [--batch N] [--kernels N]\n"
       "run a subcommand with --help for its options\n");
 }
 
@@ -92,6 +96,7 @@ int main(int argc, char** argv) {
     if (command == "bound-step") return bulwark::bench::bound_step_main(argc - 1, argv + 1);
     if (command == "mixtrain-step") return bulwark::bench::mixtrain_step_main(argc - 1, argv + 1);
     if (command == "sgn-step") return bulwark::bench::sgn_step_main(argc - 1, argv + 1);
+    if (command == "gpu-model") return bulwark::bench::gpu_model_main(argc - 1, argv + 1);
     if (command == "kernels") {
       // --threads=N is ours; everything else goes to Google Benchmark.
       int threads = 2;

@@ -7,6 +7,10 @@
 #include <string>
 #include <vector>
 
+// LaunchCost, LaunchEvent, LaunchObserver and ObserveLaunches: what every CUDA kernel launch
+// states about its work, and how a caller watches the launches of its thread (the GPU cost model).
+#include "kernels/emu/launch_cost.h"
+
 namespace bulwark::runtime {
 
 // OpenMP threads of the CPU kernels (BLAS stays single-threaded).
@@ -20,6 +24,10 @@ bool cuda_available(std::string* why = nullptr);
 bool cuda_emulated();
 // Free device memory in bytes (cudaMemGetInfo; the emulator's host-memory figure in tests).
 int64_t cuda_free_memory();
+// The emulator's record-only mode (kernels/emu/execution.h): every launch is validated, counted
+// and shown to the thread's LaunchObserver, but no kernel runs, so results are garbage. Returns
+// whether the mode is available: false, changing nothing, where kernels run on a GPU.
+bool cuda_set_record_only(bool on);
 
 // Which implementation the CUDA GEMM and convolution run: "auto" (time both per shape, keep the
 // faster), "ours" or "vendor" (cuBLAS/cuDNN; GPU build only). check_kernel_source throws

@@ -21,9 +21,37 @@ struct Guided {
   Tensor step;                // their steps, [rows, ...]
 };
 
+// The symbolic bound's rows of one ReLU (center and radius) for one pass over this many bytes
+// are bounded per chunk of samples: its peak memory is a small multiple of that, and a whole
+// evaluation batch at once (500 MNIST samples: 394k rows) would not fit in memory.
+constexpr double kChunkRowBytes = 256.0 * 1024 * 1024;
+
+// What the symbolic bound of the boxes around `xa` (labels `ya`, radius per sample) says: the
+// most violated margin's class per sample, and the input coefficients of every margin's upper
+// function, [a, d, K]; `row_bytes` gets the pass's largest ReLU rows, in bytes.
+struct BoxVerdict {
+  std::vector<int32_t> worst;
+  Tensor coefficients;
+  int64_t row_bytes = 0;
+};
+BoxVerdict bound_boxes(Module& model, const Tensor& xa, const Tensor& ya, const std::vector<double>& radius,
+                       AttackStats& stats) {
+  const int64_t a = xa.size(0), d = xa.numel() / std::max<int64_t>(a, 1);
+  Shape per_sample(static_cast<size_t>(xa.dim()), 1);
+  per_sample[0] = a;
+  const Tensor r = Tensor::from_vector(radius, per_sample).to(xa.dtype()).to(xa.device());
+  const Interval box = interval_from_bounds(clamp(xa - r, 0.0, 1.0), clamp(xa + r, 0.0, 1.0));
+  SymbolicPass pass(box);
+  const Interval rows = model.interval_margin(pass.expanded(), pass.repeat_labels(ya));
+  stats.count_forward(a * (d + 3));
+  const Tensor upper = pass.bounds(rows).upper();  // [a, K]
+  return {argmax(upper, 1).cpu().to_vector_i32(), pass.upper_coefficients(rows), pass.peak_row_bytes()};
+}
+
 // The guided step of each standing sample (x_adv [n, ...], labels y, on the host too): widen the box around its point until the
 // symbolic bound finds a margin it cannot prove negative, then step along the sign of that margin's
-// upper function's input coefficients.
+// upper function's input coefficients. The boxes are bounded in chunks of samples whose rows fit
+// kChunkRowBytes (the first chunk, one sample, measures a sample's rows).
 Guided guided_steps(Module& model, const Tensor& x_adv, const Tensor& y, const std::vector<int32_t>& labels, double eps,
                     AttackStats& stats) {
   NoGradGuard no_grad;
@@ -32,39 +60,38 @@ Guided guided_steps(Module& model, const Tensor& x_adv, const Tensor& y, const s
   std::vector<double> ed(static_cast<size_t>(n), 1.0);
   std::vector<int64_t> active(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) active[i] = i;
+  int64_t chunk = 1;
   Guided out;
   std::vector<Tensor> steps;
   while (!active.empty()) {
-    const Tensor xa = take_rows(x_adv, active), ya = take_rows(y, active);
-    std::vector<double> radius;
-    for (int64_t i : active) radius.push_back(kUnit * ed[i]);
-    Shape per_sample(static_cast<size_t>(xa.dim()), 1);
-    per_sample[0] = static_cast<int64_t>(active.size());
-    const Tensor r = Tensor::from_vector(radius, per_sample).to(xa.dtype()).to(xa.device());
-    const Interval box = interval_from_bounds(clamp(xa - r, 0.0, 1.0), clamp(xa + r, 0.0, 1.0));
-    SymbolicPass pass(box);
-    const Interval rows = model.interval_margin(pass.expanded(), pass.repeat_labels(ya));
-    stats.count_forward(static_cast<int64_t>(active.size()) * (d + 3));
-    const Tensor upper = pass.bounds(rows).upper();                   // [a, K]
-    const int64_t k = upper.size(1);
-    const std::vector<int32_t> worst = argmax(upper, 1).cpu().to_vector_i32();
-    const Tensor coefficients = pass.upper_coefficients(rows);        // [a, d, K]
     std::vector<int64_t> next;
-    for (size_t a = 0; a < active.size(); ++a) {
-      const int64_t i = active[a];
-      if (worst[a] == labels[i]) {  // every margin proved negative in this box: widen it, or give up
-        if (ed[i] < limit) {
-          ed[i] = std::min({3 * ed[i], kMaxWiden, limit});
-          next.push_back(i);
+    for (size_t first = 0, end = 0; first < active.size(); first = end) {
+      end = std::min(active.size(), first + static_cast<size_t>(chunk));
+      const std::vector<int64_t> part(active.begin() + static_cast<std::ptrdiff_t>(first),
+                                      active.begin() + static_cast<std::ptrdiff_t>(end));
+      std::vector<double> radius;
+      for (int64_t i : part) radius.push_back(kUnit * ed[i]);
+      const Tensor xa = take_rows(x_adv, part);
+      const BoxVerdict v = bound_boxes(model, xa, take_rows(y, part), radius, stats);
+      const int64_t k = v.coefficients.size(2);
+      for (size_t a = 0; a < part.size(); ++a) {
+        const int64_t i = part[a];
+        if (v.worst[a] == labels[i]) {  // every margin proved negative in this box: widen it, or give up
+          if (ed[i] < limit) {
+            ed[i] = std::min({3 * ed[i], kMaxWiden, limit});
+            next.push_back(i);
+          }
+          continue;
         }
-        continue;
+        const Tensor g = v.coefficients.slice(0, static_cast<int64_t>(a), static_cast<int64_t>(a) + 1)
+                             .reshape({d, k})
+                             .slice(1, v.worst[a], v.worst[a] + 1)
+                             .reshape(xa.slice(0, 0, 1).shape());
+        out.rows.push_back(i);
+        steps.push_back(sign(g) * (kUnit * ed[i]));
       }
-      const Tensor g = coefficients.slice(0, static_cast<int64_t>(a), static_cast<int64_t>(a) + 1)
-                           .reshape({d, k})
-                           .slice(1, worst[a], worst[a] + 1)
-                           .reshape(xa.slice(0, 0, 1).shape());
-      out.rows.push_back(i);
-      steps.push_back(sign(g) * (kUnit * ed[i]));
+      const double per_sample = static_cast<double>(v.row_bytes) / static_cast<double>(part.size());
+      chunk = std::max<int64_t>(1, static_cast<int64_t>(kChunkRowBytes / std::max(per_sample, 1.0)));
     }
     active = std::move(next);
   }

@@ -66,23 +66,30 @@ __global__ void random_start_kernel(const float* x, float* x_adv, int64_t n, flo
 
 void pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha, double* l1) {
   if (l1 == nullptr) {
-    if (n > 0) BW_LAUNCH(pgd_step_kernel<false>, blocks_for(n), kThreads, 0, current_stream(), x, x_adv, g, n, eps, alpha,
-                         nullptr);
+    if (n > 0)
+      BW_LAUNCH_COSTED(elementwise_cost(n, 3, 1, 9), pgd_step_kernel<false>, blocks_for(n), kThreads, 0,
+                       current_stream(), x, x_adv, g, n, eps, alpha, nullptr);
     return;
   }
   // n = 0: no step, and the sum of no partials (0) is still written.
   const unsigned grid = n > 0 ? blocks_for(n) : 0;
   auto* partials = grid > 0 ? static_cast<double*>(device_malloc(sizeof(double) * grid)) : nullptr;
-  if (grid > 0) BW_LAUNCH(pgd_step_kernel<true>, grid, kThreads, 0, current_stream(), x, x_adv, g, n, eps, alpha, partials);
-  BW_LAUNCH(sum_partials_kernel, 1, kThreads, 0, current_stream(), partials, static_cast<int>(grid), l1);
+  if (grid > 0) {
+    LaunchCost step = elementwise_cost(n, 3, 1, 11);  // + |g| and its sum
+    step.bytes += 8.0 * grid;                          // the partials
+    BW_LAUNCH_COSTED(step, pgd_step_kernel<true>, grid, kThreads, 0, current_stream(), x, x_adv, g, n, eps, alpha,
+                     partials);
+  }
+  BW_LAUNCH_COSTED((LaunchCost{double(grid), 8.0 * (grid + 1)}), sum_partials_kernel, 1, kThreads, 0, current_stream(),
+                   partials, static_cast<int>(grid), l1);
   // Stream-ordered allocator: a later user of this block is queued after the kernels above.
   if (partials) device_free(partials);
 }
 
 void random_start(const float* x, float* x_adv, int64_t n, float eps, uint64_t seed, uint64_t offset) {
   if (n > 0)
-    BW_LAUNCH(random_start_kernel, blocks_for((n + 3) / 4), kThreads, 0, current_stream(), x, x_adv, n, eps, seed,
-              offset);
+    BW_LAUNCH_COSTED(elementwise_cost(n, 1, 1, 3), random_start_kernel, blocks_for((n + 3) / 4), kThreads, 0,
+                     current_stream(), x, x_adv, n, eps, seed, offset);
 }
 
 }  // namespace bulwark::cuda

@@ -10,7 +10,8 @@
 //
 // FLOPs per element: forward ~6, backward ~8. Bytes (f32): forward 12 per element (x read twice,
 // y written), backward 20 (x and g read twice, dx written); the second read of a channel mostly
-// hits L2 when the channel (4 m bytes) fits. Memory-bound: the roofline is HBM bandwidth.
+// hits L2 when the channel (4 m bytes) fits, so DRAM sees 8 and 12 (the launch costs stated
+// below). Memory-bound: the roofline is HBM bandwidth.
 //
 // Versions:
 //   1  this file: one block of 256 threads per channel, two passes (reduce, then write), both in
@@ -96,16 +97,21 @@ __global__ __launch_bounds__(kThreads) void batch_norm_backward_train_kernel(
 void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y, float* mean,
                               float* invstd, float* var, int64_t n, int64_t c, int64_t inner, double eps) {
   if (c == 0 || n * inner == 0) return;
-  BW_LAUNCH(batch_norm_forward_train_kernel, dim3(unsigned(c)), dim3(kThreads), 0, current_stream(), x, gamma, beta, y,
-            mean, invstd, var, n, c, inner, eps);
+  // DRAM: x once (its second read hits L2: one block holds the channel), y, and 5 per-channel values.
+  LaunchCost cost = elementwise_cost(n * c * inner, 1, 1, 6);
+  cost.bytes += 4.0 * 5 * c;
+  BW_LAUNCH_COSTED(cost, batch_norm_forward_train_kernel, dim3(unsigned(c)), dim3(kThreads), 0, current_stream(), x,
+                   gamma, beta, y, mean, invstd, var, n, c, inner, eps);
 }
 
 void batch_norm_backward_train(const float* x, const float* g, const float* gamma, const float* mean,
                                const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
                                int64_t inner) {
   if (c == 0 || n * inner == 0) return;
-  BW_LAUNCH(batch_norm_backward_train_kernel, dim3(unsigned(c)), dim3(kThreads), 0, current_stream(), x, g, gamma, mean,
-            invstd, dx, dgamma, dbeta, n, c, inner);
+  LaunchCost cost = elementwise_cost(n * c * inner, 2, 1, 8);  // x and g once (L2 serves the second pass), dx
+  cost.bytes += 4.0 * 5 * c;
+  BW_LAUNCH_COSTED(cost, batch_norm_backward_train_kernel, dim3(unsigned(c)), dim3(kThreads), 0, current_stream(), x, g,
+                   gamma, mean, invstd, dx, dgamma, dbeta, n, c, inner);
 }
 
 }  // namespace bulwark::cuda

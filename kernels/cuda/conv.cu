@@ -67,24 +67,31 @@ struct WeightStore {
   float* dw;
   __device__ void operator()(int64_t oc, int64_t r, float acc) const { dw[oc * ckk + r] = acc; }
 };
+
+// Each pass's launch cost: the M x N x K loop it runs (backward-input's gather multiplies the
+// zero taps of a strided conv too: 2 M N K is what it executes, stride^2 times the useful work),
+// moving the image, the filters and the output once: nCHW + O CKK + nOL floats.
+LaunchCost conv_cost(const ConvShape& s, int64_t m, int64_t n, int64_t k) {
+  return gemm_cost(m, n, k, double(s.n * s.c * s.h * s.w) + double(s.o * s.c * s.kh * s.kw) + double(s.n * s.o * s.oh * s.ow));
+}
 }  // namespace
 
 void conv2d_forward_ours(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
   tile::run_tiles(tile::MatrixLoader{w, ckk, false, false}, ForwardColumns{s, x}, ForwardStore{s.o, L, bias, y}, s.o,
-                  s.n * L, ckk, current_stream());
+                  s.n * L, ckk, current_stream(), conv_cost(s, s.o, s.n * L, ckk));
 }
 
 void conv2d_backward_input_ours(const ConvShape& s, const float* g, const float* w, float* dx) {
   const int64_t hw = s.h * s.w;
   tile::run_tiles(TransposedFilters{s, w}, GradientTaps{s, g}, InputStore{s.c, hw, dx}, s.c, s.n * hw,
-                  s.o * s.kh * s.kw, current_stream());
+                  s.o * s.kh * s.kw, current_stream(), conv_cost(s, s.c, s.n * hw, s.o * s.kh * s.kw));
 }
 
 void conv2d_backward_weight_ours(const ConvShape& s, const float* x, const float* g, float* dw) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
   tile::run_tiles(GradientRows{s.o, L, g}, TransposedColumns{s, x}, WeightStore{ckk, dw}, s.o, ckk, s.n * L,
-                  current_stream());
+                  current_stream(), conv_cost(s, s.o, ckk, s.n * L));
 }
 
 // The launchers run ours or cuDNN as kernel_source() says (kernel_source.h), keyed by the whole

@@ -23,6 +23,9 @@ using cpu::Strided;
 // Whether a usable device exists; `why` says what is missing when not.
 bool device_available(std::string* why);
 bool emulated();  // true in the emulated backend (kernels run on the CPU under kernels/emu)
+// The emulator's record-only mode (launches counted and observed, no thread run); false and a
+// no-op in the real backend.
+bool set_record_only(bool on);
 void* device_malloc(size_t bytes);     // stream-ordered caching allocator, never managed memory
 void device_free(void* p);
 // Free and total device memory (cudaMemGetInfo); the caching allocator's idle blocks count as used.

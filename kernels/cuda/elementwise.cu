@@ -36,6 +36,15 @@ int64_t count(const Strided& s) {
   return n;
 }
 
+// The elements a strided view actually holds (a broadcast dimension, stride 0, holds one): what
+// DRAM supplies when the view is read once.
+double distinct(const Strided& s) {
+  double n = 1;
+  for (int d = 0; d < s.ndim; ++d)
+    if (s.stride[d] != 0) n *= static_cast<double>(s.shape[d]);
+  return n;
+}
+
 #define BW_GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
@@ -74,17 +83,21 @@ __global__ void convert_kernel(const Src* src, Dst* dst, int64_t n) {
 template <class T>
 void launch_strided_copy(const T* src, const Strided& s, T* dst) {
   const int64_t n = count(s);
-  if (n) BW_LAUNCH((strided_copy_kernel<T>), blocks_for(n), kThreads, 0, current_stream(), src, s, dst, n);
+  const LaunchCost cost{0, static_cast<double>(sizeof(T)) * (distinct(s) + static_cast<double>(n))};
+  if (n) BW_LAUNCH_COSTED(cost, (strided_copy_kernel<T>), blocks_for(n), kThreads, 0, current_stream(), src, s, dst, n);
 }
 
 template <class T>
 void launch_fill(T* dst, int64_t n, T value) {
-  if (n > 0) BW_LAUNCH((fill_kernel<T>), blocks_for(n), kThreads, 0, current_stream(), dst, n, value);
+  if (n > 0)
+    BW_LAUNCH_COSTED(elementwise_cost(n, 0, 1, 0, sizeof(T)), (fill_kernel<T>), blocks_for(n), kThreads, 0,
+                     current_stream(), dst, n, value);
 }
 
 template <class Src, class Dst>
 void launch_convert(const Src* src, Dst* dst, int64_t n) {
-  if (n > 0) BW_LAUNCH((convert_kernel<Src, Dst>), blocks_for(n), kThreads, 0, current_stream(), src, dst, n);
+  const LaunchCost cost{static_cast<double>(n), static_cast<double>(n) * (sizeof(Src) + sizeof(Dst))};
+  if (n > 0) BW_LAUNCH_COSTED(cost, (convert_kernel<Src, Dst>), blocks_for(n), kThreads, 0, current_stream(), src, dst, n);
 }
 
 }  // namespace
@@ -100,9 +113,12 @@ void unary(ew::Unary op, const float* x, float* y, int64_t n, float p0, float p1
   if (n <= 0) return;
   using U = ew::Unary;
   const unsigned grid = blocks_for(n);
+  const LaunchCost cost = elementwise_cost(n, 1, 1, 1);  // one operation each, exp and log included
   switch (op) {
-#define BW_UNARY(name) \
-  case U::name: BW_LAUNCH((unary_kernel<U::name>), grid, kThreads, 0, current_stream(), x, y, n, p0, p1); return;
+#define BW_UNARY(name)                                                                                         \
+  case U::name:                                                                                                \
+    BW_LAUNCH_COSTED(cost, (unary_kernel<U::name>), grid, kThreads, 0, current_stream(), x, y, n, p0, p1); \
+    return;
     BW_UNARY(neg) BW_UNARY(abs) BW_UNARY(sign) BW_UNARY(exp) BW_UNARY(log) BW_UNARY(sqrt)
     BW_UNARY(square) BW_UNARY(relu) BW_UNARY(relu_mask) BW_UNARY(softplus) BW_UNARY(sigmoid)
     BW_UNARY(affine) BW_UNARY(clamp) BW_UNARY(clamp_mask) BW_UNARY(gt_scalar)
@@ -115,9 +131,11 @@ void binary(ew::Binary op, const float* a, const Strided& sa, const float* b, co
   if (n <= 0) return;
   using B = ew::Binary;
   const unsigned grid = blocks_for(n);
+  const LaunchCost cost{static_cast<double>(n), 4.0 * (distinct(sa) + distinct(sb) + static_cast<double>(n))};
   switch (op) {
-#define BW_BINARY(name)                                                                                    \
-  case B::name: BW_LAUNCH((binary_kernel<B::name>), grid, kThreads, 0, current_stream(), a, sa, b, sb, out, n); \
+#define BW_BINARY(name)                                                                                       \
+  case B::name:                                                                                               \
+    BW_LAUNCH_COSTED(cost, (binary_kernel<B::name>), grid, kThreads, 0, current_stream(), a, sa, b, sb, out, n); \
     return;
     BW_BINARY(add) BW_BINARY(sub) BW_BINARY(mul) BW_BINARY(div) BW_BINARY(maximum)
     BW_BINARY(minimum) BW_BINARY(gt) BW_BINARY(ge) BW_BINARY(le) BW_BINARY(eq)
@@ -128,7 +146,10 @@ void binary(ew::Binary op, const float* a, const Strided& sa, const float* b, co
 void where(const float* c, const Strided& sc, const float* a, const Strided& sa, const float* b, const Strided& sb,
            float* out) {
   const int64_t n = count(sc);
-  if (n > 0) BW_LAUNCH(where_kernel, blocks_for(n), kThreads, 0, current_stream(), c, sc, a, sa, b, sb, out, n);
+  const LaunchCost cost{static_cast<double>(n),
+                        4.0 * (distinct(sc) + distinct(sa) + distinct(sb) + static_cast<double>(n))};
+  if (n > 0)
+    BW_LAUNCH_COSTED(cost, where_kernel, blocks_for(n), kThreads, 0, current_stream(), c, sc, a, sa, b, sb, out, n);
 }
 
 }  // namespace bulwark::cuda

@@ -159,54 +159,80 @@ __global__ void elided_radius_weight_kernel(int64_t n, int64_t in, int64_t k, co
 
 void elided_radius_forward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
                            float* out) {
+  // Each of the n k outputs sums |W_j - W_y| r over `in` (3 flops a term); r, W, labels and out move once.
+  const LaunchCost cost{3.0 * double(n * k) * double(in), 4.0 * (double(n * in) + double(k * in) + double(n) + double(n * k))};
   if (n * k > 0)
-    BW_LAUNCH(elided_radius_kernel, blocks_for(n * k), kThreads, 0, current_stream(), n, in, k, r, w, labels, out);
+    BW_LAUNCH_COSTED(cost, elided_radius_kernel, blocks_for(n * k), kThreads, 0, current_stream(), n, in, k, r, w,
+                     labels, out);
 }
 
 void elided_radius_backward(int64_t n, int64_t in, int64_t k, const float* r, const float* w, const int32_t* labels,
                             const float* g, float* dr, float* dw) {
+  // dr: n in outputs, k terms each; dW: k in outputs, n terms each (the label's row k terms more).
+  const double moved = double(n * in) + double(k * in) + double(n) + double(n * k);
   if (dr && n * in > 0)
-    BW_LAUNCH(elided_radius_input_kernel, blocks_for(n * in), kThreads, 0, current_stream(), n, in, k, w, labels, g, dr);
+    BW_LAUNCH_COSTED((LaunchCost{4.0 * double(n * in) * double(k), 4.0 * moved}), elided_radius_input_kernel,
+                     blocks_for(n * in), kThreads, 0, current_stream(), n, in, k, w, labels, g, dr);
   if (dw && k * in > 0)
-    BW_LAUNCH(elided_radius_weight_kernel, blocks_for(k * in), kThreads, 0, current_stream(), n, in, k, r, w, labels,
-              g, dw);
+    BW_LAUNCH_COSTED((LaunchCost{4.0 * double(k * in) * double(n) * 2, 4.0 * moved}), elided_radius_weight_kernel,
+                     blocks_for(k * in), kThreads, 0, current_stream(), n, in, k, r, w, labels, g, dw);
 }
+
+namespace {
+// The floats a conv pass's box halves and filters hold: image (c or r), filters, output (one half).
+struct ConvSizes {
+  double image, filters, output;
+  explicit ConvSizes(const ConvShape& s)
+      : image(double(s.n * s.c * s.h * s.w)), filters(double(s.o * s.c * s.kh * s.kw)),
+        output(double(s.n * s.o * s.oh * s.ow)) {}
+};
+}  // namespace
 
 void interval_conv2d_forward(const ConvShape& s, const float* c, const float* r, const float* w, const float* bias,
                              bool relu, float* out) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
+  const ConvSizes z(s);
+  LaunchCost cost = gemm_cost(s.o, s.n * L, ckk, z.filters + 2 * z.image + (relu ? 4 : 2) * z.output, 2);
+  if (relu) cost.flops += 8 * z.output;
   tile::run_dual_tiles(tile::MatrixLoader{w, ckk, false, false}, tile::AbsOfA1{}, ForwardColumns{s, c},
                        ForwardColumns{s, r}, ConvBoxStore{s.o, L, {bias, relu, s.n * s.o * L, out}}, s.o, s.n * L, ckk,
-                       current_stream());
+                       current_stream(), cost);
 }
 
 void interval_conv2d_backward_input(const ConvShape& s, const float* gc, const float* gr, const float* w, float* dc,
                                     float* dr) {
   const int64_t hw = s.h * s.w;
+  const ConvSizes z(s);
   tile::run_dual_tiles(TransposedFilters{s, w}, tile::AbsOfA1{}, GradientTaps{s, gc}, GradientTaps{s, gr},
-                       ConvInputStore{s.c, hw, dc, dr}, s.c, s.n * hw, s.o * s.kh * s.kw, current_stream());
+                       ConvInputStore{s.c, hw, dc, dr}, s.c, s.n * hw, s.o * s.kh * s.kw, current_stream(),
+                       gemm_cost(s.c, s.n * hw, s.o * s.kh * s.kw, z.filters + 2 * z.output + 2 * z.image, 2));
 }
 
 void interval_conv2d_backward_weight(const ConvShape& s, const float* c, const float* r, const float* gc,
                                      const float* gr, const float* w, float* dw) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
+  const ConvSizes z(s);
   tile::run_dual_tiles(GradientRows{s.o, L, gc}, GradientRows{s.o, L, gr}, TransposedColumns{s, c},
-                       TransposedColumns{s, r}, SignedWeightStore{ckk, w, dw}, s.o, ckk, s.n * L, current_stream());
+                       TransposedColumns{s, r}, SignedWeightStore{ckk, w, dw}, s.o, ckk, s.n * L, current_stream(),
+                       gemm_cost(s.o, ckk, s.n * L, 2 * z.output + 2 * z.image + 2 * z.filters, 2));
 }
 
 void interval_linear_forward(int64_t n, int64_t in, int64_t o, const float* c, const float* r, const float* w,
                              const float* bias, bool relu, float* out) {
   // out^T [o, n] = W [o, in] c^T [in, n]: c^T's element (k, sample) is c[sample * in + k].
+  LaunchCost cost = gemm_cost(o, n, in, double(o * in) + 2.0 * double(n * in) + (relu ? 4 : 2) * double(n * o), 2);
+  if (relu) cost.flops += 8.0 * double(n * o);
   tile::run_dual_tiles(tile::MatrixLoader{w, in, false, false}, tile::AbsOfA1{}, tile::MatrixLoader{c, in, true, true},
                        tile::MatrixLoader{r, in, true, true}, LinearBoxStore{o, {bias, relu, n * o, out}}, o, n, in,
-                       current_stream());
+                       current_stream(), cost);
 }
 
 void interval_linear_backward_input(int64_t n, int64_t in, int64_t o, const float* gc, const float* gr,
                                     const float* w, float* dc, float* dr) {
   // dc^T [in, n] = W^T [in, o] gc^T [o, n].
   tile::run_dual_tiles(tile::MatrixLoader{w, in, true, false}, tile::AbsOfA1{}, tile::MatrixLoader{gc, o, true, true},
-                       tile::MatrixLoader{gr, o, true, true}, LinearInputStore{in, dc, dr}, in, n, o, current_stream());
+                       tile::MatrixLoader{gr, o, true, true}, LinearInputStore{in, dc, dr}, in, n, o, current_stream(),
+                       gemm_cost(in, n, o, double(o * in) + 2.0 * double(n * o) + 2.0 * double(n * in), 2));
 }
 
 void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const float* c, const float* r,
@@ -214,12 +240,15 @@ void interval_linear_backward_weight(int64_t n, int64_t in, int64_t o, const flo
   // dW [o, in] = gc^T [o, n] c [n, in] + sign(W) gr^T r.
   tile::run_dual_tiles(tile::MatrixLoader{gc, o, true, false}, tile::MatrixLoader{gr, o, true, false},
                        tile::MatrixLoader{c, in, false, true}, tile::MatrixLoader{r, in, false, true},
-                       SignedWeightStore{in, w, dw}, o, in, n, current_stream());
+                       SignedWeightStore{in, w, dw}, o, in, n, current_stream(),
+                       gemm_cost(o, in, n, 2.0 * double(n * o) + 2.0 * double(n * in) + 2.0 * double(o * in), 2));
 }
 
 void interval_relu_backward(int64_t count, const float* pre, const float* g, float* gpre) {
+  // Per element of a box half: pre's center and radius and g's four values in, gpre's two out.
   if (count > 0)
-    BW_LAUNCH(interval_relu_backward_kernel, blocks_for(count), kThreads, 0, current_stream(), count, pre, g, gpre);
+    BW_LAUNCH_COSTED(elementwise_cost(count, 6, 2, 16), interval_relu_backward_kernel, blocks_for(count), kThreads, 0,
+                     current_stream(), count, pre, g, gpre);
 }
 
 }  // namespace bulwark::cuda

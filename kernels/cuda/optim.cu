@@ -88,6 +88,12 @@ class ChunkTables {
   ChunkTables& operator=(const ChunkTables&) = delete;
 
   unsigned blocks() const { return static_cast<unsigned>(num_chunks < kMaxBlocks ? num_chunks : kMaxBlocks); }
+  // flops_each and f32 values moved per parameter element (the header's counts), over all of them.
+  static LaunchCost cost(const Segment* params, int count, double flops_each, int moved_each) {
+    double elements = 0;
+    for (int s = 0; s < count; ++s) elements += static_cast<double>(params[s].n);
+    return {flops_each * elements, 4.0 * moved_each * elements};
+  }
 
   Segment* segments = nullptr;
   Chunk* chunks = nullptr;
@@ -105,16 +111,17 @@ class ChunkTables {
 void sgd_step_multi(const SgdSegment* params, int count, const optim::SgdHyper& h) {
   const ChunkTables<SgdSegment> tables(params, count);
   if (tables.num_chunks == 0) return;
-  BW_LAUNCH(sgd_step_multi_kernel, tables.blocks(), kThreads, 0, current_stream(), tables.segments, tables.chunks,
-            tables.num_chunks, static_cast<float>(h.lr), static_cast<float>(h.momentum),
-            static_cast<float>(h.weight_decay), h.nesterov);
+  BW_LAUNCH_COSTED(ChunkTables<SgdSegment>::cost(params, count, 6, 5), sgd_step_multi_kernel, tables.blocks(), kThreads,
+                   0, current_stream(), tables.segments, tables.chunks, tables.num_chunks, static_cast<float>(h.lr),
+                   static_cast<float>(h.momentum), static_cast<float>(h.weight_decay), h.nesterov);
 }
 
 void adam_step_multi(const AdamSegment* params, int count, const optim::AdamHyper& h, int64_t t) {
   const ChunkTables<AdamSegment> tables(params, count);
   if (tables.num_chunks == 0) return;
-  BW_LAUNCH(adam_step_multi_kernel, tables.blocks(), kThreads, 0, current_stream(), tables.segments, tables.chunks,
-            tables.num_chunks, optim::AdamStep<float>(h, t));
+  BW_LAUNCH_COSTED(ChunkTables<AdamSegment>::cost(params, count, 16, 7), adam_step_multi_kernel, tables.blocks(),
+                   kThreads, 0, current_stream(), tables.segments, tables.chunks, tables.num_chunks,
+                   optim::AdamStep<float>(h, t));
 }
 
 }  // namespace bulwark::cuda

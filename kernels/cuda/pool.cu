@@ -140,40 +140,48 @@ __global__ void adaptive_avg_pool2d_backward_kernel(int64_t planes, int64_t h, i
   }
 }
 #undef BW_FOR_EACH
+// The header's bytes: the input once, the output once (int32 indices for max), and FLOPs of K*K
+// per output (forward) or per input (backward, an upper bound on the windows containing it).
+LaunchCost pool_cost(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, double flops) {
+  return {flops, 4.0 * static_cast<double>(planes) * static_cast<double>(h * w + oh * ow)};
+}
 }  // namespace
 
 void max_pool2d_indices(const PoolShape& s, const float* x, int32_t* idx) {
   const int64_t n = s.planes * s.oh * s.ow;
   if (n == 0) return;
-  BW_LAUNCH(max_pool2d_indices_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), s, x, idx);
+  BW_LAUNCH_COSTED(pool_cost(s.planes, s.h, s.w, s.oh, s.ow, double(n) * double(s.kernel * s.kernel)),
+                   max_pool2d_indices_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), s, x, idx);
 }
 
 void avg_pool2d_forward(const PoolShape& s, const float* x, float* y) {
   const int64_t n = s.planes * s.oh * s.ow;
   if (n == 0) return;
-  BW_LAUNCH(avg_pool2d_forward_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), s, x, y);
+  BW_LAUNCH_COSTED(pool_cost(s.planes, s.h, s.w, s.oh, s.ow, double(n) * double(s.kernel * s.kernel)),
+                   avg_pool2d_forward_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), s, x, y);
 }
 
 void avg_pool2d_backward(const PoolShape& s, const float* g, float* dx) {
   const int64_t n = s.planes * s.h * s.w;
   if (n == 0) return;
-  BW_LAUNCH(avg_pool2d_backward_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), s, g, dx);
+  BW_LAUNCH_COSTED(pool_cost(s.planes, s.h, s.w, s.oh, s.ow, double(n) * double(s.kernel * s.kernel)),
+                   avg_pool2d_backward_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), s, g, dx);
 }
 
 void adaptive_avg_pool2d_forward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x,
                                  float* y) {
   const int64_t n = planes * oh * ow;
   if (n == 0) return;
-  BW_LAUNCH(adaptive_avg_pool2d_forward_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), planes, h, w,
-            oh, ow, x, y);
+  BW_LAUNCH_COSTED(pool_cost(planes, h, w, oh, ow, double(planes) * double(h * w)), adaptive_avg_pool2d_forward_kernel,
+                   dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), planes, h, w, oh, ow, x, y);
 }
 
 void adaptive_avg_pool2d_backward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* g,
                                   float* dx) {
   const int64_t n = planes * h * w;
   if (n == 0) return;
-  BW_LAUNCH(adaptive_avg_pool2d_backward_kernel, dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), planes, h, w,
-            oh, ow, g, dx);
+  BW_LAUNCH_COSTED(pool_cost(planes, h, w, oh, ow, double(planes) * double(h * w)), adaptive_avg_pool2d_backward_kernel,
+                   dim3(blocks_for(n)), dim3(kThreads), 0, current_stream(), planes, h, w, oh, ow, g, dx);
 }
 
 }  // namespace bulwark::cuda

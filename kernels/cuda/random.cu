@@ -29,8 +29,8 @@ __global__ void uniform_kernel(float* out, int64_t n, double lo, double hi, uint
 
 void uniform(float* out, int64_t n, float lo, float hi, uint64_t seed, uint64_t offset) {
   if (n > 0)
-    BW_LAUNCH(uniform_kernel, blocks_for((n + 3) / 4), kThreads, 0, current_stream(), out, n, static_cast<double>(lo),
-              static_cast<double>(hi), seed, offset);
+    BW_LAUNCH_COSTED(elementwise_cost(n, 0, 1, 2), uniform_kernel, blocks_for((n + 3) / 4), kThreads, 0,
+                     current_stream(), out, n, static_cast<double>(lo), static_cast<double>(hi), seed, offset);
 }
 
 }  // namespace bulwark::cuda

@@ -20,6 +20,7 @@
 // The index ops trust nothing: the engine's range check of idx is deferred (check_indices in
 // runtime.cu raises it at the next host wait), so an index outside [0, n) gathers NaN and
 // scatters nothing here instead of touching memory outside x or out.
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
@@ -121,40 +122,53 @@ __global__ void scatter_add_middle_kernel(const float* src, const int32_t* idx, 
   }
 }
 
+// x [outer, n, inner] read once, `outputs` values written, `flops` in all.
+LaunchCost reduce_cost(int64_t outer, int64_t n, int64_t inner, double flops) {
+  return {flops, 4.0 * (double(outer) * double(n) * double(inner) + double(outer) * double(inner))};
+}
+// The index ops: idx and the `total` moved values once, the [outer, n, inner] side at most once
+// (`read_modify_write`: scatter-add reads and writes it).
+LaunchCost index_cost(int64_t outer, int64_t n, int64_t inner, int64_t total, bool read_modify_write) {
+  const double side = std::min(double(total), double(outer) * double(n) * double(inner));
+  return {read_modify_write ? double(total) : 0.0, 4.0 * (2.0 * double(total) + (read_modify_write ? 2 : 1) * side)};
+}
 }  // namespace
 
 void sum_middle(const float* x, float* y, int64_t outer, int64_t n, int64_t inner) {
   if (outer * inner == 0) return;
   if (n == 0) return fill(y, outer * inner, 0.0f);
+  const LaunchCost cost = reduce_cost(outer, n, inner, double(outer) * double(n) * double(inner));
   if (inner == 1)
-    BW_LAUNCH(sum_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, y, n);
+    BW_LAUNCH_COSTED(cost, sum_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, y, n);
   else
-    BW_LAUNCH(sum_columns_kernel, blocks_for(outer * inner), kThreads, 0, current_stream(), x, y, outer, n, inner);
+    BW_LAUNCH_COSTED(cost, sum_columns_kernel, blocks_for(outer * inner), kThreads, 0, current_stream(), x, y, outer, n,
+                     inner);
 }
 
 void argmax_middle(const float* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner) {
   if (outer * inner == 0 || n == 0) return;
+  const LaunchCost cost = reduce_cost(outer, n, inner, double(outer) * double(n) * double(inner));  // a compare each
   if (inner == 1)
-    BW_LAUNCH(argmax_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, idx, n);
+    BW_LAUNCH_COSTED(cost, argmax_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, idx, n);
   else
-    BW_LAUNCH(argmax_columns_kernel, blocks_for(outer * inner), kThreads, 0, current_stream(), x, idx, outer, n,
-              inner);
+    BW_LAUNCH_COSTED(cost, argmax_columns_kernel, blocks_for(outer * inner), kThreads, 0, current_stream(), x, idx,
+                     outer, n, inner);
 }
 
 void gather_middle(const float* x, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m,
                    int64_t inner) {
   const int64_t total = outer * m * inner;
   if (total > 0)
-    BW_LAUNCH(gather_middle_kernel, blocks_for(total), kThreads, 0, current_stream(), x, idx, out, outer, n, m,
-              inner);
+    BW_LAUNCH_COSTED(index_cost(outer, n, inner, total, false), gather_middle_kernel, blocks_for(total), kThreads, 0,
+                     current_stream(), x, idx, out, outer, n, m, inner);
 }
 
 void scatter_add_middle(const float* src, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m,
                         int64_t inner) {
   const int64_t total = outer * m * inner;
   if (total > 0)
-    BW_LAUNCH(scatter_add_middle_kernel, blocks_for(total), kThreads, 0, current_stream(), src, idx, out, outer, n,
-              m, inner);
+    BW_LAUNCH_COSTED(index_cost(outer, n, inner, total, true), scatter_add_middle_kernel, blocks_for(total), kThreads,
+                     0, current_stream(), src, idx, out, outer, n, m, inner);
 }
 
 }  // namespace bulwark::cuda

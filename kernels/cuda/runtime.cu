@@ -149,8 +149,8 @@ class DeferredIndexErrors {
     const int32_t what = describe_locked(op, role);
     for (int64_t base = 0; base < count; base += kCheckRange) {
       const int64_t n = count - base < kCheckRange ? count - base : kCheckRange;
-      BW_LAUNCH(check_index_range_kernel, blocks_for(n), kThreads, 0, current_stream(), idx + base, n, bound,
-                next_check_++, what, base, record_);
+      BW_LAUNCH_COSTED((LaunchCost{2.0 * n, 4.0 * n}), check_index_range_kernel, blocks_for(n), kThreads, 0,
+                       current_stream(), idx + base, n, bound, next_check_++, what, base, record_);
     }
     pending_ = true;
   }
@@ -223,6 +223,16 @@ bool emulated() {
 #if defined(BULWARK_EMU)
   return true;
 #else
+  return false;
+#endif
+}
+
+bool set_record_only(bool on) {
+#if defined(BULWARK_EMU)
+  emu::config().record_only = on;
+  return true;
+#else
+  (void)on;
   return false;
 #endif
 }

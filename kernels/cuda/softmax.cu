@@ -68,12 +68,15 @@ unsigned row_blocks(int64_t rows) { return static_cast<unsigned>((rows + kRowsPe
 
 void log_softmax_rows(const float* z, float* y, int64_t rows, int64_t cols) {
   if (rows > 0 && cols > 0)
-    BW_LAUNCH(log_softmax_rows_kernel, row_blocks(rows), kThreads, 0, current_stream(), z, y, rows, cols);
+    BW_LAUNCH_COSTED(elementwise_cost(rows * cols, 1, 1, 5), log_softmax_rows_kernel, row_blocks(rows), kThreads, 0,
+                     current_stream(), z, y, rows, cols);
 }
 
 void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols) {
   if (rows > 0 && cols > 0)
-    BW_LAUNCH(softmax_xent_rows_kernel, row_blocks(rows), kThreads, 0, current_stream(), z, labels, loss, rows, cols);
+    BW_LAUNCH_COSTED((LaunchCost{4.0 * double(rows * cols), 4.0 * double(rows * cols + 2 * rows)}),
+                     softmax_xent_rows_kernel, row_blocks(rows), kThreads, 0, current_stream(), z, labels, loss, rows,
+                     cols);
 }
 
 }  // namespace bulwark::cuda

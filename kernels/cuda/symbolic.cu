@@ -139,32 +139,40 @@ __global__ void symbolic_relu_backward_kernel(int64_t n, int64_t d, int64_t m, c
   }
 }
 
+// The header's counts for n samples: `flops_each` x n d m, and `row_sets` passes over the n rows
+// sets [n, d + 3, m] (each a c or r, g, dc or dr) plus `extra` floats per (sample, neuron).
+LaunchCost symbolic_cost(int64_t n, int64_t d, int64_t m, double flops_each, int row_sets, int extra) {
+  const double nm = double(n) * double(m);
+  return {flops_each * nm * double(d), 4.0 * nm * (row_sets * double(d + 3) + extra)};
+}
 }  // namespace
 
 void symbolic_bounds_forward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bc,
                              const float* br, float* bounds) {
   if (n * m > 0)
-    BW_LAUNCH(symbolic_bounds_kernel, blocks_for(n * m), kThreads, 0, current_stream(), n, d, m, c, r, bc, br, bounds);
+    BW_LAUNCH_COSTED(symbolic_cost(n, d, m, 8, 2, 2), symbolic_bounds_kernel, blocks_for(n * m), kThreads, 0,
+                     current_stream(), n, d, m, c, r, bc, br, bounds);
 }
 
 void symbolic_bounds_backward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bc,
                               const float* br, const float* g, float* dc, float* dr) {
   if (n * m > 0)
-    BW_LAUNCH(symbolic_bounds_backward_kernel, blocks_for(n * m), kThreads, 0, current_stream(), n, d, m, c, r, bc, br,
-              g, dc, dr);
+    BW_LAUNCH_COSTED(symbolic_cost(n, d, m, 12, 4, 2), symbolic_bounds_backward_kernel, blocks_for(n * m), kThreads, 0,
+                     current_stream(), n, d, m, c, r, bc, br, g, dc, dr);
 }
 
 void symbolic_relu_forward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bounds,
                            float* out) {
   if (n * m > 0)
-    BW_LAUNCH(symbolic_relu_kernel, blocks_for(n * m), kThreads, 0, current_stream(), n, d, m, c, r, bounds, out);
+    BW_LAUNCH_COSTED(symbolic_cost(n, d, m, 2, 4, 2), symbolic_relu_kernel, blocks_for(n * m), kThreads, 0,
+                     current_stream(), n, d, m, c, r, bounds, out);
 }
 
 void symbolic_relu_backward(int64_t n, int64_t d, int64_t m, const float* c, const float* r, const float* bounds,
                             const float* g, float* dc, float* dr, float* dbounds) {
   if (n * m > 0)
-    BW_LAUNCH(symbolic_relu_backward_kernel, blocks_for(n * m), kThreads, 0, current_stream(), n, d, m, c, r, bounds,
-              g, dc, dr, dbounds);
+    BW_LAUNCH_COSTED(symbolic_cost(n, d, m, 4, 6, 4), symbolic_relu_backward_kernel, blocks_for(n * m), kThreads, 0,
+                     current_stream(), n, d, m, c, r, bounds, g, dc, dr, dbounds);
 }
 
 }  // namespace bulwark::cuda

@@ -22,6 +22,7 @@
 #include <string>
 #include <string_view>
 #include "kernels/emu/cuda_types.h"
+#include "kernels/emu/launch_cost.h"
 #include "kernels/emu/runtime.h"
 
 extern thread_local constinit uint3 threadIdx;
@@ -67,6 +68,12 @@ struct Config {
   bool poison_device_memory = true;      // cudaMalloc fills with 0xFF bytes
   Schedule schedule = Schedule::forward; // env BULWARK_EMU_SCHEDULE=forward|reverse|shuffled[:seed]
   uint64_t schedule_seed = 0;
+  // Launches are validated, counted (with their stated cost) and shown to the thread's
+  // LaunchObserver, but no thread runs and device memory is not poisoned: what
+  // bulwark-bench gpu-model needs to count a training step of a large model in seconds. Results
+  // are garbage, so only code that reads nothing back may run this way (a method's train_batch
+  // does not). Env BULWARK_EMU_RECORD_ONLY=1.
+  bool record_only = false;
 };
 // The process-wide configuration, read from the environment on first use. Change it between
 // launches, not during one.
@@ -79,6 +86,7 @@ struct LaunchRecord {
   uint64_t launches = 0;
   uint64_t blocks = 0;
   uint64_t threads = 0;
+  double flops = 0, bytes = 0;  // the stated costs (launch_cost.h) summed; unstated ones add nothing
 };
 std::map<std::string, LaunchRecord> launch_counts();
 // "bulwark::cuda::gemm<64,64>" -> "gemm": the name a __global__ definition has in its source.
@@ -105,6 +113,7 @@ struct KernelLaunch {
   size_t dynamic_shared;
   cudaStream_t stream;
   size_t param_bytes;
+  LaunchCost cost;               // as stated at the launch site (launch_cost.h)
   void (*invoke)(void* params);  // calls the kernel with a fresh copy of the arguments
   void* params;
 };

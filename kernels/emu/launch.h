@@ -10,6 +10,11 @@
 //       would reject, hang on, or race on, and counts the launch in the registry under the
 //       kernel's name (bulwark::emu::launch_counts()). A template kernel goes in parentheses:
 //       BW_LAUNCH((gemm<64, 64>), grid, block, 0, stream, a, b, c).
+//   BW_LAUNCH_COSTED(cost, kernel, grid, block, shared_bytes, stream, args...)
+//       The same, stating the launch's FLOPs and DRAM bytes (a LaunchCost, launch_cost.h) for the
+//       GPU cost model. Every launch in kernels/cuda states its cost; plain BW_LAUNCH is for the
+//       emulator's own tests. Both builds tell the thread's LaunchObserver, if any, before the
+//       kernel runs; under the emulator's record-only mode the kernel then does not run at all.
 //   BW_SHARED(T, name, dims)          __shared__ T name dims;   e.g. BW_SHARED(float, tile, [32][33]);
 //   BW_DYNAMIC_SHARED(T, name)        a T* to the launch's dynamic shared memory (16-byte aligned).
 //                                     Several declarations in one kernel alias the same bytes.
@@ -18,6 +23,8 @@
 //   BW_SHARED_CAST(U, p)              reinterpret_cast<U*>(p) for a shared-memory pointer p.
 // Under the emulator, accesses through all of these are bounds-checked and race-checked
 // (shared.h explains how, and why `auto x = tile[i];` must be written `float x = tile[i];`).
+#include "kernels/emu/launch_cost.h"
+
 #if defined(BULWARK_EMU)
 
 #include <tuple>
@@ -41,8 +48,8 @@ void check_pointer_arguments(const char* name, const Tuple& params, std::index_s
 }  // namespace emu::detail
 
 template <class... P, class... A>
-void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
-            cudaStream_t stream, A&&... args) {
+void launch(const char* name, const LaunchCost& cost, void (*kernel)(P...), dim3 grid, dim3 block,
+            size_t shared_bytes, cudaStream_t stream, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "BW_LAUNCH: wrong number of kernel arguments");
   using Params = std::tuple<std::decay_t<P>...>;
   struct Bound {
@@ -58,6 +65,7 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_
                                    grid,  block,
                                    shared_bytes, stream,
                                    sizeof(Params),
+                                   cost,
                                    [](void* b) {
                                      auto* bp = static_cast<Bound*>(b);
                                      std::apply(bp->kernel, bp->params);
@@ -86,9 +94,10 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_
 namespace bulwark {
 
 template <class... P, class... A>
-void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
-            cudaStream_t stream, A&&... args) {
+void launch(const char* name, const LaunchCost& cost, void (*kernel)(P...), dim3 grid, dim3 block,
+            size_t shared_bytes, cudaStream_t stream, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "BW_LAUNCH: wrong number of kernel arguments");
+  notify_launch(name, 1ull * grid.x * grid.y * grid.z, block.x * block.y * block.z, cost);
   kernel<<<grid, block, shared_bytes, stream>>>(std::forward<A>(args)...);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
@@ -108,4 +117,6 @@ void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_
 #endif
 
 #define BW_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                                    \
-  ::bulwark::launch(#kernel, kernel, grid, block, shared_bytes, stream __VA_OPT__(, ) __VA_ARGS__)
+  ::bulwark::launch(#kernel, ::bulwark::LaunchCost{}, kernel, grid, block, shared_bytes, stream __VA_OPT__(, ) __VA_ARGS__)
+#define BW_LAUNCH_COSTED(cost, kernel, grid, block, shared_bytes, stream, ...)                       \
+  ::bulwark::launch(#kernel, cost, kernel, grid, block, shared_bytes, stream __VA_OPT__(, ) __VA_ARGS__)

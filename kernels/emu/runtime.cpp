@@ -110,7 +110,7 @@ cudaError_t allocate(void** ptr, size_t size, Kind kind, const char* api) {
   void* p = nullptr;
   if (posix_memalign(&p, 256, size) != 0)
     return record(cudaErrorMemoryAllocation, std::string(api) + " of " + std::to_string(size) + " bytes: host allocation failed");
-  if (kind == Kind::device && config().poison_device_memory) std::memset(p, 0xff, size);
+  if (kind == Kind::device && config().poison_device_memory && !config().record_only) std::memset(p, 0xff, size);
   rt().allocations[reinterpret_cast<uintptr_t>(p)] = Allocation{size, kind};
   if (kind == Kind::device) {
     rt().device_bytes += size;

@@ -83,6 +83,7 @@ Config config_from_environment() {
     }
   }
   if (const char* v = std::getenv("BULWARK_EMU_CHECK_SHARED")) c.check_shared = std::strcmp(v, "0") != 0;
+  if (const char* v = std::getenv("BULWARK_EMU_RECORD_ONLY")) c.record_only = std::strcmp(v, "0") != 0;
   return c;
 }
 
@@ -92,28 +93,6 @@ std::mutex g_registry_mutex;
 std::map<std::string, LaunchRecord>& registry() {
   static std::map<std::string, LaunchRecord> r;
   return r;
-}
-
-// "( gemm<64, 64> )" -> "gemm<64,64>"
-std::string normalize_kernel_name(std::string_view name) {
-  std::string s;
-  for (char c : name)
-    if (c != ' ' && c != '\t' && c != '\n') s += c;
-  for (;;) {
-    if (s.size() < 2 || s.front() != '(' || s.back() != ')') break;
-    int depth = 0;
-    bool wraps_all = true;
-    for (size_t i = 0; i < s.size(); ++i) {
-      depth += s[i] == '(' ? 1 : s[i] == ')' ? -1 : 0;
-      if (depth == 0 && i + 1 < s.size()) {
-        wraps_all = false;
-        break;
-      }
-    }
-    if (!wraps_all) break;
-    s = s.substr(1, s.size() - 2);
-  }
-  return s;
 }
 
 // ---- formatting --------------------------------------------------------------------------------
@@ -280,7 +259,7 @@ Engine& engine() {
 
 void validate(const detail::KernelLaunch& k) {
   const dim3 b = k.block, g = k.grid;
-  const std::string where = "kernel '" + normalize_kernel_name(k.name) + "' launched with grid " + coords(g) +
+  const std::string where = "kernel '" + normalize_launch_name(k.name) + "' launched with grid " + coords(g) +
                             " and block " + coords(b) + ": ";
   const char* axis[3] = {"x", "y", "z"};
   const unsigned bd[3] = {b.x, b.y, b.z};
@@ -356,18 +335,31 @@ uint64_t Engine::block_at(uint64_t i, uint64_t total) const {
 
 void Engine::run(const detail::KernelLaunch& k) {
   if (detail::current.in_kernel)
-    detail::fail(Fault::launch_config, "kernel '" + normalize_kernel_name(k.name) + "' launched from inside kernel '" +
-                                           normalize_kernel_name(launch_->name) +
+    detail::fail(Fault::launch_config, "kernel '" + normalize_launch_name(k.name) + "' launched from inside kernel '" +
+                                           normalize_launch_name(launch_->name) +
                                            "': dynamic parallelism is not supported by the emulator");
   validate(k);
   const Config& cfg = config();
+  const uint64_t total = 1ull * k.grid.x * k.grid.y * k.grid.z;
+  const unsigned n = k.block.x * k.block.y * k.block.z;
+  notify_launch(k.name, total, n, k.cost);
+  const auto count = [&] {
+    std::lock_guard<std::mutex> lock(g_registry_mutex);
+    LaunchRecord& r = registry()[normalize_launch_name(k.name)];
+    r.launches += 1;
+    r.blocks += total;
+    r.threads += total * n;
+    if (k.cost.stated()) {
+      r.flops += k.cost.flops;
+      r.bytes += k.cost.bytes;
+    }
+  };
+  if (cfg.record_only) return count();
   schedule_ = cfg.schedule;
   rng_.seed(cfg.schedule_seed);
-  const unsigned n = k.block.x * k.block.y * k.block.z;
   prepare_threads(n);
   n_ = n;
   warps_.assign((n + 31) / 32, WarpState{});
-  const uint64_t total = 1ull * k.grid.x * k.grid.y * k.grid.z;
   block_stride_ = 1;
   block_offset_ = 0;
   if (schedule_ == Schedule::shuffled && total > 1) {
@@ -399,12 +391,7 @@ void Engine::run(const detail::KernelLaunch& k) {
                      static_cast<unsigned>(b / (1ull * k.grid.x * k.grid.y))};
     run_block();
   }
-
-  std::lock_guard<std::mutex> lock(g_registry_mutex);
-  LaunchRecord& r = registry()[normalize_kernel_name(k.name)];
-  r.launches += 1;
-  r.blocks += total;
-  r.threads += total * n;
+  count();
 }
 
 void Engine::run_block() {
@@ -528,7 +515,7 @@ void Engine::release_barrier(EmuThread& me, detail::BarrierOp op) {
   for (unsigned i = 0; i < n_; ++i) {
     if (!same_site(threads_[i]->site, me.site))
       detail::fail(Fault::barrier_divergence,
-                   "threads of block " + coords(blockIdx) + " in kernel '" + normalize_kernel_name(launch_->name) +
+                   "threads of block " + coords(blockIdx) + " in kernel '" + normalize_launch_name(launch_->name) +
                        "' wait at different __syncthreads(): " + barrier_groups(State::at_barrier) +
                        ". All threads of a block must reach the same barrier (a barrier inside a branch that "
                        "threads take differently is undefined behaviour on a GPU).");
@@ -589,7 +576,7 @@ bool Engine::try_complete(unsigned warp, unsigned lane) {
     if (t.op != lead.op || t.mask != lead.mask)
       detail::fail(Fault::warp_divergence,
                    "lanes of warp " + std::to_string(warp) + " in block " + coords(blockIdx) + " of kernel '" +
-                       normalize_kernel_name(launch_->name) + "' meet at different warp collectives: lane " +
+                       normalize_launch_name(launch_->name) + "' meet at different warp collectives: lane " +
                        std::to_string(lead.lane) + " at " + detail::warp_op_name(lead.op) + "(mask " + hex_mask(lead.mask) +
                        ") at " + detail::format_site(lead.site) + ", lane " + std::to_string(t.lane) + " at " +
                        detail::warp_op_name(t.op) + "(mask " + hex_mask(t.mask) + ") at " + detail::format_site(t.site) +
@@ -709,7 +696,7 @@ void Engine::rethrow_failure() {
 }
 
 void Engine::diagnose_hang() {
-  const std::string kernel = "kernel '" + normalize_kernel_name(launch_->name) + "'";
+  const std::string kernel = "kernel '" + normalize_launch_name(launch_->name) + "'";
   // A warp collective first: it can name exactly which lanes are missing and where they are.
   for (unsigned i = 0; i < n_; ++i) {
     const EmuThread& t = *threads_[i];
@@ -768,13 +755,7 @@ std::map<std::string, LaunchRecord> launch_counts() {
   return registry();
 }
 
-std::string kernel_base_name(std::string_view launch_name) {
-  std::string s = normalize_kernel_name(launch_name);
-  if (!s.empty() && s.front() == '&') s.erase(0, 1);
-  if (const size_t lt = s.find('<'); lt != std::string::npos) s.resize(lt);
-  if (const size_t colons = s.rfind("::"); colons != std::string::npos) s.erase(0, colons + 2);
-  return s;
-}
+std::string kernel_base_name(std::string_view launch_name) { return kernel_family(launch_name); }
 
 Stats stats() { return t_engine ? t_engine->stats : Stats{}; }
 void reset_stats() {
@@ -823,7 +804,7 @@ void check_pointer_argument(const char* kernel, int index, const void* p) {
   if (p == nullptr || is_device_accessible(p)) return;
   char addr[32];
   std::snprintf(addr, sizeof addr, "%p", p);
-  fail(Fault::pointer_argument, "kernel '" + normalize_kernel_name(kernel) + "' argument " + std::to_string(index) +
+  fail(Fault::pointer_argument, "kernel '" + normalize_launch_name(kernel) + "' argument " + std::to_string(index) +
                                     " is " + addr +
                                     ", which is not device memory (cudaMalloc, cudaMallocAsync or cudaMallocHost): "
                                     "a GPU would fault on it. Was a host pointer passed to the kernel?");
@@ -835,7 +816,7 @@ std::string describe_thread(unsigned linear) {
   const uint3 t{linear % blockDim.x, linear / blockDim.x % blockDim.y, linear / (blockDim.x * blockDim.y)};
   const Engine* e = t_engine.get();
   const char* name = e && e->launch() ? e->launch()->name : "?";
-  return "thread " + coords(t) + " of block " + coords(blockIdx) + " in kernel '" + normalize_kernel_name(name) + "'";
+  return "thread " + coords(t) + " of block " + coords(blockIdx) + " in kernel '" + normalize_launch_name(name) + "'";
 }
 
 const char* current_kernel_name() {

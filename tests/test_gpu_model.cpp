@@ -1,0 +1,141 @@
+// The GPU cost model (training/gpu_model.h, bulwark-bench gpu-model): every launch states its
+// cost, record-only mode counts what execution counts, a tiny model's step makes the launches
+// a hand count says, and the modelled time is the per-launch roofline it claims to be.
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/rng.h"
+#include "engine/runtime.h"
+#include "engine/tensor.h"
+#include "models/layers.h"
+#include "models/zoo.h"
+#include "training/gpu_model.h"
+
+using namespace bulwark;
+
+namespace {
+
+robust::MethodConfig method(const std::string& name, const nlohmann::ordered_json& given = {}) {
+  robust::MethodConfig cfg;
+  cfg.name = name;
+  for (const auto& [key, value] : given.items()) cfg.options.set(key, value);
+  return cfg;
+}
+
+struct Batch {
+  Tensor x, y;
+};
+Batch batch(int64_t n, int64_t c, int64_t side) {
+  Generator gen(5);
+  std::vector<int32_t> labels(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) labels[i] = static_cast<int32_t>(i % 10);
+  return {rand_uniform({n, c, side, side}, 0.0, 1.0, gen), Tensor::from_vector(labels, {n})};
+}
+
+std::shared_ptr<Module> wong_small() {
+  ModelConfig cfg;
+  cfg.in_channels = 1, cfg.height = cfg.width = 28;
+  cfg.seed = 3;
+  return make_model("wong_small", cfg);
+}
+
+std::vector<std::string> names(const training::StepRecord& r) {
+  std::vector<std::string> out;
+  for (const auto& l : r.launches) out.push_back(kernel_family(l.name));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("record-only mode makes the launches, with the costs, that running the kernels makes", "[gpu-model][cuda]") {
+  // wong_small at batch 4 on MNIST-shaped data; each method's step is recorded twice from the
+  // same initial weights: kernels executed by the emulator, then counted only.
+  const Batch b = batch(4, 1, 28);
+  for (const robust::MethodConfig& cfg :
+       {method("standard", {{"eps", 0.3}}), method("pgd", {{"eps", 0.3}, {"steps", 2}}),
+        method("free", {{"eps", 0.3}, {"replays", 2}}), method("crown-ibp", {{"eps", 0.3}})}) {
+    INFO(cfg.name);
+    const auto executed = [&] {
+      auto model = wong_small();
+      return training::record_training_step(*model, cfg, b.x, b.y, false);
+    }();
+    const auto recorded = [&] {
+      auto model = wong_small();
+      return training::record_training_step(*model, cfg, b.x, b.y, true);
+    }();
+    REQUIRE(executed.launches.size() == recorded.launches.size());
+    CHECK(executed.passes.fwd == recorded.passes.fwd);
+    CHECK(executed.passes.bwd == recorded.passes.bwd);
+    for (size_t i = 0; i < executed.launches.size(); ++i) {
+      INFO("launch " << i << ": " << executed.launches[i].name);
+      CHECK(recorded.launches[i].name == executed.launches[i].name);
+      CHECK(recorded.launches[i].blocks == executed.launches[i].blocks);
+      CHECK(recorded.launches[i].cost.flops == executed.launches[i].cost.flops);
+      CHECK(recorded.launches[i].cost.bytes == executed.launches[i].cost.bytes);
+      // Every kernel of kernels/cuda states its cost, and moves some bytes.
+      CHECK(executed.launches[i].cost.stated());
+      CHECK(executed.launches[i].cost.bytes > 0);
+    }
+  }
+  // Record-only is undone when the step returns: a kernel runs again.
+  const Tensor ones = Tensor::full({3}, 1.0).cuda();
+  CHECK((ones + ones).cpu().to_vector() == std::vector<float>{2, 2, 2});
+}
+
+TEST_CASE("a one-layer model's standard step makes the launches counted by hand", "[gpu-model][cuda]") {
+  // z = x W^T + b on x [5, 1, 2, 2] (flattened to 4 features), W [3, 4]; loss = mean CE(z, y);
+  // then SGD; then the step log's correct count. By hand, in the order the engine issues them:
+  //   forward   flatten is a view (no launch); z = gemm(x, W^T) + the bias broadcast-added
+  //             (gemm_tiles, binary); the labels' deferred range check; the row losses
+  //             (softmax_xent_rows) and their mean (sum_rows, then a scale by 1/n: unary)
+  //   backward  the seed gradient 1 (fill); the mean's backward: scale by 1/n (unary), expanded to
+  //             the n rows (strided_copy); CE's (softmax(z) - one_hot(y)) * g: one_hot is zeros
+  //             (fill), the range check, ones (fill) scattered in (scatter_add), softmax is
+  //             exp(log_softmax) (log_softmax_rows, unary), then the subtraction and the product
+  //             (binary, binary); the Linear's db = sum over rows (sum_columns) and dW = g^T x
+  //             (gemm_tiles); x needs no gradient, so no dx GEMM
+  //   update    one multi-tensor SGD launch for W and b
+  //   step log  correct = sum(eq(f32(argmax z), f32(y))) (argmax_rows, convert, convert, binary,
+  //             sum_rows), then the loss and the count copied into the device log (strided_copy x2)
+  Generator g(1);
+  auto net = std::make_shared<Sequential>();
+  net->add(std::make_shared<Flatten>()).add(std::make_shared<Linear>(4, 3, g));
+  const Batch b = batch(5, 1, 2);
+  const training::StepRecord r = training::record_training_step(*net, method("standard", {{"eps", 0.1}}), b.x, b.y, true);
+  const std::vector<std::string> expected{
+      // forward
+      "gemm_tiles", "binary_kernel", "check_index_range_kernel", "softmax_xent_rows_kernel", "sum_rows_kernel",
+      "unary_kernel",
+      // backward
+      "fill_kernel", "unary_kernel", "strided_copy_kernel", "fill_kernel", "check_index_range_kernel", "fill_kernel",
+      "scatter_add_middle_kernel", "log_softmax_rows_kernel", "unary_kernel", "binary_kernel", "binary_kernel",
+      "sum_columns_kernel", "gemm_tiles",
+      // update
+      "sgd_step_multi_kernel",
+      // step log
+      "argmax_rows_kernel", "convert_kernel", "convert_kernel", "binary_kernel", "sum_rows_kernel",
+      "strided_copy_kernel", "strided_copy_kernel"};
+  CHECK(names(r) == expected);
+  CHECK(r.passes.fwd == 1);
+  CHECK(r.passes.bwd == 1);
+  // The forward GEMM's stated cost: 2 * 5 * 3 * 4 flops; x, W and z moved once.
+  REQUIRE(!r.launches.empty());
+  CHECK(r.launches[0].cost.flops == 2.0 * 5 * 3 * 4);
+  CHECK(r.launches[0].cost.bytes == 4.0 * (5 * 4 + 4 * 3 + 5 * 3));
+}
+
+TEST_CASE("the modelled time is a per-launch roofline plus the launch overhead", "[gpu-model]") {
+  const training::GpuSpec gpu{"test", 1e12, 0, 0, 1e11};
+  std::vector<training::RecordedLaunch> launches{
+      {"compute_bound", {2e9, 1e6}, 1, 32},  // 2 ms of math, 0.01 ms of traffic
+      {"memory_bound", {1e6, 3e8}, 1, 32},   // 0.001 ms of math, 3 ms of traffic
+  };
+  CHECK(training::modelled_seconds(launches, gpu, 0) == Approx(5e-3).epsilon(1e-12));
+  CHECK(training::modelled_seconds(launches, gpu, 1e-6) == Approx(5e-3 + 2e-6).epsilon(1e-12));
+  launches.push_back({"unstated", {}, 1, 32});
+  CHECK_THROWS_AS(training::modelled_seconds(launches, gpu, 0), std::logic_error);
+}
