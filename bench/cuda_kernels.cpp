@@ -6,8 +6,10 @@
 // Rows, llm.c style ("version 0" is the vendor library):
 //   cuda_gemm/<shape>/v0_cublas            cublasSgemm                       FLOPS: 2 M N K
 //   cuda_gemm/<shape>/ours                 gemm_tile.cuh's 64x64 tile loop
+//   cuda_gemm/<shape>/ours_tf32, ours_bf16 tensor_core.cuh's WMMA tile loop (--precision tf32 / bf16)
 //   cuda_conv_<pass>/<layer>/v0_cudnn      cuDNN, FMA math, heuristic algo   FLOPS: 2 n O C KH KW OH OW
 //   cuda_conv_<pass>/<layer>/ours          implicit GEMM (conv.cu)
+//   cuda_conv_<pass>/<layer>/ours_tf32, ours_bf16   the same on the WMMA tile loop
 //   cuda_batch_norm_{forward,backward}/... fused training-mode BN           BYTES: 12 / 20 per element
 //   cuda_pgd_step/<batch>                  fused step + sum|g|               BYTES: 16 per element
 //   cuda_random_start/<batch>              Philox start                      BYTES: 8 per element
@@ -102,7 +104,14 @@ void add(const std::string& name, Fn&& fn) {
 
 // ---- GEMM and convolution: ours and the vendor's ------------------------------------------------
 
-void gemm_row(benchmark::State& state, const GemmCase& c, bool vendor) {
+// Runs a row at a math precision (ours only: the vendor rows are FP32) and restores fp32.
+struct RowPrecision {
+  explicit RowPrecision(MathPrecision p) { cuda::set_math_precision(p); }
+  ~RowPrecision() { cuda::set_math_precision(MathPrecision::fp32); }
+};
+
+void gemm_row(benchmark::State& state, const GemmCase& c, bool vendor, MathPrecision precision = MathPrecision::fp32) {
+  const RowPrecision row_precision(precision);
   gpu_row(state, [&] {
     DeviceFloats a(c.m * c.k), b(c.k * c.n), out(c.m * c.n);
     const auto gemm = vendor ? &cuda::gemm_vendor : &cuda::gemm_ours;
@@ -119,7 +128,9 @@ const char* pass_name(ConvPass p) {
   return p == ConvPass::forward ? "forward" : p == ConvPass::backward_input ? "backward_input" : "backward_weight";
 }
 
-void conv_row(benchmark::State& state, ConvPass pass, const ConvLayer& layer, bool vendor) {
+void conv_row(benchmark::State& state, ConvPass pass, const ConvLayer& layer, bool vendor,
+              MathPrecision precision = MathPrecision::fp32) {
+  const RowPrecision row_precision(precision);
   gpu_row(state, [&] {
     const cpu::ConvShape& s = layer.shape;
     DeviceFloats x(s.n * s.c * s.h * s.w), w(s.o * s.c * s.kh * s.kw), bias(s.o), g(s.n * s.o * s.oh * s.ow);
@@ -253,15 +264,24 @@ const GemmCase kSquare4096{"square_4096", false, false, 4096, 4096, 4096};
 bool register_cuda_benchmarks() {
   std::vector<GemmCase> gemms = zoo_gemms();
   gemms.push_back(kSquare4096);
-  for (const GemmCase& c : gemms)
+  constexpr MathPrecision kTensorCores[] = {MathPrecision::tf32, MathPrecision::bf16};
+  for (const GemmCase& c : gemms) {
     for (bool vendor : {true, false})
       add("cuda_gemm/" + std::string(c.name) + (vendor ? "/v0_cublas" : "/ours"),
           [c, vendor](benchmark::State& st) { gemm_row(st, c, vendor); });
+    for (MathPrecision p : kTensorCores)
+      add("cuda_gemm/" + std::string(c.name) + "/ours_" + math_precision_name(p),
+          [c, p](benchmark::State& st) { gemm_row(st, c, false, p); });
+  }
   for (const ConvLayer& layer : zoo_conv_layers())
-    for (ConvPass pass : kConvPasses)
+    for (ConvPass pass : kConvPasses) {
       for (bool vendor : {true, false})
         add(std::string("cuda_conv_") + pass_name(pass) + "/" + layer.name + (vendor ? "/v0_cudnn" : "/ours"),
             [pass, layer, vendor](benchmark::State& st) { conv_row(st, pass, layer, vendor); });
+      for (MathPrecision p : kTensorCores)
+        add(std::string("cuda_conv_") + pass_name(pass) + "/" + layer.name + "/ours_" + math_precision_name(p),
+            [pass, layer, p](benchmark::State& st) { conv_row(st, pass, layer, false, p); });
+    }
   for (const BatchNormCase& c : zoo_batch_norms())
     for (bool backward : {false, true})
       add(std::string(backward ? "cuda_batch_norm_backward/" : "cuda_batch_norm_forward/") + c.name,

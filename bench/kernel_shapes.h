@@ -50,10 +50,6 @@ inline ConvShape conv_shape(int64_t n, int64_t c, int64_t hw, int64_t o, int64_t
   return make_conv_shape(n, c, hw, hw, o, k, k, stride, pad);
 }
 
-inline double conv_flops(const ConvShape& s) {
-  return 2.0 * double(s.n * s.o) * double(s.c * s.kh * s.kw) * double(s.oh * s.ow);
-}
-
 struct ConvLayer {
   const char* name;
   ConvShape shape;

@@ -40,7 +40,7 @@ int train_step_main(int argc, char** argv) {
   int64_t batch = 128;
   int threads = 2, warmup = 2, iters = 10, attack_steps = -1;
   double eps = -1, alpha = -1;
-  bool no_random_start = false, json = false;
+  bool no_random_start = false, json = false, profile = false;
   app.add_option("--model", models, "zoo models to time (default: wong_small and cnn7)");
   app.add_option("--batch", batch, "batch size")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
   app.add_option("--threads", threads, "OpenMP threads")->check(CLI::Range(1, 1024));
@@ -52,6 +52,9 @@ int train_step_main(int argc, char** argv) {
   app.add_option("--alpha", alpha, "step size (default: eps/4 for PGD, 1.25 eps for FGSM-RS)")->check(CLI::Range(0.0, 1.0));
   app.add_flag("--no-random-start", no_random_start, "start the attack at the clean input");
   app.add_flag("--json", json, "print one JSON line per model instead of the table");
+  app.add_flag("--profile", profile,
+               "also time every op of the timed iterations: a per-op table (forward, backward, calls, GFLOP/s, "
+               "share of the step)");
   CLI11_PARSE(app, argc, argv);
   if (models.empty()) models = {"wong_small", "cnn7"};
 
@@ -63,11 +66,13 @@ int train_step_main(int argc, char** argv) {
     if (alpha >= 0) c.alpha = alpha;
     else if (eps >= 0) c.alpha = c.attack_steps == 1 ? 1.25 * c.eps : c.eps / 4;
     c.random_start = !no_random_start;
+    c.profile = profile;
     const TrainStepResult r = run_train_step(c);
     if (json)
       print_train_step_json(r);
     else
       print_train_step(r);
+    if (r.profile) fmt::print("{}\n", r.profile->table());
   }
   return 0;
 }

@@ -129,6 +129,8 @@ TrainStepResult run_train_step(const TrainStepConfig& c) {
   attack.random_start = c.random_start, attack.seed = c.seed + 2;
 
   for (int it = 0; it < c.warmup + c.iters; ++it) {
+    if (c.profile && it == c.warmup) profiler::start();
+    const profiler::Step profiled_step;  // counts only while a session is active
     const auto t0 = Clock::now();
     const double cpu0 = process_cpu_ms();
     attack.offset = gen.reserve(random_start_counters(x.numel()));
@@ -159,6 +161,7 @@ TrainStepResult run_train_step(const TrainStepConfig& c) {
     r.times.total.push_back(total_ms);
     r.times.total_cpu.push_back(total_cpu_ms);
   }
+  if (c.profile) r.profile = profiler::stop();
   return r;
 }
 

@@ -9,9 +9,11 @@
 // the model in train mode throughout (BatchNorm uses batch statistics in the attack too, as in
 // the Fast-AT and DEAT code). bench/peer_pytorch.py runs the same step in PyTorch.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "engine/profiler.h"
 #include "engine/tensor.h"
 #include "models/zoo.h"
 #include "training/optim.h"
@@ -29,6 +31,7 @@ struct TrainStepConfig {
   bool random_start = true;
   int warmup = 2, iters = 10;
   uint64_t seed = 0;
+  bool profile = false;  // per-op table of the timed iterations (engine/profiler.h)
 };
 
 // The two configurations the benches compare with PyTorch:
@@ -57,6 +60,7 @@ struct TrainStepResult {
   PassFlops flops;
   PhaseTimes times;
   double final_loss = 0;
+  std::optional<profiler::Report> profile;  // with config.profile
 };
 
 TrainStepResult run_train_step(const TrainStepConfig& config);

@@ -2,6 +2,8 @@
 // gradient accumulation. About as small as it can be and still do double backward.
 #include "engine/autograd.h"
 
+#include "engine/profiler.h"
+
 #include <fmt/format.h>
 
 #include <stdexcept>
@@ -83,6 +85,7 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
   }
 
   GradModeGuard mode(create_graph);
+  const profiler::BackwardScope gradient_sums("");  // kernels between nodes: the gradients' sums
   const bool by_op = g_record_grads_by_op;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node* node = *it;
@@ -105,6 +108,7 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
           "differentiated again (create_graph) cannot pass it",
           node->op));
     ++g_stats.nodes_run;
+    const profiler::BackwardScope node_backward(node->op);
     if (!create_graph && node->accumulate_into && needs.size() == 1 && needs[0]) {
       Tensor& acc = grads[node->inputs[0].impl()];
       // In place only into memory no one else holds (a gradient is often one tensor for
@@ -116,6 +120,7 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
       continue;
     }
     std::vector<Tensor> in_grads = node->backward(*node, g, needs);
+    const profiler::BackwardScope sums("");
     if (by_op)
       for (size_t i = 0; i < in_grads.size(); ++i)
         if (in_grads[i].defined()) ++g_stats.grads_computed[node->op + "[" + std::to_string(i) + "]"];

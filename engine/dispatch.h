@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 
+#include "engine/profiler.h"
 #include "engine/tensor.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -45,13 +46,15 @@ void check_index_range(const Tensor& idx, int64_t bound, const char* op, cuda::I
     default: throw std::invalid_argument(std::string(op) + ": needs a floating-point tensor"); \
   }
 
-// The one device dispatch: runs kernel `fn` of the tensor's backend with the same arguments.
+// The one device dispatch: runs kernel `fn` of the tensor's backend with the same arguments,
+// timed by the profiler when a session is active (engine/profiler.h).
 //   Device::cpu:  BW_DISPATCH_FLOAT, i.e. cpu::fn<T>(args...) with T = float or double;
 //   Device::cuda: cuda::fn(args...) with T = float (f64 on CUDA is a clear error).
 // The arguments may use T (x.data<T>(), static_cast<T>(p)); the CPU path is exactly the call
 // it was before this macro existed.
 #define BW_KERNEL(dev, dt, op, fn, ...)                                          \
   do {                                                                            \
+    const ::bulwark::profiler::KernelScope bw_profile_((op), (dev) == ::bulwark::Device::cuda); \
     if ((dev) == ::bulwark::Device::cuda) {                                       \
       ::bulwark::require_cuda_dtype((dt), (op));                                  \
       using T = float;                                                            \

@@ -119,7 +119,7 @@ static Tensor unary_raw(ew::Unary op, const Tensor& a_in, double p0 = 0, double 
   require_float(a_in, "unary op");
   const Tensor a = a_in.contiguous();
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
-  BW_KERNEL(a.device(), a.dtype(), "unary op", unary, op, a.data<T>(), out.data<T>(), a.numel(), static_cast<T>(p0),
+  BW_KERNEL(a.device(), a.dtype(), ew::unary_name(op), unary, op, a.data<T>(), out.data<T>(), a.numel(), static_cast<T>(p0),
             static_cast<T>(p1));
   return out;
 }
@@ -133,7 +133,7 @@ static Tensor binary_raw(ew::Binary op, const Tensor& a, const Tensor& b) {
   const Shape shape = broadcast_shapes(a.shape(), b.shape());
   Tensor out = Tensor::empty(shape, a.dtype(), a.device());
   const cpu::Strided sa = broadcast_view(a, shape), sb = broadcast_view(b, shape);
-  BW_KERNEL(a.device(), a.dtype(), "binary op", binary, op, a.data<T>(), sa, b.data<T>(), sb, out.data<T>());
+  BW_KERNEL(a.device(), a.dtype(), ew::binary_name(op), binary, op, a.data<T>(), sa, b.data<T>(), sb, out.data<T>());
   return out;
 }
 
@@ -526,6 +526,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const int64_t M = a.shape()[0], K = a.shape()[1], N = b.shape()[1];
   const GemmOperand A = gemm_operand(a.detach()), B = gemm_operand(b.detach());
   Tensor out = Tensor::empty({M, N}, a.dtype(), a.device());
+  profiler::count_flops(2.0 * double(M) * double(N) * double(K));
   BW_KERNEL(a.device(), a.dtype(), "matmul", gemm, A.trans, B.trans, M, N, K, T(1), A.t.data<T>(), A.ld, B.t.data<T>(), B.ld,
             T(0), out.data<T>(), std::max<int64_t>(N, 1));
   return record(out, "matmul", {a, b}, [](const Node& n, const Tensor& g, const Needs& need) {
@@ -568,6 +569,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2d
     bc = bias.contiguous();
   }
   Tensor out = Tensor::empty({s.n, s.o, s.oh, s.ow}, x.dtype(), x.device());
+  profiler::count_flops(conv_flops(s));
   BW_KERNEL(x.device(), x.dtype(), "conv2d", conv2d_forward, s, x.data<T>(), w.data<T>(),
             bc.defined() ? bc.data<T>() : nullptr, out.data<T>());
   std::vector<Tensor> inputs{x_in, w_in};
@@ -589,6 +591,7 @@ Tensor conv2d_backward_input(const Tensor& g_in, const Tensor& w_in, const Shape
     throw std::invalid_argument(fmt::format("conv2d_backward_input: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
   require_same_device(g, w, "conv2d_backward_input");
   Tensor out = Tensor::empty(x_shape, g.dtype(), g.device());
+  profiler::count_flops(conv_flops(s));
   BW_KERNEL(g.device(), g.dtype(), "conv2d_backward_input", conv2d_backward_input, s, g.data<T>(), w.data<T>(), out.data<T>());
   return record(out, "conv2d_backward_input", {g_in, w_in}, [p](const Node& n, const Tensor& gg, const Needs& need) {
     return Grads{need[0] ? conv2d(gg, n.inputs[1], Tensor(), p) : Tensor(),
@@ -603,6 +606,7 @@ Tensor conv2d_backward_weight(const Tensor& x_in, const Tensor& g_in, const Shap
     throw std::invalid_argument(fmt::format("conv2d_backward_weight: gradient {} for output [{}, {}, {}, {}]", g.str(), s.n, s.o, s.oh, s.ow));
   require_same_device(x, g, "conv2d_backward_weight");
   Tensor out = Tensor::empty(w_shape, x.dtype(), x.device());
+  profiler::count_flops(conv_flops(s));
   BW_KERNEL(x.device(), x.dtype(), "conv2d_backward_weight", conv2d_backward_weight, s, x.data<T>(), g.data<T>(), out.data<T>());
   return record(out, "conv2d_backward_weight", {x_in, g_in}, [p](const Node& n, const Tensor& gg, const Needs& need) {
     return Grads{need[0] ? conv2d_backward_input(n.inputs[1], gg, n.inputs[0].shape(), p) : Tensor(),

@@ -1,5 +1,7 @@
 #include "engine/runtime.h"
 
+#include <stdexcept>
+
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -27,5 +29,24 @@ std::vector<std::string> kernel_source_names() {
 
 void check_kernel_source(const std::string& name) { cuda::parse_kernel_source(name); }
 void set_kernel_source(const std::string& name) { cuda::set_kernel_source(cuda::parse_kernel_source(name)); }
+
+std::vector<std::string> math_precision_names() {
+  std::vector<std::string> names;
+  for (MathPrecision p : {MathPrecision::fp32, MathPrecision::tf32, MathPrecision::bf16})
+    names.push_back(math_precision_name(p));
+  return names;
+}
+
+void set_math_precision(const std::string& name) {
+  for (MathPrecision p : {MathPrecision::fp32, MathPrecision::tf32, MathPrecision::bf16})
+    if (name == math_precision_name(p)) {
+      cpu::set_math_precision(p);
+      cuda::set_math_precision(p);
+      return;
+    }
+  throw std::invalid_argument("unknown math precision '" + name + "': choose fp32, tf32 or bf16");
+}
+
+std::string math_precision() { return math_precision_name(cpu::math_precision()); }
 
 }  // namespace bulwark::runtime

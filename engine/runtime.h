@@ -37,4 +37,25 @@ std::vector<std::string> kernel_source_names();
 void check_kernel_source(const std::string& name);
 void set_kernel_source(const std::string& name);
 
+// The input format of the model's GEMMs and convolutions on both backends (--precision):
+// "fp32", or "tf32" / "bf16" inputs with f32 accumulation (tensor cores on a GPU; the same
+// rounding before an f32 sgemm on the CPU and the emulator). Process-wide, fp32 by default.
+// Sound bounds need fp32 (a rounded product is not an upper bound): the interval kernels ignore
+// this, and the certified methods refuse anything else.
+std::vector<std::string> math_precision_names();
+void set_math_precision(const std::string& name);  // std::invalid_argument naming the choices
+std::string math_precision();
+
+// Runs a scope at `name` and restores the previous precision on leaving it.
+class MathPrecisionScope {
+ public:
+  explicit MathPrecisionScope(const std::string& name) : previous_(math_precision()) { set_math_precision(name); }
+  ~MathPrecisionScope() { set_math_precision(previous_); }
+  MathPrecisionScope(const MathPrecisionScope&) = delete;
+  MathPrecisionScope& operator=(const MathPrecisionScope&) = delete;
+
+ private:
+  std::string previous_;
+};
+
 }  // namespace bulwark::runtime

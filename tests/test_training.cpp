@@ -23,6 +23,8 @@
 #include "training/optim.h"
 #include "training/schedule.h"
 #include "training/trainer.h"
+#include "engine/runtime.h"
+#include "kernels/common/precision.h"
 
 using namespace bulwark;
 using namespace bulwark::training;
@@ -769,4 +771,70 @@ TEST_CASE("an optimizer step updates every parameter in one CUDA launch and matc
       for (size_t k = 0; k < u.size(); ++k) REQUIRE(v[k] == Approx(u[k]).margin(1e-5));
     }
   }
+}
+
+// ---- --precision tf32 | bf16 ----------------------------------------------------------------------
+
+TEST_CASE("the CPU GEMM at TF32 or BF16 is the f32 GEMM of the rounded operands", "[training][precision]") {
+  // The tensor cores' arithmetic, emulated: operands rounded, products exact, f32 sums. On the CPU
+  // the rounded copies go through the same sgemm, so the result is bitwise that of the f32 GEMM
+  // on operands rounded beforehand.
+  Generator gen(3);
+  const Tensor a = rand_uniform({37, 21}, -1.0, 1.0, gen), b = rand_uniform({21, 70}, -1.0, 1.0, gen);
+  for (const std::string format : {"tf32", "bf16"}) {
+    INFO(format);
+    const auto round_all = [&](const Tensor& t) {
+      std::vector<float> v = t.to_vector();
+      for (float& x : v) x = format == "tf32" ? precision::round_tf32(x) : precision::round_bf16(x);
+      return Tensor::from_vector(v, t.shape());
+    };
+    Tensor at_format;
+    {
+      const runtime::MathPrecisionScope scope(format);
+      at_format = matmul(a, b);
+    }
+    CHECK(runtime::math_precision() == "fp32");  // the scope restored it
+    CHECK(at_format.to_vector() == matmul(round_all(a), round_all(b)).to_vector());
+    CHECK(at_format.to_vector() != matmul(a, b).to_vector());  // the rounding changed something
+  }
+}
+
+TEST_CASE("a run at --precision bf16 learns, on the CPU and on the emulated CUDA device alike", "[training][precision][cuda]") {
+  TempDir dir("bf16");
+  TrainConfig c = tiny_config(dir / "run", 4);
+  c.precision = "bf16";
+  const RunSummary s = train(c, quiet());
+  CHECK(s.test_acc > 0.5);  // 10 classes: chance is 0.1
+  CHECK(nlohmann::json::parse(read_file(dir / "run/config.json"))["precision"] == "bf16");
+  CHECK(runtime::math_precision() == "fp32");  // the run's setting ends with it
+
+  // One epoch on each backend: the same rounding, only the order of the f32 sums differs.
+  auto run_on = [&](const std::string& device) {
+    TrainConfig d = tiny_config(dir / ("one-" + device), 1);
+    d.precision = "bf16";
+    d.data.train_size = 192, d.data.val_size = 64, d.data.test_size = 64;
+    d.batch_size = 64, d.eval_batch_size = 64;
+    d.robust_val_size = 0, d.final_attack_size = 0;
+    resolve_defaults(d);
+    d.device = device;
+    fs::create_directories(d.out);
+    Trainer trainer(d, load_run_data(d), quiet());
+    trainer.run();
+    return metrics_from_json(nlohmann::json::parse(read_lines(fs::path(d.out) / "metrics.jsonl").at(0)));
+  };
+  const EpochMetrics on_cpu = run_on("cpu"), on_cuda = run_on("cuda");
+  CHECK(on_cuda.train_loss == Approx(on_cpu.train_loss).epsilon(1e-3));
+  CHECK(on_cuda.val_acc == Approx(on_cpu.val_acc).margin(1.5 / 64));
+}
+
+TEST_CASE("certified methods refuse a rounded --precision", "[training][precision]") {
+  TempDir dir("bf16-ibp");
+  TrainConfig c = tiny_config(dir / "run", 1);
+  c.precision = "bf16";
+  c.method.name = "ibp";
+  CHECK_THROWS_WITH(train(c, quiet()), Catch::Contains("--precision bf16 with --method ibp") &&
+                                           Catch::Contains("need f32"));
+  c.precision = "fp16";
+  c.method.name = "standard";
+  CHECK_THROWS_WITH(train(c, quiet()), Catch::Contains("fp16") && Catch::Contains("bf16"));
 }

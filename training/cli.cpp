@@ -150,12 +150,19 @@ CLI::App* add_train_command(CLI::App& app, TrainArgs& a) {
   add_config_flags(t, a);
 
   t->add_option("--resume", a.resume,
-                "Continue the run in this directory from its last.safetensors (only --threads, --stop-after and "
-                "--quiet may be given with it)");
+                "Continue the run in this directory from its last.safetensors (only --threads, --stop-after, "
+                "--quiet, --profile and --trace may be given with it)");
   t->add_option("--stop-after", a.run.stop_after,
                 "Stop once this many epochs are complete (continue later with --resume; 0 = train all epochs)")
       ->capture_default_str();
   t->add_flag("--quiet", a.run.quiet, "No progress bar, epoch table or info lines");
+  t->add_flag("--profile", a.run.profile,
+              "Time every op of the training steps (forward and backward kernels, calls, GFLOP/s, share of the step) "
+              "and print the table when training ends; also written to profile.json in the run directory");
+  t->add_option("--trace", a.run.trace,
+                "With or without --profile: write a Chrome trace of the run's second training step to FILE (open it "
+                "in ui.perfetto.dev)")
+      ->type_name("FILE");
   t->add_flag("--dry-run", a.dry_run,
               "Resolve every default, print the resolved-default lines (stderr) and the run's config.json (stdout), "
               "and stop before loading any data");
@@ -319,7 +326,8 @@ int run_train(CLI::App& cmd, TrainArgs& a) {
   const InterruptScope interrupts;  // Ctrl-C and SIGTERM save the run (training/interrupt.h)
   if (a.run.stop_after < 0) throw std::invalid_argument(fmt::format("--stop-after must be >= 0, got {}", a.run.stop_after));
   if (!a.resume.empty()) {
-    const std::set<std::string> allowed{"--resume", "--threads", "--stop-after", "--quiet", "--help"};
+    const std::set<std::string> allowed{"--resume", "--threads", "--stop-after", "--quiet", "--profile", "--trace",
+                                        "--help"};
     for (const CLI::Option* o : cmd.get_options())
       if (o->count() > 0 && !allowed.count(o->get_name()))
         throw std::invalid_argument(fmt::format("{} cannot be combined with --resume: a resumed run keeps the options "

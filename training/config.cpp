@@ -167,6 +167,13 @@ std::vector<TrainOption> make_train_options() {
       Option::make("kernels", "--kernels", T::text, "On a GPU: conv/GEMM kernels auto (the faster), ours or vendor")
           .one_of(runtime::kernel_source_names()),
       [](auto& c) -> auto& { return c.kernels; });
+  add("",
+      Option::make("precision", "--precision", T::text,
+                   "Input format of the model's GEMMs and convolutions: fp32, or tf32 / bf16 with f32 accumulation "
+                   "(tensor cores on a GPU, the same rounding on the CPU); master weights, optimizer and attack "
+                   "steps stay f32; the certified methods need fp32")
+          .one_of(runtime::math_precision_names()),
+      [](auto& c) -> auto& { return c.precision; });
   add("", Option::make("seed", "--seed", T::integer, "Seed of the initial weights, shuffling, augmentation and the method").at_least(0),
       [](auto& c) -> auto& { return c.seed; });
   add("", Option::make("threads", "--threads", T::integer, "CPU threads (0 = all cores)").at_least(0),
@@ -284,6 +291,10 @@ void validate(const TrainConfig& c) {
   validate(c.optimizer);
   validate(c.schedule, c.epochs);
   robust::validate(c.method);
+  require(c.precision == "fp32" || !robust::method_registry().at(c.method.name).certified,
+          fmt::format("--precision {} with --method {}: verified bounds need f32 arithmetic (a product of rounded "
+                      "inputs is not an upper bound of the f32 one); use --precision fp32",
+                      c.precision, c.method.name));
 }
 
 std::string resolve_device(const std::string& requested, std::vector<std::string>& notes) {

@@ -1,5 +1,7 @@
 #include "training/trainer.h"
 
+#include "engine/profiler.h"
+
 #include <fmt/format.h>
 
 #include <chrono>
@@ -243,7 +245,10 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     step_log_.begin_batch(b.index);
     robust::StepContext ctx{*model_, *optimizer_, gen_, passes, step_log_, epoch, b.index};
     ctx.eps_scale = cfg_.method.eps_scale(progress);
-    method_->train_batch(ctx, x, y);
+    {
+      const profiler::Step step;
+      method_->train_batch(ctx, x, y);
+    }
     ++done;
     if (read_every_batch || progress_.due(done, kDeviceReadSeconds)) {
       add_logged_batches(totals, epoch, batches, lr_of_batch);
@@ -313,9 +318,46 @@ void Trainer::save_interrupted(int64_t epoch, int64_t next_batch, int64_t batche
                                                 cfg_.out));
 }
 
+namespace {
+// --profile / --trace over a run's training steps: started with the run, reported when training
+// ends (the per-op table, profile.json and the trace in the run directory); an interrupted or
+// failed run stops it without a report.
+class RunProfile {
+ public:
+  RunProfile(const RunOptions& o, std::string out)
+      : on_(o.profile || !o.trace.empty()), quiet_(o.quiet), trace_(o.trace), out_(std::move(out)) {
+    if (on_) profiler::start(trace_.empty() ? -1 : 1);  // the trace: the second step, after the first's warm-up
+  }
+  ~RunProfile() {
+    if (on_) profiler::stop();
+  }
+  RunProfile(const RunProfile&) = delete;
+  RunProfile& operator=(const RunProfile&) = delete;
+  void finish() {
+    if (!on_) return;
+    on_ = false;
+    const profiler::Report r = profiler::stop();
+    write_file_atomically((fs::path(out_) / "profile.json").string(), r.to_json().dump(2) + "\n");
+    if (!quiet_) fmt::print("{}profile written to {}\n", r.table(), (fs::path(out_) / "profile.json").string());
+    if (!trace_.empty()) {
+      write_file_atomically(trace_, r.chrome_trace().dump() + "\n");
+      if (!quiet_)
+        fmt::print("trace of {} written to {} (open it in ui.perfetto.dev or chrome://tracing)\n",
+                 r.trace.empty() ? "no step (the run trained fewer than 2)" : "the second step", trace_);
+    }
+  }
+
+ private:
+  bool on_, quiet_;
+  std::string trace_, out_;
+};
+}  // namespace
+
 RunSummary Trainer::run() {
+  RunProfile profile(options_, cfg_.out);
   runtime::set_num_threads(cfg_.threads);
   if (device_ == Device::cuda) runtime::set_kernel_source(cfg_.kernels);
+  const runtime::MathPrecisionScope precision(cfg_.precision);  // training, validation and the final test
   loader_ = std::make_unique<data::Loader>(data_.train, cfg_.batch_size, true, cfg_.seed,
                                            data::AugmentOptions{cfg_.data.crop_pad, cfg_.data.flip});
   const int64_t last_epoch = options_.stop_after > 0 ? std::min(options_.stop_after, cfg_.epochs) : cfg_.epochs;
@@ -354,6 +396,7 @@ RunSummary Trainer::run() {
                                                     path("last.safetensors"), cfg_.out));
   }
 
+  profile.finish();
   RunSummary s;
   s.out = cfg_.out;
   s.epochs_completed = stopped_at_epoch_ > 0 ? stopped_at_epoch_ - 1 : std::max(start_epoch_, last_epoch);

@@ -59,6 +59,10 @@ struct TrainingDiverged : std::runtime_error {
 struct RunOptions {
   bool quiet = false;
   int64_t stop_after = 0;  // > 0: stop once this many epochs are complete (resume continues it)
+  // Profile the training steps (engine/profiler.h): the per-op table on stdout at the end and
+  // profile.json in the run directory; `trace`: also a Chrome trace of the second step there.
+  bool profile = false;
+  std::string trace;
 };
 
 struct RunSummary {

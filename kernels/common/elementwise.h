@@ -17,6 +17,18 @@ enum class Unary : int {
 
 enum class Binary : int { add, sub, mul, div, maximum, minimum, gt, ge, le, eq };
 
+// Their names, for messages and the profiler's op column.
+inline const char* unary_name(Unary op) {
+  static const char* const names[] = {"neg",    "abs",    "sign",    "exp",   "log",        "sqrt",     "square",
+                                      "relu",   "relu_mask", "softplus", "sigmoid", "affine", "clamp", "clamp_mask",
+                                      "gt_scalar"};
+  return names[static_cast<int>(op)];
+}
+inline const char* binary_name(Binary op) {
+  static const char* const names[] = {"add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge", "le", "eq"};
+  return names[static_cast<int>(op)];
+}
+
 template <class T>
 BW_HD inline T unary_apply(Unary op, T x, T p0, T p1) {
   switch (op) {

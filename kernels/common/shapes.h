@@ -55,6 +55,12 @@ inline ConvShape make_conv_shape(int64_t n, int64_t c, int64_t h, int64_t w, int
           checked_output_size(w, kw, stride, pad, what)};
 }
 
+// The useful FLOPs of one pass of the convolution (each of forward, backward-input and
+// backward-weight): 2 n O (C KH KW) (OH OW).
+inline double conv_flops(const ConvShape& s) {
+  return 2.0 * double(s.n * s.o) * double(s.c * s.kh * s.kw) * double(s.oh * s.ow);
+}
+
 // `planes` planes of h x w pooled by a k x k window; throws as checked_output_size.
 inline PoolShape make_pool_shape(int64_t planes, int64_t h, int64_t w, int64_t k, int64_t stride, int64_t pad,
                             const std::string& what = "pool2d") {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/common/elementwise.h"
+#include "kernels/common/precision.h"
 #include "kernels/common/shapes.h"
 
 namespace bulwark::cpu {
@@ -20,6 +21,11 @@ struct Strided {
 
 void set_num_threads(int n);  // OpenMP threads for the kernels (BLAS stays single-threaded)
 int num_threads();
+// The input format of gemm<float> (and so of the convolutions, which are GEMMs): fp32, or the
+// operands rounded to TF32 / BF16 before an f32 sgemm, the tensor cores' arithmetic emulated
+// (kernels/common/precision.h). Process-wide, fp32 by default; f64 GEMMs are never rounded.
+void set_math_precision(MathPrecision precision);
+MathPrecision math_precision();
 
 template <class T> void strided_copy(const T* src, const Strided& s, T* dst);
 template <class T> void fill(T* dst, int64_t n, T value);

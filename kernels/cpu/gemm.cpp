@@ -5,6 +5,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
 
@@ -27,12 +30,29 @@ void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
               lda, B, ldb, beta, C, ldc);
 }
+std::atomic<MathPrecision> g_math_precision{MathPrecision::fp32};
+
+// The rows x cols matrix at p (leading dimension ld) rounded to `format`, packed (ld = cols).
+std::vector<float> rounded_copy(MathPrecision format, const float* p, int64_t rows, int64_t cols, int64_t ld) {
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = p[i * ld + j];
+      out[static_cast<size_t>(i * cols + j)] =
+          format == MathPrecision::tf32 ? precision::round_tf32(v) : precision::round_bf16(v);
+    }
+  return out;
+}
 }  // namespace
 
+void set_math_precision(MathPrecision precision) { g_math_precision.store(precision); }
+MathPrecision math_precision() { return g_math_precision.load(); }
+
+namespace {
+// The GEMM itself, on the operands as given.
 template <class T>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-          int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
+void gemm_as_given(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                   int64_t ldb, T beta, T* C, int64_t ldc) {
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const double flops = 2.0 * M * N * K;
   // Split the longer side of C. Each thread reads all of the operand along the side it does not
@@ -67,6 +87,25 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
       blas(ta, tb, i1 - i0, N, K, alpha, Ab, lda, B, ldb, beta, C + i0 * ldc, ldc);
     }
   }
+}
+}  // namespace
+
+template <class T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    const MathPrecision precision = math_precision();
+    if (precision != MathPrecision::fp32 && K > 0) {
+      // op(A) is M x K and op(B) K x N; stored, A is (ta ? K x M : M x K) and B (tb ? N x K : K x N).
+      const int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+      const std::vector<float> ra = rounded_copy(precision, A, a_rows, a_cols, lda),
+                               rb = rounded_copy(precision, B, b_rows, b_cols, ldb);
+      gemm_as_given<T>(ta, tb, M, N, K, alpha, ra.data(), a_cols, rb.data(), b_cols, beta, C, ldc);
+      return;
+    }
+  }
+  gemm_as_given<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,

@@ -33,6 +33,7 @@
 #include "kernels/cuda/conv_loaders.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_tile.cuh"
+#include "kernels/cuda/tensor_core.cuh"
 #include "kernels/cuda/kernel_source.h"
 #include "kernels/cuda/vendor.h"
 #include "kernels/emu/launch.h"
@@ -78,19 +79,19 @@ LaunchCost conv_cost(const ConvShape& s, int64_t m, int64_t n, int64_t k) {
 
 void conv2d_forward_ours(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
-  tile::run_tiles(tile::MatrixLoader{w, ckk, false, false}, ForwardColumns{s, x}, ForwardStore{s.o, L, bias, y}, s.o,
+  run_tiles_in(math_precision(), tile::MatrixLoader{w, ckk, false, false}, ForwardColumns{s, x}, ForwardStore{s.o, L, bias, y}, s.o,
                   s.n * L, ckk, current_stream(), conv_cost(s, s.o, s.n * L, ckk));
 }
 
 void conv2d_backward_input_ours(const ConvShape& s, const float* g, const float* w, float* dx) {
   const int64_t hw = s.h * s.w;
-  tile::run_tiles(TransposedFilters{s, w}, GradientTaps{s, g}, InputStore{s.c, hw, dx}, s.c, s.n * hw,
+  run_tiles_in(math_precision(), TransposedFilters{s, w}, GradientTaps{s, g}, InputStore{s.c, hw, dx}, s.c, s.n * hw,
                   s.o * s.kh * s.kw, current_stream(), conv_cost(s, s.c, s.n * hw, s.o * s.kh * s.kw));
 }
 
 void conv2d_backward_weight_ours(const ConvShape& s, const float* x, const float* g, float* dw) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
-  tile::run_tiles(GradientRows{s.o, L, g}, TransposedColumns{s, x}, WeightStore{ckk, dw}, s.o, ckk, s.n * L,
+  run_tiles_in(math_precision(), GradientRows{s.o, L, g}, TransposedColumns{s, x}, WeightStore{ckk, dw}, s.o, ckk, s.n * L,
                   current_stream(), conv_cost(s, s.o, ckk, s.n * L));
 }
 

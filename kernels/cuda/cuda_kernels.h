@@ -11,6 +11,7 @@
 
 #include "kernels/common/elementwise.h"
 #include "kernels/common/optim.h"
+#include "kernels/common/precision.h"
 #include "kernels/cpu/cpu_kernels.h"  // Strided, ConvShape, PoolShape: plain structs shared by both backends
 
 namespace bulwark::cuda {
@@ -35,6 +36,10 @@ void copy_to_host(void* dst, const void* src, size_t bytes);  // waits; raises d
 void copy_device(void* dst, const void* src, size_t bytes);
 void synchronize();                                           // waits; raises deferred index errors
 uint64_t host_copy_count();  // device-to-host copies so far (each one makes the host wait)
+// An NVTX range around a profiled op (Nsight Systems shows them on the timeline); no-ops in the
+// emulated backend.
+void range_push(const char* name);
+void range_pop();
 
 // Deferred index check: queues a kernel that records the first idx[i] (of `count`, device
 // memory) outside [0, bound). Nothing waits here; the next copy_to_host or synchronize throws
@@ -111,6 +116,12 @@ void set_kernel_source(KernelSource source);  // process-wide
 KernelSource kernel_source();
 const char* kernel_source_name(KernelSource source);        // "auto", "ours", "vendor"
 KernelSource parse_kernel_source(const std::string& name);  // the inverse; std::invalid_argument otherwise
+
+// The input format of ours (gemm.cu, conv.cu): fp32 runs the FP32 tile loop (gemm_tile.cuh),
+// tf32 and bf16 the tensor-core one (tensor_core.cuh). Process-wide, fp32 by default. The
+// interval loops (interval.cu) stay f32: a rounded bound would not be sound.
+void set_math_precision(MathPrecision precision);
+MathPrecision math_precision();
 
 // ---- pooling and normalisation (pool.cu, batch_norm.cu) ---------------------------------------------
 void max_pool2d_indices(const PoolShape& s, const float* x, int32_t* idx);

@@ -22,6 +22,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_tile.cuh"
+#include "kernels/cuda/tensor_core.cuh"
 #include "kernels/cuda/kernel_source.h"
 #include "kernels/cuda/vendor.h"
 #include "kernels/emu/launch.h"
@@ -45,7 +46,7 @@ void gemm_ours(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const tile::MatrixLoader a{A, lda, ta, false}, b{B, ldb, tb, true};
   const double c_moved = (beta != 0.0f ? 2.0 : 1.0) * double(M) * double(N);  // C read too when beta != 0
-  tile::run_tiles(a, b, GemmStore{C, ldc, alpha, beta}, M, N, K, current_stream(),
+  run_tiles_in(math_precision(), a, b, GemmStore{C, ldc, alpha, beta}, M, N, K, current_stream(),
                   gemm_cost(M, N, K, double(M) * double(K) + double(K) * double(N) + c_moved));
 }
 

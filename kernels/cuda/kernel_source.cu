@@ -64,6 +64,9 @@ double time_on_scratch(KernelSource source, const RoutedOutput& out, const Sourc
 
 KernelSource source_for(const std::function<std::string()>& key, const RoutedOutput& out,
                         const SourceLaunch& launch) {
+  // The vendor twins (cuBLAS, cuDNN) run FP32 here: a tf32 or bf16 GEMM is ours whatever the
+  // setting, so that --precision means the same arithmetic on every launch.
+  if (math_precision() != MathPrecision::fp32) return KernelSource::ours;
   const KernelSource setting = kernel_source();
   if (setting != KernelSource::automatic) return setting;
   if (emulated()) return KernelSource::ours;  // no vendor library to compare with
@@ -84,6 +87,12 @@ void set_kernel_source(KernelSource source) {
 }
 
 KernelSource kernel_source() { return g_kernel_source.load(); }
+
+namespace {
+std::atomic<MathPrecision> g_math_precision{MathPrecision::fp32};
+}
+void set_math_precision(MathPrecision precision) { g_math_precision.store(precision); }
+MathPrecision math_precision() { return g_math_precision.load(); }
 
 const char* kernel_source_name(KernelSource source) {
   switch (source) {

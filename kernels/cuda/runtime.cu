@@ -30,6 +30,10 @@
 
 #include "kernels/cuda/common.cuh"
 
+#if !defined(BULWARK_EMU)
+#include <nvtx3/nvToolsExt.h>
+#endif
+
 namespace bulwark::cuda {
 
 namespace {
@@ -226,6 +230,14 @@ bool emulated() {
   return false;
 #endif
 }
+
+#if defined(BULWARK_EMU)
+void range_push(const char*) {}
+void range_pop() {}
+#else
+void range_push(const char* name) { nvtxRangePushA(name); }
+void range_pop() { nvtxRangePop(); }
+#endif
 
 bool set_record_only(bool on) {
 #if defined(BULWARK_EMU)

@@ -16,6 +16,7 @@
 //       emulator's own tests. Both builds tell the thread's LaunchObserver, if any, before the
 //       kernel runs; under the emulator's record-only mode the kernel then does not run at all.
 //   BW_SHARED(T, name, dims)          __shared__ T name dims;   e.g. BW_SHARED(float, tile, [32][33]);
+//   BW_SHARED_ALIGNED(T, name, dims, bytes)  the same, aligned to `bytes` (a literal: WMMA wants 32).
 //   BW_DYNAMIC_SHARED(T, name)        a T* to the launch's dynamic shared memory (16-byte aligned).
 //                                     Several declarations in one kernel alias the same bytes.
 //   BW_SHARED_PTR(T)                  the type of a pointer to shared memory, for device-function
@@ -80,6 +81,10 @@ void launch(const char* name, const LaunchCost& cost, void (*kernel)(P...), dim3
   static thread_local ::bulwark::emu::detail::SharedSite bw_shared_site_##name;                    \
   ::bulwark::emu::SharedArray<T dims> name =                                                         \
       ::bulwark::emu::detail::shared_static<T dims>(bw_shared_site_##name, #name, ::bulwark::emu::detail::Site::current())
+#define BW_SHARED_ALIGNED(T, name, dims, bytes)                                                      \
+  static thread_local ::bulwark::emu::detail::SharedSite bw_shared_site_##name;                    \
+  ::bulwark::emu::SharedArray<T dims> name = ::bulwark::emu::detail::shared_static<T dims, bytes>(   \
+      bw_shared_site_##name, #name, ::bulwark::emu::detail::Site::current())
 #define BW_DYNAMIC_SHARED(T, name) ::bulwark::emu::SharedPtr<T> name = ::bulwark::emu::detail::dynamic_shared<T>()
 #define BW_SHARED_PTR(T) ::bulwark::emu::SharedPtr<T>
 #define BW_SHARED_CAST(U, p) ((p).template cast<U>())
@@ -108,6 +113,7 @@ void launch(const char* name, const LaunchCost& cost, void (*kernel)(P...), dim3
 }  // namespace bulwark
 
 #define BW_SHARED(T, name, dims) __shared__ T name dims
+#define BW_SHARED_ALIGNED(T, name, dims, bytes) __shared__ __align__(bytes) T name dims
 #define BW_DYNAMIC_SHARED(T, name)                                                                   \
   extern __shared__ __align__(16) unsigned char bw_dynamic_shared_[];                              \
   T* name = reinterpret_cast<T*>(bw_dynamic_shared_)

@@ -142,6 +142,7 @@ class SharedRef {
 template <class T>
 class SharedPtr {
  public:
+  using value_type = T;
   SharedPtr() = default;
   SharedPtr(std::nullptr_t) {}
   SharedPtr(T* p, const unsigned char* lo, const unsigned char* hi) : p_(p), lo_(lo), hi_(hi) {}
@@ -239,11 +240,12 @@ T* atomic_address(const SharedPtr<T>& p) {
   return p.p_;
 }
 
-template <class A>
+// `min_align`: BW_SHARED_ALIGNED's alignment (the default 16 is what the emulator always gives).
+template <class A, size_t min_align = 16>
 SharedArray<A> shared_static(SharedSite& site, const char* name, Site where) {
   static_assert(std::is_array_v<A> && std::extent_v<A> > 0, "BW_SHARED needs array dimensions, e.g. [32][33]");
   using Element = std::remove_all_extents_t<A>;
-  constexpr size_t align = alignof(A) > 16 ? alignof(A) : 16;
+  constexpr size_t align = alignof(A) > min_align ? alignof(A) : min_align;
   unsigned char* p = shared_static_allocate(site, sizeof(A), align, sizeof(Element), name, where);
   return SharedArray<A>(reinterpret_cast<std::remove_extent_t<A>*>(p), p, p + sizeof(A));
 }
