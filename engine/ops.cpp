@@ -212,9 +212,16 @@ Tensor square(const Tensor& a) {
                 [](const Node& n, const Tensor& g, const Needs&) { return Grads{g * n.inputs[0] * 2.0}; });
 }
 
+// ReLU's backward: g where x > 0, else 0, in one pass (PyTorch's threshold_backward), not a mask
+// then a product. Linear in g with itself as derivative, so a double backward passes through it.
+static Tensor relu_grad(const Tensor& g, const Tensor& x) {
+  return record(binary_raw(ew::Binary::relu_grad, g, x), "relu_grad", {g},
+                [x](const Node&, const Tensor& gg, const Needs&) { return Grads{relu_grad(gg, x)}; });
+}
+
 Tensor relu(const Tensor& a) {
   return record(unary_raw(ew::Unary::relu, a), "relu", {a}, [](const Node& n, const Tensor& g, const Needs&) {
-    return Grads{g * unary_raw(ew::Unary::relu_mask, n.inputs[0].detach())};
+    return Grads{relu_grad(g, n.inputs[0].detach())};
   });
 }
 

@@ -11,9 +11,19 @@
 #include <string>
 #include <vector>
 
+#include "kernels/emu/execution.h"
 #include "kernels/emu/runtime.h"
 
 namespace bulwark::testing {
+
+// Launches so far, under the emulator, of the __global__ function `kernel` whatever its template
+// arguments (the emulator's launch registry): a test's proof that a kernel really ran.
+inline uint64_t launches_of(const std::string& kernel) {
+  uint64_t total = 0;
+  for (const auto& [name, record] : emu::launch_counts())
+    if (emu::kernel_base_name(name) == kernel) total += record.launches;
+  return total;
+}
 
 // Device memory for a test, freed when the scope ends. It comes from the CUDA runtime API (the
 // emulator's, kernels/emu/runtime.h), not the backend's caching allocator, so it is exactly

@@ -22,8 +22,10 @@
 #include "robust/attacks.h"
 #include "robust/bounds.h"
 #include "tests/attack_test_models.h"
+#include "tests/cuda_test_util.h"
 
 using namespace bulwark;
+using bulwark::testing::launches_of;
 
 namespace {
 
@@ -315,12 +317,6 @@ Interval unfused_interval_pass(const Sequential& model, const Interval& in) {
   return h;
 }
 
-uint64_t launches_of(const std::string& kernel) {
-  uint64_t total = 0;
-  for (const auto& [name, record] : emu::launch_counts())
-    if (emu::kernel_base_name(name) == kernel) total += record.launches;
-  return total;
-}
 
 TEST_CASE("the fused interval pass (each affine layer and its ReLU in one kernel) equals the unfused one", "[bounds][cuda]") {
   for (const std::string& name : {"mlp", "wong_small", "ibp_small"}) {

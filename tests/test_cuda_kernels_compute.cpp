@@ -31,15 +31,9 @@ std::vector<float> random_vector(size_t n, uint32_t seed, float lo = -1.0f, floa
 }
 
 using bulwark::testing::DeviceBuffer;
+using bulwark::testing::launches_of;
 using bulwark::testing::require_close;
 
-// Launches so far of the __global__ function `kernel`, whatever template arguments it had.
-uint64_t launches_of(const std::string& kernel) {
-  uint64_t total = 0;
-  for (const auto& [name, record] : emu::launch_counts())
-    if (emu::kernel_base_name(name) == kernel) total += record.launches;
-  return total;
-}
 
 // Requires, at the end of a test, that each named kernel was launched during it: the proof that
 // the test executes the kernel and not, say, an early return of its launcher.

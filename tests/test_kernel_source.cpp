@@ -36,12 +36,7 @@ struct KernelSourceGuard {
   ~KernelSourceGuard() { cuda::set_kernel_source(saved); }
 };
 
-uint64_t tile_launches() {
-  uint64_t total = 0;
-  for (const auto& [name, record] : emu::launch_counts())
-    if (emu::kernel_base_name(name) == "gemm_tiles") total += record.launches;
-  return total;
-}
+uint64_t tile_launches() { return bulwark::testing::launches_of("gemm_tiles"); }
 
 // The four routed launchers at awkward sizes (not multiples of the 64x64 tile, odd channels,
 // stride 2 with a partial window), each compared with the CPU; returns their outputs.

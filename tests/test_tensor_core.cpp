@@ -23,6 +23,7 @@ namespace cpu = bulwark::cpu;
 namespace cuda = bulwark::cuda;
 using bulwark::MathPrecision;
 using bulwark::testing::DeviceBuffer;
+using bulwark::testing::launches_of;
 
 std::vector<float> random_vector(size_t n, uint32_t seed) { return bulwark::testing::uniform_floats(n, seed, -1.0f, 1.0f); }
 
@@ -54,12 +55,6 @@ struct PrecisionGuard {
   ~PrecisionGuard() { cuda::set_math_precision(MathPrecision::fp32); }
 };
 
-uint64_t launches_of(const std::string& kernel) {
-  uint64_t total = 0;
-  for (const auto& [name, record] : emu::launch_counts())
-    if (emu::kernel_base_name(name) == kernel) total += record.launches;
-  return total;
-}
 
 }  // namespace
 

@@ -15,7 +15,10 @@ enum class Unary : int {
   gt_scalar,   // 1 where x > p0
 };
 
-enum class Binary : int { add, sub, mul, div, maximum, minimum, gt, ge, le, eq };
+enum class Binary : int {
+  add, sub, mul, div, maximum, minimum, gt, ge, le, eq,
+  relu_grad,  // a where b > 0, else 0: ReLU's backward in one pass (g where the input was positive)
+};
 
 // Their names, for messages and the profiler's op column.
 inline const char* unary_name(Unary op) {
@@ -25,7 +28,8 @@ inline const char* unary_name(Unary op) {
   return names[static_cast<int>(op)];
 }
 inline const char* binary_name(Binary op) {
-  static const char* const names[] = {"add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge", "le", "eq"};
+  static const char* const names[] = {"add", "sub", "mul", "div", "maximum", "minimum",
+                                      "gt",  "ge",  "le",  "eq",  "relu_grad"};
   return names[static_cast<int>(op)];
 }
 
@@ -65,6 +69,7 @@ BW_HD inline T binary_apply(Binary op, T a, T b) {
     case Binary::ge: return a >= b ? T(1) : T(0);
     case Binary::le: return a <= b ? T(1) : T(0);
     case Binary::eq: return a == b ? T(1) : T(0);
+    case Binary::relu_grad: return b > T(0) ? a : T(0);
   }
   return a;
 }

@@ -180,7 +180,7 @@ void binary(ew::Binary op, const T* a, const Strided& sa, const T* b, const Stri
   switch (op) {
 #define BW_BINARY(name) case B::name: return binary_loop<T, B::name>(a, sa, b, sb, out);
     BW_BINARY(add) BW_BINARY(sub) BW_BINARY(mul) BW_BINARY(div) BW_BINARY(maximum)
-    BW_BINARY(minimum) BW_BINARY(gt) BW_BINARY(ge) BW_BINARY(le) BW_BINARY(eq)
+    BW_BINARY(minimum) BW_BINARY(gt) BW_BINARY(ge) BW_BINARY(le) BW_BINARY(eq) BW_BINARY(relu_grad)
 #undef BW_BINARY
   }
 }

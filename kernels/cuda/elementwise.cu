@@ -138,7 +138,7 @@ void binary(ew::Binary op, const float* a, const Strided& sa, const float* b, co
     BW_LAUNCH_COSTED(cost, (binary_kernel<B::name>), grid, kThreads, 0, current_stream(), a, sa, b, sb, out, n); \
     return;
     BW_BINARY(add) BW_BINARY(sub) BW_BINARY(mul) BW_BINARY(div) BW_BINARY(maximum)
-    BW_BINARY(minimum) BW_BINARY(gt) BW_BINARY(ge) BW_BINARY(le) BW_BINARY(eq)
+    BW_BINARY(minimum) BW_BINARY(gt) BW_BINARY(ge) BW_BINARY(le) BW_BINARY(eq) BW_BINARY(relu_grad)
 #undef BW_BINARY
   }
 }

@@ -302,31 +302,33 @@ __global__ __launch_bounds__(kThreads, kMinBlocksPerSM) void dual_gemm_tiles(Loa
   }
 }
 
+// The grid of a 64x64-tile launch over an M x N output: columns on grid.x (up to 2^31 - 1
+// tiles), rows on grid.y (up to 65535 tiles, M <= 4,194,240); std::invalid_argument naming
+// `kernel` beyond that.
+inline dim3 tile_grid(const char* kernel, int64_t M, int64_t N) {
+  const int64_t gx = (N + BN - 1) / BN, gy = (M + BM - 1) / BM;
+  if (gy > 65535 || gx > 2147483647)
+    throw std::invalid_argument(std::string(kernel) + ": output " + std::to_string(M) + " x " + std::to_string(N) +
+                                " is too large for one launch");
+  return dim3(unsigned(gx), unsigned(gy));
+}
+
 template <class LoadA1, class LoadA2, class LoadB1, class LoadB2, class Store>
 void run_dual_tiles(const LoadA1& a1, const LoadA2& a2, const LoadB1& b1, const LoadB2& b2, const Store& s, int64_t M,
                     int64_t N, int64_t K, cudaStream_t stream, const LaunchCost& cost) {
   if (M <= 0 || N <= 0) return;
-  const int64_t gx = (N + BN - 1) / BN, gy = (M + BM - 1) / BM;
-  if (gy > 65535 || gx > 2147483647)
-    throw std::invalid_argument("dual_gemm_tiles: output " + std::to_string(M) + " x " + std::to_string(N) +
-                                " is too large for one launch");
-  BW_LAUNCH_COSTED(cost, (dual_gemm_tiles<LoadA1, LoadA2, LoadB1, LoadB2, Store>), dim3(unsigned(gx), unsigned(gy)),
+  BW_LAUNCH_COSTED(cost, (dual_gemm_tiles<LoadA1, LoadA2, LoadB1, LoadB2, Store>), tile_grid("dual_gemm_tiles", M, N),
                    dim3(kThreads), 0, stream, a1, a2, b1, b2, s, M, N, K);
 }
 
-// Launches the tile loop over an M x N output: columns on grid.x (up to 2^31 - 1 tiles), rows on
-// grid.y (up to 65535 tiles, M <= 4,194,240). `cost` is the caller's: only it knows what its
+// Launches the tile loop over an M x N output (tile_grid). `cost` is the caller's: only it knows what its
 // loaders read from DRAM (an implicit-GEMM operand is the image, not the K x N matrix).
 template <class LoadA, class LoadB, class Store>
 void run_tiles(const LoadA& a, const LoadB& b, const Store& s, int64_t M, int64_t N, int64_t K, cudaStream_t stream,
                const LaunchCost& cost) {
   if (M <= 0 || N <= 0) return;
-  const int64_t gx = (N + BN - 1) / BN, gy = (M + BM - 1) / BM;
-  if (gy > 65535 || gx > 2147483647)
-    throw std::invalid_argument("gemm_tiles: output " + std::to_string(M) + " x " + std::to_string(N) +
-                                " is too large for one launch");
-  BW_LAUNCH_COSTED(cost, (gemm_tiles<LoadA, LoadB, Store>), dim3(unsigned(gx), unsigned(gy)), dim3(kThreads), 0,
-                   stream, a, b, s, M, N, K);
+  BW_LAUNCH_COSTED(cost, (gemm_tiles<LoadA, LoadB, Store>), tile_grid("gemm_tiles", M, N), dim3(kThreads), 0, stream, a,
+                   b, s, M, N, K);
 }
 
 }  // namespace bulwark::cuda::tile

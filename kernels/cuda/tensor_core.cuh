@@ -121,17 +121,13 @@ __global__ __launch_bounds__(kThreads, tile::kMinBlocksPerSM) void tc_gemm_tiles
   }
 }
 
-// Launches the tensor-core tile loop over an M x N output (grid as run_tiles).
+// Launches the tensor-core tile loop over an M x N output (tile::tile_grid).
 template <class P, class LoadA, class LoadB, class Store>
 void run_tc_tiles(const LoadA& a, const LoadB& b, const Store& s, int64_t M, int64_t N, int64_t K, cudaStream_t stream,
                   const LaunchCost& cost) {
   if (M <= 0 || N <= 0) return;
-  const int64_t gx = (N + BN - 1) / BN, gy = (M + BM - 1) / BM;
-  if (gy > 65535 || gx > 2147483647)
-    throw std::invalid_argument("tc_gemm_tiles: output " + std::to_string(M) + " x " + std::to_string(N) +
-                                " is too large for one launch");
-  BW_LAUNCH_COSTED(cost, (tc_gemm_tiles<P, LoadA, LoadB, Store>), dim3(unsigned(gx), unsigned(gy)), dim3(kThreads), 0,
-                   stream, a, b, s, M, N, K);
+  BW_LAUNCH_COSTED(cost, (tc_gemm_tiles<P, LoadA, LoadB, Store>), tile::tile_grid("tc_gemm_tiles", M, N), dim3(kThreads),
+                   0, stream, a, b, s, M, N, K);
 }
 
 }  // namespace bulwark::cuda::tc
