@@ -795,7 +795,14 @@ Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
   BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_rows, z.data<T>(), y.data<int32_t>(), loss.data<T>(), rows, cols);
   loss = record(loss, "cross_entropy", {z_in}, [y](const Node& n, const Tensor& g, const Needs&) {
     const Tensor& zz = n.inputs[0];
-    return Grads{(softmax(zz, 1) - one_hot(y, zz.size(1), zz.dtype())) * g.reshape({-1, 1})};
+    // Under create_graph the formula in differentiable ops (a self-gradient network's double
+    // backward goes through it); otherwise the one fused kernel, bitwise the same values.
+    if (grad_enabled()) return Grads{(softmax(zz, 1) - one_hot(y, zz.size(1), zz.dtype())) * g.reshape({-1, 1})};
+    const Tensor z = zz.detach().contiguous(), gc = g.contiguous();
+    Tensor dz = Tensor::empty(z.shape(), z.dtype(), z.device());
+    BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_backward_rows, z.data<T>(), y.data<int32_t>(),
+              gc.data<T>(), dz.data<T>(), z.size(0), z.size(1));
+    return Grads{dz};
   });
   return reduce ? mean(loss) : loss;
 }

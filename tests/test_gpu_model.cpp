@@ -93,11 +93,9 @@ TEST_CASE("a one-layer model's standard step makes the launches counted by hand"
   //             (gemm_tiles, binary); the labels' deferred range check; the row losses
   //             (softmax_xent_rows) and their mean (sum_rows, then a scale by 1/n: unary)
   //   backward  the seed gradient 1 (fill); the mean's backward: scale by 1/n (unary), expanded to
-  //             the n rows (strided_copy); CE's (softmax(z) - one_hot(y)) * g: one_hot is zeros
-  //             (fill), the range check, ones (fill) scattered in (scatter_add), softmax is
-  //             exp(log_softmax) (log_softmax_rows, unary), then the subtraction and the product
-  //             (binary, binary); the Linear's db = sum over rows (sum_columns) and dW = g^T x
-  //             (gemm_tiles); x needs no gradient, so no dx GEMM
+  //             the n rows (strided_copy); CE's (softmax(z) - one_hot(y)) * g in one fused kernel
+  //             (softmax_xent_backward_rows); the Linear's db = sum over rows (sum_columns) and
+  //             dW = g^T x (gemm_tiles); x needs no gradient, so no dx GEMM
   //   update    one multi-tensor SGD launch for W and b
   //   step log  correct = sum(eq(f32(argmax z), f32(y))) (argmax_rows, convert, convert, binary,
   //             sum_rows), then the loss and the count copied into the device log (strided_copy x2)
@@ -111,9 +109,8 @@ TEST_CASE("a one-layer model's standard step makes the launches counted by hand"
       "gemm_tiles", "binary_kernel", "check_index_range_kernel", "softmax_xent_rows_kernel", "sum_rows_kernel",
       "unary_kernel",
       // backward
-      "fill_kernel", "unary_kernel", "strided_copy_kernel", "fill_kernel", "check_index_range_kernel", "fill_kernel",
-      "scatter_add_middle_kernel", "log_softmax_rows_kernel", "unary_kernel", "binary_kernel", "binary_kernel",
-      "sum_columns_kernel", "gemm_tiles",
+      "fill_kernel", "unary_kernel", "strided_copy_kernel", "softmax_xent_backward_rows_kernel", "sum_columns_kernel",
+      "gemm_tiles",
       // update
       "sgd_step_multi_kernel",
       // step log

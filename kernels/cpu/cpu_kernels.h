@@ -108,6 +108,10 @@ template <class T> void adaptive_avg_pool2d_backward(int64_t planes, int64_t h, 
 template <class T> void log_softmax_rows(const T* z, T* y, int64_t rows, int64_t cols);
 // Fused softmax cross-entropy: loss[r] = logsumexp(z[r]) - z[r, y[r]].
 template <class T> void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows, int64_t cols);
+// Its backward in one pass: dz[r, j] = (exp(z[r, j] - logsumexp(z[r])) - [j == y[r]]) g[r], the
+// same operations in the same order as (softmax(z) - one_hot(y)) * g, so bitwise equal to it.
+template <class T>
+void softmax_xent_backward_rows(const T* z, const int32_t* labels, const T* g, T* dz, int64_t rows, int64_t cols);
 
 // Training-mode batch norm over x viewed as [n, c, inner] (kernels/cpu/batch_norm.cpp): per-channel
 // batch mean, biased var and invstd = 1/sqrt(var + eps) out, y = (x - mean) * invstd * gamma + beta.

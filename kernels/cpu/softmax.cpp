@@ -32,9 +32,23 @@ void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows,
   for (int64_t r = 0; r < rows; ++r) loss[r] = row_logsumexp(z + r * cols, cols) - z[r * cols + labels[r]];
 }
 
+template <class T>
+void softmax_xent_backward_rows(const T* z, const int32_t* labels, const T* g, T* dz, int64_t rows, int64_t cols) {
+#pragma omp parallel for if (rows * cols >= (1 << 14)) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * cols;
+    const T lse = row_logsumexp(zr, cols);
+    for (int64_t j = 0; j < cols; ++j)
+      dz[r * cols + j] = (std::exp(zr[j] - lse) - (j == labels[r] ? T(1) : T(0))) * g[r];
+  }
+}
+
 template void log_softmax_rows<float>(const float*, float*, int64_t, int64_t);
 template void log_softmax_rows<double>(const double*, double*, int64_t, int64_t);
 template void softmax_xent_rows<float>(const float*, const int32_t*, float*, int64_t, int64_t);
 template void softmax_xent_rows<double>(const double*, const int32_t*, double*, int64_t, int64_t);
+template void softmax_xent_backward_rows<float>(const float*, const int32_t*, const float*, float*, int64_t, int64_t);
+template void softmax_xent_backward_rows<double>(const double*, const int32_t*, const double*, double*, int64_t,
+                                                 int64_t);
 
 }  // namespace bulwark::cpu

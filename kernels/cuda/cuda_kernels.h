@@ -71,6 +71,8 @@ void scatter_add_middle(const float* src, const int32_t* idx, float* out, int64_
 // ---- softmax and loss (softmax.cu) ----------------------------------------------------------------
 void log_softmax_rows(const float* z, float* y, int64_t rows, int64_t cols);
 void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols);
+void softmax_xent_backward_rows(const float* z, const int32_t* labels, const float* g, float* dz, int64_t rows,
+                                int64_t cols);
 
 // ---- GEMM and convolution (gemm.cu, conv.cu) ---------------------------------------------------------
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
