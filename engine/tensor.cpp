@@ -57,16 +57,16 @@ Shape contiguous_strides(const Shape& s) {
 }
 
 namespace {
-// A cache of large freed CPU blocks. A training step allocates the same activation sizes every
-// iteration, and glibc serves blocks above its mmap threshold (32 MiB at most) fresh from the
-// kernel each time: first touching a 33 MiB block (cnn7's first activations at batch 128) costs
-// 8192 page faults, measured at 17 ms of CPU on the 2-core dev VM, more than a BatchNorm pass
-// over it. Freed blocks of at least kMinBytes are kept by exact (64-byte rounded) size and
-// handed out again; when keeping one would exceed kMaxBytes the cache is emptied first, so it
-// never holds more than that.
+// A cache of freed CPU blocks. A training step allocates the same sizes every iteration, and
+// glibc serves blocks above its mmap threshold (32 MiB at most) fresh from the kernel each time:
+// first touching a 33 MiB block (cnn7's first activations at batch 128) costs 8192 page faults,
+// measured at 17 ms of CPU on the 2-core dev VM, more than a BatchNorm pass over it. Freed blocks
+// are kept by exact (64-byte rounded) size and handed out again, small ones too, so that a step
+// in its steady state allocates nothing (MemoryStats::system_allocations); when keeping one would
+// exceed kMaxBytes the cache is emptied first, so it never holds more than that.
 class BlockCache {
  public:
-  static constexpr size_t kMinBytes = size_t{1} << 20, kMaxBytes = size_t{2} << 30;
+  static constexpr size_t kMinBytes = 64, kMaxBytes = size_t{2} << 30;
 #if defined(__SANITIZE_ADDRESS__)
   static constexpr bool kEnabled = false;  // a reused block would hide use-after-free from ASan
 #else
@@ -117,6 +117,7 @@ size_t rounded_bytes(size_t nbytes) { return ((nbytes + 63) / 64) * 64; }
 namespace {
 // Bytes of live storages per device (cpu, cuda), and the most since the last reset.
 std::atomic<int64_t> g_live[2], g_peak[2];
+std::atomic<uint64_t> g_host_system_allocations{0};
 
 void count_allocation(Device dev, int64_t bytes) {
   const int d = dev == Device::cuda ? 1 : 0;
@@ -129,7 +130,8 @@ void count_allocation(Device dev, int64_t bytes) {
 
 MemoryStats memory_stats(Device dev) {
   const int d = dev == Device::cuda ? 1 : 0;
-  return {g_live[d].load(), g_peak[d].load()};
+  return {g_live[d].load(), g_peak[d].load(),
+          dev == Device::cuda ? cuda::device_system_allocations() : g_host_system_allocations.load()};
 }
 
 void reset_peak_memory(Device dev) {
@@ -146,8 +148,11 @@ Storage::Storage(size_t nbytes, Device dev) : bytes(nbytes), device(dev) {
   const size_t rounded = rounded_bytes(nbytes);
   if (!rounded) return;
   data = block_cache().take(rounded);
-  if (!data) data = std::aligned_alloc(64, rounded);
-  if (!data) throw std::bad_alloc();
+  if (!data) {
+    data = std::aligned_alloc(64, rounded);
+    if (!data) throw std::bad_alloc();
+    g_host_system_allocations.fetch_add(1, std::memory_order_relaxed);
+  }
   count_allocation(dev, static_cast<int64_t>(rounded));
 }
 Storage::~Storage() {

@@ -39,6 +39,9 @@ struct Storage {
 // (the trainer's memory estimate measures training steps with them).
 struct MemoryStats {
   int64_t live = 0, peak = 0;
+  // Storage the allocator's cache could not serve, so far: fresh host memory (CPU) or a
+  // cudaMalloc (CUDA). A training step in its steady state adds none.
+  uint64_t system_allocations = 0;
 };
 MemoryStats memory_stats(Device dev);
 void reset_peak_memory(Device dev);

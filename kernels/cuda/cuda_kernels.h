@@ -29,6 +29,7 @@ bool emulated();  // true in the emulated backend (kernels run on the CPU under 
 bool set_record_only(bool on);
 void* device_malloc(size_t bytes);     // stream-ordered caching allocator, never managed memory
 void device_free(void* p);
+uint64_t device_system_allocations();  // the cudaMalloc calls the cache could not spare, so far
 // Free and total device memory (cudaMemGetInfo); the caching allocator's idle blocks count as used.
 void device_memory_info(size_t* free_bytes, size_t* total_bytes);
 void copy_to_device(void* dst, const void* src, size_t bytes);

@@ -48,6 +48,7 @@ size_t size_class(size_t bytes) {
 
 class CachingAllocator {
  public:
+  std::atomic<uint64_t> system_allocations{0};  // cudaMalloc calls that succeeded
   void* allocate(size_t bytes) {
     if (bytes == 0) return nullptr;
     const size_t cls = size_class(bytes);
@@ -69,6 +70,7 @@ class CachingAllocator {
     if (err != cudaSuccess)
       throw std::runtime_error("CUDA out of memory: could not allocate " + std::to_string(cls) +
                                " bytes (" + cudaGetErrorString(err) + ")");
+    system_allocations.fetch_add(1, std::memory_order_relaxed);
     live_[p] = cls;
     return p;
   }
@@ -262,6 +264,7 @@ void check_cuda(cudaError_t err, const char* what) {
 
 void* device_malloc(size_t bytes) { return allocator().allocate(bytes); }
 void device_free(void* p) { allocator().release(p); }
+uint64_t device_system_allocations() { return allocator().system_allocations.load(); }
 void device_memory_info(size_t* free_bytes, size_t* total_bytes) {
   check_cuda(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
