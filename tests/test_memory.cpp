@@ -105,12 +105,16 @@ TEST_CASE("on the CUDA device (emulated) the estimate counts device tensors and 
 
 TEST_CASE("a training step in its steady state allocates nothing from the system", "[memory][cuda]") {
 #if defined(__SANITIZE_ADDRESS__)
-  SKIP("the CPU block cache is off under AddressSanitizer (a reused block would hide a use-after-free)");
+  // The CPU block cache is off under AddressSanitizer (a reused block would hide a use-after-free).
+  WARN("AddressSanitizer build: the CPU half of this test is not run");
+  const std::vector<Device> devices{Device::cuda};
 #else
+  const std::vector<Device> devices{Device::cpu, Device::cuda};
+#endif
   // wong_small at batch 4, PGD-2-AT and M+DEAT (the replay method, its perturbation kept across
   // replays) on each backend: after the first step (optimizer state, the step log's first chunk),
   // the next two take every tensor's storage from the allocator's cache.
-  for (const Device device : {Device::cpu, Device::cuda})
+  for (const Device device : devices)
     for (const std::string method : {"pgd", "mplus-deat"}) {
       INFO(device_name(device) << " " << method);
       ModelConfig mc;
@@ -142,13 +146,14 @@ TEST_CASE("a training step in its steady state allocates nothing from the system
       CHECK(memory_stats(device).system_allocations == after_first);
     }
   // The counter counts: a size never allocated before is fresh memory; the same size again, once
-  // freed, comes from the cache.
-  for (const Device device : {Device::cpu, Device::cuda}) {
+  // freed, comes from the cache. (On the CPU, whose cache is keyed by the exact size; the CUDA
+  // allocator's size classes are shared with every other test of the process.)
+  for (const Device device : devices) {
+    if (device != Device::cpu) continue;
     const uint64_t before = memory_stats(device).system_allocations;
     { const Tensor t = Tensor::empty({1, 77777}, DType::f32, device); }
     CHECK(memory_stats(device).system_allocations == before + 1);
     { const Tensor t = Tensor::empty({77777}, DType::f32, device); }
     CHECK(memory_stats(device).system_allocations == before + 1);
   }
-#endif
 }
