@@ -85,7 +85,7 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
   }
 
   GradModeGuard mode(create_graph);
-  const profiler::BackwardScope gradient_sums("");  // kernels between nodes: the gradients' sums
+  const profiler::BackwardScope gradient_sums;  // kernels between nodes: the gradients' sums
   const bool by_op = g_record_grads_by_op;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node* node = *it;
@@ -120,7 +120,7 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
       continue;
     }
     std::vector<Tensor> in_grads = node->backward(*node, g, needs);
-    const profiler::BackwardScope sums("");
+    const profiler::BackwardScope sums;
     if (by_op)
       for (size_t i = 0; i < in_grads.size(); ++i)
         if (in_grads[i].defined()) ++g_stats.grads_computed[node->op + "[" + std::to_string(i) + "]"];

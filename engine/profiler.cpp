@@ -81,7 +81,7 @@ void end_kernel() {
   (backward ? row.bwd_seconds : row.fwd_seconds) += dt;
   (backward ? row.bwd_flops : row.fwd_flops) += t_state.pending_flops;
   t_state.pending_flops = 0;
-  if (s->in_step && s->steps == s->trace_step)
+  if (s->steps == s->trace_step)
     s->trace.push_back({name, backward, 1e6 * seconds_between(s->step_start, t_state.start), 1e6 * dt});
   t_state.op = nullptr;
 }
@@ -129,8 +129,9 @@ Step::~Step() {
 }
 
 BackwardScope::BackwardScope(const std::string& op) : previous_(t_state.backward_op), on_(active()) {
-  if (on_) t_state.backward_op = op.empty() ? &kGradientSums : &op;
+  if (on_) t_state.backward_op = &op;
 }
+BackwardScope::BackwardScope() : BackwardScope(kGradientSums) {}
 BackwardScope::~BackwardScope() {
   if (on_) t_state.backward_op = previous_;
 }

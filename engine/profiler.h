@@ -93,9 +93,11 @@ class KernelScope {
   bool on_;
 };
 
-// Autograd's hook: the kernel calls inside count as the backward of `op` ("" between nodes).
+// Autograd's hook: the kernel calls inside count as the backward of `op`; made without one, as
+// the sums of the gradients between nodes ("autograd (gradient sums)").
 class BackwardScope {
  public:
+  BackwardScope();
   explicit BackwardScope(const std::string& op);
   ~BackwardScope();
   BackwardScope(const BackwardScope&) = delete;

@@ -32,13 +32,12 @@ void set_kernel_source(const std::string& name) { cuda::set_kernel_source(cuda::
 
 std::vector<std::string> math_precision_names() {
   std::vector<std::string> names;
-  for (MathPrecision p : {MathPrecision::fp32, MathPrecision::tf32, MathPrecision::bf16})
-    names.push_back(math_precision_name(p));
+  for (MathPrecision p : kMathPrecisions) names.push_back(math_precision_name(p));
   return names;
 }
 
 void set_math_precision(const std::string& name) {
-  for (MathPrecision p : {MathPrecision::fp32, MathPrecision::tf32, MathPrecision::bf16})
+  for (MathPrecision p : kMathPrecisions)
     if (name == math_precision_name(p)) {
       cpu::set_math_precision(p);
       cuda::set_math_precision(p);

@@ -66,7 +66,7 @@ namespace {
 // exceed kMaxBytes the cache is emptied first, so it never holds more than that.
 class BlockCache {
  public:
-  static constexpr size_t kMinBytes = 64, kMaxBytes = size_t{2} << 30;
+  static constexpr size_t kMaxBytes = size_t{2} << 30;
 #if defined(__SANITIZE_ADDRESS__)
   static constexpr bool kEnabled = false;  // a reused block would hide use-after-free from ASan
 #else
@@ -74,7 +74,7 @@ class BlockCache {
 #endif
 
   void* take(size_t bytes) {
-    if (!kEnabled || bytes < kMinBytes) return nullptr;
+    if (!kEnabled) return nullptr;
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = blocks_.find(bytes);
     if (it == blocks_.end()) return nullptr;
@@ -83,9 +83,9 @@ class BlockCache {
     cached_ -= bytes;
     return p;
   }
-  // false: not kept (too small), the caller frees it
+  // false: not kept (the cache is off, or the block is larger than the whole cache), the caller frees it
   bool give(void* p, size_t bytes) {
-    if (!kEnabled || bytes < kMinBytes || bytes > kMaxBytes) return false;
+    if (!kEnabled || bytes > kMaxBytes) return false;
     std::lock_guard<std::mutex> lock(mutex_);
     if (cached_ + bytes > kMaxBytes) {
       for (auto& [size, block] : blocks_) std::free(block);

@@ -6,8 +6,8 @@
 //
 //     sum over launches of max(flops / peak FLOP/s, bytes / DRAM bandwidth) + launch overhead
 //
-// at the FP32 SIMT peak (every kernel of kernels/cuda is FP32 SIMT today; the tensor-core peaks
-// are listed for the versions to come), with ~4 us per launch issued eagerly and ~1 us per node
+// at the FP32 SIMT peak (every kernel a step runs at the default --precision fp32 is FP32 SIMT;
+// the tensor-core peaks are listed for tensor_core.cuh's tf32/bf16 versions), with ~4 us per launch issued eagerly and ~1 us per node
 // of a CUDA Graph. A roofline per launch: each launch is bound either by its arithmetic or by
 // its traffic, never both, and never faster than its overhead allows. What it leaves out (and so
 // flatters): partial waves of a small grid, L2 misses beyond the ideal traffic, the cost of

@@ -8,7 +8,7 @@
 namespace bulwark::ew {
 
 enum class Unary : int {
-  neg, abs, sign, exp, log, sqrt, square, relu, relu_mask, softplus, sigmoid,
+  neg, abs, sign, exp, log, sqrt, square, relu, softplus, sigmoid,
   affine,      // p0 * x + p1
   clamp,       // min(max(x, p0), p1)
   clamp_mask,  // 1 where p0 <= x <= p1, else 0 (the clamp's gradient mask)
@@ -22,9 +22,8 @@ enum class Binary : int {
 
 // Their names, for messages and the profiler's op column.
 inline const char* unary_name(Unary op) {
-  static const char* const names[] = {"neg",    "abs",    "sign",    "exp",   "log",        "sqrt",     "square",
-                                      "relu",   "relu_mask", "softplus", "sigmoid", "affine", "clamp", "clamp_mask",
-                                      "gt_scalar"};
+  static const char* const names[] = {"neg",  "abs",      "sign",    "exp",    "log",   "sqrt",       "square",
+                                      "relu", "softplus", "sigmoid", "affine", "clamp", "clamp_mask", "gt_scalar"};
   return names[static_cast<int>(op)];
 }
 inline const char* binary_name(Binary op) {
@@ -44,7 +43,6 @@ BW_HD inline T unary_apply(Unary op, T x, T p0, T p1) {
     case Unary::sqrt: return std::sqrt(x);
     case Unary::square: return x * x;
     case Unary::relu: return x > T(0) ? x : T(0);
-    case Unary::relu_mask: return x > T(0) ? T(1) : T(0);
     // log(1 + e^x) without overflow: max(x, 0) + log1p(e^-|x|)
     case Unary::softplus: return (x > T(0) ? x : T(0)) + std::log1p(std::exp(x < T(0) ? x : -x));
     case Unary::sigmoid: return T(1) / (T(1) + std::exp(-x));

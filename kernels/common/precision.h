@@ -20,6 +20,7 @@ namespace bulwark {
 // tf32 / bf16 inputs with f32 accumulation (tensor cores on a GPU; the same rounding emulated on
 // the CPU). Bounds, attacks' pixel arithmetic and optimizer steps are f32 whatever this says.
 enum class MathPrecision { fp32, tf32, bf16 };
+inline constexpr MathPrecision kMathPrecisions[] = {MathPrecision::fp32, MathPrecision::tf32, MathPrecision::bf16};
 inline const char* math_precision_name(MathPrecision p) {
   return p == MathPrecision::fp32 ? "fp32" : p == MathPrecision::tf32 ? "tf32" : "bf16";
 }

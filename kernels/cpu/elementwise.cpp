@@ -168,7 +168,7 @@ void unary(ew::Unary op, const T* x, T* y, int64_t n, T p0, T p1) {
   switch (op) {
 #define BW_UNARY(name) case U::name: return unary_loop<T, U::name>(x, y, n, p0, p1);
     BW_UNARY(neg) BW_UNARY(abs) BW_UNARY(sign) BW_UNARY(exp) BW_UNARY(log) BW_UNARY(sqrt)
-    BW_UNARY(square) BW_UNARY(relu) BW_UNARY(relu_mask) BW_UNARY(softplus) BW_UNARY(sigmoid)
+    BW_UNARY(square) BW_UNARY(relu) BW_UNARY(softplus) BW_UNARY(sigmoid)
     BW_UNARY(affine) BW_UNARY(clamp) BW_UNARY(clamp_mask) BW_UNARY(gt_scalar)
 #undef BW_UNARY
   }

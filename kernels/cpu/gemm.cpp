@@ -32,16 +32,19 @@ void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
 }
 std::atomic<MathPrecision> g_math_precision{MathPrecision::fp32};
 
-// The rows x cols matrix at p (leading dimension ld) rounded to `format`, packed (ld = cols).
-std::vector<float> rounded_copy(MathPrecision format, const float* p, int64_t rows, int64_t cols, int64_t ld) {
-  std::vector<float> out(static_cast<size_t>(rows * cols));
+// The rows x cols matrix at p (leading dimension ld) rounded to `format`, packed (ld = cols) into
+// `out`, a buffer of the calling thread that keeps its capacity from call to call (the conv loops
+// call the GEMM from their OpenMP threads), so a step in its steady state allocates nothing.
+const float* rounded_copy(MathPrecision format, const float* p, int64_t rows, int64_t cols, int64_t ld,
+                          std::vector<float>& out) {
+  out.resize(static_cast<size_t>(rows * cols));
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) {
       const float v = p[i * ld + j];
       out[static_cast<size_t>(i * cols + j)] =
           format == MathPrecision::tf32 ? precision::round_tf32(v) : precision::round_bf16(v);
     }
-  return out;
+  return out.data();
 }
 }  // namespace
 
@@ -99,9 +102,10 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
     if (precision != MathPrecision::fp32 && K > 0) {
       // op(A) is M x K and op(B) K x N; stored, A is (ta ? K x M : M x K) and B (tb ? N x K : K x N).
       const int64_t a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
-      const std::vector<float> ra = rounded_copy(precision, A, a_rows, a_cols, lda),
-                               rb = rounded_copy(precision, B, b_rows, b_cols, ldb);
-      gemm_as_given<T>(ta, tb, M, N, K, alpha, ra.data(), a_cols, rb.data(), b_cols, beta, C, ldc);
+      thread_local std::vector<float> a_buffer, b_buffer;
+      const float* ra = rounded_copy(precision, A, a_rows, a_cols, lda, a_buffer);
+      const float* rb = rounded_copy(precision, B, b_rows, b_cols, ldb, b_buffer);
+      gemm_as_given<T>(ta, tb, M, N, K, alpha, ra, a_cols, rb, b_cols, beta, C, ldc);
       return;
     }
   }

@@ -73,7 +73,8 @@ struct WeightStore {
 // zero taps of a strided conv too: 2 M N K is what it executes, stride^2 times the useful work),
 // moving the image, the filters and the output once: nCHW + O CKK + nOL floats.
 LaunchCost conv_cost(const ConvShape& s, int64_t m, int64_t n, int64_t k) {
-  return gemm_cost(m, n, k, double(s.n * s.c * s.h * s.w) + double(s.o * s.c * s.kh * s.kw) + double(s.n * s.o * s.oh * s.ow));
+  const ConvSizes z(s);
+  return gemm_cost(m, n, k, z.image + z.filters + z.output);
 }
 }  // namespace
 

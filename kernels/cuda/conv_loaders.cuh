@@ -12,6 +12,15 @@ namespace bulwark::cuda::conv {
 
 using cpu::ConvShape;
 
+// The floats of a convolution's tensors, for the passes' launch costs (each moved once): the image
+// x (or one half of a box, or dx), the filters, and the output y (or g).
+struct ConvSizes {
+  double image, filters, output;
+  explicit ConvSizes(const ConvShape& s)
+      : image(double(s.n * s.c * s.h * s.w)), filters(double(s.o * s.c * s.kh * s.kw)),
+        output(double(s.n * s.o * s.oh * s.ow)) {}
+};
+
 // col_n[r, p] with col = n*L + p: the im2col element, read from x (0 in the padding).
 __device__ inline float im2col_at(const ConvShape& s, const float* x, int64_t r, int64_t col) {
   const int64_t kk = s.kh * s.kw, L = s.oh * s.ow;

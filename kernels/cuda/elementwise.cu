@@ -120,7 +120,7 @@ void unary(ew::Unary op, const float* x, float* y, int64_t n, float p0, float p1
     BW_LAUNCH_COSTED(cost, (unary_kernel<U::name>), grid, kThreads, 0, current_stream(), x, y, n, p0, p1); \
     return;
     BW_UNARY(neg) BW_UNARY(abs) BW_UNARY(sign) BW_UNARY(exp) BW_UNARY(log) BW_UNARY(sqrt)
-    BW_UNARY(square) BW_UNARY(relu) BW_UNARY(relu_mask) BW_UNARY(softplus) BW_UNARY(sigmoid)
+    BW_UNARY(square) BW_UNARY(relu) BW_UNARY(softplus) BW_UNARY(sigmoid)
     BW_UNARY(affine) BW_UNARY(clamp) BW_UNARY(clamp_mask) BW_UNARY(gt_scalar)
 #undef BW_UNARY
   }

@@ -178,16 +178,6 @@ void elided_radius_backward(int64_t n, int64_t in, int64_t k, const float* r, co
                      blocks_for(k * in), kThreads, 0, current_stream(), n, in, k, r, w, labels, g, dw);
 }
 
-namespace {
-// The floats a conv pass's box halves and filters hold: image (c or r), filters, output (one half).
-struct ConvSizes {
-  double image, filters, output;
-  explicit ConvSizes(const ConvShape& s)
-      : image(double(s.n * s.c * s.h * s.w)), filters(double(s.o * s.c * s.kh * s.kw)),
-        output(double(s.n * s.o * s.oh * s.ow)) {}
-};
-}  // namespace
-
 void interval_conv2d_forward(const ConvShape& s, const float* c, const float* r, const float* w, const float* bias,
                              bool relu, float* out) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
