@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -77,8 +78,9 @@ int gpu_model_main(int argc, char** argv) {
   std::vector<std::string> models{"wong_small", "cnn7", "preact_resnet18"};
   std::vector<std::string> methods{"standard", "pgd:steps=10", "fgsm-rs", "free", "mplus-deat", "ibp", "crown-ibp"};
   int64_t batch = 128;
-  int kernels = 0;
+  int kernels = 0, timed = 0;
   bool json = false;
+  std::string source = "ours", precision = "fp32";
   app.add_option("--model", models, "zoo models (default: wong_small, cnn7, preact_resnet18)");
   app.add_option("--method", methods,
                  "methods, each NAME or NAME:key=value,... with the method's JSON option keys (default: standard, "
@@ -87,8 +89,28 @@ int gpu_model_main(int argc, char** argv) {
   app.add_option("--kernels", kernels, "also list the N kernels with the most modelled H100 time per step")
       ->check(CLI::Range(0, 1000));
   app.add_flag("--json", json, "one JSON line per (model, method) instead of the table");
+  app.add_option("--time", timed,
+                 "on a GPU: also time N more steps (host clock between device synchronisations) and print their "
+                 "median beside the model")
+      ->check(CLI::Range(0, 10000));
+  app.add_option("--kernel-source", source,
+                 "the GEMM/conv implementation: ours (what the model describes), vendor (cuBLAS/cuDNN) or auto")
+      ->check([](const std::string& s) {
+        try {
+          runtime::check_kernel_source(s);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      });
+  app.add_option("--precision", precision, "GEMM/conv inputs: fp32, tf32 or bf16 (the model still counts FP32 peaks)")
+      ->check(CLI::IsMember(runtime::math_precision_names()));
   CLI11_PARSE(app, argc, argv);
   if (!runtime::cuda_emulated() && !runtime::cuda_available()) return run_emulated_sibling(argc, argv);
+  if (timed > 0 && runtime::cuda_emulated())
+    throw std::invalid_argument("gpu-model: --time measures a GPU; this backend is the emulator (no GPU here)");
+  runtime::set_kernel_source(source);
+  const runtime::MathPrecisionScope precision_scope(precision);
 
   using training::kA100;
   using training::kEagerLaunchSeconds;
@@ -96,17 +118,18 @@ int gpu_model_main(int argc, char** argv) {
   using training::kH100;
   const bool record_only = runtime::cuda_emulated();
   if (!json) {
-    fmt::print("gpu-model: one training step at batch {} (epoch 0, halfway through the eps ramp), bulwark's FP32 SIMT "
-               "kernels ({}), each launch max(FLOPs / peak, bytes / bandwidth) + overhead\n",
-               batch, record_only ? "emulator, record-only: counted, not run" : "run on the GPU and counted");
+    fmt::print("gpu-model: one training step at batch {} (epoch 0, halfway through the eps ramp), bulwark's kernels "
+               "(source {}, precision {}; {}), each launch max(FLOPs / FP32 peak, bytes / bandwidth) + overhead\n",
+               batch, source, precision, record_only ? "emulator, record-only: counted, not run" : "run on the GPU and counted");
     for (const training::GpuSpec& g : {kH100, kA100})
       fmt::print("  {}: {:g} TFLOP/s FP32 ({:g} TF32, {:g} BF16 dense tensor-core), {:g} TB/s\n", g.name,
                  g.fp32 / 1e12, g.tf32 / 1e12, g.bf16 / 1e12, g.bandwidth / 1e12);
     fmt::print("  launch overhead {:g} us eager, {:g} us per node of a CUDA Graph; \"launch-bound\": the overhead's "
                "share of the eager H100 time\n\n",
                kEagerLaunchSeconds * 1e6, kGraphNodeSeconds * 1e6);
-    fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}\n", "model", "method", "fwd",
-               "bwd", "launches", "GFLOP", "GB", "H100 ms", "graph ms", "A100 ms", "graph ms", "launch");
+    fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}{}\n", "model", "method", "fwd",
+               "bwd", "launches", "GFLOP", "GB", "H100 ms", "graph ms", "A100 ms", "graph ms", "launch",
+               timed > 0 ? fmt::format(" {:>11} {:>10} {:>9}", "measured ms", "min ms", "measured/H100") : "");
   }
   for (const std::string& model_name : models) {
     const BenchBatch b = bench_batch(model_name, batch);
@@ -114,7 +137,14 @@ int gpu_model_main(int argc, char** argv) {
       robust::MethodConfig cfg = parse_method(spec);
       if (!cfg.options.has("eps")) cfg.options.set("eps", b.shape.eps);
       std::shared_ptr<Module> model = make_model(model_name, b.model);
-      const training::StepRecord r = training::record_training_step(*model, cfg, b.x, b.y, record_only);
+      const training::StepRecord r =
+          training::record_training_step(*model, cfg, b.x, b.y, record_only, 0.5, 1, timed);
+      double measured = 0, fastest = 0;
+      if (!r.step_seconds.empty()) {
+        std::vector<double> s = r.step_seconds;
+        std::sort(s.begin(), s.end());
+        measured = s[s.size() / 2], fastest = s.front();
+      }
       double flops = 0, bytes = 0;
       for (const training::RecordedLaunch& l : r.launches) {
         flops += l.cost.flops;
@@ -130,13 +160,20 @@ int gpu_model_main(int argc, char** argv) {
         fmt::print("{{\"model\": \"{}\", \"method\": \"{}\", \"batch\": {}, \"fwd_passes\": {}, \"bwd_passes\": {}, "
                    "\"launches\": {}, \"gflop\": {:.4f}, \"gbytes\": {:.4f}, \"h100_ms\": {:.4f}, "
                    "\"h100_graph_ms\": {:.4f}, \"a100_ms\": {:.4f}, \"a100_graph_ms\": {:.4f}, "
-                   "\"launch_share\": {:.4f}, \"record_only\": {}}}\n",
+                   "\"launch_share\": {:.4f}, \"record_only\": {}, \"kernel_source\": \"{}\", \"precision\": \"{}\"{}}}\n",
                    model_name, spec, batch, r.passes.fwd, r.passes.bwd, n, flops / 1e9, bytes / 1e9, h_eager * 1e3,
-                   h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, launch_share, record_only);
+                   h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, launch_share, record_only, source, precision,
+                   timed > 0 ? fmt::format(", \"measured_ms\": {:.4f}, \"measured_min_ms\": {:.4f}, \"timed_steps\": {}",
+                                           measured * 1e3, fastest * 1e3, timed)
+                             : "");
       } else {
-        fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>9.2f} {:>8.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.0f}%\n",
+        fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>9.2f} {:>8.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.0f}%{}\n",
                    model_name, spec, r.passes.fwd, r.passes.bwd, n, flops / 1e9, bytes / 1e9, h_eager * 1e3,
-                   h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, 100 * launch_share);
+                   h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, 100 * launch_share,
+                   timed > 0 ? fmt::format(" {:>11.3f} {:>10.3f} {:>12.2f}x", measured * 1e3, fastest * 1e3,
+                                           measured / std::max(h_eager, 1e-30))
+                             : "");
+        std::fflush(stdout);
       }
       if (kernels > 0 && !json) {
         std::map<std::string, Family> families;

@@ -8,7 +8,8 @@
 //   bulwark-bench sgn-step [--model NAME] [--method M]     one self-gradient network step (detached, full)
 //                                                        beside its base network's
 //   bulwark-bench gpu-model [--model NAME]... [--method M]...  the modelled H100/A100 time of one training
-//                                                        step per method, from its kernel launches
+//                                                        step per method, from its kernel launches;
+//                                                        on a GPU, --time N measures the step beside it
 //
 // bench/compare.sh runs train-step next to bench/peer_pytorch.py and prints the ratio table;
 // docs/bench.md has the measured numbers and what limits them.
@@ -85,6 +86,7 @@ void usage() {
       "       bulwark-bench mixtrain-step [--model NAME] [--bound B]... [--sra-k K] [--batch N] [--threads N]\n"
       "       bulwark-bench sgn-step [--model NAME] [--method standard|pgd] [--steps K] [--batch N] [--threads N]\n"
       "       bulwark-bench gpu-model [--model NAME]... [--method NAME[:key=value,...]]... [--batch N] [--kernels N]\n"
+      "                               [--time N] [--kernel-source ours|vendor|auto] [--precision fp32|tf32|bf16]\n"
       "run a subcommand with --help for its options\n");
 }
 

@@ -15,6 +15,8 @@ alpha 1.25 eps; both start from x + U(-eps, eps) clipped to [0, 1].
 
 Run with Debian's python3 and torch 1.13 (CPU):
   /usr/bin/python3 bench/peer_pytorch.py [--model cnn7] [--threads 2] [--iters 10] [--json]
+On a GPU (--device cuda) each phase is timed between device synchronisations, as
+`bulwark-bench gpu-model --time N` times bulwark's step; --tf32 lets cuDNN/cuBLAS use TF32.
 """
 import argparse
 import json
@@ -72,27 +74,33 @@ def attack(model, x, y, eps, alpha, steps):
     return x_adv.detach()
 
 
-def train_step_times(name, batch, threads, warmup, iters):
+def train_step_times(name, batch, threads, warmup, iters, device="cpu"):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     build, data, steps, eps, alpha_over_eps = MODELS[name]
-    model = build(data).train()
+    model = build(data).train().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.rand(batch, *data["shape"])
-    y = torch.arange(batch) % 10
+    x = torch.rand(batch, *data["shape"]).to(device)
+    y = (torch.arange(batch) % 10).to(device)
     phases = {k: [] for k in ("attack", "forward", "backward", "optimizer", "total", "total_cpu")}
+
+    def now():
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     for it in range(warmup + iters):
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0, cpu0 = now(), time.process_time()
         x_adv = attack(model, x, y, eps, alpha_over_eps * eps, steps)
-        t1 = time.perf_counter()
+        t1 = now()
         loss = F.cross_entropy(model(x_adv), y)
-        t2 = time.perf_counter()
+        t2 = now()
         loss.backward()
         del loss
-        t3 = time.perf_counter()
+        t3 = now()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        t4, cpu4 = time.perf_counter(), time.process_time()
+        t4, cpu4 = now(), time.process_time()
         if it >= warmup:
             for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, cpu4 - cpu0)):
                 phases[k].append(v * 1e3)
@@ -107,19 +115,27 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", action="store_true", help="one JSON line per model")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tf32", action="store_true", help="on cuda: let cuBLAS/cuDNN use TF32 tensor cores")
     a = p.parse_args()
+    if a.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+        torch.backends.cudnn.benchmark = True
     for name in a.model or ["wong_small", "cnn7"]:
-        steps, ph = train_step_times(name, a.batch, a.threads, a.warmup, a.iters)
+        steps, ph = train_step_times(name, a.batch, a.threads, a.warmup, a.iters, a.device)
         med = {k: statistics.median(v) for k, v in ph.items()}
         if a.json:
-            print(json.dumps({"impl": "pytorch", "model": name, "batch": a.batch, "threads": a.threads,
+            print(json.dumps({"impl": "pytorch", "version": torch.__version__, "device": a.device,
+                              "tf32": a.tf32, "model": name, "batch": a.batch, "threads": a.threads,
                               "attack_steps": steps, "ms_per_step": round(med["total"], 3),
                               "min_ms_per_step": round(min(ph["total"]), 3),
                               "cpu_ms_per_step": round(med["total_cpu"], 3),
                               **{f"{k}_ms": round(med[k], 3) for k in ("attack", "forward", "backward", "optimizer")}}),
                   flush=True)
         else:
-            print(f"pytorch {torch.__version__} train-step {name}, batch {a.batch}, {a.threads} threads, "
+            where = f"{a.threads} threads" if a.device == "cpu" else f"{a.device}{' tf32' if a.tf32 else ''}"
+            print(f"pytorch {torch.__version__} train-step {name}, batch {a.batch}, {where}, "
                   f"{steps} attack steps; {a.iters} iterations after {a.warmup} warm-up")
             for k in ("attack", "forward", "backward", "optimizer", "total"):
                 print(f"  {k:<10} {med[k]:10.2f} ms (min {min(ph[k]):.2f})")

@@ -22,6 +22,9 @@ bool cuda_available(std::string* why = nullptr);
 // True when this build's CUDA backend is the emulator (kernels/emu): its kernels run on the CPU,
 // so it is never a GPU, though cuda_available() says true for the tests' sake.
 bool cuda_emulated();
+// Waits for the device's queued work (cudaDeviceSynchronize); raises deferred kernel errors.
+// Host timers around GPU work need it before they are read.
+void cuda_synchronize();
 // Free device memory in bytes (cudaMemGetInfo; the emulator's host-memory figure in tests).
 int64_t cuda_free_memory();
 // The emulator's record-only mode (kernels/emu/execution.h): every launch is validated, counted

@@ -136,3 +136,17 @@ TEST_CASE("the modelled time is a per-launch roofline plus the launch overhead",
   launches.push_back({"unstated", {}, 1, 32});
   CHECK_THROWS_AS(training::modelled_seconds(launches, gpu, 0), std::logic_error);
 }
+
+TEST_CASE("timed steps follow the recorded one, one duration each; record-only mode refuses them", "[gpu-model][cuda]") {
+  // On a GPU these are the measured step times `gpu-model --time` prints beside the model; here
+  // the emulator runs the kernels, so only their number and sign mean anything.
+  const Batch b = batch(4, 1, 28);
+  auto model = wong_small();
+  const training::StepRecord r =
+      training::record_training_step(*model, method("pgd", {{"eps", 0.3}, {"steps", 1}}), b.x, b.y, false, 0.5, 0, 3);
+  REQUIRE(r.step_seconds.size() == 3);
+  for (double s : r.step_seconds) CHECK(s > 0);
+  CHECK_FALSE(r.launches.empty());
+  CHECK_THROWS_WITH(training::record_training_step(*model, method("standard"), b.x, b.y, true, 0.5, 0, 1),
+                    Catch::Contains("record-only"));
+}

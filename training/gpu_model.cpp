@@ -2,6 +2,7 @@
 #include "training/gpu_model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 #include "engine/autograd.h"
@@ -37,7 +38,9 @@ struct RecordOnlyScope {
 }  // namespace
 
 StepRecord record_training_step(Module& model, robust::MethodConfig cfg, const Tensor& x, const Tensor& y,
-                                bool record_only, double eps_scale, int warmup) {
+                                bool record_only, double eps_scale, int warmup, int timed) {
+  if (timed > 0 && record_only)
+    throw std::invalid_argument("record_training_step: timed steps need kernels that run, not record-only mode");
   if (x.dim() != 4 || y.dim() != 1 || x.size(0) != y.size(0))
     throw std::invalid_argument("record_training_step: x [n, c, h, w] and y [n] with the same n are required");
   const bool mnist_like = x.size(1) == 1 && x.size(2) == 28 && x.size(3) == 28;
@@ -67,7 +70,19 @@ StepRecord record_training_step(Module& model, robust::MethodConfig cfg, const T
       const ObserveLaunches observe(launches);
       m->train_batch(ctx, xd, yd);
     }
-    record = {std::move(launches.launches), passes};
+    record = {std::move(launches.launches), passes, {}};
+  }
+  for (int step = 0; step < timed; ++step) {
+    robust::PassCounter passes;
+    robust::StepLog log;
+    log.begin_batch(0);
+    robust::StepContext ctx{model, *optimizer, gen, passes, log, 0, warmup + 1 + step};
+    ctx.eps_scale = eps_scale;
+    runtime::cuda_synchronize();
+    const auto start = std::chrono::steady_clock::now();
+    m->train_batch(ctx, xd, yd);
+    runtime::cuda_synchronize();
+    record.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return record;
 }

@@ -53,7 +53,8 @@ double modelled_seconds(const std::vector<RecordedLaunch>& launches, const GpuSp
 
 struct StepRecord {
   std::vector<RecordedLaunch> launches;
-  robust::PassCounter passes;  // of the recorded step
+  robust::PassCounter passes;        // of the recorded step
+  std::vector<double> step_seconds;  // wall time of each timed step (device synchronised around it)
 };
 
 // One train_batch of the method (the options `method` gives, the others at their defaults for
@@ -62,7 +63,10 @@ struct StepRecord {
 // and weight decay 5e-4: the launches of the step after `warmup` unrecorded ones. With
 // `record_only` the emulator runs no kernel (cuda_set_record_only; a real GPU runs them anyway).
 // The model is moved to the CUDA device; x [n, c, h, w] and y [n] may be on either device.
+// `timed` more steps follow the recorded one, each timed on the host clock between two device
+// synchronisations (a real GPU's measured step; on the emulator it times the CPU running the
+// kernels, which says nothing of a GPU). Timing needs kernels that run: not with record_only.
 StepRecord record_training_step(Module& model, robust::MethodConfig method, const Tensor& x, const Tensor& y,
-                                bool record_only, double eps_scale = 0.5, int warmup = 1);
+                                bool record_only, double eps_scale = 0.5, int warmup = 1, int timed = 0);
 
 }  // namespace bulwark::training
