@@ -18,6 +18,7 @@
 #include "bench/train_step.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/profiler.h"
 #include "engine/rng.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "models/zoo.h"
@@ -34,7 +35,7 @@ int bound_step_main(int argc, char** argv) {
   int64_t batch = 128;
   int threads = 2, warmup = 1, iters = 5;
   double eps = -1;
-  bool json = false;
+  bool json = false, profile = false;
   app.add_option("--model", models, "zoo models to time (default: ibp_large on MNIST's shape and cnn7 on CIFAR's)");
   app.add_option("--bound", bound, "ibp or crown-ibp")->check(CLI::IsMember({"ibp", "crown-ibp"}));
   app.add_option("--batch", batch, "batch size")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
@@ -43,6 +44,7 @@ int bound_step_main(int argc, char** argv) {
   app.add_option("--iters", iters, "timed iterations (the median is reported)")->check(CLI::Range(1, 100000));
   app.add_option("--eps", eps, "L-inf radius (default: 0.3 MNIST, 8/255 CIFAR)")->check(CLI::Range(0.0, 1.0));
   app.add_flag("--json", json, "print one JSON line per model instead of the text");
+  app.add_flag("--profile", profile, "also print the timed steps' per-op table (engine/profiler.h)");
   CLI11_PARSE(app, argc, argv);
   if (models.empty()) models = {"ibp_large", "cnn7"};
   cpu::set_num_threads(threads);
@@ -60,6 +62,8 @@ int bound_step_main(int argc, char** argv) {
     std::vector<double> ms;
     double loss_value = 0;
     for (int it = 0; it < warmup + iters; ++it) {
+      if (profile && it == warmup) profiler::start();
+      const profiler::Step profiled_step;  // counts only while a session is active
       const auto t0 = std::chrono::steady_clock::now();
       const Tensor worst = robust::mixed_worst_case_logits(*model, x, y, radius, beta);
       Tensor loss = cross_entropy(model->forward(x), y) * 0.5 + cross_entropy(worst, y) * 0.5;
@@ -71,6 +75,7 @@ int bound_step_main(int argc, char** argv) {
       const double elapsed = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (it >= warmup) ms.push_back(elapsed);
     }
+    const profiler::Report report = profile ? profiler::stop() : profiler::Report{};
     if (json)
       fmt::print("{{\"impl\": \"bulwark\", \"model\": \"{}\", \"bound\": \"{}\", \"batch\": {}, \"threads\": {}, "
                  "\"eps\": {}, \"median_ms\": {:.3f}, \"min_ms\": {:.3f}, \"loss\": {:.6f}}}\n",
@@ -80,6 +85,7 @@ int bound_step_main(int argc, char** argv) {
                  "({} iterations after {} warm-up; loss {:.4f})\n",
                  name, bound, shape.channels, shape.height, shape.width, batch, threads, radius, median(ms), minimum(ms),
                  iters, warmup, loss_value);
+    if (profile) fmt::print("{}\n", report.table(40));
   }
   return 0;
 }

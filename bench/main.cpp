@@ -5,6 +5,7 @@
 //                                                        build our CUDA kernels next to cuBLAS/cuDNN
 //   bulwark-bench bound-step [--bound ibp|crown-ibp]     one certified (IBP / CROWN-IBP) training step
 //   bulwark-bench mixtrain-step [--bound B]... [--sra-k K] one MixTrain step per bound, sampled beside full-batch
+//   bulwark-bench eval-step [--model NAME]...           clean-forward and PGD-step throughput in eval mode
 //   bulwark-bench sgn-step [--model NAME] [--method M]     one self-gradient network step (detached, full)
 //                                                        beside its base network's
 //   bulwark-bench gpu-model [--model NAME]... [--method M]...  the modelled H100/A100 time of one training
@@ -30,6 +31,7 @@ int bound_step_main(int argc, char** argv);
 int mixtrain_step_main(int argc, char** argv);
 int sgn_step_main(int argc, char** argv);
 int gpu_model_main(int argc, char** argv);
+int eval_step_main(int argc, char** argv);
 }
 
 namespace {
@@ -84,6 +86,7 @@ void usage() {
       "       bulwark-bench kernels [--threads=N] [--benchmark_filter=REGEX] [other Google Benchmark flags]\n"
       "       bulwark-bench bound-step [--model NAME]... [--bound ibp|crown-ibp] [--batch N] [--threads N] [--json]\n"
       "       bulwark-bench mixtrain-step [--model NAME] [--bound B]... [--sra-k K] [--batch N] [--threads N]\n"
+      "       bulwark-bench eval-step [--model NAME]... [--batch N] [--threads N] [--json]\n"
       "       bulwark-bench sgn-step [--model NAME] [--method standard|pgd] [--steps K] [--batch N] [--threads N]\n"
       "       bulwark-bench gpu-model [--model NAME]... [--method NAME[:key=value,...]]... [--batch N] [--kernels N]\n"
       "                               [--time N] [--kernel-source ours|vendor|auto] [--precision fp32|tf32|bf16]\n"
@@ -103,6 +106,7 @@ int main(int argc, char** argv) {
     if (command == "bound-step") return bulwark::bench::bound_step_main(argc - 1, argv + 1);
     if (command == "mixtrain-step") return bulwark::bench::mixtrain_step_main(argc - 1, argv + 1);
     if (command == "sgn-step") return bulwark::bench::sgn_step_main(argc - 1, argv + 1);
+    if (command == "eval-step") return bulwark::bench::eval_step_main(argc - 1, argv + 1);
     if (command == "gpu-model") return bulwark::bench::gpu_model_main(argc - 1, argv + 1);
     if (command == "kernels") {
       // --threads=N is ours; everything else goes to Google Benchmark.

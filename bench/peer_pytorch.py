@@ -20,6 +20,7 @@ On a GPU (--device cuda) each phase is timed between device synchronisations, as
 """
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -107,6 +108,38 @@ def train_step_times(name, batch, threads, warmup, iters, device="cpu"):
     return steps, phases
 
 
+def eval_times(name, batch, threads, warmup, iters, device="cpu"):
+    """`bulwark-bench eval-step`'s two figures: the clean forward in eval mode without gradients,
+    and one PGD step in eval mode (forward, input gradient, projected sign step)."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    build, data, _, eps, _ = MODELS[name]
+    model = build(data).eval().to(device)
+    x = torch.rand(batch, *data["shape"]).to(device)
+    y = (torch.arange(batch) % 10).to(device)
+
+    def now():
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    clean, pgd = [], []
+    for it in range(warmup + iters):
+        t0 = now()
+        with torch.no_grad():
+            model(x)
+        t1 = now()
+        x_adv = x.clone().requires_grad_(True)  # from the clean input, as bulwark's step
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), [x_adv])
+        with torch.no_grad():
+            torch.min(torch.max(x_adv + eps / 4 * g.sign(), x - eps), x + eps).clamp_(0, 1)
+        t2 = now()
+        if it >= warmup:
+            clean.append((t1 - t0) * 1e3)
+            pgd.append((t2 - t1) * 1e3)
+    return statistics.median(clean), statistics.median(pgd)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", choices=sorted(MODELS), help="default: wong_small and cnn7")
@@ -117,11 +150,25 @@ def main():
     p.add_argument("--json", action="store_true", help="one JSON line per model")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tf32", action="store_true", help="on cuda: let cuBLAS/cuDNN use TF32 tensor cores")
+    p.add_argument("--eval", action="store_true",
+                   help="time evaluation instead (bulwark-bench eval-step): clean forward and one PGD step, eval mode")
     a = p.parse_args()
     if a.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = a.tf32
         torch.backends.cudnn.allow_tf32 = a.tf32
         torch.backends.cudnn.benchmark = True
+    if a.eval:
+        for name in a.model or ["wong_small", "cnn7"]:
+            clean, pgd = eval_times(name, a.batch, a.threads, a.warmup, a.iters, a.device)
+            row = {"impl": "pytorch", "mode": "eval", "model": name, "batch": a.batch, "threads": a.threads,
+                   "clean_ms": round(clean, 3), "pgd_step_ms": round(pgd, 3),
+                   "clean_images_per_s": round(a.batch * 1e3 / clean, 1),
+                   "pgd_step_images_per_s": round(a.batch * 1e3 / pgd, 1)}
+            print(json.dumps(row) if a.json else
+                  f"pytorch {torch.__version__} eval-step {name}, batch {a.batch}: clean {clean:.2f} ms "
+                  f"({row['clean_images_per_s']:.0f} images/s), PGD step {pgd:.2f} ms "
+                  f"({row['pgd_step_images_per_s']:.0f} images x steps/s)", flush=True)
+        return
     for name in a.model or ["wong_small", "cnn7"]:
         steps, ph = train_step_times(name, a.batch, a.threads, a.warmup, a.iters, a.device)
         med = {k: statistics.median(v) for k, v in ph.items()}
@@ -131,7 +178,8 @@ def main():
                               "attack_steps": steps, "ms_per_step": round(med["total"], 3),
                               "min_ms_per_step": round(min(ph["total"]), 3),
                               "cpu_ms_per_step": round(med["total_cpu"], 3),
-                              **{f"{k}_ms": round(med[k], 3) for k in ("attack", "forward", "backward", "optimizer")}}),
+                              **{f"{k}_ms": round(med[k], 3) for k in ("attack", "forward", "backward", "optimizer")},
+                              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
                   flush=True)
         else:
             where = f"{a.threads} threads" if a.device == "cpu" else f"{a.device}{' tf32' if a.tf32 else ''}"

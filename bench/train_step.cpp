@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
+
+#include <sys/resource.h>
 #include <stdexcept>
 
 #include "engine/autograd.h"
@@ -198,15 +200,27 @@ void print_train_step(const TrainStepResult& r) {
              median(r.times.total_cpu), r.final_loss);
 }
 
+// The process's peak resident memory so far, in MiB (getrusage's ru_maxrss: the set-up and every
+// step included; the steps dominate it).
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
 void print_train_step_json(const TrainStepResult& r) {
   const TrainStepConfig& c = r.config;
+  const PassFlops& f = r.flops;
+  const double step_flops = c.attack_steps * (f.forward + f.backward_inputs) + f.forward + f.backward_weights +
+                            f.backward_inputs - f.first_layer_input;
   fmt::print(
       "{{\"impl\": \"bulwark\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"attack_steps\": {}, "
       "\"ms_per_step\": {:.3f}, \"min_ms_per_step\": {:.3f}, \"cpu_ms_per_step\": {:.3f}, \"attack_ms\": {:.3f}, "
-      "\"forward_ms\": {:.3f}, \"backward_ms\": {:.3f}, \"optimizer_ms\": {:.3f}, \"forward_gflop\": {:.4f}}}\n",
+      "\"forward_ms\": {:.3f}, \"backward_ms\": {:.3f}, \"optimizer_ms\": {:.3f}, \"forward_gflop\": {:.4f}, "
+      "\"step_gflop\": {:.4f}, \"peak_rss_mib\": {:.1f}}}\n",
       c.model, c.batch, c.threads, c.attack_steps, median(r.times.total), minimum(r.times.total), median(r.times.total_cpu),
       median(r.times.attack), median(r.times.forward), median(r.times.backward), median(r.times.optimizer),
-      r.flops.forward / 1e9);
+      r.flops.forward / 1e9, step_flops / 1e9, peak_rss_mib());
 }
 
 BenchBatch bench_batch(const std::string& model, int64_t batch) {
