@@ -6,10 +6,13 @@
 #   bench/callgrind_step.sh [--model M]... [--batch N] [--build DIR] [--python PY] [--no-peer] [--json]
 #
 # One step = the step of `bulwark-bench train-step` and bench/peer_pytorch.py (attack + forward +
-# backward + SGD; docs/bench.md). Each side runs twice under callgrind, with one warm-up step and
-# then 1 and 2 timed steps; the difference of the two totals is the instructions of one steady-state
-# step (start-up, data and model set-up cancel out). One thread (OMP_NUM_THREADS=1 and
-# --threads 1) with passive OpenMP waits, so the count is repeatable.
+# backward + SGD; docs/bench.md), after one warm-up step. bulwark runs twice under callgrind, with
+# 1 and 2 timed steps: the difference of the two totals is one steady-state step (start-up, data
+# and model set-up cancel out). PyTorch's start-up under callgrind takes many minutes (importing
+# torch), so it runs once, with collection off until the timed step and off again after it
+# (`--collect-atstart=no` and peer_pytorch.py --callgrind, which toggles it with
+# torch._C._valgrind_toggle). One thread (OMP_NUM_THREADS=1 and --threads 1) with passive
+# OpenMP waits, so the count is repeatable.
 #
 # valgrind 3.19 does not decode AVX-512, which the default -march=native build uses, so bulwark is
 # counted from a CPU-only build for x86-64-v3 (AVX2 + FMA), made in --build (default
@@ -55,18 +58,21 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 
-# The instructions callgrind counted for a command (all its threads), from its log.
+# The instructions callgrind counted for a command (all its threads), from its log; callgrind
+# options first, then "--", then the command.
 count() {
-  local log="$scratch/log"
-  valgrind --tool=callgrind --callgrind-out-file="$scratch/out" --log-file="$log" "$@" > /dev/null
+  local log="$scratch/log" opts=()
+  while [[ "$1" != "--" ]]; do opts+=("$1"); shift; done
+  shift
+  valgrind --tool=callgrind "${opts[@]}" --callgrind-out-file="$scratch/out" --log-file="$log" "$@" > /dev/null
   sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$log" | tail -1
 }
 
 # Instructions of one steady-state step: (warm-up + 2 steps) - (warm-up + 1 step).
 step_instructions() {  # command... (the step count is appended as "--iters K")
   local one two
-  one=$(count "$@" --iters 1)
-  two=$(count "$@" --iters 2)
+  one=$(count -- "$@" --iters 1)
+  two=$(count -- "$@" --iters 2)
   echo $((two - one))
 }
 
@@ -75,7 +81,8 @@ for m in "${models[@]}"; do
   ours=$(step_instructions "$build/bulwark-bench" train-step --model "$m" --batch "$batch" --threads 1 --warmup 1)
   theirs=""
   if [[ $peer == 1 ]]; then
-    theirs=$(step_instructions "$py" "$here/peer_pytorch.py" --model "$m" --batch "$batch" --threads 1 --warmup 1)
+    theirs=$(count --collect-atstart=no -- "$py" "$here/peer_pytorch.py" --model "$m" --batch "$batch" --threads 1 \
+      --warmup 1 --iters 1 --callgrind)
   fi
   if [[ $json == 1 ]]; then
     printf '{"model": "%s", "batch": %s, "bulwark_instructions": %s, "pytorch_instructions": %s}\n' \

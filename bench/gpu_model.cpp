@@ -79,7 +79,7 @@ int gpu_model_main(int argc, char** argv) {
   std::vector<std::string> methods{"standard", "pgd:steps=10", "fgsm-rs", "free", "mplus-deat", "ibp", "crown-ibp"};
   int64_t batch = 128;
   int kernels = 0, timed = 0;
-  bool json = false;
+  bool json = false, list = false;
   std::string source = "ours", precision = "fp32";
   app.add_option("--model", models, "zoo models (default: wong_small, cnn7, preact_resnet18)");
   app.add_option("--method", methods,
@@ -89,6 +89,7 @@ int gpu_model_main(int argc, char** argv) {
   app.add_option("--kernels", kernels, "also list the N kernels with the most modelled H100 time per step")
       ->check(CLI::Range(0, 1000));
   app.add_flag("--json", json, "one JSON line per (model, method) instead of the table");
+  app.add_flag("--list", list, "also list every launch of the step in order: kernel, grid, FLOPs, bytes");
   app.add_option("--time", timed,
                  "on a GPU: also time N more steps (host clock between device synchronisations) and print their "
                  "median beside the model")
@@ -175,6 +176,12 @@ int gpu_model_main(int argc, char** argv) {
                              : "");
         std::fflush(stdout);
       }
+      if (list && !json)
+        for (size_t i = 0; i < r.launches.size(); ++i) {
+          const training::RecordedLaunch& l = r.launches[i];
+          fmt::print("    {:>5} {:<44} {:>8} x {:<5} {:>12.0f} FLOP {:>11.0f} B\n", i, l.name, l.blocks,
+                     l.threads_per_block, l.cost.flops, l.cost.bytes);
+        }
       if (kernels > 0 && !json) {
         std::map<std::string, Family> families;
         for (const training::RecordedLaunch& l : r.launches) {

@@ -88,7 +88,7 @@ void usage() {
       "       bulwark-bench mixtrain-step [--model NAME] [--bound B]... [--sra-k K] [--batch N] [--threads N]\n"
       "       bulwark-bench eval-step [--model NAME]... [--batch N] [--threads N] [--json]\n"
       "       bulwark-bench sgn-step [--model NAME] [--method standard|pgd] [--steps K] [--batch N] [--threads N]\n"
-      "       bulwark-bench gpu-model [--model NAME]... [--method NAME[:key=value,...]]... [--batch N] [--kernels N]\n"
+      "       bulwark-bench gpu-model [--model NAME]... [--method NAME[:key=value,...]]... [--batch N] [--kernels N] [--list]\n"
       "                               [--time N] [--kernel-source ours|vendor|auto] [--precision fp32|tf32|bf16]\n"
       "run a subcommand with --help for its options\n");
 }

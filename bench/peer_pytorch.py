@@ -75,7 +75,7 @@ def attack(model, x, y, eps, alpha, steps):
     return x_adv.detach()
 
 
-def train_step_times(name, batch, threads, warmup, iters, device="cpu"):
+def train_step_times(name, batch, threads, warmup, iters, device="cpu", callgrind=False):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     build, data, steps, eps, alpha_over_eps = MODELS[name]
@@ -91,6 +91,8 @@ def train_step_times(name, batch, threads, warmup, iters, device="cpu"):
         return time.perf_counter()
 
     for it in range(warmup + iters):
+        if callgrind and it == warmup:
+            torch._C._valgrind_toggle()  # callgrind counts from here (run with --collect-atstart=no)
         t0, cpu0 = now(), time.process_time()
         x_adv = attack(model, x, y, eps, alpha_over_eps * eps, steps)
         t1 = now()
@@ -102,6 +104,8 @@ def train_step_times(name, batch, threads, warmup, iters, device="cpu"):
         opt.step()
         opt.zero_grad(set_to_none=True)
         t4, cpu4 = now(), time.process_time()
+        if callgrind and it == warmup:
+            torch._C._valgrind_toggle()  # ... to here: the first timed step
         if it >= warmup:
             for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, cpu4 - cpu0)):
                 phases[k].append(v * 1e3)
@@ -150,6 +154,9 @@ def main():
     p.add_argument("--json", action="store_true", help="one JSON line per model")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tf32", action="store_true", help="on cuda: let cuBLAS/cuDNN use TF32 tensor cores")
+    p.add_argument("--callgrind", action="store_true",
+                   help="under valgrind --tool=callgrind --collect-atstart=no: collect the first timed step only "
+                        "(bench/callgrind_step.sh)")
     p.add_argument("--eval", action="store_true",
                    help="time evaluation instead (bulwark-bench eval-step): clean forward and one PGD step, eval mode")
     a = p.parse_args()
@@ -170,7 +177,7 @@ def main():
                   f"({row['pgd_step_images_per_s']:.0f} images x steps/s)", flush=True)
         return
     for name in a.model or ["wong_small", "cnn7"]:
-        steps, ph = train_step_times(name, a.batch, a.threads, a.warmup, a.iters, a.device)
+        steps, ph = train_step_times(name, a.batch, a.threads, a.warmup, a.iters, a.device, a.callgrind)
         med = {k: statistics.median(v) for k, v in ph.items()}
         if a.json:
             print(json.dumps({"impl": "pytorch", "version": torch.__version__, "device": a.device,

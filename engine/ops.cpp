@@ -286,13 +286,15 @@ static std::vector<int64_t> normalize_dims(const std::vector<int64_t>& dims, int
 // adjacent reduced dims is one [outer, n, inner] pass, last run first, so [N,C,H,W] over
 // {0,2,3} reads the input once (rows of H*W) and then sums the small [N,C] result over N:
 // no transposing copy.
-static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims) {
+// The sum over `dims` (sorted), keeping them as size 1, times `scale` (applied by the last
+// reduction's kernel: a mean costs no extra launch).
+static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims, double scale = 1.0) {
   Tensor cur = a;
   size_t end = dims.size();
   if (dims.empty()) {  // nothing reduced: a copy
     Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
     copy_strided(a, out);
-    return out;
+    return scale == 1.0 ? out : unary_raw(ew::Unary::affine, out, scale, 0.0);
   }
   while (end > 0) {
     size_t begin = end - 1;
@@ -303,7 +305,8 @@ static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims)
     Shape s = cur.shape();
     for (int64_t d = lo; d <= hi; ++d) s[d] = 1;
     Tensor out = Tensor::empty(s, a.dtype(), a.device());
-    BW_KERNEL(a.device(), a.dtype(), "sum", sum_middle, cur.data<T>(), out.data<T>(), outer, n, inner);
+    const double s_here = begin == 0 ? scale : 1.0;
+    BW_KERNEL(a.device(), a.dtype(), "sum", sum_middle, cur.data<T>(), out.data<T>(), outer, n, inner, T(s_here));
     cur = out;
     end = begin;
   }
@@ -332,13 +335,32 @@ Tensor sum(const Tensor& a) {
   return sum(a, all, false);
 }
 
-Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
+// One node and, for a contiguous run of dims, one kernel: the sum's kernel applies 1/n. The
+// values are those of mul(sum(a, dims), 1 / n): the same sum, then the same one rounding.
+Tensor mean(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim) {
+  require_float(a, "mean");
+  const std::vector<int64_t> dims = normalize_dims(dims_in, a.dim());
   int64_t n = 1;
-  for (int64_t d : normalize_dims(dims, a.dim())) n *= a.shape()[d];
-  return mul(sum(a, dims, keepdim), 1.0 / static_cast<double>(std::max<int64_t>(n, 1)));
+  for (int64_t d : dims) n *= a.shape()[d];
+  const double scale = 1.0 / static_cast<double>(std::max<int64_t>(n, 1));
+  Tensor out = sum_raw_keepdim(a.detach().contiguous(), dims, scale);
+  const Shape keep_shape = out.shape();
+  if (!keepdim) {
+    Shape s;
+    for (int64_t d = 0; d < a.dim(); ++d)
+      if (!std::binary_search(dims.begin(), dims.end(), d)) s.push_back(a.shape()[d]);
+    out = make_view(out, s, contiguous_strides(s), 0);
+  }
+  return record(out, "mean", {a}, [keep_shape, scale](const Node& n, const Tensor& g, const Needs&) {
+    return Grads{mul(g, scale).reshape(keep_shape).expand(n.inputs[0].shape())};
+  });
 }
 
-Tensor mean(const Tensor& a) { return mul(sum(a), 1.0 / static_cast<double>(std::max<int64_t>(a.numel(), 1))); }
+Tensor mean(const Tensor& a) {
+  std::vector<int64_t> all(a.dim());
+  std::iota(all.begin(), all.end(), 0);
+  return mean(a, all, false);
+}
 
 Tensor sum_to(const Tensor& a, const Shape& shape) {
   if (a.shape() == shape) return a;
@@ -793,18 +815,25 @@ Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
   check_index_range(y, cols, "cross_entropy", cuda::IndexRole::label);
   Tensor loss = Tensor::empty({rows}, z.dtype(), z.device());
   BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_rows, z.data<T>(), y.data<int32_t>(), loss.data<T>(), rows, cols);
-  loss = record(loss, "cross_entropy", {z_in}, [y](const Node& n, const Tensor& g, const Needs&) {
+  // The mean loss is one node over z: its sum's kernel applies 1/rows, and its backward takes the
+  // one upstream value (g_stride 0) with the 1/rows scale into the fused kernel, where
+  // mean(per-row losses) would add a scale and a broadcast copy of the gradient (two launches).
+  const double scale = reduce ? 1.0 / static_cast<double>(std::max<int64_t>(rows, 1)) : 1.0;
+  if (reduce) loss = make_view(sum_raw_keepdim(loss, {0}, scale), {}, {}, 0);
+  return record(loss, "cross_entropy", {z_in}, [y, reduce, scale](const Node& n, const Tensor& g, const Needs&) {
     const Tensor& zz = n.inputs[0];
     // Under create_graph the formula in differentiable ops (a self-gradient network's double
     // backward goes through it); otherwise the one fused kernel, bitwise the same values.
-    if (grad_enabled()) return Grads{(softmax(zz, 1) - one_hot(y, zz.size(1), zz.dtype())) * g.reshape({-1, 1})};
+    if (grad_enabled()) {
+      const Tensor gr = reduce ? mul(g, scale).reshape({1, 1}) : g.reshape({-1, 1});
+      return Grads{(softmax(zz, 1) - one_hot(y, zz.size(1), zz.dtype())) * gr};
+    }
     const Tensor z = zz.detach().contiguous(), gc = g.contiguous();
     Tensor dz = Tensor::empty(z.shape(), z.dtype(), z.device());
     BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_backward_rows, z.data<T>(), y.data<int32_t>(),
-              gc.data<T>(), dz.data<T>(), z.size(0), z.size(1));
+              gc.data<T>(), int64_t{reduce ? 0 : 1}, T(scale), dz.data<T>(), z.size(0), z.size(1));
     return Grads{dz};
   });
-  return reduce ? mean(loss) : loss;
 }
 
 Tensor cw_margin(const Tensor& z, const Tensor& labels) {

@@ -109,7 +109,9 @@ Tensor ascend(Module& model, const Tensor& x, const Tensor& y, Tensor x_adv, con
     Tensor loss;
     {
       GradModeGuard record_graph(true);
-      loss = mean(objective(o.kind, model.forward(leaf), y));
+      const Tensor logits = model.forward(leaf);
+      // The mean cross-entropy as one fused node (its gradient bitwise that of the composition).
+      loss = objective_is_cross_entropy(o.kind) ? cross_entropy(logits, y) : mean(objective(o.kind, logits, y));
     }
     const Tensor g = grad({loss}, {leaf})[0];
     stats.count_forward(x_adv.size(0));

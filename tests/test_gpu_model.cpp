@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/autograd.h"
+#include "engine/ops.h"
 #include "engine/rng.h"
 #include "engine/runtime.h"
 #include "engine/tensor.h"
@@ -91,10 +93,10 @@ TEST_CASE("a one-layer model's standard step makes the launches counted by hand"
   // then SGD; then the step log's correct count. By hand, in the order the engine issues them:
   //   forward   flatten is a view (no launch); z = gemm(x, W^T) + the bias broadcast-added
   //             (gemm_tiles, binary); the labels' deferred range check; the row losses
-  //             (softmax_xent_rows) and their mean (sum_rows, then a scale by 1/n: unary)
-  //   backward  the seed gradient 1 (fill); the mean's backward: scale by 1/n (unary), expanded to
-  //             the n rows (strided_copy); CE's (softmax(z) - one_hot(y)) * g in one fused kernel
-  //             (softmax_xent_backward_rows); the Linear's db = sum over rows (sum_columns) and
+  //             (softmax_xent_rows) and their mean (sum_rows, which applies the 1/n)
+  //   backward  the seed gradient 1 (fill); CE's (softmax(z) - one_hot(y)) * g / n in one fused
+  //             kernel that reads the mean's one upstream value (softmax_xent_backward_rows);
+  //             the Linear's db = sum over rows (sum_columns) and
   //             dW = g^T x (gemm_tiles); x needs no gradient, so no dx GEMM
   //   update    one multi-tensor SGD launch for W and b
   //   step log  correct = sum(eq(f32(argmax z), f32(y))) (argmax_rows, convert, convert, binary,
@@ -107,10 +109,8 @@ TEST_CASE("a one-layer model's standard step makes the launches counted by hand"
   const std::vector<std::string> expected{
       // forward
       "gemm_tiles", "binary_kernel", "check_index_range_kernel", "softmax_xent_rows_kernel", "sum_rows_kernel",
-      "unary_kernel",
       // backward
-      "fill_kernel", "unary_kernel", "strided_copy_kernel", "softmax_xent_backward_rows_kernel", "sum_columns_kernel",
-      "gemm_tiles",
+      "fill_kernel", "softmax_xent_backward_rows_kernel", "sum_columns_kernel", "gemm_tiles",
       // update
       "sgd_step_multi_kernel",
       // step log
@@ -149,4 +149,55 @@ TEST_CASE("timed steps follow the recorded one, one duration each; record-only m
   CHECK_FALSE(r.launches.empty());
   CHECK_THROWS_WITH(training::record_training_step(*model, method("standard"), b.x, b.y, true, 0.5, 0, 1),
                     Catch::Contains("record-only"));
+}
+
+TEST_CASE("a mean cross-entropy is one node: bitwise the composition on the CPU, 3 + 2 launches on CUDA",
+          "[gpu-model][cuda][ops]") {
+  // loss = mean(CE rows) used to be two nodes (the rows, then mean = sum and a 1/n scale) whose
+  // backward scaled and broadcast the gradient before the fused rows kernel: 4 launches forward,
+  // 4 backward. Now the sum's kernel applies 1/n and the rows kernel reads the one upstream value.
+  Generator gen(9);
+  const Tensor z0 = rand_uniform({7, 5}, -3.0, 3.0, gen);
+  const Tensor y = Tensor::from_vector(std::vector<int32_t>{0, 4, 2, 2, 1, 3, 0}, {7});
+  for (const double upstream : {1.0, 0.5}) {  // the loss alone, and inside 0.5 CE + ...
+    Tensor za = z0.clone(), zb = z0.clone();
+    za.set_requires_grad(true);
+    zb.set_requires_grad(true);
+    const Tensor fused = cross_entropy(za, y), composed = mean(cross_entropy(zb, y, false));
+    CHECK(fused.item() == composed.item());
+    backward(fused * upstream);
+    backward(composed * upstream);
+    CHECK(za.grad().to_vector() == zb.grad().to_vector());
+  }
+  // On the (emulated) CUDA device: the launches of the forward, then of the backward.
+  Tensor zc = z0.to(Device::cuda);
+  zc.set_requires_grad(true);
+  const Tensor yc = y.to(Device::cuda);
+  training::LaunchLog forward_log, backward_log;
+  Tensor loss;
+  {
+    const ObserveLaunches observe(forward_log);
+    loss = cross_entropy(zc, yc);
+  }
+  {
+    const ObserveLaunches observe(backward_log);
+    backward(loss);
+  }
+  const auto families = [](const training::LaunchLog& log) {
+    std::vector<std::string> out;
+    for (const auto& l : log.launches) out.push_back(kernel_family(l.name));
+    return out;
+  };
+  CHECK(families(forward_log) ==
+        std::vector<std::string>{"check_index_range_kernel", "softmax_xent_rows_kernel", "sum_rows_kernel"});
+  CHECK(families(backward_log) == std::vector<std::string>{"fill_kernel", "softmax_xent_backward_rows_kernel"});
+  // ... and the same values as the CPU.
+  Tensor zcpu = z0.clone();
+  zcpu.set_requires_grad(true);
+  const Tensor lcpu = cross_entropy(zcpu, y);
+  backward(lcpu);
+  CHECK(loss.item() == Approx(lcpu.item()).epsilon(1e-6));
+  const std::vector<float> gd = zc.grad().cpu().to_vector(), gh = zcpu.grad().to_vector();
+  REQUIRE(gd.size() == gh.size());
+  for (size_t i = 0; i < gd.size(); ++i) CHECK(gd[i] == Approx(gh[i]).margin(1e-7).epsilon(1e-5));
 }

@@ -38,7 +38,7 @@ template <class T> void where(const T* c, const Strided& sc, const T* a, const S
                               const Strided& sb, T* out);
 
 // x viewed as [outer, n, inner]: y[o, i] = sum_k x[o, k, i]
-template <class T> void sum_middle(const T* x, T* y, int64_t outer, int64_t n, int64_t inner);
+template <class T> void sum_middle(const T* x, T* y, int64_t outer, int64_t n, int64_t inner, T scale = T(1));
 // idx[o, i] = argmax_k x[o, k, i] (first maximum)
 template <class T> void argmax_middle(const T* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner);
 // out[o, k, i] = x[o, idx[o, k, i], i]; x is [outer, n, inner], idx/out are [outer, m, inner]
@@ -108,10 +108,14 @@ template <class T> void adaptive_avg_pool2d_backward(int64_t planes, int64_t h, 
 template <class T> void log_softmax_rows(const T* z, T* y, int64_t rows, int64_t cols);
 // Fused softmax cross-entropy: loss[r] = logsumexp(z[r]) - z[r, y[r]].
 template <class T> void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows, int64_t cols);
-// Its backward in one pass: dz[r, j] = (exp(z[r, j] - logsumexp(z[r])) - [j == y[r]]) g[r], the
-// same operations in the same order as (softmax(z) - one_hot(y)) * g, so bitwise equal to it.
+// Its backward in one pass: dz[r, j] = (exp(z[r, j] - logsumexp(z[r])) - [j == y[r]]) g_r with
+// g_r = g[r * g_stride] * scale: per-row upstream gradients (g_stride 1, scale 1), or the mean's
+// (g_stride 0: the one upstream value of the mean loss, scale 1/rows), so a mean cross-entropy's
+// backward needs no expanded gradient. The same operations in the same order as
+// (softmax(z) - one_hot(y)) * g_r, so bitwise equal to it.
 template <class T>
-void softmax_xent_backward_rows(const T* z, const int32_t* labels, const T* g, T* dz, int64_t rows, int64_t cols);
+void softmax_xent_backward_rows(const T* z, const int32_t* labels, const T* g, int64_t g_stride, T scale, T* dz,
+                                int64_t rows, int64_t cols);
 
 // Training-mode batch norm over x viewed as [n, c, inner] (kernels/cpu/batch_norm.cpp): per-channel
 // batch mean, biased var and invstd = 1/sqrt(var + eps) out, y = (x - mean) * invstd * gamma + beta.

@@ -40,8 +40,9 @@ T sum_pairwise(T* v, int64_t n) {
 }
 }  // namespace
 
+namespace {
 template <class T>
-void sum_middle(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+void sum_middle_unscaled(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
   // Every output is accumulated in a fixed order that does not depend on the thread count.
   if (inner == 1) {
     const int64_t leaves = (n + kLeaf - 1) / kLeaf;
@@ -73,6 +74,16 @@ void sum_middle(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
       for (int64_t i = i0; i < i1; ++i) out[i] += p[i];
     }
   }
+}
+}  // namespace
+
+// y = scale * sum: the sum first, then one multiply per output (a mean's 1/n), the same rounding
+// as scaling the sum afterwards.
+template <class T>
+void sum_middle(const T* x, T* y, int64_t outer, int64_t n, int64_t inner, T scale) {
+  sum_middle_unscaled(x, y, outer, n, inner);
+  if (scale != T(1))
+    for (int64_t i = 0; i < outer * inner; ++i) y[i] = scale * y[i];
 }
 
 template <class T>
@@ -121,7 +132,7 @@ void scatter_add_middle(const T* src, const int32_t* idx, T* out, int64_t outer,
 }
 
 #define BW_INST(T)                                                                               \
-  template void sum_middle<T>(const T*, T*, int64_t, int64_t, int64_t);                          \
+  template void sum_middle<T>(const T*, T*, int64_t, int64_t, int64_t, T);                       \
   template void argmax_middle<T>(const T*, int32_t*, int64_t, int64_t, int64_t);                 \
   template void gather_middle<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, int64_t); \
   template void scatter_add_middle<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t, int64_t);

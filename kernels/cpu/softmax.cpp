@@ -33,13 +33,14 @@ void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows,
 }
 
 template <class T>
-void softmax_xent_backward_rows(const T* z, const int32_t* labels, const T* g, T* dz, int64_t rows, int64_t cols) {
+void softmax_xent_backward_rows(const T* z, const int32_t* labels, const T* g, int64_t g_stride, T scale, T* dz,
+                                int64_t rows, int64_t cols) {
 #pragma omp parallel for if (rows * cols >= (1 << 14)) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * cols;
     const T lse = row_logsumexp(zr, cols);
-    for (int64_t j = 0; j < cols; ++j)
-      dz[r * cols + j] = (std::exp(zr[j] - lse) - (j == labels[r] ? T(1) : T(0))) * g[r];
+    const T gr = g[r * g_stride] * scale;
+    for (int64_t j = 0; j < cols; ++j) dz[r * cols + j] = (std::exp(zr[j] - lse) - (j == labels[r] ? T(1) : T(0))) * gr;
   }
 }
 
@@ -47,8 +48,9 @@ template void log_softmax_rows<float>(const float*, float*, int64_t, int64_t);
 template void log_softmax_rows<double>(const double*, double*, int64_t, int64_t);
 template void softmax_xent_rows<float>(const float*, const int32_t*, float*, int64_t, int64_t);
 template void softmax_xent_rows<double>(const double*, const int32_t*, double*, int64_t, int64_t);
-template void softmax_xent_backward_rows<float>(const float*, const int32_t*, const float*, float*, int64_t, int64_t);
-template void softmax_xent_backward_rows<double>(const double*, const int32_t*, const double*, double*, int64_t,
-                                                 int64_t);
+template void softmax_xent_backward_rows<float>(const float*, const int32_t*, const float*, int64_t, float, float*,
+                                                int64_t, int64_t);
+template void softmax_xent_backward_rows<double>(const double*, const int32_t*, const double*, int64_t, double, double*,
+                                                 int64_t, int64_t);
 
 }  // namespace bulwark::cpu

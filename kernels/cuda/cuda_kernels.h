@@ -63,7 +63,7 @@ void unary(ew::Unary op, const float* x, float* y, int64_t n, float p0, float p1
 void binary(ew::Binary op, const float* a, const Strided& sa, const float* b, const Strided& sb, float* out);
 void where(const float* c, const Strided& sc, const float* a, const Strided& sa, const float* b, const Strided& sb,
            float* out);
-void sum_middle(const float* x, float* y, int64_t outer, int64_t n, int64_t inner);
+void sum_middle(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, float scale = 1.0f);
 void argmax_middle(const float* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner);
 void gather_middle(const float* x, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m, int64_t inner);
 void scatter_add_middle(const float* src, const int32_t* idx, float* out, int64_t outer, int64_t n, int64_t m,
@@ -72,8 +72,8 @@ void scatter_add_middle(const float* src, const int32_t* idx, float* out, int64_
 // ---- softmax and loss (softmax.cu) ----------------------------------------------------------------
 void log_softmax_rows(const float* z, float* y, int64_t rows, int64_t cols);
 void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols);
-void softmax_xent_backward_rows(const float* z, const int32_t* labels, const float* g, float* dz, int64_t rows,
-                                int64_t cols);
+void softmax_xent_backward_rows(const float* z, const int32_t* labels, const float* g, int64_t g_stride, float scale,
+                                float* dz, int64_t rows, int64_t cols);
 
 // ---- GEMM and convolution (gemm.cu, conv.cu) ---------------------------------------------------------
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,

@@ -1,7 +1,7 @@
 // Reductions and index ops over a tensor viewed as [outer, n, inner] (the CPU reference is
 // kernels/cpu/reduce.cpp): every reduction or gather along one axis is this shape after a reshape.
 //
-//   sum_middle:          y[o, i] = sum_k x[o, k, i]
+//   sum_middle:          y[o, i] = scale * sum_k x[o, k, i]   (scale: a mean's 1/n, else 1)
 //   argmax_middle:       idx[o, i] = first k maximising x[o, k, i] (NaN never beats a number)
 //   gather_middle:       out[o, k, i] = x[o, idx[o, k, i], i]
 //   scatter_add_middle:  out[o, idx[o, k, i], i] += src[o, k, i]
@@ -29,23 +29,23 @@ namespace bulwark::cuda {
 
 namespace {
 
-__global__ void sum_rows_kernel(const float* x, float* y, int64_t n) {
+__global__ void sum_rows_kernel(const float* x, float* y, int64_t n, float scale) {
   BW_SHARED(float, scratch, [32]);
   const float* row = x + blockIdx.x * n;
   float acc = 0.0f;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) acc += row[k];
   acc = block_sum<float>(acc, scratch);
-  if (threadIdx.x == 0) y[blockIdx.x] = acc;
+  if (threadIdx.x == 0) y[blockIdx.x] = scale == 1.0f ? acc : scale * acc;
 }
 
-__global__ void sum_columns_kernel(const float* x, float* y, int64_t outer, int64_t n, int64_t inner) {
+__global__ void sum_columns_kernel(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, float scale) {
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < outer * inner;
        t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t o = t / inner, i = t % inner;
     const float* p = x + o * n * inner + i;
     float acc = 0.0f;
     for (int64_t k = 0; k < n; ++k) acc += p[k * inner];
-    y[t] = acc;
+    y[t] = scale == 1.0f ? acc : scale * acc;
   }
 }
 
@@ -134,15 +134,15 @@ LaunchCost index_cost(int64_t outer, int64_t n, int64_t inner, int64_t total, bo
 }
 }  // namespace
 
-void sum_middle(const float* x, float* y, int64_t outer, int64_t n, int64_t inner) {
+void sum_middle(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, float scale) {
   if (outer * inner == 0) return;
   if (n == 0) return fill(y, outer * inner, 0.0f);
   const LaunchCost cost = reduce_cost(outer, n, inner, double(outer) * double(n) * double(inner));
   if (inner == 1)
-    BW_LAUNCH_COSTED(cost, sum_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, y, n);
+    BW_LAUNCH_COSTED(cost, sum_rows_kernel, static_cast<unsigned>(outer), kThreads, 0, current_stream(), x, y, n, scale);
   else
     BW_LAUNCH_COSTED(cost, sum_columns_kernel, blocks_for(outer * inner), kThreads, 0, current_stream(), x, y, outer, n,
-                     inner);
+                     inner, scale);
 }
 
 void argmax_middle(const float* x, int32_t* idx, int64_t outer, int64_t n, int64_t inner) {

@@ -4,8 +4,10 @@
 //   lse_r = log sum_j exp(z[r, j])         (computed as m + log sum_j exp(z[r, j] - m), m = max)
 //   log_softmax: y[r, j] = z[r, j] - lse_r
 //   softmax_xent: loss[r] = lse_r - z[r, labels[r]]
-//   its backward: dz[r, j] = (exp(z[r, j] - lse_r) - [j == labels[r]]) g[r], one launch instead of
-//   the eight of its composition (one_hot's fill, check, fill, scatter; log_softmax, exp, -, *)
+//   its backward: dz[r, j] = (exp(z[r, j] - lse_r) - [j == labels[r]]) g[r * g_stride] scale, one
+//   launch instead of the eight of its composition (one_hot's fill, check, fill, scatter;
+//   log_softmax, exp, -, *); g_stride 0 and scale 1/rows take a mean loss's one upstream value
+//   (the mean's scale and broadcast copy, two more launches, fold into it)
 // FLOPs: ~3 per element + 1 exp. Bytes: log_softmax reads z and writes y (8 B/element);
 // xent reads z once (4 B/element) and writes 4 B per row.
 //
@@ -66,14 +68,15 @@ __global__ void softmax_xent_rows_kernel(const float* z, const int32_t* labels, 
 
 // dz = (softmax(z) - one_hot(y)) g, row by row: the lse as the forward computes it, then each lane
 // writes its columns. A label out of range (the engine's deferred check reports it) gives NaN.
-__global__ void softmax_xent_backward_rows_kernel(const float* z, const int32_t* labels, const float* g, float* dz,
-                                                  int64_t rows, int64_t cols) {
+__global__ void softmax_xent_backward_rows_kernel(const float* z, const int32_t* labels, const float* g,
+                                                  int64_t g_stride, float scale, float* dz, int64_t rows,
+                                                  int64_t cols) {
   const int64_t r = blockIdx.x * int64_t(kRowsPerBlock) + threadIdx.x / 32;
   if (r >= rows) return;
   const float* row = z + r * cols;
   const float lse = warp_logsumexp(row, cols);
   const int32_t y = labels[r];
-  const float gr = y >= 0 && y < cols ? g[r] : NAN;
+  const float gr = y >= 0 && y < cols ? g[r * g_stride] * scale : NAN;
   for (int64_t j = threadIdx.x % 32; j < cols; j += 32) dz[r * cols + j] = (expf(row[j] - lse) - (j == y ? 1.0f : 0.0f)) * gr;
 }
 
@@ -94,13 +97,13 @@ void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64
                      cols);
 }
 
-void softmax_xent_backward_rows(const float* z, const int32_t* labels, const float* g, float* dz, int64_t rows,
-                                int64_t cols) {
+void softmax_xent_backward_rows(const float* z, const int32_t* labels, const float* g, int64_t g_stride, float scale,
+                                float* dz, int64_t rows, int64_t cols) {
   // Per element: exp, a subtraction, a product, and the lse's ~3 (counted with the row's reads).
   if (rows > 0 && cols > 0)
     BW_LAUNCH_COSTED((LaunchCost{6.0 * double(rows * cols), 4.0 * double(2 * rows * cols + 2 * rows)}),
                      softmax_xent_backward_rows_kernel, row_blocks(rows), kThreads, 0, current_stream(), z, labels, g,
-                     dz, rows, cols);
+                     g_stride, scale, dz, rows, cols);
 }
 
 }  // namespace bulwark::cuda
