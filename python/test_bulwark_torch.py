@@ -36,7 +36,7 @@ import tempfile
 import time
 
 TOLERANCE = 1e-5             # of max(1, the sample's largest |logit|)
-SGN_OUTLIERS, SGN_OUTLIER_TOLERANCE = 2, 1e-2  # self-gradient networks: see check_logits
+SGN_OUTLIERS, SGN_OUTLIER_TOLERANCE = 4, 3e-2  # self-gradient networks: see check_logits
 SCALE_FREE_TOLERANCE = 1e-4  # of the batch's largest |logit|
 N_TEST = 64  # evaluated samples per model
 # Parameter counts of docs/models.md (10 classes): (1x28x28, 3x32x32).
@@ -210,9 +210,11 @@ def check_logits(torch, ours, theirs, where):
     A self-gradient network is not a continuous function of its input: its probe's gradient holds
     each ReLU's 0/1 derivative, so a pre-activation within rounding of 0 can take the other side in
     float32 and move that sample's logits by ~1e-3 (measured on sgn:preact_resnet18: 1 sample of
-    64 at 1.8e-3 from torch's float64, the other 63 within 1.3e-6). For those models up to
+    64 at 1.8e-3 from torch's float64, the other 63 within 1.3e-6; on another host CPU, whose BLAS
+    kernels round differently, 3 samples of the imported model at 2.7e-3, 2.8e-3 and 1.5e-2, with
+    the same bulwark binary before and after the change under test). For those models up to
     SGN_OUTLIERS samples may differ by up to SGN_OUTLIER_TOLERANCE; the rest are held to the usual
-    tolerance."""
+    tolerance. A wrong probe or gate moves most samples, not a few."""
     if where.startswith("sgn:"):
         diff = (ours.double() - theirs.double()).abs().amax(dim=1)
         scale = theirs.double().abs().amax(dim=1).clamp(min=1)
