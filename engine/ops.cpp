@@ -313,10 +313,15 @@ static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims,
   return cur;
 }
 
-Tensor sum(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim) {
-  require_float(a, "sum");
+// sum (scale 1) and mean (scale 1/n) over `dims`: one node whose backward broadcasts the scaled
+// gradient back over the reduced dims.
+static Tensor scaled_sum(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim, bool mean_of) {
+  require_float(a, mean_of ? "mean" : "sum");
   const std::vector<int64_t> dims = normalize_dims(dims_in, a.dim());
-  Tensor out = sum_raw_keepdim(a.detach().contiguous(), dims);
+  int64_t n = 1;
+  for (int64_t d : dims) n *= a.shape()[d];
+  const double scale = mean_of ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
+  Tensor out = sum_raw_keepdim(a.detach().contiguous(), dims, scale);
   const Shape keep_shape = out.shape();
   if (!keepdim) {
     Shape s;
@@ -324,10 +329,13 @@ Tensor sum(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim) {
       if (!std::binary_search(dims.begin(), dims.end(), d)) s.push_back(a.shape()[d]);
     out = make_view(out, s, contiguous_strides(s), 0);
   }
-  return record(out, "sum", {a}, [keep_shape](const Node& n, const Tensor& g, const Needs&) {
-    return Grads{g.reshape(keep_shape).expand(n.inputs[0].shape())};
+  return record(out, mean_of ? "mean" : "sum", {a}, [keep_shape, scale](const Node& n, const Tensor& g, const Needs&) {
+    const Tensor gs = scale == 1.0 ? g : mul(g, scale);
+    return Grads{gs.reshape(keep_shape).expand(n.inputs[0].shape())};
   });
 }
+
+Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) { return scaled_sum(a, dims, keepdim, false); }
 
 Tensor sum(const Tensor& a) {
   std::vector<int64_t> all(a.dim());
@@ -337,24 +345,7 @@ Tensor sum(const Tensor& a) {
 
 // One node and, for a contiguous run of dims, one kernel: the sum's kernel applies 1/n. The
 // values are those of mul(sum(a, dims), 1 / n): the same sum, then the same one rounding.
-Tensor mean(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim) {
-  require_float(a, "mean");
-  const std::vector<int64_t> dims = normalize_dims(dims_in, a.dim());
-  int64_t n = 1;
-  for (int64_t d : dims) n *= a.shape()[d];
-  const double scale = 1.0 / static_cast<double>(std::max<int64_t>(n, 1));
-  Tensor out = sum_raw_keepdim(a.detach().contiguous(), dims, scale);
-  const Shape keep_shape = out.shape();
-  if (!keepdim) {
-    Shape s;
-    for (int64_t d = 0; d < a.dim(); ++d)
-      if (!std::binary_search(dims.begin(), dims.end(), d)) s.push_back(a.shape()[d]);
-    out = make_view(out, s, contiguous_strides(s), 0);
-  }
-  return record(out, "mean", {a}, [keep_shape, scale](const Node& n, const Tensor& g, const Needs&) {
-    return Grads{mul(g, scale).reshape(keep_shape).expand(n.inputs[0].shape())};
-  });
-}
+Tensor mean(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) { return scaled_sum(a, dims, keepdim, true); }
 
 Tensor mean(const Tensor& a) {
   std::vector<int64_t> all(a.dim());
