@@ -75,6 +75,15 @@ def attack(model, x, y, eps, alpha, steps):
     return x_adv.detach()
 
 
+def clock(device):
+    """A host clock that first waits for the device's queued work (on a GPU)."""
+    def now():
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+    return now
+
+
 def train_step_times(name, batch, threads, warmup, iters, device="cpu", callgrind=False):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -84,11 +93,7 @@ def train_step_times(name, batch, threads, warmup, iters, device="cpu", callgrin
     x = torch.rand(batch, *data["shape"]).to(device)
     y = (torch.arange(batch) % 10).to(device)
     phases = {k: [] for k in ("attack", "forward", "backward", "optimizer", "total", "total_cpu")}
-
-    def now():
-        if device != "cpu":
-            torch.cuda.synchronize()
-        return time.perf_counter()
+    now = clock(device)
 
     for it in range(warmup + iters):
         if callgrind and it == warmup:
@@ -121,12 +126,7 @@ def eval_times(name, batch, threads, warmup, iters, device="cpu"):
     model = build(data).eval().to(device)
     x = torch.rand(batch, *data["shape"]).to(device)
     y = (torch.arange(batch) % 10).to(device)
-
-    def now():
-        if device != "cpu":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
+    now = clock(device)
     clean, pgd = [], []
     for it in range(warmup + iters):
         t0 = now()

@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
+#include <stdexcept>
 
 #include <sys/resource.h>
-#include <stdexcept>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
@@ -179,22 +179,32 @@ std::string gflops(double flops, double ms) {
 }
 }  // namespace
 
+namespace {
+// The matrix FLOPs of a step's phases: k attack steps of forward + input backward; the backward's
+// weight and input gradients, less the first layer's input gradient (nothing asks for it).
+double attack_flops(const TrainStepResult& r) {
+  return r.config.attack_steps * (r.flops.forward + r.flops.backward_inputs);
+}
+double backward_flops(const TrainStepResult& r) {
+  return r.flops.backward_weights + r.flops.backward_inputs - r.flops.first_layer_input;
+}
+double step_flops(const TrainStepResult& r) { return attack_flops(r) + r.flops.forward + backward_flops(r); }
+}  // namespace
+
 void print_train_step(const TrainStepResult& r) {
   const TrainStepConfig& c = r.config;
   const PassFlops& f = r.flops;
-  const double attack_flops = c.attack_steps * (f.forward + f.backward_inputs);
-  const double backward_flops = f.backward_weights + f.backward_inputs - f.first_layer_input;
   fmt::print("train-step {} on {}x{}x{}, batch {}, {} threads, attack {}; {} iterations after {} warm-up\n", c.model,
              c.channels, c.height, c.width, c.batch, c.threads, attack_name(c), c.iters, c.warmup);
   fmt::print("  {:<10} {:>10} {:>10} {:>9} {:>8}\n", "phase", "median ms", "min ms", "GFLOP", "GFLOP/s");
   auto row = [&](const char* name, const std::vector<double>& ms, double flops) {
     fmt::print("  {:<10} {:10.2f} {:10.2f} {:9.2f} {}\n", name, median(ms), minimum(ms), flops / 1e9, gflops(flops, median(ms)));
   };
-  row("attack", r.times.attack, attack_flops);
+  row("attack", r.times.attack, attack_flops(r));
   row("forward", r.times.forward, f.forward);
-  row("backward", r.times.backward, backward_flops);
+  row("backward", r.times.backward, backward_flops(r));
   row("optimizer", r.times.optimizer, 0);
-  row("step", r.times.total, attack_flops + f.forward + backward_flops);
+  row("step", r.times.total, step_flops(r));
   const double step_ms = median(r.times.total);
   fmt::print("  => {:.1f} ms/step, {:.0f} images/s, {:.1f} CPU ms/step (final loss {:.4f})\n", step_ms, c.batch * 1e3 / step_ms,
              median(r.times.total_cpu), r.final_loss);
@@ -210,9 +220,6 @@ double peak_rss_mib() {
 
 void print_train_step_json(const TrainStepResult& r) {
   const TrainStepConfig& c = r.config;
-  const PassFlops& f = r.flops;
-  const double step_flops = c.attack_steps * (f.forward + f.backward_inputs) + f.forward + f.backward_weights +
-                            f.backward_inputs - f.first_layer_input;
   fmt::print(
       "{{\"impl\": \"bulwark\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"attack_steps\": {}, "
       "\"ms_per_step\": {:.3f}, \"min_ms_per_step\": {:.3f}, \"cpu_ms_per_step\": {:.3f}, \"attack_ms\": {:.3f}, "
@@ -220,7 +227,7 @@ void print_train_step_json(const TrainStepResult& r) {
       "\"step_gflop\": {:.4f}, \"peak_rss_mib\": {:.1f}}}\n",
       c.model, c.batch, c.threads, c.attack_steps, median(r.times.total), minimum(r.times.total), median(r.times.total_cpu),
       median(r.times.attack), median(r.times.forward), median(r.times.backward), median(r.times.optimizer),
-      r.flops.forward / 1e9, step_flops / 1e9, peak_rss_mib());
+      r.flops.forward / 1e9, step_flops(r) / 1e9, peak_rss_mib());
 }
 
 BenchBatch bench_batch(const std::string& model, int64_t batch) {

@@ -291,10 +291,10 @@ static std::vector<int64_t> normalize_dims(const std::vector<int64_t>& dims, int
 static Tensor sum_raw_keepdim(const Tensor& a, const std::vector<int64_t>& dims, double scale = 1.0) {
   Tensor cur = a;
   size_t end = dims.size();
-  if (dims.empty()) {  // nothing reduced: a copy
+  if (dims.empty()) {  // nothing reduced: a copy (a mean over no dims has n = 1, scale 1)
     Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
     copy_strided(a, out);
-    return scale == 1.0 ? out : unary_raw(ew::Unary::affine, out, scale, 0.0);
+    return out;
   }
   while (end > 0) {
     size_t begin = end - 1;

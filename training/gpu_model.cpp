@@ -59,28 +59,28 @@ StepRecord record_training_step(Module& model, robust::MethodConfig cfg, const T
   const RecordOnlyScope mode(record_only);
   Generator gen(7);
   StepRecord record;
-  for (int step = 0; step <= warmup; ++step) {
-    robust::PassCounter passes;
+  // Step `step` of the loop (epoch 0), its passes counted into `passes`.
+  const auto train_step = [&](int step, robust::PassCounter& passes) {
     robust::StepLog log;
     log.begin_batch(0);
     robust::StepContext ctx{model, *optimizer, gen, passes, log, 0, step};
     ctx.eps_scale = eps_scale;
+    m->train_batch(ctx, xd, yd);
+  };
+  for (int step = 0; step <= warmup; ++step) {
+    robust::PassCounter passes;
     LaunchLog launches;
     {
       const ObserveLaunches observe(launches);
-      m->train_batch(ctx, xd, yd);
+      train_step(step, passes);
     }
     record = {std::move(launches.launches), passes, {}};
   }
   for (int step = 0; step < timed; ++step) {
     robust::PassCounter passes;
-    robust::StepLog log;
-    log.begin_batch(0);
-    robust::StepContext ctx{model, *optimizer, gen, passes, log, 0, warmup + 1 + step};
-    ctx.eps_scale = eps_scale;
     runtime::cuda_synchronize();
     const auto start = std::chrono::steady_clock::now();
-    m->train_batch(ctx, xd, yd);
+    train_step(warmup + 1 + step, passes);
     runtime::cuda_synchronize();
     record.step_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }

@@ -38,9 +38,7 @@ T sum_pairwise(T* v, int64_t n) {
   }
   return v[0];
 }
-}  // namespace
 
-namespace {
 template <class T>
 void sum_middle_unscaled(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
   // Every output is accumulated in a fixed order that does not depend on the thread count.

@@ -35,7 +35,7 @@ __global__ void sum_rows_kernel(const float* x, float* y, int64_t n, float scale
   float acc = 0.0f;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) acc += row[k];
   acc = block_sum<float>(acc, scratch);
-  if (threadIdx.x == 0) y[blockIdx.x] = scale == 1.0f ? acc : scale * acc;
+  if (threadIdx.x == 0) y[blockIdx.x] = scale * acc;  // exact when scale is 1
 }
 
 __global__ void sum_columns_kernel(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, float scale) {
@@ -45,7 +45,7 @@ __global__ void sum_columns_kernel(const float* x, float* y, int64_t outer, int6
     const float* p = x + o * n * inner + i;
     float acc = 0.0f;
     for (int64_t k = 0; k < n; ++k) acc += p[k * inner];
-    y[t] = scale == 1.0f ? acc : scale * acc;
+    y[t] = scale * acc;
   }
 }
 
