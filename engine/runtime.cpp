@@ -49,4 +49,42 @@ void set_math_precision(const std::string& name) {
 
 std::string math_precision() { return math_precision_name(cpu::math_precision()); }
 
+struct CudaGraph::State {
+  std::shared_ptr<cuda::CapturedGraph> graph;
+  uint64_t seed = 0, draws = 0;  // the generator captured, and the counters one replay consumes
+};
+
+CudaGraph::CudaGraph() : state_(std::make_unique<State>()) {}
+CudaGraph::~CudaGraph() = default;
+
+void CudaGraph::capture(Generator& gen, const std::function<void()>& step) {
+  reset();
+  const uint64_t origin = gen.offset();
+  cuda::begin_capture(gen.seed(), origin);
+  try {
+    step();
+  } catch (...) {
+    cuda::abort_capture();
+    gen.set_offset(origin);
+    throw;
+  }
+  std::shared_ptr<cuda::CapturedGraph> graph = cuda::end_capture();
+  state_->graph = std::move(graph);
+  state_->seed = gen.seed();
+  state_->draws = gen.offset() - origin;
+  gen.set_offset(origin);
+}
+
+void CudaGraph::replay(Generator& gen, double lr, int64_t optimizer_step) {
+  if (!state_->graph) throw std::logic_error("CudaGraph::replay: nothing captured");
+  if (gen.seed() != state_->seed)
+    throw std::logic_error("CudaGraph::replay: the generator is not the one the step was captured with");
+  cuda::replay(*state_->graph, gen.offset(), lr, optimizer_step);
+  gen.set_offset(gen.offset() + state_->draws);
+}
+
+bool CudaGraph::captured() const { return state_->graph != nullptr; }
+int64_t CudaGraph::nodes() const { return state_->graph ? static_cast<int64_t>(cuda::graph_nodes(*state_->graph)) : 0; }
+void CudaGraph::reset() { state_->graph.reset(); }
+
 }  // namespace bulwark::runtime

@@ -4,8 +4,12 @@
 // CUDA backend is the CPU emulator, and which implementation the CUDA GEMM and convolution run.
 // Nothing above engine/ includes a kernels/ header; these are the handles it gets instead.
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "engine/rng.h"
 
 // LaunchCost, LaunchEvent, LaunchObserver and ObserveLaunches: what every CUDA kernel launch
 // states about its work, and how a caller watches the launches of its thread (the GPU cost model).
@@ -59,6 +63,35 @@ class MathPrecisionScope {
 
  private:
   std::string previous_;
+};
+
+// A CUDA Graph of a step (cuda::begin_capture in kernels/cuda/cuda_kernels.h): capture() runs
+// `step` once with the CUDA backend recording instead of executing, and replay() then runs all
+// of it with one launch. The capture executes nothing: a step's host-side effects (counters,
+// the generator's position) happen at capture and must be undone and redone per replay by the
+// caller; replay() does that for the generator. What a kernel reads when it runs (tensors
+// allocated before the capture: weights, optimizer state, the step's input buffers) is read
+// afresh by each replay; what the capture allocated lives in the graph's private pool and is
+// rewritten by each replay. Random draws from `gen` replay at gen's position each time, so a
+// replay draws what an eager step there would; the learning rate and the optimizer's step
+// count are given per replay. A step that makes the host wait (item(), a copy to the host)
+// cannot be captured: capture() throws CUDA's reason, and the runtime is eager again.
+class CudaGraph {
+ public:
+  CudaGraph();
+  ~CudaGraph();
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  void capture(Generator& gen, const std::function<void()>& step);  // gen ends where it began
+  // Runs the graph; gen advances by the counters the captured step drew.
+  void replay(Generator& gen, double lr, int64_t optimizer_step);
+  bool captured() const;
+  int64_t nodes() const;  // kernels, copies and memsets a replay runs
+  void reset();           // back to no graph (its private memory joins the shared cache)
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
 };
 
 }  // namespace bulwark::runtime

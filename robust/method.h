@@ -84,6 +84,12 @@ class Method {
   // Before training starts: throws, with a message the user can act on, when the method cannot
   // train this model on batches of `batch_size` like `probe_x` (a bound the model cannot pass,
   // more memory than a limit allows). Nothing it computes is kept.
+  // Whether a CUDA graph may capture train_batch once and replay it for every later batch of the
+  // same shape (--cuda-graphs): it queues the same work for every such batch whatever its
+  // contents, keeps no host-side state from one batch to the next, draws only from ctx.gen and
+  // steps the optimizer once. Standard training, PGD-AT and FGSM-RS do; Free-AT and DEAT (a replay
+  // count the host adapts, several optimizer steps) and the certified methods do not.
+  virtual bool capturable() const { return false; }
   virtual void check(Module& model, const Tensor& probe_x, const Tensor& probe_y, int64_t batch_size) {}
   virtual EpochVerdict on_epoch_end(EpochEnd& end) { return EpochVerdict::keep_going; }
   // The bound of a certified method's per-epoch verified validation: the one it trains with.

@@ -36,12 +36,30 @@ void StepLog::begin_batch(int64_t batch) {
 }
 
 void StepLog::record(const Tensor& mean_loss, const Tensor& correct, int64_t count) {
+  if (capturing_) {
+    captured_.push_back({mean_loss.detach(), correct.detach(), count});
+    return;
+  }
   if (batches_.empty()) throw std::logic_error("StepLog::record before begin_batch");
   const Device device = mean_loss.device();
   loss_.append(device).copy_(mean_loss.detach().reshape({1}));
   correct_.append(device).copy_(correct.detach().reshape({1}));
   step_counts_.push_back(count);
   samples_ += count;
+}
+
+void StepLog::begin_capture() {
+  capturing_ = true;
+  captured_.clear();
+}
+
+std::vector<StepLog::Captured> StepLog::end_capture() {
+  capturing_ = false;
+  return std::move(captured_);
+}
+
+void StepLog::record_captured(const std::vector<Captured>& steps) {
+  for (const Captured& c : steps) record(c.mean_loss, c.correct, c.count);
 }
 
 std::vector<BatchResult> StepLog::read_new_batches() {

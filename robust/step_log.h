@@ -66,6 +66,18 @@ class StepLog {
   int64_t samples() const { return samples_; }  // samples of every recorded step: known without a read
   void clear();                                  // a new epoch
 
+  // A step captured into a CUDA graph (runtime::CudaGraph) runs nothing at capture, and each
+  // replay rewrites the same tensors; so while capturing, record() keeps the step's tensors
+  // (what the graph writes) instead of copying them, and after every replay
+  // record_captured() records them as the step's own.
+  struct Captured {
+    Tensor mean_loss, correct;
+    int64_t count = 0;
+  };
+  void begin_capture();
+  std::vector<Captured> end_capture();
+  void record_captured(const std::vector<Captured>& steps);
+
  private:
   struct Batch {
     int64_t index = 0, first_step = 0;
@@ -75,6 +87,8 @@ class StepLog {
   std::vector<Batch> batches_;
   size_t batches_read_ = 0;
   int64_t samples_ = 0;
+  bool capturing_ = false;
+  std::vector<Captured> captured_;
 };
 
 }  // namespace bulwark::robust

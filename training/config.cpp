@@ -174,6 +174,13 @@ std::vector<TrainOption> make_train_options() {
                    "steps stay f32; the certified methods need fp32")
           .one_of(runtime::math_precision_names()),
       [](auto& c) -> auto& { return c.precision; });
+  add("",
+      Option::make("cuda_graphs", "--cuda-graphs", T::text,
+                   "CUDA: capture the training step as a CUDA Graph and replay it for every full batch (one launch "
+                   "instead of hundreds); auto: on a GPU, with a method that allows it (standard, pgd, fgsm-rs) and "
+                   "no --profile; on also under the emulator")
+          .one_of({"auto", "on", "off"}),
+      [](auto& c) -> auto& { return c.cuda_graphs; });
   add("", Option::make("seed", "--seed", T::integer, "Seed of the initial weights, shuffling, augmentation and the method").at_least(0),
       [](auto& c) -> auto& { return c.seed; });
   add("", Option::make("threads", "--threads", T::integer, "CPU threads (0 = all cores)").at_least(0),

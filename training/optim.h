@@ -50,6 +50,9 @@ class Optimizer : public robust::ParameterUpdate {
   // together (torch.nn.utils.clip_grad_norm_), on their device: no host wait. 0 = off.
   void set_grad_clip(double max_norm);
   int64_t steps() const { return steps_; }
+  // The step count, for a caller that ran steps elsewhere (a replayed CUDA graph's step) or
+  // undoes one that only recorded (its capture).
+  void set_steps(int64_t steps) { steps_ = steps; }
 
   // State as named tensors (the names above; values are copies) and back. load_state
   // requires every name with the right shape and ignores names that are not "optimizer.*".

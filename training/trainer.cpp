@@ -139,6 +139,23 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
   probe_x_ = images_tensor(data_.train, 0, n).to(device_);
   probe_y_ = labels_tensor(data_.train, 0, n).to(device_);
   method_->check(*model_, probe_x_, probe_y_, cfg_.batch_size);
+  const bool profiling = options_.profile || !options_.trace.empty();
+  if (cfg_.cuda_graphs == "on") {
+    if (device_ != Device::cuda)
+      throw std::invalid_argument("--cuda-graphs on needs --device cuda (CUDA graphs replay GPU work)");
+    if (!method_->capturable())
+      throw std::invalid_argument(fmt::format(
+          "--cuda-graphs on: the {} step cannot be replayed as a CUDA graph (it adapts on the host between batches or "
+          "steps the optimizer more than once); graphs serve standard, pgd and fgsm-rs: use --cuda-graphs off",
+          method_->name()));
+    if (profiling)
+      throw std::invalid_argument("--cuda-graphs on with --profile or --trace: a replayed graph has no ops to time; "
+                                  "profile with --cuda-graphs off");
+    use_graphs_ = true;
+  } else {
+    use_graphs_ = cfg_.cuda_graphs == "auto" && device_ == Device::cuda && !runtime::cuda_emulated() &&
+                  method_->capturable() && !profiling;
+  }
 }
 
 std::string Trainer::path(const std::string& name) const { return (fs::path(cfg_.out) / name).string(); }
@@ -206,6 +223,51 @@ void Trainer::add_logged_batches(EpochTotals& totals, int64_t epoch, int64_t bat
   }
 }
 
+// With --cuda-graphs a full batch after the ramp is trained by replaying one captured step: its
+// inputs are copied into the buffers the graph reads, the generator, the optimizer's step count,
+// the pass counters and the step log advance as the eager step would have advanced them. The
+// first full batch runs eagerly (it creates lazy state and lets --kernels auto time its shapes,
+// which syncs), the second is captured and replayed, every later one replayed. A batch of another
+// shape (the epoch's last) and the ramp's batches (eps changes every batch) run eagerly.
+void Trainer::train_step(robust::StepContext& ctx, const Tensor& x, const Tensor& y) {
+  const bool graphable = use_graphs_ && ctx.eps_scale == 1.0 && x.size(0) == cfg_.batch_size;
+  if (!graphable || !graph_warmed_up_) {
+    method_->train_batch(ctx, x, y);
+    graph_warmed_up_ = graph_warmed_up_ || graphable;
+    return;
+  }
+  if (!graph_.captured()) capture_step(ctx, x, y);
+  graph_x_.copy_(x);
+  graph_y_.copy_(y);
+  graph_.replay(gen_, optimizer_->lr(), optimizer_->steps() + 1);
+  optimizer_->set_steps(optimizer_->steps() + graph_optimizer_steps_);
+  ctx.passes.fwd += graph_passes_.fwd;
+  ctx.passes.bwd += graph_passes_.bwd;
+  step_log_.record_captured(graph_log_);
+}
+
+void Trainer::capture_step(robust::StepContext& ctx, const Tensor& x, const Tensor& y) {
+  graph_x_ = Tensor::empty(x.shape(), x.dtype(), device_);
+  graph_y_ = Tensor::empty(y.shape(), y.dtype(), device_);
+  const robust::PassCounter passes = ctx.passes;
+  const int64_t steps = optimizer_->steps();
+  step_log_.begin_capture();
+  try {
+    graph_.capture(gen_, [&] { method_->train_batch(ctx, graph_x_, graph_y_); });
+  } catch (const std::exception& e) {
+    step_log_.end_capture();
+    throw std::runtime_error(fmt::format("--cuda-graphs: the {} step cannot be captured as a CUDA graph ({}); "
+                                         "train with --cuda-graphs off",
+                                         method_->name(), e.what()));
+  }
+  graph_log_ = step_log_.end_capture();
+  graph_passes_ = {ctx.passes.fwd - passes.fwd, ctx.passes.bwd - passes.bwd};
+  graph_optimizer_steps_ = optimizer_->steps() - steps;
+  ctx.passes = passes;
+  optimizer_->set_steps(steps);
+  progress_.info(fmt::format("--cuda-graphs: captured the {} step ({} nodes a replay)", method_->name(), graph_.nodes()));
+}
+
 EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   const auto t0 = Clock::now();
   const double cpu0 = process_cpu_seconds();
@@ -247,7 +309,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     ctx.eps_scale = cfg_.method.eps_scale(progress);
     {
       const profiler::Step step;
-      method_->train_batch(ctx, x, y);
+      train_step(ctx, x, y);
     }
     ++done;
     if (read_every_batch || progress_.due(done, kDeviceReadSeconds)) {

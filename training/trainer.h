@@ -39,6 +39,7 @@
 
 #include "data/loader.h"
 #include "engine/rng.h"
+#include "engine/runtime.h"
 #include "models/module.h"
 #include "training/checkpoint.h"
 #include "training/config.h"
@@ -123,6 +124,9 @@ class Trainer {
   // arithmetic of reading each batch right away); throws TrainingDiverged, naming the first
   // batch whose loss is NaN or infinite. On CUDA this waits for the device.
   void add_logged_batches(EpochTotals& totals, int64_t epoch, int64_t batches, const std::vector<double>& lr_of_batch);
+  // One batch of the method: eagerly, or (--cuda-graphs) by replaying the step captured once.
+  void train_step(robust::StepContext& ctx, const Tensor& x, const Tensor& y);
+  void capture_step(robust::StepContext& ctx, const Tensor& x, const Tensor& y);
   CheckpointState checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const;
   // On an interrupt after batch `next_batch - 1` of `epoch`: writes interrupted.safetensors with
   // the epoch's sums so far, and throws TrainingInterrupted.
@@ -151,6 +155,15 @@ class Trainer {
   double best_val_acc_ = -1;
   int64_t best_epoch_ = -1;
   std::vector<EpochMetrics> history_;  // every finished epoch of the run, resumes included
+  // --cuda-graphs: the captured step, the input buffers it reads, and what one replay adds to the
+  // host's counters (the capture itself ran nothing).
+  bool use_graphs_ = false;
+  bool graph_warmed_up_ = false;  // a full batch ran eagerly first (lazy state, --kernels auto's timing)
+  runtime::CudaGraph graph_;
+  Tensor graph_x_, graph_y_;
+  std::vector<robust::StepLog::Captured> graph_log_;
+  robust::PassCounter graph_passes_;
+  int64_t graph_optimizer_steps_ = 0;
 };
 
 // A new run: resolves the defaults (printing what was chosen), validates, loads the data,

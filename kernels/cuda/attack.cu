@@ -51,10 +51,11 @@ __global__ void sum_partials_kernel(const double* partials, int count, double* t
 }
 
 __global__ void random_start_kernel(const float* x, float* x_adv, int64_t n, float eps, uint64_t seed,
-                                    uint64_t offset) {
+                                    PhiloxOffset offset) {
   const int64_t blocks = (n + 3) / 4;
+  const uint64_t first = resolve(offset);
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * blockDim.x) {
-    const philox::Block bits = philox::philox4x32_10(offset + static_cast<uint64_t>(b), seed);
+    const philox::Block bits = philox::philox4x32_10(first + static_cast<uint64_t>(b), seed);
     for (int k = 0; k < 4 && 4 * b + k < n; ++k) {
       const float u = philox::to_unit_float(bits.v[k]);
       x_adv[4 * b + k] = attack::random_start(x[4 * b + k], u, eps);
@@ -89,7 +90,7 @@ void pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps
 void random_start(const float* x, float* x_adv, int64_t n, float eps, uint64_t seed, uint64_t offset) {
   if (n > 0)
     BW_LAUNCH_COSTED(elementwise_cost(n, 1, 1, 3), random_start_kernel, blocks_for((n + 3) / 4), kThreads, 0,
-                     current_stream(), x, x_adv, n, eps, seed, offset);
+                     current_stream(), x, x_adv, n, eps, seed, philox_offset(seed, offset));
 }
 
 }  // namespace bulwark::cuda

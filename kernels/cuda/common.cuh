@@ -16,6 +16,9 @@ cudaStream_t current_stream();
 // cudaSuccess (runtime.cu): the one check of a CUDA runtime call's result.
 void check_cuda(cudaError_t err, const char* what);
 
+// The Philox offset a random kernel starts at (cuda_kernels.h: a graph replay moves its base).
+__device__ inline uint64_t resolve(PhiloxOffset p) { return p.base ? *p.base + p.offset : p.offset; }
+
 constexpr int kThreads = 256;  // block size of the 1-D elementwise kernels
 // A grid-stride loop needs no more blocks than fill the GPU a few times over: 132 SMs (H100)
 // x 8 resident 256-thread blocks. Larger n loops inside the kernel.

@@ -7,6 +7,7 @@
 // with kernels/emu/emu.h force-included for the emulated backend that the tests run
 // (docs/emulator.md). Launches go through BW_LAUNCH, never <<<...>>>.
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "kernels/common/elementwise.h"
@@ -41,6 +42,48 @@ uint64_t host_copy_count();  // device-to-host copies so far (each one makes the
 // emulated backend.
 void range_push(const char* name);
 void range_pop();
+
+// ---- CUDA Graphs (runtime.cu) ----
+// Capture of this thread's queued work into a graph, replayed later with one launch. Between
+// begin_capture and end_capture nothing runs: launches and copies are recorded (on a capture
+// stream: current_stream() returns it), allocations come from the graph's private pool (so no
+// eager tensor is ever handed an address a replay writes), and host-to-device copies are staged
+// in pinned memory the graph keeps. Anything that makes the host wait (a copy to the host,
+// synchronize) fails the capture with CUDA's error. A kernel's arguments are frozen at capture,
+// so what must change between replays lives in device memory the host writes before each one:
+// the Philox offset of the draws below, an optimizer's learning rate.
+struct CapturedGraph;
+// Random draws of (philox_seed, offset >= philox_origin) made during the capture are replayed at
+// offset - philox_origin + the base given to replay().
+void begin_capture(uint64_t philox_seed, uint64_t philox_origin);
+std::shared_ptr<CapturedGraph> end_capture();  // throws CUDA's reason when the capture failed
+void abort_capture();                          // after an exception during capture; no-op when not capturing
+bool capturing();                              // this thread
+// What changes from one replay to the next, in device memory the kernels read when they run:
+// the Philox base of the draws, and the optimizer step's learning rate (SGD) or its per-step
+// scalars (Adam, from the hyper-parameters captured, this lr and step count t).
+struct ReplayScalars {
+  unsigned long long philox_base;
+  float lr;
+  optim::AdamStep<float> adam;
+};
+// The device copy of the scalars while this thread captures, else nullptr (launchers then pass
+// their values as arguments, as always).
+const ReplayScalars* captured_scalars();
+// Called by the Adam launcher during a capture: the hyper-parameters every replay's step uses
+// (its lr and t come from replay()). A capture may step an optimizer once.
+void capture_optimizer_step(const optim::AdamHyper* adam);
+// Runs the graph on the stream (the host does not wait): its draws at base `philox_base`, its
+// optimizer step (if any) at learning rate lr, step count t.
+void replay(const CapturedGraph& graph, uint64_t philox_base, double lr, int64_t t);
+size_t graph_nodes(const CapturedGraph& graph);  // what one replay runs (kernels, copies, memsets)
+// The Philox offset a random kernel adds its counters to: `offset` itself, or during a capture a
+// device-resident base plus offset - origin, read by the kernel when it runs.
+struct PhiloxOffset {
+  const unsigned long long* base;
+  uint64_t offset;
+};
+PhiloxOffset philox_offset(uint64_t seed, uint64_t offset);
 
 // Deferred index check: queues a kernel that records the first idx[i] (of `count`, device
 // memory) outside [0, bound). Nothing waits here; the next copy_to_host or synchronize throws

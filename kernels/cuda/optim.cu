@@ -47,15 +47,18 @@ __device__ inline void for_each_chunk_element(const Segment* segments, const Chu
   }
 }
 
+// lr_at / step_at: where a replayed graph keeps this step's values (runtime.cu), else nullptr.
 __global__ void sgd_step_multi_kernel(const SgdSegment* segments, const Chunk* chunks, int64_t num_chunks, float lr,
-                                      float momentum, float weight_decay, bool nesterov) {
+                                      const float* lr_at, float momentum, float weight_decay, bool nesterov) {
+  if (lr_at) lr = *lr_at;
   for_each_chunk_element(segments, chunks, num_chunks, [&](const SgdSegment& s, int64_t i) {
     optim::sgd_update(s.param[i], s.grad[i], s.momentum_buf[i], lr, momentum, weight_decay, nesterov);
   });
 }
 
 __global__ void adam_step_multi_kernel(const AdamSegment* segments, const Chunk* chunks, int64_t num_chunks,
-                                       optim::AdamStep<float> step) {
+                                       optim::AdamStep<float> step, const optim::AdamStep<float>* step_at) {
+  if (step_at) step = *step_at;
   for_each_chunk_element(segments, chunks, num_chunks, [&](const AdamSegment& s, int64_t i) {
     optim::adam_update(s.param[i], s.grad[i], s.exp_avg[i], s.exp_avg_sq[i], step);
   });
@@ -111,17 +114,21 @@ class ChunkTables {
 void sgd_step_multi(const SgdSegment* params, int count, const optim::SgdHyper& h) {
   const ChunkTables<SgdSegment> tables(params, count);
   if (tables.num_chunks == 0) return;
+  const ReplayScalars* replay = captured_scalars();
+  if (replay) capture_optimizer_step(nullptr);
   BW_LAUNCH_COSTED(ChunkTables<SgdSegment>::cost(params, count, 6, 5), sgd_step_multi_kernel, tables.blocks(), kThreads,
                    0, current_stream(), tables.segments, tables.chunks, tables.num_chunks, static_cast<float>(h.lr),
-                   static_cast<float>(h.momentum), static_cast<float>(h.weight_decay), h.nesterov);
+                   replay ? &replay->lr : nullptr, static_cast<float>(h.momentum), static_cast<float>(h.weight_decay), h.nesterov);
 }
 
 void adam_step_multi(const AdamSegment* params, int count, const optim::AdamHyper& h, int64_t t) {
   const ChunkTables<AdamSegment> tables(params, count);
   if (tables.num_chunks == 0) return;
+  const ReplayScalars* replay = captured_scalars();
+  if (replay) capture_optimizer_step(&h);
   BW_LAUNCH_COSTED(ChunkTables<AdamSegment>::cost(params, count, 16, 7), adam_step_multi_kernel, tables.blocks(),
                    kThreads, 0, current_stream(), tables.segments, tables.chunks, tables.num_chunks,
-                   optim::AdamStep<float>(h, t));
+                   optim::AdamStep<float>(h, t), replay ? &replay->adam : nullptr);
 }
 
 }  // namespace bulwark::cuda

@@ -16,10 +16,11 @@ namespace bulwark::cuda {
 
 namespace {
 
-__global__ void uniform_kernel(float* out, int64_t n, double lo, double hi, uint64_t seed, uint64_t offset) {
+__global__ void uniform_kernel(float* out, int64_t n, double lo, double hi, uint64_t seed, PhiloxOffset offset) {
   const int64_t blocks = (n + 3) / 4;
+  const uint64_t first = resolve(offset);
   for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < blocks; b += int64_t(gridDim.x) * blockDim.x) {
-    const philox::Block bits = philox::philox4x32_10(offset + static_cast<uint64_t>(b), seed);
+    const philox::Block bits = philox::philox4x32_10(first + static_cast<uint64_t>(b), seed);
     for (int k = 0; k < 4 && 4 * b + k < n; ++k)
       out[4 * b + k] = static_cast<float>(lo + (hi - lo) * static_cast<double>(philox::to_unit_float(bits.v[k])));
   }
@@ -30,7 +31,7 @@ __global__ void uniform_kernel(float* out, int64_t n, double lo, double hi, uint
 void uniform(float* out, int64_t n, float lo, float hi, uint64_t seed, uint64_t offset) {
   if (n > 0)
     BW_LAUNCH_COSTED(elementwise_cost(n, 0, 1, 2), uniform_kernel, blocks_for((n + 3) / 4), kThreads, 0,
-                     current_stream(), out, n, static_cast<double>(lo), static_cast<double>(hi), seed, offset);
+                     current_stream(), out, n, static_cast<double>(lo), static_cast<double>(hi), seed, philox_offset(seed, offset));
 }
 
 }  // namespace bulwark::cuda

@@ -20,6 +20,8 @@
 // reading them is what raises). Only the first failing check since the last wait is reported,
 // the one whose bad result every later op may have consumed.
 #include <atomic>
+#include <cstring>
+#include <memory>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -46,6 +48,19 @@ size_t size_class(size_t bytes) {
   return c;
 }
 
+// A graph's private pool (PyTorch's graph memory pools): while a stream captures, allocations
+// come from here and blocks freed go back here, never to the shared cache. A replay writes the
+// addresses its capture recorded, so no eager tensor may ever be handed one of them while the
+// graph lives; the blocks the capture's outputs occupy (a loss the host reads later) come back
+// here when those tensors die. When the graph dies the pool's idle blocks join the shared cache,
+// and blocks still in use go there as they are released.
+}  // namespace
+struct Pool {
+  std::map<size_t, std::vector<void*>> free;
+  bool retired = false;
+};
+namespace {
+
 class CachingAllocator {
  public:
   std::atomic<uint64_t> system_allocations{0};  // cudaMalloc calls that succeeded
@@ -53,25 +68,25 @@ class CachingAllocator {
     if (bytes == 0) return nullptr;
     const size_t cls = size_class(bytes);
     std::lock_guard<std::mutex> lock(mu_);
-    auto& list = free_[cls];
+    auto& list = capturing_ ? capturing_->free[cls] : free_[cls];
     if (!list.empty()) {
       void* p = list.back();
       list.pop_back();
-      live_[p] = cls;
+      live_[p] = {cls, capturing_};
       return p;
     }
     void* p = nullptr;
-    cudaError_t err = cudaMalloc(&p, cls);
-    if (err == cudaErrorMemoryAllocation) {
+    cudaError_t err = system_malloc(&p, cls);
+    if (err == cudaErrorMemoryAllocation && !capturing_) {
       (void)cudaGetLastError();  // clear the sticky error, give the cache back, try once more
       release_cached_locked();
-      err = cudaMalloc(&p, cls);
+      err = system_malloc(&p, cls);
     }
     if (err != cudaSuccess)
       throw std::runtime_error("CUDA out of memory: could not allocate " + std::to_string(cls) +
                                " bytes (" + cudaGetErrorString(err) + ")");
     system_allocations.fetch_add(1, std::memory_order_relaxed);
-    live_[p] = cls;
+    live_[p] = {cls, capturing_};
     return p;
   }
 
@@ -80,11 +95,37 @@ class CachingAllocator {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = live_.find(p);
     if (it == live_.end()) throw std::logic_error("cuda::device_free: pointer not from cuda::device_malloc");
-    free_[it->second].push_back(p);
+    const Block& b = it->second;
+    (b.pool && !b.pool->retired ? b.pool->free : free_)[b.cls].push_back(p);
     live_.erase(it);
   }
 
+  // Allocations go to `pool` (nullptr: the shared cache again).
+  void capture_into(std::shared_ptr<Pool> pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    capturing_ = std::move(pool);
+  }
+  void retire(Pool& pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [cls, list] : pool.free) free_[cls].insert(free_[cls].end(), list.begin(), list.end());
+    pool.free.clear();
+    pool.retired = true;
+  }
+
  private:
+  struct Block {
+    size_t cls;
+    std::shared_ptr<Pool> pool;  // null: the shared cache
+  };
+  // cudaMalloc may synchronise, which a capture forbids: PyTorch's allocator relaxes the calling
+  // thread's capture mode around it, and so does this one (the block is new: no queued work uses it).
+  static cudaError_t system_malloc(void** p, size_t bytes) {
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
+    const cudaError_t err = cudaMalloc(p, bytes);
+    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
+    return err;
+  }
   void release_cached_locked() {
     (void)cudaDeviceSynchronize();  // blocks in the cache may still be used by queued kernels
     for (auto& [cls, list] : free_)
@@ -94,7 +135,8 @@ class CachingAllocator {
 
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
-  std::unordered_map<void*, size_t> live_;
+  std::unordered_map<void*, Block> live_;
+  std::shared_ptr<Pool> capturing_;
 };
 
 // Leaked on purpose: tensors freed during static destruction must still find it, and the CUDA
@@ -158,6 +200,18 @@ class DeferredIndexErrors {
       BW_LAUNCH_COSTED((LaunchCost{2.0 * n, 4.0 * n}), check_index_range_kernel, blocks_for(n), kThreads, 0,
                        current_stream(), idx + base, n, bound, next_check_++, what, base, record_);
     }
+    pending_ = true;
+  }
+
+  // The record exists before a capture starts (creating it queues a copy from pageable memory,
+  // which a capture refuses).
+  void ensure_record() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!record_) create_record_locked();
+  }
+  // A replayed graph may have run checks: the next wait looks at the record.
+  void mark_pending() {
+    std::lock_guard<std::mutex> lock(mu_);
     pending_ = true;
   }
 
@@ -253,8 +307,34 @@ bool set_record_only(bool on) {
 
 // The legacy default stream orders every launch after the previous one, which is what the
 // allocator above relies on. (A dedicated non-blocking stream per thread is the next step when
-// copies should overlap compute.)
-cudaStream_t current_stream() { return 0; }
+// copies should overlap compute.) While the thread captures a graph its work goes to the capture
+// stream instead (a capture needs a created stream); replays run on the legacy stream again.
+// A captured graph and what it owns (cuda_kernels.h).
+struct CapturedGraph {
+  cudaGraphExec_t exec = nullptr;
+  size_t nodes = 0;
+  std::shared_ptr<Pool> pool;                 // the private memory pool
+  std::vector<void*> staging;                 // pinned buffers the copy nodes read
+  ReplayScalars* scalars = nullptr;  // device: what replay() writes before each launch
+  int optimizer_steps = 0;           // optimizer steps captured (at most 1)
+  bool adam = false;                 // the step is Adam's, with these hyper-parameters
+  optim::AdamHyper adam_hyper;
+  CapturedGraph() = default;
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+  ~CapturedGraph();
+};
+
+namespace {
+struct CaptureState {
+  cudaStream_t stream = nullptr;
+  std::shared_ptr<CapturedGraph> graph;
+  uint64_t seed = 0, origin = 0;
+};
+thread_local CaptureState* t_capture = nullptr;
+}  // namespace
+
+cudaStream_t current_stream() { return t_capture ? t_capture->stream : 0; }
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
@@ -270,7 +350,21 @@ void device_memory_info(size_t* free_bytes, size_t* total_bytes) {
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()), "copy to device");
+  if (bytes == 0) return;
+  if (t_capture) {
+    // A captured copy reads its host buffer when the graph runs: stage the bytes in pinned memory
+    // that lives as long as the graph (every replay uploads the same values).
+    void* pinned = nullptr;
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
+    const cudaError_t err = cudaMallocHost(&pinned, bytes);
+    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
+    check_cuda(err, "pinned staging of a captured copy");
+    t_capture->graph->staging.push_back(pinned);
+    std::memcpy(pinned, src, bytes);
+    src = pinned;
+  }
+  check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, current_stream()), "copy to device");
 }
 // A copy to pageable host memory returns when the data is there: one of the two places the host
 // waits, so the place where deferred index errors surface.
@@ -298,6 +392,111 @@ uint64_t host_copy_count() { return device_to_host_copies.load(std::memory_order
 
 void check_indices(const int32_t* idx, int64_t count, int64_t bound, const char* op, IndexRole role) {
   if (count > 0) deferred_index_errors().queue_check(idx, count, bound, op, role);
+}
+
+// ---- CUDA Graphs ----------------------------------------------------------------------------------
+
+size_t graph_nodes(const CapturedGraph& graph) { return graph.nodes; }
+
+CapturedGraph::~CapturedGraph() {
+  if (exec) (void)cudaGraphExecDestroy(exec);
+  for (void* p : staging) (void)cudaFreeHost(p);
+  if (scalars) device_free(scalars);
+  if (pool) allocator().retire(*pool);
+}
+
+namespace {
+cudaStream_t capture_stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t created = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&created, cudaStreamDefault), "creation of the capture stream");
+    return created;
+  }();
+  return s;
+}
+}  // namespace
+
+void begin_capture(uint64_t philox_seed, uint64_t philox_origin) {
+  if (t_capture) throw std::logic_error("cuda::begin_capture: this thread is already capturing");
+  deferred_index_errors().ensure_record();
+  auto graph = std::make_shared<CapturedGraph>();
+  graph->scalars = static_cast<ReplayScalars*>(device_malloc(sizeof(ReplayScalars)));
+  graph->pool = std::make_shared<Pool>();
+  const cudaStream_t stream = capture_stream();
+  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+  allocator().capture_into(graph->pool);
+  t_capture = new CaptureState{stream, std::move(graph), philox_seed, philox_origin};
+}
+
+namespace {
+// Ends this thread's capture: the runtime is eager again whatever happened.
+std::shared_ptr<CapturedGraph> finish_capture(cudaGraph_t* graph, cudaError_t* err) {
+  std::unique_ptr<CaptureState> state(t_capture);
+  t_capture = nullptr;
+  allocator().capture_into(nullptr);
+  *err = cudaStreamEndCapture(state->stream, graph);
+  return std::move(state->graph);
+}
+}  // namespace
+
+std::shared_ptr<CapturedGraph> end_capture() {
+  if (!t_capture) throw std::logic_error("cuda::end_capture: this thread is not capturing");
+  cudaGraph_t graph = nullptr;
+  cudaError_t err = cudaSuccess;
+  std::shared_ptr<CapturedGraph> g = finish_capture(&graph, &err);
+  check_cuda(err, "capture of a CUDA graph");
+  size_t nodes = 0;
+  err = cudaGraphGetNodes(graph, nullptr, &nodes);
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&g->exec, graph, 0);
+  (void)cudaGraphDestroy(graph);  // the executable graph keeps what it needs
+  check_cuda(err, "instantiation of a CUDA graph");
+  g->nodes = nodes;
+  return g;
+}
+
+void abort_capture() {
+  if (!t_capture) return;
+  cudaGraph_t graph = nullptr;
+  cudaError_t err = cudaSuccess;
+  finish_capture(&graph, &err);
+  if (graph) (void)cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+}
+
+bool capturing() { return t_capture != nullptr; }
+
+const ReplayScalars* captured_scalars() { return t_capture ? t_capture->graph->scalars : nullptr; }
+
+void capture_optimizer_step(const optim::AdamHyper* adam) {
+  CapturedGraph& g = *t_capture->graph;
+  if (++g.optimizer_steps > 1)
+    throw std::runtime_error("a CUDA graph can capture one optimizer step: its learning rate and step count are "
+                             "set per replay, not per step inside it");
+  g.adam = adam != nullptr;
+  if (adam) g.adam_hyper = *adam;
+}
+
+void replay(const CapturedGraph& graph, uint64_t philox_base, double lr, int64_t t) {
+  if (t_capture) throw std::logic_error("cuda::replay: a graph cannot be replayed while capturing");
+  optim::AdamHyper h = graph.adam_hyper;
+  h.lr = lr;
+  // The values the eager launchers would have passed as arguments, rounded the same way.
+  const ReplayScalars scalars{philox_base, static_cast<float>(lr),
+                              graph.adam ? optim::AdamStep<float>(h, t) : optim::AdamStep<float>(h, 1)};
+  copy_to_device(graph.scalars, &scalars, sizeof scalars);
+  check_cuda(cudaGraphLaunch(graph.exec, current_stream()), "cudaGraphLaunch");
+  deferred_index_errors().mark_pending();
+}
+
+PhiloxOffset philox_offset(uint64_t seed, uint64_t offset) {
+  if (!t_capture) return {nullptr, offset};
+  if (seed != t_capture->seed || offset < t_capture->origin)
+    throw std::runtime_error(
+        "a random draw (seed " + std::to_string(seed) + ", offset " + std::to_string(offset) +
+        ") from outside the captured generator's stream cannot be replayed by a CUDA graph: only draws from the "
+        "generator given to the capture (seed " + std::to_string(t_capture->seed) + ", from offset " +
+        std::to_string(t_capture->origin) + ") advance between replays");
+  return {&t_capture->graph->scalars->philox_base, offset - t_capture->origin};
 }
 
 }  // namespace bulwark::cuda

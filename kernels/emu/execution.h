@@ -116,8 +116,13 @@ struct KernelLaunch {
   LaunchCost cost;               // as stated at the launch site (launch_cost.h)
   void (*invoke)(void* params);  // calls the kernel with a fresh copy of the arguments
   void* params;
+  void* (*clone_params)(const void* params);  // a heap copy of params (stream capture keeps one)
+  void (*destroy_params)(void* params);
 };
+// Runs a launch to completion, or records it into the capture of its stream (graph.cpp).
 void run_grid(const KernelLaunch& launch);
+// Runs a kernel node of a graph being launched: as run_grid, without telling the LaunchObserver.
+void run_graph_kernel(const KernelLaunch& launch);
 
 // Raised at launch time for a pointer argument that a GPU could not dereference.
 void check_pointer_argument(const char* kernel, int index, const void* p);

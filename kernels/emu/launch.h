@@ -71,7 +71,9 @@ void launch(const char* name, const LaunchCost& cost, void (*kernel)(P...), dim3
                                      auto* bp = static_cast<Bound*>(b);
                                      std::apply(bp->kernel, bp->params);
                                    },
-                                   &bound};
+                                   &bound,
+                                   [](const void* b) -> void* { return new Bound(*static_cast<const Bound*>(b)); },
+                                   [](void* b) { delete static_cast<Bound*>(b); }};
   emu::detail::run_grid(launch);
 }
 

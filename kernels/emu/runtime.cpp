@@ -250,6 +250,18 @@ bool is_device_accessible(const void* p) {
 
 bool is_valid_stream(cudaStream_t stream) { return valid_stream(stream); }
 
+bool is_pinned_host(const void* p) {
+  std::lock_guard<std::mutex> lock(rt().mutex);
+  const auto* a = find_allocation(p);
+  return a && a->second.kind == Kind::pinned_host;
+}
+
+cudaError_t record_error(cudaError_t code, const std::string& detail) { return record(code, detail); }
+cudaError_t copy_now(void* dst, const void* src, size_t count, cudaMemcpyKind kind, const char* api) {
+  return copy(dst, src, count, kind, api);
+}
+cudaError_t set_now(void* ptr, int value, size_t count, const char* api) { return set(ptr, value, count, api); }
+
 size_t max_dynamic_shared(const void* func) {
   std::lock_guard<std::mutex> lock(rt().mutex);
   auto it = rt().max_dynamic_shared.find(func);
@@ -273,6 +285,7 @@ cudaError_t memcpy_symbol(void* symbol, size_t symbol_bytes, void* host, size_t 
 }  // namespace bulwark::emu
 
 using namespace bulwark::emu;
+using namespace bulwark::emu::detail;
 
 cudaError_t cudaGetLastError() {
   const cudaError_t e = t_last_error;
@@ -303,6 +316,12 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorAssert: return "device-side assert triggered";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorCapturedEvent: return "operation not permitted on an event last recorded in a capturing stream";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
     case cudaErrorUnknown: return "unknown error";
   }
   return "unrecognized error code";
@@ -328,6 +347,12 @@ const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorAssert: return "cudaErrorAssert";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorCapturedEvent: return "cudaErrorCapturedEvent";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
     case cudaErrorUnknown: return "cudaErrorUnknown";
   }
   return "cudaErrorUnrecognized";
@@ -423,7 +448,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return capture_check_unsafe("cudaDeviceSynchronize", nullptr, false); }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   if (!free_bytes || !total_bytes) return record(cudaErrorInvalidValue, "cudaMemGetInfo with a null pointer");
@@ -432,30 +457,57 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMalloc(void** ptr, size_t size) { return allocate(ptr, size, Kind::device, "cudaMalloc"); }
-cudaError_t cudaFree(void* ptr) { return release(ptr, Kind::device, "cudaFree"); }
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  if (const cudaError_t e = capture_check_unsafe("cudaMalloc", nullptr, false); e != cudaSuccess) return e;
+  return allocate(ptr, size, Kind::device, "cudaMalloc");
+}
+cudaError_t cudaFree(void* ptr) {
+  if (const cudaError_t e = capture_check_unsafe("cudaFree", nullptr, false); e != cudaSuccess) return e;
+  return release(ptr, Kind::device, "cudaFree");
+}
 cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaMallocAsync"); e != cudaSuccess) return e;
+  if (stream_is_capturing(stream))
+    return record(cudaErrorStreamCaptureUnsupported, "cudaMallocAsync during capture: allocation nodes are not emulated");
   return allocate(ptr, size, Kind::device, "cudaMallocAsync");
 }
 cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaFreeAsync"); e != cudaSuccess) return e;
+  if (stream_is_capturing(stream))
+    return record(cudaErrorStreamCaptureUnsupported, "cudaFreeAsync during capture: free nodes are not emulated");
   return release(ptr, Kind::device, "cudaFreeAsync");
 }
-cudaError_t cudaMallocHost(void** ptr, size_t size) { return allocate(ptr, size, Kind::pinned_host, "cudaMallocHost"); }
-cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) { return allocate(ptr, size, Kind::pinned_host, "cudaHostAlloc"); }
-cudaError_t cudaFreeHost(void* ptr) { return release(ptr, Kind::pinned_host, "cudaFreeHost"); }
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  if (const cudaError_t e = capture_check_unsafe("cudaMallocHost", nullptr, false); e != cudaSuccess) return e;
+  return allocate(ptr, size, Kind::pinned_host, "cudaMallocHost");
+}
+cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
+  if (const cudaError_t e = capture_check_unsafe("cudaHostAlloc", nullptr, false); e != cudaSuccess) return e;
+  return allocate(ptr, size, Kind::pinned_host, "cudaHostAlloc");
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  if (const cudaError_t e = capture_check_unsafe("cudaFreeHost", nullptr, false); e != cudaSuccess) return e;
+  return release(ptr, Kind::pinned_host, "cudaFreeHost");
+}
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  if (const cudaError_t e = capture_check_unsafe("cudaMemcpy", nullptr, true); e != cudaSuccess) return e;
   return copy(dst, src, count, kind, "cudaMemcpy");
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaMemcpyAsync"); e != cudaSuccess) return e;
+  bool captured = false;
+  if (const cudaError_t e = capture_copy(dst, src, count, kind, stream, &captured); e != cudaSuccess || captured) return e;
   return copy(dst, src, count, kind, "cudaMemcpyAsync");
 }
-cudaError_t cudaMemset(void* ptr, int value, size_t count) { return set(ptr, value, count, "cudaMemset"); }
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  if (const cudaError_t e = capture_check_unsafe("cudaMemset", nullptr, true); e != cudaSuccess) return e;
+  return set(ptr, value, count, "cudaMemset");
+}
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaMemsetAsync"); e != cudaSuccess) return e;
+  bool captured = false;
+  if (const cudaError_t e = capture_set(ptr, value, count, stream, &captured); e != cudaSuccess || captured) return e;
   return set(ptr, value, count, "cudaMemsetAsync");
 }
 
@@ -492,8 +544,14 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) 
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) { return destroy_handle(stream, rt().streams, "cudaStreamDestroy"); }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) { return check_stream(stream, "cudaStreamSynchronize"); }
-cudaError_t cudaStreamQuery(cudaStream_t stream) { return check_stream(stream, "cudaStreamQuery"); }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (const cudaError_t e = check_stream(stream, "cudaStreamSynchronize"); e != cudaSuccess) return e;
+  return capture_check_unsafe("cudaStreamSynchronize", stream, true);
+}
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  if (const cudaError_t e = check_stream(stream, "cudaStreamQuery"); e != cudaSuccess) return e;
+  return capture_check_unsafe("cudaStreamQuery", stream, true);
+}
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   if (const cudaError_t e = check_stream(stream, "cudaStreamWaitEvent"); e != cudaSuccess) return e;
@@ -512,6 +570,8 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) { return destroy_handle(event, r
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaEventRecord"); e != cudaSuccess) return e;
   if (!valid_event(event)) return record(cudaErrorInvalidResourceHandle, "cudaEventRecord: not a live event");
+  if (stream_is_capturing(stream) || capture_forbids_legacy(stream))
+    return record(cudaErrorStreamCaptureUnsupported, "cudaEventRecord during capture: event nodes are not emulated");
   event->recorded = true;
   event->time = std::chrono::steady_clock::now();
   return cudaSuccess;
@@ -519,7 +579,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (!valid_event(event)) return record(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: not a live event");
-  return cudaSuccess;
+  return capture_check_unsafe("cudaEventSynchronize", nullptr, false);
 }
 
 cudaError_t cudaEventQuery(cudaEvent_t event) {

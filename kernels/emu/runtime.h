@@ -33,12 +33,18 @@ enum cudaError {
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
   cudaErrorInvalidResourceHandle = 400,
+  cudaErrorIllegalState = 401,
   cudaErrorNotReady = 600,
   cudaErrorIllegalAddress = 700,
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorAssert = 710,
   cudaErrorLaunchFailure = 719,
   cudaErrorNotSupported = 801,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureImplicit = 906,
+  cudaErrorCapturedEvent = 907,
+  cudaErrorStreamCaptureWrongThread = 908,
   cudaErrorUnknown = 999,
 };
 typedef enum cudaError cudaError_t;
@@ -85,9 +91,26 @@ enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold = 0x4 };
 struct CUstream_st;
 struct CUevent_st;
 struct CUmemPoolHandle_st;
+struct CUgraph_st;
+struct CUgraphExec_st;
+struct CUgraphNode_st;
 typedef struct CUstream_st* cudaStream_t;
 typedef struct CUevent_st* cudaEvent_t;
 typedef struct CUmemPoolHandle_st* cudaMemPool_t;
+typedef struct CUgraph_st* cudaGraph_t;
+typedef struct CUgraphExec_st* cudaGraphExec_t;
+typedef struct CUgraphNode_st* cudaGraphNode_t;
+
+enum cudaStreamCaptureStatus {
+  cudaStreamCaptureStatusNone = 0,
+  cudaStreamCaptureStatusActive = 1,
+  cudaStreamCaptureStatusInvalidated = 2,
+};
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2,
+};
 
 #define cudaStreamDefault 0x00
 #define cudaStreamNonBlocking 0x01
@@ -252,6 +275,33 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 // Kernels.
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value);
 
+// Stream capture and graphs (graph.cpp). What a stream captures between Begin and EndCapture is
+// recorded, not run: kernel launches, cudaMemcpyAsync (device to device, or to and from pinned
+// host memory, read or written when the graph runs) and cudaMemsetAsync become the graph's
+// nodes, in order (one stream: a chain). As on a GPU:
+//   - capture needs a created stream (not the legacy default stream);
+//   - anything that would make the host wait for the capturing stream (cudaStreamSynchronize,
+//     cudaStreamQuery, cudaDeviceSynchronize, a synchronous cudaMemcpy or cudaMemset, a copy
+//     to or from pageable host memory) fails with cudaErrorStreamCaptureUnsupported, and work
+//     queued on the legacy stream with cudaErrorStreamCaptureImplicit; either invalidates the
+//     capture, so cudaStreamEndCapture then fails with cudaErrorStreamCaptureInvalidated;
+//   - in cudaStreamCaptureModeGlobal and ThreadLocal, cudaMalloc and cudaFree on the capturing
+//     thread fail with cudaErrorStreamCaptureUnsupported (cudaThreadExchangeStreamCaptureMode
+//     to Relaxed allows them, as PyTorch's allocator does);
+//   - cudaGraphLaunch runs the instantiated nodes in order on the stream; each kernel node is
+//     validated and counted in the launch registry as it runs.
+// Not emulated: event record and wait nodes, host nodes, memory allocation nodes, child graphs,
+// capture across several streams; they fail with cudaErrorStreamCaptureUnsupported.
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
+cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode);
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* num_nodes);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+
 // The typed overloads cuda_runtime.h adds on top of the C API.
 template <class T>
 inline cudaError_t cudaMalloc(T** ptr, size_t size) {
@@ -314,6 +364,8 @@ bool is_device_accessible(const void* p);
 bool is_valid_stream(cudaStream_t stream);
 // The opt-in dynamic shared memory of a kernel set by cudaFuncSetAttribute, or 0 if none.
 size_t max_dynamic_shared(const void* func);
+// Whether p lies in pinned host memory (cudaMallocHost / cudaHostAlloc).
+bool is_pinned_host(const void* p);
 }  // namespace detail
 
 }  // namespace bulwark::emu

@@ -193,7 +193,9 @@ class Engine {
     for (auto& t : threads_) detail::free_stack(t->stack);
   }
 
-  void run(const detail::KernelLaunch& k);
+  // notify: tell the thread's LaunchObserver (a launch site does; a graph node replayed does not,
+  // as no host code launches it on a GPU either).
+  void run(const detail::KernelLaunch& k, bool notify = true);
   int block_barrier(detail::BarrierOp op, int predicate, detail::Site site);
   uint64_t warp_collective(detail::WarpOp op, unsigned mask, uint64_t value, int arg, int width, bool is_signed,
                            detail::Site site);
@@ -333,7 +335,7 @@ uint64_t Engine::block_at(uint64_t i, uint64_t total) const {
   return i;
 }
 
-void Engine::run(const detail::KernelLaunch& k) {
+void Engine::run(const detail::KernelLaunch& k, bool notify) {
   if (detail::current.in_kernel)
     detail::fail(Fault::launch_config, "kernel '" + normalize_launch_name(k.name) + "' launched from inside kernel '" +
                                            normalize_launch_name(launch_->name) +
@@ -342,7 +344,7 @@ void Engine::run(const detail::KernelLaunch& k) {
   const Config& cfg = config();
   const uint64_t total = 1ull * k.grid.x * k.grid.y * k.grid.z;
   const unsigned n = k.block.x * k.block.y * k.block.z;
-  notify_launch(k.name, total, n, k.cost);
+  if (notify) notify_launch(k.name, total, n, k.cost);
   const auto count = [&] {
     std::lock_guard<std::mutex> lock(g_registry_mutex);
     LaunchRecord& r = registry()[normalize_launch_name(k.name)];
@@ -764,7 +766,20 @@ void reset_stats() {
 
 namespace detail {
 
-void run_grid(const KernelLaunch& launch) { engine().run(launch); }
+void run_grid(const KernelLaunch& launch) {
+  if (stream_is_capturing(launch.stream) || capture_forbids_legacy(launch.stream)) {
+    if (current.in_kernel)
+      fail(Fault::launch_config, "kernel '" + normalize_launch_name(launch.name) + "' launched from inside a kernel");
+    validate(launch);
+    notify_launch(launch.name, 1ull * launch.grid.x * launch.grid.y * launch.grid.z,
+                  launch.block.x * launch.block.y * launch.block.z, launch.cost);
+    capture_kernel(launch);  // recorded (or the capture invalidated and an Error thrown)
+    return;
+  }
+  engine().run(launch);
+}
+
+void run_graph_kernel(const KernelLaunch& launch) { engine().run(launch, false); }
 
 int block_barrier(BarrierOp op, int predicate, Site site) { return engine().block_barrier(op, predicate, site); }
 

@@ -25,6 +25,7 @@ class FastAtTraining final : public Method {
   FastAtTraining(double eps, double alpha, bool guard, double guard_drop, int guard_steps)
       : eps_(eps), alpha_(alpha), guard_on_(guard), guard_steps_(guard_steps), guard_(guard_drop) {}
   std::string name() const override { return "fgsm-rs"; }
+  bool capturable() const override { return true; }
 
   void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override {
     const double s = ctx.eps_scale;

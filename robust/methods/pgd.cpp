@@ -28,6 +28,7 @@ class PgdTraining final : public Method {
   PgdTraining(double eps, double alpha, int steps, bool interval)
       : eps_(eps), alpha_(alpha), steps_(steps), interval_(interval) {}
   std::string name() const override { return "pgd"; }
+  bool capturable() const override { return !interval_; }  // the interval attack is not tested under capture
 
   void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override {
     const double s = ctx.eps_scale;

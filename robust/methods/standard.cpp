@@ -10,6 +10,7 @@ namespace {
 class StandardTraining final : public Method {
  public:
   std::string name() const override { return "standard"; }
+  bool capturable() const override { return true; }
   void train_batch(StepContext& ctx, const Tensor& x, const Tensor& y) override { train_on(ctx, x, y, false); }
 };
 
