@@ -128,8 +128,8 @@ int gpu_model_main(int argc, char** argv) {
     fmt::print("  launch overhead {:g} us eager, {:g} us per node of a CUDA Graph; \"launch-bound\": the overhead's "
                "share of the eager H100 time\n\n",
                kEagerLaunchSeconds * 1e6, kGraphNodeSeconds * 1e6);
-    fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}{}\n", "model", "method", "fwd",
-               "bwd", "launches", "GFLOP", "GB", "H100 ms", "graph ms", "A100 ms", "graph ms", "launch",
+    fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>6} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}{}\n", "model", "method",
+               "fwd", "bwd", "launches", "nodes", "GFLOP", "GB", "H100 ms", "graph ms", "A100 ms", "graph ms", "launch",
                timed > 0 ? fmt::format(" {:>11} {:>10} {:>9}", "measured ms", "min ms", "measured/H100") : "");
   }
   for (const std::string& model_name : models) {
@@ -159,17 +159,18 @@ int gpu_model_main(int argc, char** argv) {
       const double launch_share = static_cast<double>(n) * kEagerLaunchSeconds / std::max(h_eager, 1e-30);
       if (json) {
         fmt::print("{{\"model\": \"{}\", \"method\": \"{}\", \"batch\": {}, \"fwd_passes\": {}, \"bwd_passes\": {}, "
-                   "\"launches\": {}, \"gflop\": {:.4f}, \"gbytes\": {:.4f}, \"h100_ms\": {:.4f}, "
+                   "\"launches\": {}, \"graph_nodes\": {}, \"gflop\": {:.4f}, \"gbytes\": {:.4f}, \"h100_ms\": {:.4f}, "
                    "\"h100_graph_ms\": {:.4f}, \"a100_ms\": {:.4f}, \"a100_graph_ms\": {:.4f}, "
                    "\"launch_share\": {:.4f}, \"record_only\": {}, \"kernel_source\": \"{}\", \"precision\": \"{}\"{}}}\n",
-                   model_name, spec, batch, r.passes.fwd, r.passes.bwd, n, flops / 1e9, bytes / 1e9, h_eager * 1e3,
+                   model_name, spec, batch, r.passes.fwd, r.passes.bwd, n, r.graph_nodes, flops / 1e9, bytes / 1e9, h_eager * 1e3,
                    h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, launch_share, record_only, source, precision,
                    timed > 0 ? fmt::format(", \"measured_ms\": {:.4f}, \"measured_min_ms\": {:.4f}, \"timed_steps\": {}",
                                            measured * 1e3, fastest * 1e3, timed)
                              : "");
       } else {
-        fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>9.2f} {:>8.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.0f}%{}\n",
-                   model_name, spec, r.passes.fwd, r.passes.bwd, n, flops / 1e9, bytes / 1e9, h_eager * 1e3,
+        fmt::print("{:<16} {:<14} {:>4} {:>4} {:>8} {:>6} {:>9.2f} {:>8.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.0f}%{}\n",
+                   model_name, spec, r.passes.fwd, r.passes.bwd, n,
+                   r.graph_nodes >= 0 ? std::to_string(r.graph_nodes) : std::string("-"), flops / 1e9, bytes / 1e9, h_eager * 1e3,
                    h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, 100 * launch_share,
                    timed > 0 ? fmt::format(" {:>11.3f} {:>10.3f} {:>12.2f}x", measured * 1e3, fastest * 1e3,
                                            measured / std::max(h_eager, 1e-30))

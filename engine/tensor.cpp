@@ -462,4 +462,16 @@ Tensor& Tensor::fill_(double value) {
   return *this;
 }
 
+Tensor& Tensor::add_i32_(int32_t value) {
+  if (dtype() != DType::i32 || !is_contiguous())
+    throw std::invalid_argument("add_i32_: needs a contiguous i32 tensor, got " + str());
+  if (device() == Device::cuda) {
+    cuda::add_i32(data<int32_t>(), numel(), value);
+    return *this;
+  }
+  int32_t* p = data<int32_t>();
+  for (int64_t i = 0; i < numel(); ++i) p[i] += value;
+  return *this;
+}
+
 }  // namespace bulwark

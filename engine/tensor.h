@@ -123,6 +123,7 @@ class Tensor {
   // --- in-place, outside autograd (optimizers, data loading, attacks' projections) ---------
   Tensor& copy_(const Tensor& src);
   Tensor& fill_(double value);
+  Tensor& add_i32_(int32_t value);  // i32, contiguous: every element += value on its device (a counter)
 
  private:
   std::shared_ptr<TensorImpl> impl_;

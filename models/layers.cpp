@@ -137,7 +137,10 @@ Tensor BatchNorm::forward(const Tensor& x) {
                                             input_dims_ == 2 ? fmt::format("[N, {}]", num_features)
                                                              : fmt::format("[N, {}, H, W]", num_features)));
   Tensor out = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
-  if (is_training()) num_batches_tracked.fill_(num_batches_tracked.item() + 1);
+  // Counted on the counter's device: reading it back (item()) made every training forward on
+  // CUDA wait for the GPU once per BatchNorm layer, and a CUDA graph cannot capture a wait.
+  // (One small launch; folding the increment into the statistics kernel is the next step.)
+  if (is_training()) num_batches_tracked.add_i32_(1);
   return out;
 }
 

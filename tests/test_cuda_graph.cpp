@@ -20,6 +20,7 @@
 #include "engine/runtime.h"
 #include "engine/safetensors.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "models/layers.h"
 #include "tests/cuda_test_util.h"
 #include "tests/test_util.h"
 #include "training/checkpoint.h"
@@ -351,4 +352,33 @@ TEST_CASE("--cuda-graphs on refuses what it cannot replay", "[training][cuda-gra
   cpu.device = "cpu";
   fs::create_directories(cpu.out);
   CHECK_THROWS_WITH(Trainer(cpu, load_run_data(cpu), quiet), Contains("--cuda-graphs on needs --device cuda"));
+}
+
+TEST_CASE("BatchNorm counts its training steps on the device: no host wait, so a graph can capture it",
+          "[cuda][cuda-graph]") {
+  using namespace bulwark;
+  // The counter op on both backends, at one element and at an awkward size.
+  for (int64_t n : {int64_t(1), int64_t(1037)}) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = static_cast<int32_t>(i * 7 - 300);
+    const Tensor cpu = Tensor::from_vector(v, {n});
+    Tensor gpu = cpu.to(Device::cuda);
+    Tensor host = cpu.clone();
+    host.add_i32_(-3);
+    gpu.add_i32_(-3);
+    const Tensor back = gpu.to(Device::cpu);
+    CHECK(std::memcmp(back.data<int32_t>(), host.data<int32_t>(), sizeof(int32_t) * static_cast<size_t>(n)) == 0);
+    CHECK(host.data<int32_t>()[0] == v[0] - 3);
+  }
+  CHECK_THROWS_WITH(Tensor::zeros({2}).add_i32_(1), Contains("needs a contiguous i32 tensor"));
+
+  BatchNorm2d bn(3);
+  bn.to(Device::cuda);
+  bn.train();
+  const Tensor x = Tensor::ones({4, 3, 2, 2}).to(Device::cuda);
+  const uint64_t waits = cuda::host_copy_count();
+  (void)bn.forward(x);
+  (void)bn.forward(x);
+  CHECK(cuda::host_copy_count() == waits);  // two training forwards, no read-back
+  CHECK(bn.num_batches_tracked.item() == 2);
 }

@@ -1,6 +1,8 @@
 // The GPU cost model: one recorded training step and its modelled time (see gpu_model.h).
 #include "training/gpu_model.h"
 
+#include "engine/runtime.h"
+
 #include <algorithm>
 #include <chrono>
 #include <stdexcept>
@@ -75,6 +77,12 @@ StepRecord record_training_step(Module& model, robust::MethodConfig cfg, const T
       train_step(step, passes);
     }
     record = {std::move(launches.launches), passes, {}};
+  }
+  if (m->capturable()) {  // the same step captured: what --cuda-graphs replays per batch
+    runtime::CudaGraph graph;
+    robust::PassCounter passes;
+    graph.capture(gen, [&] { train_step(warmup + 1, passes); });
+    record.graph_nodes = graph.nodes();
   }
   for (int step = 0; step < timed; ++step) {
     robust::PassCounter passes;

@@ -55,6 +55,9 @@ struct StepRecord {
   std::vector<RecordedLaunch> launches;
   robust::PassCounter passes;        // of the recorded step
   std::vector<double> step_seconds;  // wall time of each timed step (device synchronised around it)
+  // Nodes a CUDA Graph of the step replays (kernels, copies, memsets; runtime::CudaGraph), or -1
+  // for a method a graph cannot capture (robust::Method::capturable).
+  int64_t graph_nodes = -1;
 };
 
 // One train_batch of the method (the options `method` gives, the others at their defaults for

@@ -100,6 +100,7 @@ void strided_copy(const float* src, const Strided& s, float* dst);
 void strided_copy_i32(const int32_t* src, const Strided& s, int32_t* dst);
 void fill(float* dst, int64_t n, float value);
 void fill_i32(int32_t* dst, int64_t n, int32_t value);
+void add_i32(int32_t* dst, int64_t n, int32_t value);  // dst[i] += value, in place
 void convert_i32_to_f32(const int32_t* src, float* dst, int64_t n);
 void convert_f32_to_i32(const float* src, int32_t* dst, int64_t n);
 void unary(ew::Unary op, const float* x, float* y, int64_t n, float p0, float p1);

@@ -87,6 +87,12 @@ void launch_strided_copy(const T* src, const Strided& s, T* dst) {
   if (n) BW_LAUNCH_COSTED(cost, (strided_copy_kernel<T>), blocks_for(n), kThreads, 0, current_stream(), src, s, dst, n);
 }
 
+// In place: a step counter (BatchNorm's num_batches_tracked) moves on the device, not through
+// the host (1 integer add, 4 B read and written per element).
+__global__ void add_i32_kernel(int32_t* dst, int64_t n, int32_t value) {
+  BW_GRID_STRIDE(i, n) dst[i] += value;
+}
+
 template <class T>
 void launch_fill(T* dst, int64_t n, T value) {
   if (n > 0)
@@ -106,6 +112,10 @@ void strided_copy(const float* src, const Strided& s, float* dst) { launch_strid
 void strided_copy_i32(const int32_t* src, const Strided& s, int32_t* dst) { launch_strided_copy(src, s, dst); }
 void fill(float* dst, int64_t n, float value) { launch_fill(dst, n, value); }
 void fill_i32(int32_t* dst, int64_t n, int32_t value) { launch_fill(dst, n, value); }
+void add_i32(int32_t* dst, int64_t n, int32_t value) {
+  if (n > 0)
+    BW_LAUNCH_COSTED((LaunchCost{0, 8.0 * n}), add_i32_kernel, blocks_for(n), kThreads, 0, current_stream(), dst, n, value);
+}
 void convert_i32_to_f32(const int32_t* src, float* dst, int64_t n) { launch_convert(src, dst, n); }
 void convert_f32_to_i32(const float* src, int32_t* dst, int64_t n) { launch_convert(src, dst, n); }
 
