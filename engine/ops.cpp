@@ -561,9 +561,59 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
+// x w^T + b as one node: the bias is added by the GEMM's epilogue (one launch on CUDA instead of
+// the GEMM and a broadcast add), with the same rounding as matmul then add.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  Tensor y = matmul(x, w.t());
-  return b.defined() ? add(y, b) : y;
+  if (!b.defined()) return matmul(x, w.t());
+  require_float(x, "linear");
+  require_float(w, "linear");
+  require_float(b, "linear");
+  require_same_device(x, w, "linear");
+  require_same_device(x, b, "linear");
+  if (x.dim() != 2 || w.dim() != 2 || x.shape()[1] != w.shape()[1] || x.dtype() != w.dtype() ||
+      b.shape() != Shape{w.shape()[0]} || b.dtype() != x.dtype())
+    throw std::invalid_argument(
+        fmt::format("linear: input {}, weight {} and bias {} do not match (want [N,I], [O,I], [O])", x.str(), w.str(), b.str()));
+  const int64_t M = x.shape()[0], K = x.shape()[1], N = w.shape()[0];
+  const GemmOperand A = gemm_operand(x.detach()), B = gemm_operand(w.detach().t());
+  const Tensor bias = b.detach().contiguous();
+  Tensor out = Tensor::empty({M, N}, x.dtype(), x.device());
+  profiler::count_flops(2.0 * double(M) * double(N) * double(K) + double(M) * double(N));
+  BW_KERNEL(x.device(), x.dtype(), "linear", gemm_bias, A.trans, B.trans, M, N, K, A.t.data<T>(), A.ld, B.t.data<T>(),
+            B.ld, bias.data<T>(), out.data<T>(), std::max<int64_t>(N, 1));
+  return record(out, "linear", {x, w, b}, [](const Node& n, const Tensor& g, const Needs& need) {
+    const Tensor &xx = n.inputs[0], &ww = n.inputs[1], &bb = n.inputs[2];
+    // The gradients add(., b) and matmul(x, w.t()) give, in their order: db, dW, dx.
+    Grads r(3);
+    if (need[2]) r[2] = sum_to(g, bb.shape());
+    if (need[1]) r[1] = matmul(g.t(), xx);
+    if (need[0]) r[0] = matmul(g, ww);
+    return r;
+  });
+}
+
+Tensor normalize_channels(const Tensor& x, const Tensor& mean, const Tensor& stddev) {
+  if (x.dim() < 2 || mean.dim() != 1 || stddev.dim() != 1 || mean.size(0) != x.size(1) || stddev.size(0) != x.size(1))
+    throw std::invalid_argument(fmt::format("normalize_channels: input {} with mean {} and stddev {} (want [N, C, ...], "
+                                            "[C], [C])", x.str(), mean.str(), stddev.str()));
+  Shape per_channel(static_cast<size_t>(x.dim()), 1);
+  per_channel[1] = x.size(1);
+  if (mean.requires_grad() || stddev.requires_grad())
+    return (x - mean.reshape(per_channel)) / stddev.reshape(per_channel);
+  require_float(x, "normalize_channels");
+  require_same_device(x, mean, "normalize_channels");
+  require_same_device(x, stddev, "normalize_channels");
+  if (mean.dtype() != x.dtype() || stddev.dtype() != x.dtype())
+    throw std::invalid_argument(fmt::format("normalize_channels: {} input with {} mean and {} stddev", dtype_name(x.dtype()),
+                                            dtype_name(mean.dtype()), dtype_name(stddev.dtype())));
+  const Tensor xc = x.detach().contiguous(), m = mean.contiguous(), sd = stddev.contiguous();
+  const int64_t n = x.size(0), c = x.size(1), inner = c > 0 && n > 0 ? x.numel() / (n * c) : 0;
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  BW_KERNEL(x.device(), x.dtype(), "normalize_channels", normalize_channels, xc.data<T>(), m.data<T>(), sd.data<T>(),
+            out.data<T>(), n, c, inner);
+  return record(out, "normalize_channels", {x}, [per_channel, sd](const Node&, const Tensor& g, const Needs& need) {
+    return Grads{need[0] ? g / sd.reshape(per_channel) : Tensor()};  // div's gradient for its numerator
+  });
 }
 
 // ---- convolution ----------------------------------------------------------------------------------------

@@ -74,6 +74,10 @@ Tensor slice_backward(const Tensor& g, const Shape& shape, int64_t dim, int64_t 
 // ---- linear algebra and convolution -----------------------------------------------------------
 Tensor matmul(const Tensor& a, const Tensor& b);  // [M,K] x [K,N]
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());  // x w^T + b
+// (x - mean[c]) / stddev[c] over dim 1 of x [N, C, ...]: a model's input normalisation, one
+// kernel and one node (the same bits as the broadcast sub and div). Gradient for x only: mean
+// and stddev are constants (buffers); if either requires a gradient the composition runs.
+Tensor normalize_channels(const Tensor& x, const Tensor& mean, const Tensor& stddev);
 
 struct Conv2dParams {
   int64_t stride = 1, padding = 0;

@@ -254,8 +254,7 @@ Tensor Normalize::forward(const Tensor& x) {
   const int64_t c = mean.numel();
   if (x.dim() != 4 || x.size(1) != c)
     throw std::invalid_argument(fmt::format("Normalize: input {} should be images [N, {}, H, W]", x.str(), c));
-  const Shape per_channel{1, c, 1, 1};
-  return (x - mean.reshape(per_channel)) / std.reshape(per_channel);
+  return normalize_channels(x, mean, std);
 }
 
 Interval Normalize::interval_forward(const Interval& in) {

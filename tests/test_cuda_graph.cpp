@@ -286,7 +286,7 @@ bulwark::training::TrainConfig graph_config(const std::string& out, const std::s
 
 }  // namespace
 
-TEST_CASE("--cuda-graphs replays the captured step bit for bit like eager steps (LR, Adam's step, random starts)",
+TEST_CASE("the trainer's --cuda-graphs replays the captured step bit for bit like eager steps (LR, Adam's step, random starts)",
           "[training][cuda][cuda-graph]") {
   using namespace bulwark;
   using namespace bulwark::training;
@@ -340,7 +340,7 @@ TEST_CASE("--cuda-graphs replays the captured step bit for bit like eager steps 
   }
 }
 
-TEST_CASE("--cuda-graphs on refuses what it cannot replay", "[training][cuda-graph]") {
+TEST_CASE("the trainer's --cuda-graphs on refuses what it cannot replay", "[training][cuda-graph]") {
   using namespace bulwark::training;
   bulwark::testing::TempDir dir("graphs-bad");
   TrainConfig c = graph_config(dir / "free", "free", "sgd", "on");

@@ -91,8 +91,8 @@ TEST_CASE("record-only mode makes the launches, with the costs, that running the
 TEST_CASE("a one-layer model's standard step makes the launches counted by hand", "[gpu-model][cuda]") {
   // z = x W^T + b on x [5, 1, 2, 2] (flattened to 4 features), W [3, 4]; loss = mean CE(z, y);
   // then SGD; then the step log's correct count. By hand, in the order the engine issues them:
-  //   forward   flatten is a view (no launch); z = gemm(x, W^T) + the bias broadcast-added
-  //             (gemm_tiles, binary); the labels' deferred range check; the row losses
+  //   forward   flatten is a view (no launch); z = x W^T + b, the bias added in the GEMM's
+  //             epilogue (gemm_tiles); the labels' deferred range check; the row losses
   //             (softmax_xent_rows) and their mean (sum_rows, which applies the 1/n)
   //   backward  the seed gradient 1 (fill); CE's (softmax(z) - one_hot(y)) * g / n in one fused
   //             kernel that reads the mean's one upstream value (softmax_xent_backward_rows);
@@ -108,7 +108,7 @@ TEST_CASE("a one-layer model's standard step makes the launches counted by hand"
   const training::StepRecord r = training::record_training_step(*net, method("standard", {{"eps", 0.1}}), b.x, b.y, true);
   const std::vector<std::string> expected{
       // forward
-      "gemm_tiles", "binary_kernel", "check_index_range_kernel", "softmax_xent_rows_kernel", "sum_rows_kernel",
+      "gemm_tiles", "check_index_range_kernel", "softmax_xent_rows_kernel", "sum_rows_kernel",
       // backward
       "fill_kernel", "softmax_xent_backward_rows_kernel", "sum_columns_kernel", "gemm_tiles",
       // update
@@ -119,10 +119,10 @@ TEST_CASE("a one-layer model's standard step makes the launches counted by hand"
   CHECK(names(r) == expected);
   CHECK(r.passes.fwd == 1);
   CHECK(r.passes.bwd == 1);
-  // The forward GEMM's stated cost: 2 * 5 * 3 * 4 flops; x, W and z moved once.
+  // The forward GEMM's stated cost: 2 * 5 * 3 * 4 flops; x, W, z and the bias moved once.
   REQUIRE(!r.launches.empty());
   CHECK(r.launches[0].cost.flops == 2.0 * 5 * 3 * 4);
-  CHECK(r.launches[0].cost.bytes == 4.0 * (5 * 4 + 4 * 3 + 5 * 3));
+  CHECK(r.launches[0].cost.bytes == 4.0 * (5 * 4 + 4 * 3 + 5 * 3 + 3));
 }
 
 TEST_CASE("the modelled time is a per-launch roofline plus the launch overhead", "[gpu-model]") {

@@ -8,9 +8,12 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
+#include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/rng.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "tests/op_harness.h"
 
@@ -925,6 +928,11 @@ TEST_CASE("ops: matmul and linear", "[ops][cuda]") {
   // Large enough for the threaded row split.
   cases.push_back({.name = "matmul big [256,128]x[128,80]", .inputs = {in({256, 128}), in_t({128, 80})}, .op = op_mm, .ref = mm,
                    .grad = false, .f32 = {1e-4, 1e-5}});
+  // The bias in the tile loop's epilogue, off the tile each way.
+  cases.push_back(at_cuda_size({.name = "linear [67,33] x [45,33]^T + b", .inputs = {in({67, 33}), in({45, 33}), in({45})},
+                                .op = [](const Args& a) { return linear(a[0], a[1], a[2]); },
+                                .ref = [](const Refs& r) { return ref_linear(r[0], r[1], &r[2]); },
+                                .f32 = {1e-3, 1e-4}, .cuda_tol = {1e-3, 1e-4}}));
   for (bool bias : {true, false})
     for (const auto& [x, w] : std::vector<std::pair<Shape, Shape>>{{{3, 4}, {5, 4}}, {{1, 3}, {2, 3}}, {{4, 1}, {1, 1}}}) {
       std::vector<InputSpec> ins = {in(x), in(w)};
@@ -935,6 +943,57 @@ TEST_CASE("ops: matmul and linear", "[ops][cuda]") {
                        .gradgrad = true});
     }
   check_ops(cases);
+}
+
+TEST_CASE("ops: normalize_channels", "[ops][cuda]") {
+  std::vector<OpCase> cases;
+  // mean and stddev are constants (no gradient): the fused kernel's path.
+  const auto constant = [](Shape s, Gen g) { return InputSpec{std::move(s), std::move(g), Layout::contiguous, false}; };
+  for (const Shape& x : std::vector<Shape>{{2, 3, 4, 5}, {1, 1, 28, 28}, {3, 5, 1, 1}, {4, 7}, {0, 3, 2, 2}, {2, 3, 5, 3}}) {
+    const int64_t c = x[1];
+    cases.push_back({.name = with_shapes("normalize_channels", {in(x)}), .inputs = {in(x), constant({c}, uniform(-0.5, 0.5)),
+                                                                                    constant({c}, uniform(0.2, 2.0))},
+                     .op = [](const Args& a) { return normalize_channels(a[0], a[1], a[2]); },
+                     .ref = [](const Refs& r) {
+                       RT y(r[0].shape);
+                       const int64_t n = r[0].size(0), ch = r[0].size(1), inner = n * ch > 0 ? r[0].numel() / (n * ch) : 0;
+                       for (int64_t i = 0; i < r[0].numel(); ++i) {
+                         const auto k = static_cast<size_t>(inner > 0 ? i / inner % ch : 0);
+                         y.v[static_cast<size_t>(i)] = (r[0].v[static_cast<size_t>(i)] - r[1].v[k]) / r[2].v[k];
+                       }
+                       return y;
+                     },
+                     .gradgrad = true});
+  }
+  cases.push_back(at_cuda_size({.name = "normalize_channels [3, 3, 67, 45]", .inputs = {in({3, 3, 67, 45}),
+                                constant({3}, uniform(-0.5, 0.5)), constant({3}, uniform(0.2, 2.0))},
+                                .op = [](const Args& a) { return normalize_channels(a[0], a[1], a[2]); },
+                                .ref = [](const Refs& r) {
+                                  RT y(r[0].shape);
+                                  const int64_t inner = 67 * 45;
+                                  for (int64_t i = 0; i < r[0].numel(); ++i) {
+                                    const auto k = static_cast<size_t>(i / inner % 3);
+                                    y.v[static_cast<size_t>(i)] = (r[0].v[static_cast<size_t>(i)] - r[1].v[k]) / r[2].v[k];
+                                  }
+                                  return y;
+                                }}));
+  check_ops(cases);
+}
+
+TEST_CASE("normalize_channels is bitwise the broadcast subtract and divide, and falls back when mean needs a gradient",
+          "[ops]") {
+  Generator g(5);
+  const Tensor x = rand_uniform({2, 3, 4, 4}, 0, 1, g);
+  const Tensor m = Tensor::from_vector(std::vector<float>{0.4914f, 0.4822f, 0.4465f}, {3});
+  const Tensor s = Tensor::from_vector(std::vector<float>{0.2471f, 0.2435f, 0.2616f}, {3});
+  const Tensor fused = normalize_channels(x, m, s), composed = (x - m.reshape({1, 3, 1, 1})) / s.reshape({1, 3, 1, 1});
+  CHECK(std::memcmp(fused.data<float>(), composed.data<float>(), sizeof(float) * 96) == 0);
+  Tensor mg = m.clone();
+  mg.set_requires_grad(true);
+  backward(sum(normalize_channels(x, mg, s)));
+  REQUIRE(mg.grad().defined());
+  CHECK(mg.grad().to(Device::cpu).data<float>()[0] == Approx(-32 / 0.2471f));  // 2 x 4 x 4 elements a channel
+  CHECK_THROWS_WITH(normalize_channels(x, Tensor::zeros({2}), s), Catch::Matchers::Contains("normalize_channels: input"));
 }
 
 // ==== convolution ======================================================================================

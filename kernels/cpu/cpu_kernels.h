@@ -29,6 +29,10 @@ MathPrecision math_precision();
 
 template <class T> void strided_copy(const T* src, const Strided& s, T* dst);
 template <class T> void fill(T* dst, int64_t n, T value);
+// y = (x - mean[c]) / stddev[c] over x [n, C, inner] contiguous: per-channel input normalisation,
+// rounded as the subtraction and the division one after the other.
+template <class T> void normalize_channels(const T* x, const T* mean, const T* stddev, T* y, int64_t n, int64_t channels,
+                                           int64_t inner);
 template <class Src, class Dst> void convert(const Src* src, Dst* dst, int64_t n);
 
 template <class T> void unary(ew::Unary op, const T* x, T* y, int64_t n, T p0, T p1);
@@ -49,6 +53,10 @@ template <class T> void scatter_add_middle(const T* src, const int32_t* idx, T* 
 // C[M,N] = alpha * op(A) op(B) + beta * C, row-major, op = transpose when ta/tb.
 template <class T> void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                              const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+// C[M,N] = op(A) op(B) + bias[N] broadcast over the rows: a linear layer's forward, with the
+// bias added to each product as add() would add it (the same rounding).
+template <class T> void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                                  const T* B, int64_t ldb, const T* bias, T* C, int64_t ldc);
 
 // The conv and pool geometry of kernels/common/shapes.h, shared with the CUDA backend.
 using ::bulwark::ConvShape;

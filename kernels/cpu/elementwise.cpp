@@ -157,6 +157,20 @@ void fill(T* dst, int64_t n, T value) {
   for (int64_t i = 0; i < n; ++i) dst[i] = value;
 }
 
+template <class T>
+void normalize_channels(const T* x, const T* mean, const T* stddev, T* y, int64_t n, int64_t channels, int64_t inner) {
+#pragma omp parallel for collapse(2) if (n * channels * inner >= kParallelMin) schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t o = (i * channels + c) * inner;
+      const T m = mean[c], s = stddev[c];
+      for (int64_t j = 0; j < inner; ++j) {
+        const T d = x[o + j] - m;
+        y[o + j] = d / s;
+      }
+    }
+}
+
 template <class Src, class Dst>
 void convert(const Src* src, Dst* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Dst>(src[i]);
@@ -197,6 +211,7 @@ void where(const T* c, const Strided& sc, const T* a, const Strided& sa, const T
 #define BW_INST(T)                                                                              \
   template void strided_copy<T>(const T*, const Strided&, T*);                                  \
   template void fill<T>(T*, int64_t, T);                                                        \
+  template void normalize_channels<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t); \
   template void unary<T>(ew::Unary, const T*, T*, int64_t, T, T);                               \
   template void binary<T>(ew::Binary, const T*, const Strided&, const T*, const Strided&, T*);  \
   template void where<T>(const T*, const Strided&, const T*, const Strided&, const T*, const Strided&, T*);

@@ -101,6 +101,8 @@ void strided_copy_i32(const int32_t* src, const Strided& s, int32_t* dst);
 void fill(float* dst, int64_t n, float value);
 void fill_i32(int32_t* dst, int64_t n, int32_t value);
 void add_i32(int32_t* dst, int64_t n, int32_t value);  // dst[i] += value, in place
+void normalize_channels(const float* x, const float* mean, const float* stddev, float* y, int64_t n, int64_t channels,
+                        int64_t inner);  // y = (x - mean[c]) / stddev[c], one launch (cpu::normalize_channels)
 void convert_i32_to_f32(const int32_t* src, float* dst, int64_t n);
 void convert_f32_to_i32(const float* src, int32_t* dst, int64_t n);
 void unary(ew::Unary op, const float* x, float* y, int64_t n, float p0, float p1);
@@ -122,6 +124,10 @@ void softmax_xent_backward_rows(const float* z, const int32_t* labels, const flo
 // ---- GEMM and convolution (gemm.cu, conv.cu) ---------------------------------------------------------
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc);
+// C = op(A) op(B) + bias[N] on every row (a linear layer): ours adds the bias in the tile loop's
+// epilogue, one launch; the vendor route is cuBLAS and a bias kernel.
+void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+               int64_t ldb, const float* bias, float* C, int64_t ldc);
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y);
 void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw);
