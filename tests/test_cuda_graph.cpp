@@ -142,6 +142,12 @@ TEST_CASE("a capture fails as a GPU's does: host waits, pageable copies, the leg
     }
     end_invalidated();
   }
+  SECTION("an async copy on the legacy stream during a global capture") {
+    DeviceBuffer<float> y(3);  // cudaMalloc: before the capture
+    REQUIRE(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+    CHECK(cudaMemcpyAsync(y.ptr, x.ptr, sizeof(float) * 3, cudaMemcpyDeviceToDevice, 0) == cudaErrorStreamCaptureImplicit);
+    end_invalidated();
+  }
   SECTION("cudaMalloc in global mode, allowed once the thread relaxes") {
     REQUIRE(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal) == cudaSuccess);
     void* p = nullptr;

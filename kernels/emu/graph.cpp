@@ -169,17 +169,22 @@ cudaError_t capture_check_unsafe(const char* api, cudaStream_t stream, bool wait
                             "device, or wait for the host)");
 }
 
+namespace {
+// Async work queued on the legacy stream while a capture is open: every open capture is
+// invalidated (the legacy stream would have to wait for work that is only being recorded).
+cudaError_t legacy_during_capture(const char* api) {
+  std::lock_guard<std::mutex> lock(gs().mutex);
+  const std::string why = std::string(api) + " on the legacy default stream while a stream was capturing";
+  for (auto& [s, c] : gs().captures) invalidate(c, why);
+  return record_error(cudaErrorStreamCaptureImplicit, why);
+}
+}  // namespace
+
 cudaError_t capture_copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream,
                          bool* captured) {
   *captured = false;
   if (g_open.load(std::memory_order_acquire) == 0) return cudaSuccess;
-  if (legacy(stream)) {
-    if (!capture_forbids_legacy(stream)) return cudaSuccess;
-    std::lock_guard<std::mutex> lock(gs().mutex);
-    const std::string why = "cudaMemcpyAsync on the legacy default stream while a stream was capturing";
-    for (auto& [s, c] : gs().captures) invalidate(c, why);
-    return record_error(cudaErrorStreamCaptureImplicit, why);
-  }
+  if (legacy(stream)) return capture_forbids_legacy(stream) ? legacy_during_capture("cudaMemcpyAsync") : cudaSuccess;
   std::lock_guard<std::mutex> lock(gs().mutex);
   auto it = gs().captures.find(stream);
   if (it == gs().captures.end()) return cudaSuccess;
@@ -213,13 +218,7 @@ cudaError_t capture_copy(void* dst, const void* src, size_t count, cudaMemcpyKin
 cudaError_t capture_set(void* ptr, int value, size_t count, cudaStream_t stream, bool* captured) {
   *captured = false;
   if (g_open.load(std::memory_order_acquire) == 0) return cudaSuccess;
-  if (legacy(stream)) {
-    if (!capture_forbids_legacy(stream)) return cudaSuccess;
-    std::lock_guard<std::mutex> lock(gs().mutex);
-    const std::string why = "cudaMemsetAsync on the legacy default stream while a stream was capturing";
-    for (auto& [s, c] : gs().captures) invalidate(c, why);
-    return record_error(cudaErrorStreamCaptureImplicit, why);
-  }
+  if (legacy(stream)) return capture_forbids_legacy(stream) ? legacy_during_capture("cudaMemsetAsync") : cudaSuccess;
   std::lock_guard<std::mutex> lock(gs().mutex);
   auto it = gs().captures.find(stream);
   if (it == gs().captures.end()) return cudaSuccess;
