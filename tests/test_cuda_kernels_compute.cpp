@@ -83,6 +83,22 @@ TEST_CASE("cuda gemm: alpha, beta, leading dimensions wider than the rows, K = 0
   check_gemm(true, true, 5, 6, 0, 1.0f, 0.5f, 2);  // K = 0: C = beta C
 }
 
+TEST_CASE("cuda add_row_bias (gemm_bias's vendor epilogue) adds bias[j] to each row of a block of C", "[cuda]") {
+  // M x N = 37 x 70 inside rows of ldc = 75: the 5 columns past N stay as they were.
+  const int64_t M = 37, N = 70, ldc = 75;
+  const auto c = random_vector(size_t(M * ldc), 8), bias = random_vector(size_t(N), 9);
+  DeviceBuffer<float> dc(c), dbias(bias);
+  const uint64_t before = launches_of("add_row_bias_kernel");
+  cuda::add_row_bias(dc.ptr, ldc, M, N, dbias.ptr);
+  CHECK(launches_of("add_row_bias_kernel") == before + 1);
+  std::vector<float> want = c;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) want[size_t(i * ldc + j)] += bias[size_t(j)];
+  CHECK(dc.host() == want);  // one f32 add each: exact
+  cuda::add_row_bias(dc.ptr, ldc, 0, N, dbias.ptr);  // an empty block launches nothing
+  CHECK(launches_of("add_row_bias_kernel") == before + 1);
+}
+
 TEST_CASE("cuda gemm: same result under every block and thread schedule", "[cuda]") {
   const int64_t M = 67, N = 70, K = 19;
   const auto a = random_vector(size_t(M * K), 4), b = random_vector(size_t(K * N), 5);

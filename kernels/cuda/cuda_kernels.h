@@ -128,6 +128,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 // epilogue, one launch; the vendor route is cuBLAS and a bias kernel.
 void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                int64_t ldb, const float* bias, float* C, int64_t ldc);
+// C[i, j] += bias[j] for the M x N block of C (row stride ldc): gemm_bias's vendor epilogue.
+void add_row_bias(float* C, int64_t ldc, int64_t M, int64_t N, const float* bias);
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y);
 void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw);

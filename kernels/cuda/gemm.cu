@@ -77,6 +77,12 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   });
 }
 
+void add_row_bias(float* C, int64_t ldc, int64_t M, int64_t N, const float* bias) {
+  if (M > 0 && N > 0)
+    BW_LAUNCH_COSTED((LaunchCost{double(M) * double(N), 4.0 * (2.0 * double(M) * double(N) + double(N))}),
+                     add_row_bias_kernel, blocks_for(M * N), kThreads, 0, current_stream(), C, ldc, M, N, bias);
+}
+
 void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                int64_t ldb, const float* bias, float* C, int64_t ldc) {
   const auto key = [&] { return kernel_key("gemm_bias", {ta, tb, M, N, K, lda, ldb, ldc}); };
@@ -84,9 +90,7 @@ void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A
   launch_routed(key, RoutedOutput{C, c_count, false}, [&](KernelSource source, float* c) {
     if (source == KernelSource::vendor) {
       gemm_vendor(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, c, ldc);
-      if (M > 0 && N > 0)
-        BW_LAUNCH_COSTED((LaunchCost{double(M) * double(N), 4.0 * (2.0 * double(M) * double(N) + double(N))}),
-                         add_row_bias_kernel, blocks_for(M * N), kThreads, 0, current_stream(), c, ldc, M, N, bias);
+      add_row_bias(c, ldc, M, N, bias);
       return;
     }
     const tile::MatrixLoader a{A, lda, ta, false}, b{B, ldb, tb, true};
