@@ -61,6 +61,18 @@ struct Pool {
 };
 namespace {
 
+// Runs f with the calling thread's capture mode relaxed: cudaMalloc and cudaMallocHost may
+// synchronise, which a capture forbids, so PyTorch's allocator relaxes the mode around them, and
+// so does this runtime (the memory is new: no queued work uses it).
+template <class F>
+cudaError_t with_relaxed_capture(F f) {
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
+  const cudaError_t err = f();
+  check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
+  return err;
+}
+
 class CachingAllocator {
  public:
   std::atomic<uint64_t> system_allocations{0};  // cudaMalloc calls that succeeded
@@ -117,14 +129,8 @@ class CachingAllocator {
     size_t cls;
     std::shared_ptr<Pool> pool;  // null: the shared cache
   };
-  // cudaMalloc may synchronise, which a capture forbids: PyTorch's allocator relaxes the calling
-  // thread's capture mode around it, and so does this one (the block is new: no queued work uses it).
   static cudaError_t system_malloc(void** p, size_t bytes) {
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
-    const cudaError_t err = cudaMalloc(p, bytes);
-    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
-    return err;
+    return with_relaxed_capture([&] { return cudaMalloc(p, bytes); });
   }
   void release_cached_locked() {
     (void)cudaDeviceSynchronize();  // blocks in the cache may still be used by queued kernels
@@ -355,11 +361,7 @@ void copy_to_device(void* dst, const void* src, size_t bytes) {
     // A captured copy reads its host buffer when the graph runs: stage the bytes in pinned memory
     // that lives as long as the graph (every replay uploads the same values).
     void* pinned = nullptr;
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
-    const cudaError_t err = cudaMallocHost(&pinned, bytes);
-    check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
-    check_cuda(err, "pinned staging of a captured copy");
+    check_cuda(with_relaxed_capture([&] { return cudaMallocHost(&pinned, bytes); }), "pinned staging of a captured copy");
     t_capture->graph->staging.push_back(pinned);
     std::memcpy(pinned, src, bytes);
     src = pinned;
@@ -399,6 +401,8 @@ void check_indices(const int32_t* idx, int64_t count, int64_t bound, const char*
 size_t graph_nodes(const CapturedGraph& graph) { return graph.nodes; }
 
 CapturedGraph::~CapturedGraph() {
+  // A replay may still be queued: its copy nodes read the staging buffers freed below.
+  if (exec) (void)cudaStreamSynchronize(current_stream());
   if (exec) (void)cudaGraphExecDestroy(exec);
   for (void* p : staging) (void)cudaFreeHost(p);
   if (scalars) device_free(scalars);
