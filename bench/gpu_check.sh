@@ -11,7 +11,8 @@
 #    own cases (record-only mode, the emulated kernel source) are listed apart: on a GPU they
 #    fail by design. Each case's log goes to OUT/tests/.
 # 2. `bulwark-bench gpu-model --time 20`: each method's measured step on this GPU beside the
-#    modelled H100 time, for our kernels in FP32 and TF32 and for cuBLAS/cuDNN.
+#    modelled H100 time, for our kernels in FP32 and TF32 and for cuBLAS/cuDNN; then the small
+#    models' attack steps fused (--fused-attack) and layered, which settles `--fused-attack auto`.
 # 3. `bulwark-bench kernels` GPU rows: our GEMM and convolutions beside cuBLAS and cuDNN.
 # 4. The PyTorch peer of the same steps on the same GPU (bench/peer_pytorch.py --device cuda),
 #    when python3 has torch with CUDA.
@@ -79,6 +80,12 @@ if [[ $run_bench == 1 ]]; then
     say "gpu-model --time 20 --kernel-source $1 --precision $2:"
     timeout 240 "$bench" gpu-model --time 20 --kernel-source "$1" --precision "$2" \
       --method standard --method pgd:steps=10 --method fgsm-rs --method ibp --method crown-ibp 2>&1 | tee -a "$summary"
+  done
+  say ""
+  say "gpu-model --time 20, attacks fused (--fused-attack) against layered, wong_small and wong_large:"
+  for fused in "" "--fused-attack"; do
+    timeout 120 "$bench" gpu-model --time 20 $fused --model wong_small --model wong_large \
+      --method pgd:steps=10 --method fgsm-rs 2>&1 | tee -a "$summary"
   done
   say ""
   timeout 180 "$bench" kernels --benchmark_filter='cuda|gpu|ours|vendor|cublas|cudnn' --benchmark_min_time=0.05 \

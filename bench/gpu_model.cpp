@@ -79,7 +79,7 @@ int gpu_model_main(int argc, char** argv) {
   std::vector<std::string> methods{"standard", "pgd:steps=10", "fgsm-rs", "free", "mplus-deat", "ibp", "crown-ibp"};
   int64_t batch = 128;
   int kernels = 0, timed = 0;
-  bool json = false, list = false;
+  bool json = false, list = false, fused = false;
   std::string source = "ours", precision = "fp32";
   app.add_option("--model", models, "zoo models (default: wong_small, cnn7, preact_resnet18)");
   app.add_option("--method", methods,
@@ -89,6 +89,8 @@ int gpu_model_main(int argc, char** argv) {
   app.add_option("--kernels", kernels, "also list the N kernels with the most modelled H100 time per step")
       ->check(CLI::Range(0, 1000));
   app.add_flag("--json", json, "one JSON line per (model, method) instead of the table");
+  app.add_flag("--fused-attack", fused,
+               "run the methods' attacks as one fused kernel where the model allows it (the trainer's --fused-attack on)");
   app.add_flag("--list", list, "also list every launch of the step in order: kernel, grid, FLOPs, bytes");
   app.add_option("--time", timed,
                  "on a GPU: also time N more steps (host clock between device synchronisations) and print their "
@@ -120,8 +122,8 @@ int gpu_model_main(int argc, char** argv) {
   const bool record_only = runtime::cuda_emulated();
   if (!json) {
     fmt::print("gpu-model: one training step at batch {} (epoch 0, halfway through the eps ramp), bulwark's kernels "
-               "(source {}, precision {}; {}), each launch max(FLOPs / FP32 peak, bytes / bandwidth) + overhead\n",
-               batch, source, precision, record_only ? "emulator, record-only: counted, not run" : "run on the GPU and counted");
+               "(source {}, precision {}; {}{}), each launch max(FLOPs / FP32 peak, bytes / bandwidth) + overhead\n",
+               batch, source, precision, fused ? "attacks fused where the model allows; " : "", record_only ? "emulator, record-only: counted, not run" : "run on the GPU and counted");
     for (const training::GpuSpec& g : {kH100, kA100})
       fmt::print("  {}: {:g} TFLOP/s FP32 ({:g} TF32, {:g} BF16 dense tensor-core), {:g} TB/s\n", g.name,
                  g.fp32 / 1e12, g.tf32 / 1e12, g.bf16 / 1e12, g.bandwidth / 1e12);
@@ -139,7 +141,7 @@ int gpu_model_main(int argc, char** argv) {
       if (!cfg.options.has("eps")) cfg.options.set("eps", b.shape.eps);
       std::shared_ptr<Module> model = make_model(model_name, b.model);
       const training::StepRecord r =
-          training::record_training_step(*model, cfg, b.x, b.y, record_only, 0.5, 1, timed);
+          training::record_training_step(*model, cfg, b.x, b.y, record_only, 0.5, 1, timed, fused);
       double measured = 0, fastest = 0;
       if (!r.step_seconds.empty()) {
         std::vector<double> s = r.step_seconds;
@@ -161,9 +163,10 @@ int gpu_model_main(int argc, char** argv) {
         fmt::print("{{\"model\": \"{}\", \"method\": \"{}\", \"batch\": {}, \"fwd_passes\": {}, \"bwd_passes\": {}, "
                    "\"launches\": {}, \"graph_nodes\": {}, \"gflop\": {:.4f}, \"gbytes\": {:.4f}, \"h100_ms\": {:.4f}, "
                    "\"h100_graph_ms\": {:.4f}, \"a100_ms\": {:.4f}, \"a100_graph_ms\": {:.4f}, "
-                   "\"launch_share\": {:.4f}, \"record_only\": {}, \"kernel_source\": \"{}\", \"precision\": \"{}\"{}}}\n",
+                   "\"launch_share\": {:.4f}, \"record_only\": {}, \"kernel_source\": \"{}\", \"precision\": \"{}\", "
+                   "\"fused_attack\": {}{}}}\n",
                    model_name, spec, batch, r.passes.fwd, r.passes.bwd, n, r.graph_nodes, flops / 1e9, bytes / 1e9, h_eager * 1e3,
-                   h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, launch_share, record_only, source, precision,
+                   h_graph * 1e3, a_eager * 1e3, a_graph * 1e3, launch_share, record_only, source, precision, fused,
                    timed > 0 ? fmt::format(", \"measured_ms\": {:.4f}, \"measured_min_ms\": {:.4f}, \"timed_steps\": {}",
                                            measured * 1e3, fastest * 1e3, timed)
                              : "");

@@ -14,6 +14,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "models/layers.h"
 #include "robust/apgd.h"
 #include "robust/attack_rows.h"
 #include "robust/fab.h"
@@ -101,6 +102,18 @@ bool objective_is_cross_entropy(AttackKind kind) {
 // o.steps ascent steps from `x_adv` (contiguous, detached; updated in place on L-inf).
 Tensor ascend(Module& model, const Tensor& x, const Tensor& y, Tensor x_adv, const AttackOptions& o, AttackStats& stats) {
   if (is_apgd(o.kind)) return apgd_ascend(model, x, y, x_adv, o, stats);
+  if (o.fused && o.norm == Norm::linf && objective_is_cross_entropy(o.kind) && o.steps > 0) {
+    if (const auto layers = fused_layers(model)) {
+      const Tensor l1 = Tensor::empty({1}, DType::f64, x_adv.device());
+      fused_pgd_(x_adv, x, y, *layers, o.eps, o.alpha, o.steps, l1);
+      for (int step = 0; step < o.steps; ++step) {
+        stats.count_forward(x_adv.size(0));
+        stats.count_backward(x_adv.size(0));
+      }
+      stats.last_grad_l1 = l1;
+      return x_adv;
+    }
+  }
   for (int step = 0; step < o.steps; ++step) {
     // A fresh leaf over x_adv's storage each step: the graph of the previous step is gone, and
     // the in-place update below happens after this step's graph has been used.
@@ -152,6 +165,40 @@ Judgement judge(Module& model, const Tensor& x_adv, const Tensor& y, const std::
 }
 
 }  // namespace
+
+std::optional<std::vector<FusedLayer>> fused_layers(Module& model) {
+  auto* chain = dynamic_cast<Sequential*>(&model);
+  if (chain == nullptr) return std::nullopt;
+  std::vector<FusedLayer> layers;
+  bool flat = false;  // after a Flatten only Linear layers follow
+  for (const auto& [name, layer] : chain->layers()) {
+    Module* m = layer.get();
+    FusedLayer f;
+    if (auto* n = dynamic_cast<Normalize*>(m); n && !flat) {
+      f.kind = FusedLayer::Kind::normalize;
+      f.weight = n->mean, f.bias = n->std;
+    } else if (auto* c = dynamic_cast<Conv2d*>(m); c && !flat) {
+      f.kind = FusedLayer::Kind::conv;
+      f.weight = c->weight, f.bias = c->bias, f.stride = c->stride, f.padding = c->padding;
+    } else if (auto* lin = dynamic_cast<Linear*>(m)) {
+      f.kind = FusedLayer::Kind::linear;
+      f.weight = lin->weight, f.bias = lin->bias;
+    } else if (dynamic_cast<ReLU*>(m) && !layers.empty() && !layers.back().relu) {
+      layers.back().relu = true;
+      continue;
+    } else if (dynamic_cast<Flatten*>(m)) {
+      flat = true;
+      continue;
+    } else {
+      return std::nullopt;
+    }
+    layers.push_back(f);
+  }
+  if (layers.empty() || layers.size() > static_cast<size_t>(kFusedMaxLayers) || layers.back().relu ||
+      layers.back().kind != FusedLayer::Kind::linear)
+    return std::nullopt;
+  return layers;
+}
 
 Tensor sample_l2_norm(const Tensor& t) { return sqrt(sum(square(t), sample_dims(t), true)); }
 

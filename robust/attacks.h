@@ -38,6 +38,7 @@
 // The model is used in whatever mode the caller set (train mode updates BatchNorm running
 // statistics during the attack, exactly as in PyTorch); evaluation sets eval mode.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,10 @@ struct AttackOptions {
   double p_init = 0.8;       // square: the fraction of the image the first squares cover
   int eot = 1;               // APGD: loss and gradient averaged over this many forwards and backwards
                              // (Expectation over Transformation, for randomised models)
+  // L-inf ascents on cross-entropy (pgd, fgsm, fgsm_rs) of a model that fused_layers accepts run
+  // as fused_pgd_, one kernel for all the steps, in the tensors' own f32/f64 arithmetic (the
+  // --precision rounding of the layered ops does not apply); other attacks and models ignore it.
+  bool fused = false;
 };
 
 // What an attack did, for the trainers' counters and DEAT's magnitude signal.
@@ -128,6 +133,12 @@ std::string attack_name(const AttackOptions& options);
 // the returned offset.
 uint64_t start_counters(Norm norm, const Shape& shape);
 uint64_t attack_counters(const AttackOptions& options, const Shape& shape);
+
+// `model` as the chain of per-sample layers fused_pgd_ attacks: a Sequential of Normalize,
+// Conv2d, Linear, ReLU (each after a Conv2d, Linear or Normalize, fused on its output) and
+// Flatten (before the Linear layers); nullopt for anything else (BatchNorm, pooling, residual
+// blocks, a self-gradient network). The layers share the model's parameters.
+std::optional<std::vector<FusedLayer>> fused_layers(Module& model);
 
 // The adversarial example of (x, y) for `model`: x's shape, dtype and device, detached, within
 // eps of x (in the chosen norm) and in [0,1]. With one restart no judging forward is run.

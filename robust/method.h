@@ -55,6 +55,9 @@ struct StepContext {
   // The trainer's eps warm-up: attacks of this step use eps_scale * eps and eps_scale * alpha
   // (1 once the ramp is over, and always without one).
   double eps_scale = 1;
+  // The trainer's --fused-attack: the attacks of counted_attack run fused where they can
+  // (AttackOptions::fused).
+  bool fused_attack = false;
 };
 
 // What a method sees after an epoch's training and validation.

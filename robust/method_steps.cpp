@@ -114,6 +114,7 @@ AttackOptions linf_attack(AttackKind kind, double eps, double alpha, int steps) 
 Tensor counted_attack(StepContext& ctx, const Tensor& x, const Tensor& y, AttackOptions o) {
   o.seed = ctx.gen.seed();
   o.offset = ctx.gen.reserve(attack_counters(o, x.shape()));
+  o.fused = ctx.fused_attack;
   AttackStats stats;
   Tensor x_adv = attack(ctx.model, x, y, o, &stats);
   ctx.passes.fwd += stats.forward_passes;

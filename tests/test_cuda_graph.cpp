@@ -255,10 +255,11 @@ std::vector<double> train_losses(const fs::path& metrics) {
 
 // Counts the launches host code issues (a replayed graph's nodes are not among them).
 struct HostLaunches : bulwark::LaunchObserver {
-  uint64_t pgd_steps = 0, total = 0;
+  uint64_t pgd_steps = 0, fused_attacks = 0, total = 0;
   void launched(const bulwark::LaunchEvent& e) override {
     ++total;
     pgd_steps += bulwark::kernel_family(e.name) == "pgd_step_kernel";
+    fused_attacks += bulwark::kernel_family(e.name) == "fused_pgd_kernel";
   }
 };
 
@@ -344,6 +345,80 @@ TEST_CASE("the trainer's --cuda-graphs replays the captured step bit for bit lik
       CHECK(train_losses(on / "metrics.jsonl") == train_losses(off / "metrics.jsonl"));
     }
   }
+}
+
+TEST_CASE("the trainer's --fused-attack runs each PGD attack as one launch, which a graph replays bit for bit",
+          "[training][cuda][cuda-graph]") {
+  using namespace bulwark;
+  using namespace bulwark::training;
+  bulwark::testing::TempDir dir("fused");
+  auto run = [&](const std::string& fused, const std::string& graphs) {
+    TrainConfig c = graph_config(dir / (fused + "-" + graphs), "pgd", "sgd", graphs);
+    c.fused_attack = fused;
+    c.epochs = 1;  // four full batches and a short one
+    fs::create_directories(c.out);
+    RunOptions quiet;
+    quiet.quiet = true;
+    Trainer trainer(c, load_run_data(c), quiet);
+    const uint64_t fused_before = launches_of("fused_pgd_kernel");
+    HostLaunches host;
+    RunSummary s;
+    {
+      const bulwark::ObserveLaunches observe(host);
+      s = trainer.run();
+    }
+    return std::make_tuple(s, launches_of("fused_pgd_kernel") - fused_before, host, fs::path(c.out));
+  };
+  const auto [eager, eager_runs, eager_host, eager_dir] = run("on", "off");
+  const auto [graphs, graph_runs, graph_host, graph_dir] = run("on", "on");
+  const auto [layered, layered_runs, layered_host, layered_dir] = run("off", "off");
+  // One fused launch per batch and no layered step; with graphs the host launched 3 of the 5
+  // (the eager warm-up, the capture, the short batch).
+  CHECK(eager_runs == 5);
+  CHECK(eager_host.fused_attacks == 5);
+  CHECK(eager_host.pgd_steps == 0);
+  CHECK(graph_runs == 5);
+  CHECK(graph_host.fused_attacks == 3);
+  CHECK(layered_runs == 0);
+  CHECK(layered_host.pgd_steps == 10);
+  CHECK(eager_host.total < layered_host.total);
+  // The passes counted are the attack's, fused or not.
+  CHECK(eager.fwd_passes == layered.fwd_passes);
+  CHECK(eager.bwd_passes == layered.bwd_passes);
+  const Checkpoint a = load_checkpoint((eager_dir / "last.safetensors").string());
+  const Checkpoint b = load_checkpoint((graph_dir / "last.safetensors").string());
+  for (const auto& [name, t] : a.model) {
+    INFO(name);
+    CHECK(same_bits(t, b.model.at(name)));
+  }
+  CHECK(train_losses(graph_dir / "metrics.jsonl") == train_losses(eager_dir / "metrics.jsonl"));
+  // Fused and layered attacks sum in different orders, so a gradient sign near 0 may differ; the
+  // training they drive stays close.
+  const std::vector<double> fused_losses = train_losses(eager_dir / "metrics.jsonl"),
+                            layered_losses = train_losses(layered_dir / "metrics.jsonl");
+  REQUIRE(fused_losses.size() == layered_losses.size());
+  for (size_t e = 0; e < fused_losses.size(); ++e) {
+    INFO("epoch " << e << ": fused " << fused_losses[e] << ", layered " << layered_losses[e]);
+    CHECK(std::abs(fused_losses[e] - layered_losses[e]) <= 0.01 * layered_losses[e]);
+  }
+}
+
+TEST_CASE("the trainer's --fused-attack on refuses a model or precision it cannot fuse", "[training][cuda-graph]") {
+  using namespace bulwark::training;
+  bulwark::testing::TempDir dir("fused-bad");
+  RunOptions quiet;
+  quiet.quiet = true;
+  TrainConfig cnn7 = graph_config(dir / "cnn7", "pgd", "sgd", "off");
+  cnn7.model = "cnn7";
+  cnn7.fused_attack = "on";
+  fs::create_directories(cnn7.out);
+  CHECK_THROWS_WITH(Trainer(cnn7, load_run_data(cnn7), quiet),
+                    Contains("--fused-attack on: the cnn7 model is not a chain of Normalize, Conv2d"));
+  TrainConfig bf16 = graph_config(dir / "bf16", "pgd", "sgd", "off");
+  bf16.fused_attack = "on";
+  bf16.precision = "bf16";
+  fs::create_directories(bf16.out);
+  CHECK_THROWS_WITH(Trainer(bf16, load_run_data(bf16), quiet), Contains("computes in fp32, not --precision bf16"));
 }
 
 TEST_CASE("the trainer's --cuda-graphs on refuses what it cannot replay", "[training][cuda-graph]") {

@@ -3,6 +3,8 @@
 // a hand count says, and the modelled time is the per-launch roofline it claims to be.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include <map>
 #include <memory>
 #include <string>
@@ -123,6 +125,28 @@ TEST_CASE("a one-layer model's standard step makes the launches counted by hand"
   REQUIRE(!r.launches.empty());
   CHECK(r.launches[0].cost.flops == 2.0 * 5 * 3 * 4);
   CHECK(r.launches[0].cost.bytes == 4.0 * (5 * 4 + 4 * 3 + 5 * 3 + 3));
+}
+
+TEST_CASE("the fused attack cuts a wong_small PGD-10 step's graph nodes at least 5x below the issue's 435 launches",
+          "[gpu-model][cuda]") {
+  // 435 launches a step when the GPU issue was filed; 261 graph nodes layered now. Fused, the
+  // attack is one kernel and its L1 sum; the random start and the training step are as before.
+  const Batch b = batch(8, 1, 28);
+  const auto nodes = [&](bool fused) {
+    auto model = wong_small();
+    return training::record_training_step(*model, method("pgd", {{"eps", 0.3}, {"steps", 10}}), b.x, b.y, true, 0.5, 1,
+                                          0, fused);
+  };
+  const training::StepRecord layered = nodes(false), fused = nodes(true);
+  INFO("layered " << layered.graph_nodes << " nodes, fused " << fused.graph_nodes);
+  CHECK(fused.graph_nodes > 0);
+  CHECK(5 * fused.graph_nodes <= 435);
+  CHECK(fused.graph_nodes < layered.graph_nodes);
+  CHECK(fused.passes.fwd == layered.passes.fwd);
+  CHECK(fused.passes.bwd == layered.passes.bwd);
+  const std::vector<std::string> families = names(fused);
+  CHECK(std::count(families.begin(), families.end(), "fused_pgd_kernel") == 1);
+  CHECK(std::count(families.begin(), families.end(), "pgd_step_kernel") == 0);
 }
 
 TEST_CASE("the modelled time is a per-launch roofline plus the launch overhead", "[gpu-model]") {

@@ -181,6 +181,16 @@ std::vector<TrainOption> make_train_options() {
                    "no --profile; on also under the emulator")
           .one_of({"auto", "on", "off"}),
       [](auto& c) -> auto& { return c.cuda_graphs; });
+  add("",
+      Option::make("fused_attack", "--fused-attack", T::text,
+                   "Run the training attack (PGD, FGSM-RS: L-inf, cross-entropy) as one fused kernel for all its "
+                   "steps instead of a forward and backward per step; needs a Sequential of Normalize, Conv2d, "
+                   "Linear, ReLU and Flatten (mlp, wong_small, wong_large, ibp_small, ibp_large) and --precision "
+                   "fp32; auto: on a GPU where it applies and the model is small (at most 2M multiply-adds a sample: "
+                   "mlp, wong_small, ibp_small); on: on any device (the CPU runs the kernel's reference loops, slower "
+                   "than the layered attack)")
+          .one_of({"auto", "on", "off"}),
+      [](auto& c) -> auto& { return c.fused_attack; });
   add("", Option::make("seed", "--seed", T::integer, "Seed of the initial weights, shuffling, augmentation and the method").at_least(0),
       [](auto& c) -> auto& { return c.seed; });
   add("", Option::make("threads", "--threads", T::integer, "CPU threads (0 = all cores)").at_least(0),

@@ -72,6 +72,7 @@ struct TrainConfig {
   int final_attack_steps = 20;
   std::string kernels = "auto";  // CUDA conv/GEMM: auto (the faster), ours or vendor (cuBLAS/cuDNN)
   std::string precision = "fp32";  // GEMM/conv inputs: fp32, tf32 or bf16 (runtime::set_math_precision)
+  std::string fused_attack = "auto"; // the training attack as one kernel (fused_pgd_): auto (on a GPU), on, off
   std::string cuda_graphs = "auto";  // capture a step and replay it per batch: auto (on a GPU), on, off
   uint64_t seed = 0;       // model initialisation, shuffling, augmentation, the method's randomness
   int threads = 0;         // OpenMP threads, 0 = all cores

@@ -40,7 +40,7 @@ struct RecordOnlyScope {
 }  // namespace
 
 StepRecord record_training_step(Module& model, robust::MethodConfig cfg, const Tensor& x, const Tensor& y,
-                                bool record_only, double eps_scale, int warmup, int timed) {
+                                bool record_only, double eps_scale, int warmup, int timed, bool fused_attack) {
   if (timed > 0 && record_only)
     throw std::invalid_argument("record_training_step: timed steps need kernels that run, not record-only mode");
   if (x.dim() != 4 || y.dim() != 1 || x.size(0) != y.size(0))
@@ -67,6 +67,7 @@ StepRecord record_training_step(Module& model, robust::MethodConfig cfg, const T
     log.begin_batch(0);
     robust::StepContext ctx{model, *optimizer, gen, passes, log, 0, step};
     ctx.eps_scale = eps_scale;
+    ctx.fused_attack = fused_attack;
     m->train_batch(ctx, xd, yd);
   };
   for (int step = 0; step <= warmup; ++step) {

@@ -69,7 +69,9 @@ struct StepRecord {
 // `timed` more steps follow the recorded one, each timed on the host clock between two device
 // synchronisations (a real GPU's measured step; on the emulator it times the CPU running the
 // kernels, which says nothing of a GPU). Timing needs kernels that run: not with record_only.
+// `fused_attack`: the method's attacks run fused where the model allows (--fused-attack on).
 StepRecord record_training_step(Module& model, robust::MethodConfig method, const Tensor& x, const Tensor& y,
-                                bool record_only, double eps_scale = 0.5, int warmup = 1, int timed = 0);
+                                bool record_only, double eps_scale = 0.5, int warmup = 1, int timed = 0,
+                                bool fused_attack = false);
 
 }  // namespace bulwark::training

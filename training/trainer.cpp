@@ -156,6 +156,23 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
     use_graphs_ = cfg_.cuda_graphs == "auto" && device_ == Device::cuda && !runtime::cuda_emulated() &&
                   method_->capturable() && !profiling;
   }
+  const std::optional<std::vector<FusedLayer>> fusable_layers = fused_layers(*model_);
+  const bool fusable = fusable_layers.has_value();
+  if (cfg_.fused_attack == "on" && (!fusable || cfg_.precision != "fp32"))
+    throw std::invalid_argument(fmt::format(
+        "--fused-attack on: {}; use --fused-attack off",
+        !fusable ? fmt::format("the {} model is not a chain of Normalize, Conv2d, Linear, ReLU and Flatten layers "
+                               "(BatchNorm, pooling and residual blocks are not fused)",
+                               cfg_.model)
+                 : fmt::format("the fused attack computes in fp32, not --precision {}", cfg_.precision)));
+  // auto: where one block per sample beats the layered attack on paper (docs/kernels.md, "Attack
+  // step"): a small per-sample forward, at most kFusedAutoMacs multiply-adds.
+  constexpr int64_t kFusedAutoMacs = 2'000'000;
+  fused_attack_ = cfg_.fused_attack == "on" ||
+                  (cfg_.fused_attack == "auto" && device_ == Device::cuda && !runtime::cuda_emulated() && fusable &&
+                   cfg_.precision == "fp32" &&
+                   fused_forward_macs(*fusable_layers, Shape(probe_x_.shape().begin() + 1, probe_x_.shape().end())) <=
+                       kFusedAutoMacs);
 }
 
 std::string Trainer::path(const std::string& name) const { return (fs::path(cfg_.out) / name).string(); }
@@ -307,6 +324,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     step_log_.begin_batch(b.index);
     robust::StepContext ctx{*model_, *optimizer_, gen_, passes, step_log_, epoch, b.index};
     ctx.eps_scale = cfg_.method.eps_scale(progress);
+    ctx.fused_attack = fused_attack_;
     {
       const profiler::Step step;
       train_step(ctx, x, y);

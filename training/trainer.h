@@ -158,6 +158,7 @@ class Trainer {
   // --cuda-graphs: the captured step, the input buffers it reads, and what one replay adds to the
   // host's counters (the capture itself ran nothing).
   bool use_graphs_ = false;
+  bool fused_attack_ = false;  // --fused-attack resolved: the methods' attacks run as one kernel
   bool graph_warmed_up_ = false;  // a full batch ran eagerly first (lazy state, --kernels auto's timing)
   runtime::CudaGraph graph_;
   Tensor graph_x_, graph_y_;

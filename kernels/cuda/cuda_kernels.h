@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/common/elementwise.h"
+#include "kernels/common/fused_attack.h"
 #include "kernels/common/optim.h"
 #include "kernels/common/precision.h"
 #include "kernels/cpu/cpu_kernels.h"  // Strided, ConvShape, PoolShape: plain structs shared by both backends
@@ -197,6 +198,10 @@ void uniform(float* out, int64_t n, float lo, float hi, uint64_t seed, uint64_t 
 // like everything else: the host does not wait for it (attack.cu).
 void pgd_step(const float* x, float* x_adv, const float* g, int64_t n, float eps, float alpha, double* l1);
 void random_start(const float* x, float* x_adv, int64_t n, float eps, uint64_t seed, uint64_t offset);
+// The whole PGD attack of a small per-sample network in one launch, one block per sample
+// (kernels/common/fused_attack.h; cpu::fused_pgd is its reference); l1 as pgd_step's, of the last step.
+void fused_pgd(const fused::Net<float>& net, const float* x, float* x_adv, const int32_t* y, int64_t n, int steps,
+               float eps, float alpha, double* l1);
 
 // One SGD-momentum step (kernels/common/optim.h) over every parameter in a single launch.
 // `params` is a host array of `count` segments whose pointers are device pointers.
