@@ -22,6 +22,13 @@ using Clock = std::chrono::steady_clock;
 
 const std::string kGradientSums = "autograd (gradient sums)";
 
+// A CUDA kernel call whose events the device has not passed yet: read at the step's end.
+struct PendingCall {
+  const std::string* op;  // a row's key (stable: std::map)
+  bool backward;
+  cuda::TimingEvent start, end;
+};
+
 struct Session {
   std::map<std::string, OpRow> rows;
   int64_t steps = 0, trace_step = -1;
@@ -29,6 +36,8 @@ struct Session {
   bool in_step = false;
   Clock::time_point step_start;
   std::vector<TraceEvent> trace;
+  std::vector<PendingCall> pending;  // this step's CUDA calls
+  double first_pending_us = 0;        // host time of the step's first CUDA call, from step_start
 };
 
 std::mutex g_mutex;  // guards g_session's lifetime; the calls themselves come from one thread
@@ -39,6 +48,7 @@ struct ThreadState {
   const char* op = nullptr;
   bool cuda = false;
   Clock::time_point start;
+  cuda::TimingEvent start_event = -1;
   const std::string* backward_op = nullptr;
   double pending_flops = 0;
 };
@@ -50,24 +60,29 @@ double seconds_between(Clock::time_point a, Clock::time_point b) { return std::c
 
 namespace detail {
 
+// On CUDA a call is bracketed by two events on the stream and an NVTX range; nothing waits: the
+// step's end synchronizes once and reads every call's time from its events (CUDA's own clock:
+// the time between the device reaching the start event and the end event, launch gaps included).
+// On the CPU the kernels are synchronous and the host clock times them.
 void begin_kernel(const char* op, bool cuda) {
+  Session* s = g_session;
+  if (!s || !s->in_step) {  // only the kernels of a Step count
+    t_state.op = nullptr;
+    return;
+  }
   t_state.op = op;
-  t_state.cuda = cuda && !cuda::emulated();  // the emulator runs each launch to completion anyway
-  if (t_state.cuda) {
-    cuda::synchronize();  // what was queued before is not this call's
+  t_state.cuda = cuda;
+  if (cuda) {
+    if (s->pending.empty()) s->first_pending_us = 1e6 * seconds_between(s->step_start, Clock::now());
     cuda::range_push(op);
+    t_state.start_event = cuda::record_timing_event();
   }
   t_state.start = Clock::now();
 }
 
 void end_kernel() {
-  if (t_state.cuda) {
-    cuda::synchronize();
-    cuda::range_pop();
-  }
-  const Clock::time_point end = Clock::now();
   Session* s = g_session;
-  if (!s || !t_state.op || !s->in_step) {  // only the kernels of a Step count
+  if (!s || !t_state.op || !s->in_step) {
     t_state.op = nullptr;
     t_state.pending_flops = 0;
     return;
@@ -76,14 +91,21 @@ void end_kernel() {
   const std::string& name = backward ? *t_state.backward_op : std::string(t_state.op);
   OpRow& row = s->rows[name];
   row.op = name;
-  const double dt = seconds_between(t_state.start, end);
   (backward ? row.bwd_calls : row.fwd_calls) += 1;
-  (backward ? row.bwd_seconds : row.fwd_seconds) += dt;
   (backward ? row.bwd_flops : row.fwd_flops) += t_state.pending_flops;
   t_state.pending_flops = 0;
+  t_state.op = nullptr;
+  if (t_state.cuda) {
+    const cuda::TimingEvent end = cuda::record_timing_event();
+    cuda::range_pop();
+    s->pending.push_back({&row.op, backward, t_state.start_event, end});
+    return;
+  }
+  const Clock::time_point now = Clock::now();
+  const double dt = seconds_between(t_state.start, now);
+  (backward ? row.bwd_seconds : row.fwd_seconds) += dt;
   if (s->steps == s->trace_step)
     s->trace.push_back({name, backward, 1e6 * seconds_between(s->step_start, t_state.start), 1e6 * dt});
-  t_state.op = nullptr;
 }
 
 }  // namespace detail
@@ -123,6 +145,21 @@ Step::Step() : start_(Clock::now()), on_(active()) {
 
 Step::~Step() {
   if (!on_ || !g_session) return;
+  Session& session = *g_session;
+  if (!session.pending.empty()) {
+    cuda::synchronize();  // the step's one wait: its calls' events are all passed
+    const cuda::TimingEvent first = session.pending.front().start;
+    for (const PendingCall& c : session.pending) {
+      OpRow& row = session.rows[*c.op];
+      const double dt = 1e-3 * cuda::timing_elapsed_ms(c.start, c.end);
+      (c.backward ? row.bwd_seconds : row.fwd_seconds) += dt;
+      if (session.steps == session.trace_step)
+        session.trace.push_back({*c.op, c.backward,
+                                 session.first_pending_us + 1e3 * cuda::timing_elapsed_ms(first, c.start), 1e6 * dt});
+    }
+    session.pending.clear();
+    cuda::release_timing_events();
+  }
   g_session->seconds += seconds_between(start_, Clock::now());
   g_session->steps += 1;
   g_session->in_step = false;

@@ -170,7 +170,9 @@ std::optional<std::vector<FusedLayer>> fused_layers(Module& model) {
   auto* chain = dynamic_cast<Sequential*>(&model);
   if (chain == nullptr) return std::nullopt;
   std::vector<FusedLayer> layers;
-  bool flat = false;  // after a Flatten only Linear layers follow
+  // After a Flatten only Linear layers follow; a Linear after a Conv2d needs a Flatten between
+  // (on a 4-d input a Linear maps the last dim alone).
+  bool flat = false, spatial = false;
   for (const auto& [name, layer] : chain->layers()) {
     Module* m = layer.get();
     FusedLayer f;
@@ -178,9 +180,10 @@ std::optional<std::vector<FusedLayer>> fused_layers(Module& model) {
       f.kind = FusedLayer::Kind::normalize;
       f.weight = n->mean, f.bias = n->std;
     } else if (auto* c = dynamic_cast<Conv2d*>(m); c && !flat) {
+      spatial = true;
       f.kind = FusedLayer::Kind::conv;
       f.weight = c->weight, f.bias = c->bias, f.stride = c->stride, f.padding = c->padding;
-    } else if (auto* lin = dynamic_cast<Linear*>(m)) {
+    } else if (auto* lin = dynamic_cast<Linear*>(m); lin && (flat || !spatial)) {
       f.kind = FusedLayer::Kind::linear;
       f.weight = lin->weight, f.bias = lin->bias;
     } else if (dynamic_cast<ReLU*>(m) && !layers.empty() && !layers.back().relu) {

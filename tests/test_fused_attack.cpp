@@ -120,6 +120,10 @@ TEST_CASE("fused PGD takes the layered attack's steps (f64) and is chosen only w
   Sequential relu_first;
   relu_first.add(std::make_shared<ReLU>());
   CHECK_FALSE(fused_layers(relu_first).has_value());
+  Generator gen(1);
+  Sequential unflattened;  // a Linear on a conv's 4-d output maps its last dim alone
+  unflattened.add(std::make_shared<Conv2d>(1, 2, 3, gen)).add(std::make_shared<Linear>(26, 3, gen));
+  CHECK_FALSE(fused_layers(unflattened).has_value());
   // A model it does not accept runs the layered attack: the option changes nothing there.
   cfg.in_channels = 3, cfg.height = 13, cfg.width = 11, cfg.num_classes = 4;
   auto cnn7 = make_model("cnn7", cfg);

@@ -12,6 +12,7 @@
 #include "engine/ops.h"
 #include "engine/profiler.h"
 #include "engine/rng.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "tests/test_util.h"
 #include "training/trainer.h"
 
@@ -33,10 +34,15 @@ const profiler::OpRow* row_of(const profiler::Report& r, const std::string& op) 
 
 }  // namespace
 
-TEST_CASE("the profiler attributes each kernel call to its op, forward or backward", "[profiler]") {
+TEST_CASE("the profiler attributes each kernel call to its op, forward or backward, on the CPU and on CUDA",
+          "[profiler][cuda]") {
+  // On CUDA (emulated here) the calls are timed by events, read once at each step's end: three
+  // steps make three synchronizations and no copy to the host, however many kernels they run.
+  const Device device = GENERATE(Device::cpu, Device::cuda);
+  INFO((device == Device::cuda ? "cuda" : "cpu"));
   Generator gen(1);
-  const Tensor x = rand_uniform({2, 3, 6, 6}, 0, 1, gen);
-  Tensor w = rand_uniform({4, 3, 3, 3}, -1, 1, gen), v = rand_uniform({4 * 4 * 4, 5}, -1, 1, gen);
+  const Tensor x = rand_uniform({2, 3, 6, 6}, 0, 1, gen).to(device);
+  Tensor w = rand_uniform({4, 3, 3, 3}, -1, 1, gen).to(device), v = rand_uniform({4 * 4 * 4, 5}, -1, 1, gen).to(device);
   w.set_requires_grad(true);
   v.set_requires_grad(true);
   const auto step = [&] {
@@ -46,10 +52,13 @@ TEST_CASE("the profiler attributes each kernel call to its op, forward or backwa
   };
   step();  // outside a session: nothing recorded, nothing breaks
   profiler::start(/*trace_step=*/1);
+  const uint64_t syncs = cuda::synchronize_count(), copies = cuda::host_copy_count();
   for (int i = 0; i < 3; ++i) {
     const profiler::Step s;
     step();
   }
+  CHECK(cuda::synchronize_count() - syncs == (device == Device::cuda ? 3u : 0u));
+  CHECK(cuda::host_copy_count() == copies);
   step();  // after the steps, still in the session: not a step, not counted
   const profiler::Report r = profiler::stop();
   CHECK_FALSE(profiler::active());
@@ -83,6 +92,7 @@ TEST_CASE("the profiler attributes each kernel call to its op, forward or backwa
   CHECK(r.trace.front().op == "conv2d");
   CHECK_FALSE(r.trace.front().backward);
   for (size_t i = 1; i < r.trace.size(); ++i) CHECK(r.trace[i].start_us >= r.trace[i - 1].start_us);
+  for (const profiler::TraceEvent& e : r.trace) CHECK(e.duration_us >= 0);
   const auto trace = r.chrome_trace();
   CHECK(trace["traceEvents"].size() == r.trace.size());
   CHECK(trace["traceEvents"][0]["ph"] == "X");

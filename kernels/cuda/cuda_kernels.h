@@ -43,6 +43,13 @@ uint64_t host_copy_count();  // device-to-host copies so far (each one makes the
 // emulated backend.
 void range_push(const char* name);
 void range_pop();
+uint64_t synchronize_count();  // synchronize() calls so far
+// The profiler's timing events (one thread): record one on the current stream, nothing waits;
+// once a synchronize has passed two of them, the milliseconds between; then all back to the pool.
+using TimingEvent = int;
+TimingEvent record_timing_event();
+double timing_elapsed_ms(TimingEvent from, TimingEvent to);
+void release_timing_events();
 
 // ---- CUDA Graphs (runtime.cu) ----
 // Capture of this thread's queued work into a graph, replayed later with one launch. Between

@@ -189,6 +189,7 @@ struct CheckDescription {
 };
 
 std::atomic<uint64_t> device_to_host_copies{0};
+std::atomic<uint64_t> synchronizations{0};
 
 void copy_device_to_host(void* dst, const void* src, size_t bytes) {
   check_cuda(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
@@ -379,6 +380,7 @@ void copy_device(void* dst, const void* src, size_t bytes) {
   if (bytes) check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, current_stream()), "device copy");
 }
 void synchronize() {
+  synchronizations.fetch_add(1, std::memory_order_relaxed);
   check_cuda(cudaStreamSynchronize(current_stream()), "synchronize");
   deferred_index_errors().raise_recorded();
 }
@@ -391,6 +393,38 @@ std::string index_error_message(const std::string& op, IndexRole role, int32_t v
 }
 
 uint64_t host_copy_count() { return device_to_host_copies.load(std::memory_order_relaxed); }
+uint64_t synchronize_count() { return synchronizations.load(std::memory_order_relaxed); }
+
+// The profiler's events: created once, reused every step (no allocation in the steady state).
+// Deliberately never destroyed: they may outlive the CUDA context at exit.
+namespace {
+std::vector<cudaEvent_t>& timing_events() {
+  static auto* events = new std::vector<cudaEvent_t>;
+  return *events;
+}
+size_t timing_events_used = 0;
+}  // namespace
+
+TimingEvent record_timing_event() {
+  std::vector<cudaEvent_t>& events = timing_events();
+  if (timing_events_used == events.size()) {
+    cudaEvent_t e = nullptr;
+    check_cuda(cudaEventCreate(&e), "cudaEventCreate");
+    events.push_back(e);
+  }
+  check_cuda(cudaEventRecord(events[timing_events_used], current_stream()), "cudaEventRecord");
+  return static_cast<TimingEvent>(timing_events_used++);
+}
+
+double timing_elapsed_ms(TimingEvent from, TimingEvent to) {
+  float ms = 0;
+  check_cuda(cudaEventElapsedTime(&ms, timing_events().at(static_cast<size_t>(from)),
+                                  timing_events().at(static_cast<size_t>(to))),
+             "cudaEventElapsedTime");
+  return ms;
+}
+
+void release_timing_events() { timing_events_used = 0; }
 
 void check_indices(const int32_t* idx, int64_t count, int64_t bound, const char* op, IndexRole role) {
   if (count > 0) deferred_index_errors().queue_check(idx, count, bound, op, role);
