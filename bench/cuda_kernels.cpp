@@ -139,7 +139,7 @@ void conv_row(benchmark::State& state, ConvPass pass, const ConvLayer& layer, bo
     switch (pass) {
       case ConvPass::forward: {
         const auto conv = vendor ? &cuda::conv2d_forward_vendor : &cuda::conv2d_forward_ours;
-        time_launches(state, [&] { conv(s, x.get(), w.get(), b, y.get()); });
+        time_launches(state, [&] { conv(s, x.get(), w.get(), b, y.get(), false); });
         break;
       }
       case ConvPass::backward_input: {
@@ -245,8 +245,8 @@ void interval_conv_row(benchmark::State& state, const ConvLayer& layer, Interval
     time_launches(state, [&] {
       if (impl == IntervalImpl::cudnn_twice) {
         cuda::unary(ew::Unary::abs, w.get(), abs_w.get(), wn, 0.f, 0.f);
-        cuda::conv2d_forward_vendor(s, c.get(), w.get(), bias.get(), boxes.get());
-        cuda::conv2d_forward_vendor(s, r.get(), abs_w.get(), nullptr, boxes.get() + out);
+        cuda::conv2d_forward_vendor(s, c.get(), w.get(), bias.get(), boxes.get(), false);
+        cuda::conv2d_forward_vendor(s, r.get(), abs_w.get(), nullptr, boxes.get() + out, false);
       } else {
         cuda::interval_conv2d_forward(s, c.get(), r.get(), w.get(), bias.get(), impl == IntervalImpl::ours_relu,
                                       boxes.get());

@@ -92,6 +92,40 @@ void batch_norm_bench(benchmark::State& state, bool backward, const BatchNormCas
   state.counters["BYTES"] = rate((backward ? 20.0 : 12.0) * double(count));
 }
 
+// A BatchNorm followed by a ReLU, forward and backward, as the engine runs it: `fused` is
+// batch_norm_relu (the ReLU in the forward's writing pass, its mask read with g in the backward),
+// `composed` is batch_norm then relu forward, relu_grad then batch_norm's backward (a kernel more
+// each way, each reading and writing the whole tensor). BYTES counts the fused version's ideal
+// traffic (12 forward, 24 backward per element) for both, so the two rates compare time.
+void batch_norm_relu_bench(benchmark::State& state, bool fused, const BatchNormCase& c) {
+  const int64_t n = 128, count = c.count();
+  const std::vector<float> x = random_floats(size_t(count)), g = random_floats(size_t(count));
+  const std::vector<float> gamma(size_t(c.c), 1.f), beta(size_t(c.c), 0.f);
+  std::vector<float> pre(static_cast<size_t>(count)), y(pre.size()), gm(pre.size()), dx(pre.size());
+  std::vector<float> mean(c.c), invstd(c.c), var(c.c), dgamma(c.c), dbeta(c.c);
+  cpu::Strided flat;
+  flat.ndim = 1;
+  flat.shape[0] = count;
+  flat.stride[0] = 1;
+  for (auto _ : state) {
+    if (fused) {
+      cpu::batch_norm_forward_train<float>(x.data(), gamma.data(), beta.data(), y.data(), mean.data(), invstd.data(),
+                                           var.data(), n, c.c, c.inner, 1e-5, true);
+      cpu::batch_norm_backward_train<float>(x.data(), g.data(), gamma.data(), mean.data(), invstd.data(), dx.data(),
+                                            dgamma.data(), dbeta.data(), n, c.c, c.inner, y.data());
+    } else {
+      cpu::batch_norm_forward_train<float>(x.data(), gamma.data(), beta.data(), pre.data(), mean.data(), invstd.data(),
+                                           var.data(), n, c.c, c.inner, 1e-5);
+      cpu::unary<float>(ew::Unary::relu, pre.data(), y.data(), count, 0.f, 0.f);
+      cpu::binary<float>(ew::Binary::relu_grad, g.data(), flat, pre.data(), flat, gm.data());
+      cpu::batch_norm_backward_train<float>(x.data(), gm.data(), gamma.data(), mean.data(), invstd.data(), dx.data(),
+                                            dgamma.data(), dbeta.data(), n, c.c, c.inner);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["BYTES"] = rate(36.0 * double(count));
+}
+
 void pgd_step_bench(benchmark::State& state, int64_t n) {
   const std::vector<float> x = random_floats(size_t(n), 0.f, 1.f), g = random_floats(size_t(n));
   std::vector<float> x_adv = x;
@@ -160,6 +194,10 @@ bool register_cpu_benchmarks() {
     for (bool backward : {false, true})
       add(std::string(backward ? "cpu_batch_norm_backward/" : "cpu_batch_norm_forward/") + c.name,
           benchmark::kMillisecond, [backward, c](benchmark::State& st) { batch_norm_bench(st, backward, c); });
+  for (const BatchNormCase& c : zoo_batch_norms())
+    for (const bool fused : {false, true})
+      add(std::string("cpu_batch_norm_relu_fwd_bwd/") + c.name + (fused ? "/fused" : "/composed"), benchmark::kMillisecond,
+          [fused, c](benchmark::State& st) { batch_norm_relu_bench(st, fused, c); });
   for (const AttackCase& c : attack_batches()) {
     add(std::string("cpu_pgd_step/") + c.name, benchmark::kMicrosecond,
         [c](benchmark::State& st) { pgd_step_bench(st, c.n); });

@@ -561,10 +561,12 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
-// x w^T + b as one node: the bias is added by the GEMM's epilogue (one launch on CUDA instead of
-// the GEMM and a broadcast add), with the same rounding as matmul then add.
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  if (!b.defined()) return matmul(x, w.t());
+// x w^T + b as one node: the bias (and with `relu` the ReLU) is added by the GEMM's epilogue (one
+// launch on CUDA instead of the GEMM, a broadcast add and a ReLU), with the same rounding as
+// matmul, add and relu in turn. The fused ReLU's backward is relu_grad against the output (y > 0
+// exactly where the pre-activation was), so the pre-activation is never stored.
+static Tensor linear_epilogue(const Tensor& x, const Tensor& w, const Tensor& b, bool relu) {
+  if (!b.defined()) return relu ? bulwark::relu(matmul(x, w.t())) : matmul(x, w.t());
   require_float(x, "linear");
   require_float(w, "linear");
   require_float(b, "linear");
@@ -580,9 +582,10 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor out = Tensor::empty({M, N}, x.dtype(), x.device());
   profiler::count_flops(2.0 * double(M) * double(N) * double(K) + double(M) * double(N));
   BW_KERNEL(x.device(), x.dtype(), "linear", gemm_bias, A.trans, B.trans, M, N, K, A.t.data<T>(), A.ld, B.t.data<T>(),
-            B.ld, bias.data<T>(), out.data<T>(), std::max<int64_t>(N, 1));
-  return record(out, "linear", {x, w, b}, [](const Node& n, const Tensor& g, const Needs& need) {
+            B.ld, bias.data<T>(), out.data<T>(), std::max<int64_t>(N, 1), relu);
+  return record(out, relu ? "linear_relu" : "linear", {x, w, b}, [relu](const Node& n, const Tensor& g_out, const Needs& need) {
     const Tensor &xx = n.inputs[0], &ww = n.inputs[1], &bb = n.inputs[2];
+    const Tensor g = relu ? relu_grad(g_out, n.output().detach()) : g_out;
     // The gradients add(., b) and matmul(x, w.t()) give, in their order: db, dW, dx.
     Grads r(3);
     if (need[2]) r[2] = sum_to(g, bb.shape());
@@ -591,6 +594,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     return r;
   });
 }
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_epilogue(x, w, b, false); }
+Tensor linear_relu(const Tensor& x, const Tensor& w, const Tensor& b) { return linear_epilogue(x, w, b, true); }
 
 Tensor normalize_channels(const Tensor& x, const Tensor& mean, const Tensor& stddev) {
   if (x.dim() < 2 || mean.dim() != 1 || stddev.dim() != 1 || mean.size(0) != x.size(1) || stddev.size(0) != x.size(1))
@@ -626,7 +632,10 @@ static ConvShape conv_shape(const Shape& x, const Shape& w, Conv2dParams p) {
                          fmt::format("conv2d of {} by {}", shape_str(x), shape_str(w)));
 }
 
-Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2dParams p) {
+// The forward's epilogue adds the bias and, with `relu`, applies the ReLU as the outputs are
+// stored (conv2d_relu: one launch and one pass over the output instead of two); its backward is
+// relu_grad against the output, then the convolution's.
+static Tensor conv2d_epilogue(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2dParams p, bool relu) {
   require_float(x_in, "conv2d");
   require_float(w_in, "conv2d");
   require_same_device(x_in, w_in, "conv2d");
@@ -641,17 +650,25 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor& bias, Conv2d
   Tensor out = Tensor::empty({s.n, s.o, s.oh, s.ow}, x.dtype(), x.device());
   profiler::count_flops(conv_flops(s));
   BW_KERNEL(x.device(), x.dtype(), "conv2d", conv2d_forward, s, x.data<T>(), w.data<T>(),
-            bc.defined() ? bc.data<T>() : nullptr, out.data<T>());
+            bc.defined() ? bc.data<T>() : nullptr, out.data<T>(), relu);
   std::vector<Tensor> inputs{x_in, w_in};
   if (bias.defined()) inputs.push_back(bias);
-  return record(out, "conv2d", inputs, [p](const Node& n, const Tensor& g, const Needs& need) {
+  return record(out, relu ? "conv2d_relu" : "conv2d", inputs, [p, relu](const Node& n, const Tensor& g_out, const Needs& need) {
     const Tensor &xx = n.inputs[0], &ww = n.inputs[1];
+    const Tensor g = relu ? relu_grad(g_out, n.output().detach()) : g_out;
     Grads r(n.inputs.size());
     if (need[0]) r[0] = conv2d_backward_input(g, ww, xx.shape(), p);
     if (need[1]) r[1] = conv2d_backward_weight(xx, g, ww.shape(), p);
     if (n.inputs.size() > 2 && need[2]) r[2] = sum(g, {0, 2, 3});
     return r;
   });
+}
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dParams p) {
+  return conv2d_epilogue(x, w, bias, p, false);
+}
+Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dParams p) {
+  return conv2d_epilogue(x, w, bias, p, true);
 }
 
 Tensor conv2d_backward_input(const Tensor& g_in, const Tensor& w_in, const Shape& x_shape, Conv2dParams p) {
@@ -775,9 +792,11 @@ static Grads batch_norm_backward_ops(const Tensor& x, const Tensor& gamma, const
 // Training mode runs the fused kernels of kernels/cpu/batch_norm.cpp (2-3 passes over x each way
 // instead of ~30 elementwise passes); the backward falls back to batch_norm_backward_ops when a
 // differentiable gradient is asked for. Eval mode is (x - running_mean) * scale + beta with the
-// per-channel scale = gamma / sqrt(running_var + eps) computed on [C] first.
-Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
-                  bool training, double momentum, double eps) {
+// per-channel scale = gamma / sqrt(running_var + eps) computed on [C] first. With `relu` (BN+ReLU)
+// the training kernels apply the ReLU in the forward's writing pass and its mask (output > 0) as
+// they read g; eval mode and the differentiable backward compose relu and relu_grad.
+static Tensor batch_norm_epilogue(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                                  Tensor& running_var, bool training, double momentum, double eps, bool relu) {
   if (x.dim() != 2 && x.dim() != 4) throw std::invalid_argument(fmt::format("batch_norm: input {} must be [N,C] or [N,C,H,W]", x.str()));
   require_float(x, "batch_norm");
   const int64_t c = x.size(1);
@@ -791,7 +810,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
   bshape[1] = c;
   if (!training) {
     const Tensor scale = gamma / sqrt(running_var.detach() + eps);
-    return (x - running_mean.detach().reshape(bshape)) * scale.reshape(bshape) + beta.reshape(bshape);
+    const Tensor y = (x - running_mean.detach().reshape(bshape)) * scale.reshape(bshape) + beta.reshape(bshape);
+    return relu ? bulwark::relu(y) : y;
   }
   const int64_t m = x.numel() / std::max<int64_t>(c, 1);
   if (m < 2) throw std::invalid_argument(fmt::format("batch_norm: training needs more than one value per channel, got {}", x.str()));
@@ -802,16 +822,18 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
   Tensor mu = Tensor::empty({c}, x.dtype(), dev), invstd = Tensor::empty({c}, x.dtype(), dev),
          var = Tensor::empty({c}, x.dtype(), dev);
   BW_KERNEL(dev, x.dtype(), "batch_norm", batch_norm_forward_train, xc.data<T>(), gc.data<T>(), bc.data<T>(), y.data<T>(),
-            mu.data<T>(), invstd.data<T>(), var.data<T>(), n, c, inner, eps);
+            mu.data<T>(), invstd.data<T>(), var.data<T>(), n, c, inner, eps, relu);
   {
     NoGradGuard ng;
     const double unbias = static_cast<double>(m) / static_cast<double>(m - 1);
     running_mean.copy_(affine(running_mean, 1.0 - momentum, 0.0) + mu * momentum);
     running_var.copy_(affine(running_var, 1.0 - momentum, 0.0) + var * (momentum * unbias));
   }
-  return record(y, "batch_norm", {x, gamma, beta}, [mu, invstd, eps, n, c, inner](const Node& node, const Tensor& g_in, const Needs& need) {
+  const char* op = relu ? "batch_norm_relu" : "batch_norm";
+  return record(y, op, {x, gamma, beta}, [mu, invstd, eps, n, c, inner, relu](const Node& node, const Tensor& g_in, const Needs& need) {
     const Tensor &xx = node.inputs[0], &gm = node.inputs[1];
-    if (grad_enabled()) return batch_norm_backward_ops(xx, gm, g_in, eps, need);  // create_graph
+    const Tensor out = relu ? node.output().detach() : Tensor();
+    if (grad_enabled()) return batch_norm_backward_ops(xx, gm, relu ? relu_grad(g_in, out) : g_in, eps, need);  // create_graph
     const Tensor xd = xx.detach().contiguous(), g = g_in.detach().contiguous(), gmc = gm.detach().contiguous();
     Grads r(3);
     const Device dev = xx.device();
@@ -820,9 +842,18 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tens
     if (need[2]) r[2] = Tensor::empty({c}, xx.dtype(), dev);
     BW_KERNEL(dev, xx.dtype(), "batch_norm backward", batch_norm_backward_train, xd.data<T>(), g.data<T>(), gmc.data<T>(),
               mu.data<T>(), invstd.data<T>(), need[0] ? r[0].data<T>() : nullptr, need[1] ? r[1].data<T>() : nullptr,
-              need[2] ? r[2].data<T>() : nullptr, n, c, inner);
+              need[2] ? r[2].data<T>() : nullptr, n, c, inner, relu ? out.data<T>() : nullptr);
     return r;
   });
+}
+
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
+                  bool training, double momentum, double eps) {
+  return batch_norm_epilogue(x, gamma, beta, running_mean, running_var, training, momentum, eps, false);
+}
+Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                       Tensor& running_var, bool training, double momentum, double eps) {
+  return batch_norm_epilogue(x, gamma, beta, running_mean, running_var, training, momentum, eps, true);
 }
 
 // ---- softmax and losses -----------------------------------------------------------------------------

@@ -74,6 +74,8 @@ Tensor slice_backward(const Tensor& g, const Shape& shape, int64_t dim, int64_t 
 // ---- linear algebra and convolution -----------------------------------------------------------
 Tensor matmul(const Tensor& a, const Tensor& b);  // [M,K] x [K,N]
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());  // x w^T + b
+// relu(linear(x, w, b)) in one kernel (the ReLU in the GEMM's epilogue), the same bits.
+Tensor linear_relu(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 // (x - mean[c]) / stddev[c] over dim 1 of x [N, C, ...]: a model's input normalisation, one
 // kernel and one node (the same bits as the broadcast sub and div). Gradient for x only: mean
 // and stddev are constants (buffers); if either requires a gradient the composition runs.
@@ -84,6 +86,8 @@ struct Conv2dParams {
 };
 // x [N,C,H,W], w [O,C,KH,KW], optional bias [O]; output [N,O,OH,OW].
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(), Conv2dParams p = {});
+// relu(conv2d(x, w, bias, p)) in one kernel: bias and ReLU in the convolution's epilogue; the same bits.
+Tensor conv2d_relu(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor(), Conv2dParams p = {});
 // d conv2d / d x given the output gradient g: the transposed convolution of g with w.
 Tensor conv2d_backward_input(const Tensor& g, const Tensor& w, const Shape& x_shape, Conv2dParams p);
 // d conv2d / d w given input x and output gradient g.
@@ -122,6 +126,10 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
 // PyTorch, unbiased running variance); eval mode uses the running statistics.
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
                   Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
+// relu(batch_norm(...)), the same bits; in training mode one kernel each way (the ReLU in the
+// forward's writing pass, its mask read with the gradient in the backward).
+Tensor batch_norm_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& running_mean,
+                       Tensor& running_var, bool training, double momentum = 0.1, double eps = 1e-5);
 
 // ---- softmax and losses -------------------------------------------------------------------------
 Tensor log_softmax(const Tensor& z, int64_t dim = -1);

@@ -30,12 +30,15 @@ Linear::Linear(int64_t in, int64_t out, Generator& gen, LinearOptions opts) : in
   if (opts.bias) bias = register_parameter("bias", kaiming_uniform({out}, in, gen, opts.dtype));
 }
 
-Tensor Linear::forward(const Tensor& x) {
+const Tensor& Linear::checked(const Tensor& x) const {
   if (x.dim() != 2 || x.size(1) != in_features)
     throw std::invalid_argument(fmt::format("Linear({} -> {}): input {} should be [N, {}]", in_features, out_features,
                                             x.str(), in_features));
-  return linear(x, weight, bias);
+  return x;
 }
+
+Tensor Linear::forward(const Tensor& x) { return linear(checked(x), weight, bias); }
+std::optional<Tensor> Linear::forward_relu(const Tensor& x) { return linear_relu(checked(x), weight, bias); }
 
 Interval Linear::interval_forward(const Interval& in) {
   if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
@@ -86,11 +89,16 @@ int64_t Conv2d::output_size(int64_t in) const {
                                          kernel_size, kernel_size, stride, padding));
 }
 
-Tensor Conv2d::forward(const Tensor& x) {
+const Tensor& Conv2d::checked(const Tensor& x) const {
   if (x.dim() != 4 || x.size(1) != in_channels)
     throw std::invalid_argument(fmt::format("Conv2d({} -> {}): input {} should be [N, {}, H, W]", in_channels,
                                             out_channels, x.str(), in_channels));
-  return conv2d(x, weight, bias, {stride, padding});
+  return x;
+}
+
+Tensor Conv2d::forward(const Tensor& x) { return conv2d(checked(x), weight, bias, {stride, padding}); }
+std::optional<Tensor> Conv2d::forward_relu(const Tensor& x) {
+  return conv2d_relu(checked(x), weight, bias, {stride, padding});
 }
 
 Interval Conv2d::interval_forward(const Interval& in) {
@@ -130,13 +138,17 @@ BatchNorm::BatchNorm(int64_t features, int64_t input_dims, DType dtype, double e
   num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::i32));
 }
 
-Tensor BatchNorm::forward(const Tensor& x) {
+Tensor BatchNorm::forward(const Tensor& x) { return normalized(x, false); }
+std::optional<Tensor> BatchNorm::forward_relu(const Tensor& x) { return normalized(x, true); }
+
+Tensor BatchNorm::normalized(const Tensor& x, bool relu) {
   if (x.dim() != input_dims_ || x.size(1) != num_features)
     throw std::invalid_argument(fmt::format("BatchNorm{}d({}): input {} should be {}", input_dims_ == 2 ? 1 : 2,
                                             num_features, x.str(),
                                             input_dims_ == 2 ? fmt::format("[N, {}]", num_features)
                                                              : fmt::format("[N, {}, H, W]", num_features)));
-  Tensor out = batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
+  Tensor out = (relu ? batch_norm_relu : batch_norm)(x, weight, bias, running_mean, running_var, is_training(),
+                                                     momentum, eps);
   // Counted on the counter's device: reading it back (item()) made every training forward on
   // CUDA wait for the GPU once per BatchNorm layer, and a CUDA graph cannot capture a wait.
   // (One small launch; folding the increment into the statistics kernel is the next step.)
@@ -289,8 +301,22 @@ Sequential& Sequential::add(const std::string& name, std::shared_ptr<Module> lay
 }
 
 Tensor Sequential::forward(const Tensor& x) {
+  // A layer with a ReLU epilogue and the ReLU after it run as one kernel (forward_relu), as the
+  // interval pass below fuses them; not while activation taps are in scope, which read layers'
+  // own outputs.
+  const bool fuse = !ActivationTaps::active();
   Tensor h = x;
-  for (auto& [name, layer] : layers_) h = ActivationTaps::tapped(*layer, layer->forward(h));
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Module& layer = *layers_[i].second;
+    if (fuse && i + 1 < layers_.size() && dynamic_cast<ReLU*>(layers_[i + 1].second.get()) != nullptr) {
+      if (std::optional<Tensor> y = layer.forward_relu(h)) {
+        h = *y;
+        ++i;
+        continue;
+      }
+    }
+    h = ActivationTaps::tapped(layer, layer.forward(h));
+  }
   return h;
 }
 

@@ -30,6 +30,7 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, Generator& gen, LinearOptions opts = {});
   Tensor forward(const Tensor& x) override;
+  std::optional<Tensor> forward_relu(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
   std::optional<Interval> interval_forward_relu(const Interval& in, Interval* pre) override;
   // Elision: the margins' box with (W_j - W_y) merged per sample, |W_j - W_y| r.
@@ -38,6 +39,9 @@ class Linear : public Module {
 
   const int64_t in_features, out_features;
   Tensor weight, bias;  // bias is undefined when opts.bias is false
+
+ private:
+  const Tensor& checked(const Tensor& x) const;  // x, or a shape error naming the layer
 };
 
 struct Conv2dOptions {
@@ -51,6 +55,7 @@ class Conv2d : public Module {
  public:
   Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, Generator& gen, Conv2dOptions opts = {});
   Tensor forward(const Tensor& x) override;
+  std::optional<Tensor> forward_relu(const Tensor& x) override;
   Interval interval_forward(const Interval& in) override;
   std::optional<Interval> interval_forward_relu(const Interval& in, Interval* pre) override;
   LinearBound crown_backward(const LinearBound& upper, const CrownOptions& options) override;
@@ -61,6 +66,7 @@ class Conv2d : public Module {
   Tensor weight, bias;
 
  private:
+  const Tensor& checked(const Tensor& x) const;  // x, or a shape error naming the layer
   Shape input_shape_;  // of the last interval_forward, for CROWN
 };
 
@@ -71,6 +77,7 @@ class Conv2d : public Module {
 class BatchNorm : public Module {
  public:
   Tensor forward(const Tensor& x) override;
+  std::optional<Tensor> forward_relu(const Tensor& x) override;
   // Eval mode: the affine map of the running statistics. Training mode: the batch statistics of
   // the box centers (the running statistics are left alone), as IBP training uses them.
   Interval interval_forward(const Interval& in) override;
@@ -84,6 +91,7 @@ class BatchNorm : public Module {
   BatchNorm(int64_t num_features, int64_t input_dims, DType dtype, double eps, double momentum);
 
  private:
+  Tensor normalized(const Tensor& x, bool relu);  // forward, and relu(forward) fused
   int64_t input_dims_;    // 2 for BatchNorm1d ([N, C]), 4 for BatchNorm2d ([N, C, H, W])
   Tensor scale_, shift_;  // the affine map of the last interval_forward, per channel, for CROWN
 };

@@ -30,6 +30,12 @@ Interval Module::interval_forward(const Interval&) {
 }
 
 std::optional<Interval> Module::interval_forward_relu(const Interval&, Interval*) { return std::nullopt; }
+std::optional<Tensor> Module::forward_relu(const Tensor&) { return std::nullopt; }
+
+Tensor relu_after(Module& layer, const Tensor& x) {
+  if (std::optional<Tensor> y = layer.forward_relu(x)) return *y;
+  return relu(layer.forward(x));
+}
 
 LinearBound Module::crown_backward(const LinearBound&, const CrownOptions&) {
   throw std::invalid_argument(fmt::format("{}: CROWN cannot pass this layer (it has no backward linear relaxation)",
@@ -226,6 +232,8 @@ ActivationTaps::ActivationTaps(std::vector<const Module*> layers, Hook hook)
 }
 
 ActivationTaps::~ActivationTaps() { taps_in_scope = previous_; }
+
+bool ActivationTaps::active() { return taps_in_scope != nullptr; }
 
 Tensor ActivationTaps::tapped(const Module& layer, const Tensor& output) {
   ActivationTaps* t = taps_in_scope;

@@ -47,6 +47,11 @@ class Module {
   // *pre for the ReLU to record; nullopt for a layer that cannot fuse (the default). Sequential
   // fuses each affine layer followed by a ReLU; the boxes are those of the two passes in turn.
   virtual std::optional<Interval> interval_forward_relu(const Interval& in, Interval* pre);
+  // The same for the forward pass: relu(forward(x)) in one kernel, where the layer has a ReLU
+  // epilogue (Conv2d, Linear, BatchNorm: the engine's conv2d_relu, linear_relu, batch_norm_relu),
+  // with the same values and gradients; nullopt for a layer that cannot fuse (the default).
+  // Sequential fuses each such layer with the ReLU module after it; blocks call relu_after.
+  virtual std::optional<Tensor> forward_relu(const Tensor& x);
   // The module's type, for messages ("Conv2d", "PreActBlock").
   std::string type_name() const;
 
@@ -163,6 +168,9 @@ Interval interval_step(Module& m, const Interval& in);
 // under a SymbolicPass (models/symbolic.h) the pass's ReLU step on its rows.
 Interval relu_step(Interval& pre);
 
+// relu(layer(x)), in one kernel where the layer fuses its ReLU (Module::forward_relu).
+Tensor relu_after(Module& layer, const Tensor& x);
+
 // ---- Activation taps: a scope that reads, and may replace, chosen layers' outputs --------------
 //
 // A self-gradient network (models/sgn.h) reads some activations of its base network in one pass
@@ -179,6 +187,9 @@ class ActivationTaps {
   ActivationTaps& operator=(const ActivationTaps&) = delete;
   // `output` of `layer`, or what the hook of the taps in scope makes of it.
   static Tensor tapped(const Module& layer, const Tensor& output);
+  // Whether taps are in scope on this thread (Sequential then runs each layer on its own, so a
+  // tapped layer's output is the layer's, not a fused layer-and-ReLU's).
+  static bool active();
 
  private:
   std::vector<const Module*> layers_;

@@ -173,9 +173,9 @@ PreActBlock::PreActBlock(int64_t in_planes, int64_t planes, int64_t stride, Gene
 }
 
 Tensor PreActBlock::forward(const Tensor& x) {
-  const Tensor a = relu(bn1->forward(x));
+  const Tensor a = relu_after(*bn1, x);
   const Tensor skip = shortcut ? shortcut->forward(a) : x;
-  return conv2->forward(relu(bn2->forward(conv1->forward(a)))) + skip;
+  return conv2->forward(relu_after(*bn2, conv1->forward(a))) + skip;
 }
 
 namespace {
@@ -261,7 +261,7 @@ PreActResNet18::PreActResNet18(const ModelConfig& cfg) {
 Tensor PreActResNet18::forward(const Tensor& x) {
   Tensor h = conv1->forward(normalize->forward(x));
   h = layer4->forward(layer3->forward(layer2->forward(layer1->forward(h))));
-  h = adaptive_avg_pool2d(relu(bn->forward(h)), 1, 1).flatten(1);
+  h = adaptive_avg_pool2d(relu_after(*bn, h), 1, 1).flatten(1);
   return linear->forward(h);
 }
 
@@ -322,9 +322,9 @@ WideBasicBlock::WideBasicBlock(int64_t in_planes, int64_t out_planes, int64_t st
 }
 
 Tensor WideBasicBlock::forward(const Tensor& x) {
-  const Tensor a = relu(bn1->forward(x));
+  const Tensor a = relu_after(*bn1, x);
   const Tensor skip = convShortcut ? convShortcut->forward(a) : x;
-  return conv2->forward(relu(bn2->forward(conv1->forward(a)))) + skip;
+  return conv2->forward(relu_after(*bn2, conv1->forward(a))) + skip;
 }
 
 Interval WideBasicBlock::interval_forward(const Interval& x) {
@@ -363,7 +363,7 @@ WideResNet::WideResNet(const ModelConfig& cfg) {
 Tensor WideResNet::forward(const Tensor& x) {
   Tensor h = conv1->forward(normalize->forward(x));
   h = block3->forward(block2->forward(block1->forward(h)));
-  h = adaptive_avg_pool2d(relu(bn1->forward(h)), 1, 1).flatten(1);
+  h = adaptive_avg_pool2d(relu_after(*bn1, h), 1, 1).flatten(1);
   return fc->forward(h);
 }
 

@@ -109,7 +109,7 @@ TEST_CASE("kernel source: 'vendor' under the emulator is refused, saying cuBLAS/
   cpu::ConvShape s{1, 1, 3, 3, 1, 1, 1, 1, 0, 3, 3};
   REQUIRE_THROWS_WITH(cuda::gemm_vendor(false, false, 1, 1, 1, 1.f, nullptr, 1, nullptr, 1, 0.f, nullptr, 1),
                       Contains("cuBLAS/cuDNN exist only in the GPU build"));
-  REQUIRE_THROWS_AS(cuda::conv2d_forward_vendor(s, nullptr, nullptr, nullptr, nullptr), std::invalid_argument);
+  REQUIRE_THROWS_AS(cuda::conv2d_forward_vendor(s, nullptr, nullptr, nullptr, nullptr, false), std::invalid_argument);
   REQUIRE_THROWS_AS(cuda::conv2d_backward_input_vendor(s, nullptr, nullptr, nullptr), std::invalid_argument);
   REQUIRE_THROWS_AS(cuda::conv2d_backward_weight_vendor(s, nullptr, nullptr, nullptr), std::invalid_argument);
 }

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "engine/autograd.h"
 #include "engine/safetensors.h"
 #include "models/layers.h"
 #include "models/zoo.h"
@@ -527,4 +528,70 @@ TEST_CASE("Sequential numbers unnamed layers around a named one like the authors
   for (auto& [name, t] : make_model("wong_small", cfg)->state_dict()) names.push_back(name);
   CHECK(names == std::vector<std::string>{"0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias", "7.weight",
                                           "7.bias", "normalize.mean", "normalize.std"});
+}
+
+namespace {
+// The op names of y's autograd graph, each node once.
+std::multiset<std::string> graph_ops(const Tensor& y) {
+  std::multiset<std::string> ops;
+  std::set<const Node*> seen;
+  std::vector<const Node*> todo{y.impl()->grad_fn.get()};
+  while (!todo.empty()) {
+    const Node* n = todo.back();
+    todo.pop_back();
+    if (n == nullptr || !seen.insert(n).second) continue;
+    ops.insert(n->op);
+    for (const Tensor& in : n->inputs) todo.push_back(in.impl()->grad_fn.get());
+  }
+  return ops;
+}
+}  // namespace
+
+// Sequential runs a Conv2d, Linear or BatchNorm and the ReLU after it as one fused op (the ReLU
+// in the kernel's epilogue) and computes what the layers one by one compute, to the bit; under
+// activation taps (self-gradient networks read layer outputs) it runs them one by one.
+TEST_CASE("Sequential fuses each layer with the ReLU after it, bitwise equal to the layers one by one", "[models][cuda]") {
+  for (const Device dev : {Device::cpu, Device::cuda}) {
+    INFO(device_name(dev));
+    Generator gen(3);
+    const auto relu = std::make_shared<ReLU>();
+    const std::vector<std::shared_ptr<Module>> layers = {
+        std::make_shared<Conv2d>(3, 8, 3, gen, Conv2dOptions{.stride = 2, .padding = 1}),
+        relu,
+        std::make_shared<Conv2d>(8, 6, 3, gen, Conv2dOptions{.padding = 1, .bias = false}),
+        std::make_shared<BatchNorm2d>(6),
+        relu,
+        std::make_shared<Flatten>(),
+        std::make_shared<Linear>(6 * 5 * 5, 20, gen),
+        relu,
+        std::make_shared<Linear>(20, 10, gen)};
+    Sequential net(layers);
+    net.to(dev);
+    const Tensor x = rand_uniform({4, 3, 10, 10}, 0, 1, gen).to(dev), u = rand_uniform({4, 10}, -1, 1, gen).to(dev);
+    const std::vector<Tensor> params = net.parameters();
+    const auto grads_of = [&](const Tensor& y) { return grad({sum(y * u)}, params); };
+
+    const Tensor fused = net.forward(x);
+    const std::multiset<std::string> ops = graph_ops(fused);
+    CHECK(ops.count("conv2d_relu") == 1);
+    CHECK(ops.count("batch_norm_relu") == 1);
+    CHECK(ops.count("linear_relu") == 1);
+    CHECK(ops.count("conv2d") == 1);
+    CHECK(ops.count("relu") == 0);
+    Tensor h = x;
+    for (const auto& layer : layers) h = layer->forward(h);
+    CHECK(graph_ops(h).count("relu") == 3);
+    const std::vector<Tensor> gf = grads_of(fused), gl = grads_of(h);
+    const auto bits = [](const Tensor& t) { return t.to(Device::cpu).to_vector_f64(); };
+    CHECK(bits(fused) == bits(h));
+    for (size_t i = 0; i < params.size(); ++i) {
+      INFO("parameter " << i);
+      CHECK(bits(gf[i]) == bits(gl[i]));
+    }
+    // With taps in scope every layer runs on its own (a tapped Conv2d's output is its own).
+    ActivationTaps taps({layers[0].get()}, [](size_t, const Tensor& out) { return out; });
+    const Tensor tapped = net.forward(x);
+    CHECK(graph_ops(tapped).count("relu") == 3);
+    CHECK(bits(tapped) == bits(fused));
+  }
 }

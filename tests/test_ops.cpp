@@ -15,6 +15,7 @@
 #include "engine/ops.h"
 #include "engine/rng.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/emu/execution.h"
 #include "tests/op_harness.h"
 
 using namespace bulwark;
@@ -296,6 +297,12 @@ RT ref_batch_norm(const RT& x, const RT& gamma, const RT& beta, const std::vecto
     y.v[i] = (x.v[i] - mu[c]) / std::sqrt(var[c] + eps) * gamma.v[c] + beta.v[c];
   }
   return y;
+}
+
+// The ReLU of a reference output: the fused epilogues' rows (conv2d_relu, linear_relu, batch_norm_relu).
+RT ref_relu(RT r) {
+  for (double& v : r.v) v = v > 0 ? v : 0;
+  return r;
 }
 
 RT ref_log_softmax(const RT& z, int64_t dim) {
@@ -942,6 +949,19 @@ TEST_CASE("ops: matmul and linear", "[ops][cuda]") {
                        .ref = [bias](const Refs& r) { return ref_linear(r[0], r[1], bias ? &r[2] : nullptr); },
                        .gradgrad = true});
     }
+  // linear_relu: the ReLU in the same epilogue, off the tile each way, with and without a bias.
+  cases.push_back(at_cuda_size({.name = "linear_relu [67,33] x [45,33]^T + b", .inputs = {in({67, 33}), in({45, 33}), in({45})},
+                                .op = [](const Args& a) { return linear_relu(a[0], a[1], a[2]); },
+                                .ref = [](const Refs& r) { return ref_relu(ref_linear(r[0], r[1], &r[2])); },
+                                .f32 = {1e-3, 1e-4}, .cuda_tol = {1e-3, 1e-4}}));
+  for (bool bias : {true, false}) {
+    std::vector<InputSpec> ins = {in({5, 4}), in({6, 4})};
+    if (bias) ins.push_back(in({6}));
+    cases.push_back({.name = with_shapes("linear_relu", ins), .inputs = ins,
+                     .op = [bias](const Args& a) { return bias ? linear_relu(a[0], a[1], a[2]) : linear_relu(a[0], a[1]); },
+                     .ref = [bias](const Refs& r) { return ref_relu(ref_linear(r[0], r[1], bias ? &r[2] : nullptr)); },
+                     .gradgrad = true});
+  }
   check_ops(cases);
 }
 
@@ -1051,6 +1071,18 @@ TEST_CASE("ops: conv2d", "[ops][cuda][conv]") {
   cases.push_back({.name = "conv2d empty batch", .inputs = {in({0, 3, 5, 4}), in({2, 3, 3, 3}), in({2})},
                    .op = [](const Args& a) { return conv2d(a[0], a[1], a[2], {1, 1}); },
                    .ref = [](const Refs& r) { return ref_conv2d(r[0], r[1], &r[2], 1, 1); }});
+  // conv2d_relu: the bias and the ReLU in the forward's epilogue, its backward through the mask.
+  for (const ConvCfg& cfg : {conv_cfgs[0], conv_cfgs[3], conv_cfgs[4], conv_cfgs[5], conv_cfgs[10]}) {
+    std::vector<InputSpec> ins = {cfg.transposed_input ? in_t(conv_x(cfg)) : in(conv_x(cfg)), in(conv_w(cfg))};
+    if (cfg.bias) ins.push_back(in({cfg.o}));
+    const Conv2dParams p{cfg.stride, cfg.pad};
+    cases.push_back({.name = "conv2d_relu " + conv_name(cfg), .inputs = ins,
+                     .op = [cfg, p](const Args& a) { return conv2d_relu(a[0], a[1], cfg.bias ? a[2] : Tensor(), p); },
+                     .ref = [cfg](const Refs& r) {
+                       return ref_relu(ref_conv2d(r[0], r[1], cfg.bias ? &r[2] : nullptr, cfg.stride, cfg.pad));
+                     },
+                     .gradgrad = cfg.gradgrad});
+  }
   // A bigger layer: the threaded batch loop and a real im2col, forward only.
   const ConvCfg big{6, 8, 12, 11, 16, 3, 1, 1, true, false};
   cases.push_back({.name = "conv2d big " + conv_name(big), .inputs = {in(conv_x(big)), in(conv_w(big)), in({big.o})},
@@ -1105,6 +1137,17 @@ TEST_CASE("ops: conv2d at the CUDA kernels' awkward sizes", "[ops][cuda][conv]")
         {.name = "conv2d " + conv_name(cfg), .inputs = ins,
          .op = [cfg, p](const Args& a) { return conv2d(a[0], a[1], cfg.bias ? a[2] : Tensor(), p); },
          .ref = [cfg](const Refs& r) { return ref_conv2d(r[0], r[1], cfg.bias ? &r[2] : nullptr, cfg.stride, cfg.pad); },
+         .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}}));
+  }
+  // The bias+ReLU epilogue of the implicit GEMM: stride 2, O > 64 (two tile rows), no bias.
+  for (const ConvCfg& cfg : {cfgs[1], cfgs[6], cfgs[8]}) {
+    std::vector<InputSpec> ins = {in(conv_x(cfg)), in(conv_w(cfg))};
+    if (cfg.bias) ins.push_back(in({cfg.o}));
+    const Conv2dParams p{cfg.stride, cfg.pad};
+    cases.push_back(at_cuda_size(
+        {.name = "conv2d_relu " + conv_name(cfg), .inputs = ins,
+         .op = [cfg, p](const Args& a) { return conv2d_relu(a[0], a[1], cfg.bias ? a[2] : Tensor(), p); },
+         .ref = [cfg](const Refs& r) { return ref_relu(ref_conv2d(r[0], r[1], cfg.bias ? &r[2] : nullptr, cfg.stride, cfg.pad)); },
          .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}}));
   }
   check_ops(cases);
@@ -1275,12 +1318,13 @@ TEST_CASE("ops: pooling", "[ops][cuda]") {
 // ==== normalisation ========================================================================================
 
 namespace {
-// batch_norm with fresh running statistics (mean 0.1, var 1.5) on every call.
-Tensor bn_op(const Args& a, bool training) {
+// batch_norm (batch_norm_relu with `relu`) with fresh running statistics (mean 0.1, var 1.5) on
+// every call.
+Tensor bn_op(const Args& a, bool training, bool relu = false) {
   const int64_t c = a[0].size(1);
   const Device dev = a[0].device();
   Tensor rm = Tensor::full({c}, 0.1, a.dtype, dev), rv = Tensor::full({c}, 1.5, a.dtype, dev);
-  return batch_norm(a[0], a[1], a[2], rm, rv, training, 0.1, 1e-5);
+  return (relu ? batch_norm_relu : batch_norm)(a[0], a[1], a[2], rm, rv, training, 0.1, 1e-5);
 }
 }  // namespace
 
@@ -1319,7 +1363,112 @@ TEST_CASE("ops: batch_norm", "[ops][cuda]") {
                                   },
                                   .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}}));
   }
+  // batch_norm_relu: the ReLU in the training kernels' writing pass and its mask read with g in
+  // the backward's two passes (train), the composition in eval mode.
+  for (const Shape& x : std::vector<Shape>{{4, 3}, {2, 3, 3, 2}, {3, 5, 7, 7}, {1, 3, 7, 7}}) {
+    const bool small = shape_numel(x) < 50;
+    for (const bool training : {true, false}) {
+      OpCase c{.name = fmt::format("batch_norm_relu {} {}", training ? "train" : "eval", shape_str(x)),
+               .inputs = {in(x, uniform(-2, 2)), in({x[1]}, uniform(0.5, 1.5)), in({x[1]})},
+               .op = [training](const Args& a) { return bn_op(a, training, true); },
+               .ref = [training](const Refs& r) {
+                 const int64_t c = r[0].shape[1];
+                 std::vector<double> mu(c, 0.1), var(c, 1.5);
+                 if (training) channel_stats(r[0], mu, var);
+                 return ref_relu(ref_batch_norm(r[0], r[1], r[2], mu, var, 1e-5));
+               },
+               .gradgrad = small, .f32 = {1e-4, 1e-4}};
+      cases.push_back(small ? c : at_cuda_size(c));
+    }
+  }
   check_ops(cases);
+}
+
+namespace {
+uint64_t total_launches() {  // every kernel launched so far under the emulator
+  uint64_t n = 0;
+  for (const auto& [name, record] : emu::launch_counts()) n += record.launches;
+  return n;
+}
+
+// Runs f on fresh leaves made from `values` on `dev`, then a backward of <u, f> for a fixed
+// random u: the output and every input's gradient (CPU copies), and the kernels it launched.
+struct FusedRun {
+  std::vector<Tensor> tensors;  // output, then each input's gradient
+  uint64_t launches = 0;
+};
+FusedRun run_on(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& values, Device dev) {
+  std::vector<Tensor> leaves;
+  for (const Tensor& v : values) {
+    Tensor t = v.to(dev).clone();
+    t.set_requires_grad(true);
+    leaves.push_back(t);
+  }
+  const uint64_t before = total_launches();
+  const Tensor y = f(leaves);
+  Generator gu(99);
+  const Tensor u = rand_uniform(y.shape(), -1, 1, gu).to(dev);
+  const std::vector<Tensor> grads = grad({y}, leaves, {u});
+  FusedRun r{{y.detach().to(Device::cpu)}, total_launches() - before};
+  for (const Tensor& gi : grads) r.tensors.push_back(gi.to(Device::cpu));
+  return r;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.contiguous().data<float>(), b.contiguous().data<float>(),
+                                               sizeof(float) * static_cast<size_t>(a.numel())) == 0;
+}
+}  // namespace
+
+// The fused ReLU epilogues compute the same function as the op then relu(), to the bit, forward
+// and backward, on each backend; on CUDA the fused forward saves the ReLU's launch, and BN+ReLU's
+// backward saves relu_grad's too (its kernels read the mask themselves).
+TEST_CASE("conv2d_relu, linear_relu and batch_norm_relu are bitwise the op then relu, in fewer launches",
+          "[ops][cuda]") {
+  Generator g(11);
+  const Tensor x = rand_uniform({3, 5, 9, 7}, -1, 1, g), w = rand_uniform({6, 5, 3, 3}, -0.3, 0.3, g),
+               b = rand_uniform({6}, -0.3, 0.3, g), xl = rand_uniform({7, 13}, -1, 1, g), wl = rand_uniform({9, 13}, -0.5, 0.5, g),
+               bl = rand_uniform({9}, -0.5, 0.5, g), xb = rand_uniform({4, 6, 5, 5}, -2, 2, g),
+               gamma = rand_uniform({6}, 0.5, 1.5, g), beta = rand_uniform({6}, -0.5, 0.5, g);
+  const auto bn = [](bool relu, Tensor& rm, Tensor& rv) {
+    return [relu, &rm, &rv](const std::vector<Tensor>& a) {
+      return relu ? batch_norm_relu(a[0], a[1], a[2], rm, rv, true) : bulwark::relu(batch_norm(a[0], a[1], a[2], rm, rv, true));
+    };
+  };
+  for (const Device dev : {Device::cpu, Device::cuda}) {
+    INFO(device_name(dev));
+    Tensor rm_f = Tensor::zeros({6}).to(dev), rv_f = Tensor::ones({6}).to(dev), rm_c = rm_f.clone(), rv_c = rv_f.clone();
+    struct Pair {
+      const char* what;
+      std::function<Tensor(const std::vector<Tensor>&)> fused, composed;
+      std::vector<Tensor> values;
+      uint64_t saved;  // launches the fused version saves on CUDA
+    };
+    const Conv2dParams p{2, 1};
+    const std::vector<Pair> pairs = {
+        {"conv2d_relu", [p](const auto& a) { return conv2d_relu(a[0], a[1], a[2], p); },
+         [p](const auto& a) { return bulwark::relu(conv2d(a[0], a[1], a[2], p)); }, {x, w, b}, 1},
+        {"conv2d_relu without bias", [](const auto& a) { return conv2d_relu(a[0], a[1]); },
+         [](const auto& a) { return bulwark::relu(conv2d(a[0], a[1])); }, {x, w}, 1},
+        {"linear_relu", [](const auto& a) { return linear_relu(a[0], a[1], a[2]); },
+         [](const auto& a) { return bulwark::relu(linear(a[0], a[1], a[2])); }, {xl, wl, bl}, 1},
+        {"batch_norm_relu", bn(true, rm_f, rv_f), bn(false, rm_c, rv_c), {xb, gamma, beta}, 2},
+    };
+    for (const Pair& pr : pairs) {
+      INFO(pr.what);
+      const FusedRun fused = run_on(pr.fused, pr.values, dev), composed = run_on(pr.composed, pr.values, dev);
+      REQUIRE(fused.tensors.size() == composed.tensors.size());
+      for (size_t i = 0; i < fused.tensors.size(); ++i) {
+        INFO("tensor " << i << " (0: output, then the inputs' gradients)");
+        CHECK(same_bits(fused.tensors[i], composed.tensors[i]));
+      }
+      const float* out = fused.tensors[0].data<float>();
+      CHECK(std::count(out, out + fused.tensors[0].numel(), 0.0f) > 0);  // the ReLU clipped: the mask matters
+      if (dev == Device::cuda) CHECK(composed.launches - fused.launches == pr.saved);
+    }
+    CHECK(same_bits(rm_f.to(Device::cpu), rm_c.to(Device::cpu)));
+    CHECK(same_bits(rv_f.to(Device::cpu), rv_c.to(Device::cpu)));
+  }
 }
 
 TEST_CASE("ops: batch_norm updates the running statistics (unbiased variance)", "[ops]") {

@@ -15,6 +15,13 @@ enum class Unary : int {
   gt_scalar,   // 1 where x > p0
 };
 
+// The ReLU epilogue of a fused kernel (conv/linear/BatchNorm followed by a ReLU): relu(v) when
+// `relu`, else v, the same function (and bits) as Unary::relu, so fused and unfused agree bitwise.
+template <class T>
+BW_HD inline T relu_if(T v, bool relu) {
+  return relu && !(v > T(0)) ? T(0) : v;
+}
+
 enum class Binary : int {
   add, sub, mul, div, maximum, minimum, gt, ge, le, eq,
   relu_grad,  // a where b > 0, else 0: ReLU's backward in one pass (g where the input was positive)

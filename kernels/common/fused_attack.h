@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/common/elementwise.h"
 #include "kernels/common/hd.h"
 
 namespace bulwark::fused {
@@ -64,24 +65,19 @@ struct Net {
   BW_HD int workspace() const { return act_size + 2 * grad_size; }
 };
 
-template <class T>
-BW_HD inline T relu_if(T v, int relu) {
-  return relu && !(v > T(0)) ? T(0) : v;
-}
-
 // Output element o of layer L (after its ReLU) from the sample's input `in`. Summation order:
 // the bias first, then ci, ky, kx (conv) or i (linear) ascending.
 template <class T>
 BW_HD inline T forward_at(const Layer<T>& L, const T* in, int o) {
   if (L.kind == kNormalize) {
     const int c = o / (L.in_h * L.in_w);
-    return relu_if((in[o] - L.weight[c]) / L.bias[c], L.relu);
+    return ew::relu_if((in[o] - L.weight[c]) / L.bias[c], L.relu);
   }
   if (L.kind == kLinear) {
     const T* w = L.weight + static_cast<int64_t>(o) * L.in_c;
     T acc = L.bias ? L.bias[o] : T(0);
     for (int i = 0; i < L.in_c; ++i) acc += w[i] * in[i];
-    return relu_if(acc, L.relu);
+    return ew::relu_if(acc, L.relu);
   }
   const int ox = o % L.out_w, oy = (o / L.out_w) % L.out_h, co = o / (L.out_w * L.out_h);
   const int k = L.kernel;
@@ -98,7 +94,7 @@ BW_HD inline T forward_at(const Layer<T>& L, const T* in, int o) {
       }
     }
   }
-  return relu_if(acc, L.relu);
+  return ew::relu_if(acc, L.relu);
 }
 
 // d loss / d in[i] of layer L, given g = d loss / d (L's output before its ReLU). Summation

@@ -20,6 +20,10 @@
 // backward 20 (x and g read twice, dx written). One channel's values (n * inner * 4 bytes,
 // 512 KiB for cnn7's widest layer) stay in L2 between its two passes.
 //
+// With a ReLU after it (batch_norm_relu, PreAct blocks and conv-BN-ReLU stacks) the forward's
+// writing pass applies it, and the backward reads g through the ReLU's mask (its output y > 0),
+// so neither direction spends a pass over the activations on the ReLU.
+//
 // Sums run per row (one sample's `inner` values, in T with the vectoriser's fixed lane order)
 // and rows are added in double in sample order. Channels are split over threads and each
 // channel is summed by one thread, so no result depends on the thread count.
@@ -28,6 +32,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/common/elementwise.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace bulwark::cpu {
@@ -40,11 +45,42 @@ struct ChannelRows {
   int64_t n, c, inner;
   int64_t row(int64_t s, int64_t ch) const { return (s * c + ch) * inner; }
 };
+
+// One row of the backward, g read through the fused ReLU's mask when kMask (g where the ReLU's
+// output y was positive, ew's relu_grad). The mask is a template argument, not a branch in the
+// loop, so both versions vectorise alike and sum in the same order: BN+ReLU's gradients are the
+// bits of relu_grad followed by batch_norm's backward.
+template <bool kMask, class T>
+inline T masked(const T* g, const T* y, int64_t i) {
+  if constexpr (kMask) return ew::binary_apply(ew::Binary::relu_grad, g[i], y[i]);
+  return g[i];
+}
+
+// sum g and sum g (x - mu) over a row.
+template <bool kMask, class T>
+inline void row_sums(const T* x, const T* g, const T* y, T mu, int64_t inner, T& sum_g, T& sum_gxc) {
+  T row_g = 0, row_gxc = 0;
+#pragma omp simd reduction(+ : row_g, row_gxc)
+  for (int64_t i = 0; i < inner; ++i) {
+    const T gi = masked<kMask>(g, y, i);
+    row_g += gi;
+    row_gxc += gi * (x[i] - mu);
+  }
+  sum_g = row_g;
+  sum_gxc = row_gxc;
+}
+
+// dx = k g + a (x - mu) + b over a row.
+template <bool kMask, class T>
+inline void row_dx(const T* x, const T* g, const T* y, T mu, T k, T a, T b, int64_t inner, T* dx) {
+#pragma omp simd
+  for (int64_t i = 0; i < inner; ++i) dx[i] = k * masked<kMask>(g, y, i) + a * (x[i] - mu) + b;
+}
 }  // namespace
 
 template <class T>
 void batch_norm_forward_train(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* invstd, T* var,
-                              int64_t n, int64_t c, int64_t inner, double eps) {
+                              int64_t n, int64_t c, int64_t inner, double eps, bool relu) {
   const ChannelRows rows{n, c, inner};
   const double m = static_cast<double>(n * inner);
 #pragma omp parallel for schedule(static) if (n * c * inner >= kParallelMin)
@@ -76,14 +112,14 @@ void batch_norm_forward_train(const T* x, const T* gamma, const T* beta, T* y, T
       const T* xr = x + rows.row(s, ch);
       T* yr = y + rows.row(s, ch);
 #pragma omp simd
-      for (int64_t i = 0; i < inner; ++i) yr[i] = (xr[i] - tmu) * scale + b;
+      for (int64_t i = 0; i < inner; ++i) yr[i] = ew::relu_if((xr[i] - tmu) * scale + b, relu);
     }
   }
 }
 
 template <class T>
 void batch_norm_backward_train(const T* x, const T* g, const T* gamma, const T* mean, const T* invstd, T* dx,
-                               T* dgamma, T* dbeta, int64_t n, int64_t c, int64_t inner) {
+                               T* dgamma, T* dbeta, int64_t n, int64_t c, int64_t inner, const T* relu_out) {
   const ChannelRows rows{n, c, inner};
   const double m = static_cast<double>(n * inner);
 #pragma omp parallel for schedule(static) if (n * c * inner >= kParallelMin)
@@ -93,12 +129,12 @@ void batch_norm_backward_train(const T* x, const T* g, const T* gamma, const T* 
     for (int64_t s = 0; s < n; ++s) {
       const T* xr = x + rows.row(s, ch);
       const T* gr = g + rows.row(s, ch);
-      T row_g = 0, row_gxc = 0;
-#pragma omp simd reduction(+ : row_g, row_gxc)
-      for (int64_t i = 0; i < inner; ++i) {
-        row_g += gr[i];
-        row_gxc += gr[i] * (xr[i] - tmu);
-      }
+      const T* yr = relu_out ? relu_out + rows.row(s, ch) : nullptr;
+      T row_g, row_gxc;
+      if (yr)
+        row_sums<true>(xr, gr, yr, tmu, inner, row_g, row_gxc);
+      else
+        row_sums<false>(xr, gr, yr, tmu, inner, row_g, row_gxc);
       sum_g += static_cast<double>(row_g);
       sum_gxc += static_cast<double>(row_gxc);
     }
@@ -113,18 +149,21 @@ void batch_norm_backward_train(const T* x, const T* g, const T* gamma, const T* 
     for (int64_t s = 0; s < n; ++s) {
       const T* xr = x + rows.row(s, ch);
       const T* gr = g + rows.row(s, ch);
+      const T* yr = relu_out ? relu_out + rows.row(s, ch) : nullptr;
       T* dr = dx + rows.row(s, ch);
-#pragma omp simd
-      for (int64_t i = 0; i < inner; ++i) dr[i] = tk * gr[i] + ta * (xr[i] - tmu) + tb;
+      if (yr)
+        row_dx<true>(xr, gr, yr, tmu, tk, ta, tb, inner, dr);
+      else
+        row_dx<false>(xr, gr, yr, tmu, tk, ta, tb, inner, dr);
     }
   }
 }
 
 #define BW_INST(T)                                                                                            \
   template void batch_norm_forward_train<T>(const T*, const T*, const T*, T*, T*, T*, T*, int64_t, int64_t,   \
-                                            int64_t, double);                                                \
+                                            int64_t, double, bool);                                          \
   template void batch_norm_backward_train<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*,    \
-                                             int64_t, int64_t, int64_t);
+                                             int64_t, int64_t, int64_t, const T*);
 BW_INST(float)
 BW_INST(double)
 #undef BW_INST

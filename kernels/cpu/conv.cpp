@@ -24,6 +24,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/common/elementwise.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace bulwark::cpu {
@@ -243,7 +244,7 @@ bool run_parallel(const ConvShape& s, int64_t groups) {
 }  // namespace
 
 template <class T>
-void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, bool relu) {
   const int64_t L = s.oh * s.ow, CKK = s.c * s.kh * s.kw;
   const int64_t nb = group_size(s), groups = (s.n + nb - 1) / nb;
   const int32_t* map = column_map(s);
@@ -259,13 +260,14 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
       gemm<T>(false, false, s.o, cnt * L, CKK, T(1), w, CKK, col, cnt * L, T(0), tmp, cnt * L);
       ungroup(tmp, s.o, L, cnt, yn);
     }
-    if (bias)
+    // The epilogue: bias and ReLU in one pass over the group's outputs while they are in cache.
+    if (bias || relu)
       for (int64_t j = 0; j < cnt; ++j)
         for (int64_t o = 0; o < s.o; ++o) {
           T* row = yn + (j * s.o + o) * L;
-          const T b = bias[o];
+          const T b = bias ? bias[o] : T(0);
 #pragma omp simd
-          for (int64_t l = 0; l < L; ++l) row[l] += b;
+          for (int64_t l = 0; l < L; ++l) row[l] = ew::relu_if(bias ? row[l] + b : row[l], relu);
         }
   }
 }
@@ -337,7 +339,7 @@ void conv2d_backward_weight(const ConvShape& s, const T* x, const T* g, T* dw) {
 }
 
 #define BW_INST(T)                                                                       \
-  template void conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);   \
+  template void conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, bool); \
   template void conv2d_backward_input<T>(const ConvShape&, const T*, const T*, T*);      \
   template void conv2d_backward_weight<T>(const ConvShape&, const T*, const T*, T*);
 BW_INST(float)

@@ -54,15 +54,17 @@ template <class T> void scatter_add_middle(const T* src, const int32_t* idx, T* 
 template <class T> void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                              const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 // C[M,N] = op(A) op(B) + bias[N] broadcast over the rows: a linear layer's forward, with the
-// bias added to each product as add() would add it (the same rounding).
+// bias added to each product as add() would add it (the same rounding); relu(...) with `relu`.
 template <class T> void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                                  const T* B, int64_t ldb, const T* bias, T* C, int64_t ldc);
+                                  const T* B, int64_t ldb, const T* bias, T* C, int64_t ldc, bool relu = false);
 
 // The conv and pool geometry of kernels/common/shapes.h, shared with the CUDA backend.
 using ::bulwark::ConvShape;
 using ::bulwark::PoolShape;
 
-template <class T> void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y);
+// y = conv(x, w) + bias (bias may be null), and relu(y) with `relu`: the bias+ReLU epilogue.
+template <class T> void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y,
+                                       bool relu = false);
 template <class T> void conv2d_backward_input(const ConvShape& s, const T* g, const T* w, T* dx);
 template <class T> void conv2d_backward_weight(const ConvShape& s, const T* x, const T* g, T* dw);
 
@@ -126,11 +128,15 @@ void softmax_xent_backward_rows(const T* z, const int32_t* labels, const T* g, i
                                 int64_t rows, int64_t cols);
 
 // Training-mode batch norm over x viewed as [n, c, inner] (kernels/cpu/batch_norm.cpp): per-channel
-// batch mean, biased var and invstd = 1/sqrt(var + eps) out, y = (x - mean) * invstd * gamma + beta.
+// batch mean, biased var and invstd = 1/sqrt(var + eps) out, y = (x - mean) * invstd * gamma + beta,
+// and relu(y) with `relu` (the fused BN+ReLU).
 template <class T> void batch_norm_forward_train(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* invstd,
-                                                 T* var, int64_t n, int64_t c, int64_t inner, double eps);
+                                                 T* var, int64_t n, int64_t c, int64_t inner, double eps,
+                                                 bool relu = false);
 // Its backward given the saved mean and invstd; dx, dgamma, dbeta may each be null (not wanted).
+// relu_out: the fused ReLU's output, whose mask (> 0) g passes through first; null without a ReLU.
 template <class T> void batch_norm_backward_train(const T* x, const T* g, const T* gamma, const T* mean, const T* invstd,
-                                                  T* dx, T* dgamma, T* dbeta, int64_t n, int64_t c, int64_t inner);
+                                                  T* dx, T* dgamma, T* dbeta, int64_t n, int64_t c, int64_t inner,
+                                                  const T* relu_out = nullptr);
 
 }  // namespace bulwark::cpu

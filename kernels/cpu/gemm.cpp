@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/common/elementwise.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 extern "C" void openblas_set_num_threads(int);
@@ -114,16 +115,16 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
 
 template <class T>
 void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-               const T* bias, T* C, int64_t ldc) {
+               const T* bias, T* C, int64_t ldc, bool relu) {
   gemm<T>(ta, tb, M, N, K, T(1), A, lda, B, ldb, T(0), C, ldc);
   for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] += bias[j];
+    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = ew::relu_if(C[i * ldc + j] + bias[j], relu);
 }
 
 template void gemm_bias<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
-                               const float*, float*, int64_t);
+                               const float*, float*, int64_t, bool);
 template void gemm_bias<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,
-                                const double*, double*, int64_t);
+                                const double*, double*, int64_t, bool);
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
                           int64_t, float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,

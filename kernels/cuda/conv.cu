@@ -29,6 +29,7 @@
 //      pass is the next step for it.
 #include <cuda_runtime.h>
 
+#include "kernels/common/elementwise.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/conv_loaders.cuh"
 #include "kernels/cuda/cuda_kernels.h"
@@ -45,13 +46,15 @@ namespace bulwark::cuda {
 namespace {
 using namespace conv;
 
+// The forward's epilogue: bias and ReLU applied to each output as the tile loop stores it.
 struct ForwardStore {
   int64_t o, L;
   const float* bias;
   float* y;
+  bool relu;
   __device__ void operator()(int64_t oc, int64_t col, float acc) const {
     const int64_t n = col / L, p = col % L;
-    y[(n * o + oc) * L + p] = bias ? acc + bias[oc] : acc;
+    y[(n * o + oc) * L + p] = ew::relu_if(bias ? acc + bias[oc] : acc, relu);
   }
 };
 
@@ -78,9 +81,10 @@ LaunchCost conv_cost(const ConvShape& s, int64_t m, int64_t n, int64_t k) {
 }
 }  // namespace
 
-void conv2d_forward_ours(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
+void conv2d_forward_ours(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu) {
   const int64_t L = s.oh * s.ow, ckk = s.c * s.kh * s.kw;
-  run_tiles_in(math_precision(), tile::MatrixLoader{w, ckk, false, false}, ForwardColumns{s, x}, ForwardStore{s.o, L, bias, y}, s.o,
+  run_tiles_in(math_precision(), tile::MatrixLoader{w, ckk, false, false}, ForwardColumns{s, x},
+               ForwardStore{s.o, L, bias, y, relu}, s.o,
                   s.n * L, ckk, current_stream(), conv_cost(s, s.o, s.n * L, ckk));
 }
 
@@ -97,20 +101,21 @@ void conv2d_backward_weight_ours(const ConvShape& s, const float* x, const float
 }
 
 // The launchers run ours or cuDNN as kernel_source() says (kernel_source.h), keyed by the whole
-// shape (and, for the forward, whether there is a bias to add).
+// shape (and, for the forward, whether there is a bias to add and a ReLU to apply).
 namespace {
-std::string conv_key(const char* pass, const ConvShape& s, bool bias) {
-  return kernel_key(pass, {s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, bias});
+std::string conv_key(const char* pass, const ConvShape& s, bool bias, bool relu = false) {
+  return relu ? kernel_key(pass, {s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, bias, relu})
+              : kernel_key(pass, {s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, bias});
 }
 }  // namespace
 
-void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y) {
-  const auto key = [&] { return conv_key("conv2d_forward", s, bias != nullptr); };
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu) {
+  const auto key = [&] { return conv_key("conv2d_forward", s, bias != nullptr, relu); };
   launch_routed(key, RoutedOutput{y, s.n * s.o * s.oh * s.ow, false}, [&](KernelSource source, float* out) {
     if (source == KernelSource::vendor)
-      conv2d_forward_vendor(s, x, w, bias, out);
+      conv2d_forward_vendor(s, x, w, bias, out, relu);
     else
-      conv2d_forward_ours(s, x, w, bias, out);
+      conv2d_forward_ours(s, x, w, bias, out, relu);
   });
 }
 

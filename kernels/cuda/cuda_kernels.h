@@ -132,13 +132,16 @@ void softmax_xent_backward_rows(const float* z, const int32_t* labels, const flo
 // ---- GEMM and convolution (gemm.cu, conv.cu) ---------------------------------------------------------
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
           int64_t ldb, float beta, float* C, int64_t ldc);
-// C = op(A) op(B) + bias[N] on every row (a linear layer): ours adds the bias in the tile loop's
-// epilogue, one launch; the vendor route is cuBLAS and a bias kernel.
+// C = op(A) op(B) + bias[N] on every row (a linear layer), relu(...) with `relu`: ours adds the bias
+// (and applies the ReLU) in the tile loop's epilogue, one launch; the vendor route is cuBLAS and a
+// bias kernel.
 void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-               int64_t ldb, const float* bias, float* C, int64_t ldc);
-// C[i, j] += bias[j] for the M x N block of C (row stride ldc): gemm_bias's vendor epilogue.
-void add_row_bias(float* C, int64_t ldc, int64_t M, int64_t N, const float* bias);
-void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y);
+               int64_t ldb, const float* bias, float* C, int64_t ldc, bool relu = false);
+// C[i, j] += bias[j] (then the ReLU, with `relu`) for the M x N block of C (row stride ldc):
+// gemm_bias's vendor epilogue.
+void add_row_bias(float* C, int64_t ldc, int64_t M, int64_t N, const float* bias, bool relu = false);
+// y = conv(x, w) + bias (bias may be null), relu(y) with `relu`: the bias+ReLU epilogue.
+void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu = false);
 void conv2d_backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
 void conv2d_backward_weight(const ConvShape& s, const float* x, const float* g, float* dw);
 
@@ -193,11 +196,13 @@ void avg_pool2d_backward(const PoolShape& s, const float* g, float* dx);
 void adaptive_avg_pool2d_forward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, float* y);
 void adaptive_avg_pool2d_backward(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* g,
                                   float* dx);
+// relu / relu_out: the fused BN+ReLU, as in kernels/cpu/cpu_kernels.h.
 void batch_norm_forward_train(const float* x, const float* gamma, const float* beta, float* y, float* mean,
-                              float* invstd, float* var, int64_t n, int64_t c, int64_t inner, double eps);
+                              float* invstd, float* var, int64_t n, int64_t c, int64_t inner, double eps,
+                              bool relu = false);
 void batch_norm_backward_train(const float* x, const float* g, const float* gamma, const float* mean,
                                const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c,
-                               int64_t inner);
+                               int64_t inner, const float* relu_out = nullptr);
 
 // ---- Philox, attack step, optimizer (random.cu, attack.cu, optim.cu) --------------------------------
 void uniform(float* out, int64_t n, float lo, float hi, uint64_t seed, uint64_t offset);

@@ -19,6 +19,7 @@
 // tensor cores (WMMA) behind an opt-in, since TF32 changes results at the 1e-3 level.
 #include <cuda_runtime.h>
 
+#include "kernels/common/elementwise.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_tile.cuh"
@@ -40,17 +41,21 @@ struct GemmStore {
     *p = beta == 0.0f ? alpha * acc : alpha * acc + beta * *p;
   }
 };
-// C = acc + bias[j]: the product rounded to f32, then the bias added, as gemm + add() round it.
+// C = acc + bias[j]: the product rounded to f32, then the bias added, as gemm + add() round it;
+// then the ReLU with `relu` (linear_relu), as relu() rounds it.
 struct GemmBiasStore {
   float* c;
   int64_t ldc;
   const float* bias;
-  __device__ void operator()(int64_t i, int64_t j, float acc) const { c[i * ldc + j] = acc + bias[j]; }
+  bool relu;
+  __device__ void operator()(int64_t i, int64_t j, float acc) const { c[i * ldc + j] = ew::relu_if(acc + bias[j], relu); }
 };
 
-__global__ void add_row_bias_kernel(float* c, int64_t ldc, int64_t M, int64_t N, const float* bias) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < M * N; e += int64_t(gridDim.x) * blockDim.x)
-    c[e / N * ldc + e % N] += bias[e % N];
+__global__ void add_row_bias_kernel(float* c, int64_t ldc, int64_t M, int64_t N, const float* bias, bool relu) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < M * N; e += int64_t(gridDim.x) * blockDim.x) {
+    float* p = c + e / N * ldc + e % N;
+    *p = ew::relu_if(*p + bias[e % N], relu);
+  }
 }
 }  // namespace
 
@@ -77,24 +82,27 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   });
 }
 
-void add_row_bias(float* C, int64_t ldc, int64_t M, int64_t N, const float* bias) {
+void add_row_bias(float* C, int64_t ldc, int64_t M, int64_t N, const float* bias, bool relu) {
   if (M > 0 && N > 0)
     BW_LAUNCH_COSTED((LaunchCost{double(M) * double(N), 4.0 * (2.0 * double(M) * double(N) + double(N))}),
-                     add_row_bias_kernel, blocks_for(M * N), kThreads, 0, current_stream(), C, ldc, M, N, bias);
+                     add_row_bias_kernel, blocks_for(M * N), kThreads, 0, current_stream(), C, ldc, M, N, bias, relu);
 }
 
 void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-               int64_t ldb, const float* bias, float* C, int64_t ldc) {
-  const auto key = [&] { return kernel_key("gemm_bias", {ta, tb, M, N, K, lda, ldb, ldc}); };
+               int64_t ldb, const float* bias, float* C, int64_t ldc, bool relu) {
+  const auto key = [&] {
+    return relu ? kernel_key("gemm_bias_relu", {ta, tb, M, N, K, lda, ldb, ldc})
+                : kernel_key("gemm_bias", {ta, tb, M, N, K, lda, ldb, ldc});
+  };
   const int64_t c_count = M > 0 && N > 0 ? (M - 1) * ldc + N : 0;
   launch_routed(key, RoutedOutput{C, c_count, false}, [&](KernelSource source, float* c) {
     if (source == KernelSource::vendor) {
       gemm_vendor(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, c, ldc);
-      add_row_bias(c, ldc, M, N, bias);
+      add_row_bias(c, ldc, M, N, bias, relu);
       return;
     }
     const tile::MatrixLoader a{A, lda, ta, false}, b{B, ldb, tb, true};
-    run_tiles_in(math_precision(), a, b, GemmBiasStore{c, ldc, bias}, M, N, K, current_stream(),
+    run_tiles_in(math_precision(), a, b, GemmBiasStore{c, ldc, bias, relu}, M, N, K, current_stream(),
                  gemm_cost(M, N, K, double(M) * double(K) + double(K) * double(N) + double(M) * double(N) + double(N)));
   });
 }
