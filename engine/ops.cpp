@@ -878,7 +878,9 @@ static void check_logits_labels(const Tensor& z, const Tensor& labels, const cha
     throw std::invalid_argument(fmt::format("{}: logits {} and labels {} (want [N,K] and i32[N])", op, z.str(), labels.str()));
 }
 
-Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
+// With `correct`, the forward kernel also writes each row's correctness and *correct becomes
+// their sum (an f32 count, no node).
+static Tensor cross_entropy_counting(const Tensor& z_in, const Tensor& labels, bool reduce, Tensor* correct) {
   require_float(z_in, "cross_entropy");
   check_logits_labels(z_in, labels, "cross_entropy");
   require_same_device(z_in, labels, "cross_entropy");
@@ -886,7 +888,10 @@ Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
   const int64_t rows = z.size(0), cols = z.size(1);
   check_index_range(y, cols, "cross_entropy", cuda::IndexRole::label);
   Tensor loss = Tensor::empty({rows}, z.dtype(), z.device());
-  BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_rows, z.data<T>(), y.data<int32_t>(), loss.data<T>(), rows, cols);
+  const Tensor flags = correct ? Tensor::empty({rows}, z.dtype(), z.device()) : Tensor();
+  BW_KERNEL(z.device(), z.dtype(), "cross_entropy", softmax_xent_rows, z.data<T>(), y.data<int32_t>(), loss.data<T>(), rows,
+            cols, correct ? flags.data<T>() : nullptr);
+  if (correct) *correct = make_view(sum_raw_keepdim(flags, {0}, 1.0), {}, {}, 0);
   // The mean loss is one node over z: its sum's kernel applies 1/rows, and its backward takes the
   // one upstream value (g_stride 0) with the 1/rows scale into the fused kernel, where
   // mean(per-row losses) would add a scale and a broadcast copy of the gradient (two launches).
@@ -906,6 +911,16 @@ Tensor cross_entropy(const Tensor& z_in, const Tensor& labels, bool reduce) {
               gc.data<T>(), int64_t{reduce ? 0 : 1}, T(scale), dz.data<T>(), z.size(0), z.size(1));
     return Grads{dz};
   });
+}
+
+Tensor cross_entropy(const Tensor& z, const Tensor& labels, bool reduce) {
+  return cross_entropy_counting(z, labels, reduce, nullptr);
+}
+
+LossAndCorrect cross_entropy_and_correct(const Tensor& z, const Tensor& labels) {
+  LossAndCorrect r;
+  r.loss = cross_entropy_counting(z, labels, true, &r.correct);
+  return r;
 }
 
 Tensor cw_margin(const Tensor& z, const Tensor& labels) {

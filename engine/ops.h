@@ -136,6 +136,13 @@ Tensor log_softmax(const Tensor& z, int64_t dim = -1);
 Tensor softmax(const Tensor& z, int64_t dim = -1);
 // Mean (or per-sample when reduce=false) cross-entropy of logits z [N,K] with i32 labels [N].
 Tensor cross_entropy(const Tensor& z, const Tensor& labels, bool reduce = true);
+// The mean cross_entropy(z, labels) and, from the same kernel, how many rows of z are classified
+// correctly (argmax == label, argmax's tie and NaN rules) as an f32 scalar: a training step's loss
+// and accuracy in 4 launches on CUDA where the two apart take 8. The count has no gradient.
+struct LossAndCorrect {
+  Tensor loss, correct;
+};
+LossAndCorrect cross_entropy_and_correct(const Tensor& z, const Tensor& labels);
 // Carlini-Wagner margin max_{j != y} z_j - z_y per sample (positive = misclassified).
 Tensor cw_margin(const Tensor& z, const Tensor& labels);
 

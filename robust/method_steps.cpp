@@ -89,13 +89,13 @@ Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool i
   if (input_grad) input.set_requires_grad(true);
   ctx.optimizer.zero_grad();
   const Tensor logits = ctx.model(input);
-  const Tensor loss = cross_entropy(logits, y);
+  const LossAndCorrect out = cross_entropy_and_correct(logits, y);
   const Module::PassCost cost = ctx.model.pass_cost();
   ctx.passes.fwd += cost.forward;
-  backward(loss);
+  backward(out.loss);
   ctx.passes.bwd += cost.forward_backward + cost.backward;
   ctx.optimizer.step();
-  ctx.log.record(loss, correct_predictions(logits, y), x_train.size(0));
+  ctx.log.record(out.loss, out.correct, x_train.size(0));
   return input_grad ? input.grad() : Tensor();
 }
 

@@ -1510,6 +1510,69 @@ TEST_CASE("ops: batch_norm updates the running statistics (unbiased variance)", 
 
 // ==== softmax and losses ===================================================================================
 
+// The training step's loss and accuracy from one kernel: the loss is cross_entropy's to the bit,
+// the count is argmax == label's, ties (the first maximum wins) and NaN rows included, on both
+// backends and at sizes where a row spans several warp strides; on CUDA in 4 launches, not 8.
+TEST_CASE("cross_entropy_and_correct is cross_entropy and the argmax == label count, in half the launches",
+          "[ops][cuda]") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // Rows: clear win; the label ties an earlier maximum (wrong) or a later one (right); NaN at the
+  // label; NaN elsewhere; all NaN with label 0 (argmax 0: right) and label 1 (wrong).
+  const std::vector<float> special = {3, 1, 2, 1, 1,    2, 5, 1, 5, 0,    2, 5, 1, 5, 0,    1, nan, 0, 2, 1,
+                                      0, 4, nan, 1, 2,  nan, nan, nan, nan, nan,  nan, nan, nan, nan, nan};
+  const std::vector<int32_t> special_labels = {0, 3, 1, 1, 1, 0, 1};  // right: 1, 0, 1, 0, 1, 1, 0
+  Generator g(21);
+  for (const Device dev : {Device::cpu, Device::cuda}) {
+    INFO(device_name(dev));
+    const auto composed_count = [](const Tensor& z, const Tensor& y) {
+      return sum(eq(argmax(z, 1).to(DType::f32), y.to(DType::f32))).item();
+    };
+    {
+      const Tensor z = Tensor::from_vector(special, {7, 5}).to(dev), y = Tensor::from_vector(special_labels, {7}).to(dev);
+      const LossAndCorrect r = cross_entropy_and_correct(z, y);
+      CHECK(r.correct.item() == 4.0);
+      CHECK(r.correct.item() == composed_count(z, y));
+    }
+    for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {37, 10}, {9, 33}, {5, 1000}}) {
+      INFO(rows << " x " << cols);
+      // Values on a coarse grid, so rows have ties; labels drawn so that about half are right.
+      Tensor z = rand_uniform({rows, cols}, 0, 4, g).to(dev);
+      z = (z * 2.0).to(DType::i32).to(DType::f32);
+      std::vector<int32_t> labels(static_cast<size_t>(rows));
+      const Tensor am = argmax(z, 1).to(Device::cpu);
+      for (int64_t r = 0; r < rows; ++r)
+        labels[static_cast<size_t>(r)] = r % 2 == 0 ? am.data<int32_t>()[r] : static_cast<int32_t>((r * 7) % cols);
+      const Tensor y = Tensor::from_vector(labels, {rows}).to(dev);
+      Tensor zl = z.clone();
+      zl.set_requires_grad(true);
+      const LossAndCorrect r = cross_entropy_and_correct(zl, y);
+      const Tensor loss = cross_entropy(z, y);
+      CHECK(r.loss.item() == loss.item());
+      CHECK(r.correct.item() == composed_count(z, y));
+      backward(r.loss);
+      Tensor zc = z.clone();
+      zc.set_requires_grad(true);
+      backward(cross_entropy(zc, y));
+      CHECK(zl.grad().to(Device::cpu).to_vector() == zc.grad().to(Device::cpu).to_vector());
+    }
+    if (dev == Device::cuda) {
+      const Tensor z = rand_uniform({8, 10}, -1, 1, g).to(dev), y = Tensor::zeros({8}, DType::i32).to(dev);
+      const auto launches = [](const std::function<void()>& f) {
+        const uint64_t before = total_launches();
+        f();
+        return total_launches() - before;
+      };
+      const uint64_t fused = launches([&] { cross_entropy_and_correct(z, y); });
+      const uint64_t apart = launches([&] {
+        cross_entropy(z, y);
+        sum(eq(argmax(z, 1).to(DType::f32), y.to(DType::f32)));
+      });
+      CHECK(fused == 4);  // the label check, the loss rows (with the flags), and the two sums
+      CHECK(apart - fused == 4);
+    }
+  }
+}
+
 TEST_CASE("ops: log_softmax, softmax, cross_entropy, cw_margin", "[ops][cuda]") {
   std::vector<OpCase> cases;
   for (const auto& [x, dim] : std::vector<std::pair<InputSpec, int64_t>>{

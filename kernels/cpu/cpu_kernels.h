@@ -116,8 +116,10 @@ template <class T> void adaptive_avg_pool2d_backward(int64_t planes, int64_t h, 
 
 // Row-wise over [rows, cols].
 template <class T> void log_softmax_rows(const T* z, T* y, int64_t rows, int64_t cols);
-// Fused softmax cross-entropy: loss[r] = logsumexp(z[r]) - z[r, y[r]].
-template <class T> void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows, int64_t cols);
+// Fused softmax cross-entropy: loss[r] = logsumexp(z[r]) - z[r, y[r]]; and, when `correct` is not
+// null, correct[r] = 1 where argmax(z[r]) == y[r] (argmax's tie and NaN rules), else 0.
+template <class T> void softmax_xent_rows(const T* z, const int32_t* labels, T* loss, int64_t rows, int64_t cols,
+                                          T* correct = nullptr);
 // Its backward in one pass: dz[r, j] = (exp(z[r, j] - logsumexp(z[r])) - [j == y[r]]) g_r with
 // g_r = g[r * g_stride] * scale: per-row upstream gradients (g_stride 1, scale 1), or the mean's
 // (g_stride 0: the one upstream value of the mean loss, scale 1/rows), so a mean cross-entropy's

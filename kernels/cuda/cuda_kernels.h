@@ -125,7 +125,8 @@ void scatter_add_middle(const float* src, const int32_t* idx, float* out, int64_
 
 // ---- softmax and loss (softmax.cu) ----------------------------------------------------------------
 void log_softmax_rows(const float* z, float* y, int64_t rows, int64_t cols);
-void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols);
+void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols,
+                       float* correct = nullptr);
 void softmax_xent_backward_rows(const float* z, const int32_t* labels, const float* g, int64_t g_stride, float scale,
                                 float* dz, int64_t rows, int64_t cols);
 

@@ -3,7 +3,9 @@
 //
 //   lse_r = log sum_j exp(z[r, j])         (computed as m + log sum_j exp(z[r, j] - m), m = max)
 //   log_softmax: y[r, j] = z[r, j] - lse_r
-//   softmax_xent: loss[r] = lse_r - z[r, labels[r]]
+//   softmax_xent: loss[r] = lse_r - z[r, labels[r]], and optionally correct[r] = [argmax z[r] == labels[r]]
+//   (a training step's accuracy from the same read of z: one launch more, its sum, instead of five:
+//   argmax, two conversions, a compare and a sum)
 //   its backward: dz[r, j] = (exp(z[r, j] - lse_r) - [j == labels[r]]) g[r * g_stride] scale, one
 //   launch instead of the eight of its composition (one_hot's fill, check, fill, scatter;
 //   log_softmax, exp, -, *); g_stride 0 and scale 1/rows take a mean loss's one upstream value
@@ -20,6 +22,7 @@
 //      rows of many thousands of columns would want a block per row.
 #include <cmath>
 
+#include "kernels/common/argmax.h"
 #include "kernels/cuda/common.cuh"
 
 namespace bulwark::cuda {
@@ -56,14 +59,24 @@ __global__ void log_softmax_rows_kernel(const float* z, float* y, int64_t rows, 
   for (int64_t j = threadIdx.x % 32; j < cols; j += 32) y[r * cols + j] = row[j] - lse;
 }
 
+// With `correct`, each lane also asks whether one of its columns outranks the label's under
+// argmax's rule (kernels/common/argmax.h), and a ballot of the warp gives the row's 1 or 0.
 __global__ void softmax_xent_rows_kernel(const float* z, const int32_t* labels, float* loss, int64_t rows,
-                                         int64_t cols) {
+                                         int64_t cols, float* correct) {
   const int64_t r = blockIdx.x * int64_t(kRowsPerBlock) + threadIdx.x / 32;
   if (r >= rows) return;
   const float* row = z + r * cols;
   const float lse = warp_logsumexp(row, cols);
   const int32_t y = labels[r];  // range-checked by the engine, deferred: guard, NaN when out of range
-  if (threadIdx.x % 32 == 0) loss[r] = y >= 0 && y < cols ? lse - row[y] : NAN;
+  const bool in_range = y >= 0 && y < cols;
+  if (threadIdx.x % 32 == 0) loss[r] = in_range ? lse - row[y] : NAN;
+  if (correct == nullptr) return;
+  bool beaten = !in_range;
+  if (in_range)
+    for (int64_t j = threadIdx.x % 32; j < cols && !beaten; j += 32)
+      beaten = j != y && ew::outranks_label(j, row[j], int64_t{y}, row[y]);
+  const unsigned beaten_lanes = __ballot_sync(0xffffffffu, beaten);
+  if (threadIdx.x % 32 == 0) correct[r] = beaten_lanes == 0u ? 1.0f : 0.0f;
 }
 
 // dz = (softmax(z) - one_hot(y)) g, row by row: the lse as the forward computes it, then each lane
@@ -90,11 +103,14 @@ void log_softmax_rows(const float* z, float* y, int64_t rows, int64_t cols) {
                      current_stream(), z, y, rows, cols);
 }
 
-void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols) {
+void softmax_xent_rows(const float* z, const int32_t* labels, float* loss, int64_t rows, int64_t cols,
+                       float* correct) {
+  // With `correct`: a comparison more per element and a float more written per row.
+  const double per_element = correct ? 5.0 : 4.0, per_row = correct ? 3.0 : 2.0;
   if (rows > 0 && cols > 0)
-    BW_LAUNCH_COSTED((LaunchCost{4.0 * double(rows * cols), 4.0 * double(rows * cols + 2 * rows)}),
+    BW_LAUNCH_COSTED((LaunchCost{per_element * double(rows * cols), 4.0 * double(rows * cols + per_row * rows)}),
                      softmax_xent_rows_kernel, row_blocks(rows), kThreads, 0, current_stream(), z, labels, loss, rows,
-                     cols);
+                     cols, correct);
 }
 
 void softmax_xent_backward_rows(const float* z, const int32_t* labels, const float* g, int64_t g_stride, float scale,
