@@ -581,7 +581,7 @@ static Tensor linear_epilogue(const Tensor& x, const Tensor& w, const Tensor& b,
   const Tensor bias = b.detach().contiguous();
   Tensor out = Tensor::empty({M, N}, x.dtype(), x.device());
   profiler::count_flops(2.0 * double(M) * double(N) * double(K) + double(M) * double(N));
-  BW_KERNEL(x.device(), x.dtype(), "linear", gemm_bias, A.trans, B.trans, M, N, K, A.t.data<T>(), A.ld, B.t.data<T>(),
+  BW_KERNEL(x.device(), x.dtype(), relu ? "linear_relu" : "linear", gemm_bias, A.trans, B.trans, M, N, K, A.t.data<T>(), A.ld, B.t.data<T>(),
             B.ld, bias.data<T>(), out.data<T>(), std::max<int64_t>(N, 1), relu);
   return record(out, relu ? "linear_relu" : "linear", {x, w, b}, [relu](const Node& n, const Tensor& g_out, const Needs& need) {
     const Tensor &xx = n.inputs[0], &ww = n.inputs[1], &bb = n.inputs[2];
@@ -649,7 +649,7 @@ static Tensor conv2d_epilogue(const Tensor& x_in, const Tensor& w_in, const Tens
   }
   Tensor out = Tensor::empty({s.n, s.o, s.oh, s.ow}, x.dtype(), x.device());
   profiler::count_flops(conv_flops(s));
-  BW_KERNEL(x.device(), x.dtype(), "conv2d", conv2d_forward, s, x.data<T>(), w.data<T>(),
+  BW_KERNEL(x.device(), x.dtype(), relu ? "conv2d_relu" : "conv2d", conv2d_forward, s, x.data<T>(), w.data<T>(),
             bc.defined() ? bc.data<T>() : nullptr, out.data<T>(), relu);
   std::vector<Tensor> inputs{x_in, w_in};
   if (bias.defined()) inputs.push_back(bias);
@@ -821,7 +821,7 @@ static Tensor batch_norm_epilogue(const Tensor& x, const Tensor& gamma, const Te
   Tensor y = Tensor::empty(x.shape(), x.dtype(), dev);
   Tensor mu = Tensor::empty({c}, x.dtype(), dev), invstd = Tensor::empty({c}, x.dtype(), dev),
          var = Tensor::empty({c}, x.dtype(), dev);
-  BW_KERNEL(dev, x.dtype(), "batch_norm", batch_norm_forward_train, xc.data<T>(), gc.data<T>(), bc.data<T>(), y.data<T>(),
+  BW_KERNEL(dev, x.dtype(), relu ? "batch_norm_relu" : "batch_norm", batch_norm_forward_train, xc.data<T>(), gc.data<T>(), bc.data<T>(), y.data<T>(),
             mu.data<T>(), invstd.data<T>(), var.data<T>(), n, c, inner, eps, relu);
   {
     NoGradGuard ng;
