@@ -566,7 +566,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 // matmul, add and relu in turn. The fused ReLU's backward is relu_grad against the output (y > 0
 // exactly where the pre-activation was), so the pre-activation is never stored.
 static Tensor linear_epilogue(const Tensor& x, const Tensor& w, const Tensor& b, bool relu) {
-  if (!b.defined()) return relu ? bulwark::relu(matmul(x, w.t())) : matmul(x, w.t());
+  if (!b.defined()) {
+    const Tensor y = matmul(x, w.t());
+    return relu ? bulwark::relu(y) : y;
+  }
   require_float(x, "linear");
   require_float(w, "linear");
   require_float(b, "linear");

@@ -41,19 +41,19 @@ Tensor Linear::forward(const Tensor& x) { return linear(checked(x), weight, bias
 std::optional<Tensor> Linear::forward_relu(const Tensor& x) { return linear_relu(checked(x), weight, bias); }
 
 Interval Linear::interval_forward(const Interval& in) {
-  if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
+  checked(in.center);
   return stacked_box(interval_linear(in.center, in.radius, weight, bias, false), 0);
 }
 
 std::optional<Interval> Linear::interval_forward_relu(const Interval& in, Interval* pre) {
-  if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
+  checked(in.center);
   const Tensor boxes = interval_linear(in.center, in.radius, weight, bias, true);
   *pre = stacked_box(boxes, 0);
   return stacked_box(boxes, 1);
 }
 
 Interval Linear::interval_margin(const Interval& in, const Tensor& labels) {
-  if (in.center.dim() != 2 || in.center.size(1) != in_features) forward(in.center.detach());  // its shape error
+  checked(in.center);
   // Center: the margins of the center's logits. Radius: sum_i |W_j,i - W_y,i| r_i per sample and
   // class, the exact radius of the affine map x -> (W_j - W_y) x on the box (0 at j = y), from
   // the fused kernel that forms the difference rows on the fly (engine/ops.h).
@@ -102,13 +102,13 @@ std::optional<Tensor> Conv2d::forward_relu(const Tensor& x) {
 }
 
 Interval Conv2d::interval_forward(const Interval& in) {
-  if (in.center.dim() != 4 || in.center.size(1) != in_channels) forward(in.center.detach());  // its shape error
+  checked(in.center);
   input_shape_ = in.center.shape();
   return stacked_box(interval_conv2d(in.center, in.radius, weight, bias, {stride, padding}, false), 0);
 }
 
 std::optional<Interval> Conv2d::interval_forward_relu(const Interval& in, Interval* pre) {
-  if (in.center.dim() != 4 || in.center.size(1) != in_channels) forward(in.center.detach());  // its shape error
+  checked(in.center);
   input_shape_ = in.center.shape();
   const Tensor boxes = interval_conv2d(in.center, in.radius, weight, bias, {stride, padding}, true);
   *pre = stacked_box(boxes, 0);
@@ -141,14 +141,18 @@ BatchNorm::BatchNorm(int64_t features, int64_t input_dims, DType dtype, double e
 Tensor BatchNorm::forward(const Tensor& x) { return normalized(x, false); }
 std::optional<Tensor> BatchNorm::forward_relu(const Tensor& x) { return normalized(x, true); }
 
-Tensor BatchNorm::normalized(const Tensor& x, bool relu) {
+const Tensor& BatchNorm::checked(const Tensor& x) const {
   if (x.dim() != input_dims_ || x.size(1) != num_features)
     throw std::invalid_argument(fmt::format("BatchNorm{}d({}): input {} should be {}", input_dims_ == 2 ? 1 : 2,
                                             num_features, x.str(),
                                             input_dims_ == 2 ? fmt::format("[N, {}]", num_features)
                                                              : fmt::format("[N, {}, H, W]", num_features)));
-  Tensor out = (relu ? batch_norm_relu : batch_norm)(x, weight, bias, running_mean, running_var, is_training(),
-                                                     momentum, eps);
+  return x;
+}
+
+Tensor BatchNorm::normalized(const Tensor& x, bool relu) {
+  Tensor out = (relu ? batch_norm_relu : batch_norm)(checked(x), weight, bias, running_mean, running_var,
+                                                     is_training(), momentum, eps);
   // Counted on the counter's device: reading it back (item()) made every training forward on
   // CUDA wait for the GPU once per BatchNorm layer, and a CUDA graph cannot capture a wait.
   // (One small launch; folding the increment into the statistics kernel is the next step.)
@@ -158,7 +162,7 @@ Tensor BatchNorm::normalized(const Tensor& x, bool relu) {
 
 Interval BatchNorm::interval_forward(const Interval& in) {
   const Tensor& c = in.center;
-  if (c.dim() != input_dims_ || c.size(1) != num_features) forward(c.detach());  // its shape error
+  checked(c);
   Shape per_channel(static_cast<size_t>(input_dims_), 1);
   per_channel[1] = num_features;
   Tensor mean_c, var_c;

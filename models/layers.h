@@ -91,6 +91,7 @@ class BatchNorm : public Module {
   BatchNorm(int64_t num_features, int64_t input_dims, DType dtype, double eps, double momentum);
 
  private:
+  const Tensor& checked(const Tensor& x) const;  // x, or a shape error naming the layer
   Tensor normalized(const Tensor& x, bool relu);  // forward, and relu(forward) fused
   int64_t input_dims_;    // 2 for BatchNorm1d ([N, C]), 4 for BatchNorm2d ([N, C, H, W])
   Tensor scale_, shift_;  // the affine map of the last interval_forward, per channel, for CROWN

@@ -535,13 +535,13 @@ namespace {
 std::multiset<std::string> graph_ops(const Tensor& y) {
   std::multiset<std::string> ops;
   std::set<const Node*> seen;
-  std::vector<const Node*> todo{y.impl()->grad_fn.get()};
-  while (!todo.empty()) {
-    const Node* n = todo.back();
-    todo.pop_back();
+  std::vector<const Node*> pending{y.impl()->grad_fn.get()};
+  while (!pending.empty()) {
+    const Node* n = pending.back();
+    pending.pop_back();
     if (n == nullptr || !seen.insert(n).second) continue;
     ops.insert(n->op);
-    for (const Tensor& in : n->inputs) todo.push_back(in.impl()->grad_fn.get());
+    for (const Tensor& in : n->inputs) pending.push_back(in.impl()->grad_fn.get());
   }
   return ops;
 }

@@ -101,16 +101,15 @@ void conv2d_backward_weight_ours(const ConvShape& s, const float* x, const float
 }
 
 // The launchers run ours or cuDNN as kernel_source() says (kernel_source.h), keyed by the whole
-// shape (and, for the forward, whether there is a bias to add and a ReLU to apply).
+// shape (and, for the forward, whether there is a bias to add; the fused ReLU is its own pass name).
 namespace {
-std::string conv_key(const char* pass, const ConvShape& s, bool bias, bool relu = false) {
-  return relu ? kernel_key(pass, {s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, bias, relu})
-              : kernel_key(pass, {s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, bias});
+std::string conv_key(const char* pass, const ConvShape& s, bool bias) {
+  return kernel_key(pass, {s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.stride, s.pad, bias});
 }
 }  // namespace
 
 void conv2d_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu) {
-  const auto key = [&] { return conv_key("conv2d_forward", s, bias != nullptr, relu); };
+  const auto key = [&] { return conv_key(relu ? "conv2d_forward_relu" : "conv2d_forward", s, bias != nullptr); };
   launch_routed(key, RoutedOutput{y, s.n * s.o * s.oh * s.ow, false}, [&](KernelSource source, float* out) {
     if (source == KernelSource::vendor)
       conv2d_forward_vendor(s, x, w, bias, out, relu);

@@ -90,10 +90,7 @@ void add_row_bias(float* C, int64_t ldc, int64_t M, int64_t N, const float* bias
 
 void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                int64_t ldb, const float* bias, float* C, int64_t ldc, bool relu) {
-  const auto key = [&] {
-    return relu ? kernel_key("gemm_bias_relu", {ta, tb, M, N, K, lda, ldb, ldc})
-                : kernel_key("gemm_bias", {ta, tb, M, N, K, lda, ldb, ldc});
-  };
+  const auto key = [&] { return kernel_key(relu ? "gemm_bias_relu" : "gemm_bias", {ta, tb, M, N, K, lda, ldb, ldc}); };
   const int64_t c_count = M > 0 && N > 0 ? (M - 1) * ldc + N : 0;
   launch_routed(key, RoutedOutput{C, c_count, false}, [&](KernelSource source, float* c) {
     if (source == KernelSource::vendor) {
