@@ -3,6 +3,13 @@
 # bench/peer_pytorch.py): prints model, bulwark ms/step, pytorch ms/step, ratio (bulwark/pytorch).
 #
 #   bench/compare.sh [--bench PATH] [--models "wong_small cnn7"] [--rounds R] [--iters N] [--threads T]
+#                    [--torch-venv DIR] [--bf16]
+#
+# --torch-venv DIR: also time a second PyTorch (a newer one from PyPI, installed in the venv DIR
+# with DIR/bin/pip install torch) in the same rounds; its columns come after the others, with
+# bulwark's ratio to the faster of the two PyTorch versions.
+# --bf16: also time bulwark with --precision bf16 (the direct convolutions multiply in BF16 on a
+# CPU with AVX512-BF16), reported in a table of its own, its rate against the FP32 sgemm peak.
 #
 # The two run alternately, R rounds per model, and each side's figure is the minimum over rounds
 # of its per-round median: on a shared machine other jobs only ever add time, so the minimum is
@@ -22,6 +29,8 @@ models="wong_small cnn7"
 rounds=2
 iters=5
 threads=2
+venv=""
+bf16=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bench) bench="$2"; shift 2 ;;
@@ -29,10 +38,16 @@ while [[ $# -gt 0 ]]; do
     --rounds) rounds="$2"; shift 2 ;;
     --iters) iters="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --torch-venv) venv="$2"; shift 2 ;;
+    --bf16) bf16=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [[ -n "$venv" && ! -x "$venv/bin/python" ]]; then
+  echo "compare.sh: no python at $venv/bin/python; make the venv (python3 -m venv $venv && $venv/bin/pip install torch)" >&2
+  exit 1
+fi
 if [[ ! -x "$bench" ]]; then
   echo "compare.sh: no bulwark-bench at $bench; build it (cmake --build build --target bulwark-bench) or pass --bench PATH" >&2
   exit 1
@@ -54,6 +69,16 @@ for model in $models; do
     "$bench" eval-step --model "$model" --threads "$threads" --iters "$iters" --warmup 1 --json >>"$results"
     /usr/bin/python3 "$here/peer_pytorch.py" --eval --batch 256 --model "$model" --threads "$threads" --iters "$iters" \
       --warmup 1 --json >>"$results"
+    if [[ -n "$venv" ]]; then  # the second PyTorch's rows, told apart by their impl
+      for mode in "" --eval; do
+        "$venv/bin/python" "$here/peer_pytorch.py" $mode --model "$model" --threads "$threads" --iters "$iters" \
+          --warmup 1 --json | sed 's/"impl": "pytorch"/"impl": "pytorch_venv"/' >>"$results"
+      done
+    fi
+    if ((bf16)); then
+      "$bench" train-step --model "$model" --threads "$threads" --iters "$iters" --warmup 1 --precision bf16 --json |
+        sed 's/"impl": "bulwark"/"impl": "bulwark_bf16"/' >>"$results"
+    fi
   done
 done
 
@@ -77,15 +102,31 @@ models = list(dict.fromkeys(r["model"] for r in rows))
 print(f"adversarial training step, batch {rows[0]['batch']}, {sys.argv[2]} threads, "
       f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; sgemm 1024^3 peak "
       f"{float(sys.argv[3]) / 1e9:.1f} GFLOP/s before the steps, {float(sys.argv[4]) / 1e9:.1f} after")
+versions = {r["impl"]: r.get("version", "") for r in rows}
+newer = "pytorch_venv" in versions
 print(f"{'model':<12} {'bulwark ms':>11} {'pytorch ms':>11} {'ratio':>7}   "
       f"{'bulwark CPU ms':>15} {'pytorch CPU ms':>15} {'CPU ratio':>9}   {'GFLOP/s':>8} {'of peak':>7}   "
-      f"{'bulwark MiB':>11} {'pytorch MiB':>11}")
+      f"{'bulwark MiB':>11} {'pytorch MiB':>11}" +
+      (f"   {'pytorch ' + versions['pytorch_venv'] + ' ms':>22} {'ratio to faster':>15}" if newer else ""))
 for m in models:
     b, p = best[(m, "bulwark", "ms_per_step")], best[(m, "pytorch", "ms_per_step")]
     bc, pc = best[(m, "bulwark", "cpu_ms_per_step")], best[(m, "pytorch", "cpu_ms_per_step")]
     rate = flops.get(m, 0) / (b * 1e-3)
-    print(f"{m:<12} {b:11.1f} {p:11.1f} {b / p:7.2f}   {bc:15.1f} {pc:15.1f} {bc / pc:9.2f}   "
-          f"{rate / 1e9:8.1f} {100 * rate / peak:6.0f}%   {rss.get((m, 'bulwark'), 0):11.0f} {rss.get((m, 'pytorch'), 0):11.0f}")
+    line = (f"{m:<12} {b:11.1f} {p:11.1f} {b / p:7.2f}   {bc:15.1f} {pc:15.1f} {bc / pc:9.2f}   "
+            f"{rate / 1e9:8.1f} {100 * rate / peak:6.0f}%   {rss.get((m, 'bulwark'), 0):11.0f} {rss.get((m, 'pytorch'), 0):11.0f}")
+    if newer:
+        n = best[(m, "pytorch_venv", "ms_per_step")]
+        line += f"   {n:22.1f} {b / min(p, n):15.2f}"
+    print(line)
+if "bulwark_bf16" in versions:
+    print(f"\nbulwark at --precision bf16 (convolution inputs rounded to BF16, AVX512-BF16 products), same rounds")
+    print(f"{'model':<12} {'bf16 ms':>11} {'fastest pytorch ms':>19} {'ratio':>7}   {'GFLOP/s':>8} {'of fp32 peak':>12}")
+    for m in models:
+        bb = best[(m, "bulwark_bf16", "ms_per_step")]
+        fastest_torch = min(v for (mm, impl, field), v in best.items()
+                            if mm == m and field == "ms_per_step" and impl.startswith("pytorch"))
+        rate = flops.get(m, 0) / (bb * 1e-3)
+        print(f"{m:<12} {bb:11.1f} {fastest_torch:19.1f} {bb / fastest_torch:7.2f}   {rate / 1e9:8.1f} {100 * rate / peak:11.0f}%")
 fastest = {}
 for r in evals:
     for field in ("clean_images_per_s", "pgd_step_images_per_s"):

@@ -11,6 +11,7 @@
 
 #include "bench/kernel_shapes.h"
 #include "kernels/cpu/attack_kernels.h"
+#include "kernels/cpu/conv_direct.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/optim.h"
 
@@ -53,7 +54,25 @@ const char* pass_name(ConvPass p) {
   return p == ConvPass::forward ? "forward" : p == ConvPass::backward_input ? "backward_input" : "backward_weight";
 }
 
-void conv_bench(benchmark::State& state, ConvPass pass, const ConvLayer& layer) {
+// A forward or backward-input row runs once per algorithm (im2col + GEMM, direct), and the
+// direct kernel once more at BF16 where the CPU has AVX512-BF16 (`--precision bf16`); both are
+// process-wide settings, set for the row and put back after it.
+struct ConvScope {
+  cpu::ConvAlgorithm algorithm = cpu::conv_algorithm();
+  MathPrecision precision = cpu::math_precision();
+  ConvScope(cpu::ConvAlgorithm a, MathPrecision p) {
+    cpu::set_conv_algorithm(a);
+    cpu::set_math_precision(p);
+  }
+  ~ConvScope() {
+    cpu::set_conv_algorithm(algorithm);
+    cpu::set_math_precision(precision);
+  }
+};
+
+void conv_bench(benchmark::State& state, ConvPass pass, const ConvLayer& layer, cpu::ConvAlgorithm algorithm,
+                MathPrecision precision) {
+  const ConvScope scope(algorithm, precision);
   const ConvShape& s = layer.shape;
   const std::vector<float> x = random_floats(size_t(s.n * s.c * s.h * s.w));
   const std::vector<float> w = random_floats(size_t(s.o * s.c * s.kh * s.kw));
@@ -187,9 +206,26 @@ bool register_cpu_benchmarks() {
   for (const GemmCase& c : zoo_gemms())
     add("cpu_gemm/" + std::string(c.name), benchmark::kMillisecond, [c](benchmark::State& st) { gemm_bench(st, c); });
   for (const ConvLayer& layer : zoo_conv_layers())
-    for (ConvPass pass : kConvPasses)
-      add(std::string("cpu_conv_") + pass_name(pass) + "/" + layer.name, benchmark::kMillisecond,
-          [pass, layer](benchmark::State& st) { conv_bench(st, pass, layer); });
+    for (ConvPass pass : kConvPasses) {
+      const std::string row = std::string("cpu_conv_") + pass_name(pass) + "/" + layer.name;
+      auto takes = [&](MathPrecision p) {  // whether the direct kernel applies at all
+        const ConvScope forced(cpu::ConvAlgorithm::direct, p);
+        return pass == ConvPass::forward          ? cpu::direct::takes_forward(layer.shape)
+               : pass == ConvPass::backward_input ? cpu::direct::takes_backward_input(layer.shape)
+                                                  : false;
+      };
+      auto row_for = [&](const std::string& suffix, cpu::ConvAlgorithm a, MathPrecision p) {
+        add(row + suffix, benchmark::kMillisecond,
+            [pass, layer, a, p](benchmark::State& st) { conv_bench(st, pass, layer, a, p); });
+      };
+      if (!takes(MathPrecision::fp32)) {
+        row_for("", cpu::ConvAlgorithm::im2col, MathPrecision::fp32);
+        continue;
+      }
+      row_for("/im2col", cpu::ConvAlgorithm::im2col, MathPrecision::fp32);
+      row_for("/direct", cpu::ConvAlgorithm::direct, MathPrecision::fp32);
+      if (takes(MathPrecision::bf16)) row_for("/direct_bf16", cpu::ConvAlgorithm::direct, MathPrecision::bf16);
+    }
   for (const BatchNormCase& c : zoo_batch_norms())
     for (bool backward : {false, true})
       add(std::string(backward ? "cpu_batch_norm_backward/" : "cpu_batch_norm_forward/") + c.name,

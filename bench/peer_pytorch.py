@@ -167,7 +167,7 @@ def main():
     if a.eval:
         for name in a.model or ["wong_small", "cnn7"]:
             clean, pgd = eval_times(name, a.batch, a.threads, a.warmup, a.iters, a.device)
-            row = {"impl": "pytorch", "mode": "eval", "model": name, "batch": a.batch, "threads": a.threads,
+            row = {"impl": "pytorch", "version": torch.__version__, "mode": "eval", "model": name, "batch": a.batch, "threads": a.threads,
                    "clean_ms": round(clean, 3), "pgd_step_ms": round(pgd, 3),
                    "clean_images_per_s": round(a.batch * 1e3 / clean, 1),
                    "pgd_step_images_per_s": round(a.batch * 1e3 / pgd, 1)}

@@ -13,6 +13,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "engine/runtime.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
@@ -37,34 +38,32 @@ double process_cpu_ms() {
   return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) * 1e-6;
 }
 
-// Walks a Sequential model layer by layer on a real batch and counts 2 FLOPs per multiply-add of
-// each conv and linear layer. Models that are not a Sequential (the ResNets) get zeros.
-PassFlops count_flops(Module& model, const Tensor& x) {
-  PassFlops f;
-  auto* seq = dynamic_cast<Sequential*>(&model);
-  if (!seq) return f;
-  NoGradGuard no_grad;
-  const bool was_training = model.is_training();
-  model.eval();  // no BatchNorm statistics update while counting
-  Tensor h = x;
-  bool first = true;
-  for (const auto& [name, layer] : seq->layers()) {
-    const Tensor out = layer->forward(h);
-    double macs = 0;
-    if (const auto* conv = dynamic_cast<const Conv2d*>(layer.get()))
-      macs = static_cast<double>(out.numel()) * conv->in_channels * conv->kernel_size * conv->kernel_size;
-    else if (const auto* lin = dynamic_cast<const Linear*>(layer.get()))
-      macs = static_cast<double>(out.numel()) * lin->in_features;
-    if (macs > 0) {
-      f.forward += 2 * macs;
-      f.backward_weights += 2 * macs;
-      f.backward_inputs += 2 * macs;
-      if (first) f.first_layer_input = 2 * macs;
-      first = false;
+// The conv and linear FLOPs of each pass, as the engine's ops state them to the profiler (2 per
+// multiply-add, plus a linear layer's bias adds), so residual models are counted as the
+// sequential ones. Three profiled passes on the real batch: the forward; the input gradient
+// alone (an attack step's backward: every layer's dx, no dW); and the training backward (every
+// dW, every dx but the first layer's, which the input does not need). dW costs what the forward
+// does, so the first layer's dx is what the training backward lacks of the other two.
+PassFlops count_flops(Module& model, const Tensor& x, const Tensor& y) {
+  auto flops_of = [](auto&& pass) {
+    profiler::start();
+    {
+      const profiler::Step step;
+      pass();
     }
-    h = out;
-  }
-  model.train(was_training);
+    double fwd = 0, bwd = 0;
+    for (const profiler::OpRow& row : profiler::stop().ops) fwd += row.fwd_flops, bwd += row.bwd_flops;
+    return std::pair{fwd, bwd};
+  };
+  PassFlops f;
+  f.forward = flops_of([&] { cross_entropy(model.forward(x), y); }).first;
+  Tensor input = x.detach();
+  input.set_requires_grad(true);
+  f.backward_inputs = flops_of([&] { grad({cross_entropy(model.forward(input), y)}, {input}); }).second;
+  const double training_backward = flops_of([&] { backward(cross_entropy(model.forward(x), y)); }).second;
+  f.backward_weights = f.forward;
+  f.first_layer_input = f.backward_weights + f.backward_inputs - training_backward;
+  model.zero_grad();
   return f;
 }
 
@@ -106,6 +105,7 @@ TrainStepResult run_train_step(const TrainStepConfig& c) {
                                             "threads ({}) >= 1 and attack steps ({}) >= 0 are required",
                                             c.batch, c.iters, c.warmup, c.threads, c.attack_steps));
   cpu::set_num_threads(c.threads);
+  const runtime::MathPrecisionScope precision(c.precision);
   ModelConfig mc;
   mc.in_channels = c.channels, mc.height = c.height, mc.width = c.width;
   mc.mean = c.mean, mc.std = c.std;
@@ -125,7 +125,7 @@ TrainStepResult run_train_step(const TrainStepConfig& c) {
 
   TrainStepResult r;
   r.config = c;
-  r.flops = count_flops(*model, x);
+  r.flops = count_flops(*model, x, y);
   PgdOptions attack;
   attack.eps = c.eps, attack.alpha = c.alpha, attack.steps = c.attack_steps;
   attack.random_start = c.random_start, attack.seed = c.seed + 2;
@@ -194,8 +194,8 @@ double step_flops(const TrainStepResult& r) { return attack_flops(r) + r.flops.f
 void print_train_step(const TrainStepResult& r) {
   const TrainStepConfig& c = r.config;
   const PassFlops& f = r.flops;
-  fmt::print("train-step {} on {}x{}x{}, batch {}, {} threads, attack {}; {} iterations after {} warm-up\n", c.model,
-             c.channels, c.height, c.width, c.batch, c.threads, attack_name(c), c.iters, c.warmup);
+  fmt::print("train-step {} on {}x{}x{}, batch {}, {} threads, {}, attack {}; {} iterations after {} warm-up\n", c.model,
+             c.channels, c.height, c.width, c.batch, c.threads, c.precision, attack_name(c), c.iters, c.warmup);
   fmt::print("  {:<10} {:>10} {:>10} {:>9} {:>8}\n", "phase", "median ms", "min ms", "GFLOP", "GFLOP/s");
   auto row = [&](const char* name, const std::vector<double>& ms, double flops) {
     fmt::print("  {:<10} {:10.2f} {:10.2f} {:9.2f} {}\n", name, median(ms), minimum(ms), flops / 1e9, gflops(flops, median(ms)));
@@ -221,11 +221,11 @@ double peak_rss_mib() {
 void print_train_step_json(const TrainStepResult& r) {
   const TrainStepConfig& c = r.config;
   fmt::print(
-      "{{\"impl\": \"bulwark\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"attack_steps\": {}, "
+      "{{\"impl\": \"bulwark\", \"model\": \"{}\", \"precision\": \"{}\", \"batch\": {}, \"threads\": {}, \"attack_steps\": {}, "
       "\"ms_per_step\": {:.3f}, \"min_ms_per_step\": {:.3f}, \"cpu_ms_per_step\": {:.3f}, \"attack_ms\": {:.3f}, "
       "\"forward_ms\": {:.3f}, \"backward_ms\": {:.3f}, \"optimizer_ms\": {:.3f}, \"forward_gflop\": {:.4f}, "
       "\"step_gflop\": {:.4f}, \"peak_rss_mib\": {:.1f}}}\n",
-      c.model, c.batch, c.threads, c.attack_steps, median(r.times.total), minimum(r.times.total), median(r.times.total_cpu),
+      c.model, c.precision, c.batch, c.threads, c.attack_steps, median(r.times.total), minimum(r.times.total), median(r.times.total_cpu),
       median(r.times.attack), median(r.times.forward), median(r.times.backward), median(r.times.optimizer),
       r.flops.forward / 1e9, step_flops(r) / 1e9, peak_rss_mib());
 }

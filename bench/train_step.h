@@ -32,6 +32,7 @@ struct TrainStepConfig {
   int warmup = 2, iters = 10;
   uint64_t seed = 0;
   bool profile = false;  // per-op table of the timed iterations (engine/profiler.h)
+  std::string precision = "fp32";  // the GEMM/conv inputs: fp32, tf32 or bf16 (runtime::set_math_precision)
 };
 
 // The two configurations the benches compare with PyTorch:

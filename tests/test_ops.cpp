@@ -14,6 +14,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/rng.h"
+#include "kernels/cpu/conv_direct.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/emu/execution.h"
 #include "tests/op_harness.h"
@@ -1151,6 +1152,116 @@ TEST_CASE("ops: conv2d at the CUDA kernels' awkward sizes", "[ops][cuda][conv]")
          .f32 = {1e-4, 1e-4}, .cuda_tol = {1e-4, 1e-4}}));
   }
   check_ops(cases);
+}
+
+namespace {
+// The CPU's process-wide conv algorithm and math precision, put back when a test ends.
+struct CpuConvSettings {
+  cpu::ConvAlgorithm algorithm = cpu::conv_algorithm();
+  ~CpuConvSettings() {
+    cpu::set_conv_algorithm(algorithm);
+    cpu::set_math_precision(MathPrecision::fp32);
+  }
+};
+}  // namespace
+
+TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][conv]") {
+  // kernels/cpu/conv_direct.cpp, forced for every shape it takes (the automatic choice keeps it to
+  // the shapes where it wins): partial channel blocks (O and C not multiples of 16 or 32), output
+  // rows split into uneven tile columns, the tile's row remainder, stride-2 parity classes of
+  // 1, 2 and 3 taps and of none (1x1 stride 2), padding up to KH - 1, non-square kernels.
+  const std::vector<ConvCfg> cfgs = {
+      {1, 16, 9, 9, 17, 3, 1, 1, true, false},           // O = 17: one 2-vector block, mostly padding
+      {3, 19, 14, 14, 33, 4, 2, 1, true, false},         // wong_small's conv2 with odd channels: blocks 32 + 1
+      {2, 16, 17, 23, 40, 3, 1, 2, false, false},        // padding 2; 25-wide rows: tile columns 7, 6, 6, 6
+      {1, 20, 15, 16, 16, 5, 2, 2, true, false},         // 5x5 stride 2: classes of 3 and 2 taps a side
+      {2, 16, 8, 7, 18, 2, 1, 0, true, false, false, 3}, // 2x3 kernel, no padding
+      {2, 17, 9, 9, 16, 1, 2, 0, true, false},           // 1x1 stride 2: three classes get no tap
+      {1, 16, 33, 31, 16, 3, 2, 1, true, false},         // stride 2, 16-wide output, odd input
+      {2, 16, 4, 4, 20, 4, 1, 1, false, false},          // kernel as large as the input
+  };
+  const CpuConvSettings restore;
+  cpu::set_conv_algorithm(cpu::ConvAlgorithm::direct);
+  std::vector<OpCase> cases;
+  for (const ConvCfg& cfg : cfgs) {
+    const ConvShape s = make_conv_shape(cfg.n, cfg.c, cfg.h, cfg.w, cfg.o, cfg.k, cfg.kw ? cfg.kw : cfg.k, cfg.stride, cfg.pad);
+    INFO(conv_name(cfg));
+    CHECK(cpu::direct::takes_forward(s));
+    CHECK(cpu::direct::takes_backward_input(s));
+    std::vector<InputSpec> ins = {in(conv_x(cfg)), in(conv_w(cfg))};
+    if (cfg.bias) ins.push_back(in({cfg.o}));
+    const Conv2dParams p{cfg.stride, cfg.pad};
+    const Shape xs = conv_x(cfg);
+    for (const bool relu : {false, true})
+      cases.push_back({.name = std::string(relu ? "direct conv2d_relu " : "direct conv2d ") + conv_name(cfg), .inputs = ins,
+                       .op = [cfg, p, relu](const Args& a) {
+                         const Tensor b = cfg.bias ? a[2] : Tensor();
+                         return relu ? conv2d_relu(a[0], a[1], b, p) : conv2d(a[0], a[1], b, p);
+                       },
+                       .ref = [cfg, relu](const Refs& r) {
+                         const RT y = ref_conv2d(r[0], r[1], cfg.bias ? &r[2] : nullptr, cfg.stride, cfg.pad);
+                         return relu ? ref_relu(y) : y;
+                       },
+                       .grad = false, .f32 = {1e-4, 1e-4}, .cuda = false});
+    cases.push_back({.name = "direct conv2d_backward_input " + conv_name(cfg), .inputs = {in(conv_y(cfg)), in(conv_w(cfg))},
+                     .op = [xs, p](const Args& a) { return conv2d_backward_input(a[0], a[1], xs, p); },
+                     .ref = [xs, cfg](const Refs& r) { return ref_conv2d_backward_input(r[0], r[1], xs, cfg.stride, cfg.pad); },
+                     .grad = false, .f32 = {1e-4, 1e-4}, .cuda = false});
+  }
+  check_ops(cases);
+  // Where the kernels do not apply, the im2col path runs even when direct is asked for.
+  CHECK_FALSE(cpu::direct::takes_forward(make_conv_shape(2, 16, 9, 9, 16, 3, 3, 3, 1)));          // stride 3
+  CHECK_FALSE(cpu::direct::takes_forward(make_conv_shape(2, 16, 9, 9, 15, 3, 3, 1, 1)));          // O < 16
+  CHECK_FALSE(cpu::direct::takes_backward_input(make_conv_shape(2, 15, 9, 9, 16, 3, 3, 1, 1)));   // C < 16
+  CHECK_FALSE(cpu::direct::takes_backward_input(make_conv_shape(2, 16, 9, 9, 16, 1, 1, 1, 1)));   // pad > KH - 1
+  cpu::set_math_precision(MathPrecision::bf16);
+  cpu::set_math_precision(MathPrecision::tf32);
+  CHECK_FALSE(cpu::direct::takes_forward(make_conv_shape(2, 16, 9, 9, 16, 3, 3, 1, 1)));  // tf32: the GEMM path rounds
+}
+
+TEST_CASE("ops: conv2d on the CPU's direct kernels in BF16 (AVX512-BF16)", "[ops][conv]") {
+  // --precision bf16 on the CPU: the direct kernel pairs input channels and multiplies BF16
+  // pairs with VDPBF16PS. Its operands are rounded as the im2col path rounds them (both then
+  // sum exact products in f32), so the two agree to f32 summation-order noise; and both are
+  // within BF16 tolerance of the f32 result. Odd channel counts leave a zero in the last pair.
+  const ConvShape probe = make_conv_shape(1, 16, 8, 8, 16, 3, 3, 1, 1);
+  const CpuConvSettings restore;
+  cpu::set_math_precision(MathPrecision::bf16);
+  cpu::set_conv_algorithm(cpu::ConvAlgorithm::direct);
+  if (!cpu::direct::takes_forward(probe)) {
+    WARN("SKIPPED: this build's CPU has no AVX512-BF16 (the im2col path's rounded GEMM serves --precision bf16)");
+    return;
+  }
+  const std::vector<ConvCfg> cfgs = {
+      {3, 19, 14, 14, 33, 4, 2, 1, true, false},         // odd input channels, blocks 32 + 1
+      {2, 16, 17, 23, 40, 3, 1, 2, false, false},        // padding 2, uneven tile columns
+      {1, 20, 15, 16, 17, 5, 2, 2, true, false},         // 5x5 stride 2, O = 17
+      {2, 17, 9, 9, 16, 1, 2, 0, true, false},           // 1x1 stride 2: empty classes; O = 16 odd pairs
+  };
+  Generator gen(11);
+  for (const ConvCfg& cfg : cfgs) {
+    INFO(conv_name(cfg));
+    const Conv2dParams p{cfg.stride, cfg.pad};
+    const Tensor x = rand_uniform(conv_x(cfg), -1.0, 1.0, gen), w = rand_uniform(conv_w(cfg), -1.0, 1.0, gen);
+    const Tensor b = cfg.bias ? rand_uniform({cfg.o}, -1.0, 1.0, gen) : Tensor();
+    const Tensor gy = rand_uniform(conv_y(cfg), -1.0, 1.0, gen);
+    auto run = [&](cpu::ConvAlgorithm a, MathPrecision precision) {
+      cpu::set_conv_algorithm(a);
+      cpu::set_math_precision(precision);
+      return std::vector<std::vector<double>>{conv2d_relu(x, w, b, p).to_vector_f64(),
+                                              conv2d_backward_input(gy, w, conv_x(cfg), p).to_vector_f64()};
+    };
+    const auto direct = run(cpu::ConvAlgorithm::direct, MathPrecision::bf16);
+    const auto rounded_gemm = run(cpu::ConvAlgorithm::im2col, MathPrecision::bf16);
+    const auto f32 = run(cpu::ConvAlgorithm::im2col, MathPrecision::fp32);
+    for (size_t pass = 0; pass < 2; ++pass) {
+      INFO((pass == 0 ? "conv2d_relu forward" : "conv2d_backward_input"));
+      const Shape shape{static_cast<int64_t>(direct[pass].size())};
+      CHECK(compare(direct[pass], rounded_gemm[pass], shape, {1e-4, 1e-4}) == "");
+      CHECK(compare(direct[pass], f32[pass], shape, {5e-2, 2e-2}) == "");
+      CHECK(compare(direct[pass], f32[pass], shape, {1e-6, 1e-6}) != "");  // it did round: not the f32 result
+    }
+  }
 }
 
 // ==== interval bound propagation (engine/interval_ops.cpp) ==========================================

@@ -20,11 +20,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common/elementwise.h"
+#include "kernels/cpu/conv_direct.h"
 #include "kernels/cpu/cpu_kernels.h"
 
 namespace bulwark::cpu {
@@ -241,10 +244,16 @@ void group(const T* samples, int64_t o, int64_t L, int64_t nb, T* grouped) {
 bool run_parallel(const ConvShape& s, int64_t groups) {
   return groups > 1 && 2.0 * s.n * s.o * s.c * s.kh * s.kw * s.oh * s.ow >= kParallelFlops;
 }
+std::atomic<ConvAlgorithm> g_conv_algorithm{ConvAlgorithm::automatic};
 }  // namespace
+
+void set_conv_algorithm(ConvAlgorithm algorithm) { g_conv_algorithm.store(algorithm); }
+ConvAlgorithm conv_algorithm() { return g_conv_algorithm.load(); }
 
 template <class T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, bool relu) {
+  if constexpr (std::is_same_v<T, float>)
+    if (direct::takes_forward(s)) return direct::forward(s, x, w, bias, y, relu);
   const int64_t L = s.oh * s.ow, CKK = s.c * s.kh * s.kw;
   const int64_t nb = group_size(s), groups = (s.n + nb - 1) / nb;
   const int32_t* map = column_map(s);
@@ -274,6 +283,8 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T
 
 template <class T>
 void conv2d_backward_input(const ConvShape& s, const T* g, const T* w, T* dx) {
+  if constexpr (std::is_same_v<T, float>)
+    if (direct::takes_backward_input(s)) return direct::backward_input(s, g, w, dx);
   const int64_t L = s.oh * s.ow, CKK = s.c * s.kh * s.kw, xsize = s.c * s.h * s.w;
   const int64_t nb = group_size(s), groups = (s.n + nb - 1) / nb;
   const int32_t* map = column_map(s);

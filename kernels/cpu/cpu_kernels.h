@@ -62,6 +62,13 @@ template <class T> void gemm_bias(bool ta, bool tb, int64_t M, int64_t N, int64_
 using ::bulwark::ConvShape;
 using ::bulwark::PoolShape;
 
+// The f32 convolutions' algorithm (process-wide, for benches that compare the two): `automatic`
+// takes the direct kernels (conv_direct.cpp) for the passes and shapes where they win and
+// im2col + GEMM elsewhere; `direct` takes them wherever they apply; `im2col` never.
+enum class ConvAlgorithm { automatic, im2col, direct };
+void set_conv_algorithm(ConvAlgorithm algorithm);
+ConvAlgorithm conv_algorithm();
+
 // y = conv(x, w) + bias (bias may be null), and relu(y) with `relu`: the bias+ReLU epilogue.
 template <class T> void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y,
                                        bool relu = false);

@@ -1,0 +1,456 @@
+// Direct convolution on the CPU (f32): the implicit GEMM of kernels/cuda/conv.cu, CPU-shaped.
+//
+//   y[co, oy, ox] = sum_{ci, ki, kj} W[co, ci, ki, kj] * xpad[ci, oy*S + ki, ox*S + kj]
+//
+// FLOPs 2 * Cout * (Cin KH KW) * (OH OW) per sample, as the im2col + GEMM path (conv.cpp).
+//
+// Why: for small images the im2col path spends as long building its column matrix as the
+// GEMM spends on it. wong_small's conv2 (16x14x14 -> 32, 4x4 stride 2) has a K = 256 column
+// per output pixel: the gather costs ~1 cycle per column entry, the GEMM ~1 cycle per entry
+// too, and OpenBLAS's kernel for a 32-row C runs at half its peak. Reading the padded input in
+// place removes the gather and the packing: each tap's input value is broadcast from memory
+// into a fused multiply-add against a vector of 16 output channels' weights.
+//
+// The micro-kernel keeps a tile of R output rows x TW output columns x NV vectors of 16
+// output channels in registers (NV * TW * R <= 28 of AVX-512's 32 vector registers; two hold
+// the weights): per tap, NV weight loads and R * TW broadcasts feed NV * R * TW FMAs. The tile
+// lands in a [pixel][channel] buffer that the epilogue (bias, ReLU) transposes into NCHW; with
+// K = Cin KH KW taps per output that transposition is one store per K FMAs.
+//
+// Backward-input is a correlation too: of the output gradient with the flipped, transposed
+// weights. For stride 1 that is the same kernel with Cin and Cout exchanged and the padding
+// KH - 1 - pad. For stride 2 the input pixels fall into 2 x 2 parity classes; the pixels of
+// one class receive only the taps ki = ki0 (mod 2), kj = kj0 (mod 2), so each class is a
+// stride-1 correlation of g with a ceil(KH/2) x ceil(KW/2) sub-kernel, written to every second
+// pixel of dx. (The im2col path computes W^T g into a column buffer and scatters it back.)
+//
+// Measured on the 2-core development VM (2 threads, batch 128), wong_small conv2 forward:
+// im2col + OpenBLAS 84 GFLOP/s, this kernel 151 GFLOP/s (docs/bench.md has every shape).
+//
+// The vector type is GCC's vector extension: 64-byte vectors compile to one zmm register with
+// AVX-512 and to pairs of ymm registers (with spills, but correct) without it.
+#include "kernels/cpu/conv_direct.h"
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "kernels/common/elementwise.h"
+#include "kernels/common/precision.h"
+#include "kernels/cpu/cpu_kernels.h"
+
+namespace bulwark::cpu::direct {
+
+namespace {
+typedef float vec __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+constexpr int kBlock = 2 * kLanes;  // output channels per work item: NV <= 2 vectors
+constexpr int kMaxAccumulators = 28;
+constexpr int kMaxTileWidth = 7;
+constexpr int kMaxTileRows = 4;
+constexpr double kParallelFlops = 2e6;  // as conv.cpp: smaller convolutions run on one thread
+
+// The arithmetic of a tap. Fp32: one input value (a float) times a vector of 16 output
+// channels' weights. Bf16 (--precision bf16, AVX512-BF16): a tap is a *pair* of input channels
+// at one position, stored as two adjacent BF16 values (one 32-bit word); the weights hold the
+// matching pairs, and VDPBF16PS adds both products of each lane's pair to its FP32 sum, twice
+// the multiplies of an FMA in the same time. Both round their operands as the rest of the CPU
+// backend does at that precision (kernels/common/precision.h), so only the order of the sums
+// differs from the im2col path's.
+struct Fp32 {
+  using Word = float;
+  static constexpr int64_t kChannels = 1;  // input channels per word
+  static Word pack(const float* v) { return v[0]; }
+  static vec fma(vec acc, const Word* w, Word x) {
+    vec wv;
+    std::memcpy(&wv, w, sizeof(vec));
+    return acc + wv * x;
+  }
+};
+#if defined(__AVX512BF16__)
+struct Bf16 {
+  using Word = uint32_t;
+  static constexpr int64_t kChannels = 2;
+  static Word pack(const float* v) {  // v[0] in the low half, as the instruction pairs them
+    return static_cast<Word>(precision::bf16_bits(v[0])) | static_cast<Word>(precision::bf16_bits(v[1])) << 16;
+  }
+  static vec fma(vec acc, const Word* w, Word x) {
+    __m512bh wv;
+    std::memcpy(&wv, w, sizeof(wv));
+    return static_cast<vec>(_mm512_dpbf16_ps(static_cast<__m512>(acc), wv, (__m512bh)_mm512_set1_epi32(static_cast<int>(x))));
+  }
+};
+#endif
+
+// R rows x TW columns x NV channel vectors of one output tile. `q` is the padded input at the
+// tile's first tap of its first pixel; tap k of pixel (r, t) is q[koff[k] + r * row_step + t * ST].
+// `wt` holds the block's weights, tap k at wt + k * wld; `out` the tile buffer at the first
+// pixel, pixel (r, t) at out + (r * out_row + t) * kBlock.
+template <class A, int NV, int TW, int R, int ST>
+void tile_kernel(const typename A::Word* q, int64_t row_step, const int32_t* koff, int64_t K,
+                 const typename A::Word* wt, int64_t wld, float* out, int64_t out_row) {
+  vec acc[R][TW][NV];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TW; ++t)
+      for (int v = 0; v < NV; ++v) acc[r][t][v] = vec{};
+  for (int64_t k = 0; k < K; ++k) {
+    const typename A::Word* p = q + koff[k];
+    const typename A::Word* w = wt + k * wld;
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int t = 0; t < TW; ++t) {
+        const typename A::Word x = p[r * row_step + t * ST];
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[r][t][v] = A::fma(acc[r][t][v], w + v * kLanes, x);
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TW; ++t)
+      for (int v = 0; v < NV; ++v) std::memcpy(out + (r * out_row + t) * kBlock + v * kLanes, &acc[r][t][v], sizeof(vec));
+}
+
+template <class A>
+using TileFn = void (*)(const typename A::Word*, int64_t, const int32_t*, int64_t, const typename A::Word*, int64_t,
+                        float*, int64_t);
+template <class A>
+using TileTable = std::array<std::array<TileFn<A>, kMaxTileRows>, kMaxTileWidth>;
+
+// tiles<A>[NV - 1][ST - 1][TW - 1][R - 1]
+template <class A, int NV, int ST>
+constexpr TileTable<A> tiles_for() {
+  TileTable<A> out{};
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((out[I / kMaxTileRows][I % kMaxTileRows] = &tile_kernel<A, NV, I / kMaxTileRows + 1, I % kMaxTileRows + 1, ST>), ...);
+  }(std::make_integer_sequence<int, kMaxTileWidth * kMaxTileRows>{});
+  return out;
+}
+template <class A>
+const TileTable<A> tiles[2][2] = {{tiles_for<A, 1, 1>(), tiles_for<A, 1, 2>()}, {tiles_for<A, 2, 1>(), tiles_for<A, 2, 2>()}};
+
+// One correlation of the padded sample with packed weights: the forward pass, or one parity
+// class of a backward-input pass.
+template <class A>
+struct Plan {
+  int64_t taps = 0;               // K = words of input channels * kh * kw
+  int64_t kh = 0, kw = 0;
+  int64_t oh = 0, ow = 0;         // this correlation's outputs
+  int64_t origin = 0;             // offset in the padded sample of this correlation's (0, 0)
+  int64_t ystep = 1, y0 = 0;      // output (oy, ox) goes to destination pixel
+  int64_t xstep = 1, x0 = 0;      //   (oy * ystep + y0, ox * xstep + x0)
+  std::vector<typename A::Word> wt;  // [K][cout_pad]
+  std::vector<float> staging;        // [cin_pad * kh * kw][cout_pad] f32 weights, before packing
+  std::vector<int32_t> koff;         // [K] offsets of the taps in the padded sample
+};
+
+// The padded sample: [cin / kChannels, hp, wp] words, the input at rows [top, top + h),
+// columns [left, left + w).
+struct Padding {
+  int64_t cin, h, w, hp, wp, top, left;
+  bool operator==(const Padding&) const = default;
+};
+
+template <class A>
+struct Job {
+  Padding pad;
+  int64_t cout, cout_pad, stride;
+  int64_t dst_h, dst_w;  // the destination planes
+  const Plan<A>* plans;
+  int nplans;
+};
+
+// The padded copy of sample `src`, in a buffer of the calling thread. The border is zeroed only
+// when the geometry changes: the interior is all that differs between samples. Bf16 pairs
+// channels 2c and 2c + 1 in one word (an odd last channel pairs with a zero).
+template <class A>
+const typename A::Word* padded_sample(const Padding& p, const float* src) {
+  thread_local std::vector<typename A::Word> buf;
+  thread_local Padding last{};
+  const int64_t planes = (p.cin + A::kChannels - 1) / A::kChannels;
+  const size_t size = static_cast<size_t>(planes * p.hp * p.wp);
+  if (buf.size() < size) buf.resize(size);
+  if (!(last == p)) {
+    std::fill(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(size), typename A::Word{});
+    last = p;
+  }
+  const int64_t rows = std::min(p.h, p.hp - p.top), cols = std::min(p.w, p.wp - p.left);
+  for (int64_t c = 0; c < planes; ++c)
+    for (int64_t i = 0; i < rows; ++i) {
+      typename A::Word* out = buf.data() + (c * p.hp + p.top + i) * p.wp + p.left;
+      if constexpr (A::kChannels == 1) {
+        std::memcpy(out, src + (c * p.h + i) * p.w, sizeof(float) * cols);
+      } else {
+        const float* a = src + (2 * c * p.h + i) * p.w;
+        const float* b = 2 * c + 1 < p.cin ? a + p.h * p.w : nullptr;
+        for (int64_t j = 0; j < cols; ++j) {
+          const float pair[2] = {a[j], b ? b[j] : 0.0f};
+          out[j] = A::pack(pair);
+        }
+      }
+    }
+  return buf.data();
+}
+
+float* tile_buffer(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// Output block [b0, b0 + nb) of one sample through every plan of the job, into dst (the
+// sample's [cout, dst_h, dst_w]); bias and ReLU in the transposing store.
+template <class A>
+void run_block(const Job<A>& job, const typename A::Word* xp, int64_t b0, float* dst, const float* bias, bool relu) {
+  const int64_t nb = std::min<int64_t>(kBlock, job.cout - b0);
+  const int nv = nb > kLanes ? 2 : 1;
+  const int st = static_cast<int>(job.stride);
+  const int64_t wp = job.pad.wp;
+  for (int pi = 0; pi < job.nplans; ++pi) {
+    const Plan<A>& plan = job.plans[pi];
+    const int64_t plane = job.dst_h * job.dst_w;
+    if (plan.taps == 0) {  // a parity class no tap reaches: its pixels get no gradient
+      for (int64_t c = 0; c < nb; ++c)
+        for (int64_t oy = 0; oy < plan.oh; ++oy)
+          for (int64_t ox = 0; ox < plan.ow; ++ox)
+            dst[(b0 + c) * plane + (oy * plan.ystep + plan.y0) * job.dst_w + ox * plan.xstep + plan.x0] = 0.0f;
+      continue;
+    }
+    float* tile = tile_buffer(static_cast<size_t>(plan.oh * plan.ow * kBlock));
+    const int64_t chunks = (plan.ow + kMaxTileWidth - 1) / kMaxTileWidth;
+    const int64_t base = plan.ow / chunks, extra = plan.ow % chunks;
+    const int64_t row_step = job.stride * wp;
+    for (int64_t ch = 0, ox0 = 0; ch < chunks; ++ch) {
+      const int tw = static_cast<int>(base + (ch < extra ? 1 : 0));
+      const int rmax = std::min(kMaxTileRows, kMaxAccumulators / (nv * tw));
+      for (int64_t oy = 0; oy < plan.oh; oy += rmax) {
+        const int r = static_cast<int>(std::min<int64_t>(rmax, plan.oh - oy));
+        tiles<A>[nv - 1][st - 1][tw - 1][r - 1](xp + plan.origin + oy * row_step + ox0 * job.stride, row_step,
+                                                plan.koff.data(), plan.taps, plan.wt.data() + b0, job.cout_pad,
+                                                tile + (oy * plan.ow + ox0) * kBlock, plan.ow);
+      }
+      ox0 += tw;
+    }
+    for (int64_t c = 0; c < nb; ++c) {
+      const float b = bias ? bias[b0 + c] : 0.0f;
+      float* out = dst + (b0 + c) * plane;
+      for (int64_t oy = 0; oy < plan.oh; ++oy) {
+        float* row = out + (oy * plan.ystep + plan.y0) * job.dst_w + plan.x0;
+        const float* in = tile + oy * plan.ow * kBlock + c;
+        for (int64_t ox = 0; ox < plan.ow; ++ox) {
+          const float v = in[ox * kBlock];
+          row[ox * plan.xstep] = ew::relu_if(bias ? v + b : v, relu);
+        }
+      }
+    }
+  }
+}
+
+template <class A>
+void run(const Job<A>& job, int64_t n, const float* src, int64_t src_size, float* dst, const float* bias, bool relu,
+         double flops) {
+  const int64_t blocks = (job.cout + kBlock - 1) / kBlock, items = n * blocks;
+  const int64_t dst_size = job.cout * job.dst_h * job.dst_w;
+#pragma omp parallel for schedule(static) if (items > 1 && flops >= kParallelFlops)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t s = it / blocks, b = it % blocks;
+    const typename A::Word* xp = padded_sample<A>(job.pad, src + s * src_size);
+    run_block(job, xp, b * kBlock, dst + s * dst_size, bias, relu);
+  }
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Sizes the plan for `cin` input channels and a kh x kw window: the tap offsets (taps ordered
+// (channel word, ki, kj)) and a zeroed f32 staging area for the weights, set by stage().
+template <class A>
+void shape_plan(Plan<A>& plan, const Padding& p, int64_t kh, int64_t kw, int64_t cout_pad) {
+  const int64_t words = (p.cin + A::kChannels - 1) / A::kChannels;
+  plan.kh = kh, plan.kw = kw;
+  plan.taps = words * kh * kw;
+  plan.koff.resize(static_cast<size_t>(plan.taps));
+  for (int64_t c = 0; c < words; ++c)
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j)
+        plan.koff[static_cast<size_t>((c * kh + i) * kw + j)] = static_cast<int32_t>((c * p.hp + i) * p.wp + j);
+  plan.staging.assign(static_cast<size_t>(words * A::kChannels * kh * kw * cout_pad), 0.0f);
+}
+// The weight of input channel ci at window position (i, j) for output channel co.
+template <class A>
+void stage(Plan<A>& plan, int64_t cout_pad, int64_t ci, int64_t i, int64_t j, int64_t co, float w) {
+  const int64_t tap = ((ci / A::kChannels) * plan.kh + i) * plan.kw + j;
+  plan.staging[static_cast<size_t>((tap * cout_pad + co) * A::kChannels + ci % A::kChannels)] = w;
+}
+// staging -> wt: each word packs its tap's kChannels weights.
+template <class A>
+void pack_weights(Plan<A>& plan, int64_t cout_pad) {
+  plan.wt.resize(static_cast<size_t>(plan.taps * cout_pad));
+  for (size_t i = 0; i < plan.wt.size(); ++i) plan.wt[i] = A::pack(plan.staging.data() + i * A::kChannels);
+}
+
+// A stride-2 backward-input's parity class along one axis: output pixels i = 2 a + parity
+// receive taps k = k0 + 2 m (m < taps); a runs over [0, count); the tap with m reads g at
+// a + shift - m, so the flipped sub-kernel (m' = taps - 1 - m) reads g at a + m' - pad with
+// pad = taps - 1 - shift.
+struct ClassAxis {
+  int64_t k0, taps, count, pad;
+};
+ClassAxis class_axis(int64_t parity, int64_t pad, int64_t kernel, int64_t size, int64_t stride) {
+  const int64_t k0 = (parity + pad) % stride;
+  const int64_t taps = k0 < kernel ? (kernel - k0 + stride - 1) / stride : 0;
+  const int64_t shift = (parity + pad - k0) / stride;
+  const int64_t count = size > parity ? (size - parity + stride - 1) / stride : 0;
+  return {k0, taps, count, taps - 1 - shift};
+}
+
+bool supported_stride(const ConvShape& s) { return s.stride == 1 || s.stride == 2; }
+
+// Where the automatic choice takes the direct kernels. Measured per zoo shape (docs/bench.md,
+// `bulwark-bench kernels`, rows .../im2col, .../direct and .../direct_bf16): they win where every
+// output has many taps and each sample many outputs: wong_small conv2 (K = 256, 7x7 outputs)
+// 1.6x forward, cnn7 conv2-4 and ResNet-18 layer 3 1.1-1.6x. They lose where K is small (cnn7's
+// conv1, K = 27; the 1x1 shortcuts): the transposing store, one per K FMAs, then costs as much
+// as the FMAs; and, in FP32, on 4x4 outputs (ResNet-18 layer 4), where a tile of 8 pixels
+// streams a 590 KB weight block from L2 for 8 x 32 outputs. In BF16 the block is half the size
+// and the im2col path pays for rounding copies, so the direct kernel wins there too.
+constexpr int64_t kMinTaps = 144;    // C KH KW
+constexpr int64_t kMinOutputs = 36;  // OH OW per sample, in FP32
+bool wins(const ConvShape& s) {
+  if (conv_algorithm() == ConvAlgorithm::direct) return true;
+  const bool fp32 = math_precision() == MathPrecision::fp32;
+  return s.kh * s.kw > 1 && s.c * s.kh * s.kw >= kMinTaps && (!fp32 || s.oh * s.ow >= kMinOutputs);
+}
+
+// The precisions the kernels compute: fp32 always, bf16 where the compiler targets AVX512-BF16
+// (-march=native on such a CPU); elsewhere, and for tf32, the im2col path rounds the GEMM's
+// operands instead.
+bool has_arithmetic(MathPrecision p) {
+#if defined(__AVX512BF16__)
+  if (p == MathPrecision::bf16) return true;
+#endif
+  return p == MathPrecision::fp32;
+}
+
+template <class A>
+void forward_as(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu) {
+  thread_local Plan<A> plan;
+  Job<A> job{};
+  job.pad = {s.c, s.h, s.w, std::max(s.h + s.pad, (s.oh - 1) * s.stride + s.kh),
+             std::max(s.w + s.pad, (s.ow - 1) * s.stride + s.kw), s.pad, s.pad};
+  job.cout = s.o;
+  job.cout_pad = round_up(s.o, kLanes);
+  job.stride = s.stride;
+  job.dst_h = s.oh;
+  job.dst_w = s.ow;
+  plan.oh = s.oh;
+  plan.ow = s.ow;
+  plan.origin = 0;
+  plan.ystep = plan.xstep = 1;
+  plan.y0 = plan.x0 = 0;
+  shape_plan(plan, job.pad, s.kh, s.kw, job.cout_pad);
+  for (int64_t o = 0; o < s.o; ++o)
+    for (int64_t c = 0; c < s.c; ++c)
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < s.kw; ++j) stage(plan, job.cout_pad, c, i, j, o, w[((o * s.c + c) * s.kh + i) * s.kw + j]);
+  pack_weights(plan, job.cout_pad);
+  job.plans = &plan;
+  job.nplans = 1;
+  run(job, s.n, x, s.c * s.h * s.w, y, bias, relu, conv_flops(s));
+}
+
+// dx = the correlation of g [O, OH, OW] with W flipped and transposed, class by class: for
+// stride 1 one class, the whole of dx; for stride 2 four, each a quarter of dx's pixels.
+template <class A>
+void backward_input_as(const ConvShape& s, const float* g, const float* w, float* dx) {
+  thread_local std::array<Plan<A>, 4> plans;
+  const int64_t cout_pad = round_up(s.c, kLanes);
+  ClassAxis ys[2], xs[2];
+  int64_t top = 0, left = 0;
+  for (int64_t parity = 0; parity < s.stride; ++parity) {
+    ys[parity] = class_axis(parity, s.pad, s.kh, s.h, s.stride);
+    xs[parity] = class_axis(parity, s.pad, s.kw, s.w, s.stride);
+    top = std::max(top, ys[parity].pad);
+    left = std::max(left, xs[parity].pad);
+  }
+  // The padded g holds every class's window: class (py, px) reads rows [top - pad_y, top -
+  // pad_y + count_y + taps_y - 1) of it.
+  int64_t hp = top + s.oh, wp = left + s.ow;
+  for (int64_t p = 0; p < s.stride; ++p) {
+    hp = std::max(hp, top - ys[p].pad + ys[p].count + ys[p].taps - 1);
+    wp = std::max(wp, left - xs[p].pad + xs[p].count + xs[p].taps - 1);
+  }
+  Job<A> job{};
+  job.pad = {s.o, s.oh, s.ow, hp, wp, top, left};
+  job.cout = s.c;
+  job.cout_pad = cout_pad;
+  job.stride = 1;
+  job.dst_h = s.h;
+  job.dst_w = s.w;
+  int np = 0;
+  for (int64_t py = 0; py < s.stride; ++py)
+    for (int64_t px = 0; px < s.stride; ++px) {
+      const ClassAxis& ay = ys[py];
+      const ClassAxis& ax = xs[px];
+      Plan<A>& plan = plans[static_cast<size_t>(np++)];
+      plan.oh = ay.count;
+      plan.ow = ax.count;
+      plan.ystep = plan.xstep = s.stride;
+      plan.y0 = py;
+      plan.x0 = px;
+      if (ay.taps == 0 || ax.taps == 0) {
+        plan.taps = 0;
+        continue;
+      }
+      plan.origin = (top - ay.pad) * wp + (left - ax.pad);
+      shape_plan(plan, job.pad, ay.taps, ax.taps, cout_pad);
+      // tap (o, m', n') of the class: W[o, c, k0y + stride (taps_y - 1 - m'), k0x + stride (taps_x - 1 - n')]
+      for (int64_t o = 0; o < s.o; ++o)
+        for (int64_t m = 0; m < ay.taps; ++m)
+          for (int64_t n = 0; n < ax.taps; ++n) {
+            const int64_t ki = ay.k0 + s.stride * (ay.taps - 1 - m), kj = ax.k0 + s.stride * (ax.taps - 1 - n);
+            for (int64_t c = 0; c < s.c; ++c) stage(plan, cout_pad, o, m, n, c, w[((o * s.c + c) * s.kh + ki) * s.kw + kj]);
+          }
+      pack_weights(plan, cout_pad);
+    }
+  job.plans = plans.data();
+  job.nplans = np;
+  run(job, s.n, g, s.o * s.oh * s.ow, dx, nullptr, false, conv_flops(s));
+}
+}  // namespace
+
+bool takes_forward(const ConvShape& s) {
+  if (conv_algorithm() == ConvAlgorithm::im2col || !has_arithmetic(math_precision()) || !wins(s)) return false;
+  return supported_stride(s) && s.o >= kLanes && s.n > 0 && s.oh > 0 && s.ow > 0;
+}
+
+bool takes_backward_input(const ConvShape& s) {
+  if (conv_algorithm() == ConvAlgorithm::im2col || !has_arithmetic(math_precision()) || !wins(s)) return false;
+  if (!supported_stride(s) || s.c < kLanes || s.n == 0) return false;
+  for (int64_t parity = 0; parity < s.stride; ++parity) {  // every class's padding must be >= 0
+    const ClassAxis y = class_axis(parity, s.pad, s.kh, s.h, s.stride), x = class_axis(parity, s.pad, s.kw, s.w, s.stride);
+    if ((y.taps > 0 && y.pad < 0) || (x.taps > 0 && x.pad < 0)) return false;
+  }
+  return true;
+}
+
+void forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu) {
+#if defined(__AVX512BF16__)
+  if (math_precision() == MathPrecision::bf16) return forward_as<Bf16>(s, x, w, bias, y, relu);
+#endif
+  forward_as<Fp32>(s, x, w, bias, y, relu);
+}
+
+void backward_input(const ConvShape& s, const float* g, const float* w, float* dx) {
+#if defined(__AVX512BF16__)
+  if (math_precision() == MathPrecision::bf16) return backward_input_as<Bf16>(s, g, w, dx);
+#endif
+  backward_input_as<Fp32>(s, g, w, dx);
+}
+
+}  // namespace bulwark::cpu::direct

@@ -1,0 +1,16 @@
+#pragma once
+// Direct (implicit-GEMM) convolution on the CPU for f32: no im2col buffer, the output channels
+// in vector registers. See conv_direct.cpp for the method and when it is used.
+#include "kernels/common/shapes.h"
+
+namespace bulwark::cpu::direct {
+
+// Whether the direct kernels take this convolution's forward / backward-input pass (f32 only,
+// at fp32 math precision; the callers fall back to im2col + GEMM otherwise).
+bool takes_forward(const ConvShape& s);
+bool takes_backward_input(const ConvShape& s);
+
+void forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu);
+void backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
+
+}  // namespace bulwark::cpu::direct
