@@ -38,7 +38,24 @@ void add(const std::string& name, benchmark::TimeUnit unit, Fn&& fn) {
   benchmark::RegisterBenchmark(name.c_str(), std::forward<Fn>(fn))->UseRealTime()->MeasureProcessCPUTime()->Unit(unit);
 }
 
-void gemm_bench(benchmark::State& state, const GemmCase& c) {
+// A forward or backward-input row runs once per algorithm (im2col + GEMM, direct), and the
+// direct kernel once more at BF16 where the CPU has AVX512-BF16 (`--precision bf16`); the GEMM
+// rows once per precision. Both are process-wide settings, set for the row and put back after it.
+struct ConvScope {
+  cpu::ConvAlgorithm algorithm = cpu::conv_algorithm();
+  MathPrecision precision = cpu::math_precision();
+  ConvScope(cpu::ConvAlgorithm a, MathPrecision p) {
+    cpu::set_conv_algorithm(a);
+    cpu::set_math_precision(p);
+  }
+  ~ConvScope() {
+    cpu::set_conv_algorithm(algorithm);
+    cpu::set_math_precision(precision);
+  }
+};
+
+void gemm_bench(benchmark::State& state, const GemmCase& c, MathPrecision precision) {
+  const ConvScope scope(cpu::conv_algorithm(), precision);
   const std::vector<float> a = random_floats(size_t(c.m * c.k)), b = random_floats(size_t(c.k * c.n));
   std::vector<float> out(size_t(c.m * c.n));
   for (auto _ : state) {
@@ -53,22 +70,6 @@ constexpr ConvPass kConvPasses[] = {ConvPass::forward, ConvPass::backward_input,
 const char* pass_name(ConvPass p) {
   return p == ConvPass::forward ? "forward" : p == ConvPass::backward_input ? "backward_input" : "backward_weight";
 }
-
-// A forward or backward-input row runs once per algorithm (im2col + GEMM, direct), and the
-// direct kernel once more at BF16 where the CPU has AVX512-BF16 (`--precision bf16`); both are
-// process-wide settings, set for the row and put back after it.
-struct ConvScope {
-  cpu::ConvAlgorithm algorithm = cpu::conv_algorithm();
-  MathPrecision precision = cpu::math_precision();
-  ConvScope(cpu::ConvAlgorithm a, MathPrecision p) {
-    cpu::set_conv_algorithm(a);
-    cpu::set_math_precision(p);
-  }
-  ~ConvScope() {
-    cpu::set_conv_algorithm(algorithm);
-    cpu::set_math_precision(precision);
-  }
-};
 
 void conv_bench(benchmark::State& state, ConvPass pass, const ConvLayer& layer, cpu::ConvAlgorithm algorithm,
                 MathPrecision precision) {
@@ -204,7 +205,13 @@ void sgd_step_bench(benchmark::State& state, const std::string& model) {
 
 bool register_cpu_benchmarks() {
   for (const GemmCase& c : zoo_gemms())
-    add("cpu_gemm/" + std::string(c.name), benchmark::kMillisecond, [c](benchmark::State& st) { gemm_bench(st, c); });
+    add("cpu_gemm/" + std::string(c.name), benchmark::kMillisecond,
+        [c](benchmark::State& st) { gemm_bench(st, c, MathPrecision::fp32); });
+  // --precision bf16's GEMM: OpenBLAS's sgemm on copies of the operands rounded to BF16 (a
+  // separate name, so `cpu_gemm/square_1024/` stays the FP32 peak of compare.sh).
+  for (const GemmCase& c : zoo_gemms())
+    add("cpu_gemm_bf16/" + std::string(c.name), benchmark::kMillisecond,
+        [c](benchmark::State& st) { gemm_bench(st, c, MathPrecision::bf16); });
   for (const ConvLayer& layer : zoo_conv_layers())
     for (ConvPass pass : kConvPasses) {
       const std::string row = std::string("cpu_conv_") + pass_name(pass) + "/" + layer.name;

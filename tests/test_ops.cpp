@@ -1264,6 +1264,54 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels in BF16 (AVX512-BF16)", "[ops
   }
 }
 
+TEST_CASE("ops: the CPU's BF16 GEMM against exact products of the rounded operands", "[ops]") {
+  // gemm<float> at --precision bf16 rounds both operands to BF16 (nearest-even) and multiplies
+  // them in f32, where their products are exact: it must equal the f64 sum of the products of
+  // the rounded operands up to f32 summation error, for every transpose, odd K, N and M off any
+  // tile, alpha, beta (0: C is not read, so a NaN there must not leak), a wider ldc, and the
+  // threaded split into blocks of C.
+  const CpuConvSettings restore;
+  cpu::set_math_precision(MathPrecision::bf16);
+  struct Case {
+    bool ta, tb;
+    int64_t m, n, k;
+    float alpha, beta;
+  };
+  const std::vector<Case> cases = {
+      {false, false, 1, 1, 1, 1.0f, 0.0f},     {false, true, 13, 17, 3, 1.0f, 0.0f},
+      {true, false, 15, 33, 513, 0.5f, 2.0f},  {true, true, 29, 47, 1100, 1.0f, 1.0f},
+      {false, true, 130, 70, 600, 1.0f, 0.0f}, {false, false, 70, 130, 601, -1.0f, 0.5f},
+  };
+  Generator gen(5);
+  for (const Case& c : cases) {
+    INFO("ta " << c.ta << " tb " << c.tb << " M " << c.m << " N " << c.n << " K " << c.k << " alpha " << c.alpha << " beta " << c.beta);
+    const int64_t lda = c.ta ? c.m : c.k, ldb = c.tb ? c.k : c.n, ldc = c.n + 3;
+    const std::vector<float> a = rand_uniform({c.m * c.k}, -2.0, 2.0, gen).to_vector();
+    const std::vector<float> b = rand_uniform({c.k * c.n}, -2.0, 2.0, gen).to_vector();
+    std::vector<float> cmat = rand_uniform({c.m * ldc}, -1.0, 1.0, gen).to_vector();
+    if (c.beta == 0.0f) std::fill(cmat.begin(), cmat.end(), std::numeric_limits<float>::quiet_NaN());
+    const std::vector<float> c0 = cmat;
+    cpu::gemm<float>(c.ta, c.tb, c.m, c.n, c.k, c.alpha, a.data(), lda, b.data(), ldb, c.beta, cmat.data(), ldc);
+    std::vector<double> got, want;
+    double worst = 0;
+    for (int64_t i = 0; i < c.m; ++i)
+      for (int64_t j = 0; j < c.n; ++j) {
+        double sum = 0, mag = 0;
+        for (int64_t l = 0; l < c.k; ++l) {
+          const double p = double(precision::round_bf16(c.ta ? a[l * lda + i] : a[i * lda + l])) *
+                           double(precision::round_bf16(c.tb ? b[j * ldb + l] : b[l * ldb + j]));
+          sum += p, mag += std::abs(p);
+        }
+        const double ref = c.alpha * sum + (c.beta == 0.0f ? 0.0 : c.beta * double(c0[i * ldc + j]));
+        worst = std::max(worst, std::abs(double(cmat[i * ldc + j]) - ref) / (1e-30 + std::abs(c.alpha) * mag + std::abs(c.beta)));
+        REQUIRE(std::isfinite(cmat[i * ldc + j]));
+      }
+    CHECK(worst < 1e-5);
+    for (int64_t i = 0; i < c.m; ++i)  // the columns past N are untouched
+      for (int64_t j = c.n; j < ldc; ++j) CHECK(std::memcmp(&cmat[i * ldc + j], &c0[i * ldc + j], sizeof(float)) == 0);
+  }
+}
+
 // ==== interval bound propagation (engine/interval_ops.cpp) ==========================================
 
 namespace {
