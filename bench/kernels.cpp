@@ -219,7 +219,7 @@ bool register_cpu_benchmarks() {
         const ConvScope forced(cpu::ConvAlgorithm::direct, p);
         return pass == ConvPass::forward          ? cpu::direct::takes_forward(layer.shape)
                : pass == ConvPass::backward_input ? cpu::direct::takes_backward_input(layer.shape)
-                                                  : false;
+                                                  : cpu::direct::takes_backward_weight(layer.shape);
       };
       auto row_for = [&](const std::string& suffix, cpu::ConvAlgorithm a, MathPrecision p) {
         add(row + suffix, benchmark::kMillisecond,

@@ -1169,7 +1169,8 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][con
   // kernels/cpu/conv_direct.cpp, forced for every shape it takes (the automatic choice keeps it to
   // the shapes where it wins): partial channel blocks (O and C not multiples of 16 or 32), output
   // rows split into uneven tile columns, the tile's row remainder, stride-2 parity classes of
-  // 1, 2 and 3 taps and of none (1x1 stride 2), padding up to KH - 1, non-square kernels.
+  // 1, 2 and 3 taps and of none (1x1 stride 2), padding up to KH - 1, non-square kernels; for
+  // backward-weight, tap tiles split by rows and columns and more samples than its 8 chunks.
   const std::vector<ConvCfg> cfgs = {
       {1, 16, 9, 9, 17, 3, 1, 1, true, false},           // O = 17: one 2-vector block, mostly padding
       {3, 19, 14, 14, 33, 4, 2, 1, true, false},         // wong_small's conv2 with odd channels: blocks 32 + 1
@@ -1179,6 +1180,7 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][con
       {2, 17, 9, 9, 16, 1, 2, 0, true, false},           // 1x1 stride 2: three classes get no tap
       {1, 16, 33, 31, 16, 3, 2, 1, true, false},         // stride 2, 16-wide output, odd input
       {2, 16, 4, 4, 20, 4, 1, 1, false, false},          // kernel as large as the input
+      {11, 16, 6, 6, 16, 9, 1, 4, true, false},          // 9-wide kernel: two tap columns; 11 samples in 8 chunks
   };
   const CpuConvSettings restore;
   cpu::set_conv_algorithm(cpu::ConvAlgorithm::direct);
@@ -1188,6 +1190,7 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][con
     INFO(conv_name(cfg));
     CHECK(cpu::direct::takes_forward(s));
     CHECK(cpu::direct::takes_backward_input(s));
+    CHECK(cpu::direct::takes_backward_weight(s));
     std::vector<InputSpec> ins = {in(conv_x(cfg)), in(conv_w(cfg))};
     if (cfg.bias) ins.push_back(in({cfg.o}));
     const Conv2dParams p{cfg.stride, cfg.pad};
@@ -1206,6 +1209,11 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][con
     cases.push_back({.name = "direct conv2d_backward_input " + conv_name(cfg), .inputs = {in(conv_y(cfg)), in(conv_w(cfg))},
                      .op = [xs, p](const Args& a) { return conv2d_backward_input(a[0], a[1], xs, p); },
                      .ref = [xs, cfg](const Refs& r) { return ref_conv2d_backward_input(r[0], r[1], xs, cfg.stride, cfg.pad); },
+                     .grad = false, .f32 = {1e-4, 1e-4}, .cuda = false});
+    const Shape ws = conv_w(cfg);
+    cases.push_back({.name = "direct conv2d_backward_weight " + conv_name(cfg), .inputs = {in(xs), in(conv_y(cfg))},
+                     .op = [ws, p](const Args& a) { return conv2d_backward_weight(a[0], a[1], ws, p); },
+                     .ref = [ws, cfg](const Refs& r) { return ref_conv2d_backward_weight(r[0], r[1], ws, cfg.stride, cfg.pad); },
                      .grad = false, .f32 = {1e-4, 1e-4}, .cuda = false});
   }
   check_ops(cases);

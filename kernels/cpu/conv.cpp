@@ -314,6 +314,8 @@ void conv2d_backward_input(const ConvShape& s, const T* g, const T* w, T* dx) {
 
 template <class T>
 void conv2d_backward_weight(const ConvShape& s, const T* x, const T* g, T* dw) {
+  if constexpr (std::is_same_v<T, float>)
+    if (direct::takes_backward_weight(s)) return direct::backward_weight(s, x, g, dw);
   const int64_t L = s.oh * s.ow, CKK = s.c * s.kh * s.kw, wsize = s.o * CKK;
   if (s.n == 0) {
     std::fill(dw, dw + wsize, T(0));

@@ -24,6 +24,10 @@
 // stride-1 correlation of g with a ceil(KH/2) x ceil(KW/2) sub-kernel, written to every second
 // pixel of dx. (The im2col path computes W^T g into a column buffer and scatters it back.)
 //
+// Backward-weight (FP32) turns the tile around: its pixels are the taps of one input channel,
+// its vectors output channels, and it reduces over a sample's output pixels (see
+// backward_weight_fp32).
+//
 // Measured on the 2-core development VM (2 threads, batch 128), wong_small conv2 forward:
 // im2col + OpenBLAS 84 GFLOP/s, this kernel 151 GFLOP/s (docs/bench.md has every shape).
 //
@@ -334,6 +338,71 @@ void backward_input_as(const ConvShape& s, const float* g, const float* w, float
   job.nplans = np;
   run(job, s.n, g, s.o * s.oh * s.ow, dx, nullptr, false, conv_flops(s));
 }
+
+// dW[o, c, ki, kj] = sum_n sum_p g[n, o, p] xpad[n, c, oy(p) S + ki, ox(p) S + kj], FP32.
+//
+// The same tile with the roles turned: the tile's pixels are the taps (ki rows x kj columns of
+// one input channel), its vectors 16 output channels, and its reduction runs over the output
+// pixels p of a sample: per pixel, NV vectors of g (g transposed to [p][o] once per sample) and
+// one broadcast per tap, read from the padded sample at the pixel's window (koff[p]). A sample's
+// tile is added into the dW of its chunk of samples; chunks are fixed by the batch size (at
+// most 8) and added in order at the end, so the bits do not depend on the thread count.
+void backward_weight_fp32(const ConvShape& s, const float* x, const float* g, float* dw) {
+  const int64_t L = s.oh * s.ow, K = s.c * s.kh * s.kw, wsize = s.o * K;
+  const int64_t opad = round_up(s.o, kLanes), blocks = (s.o + kBlock - 1) / kBlock;
+  const Padding pad{s.c, s.h, s.w, std::max(s.h + s.pad, (s.oh - 1) * s.stride + s.kh),
+                    std::max(s.w + s.pad, (s.ow - 1) * s.stride + s.kw), s.pad, s.pad};
+  thread_local std::vector<int32_t> koff;
+  thread_local std::vector<float> partial;
+  koff.resize(static_cast<size_t>(L));
+  for (int64_t oy = 0; oy < s.oh; ++oy)
+    for (int64_t ox = 0; ox < s.ow; ++ox)
+      koff[static_cast<size_t>(oy * s.ow + ox)] = static_cast<int32_t>(oy * s.stride * pad.wp + ox * s.stride);
+  const int64_t chunks = std::min<int64_t>(s.n, 8), per = (s.n + chunks - 1) / chunks;
+  partial.assign(static_cast<size_t>(chunks * wsize), 0.0f);
+  const int32_t* offsets = koff.data();
+  float* sums = partial.data();
+  // column chunks of the kernel's width, as the forward splits output rows
+  const int64_t col_chunks = (s.kw + kMaxTileWidth - 1) / kMaxTileWidth;
+#pragma omp parallel for schedule(static) if (chunks > 1 && conv_flops(s) >= kParallelFlops)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    thread_local std::vector<float> gt;
+    float* acc = sums + ch * wsize;
+    for (int64_t n = ch * per; n < std::min(s.n, (ch + 1) * per); ++n) {
+      gt.assign(static_cast<size_t>(L * opad), 0.0f);
+      const float* gn = g + n * s.o * L;
+      for (int64_t o = 0; o < s.o; ++o)
+        for (int64_t p = 0; p < L; ++p) gt[static_cast<size_t>(p * opad + o)] = gn[o * L + p];
+      const float* xp = padded_sample<Fp32>(pad, x + n * s.c * s.h * s.w);
+      float* tile = tile_buffer(static_cast<size_t>(kMaxAccumulators * kBlock));
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t b0 = b * kBlock, nb = std::min<int64_t>(kBlock, s.o - b0);
+        const int nv = nb > kLanes ? 2 : 1;
+        for (int64_t c = 0; c < s.c; ++c)
+          for (int64_t cc = 0, kj0 = 0; cc < col_chunks; ++cc) {
+            const int tw = static_cast<int>(s.kw / col_chunks + (cc < s.kw % col_chunks ? 1 : 0));
+            const int rmax = std::min(kMaxTileRows, kMaxAccumulators / (nv * tw));
+            for (int64_t ki0 = 0; ki0 < s.kh; ki0 += rmax) {
+              const int r = static_cast<int>(std::min<int64_t>(rmax, s.kh - ki0));
+              tiles<Fp32>[nv - 1][0][tw - 1][r - 1](xp + (c * pad.hp + ki0) * pad.wp + kj0, pad.wp, offsets, L,
+                                                    gt.data() + b0, opad, tile, tw);
+              for (int64_t o = 0; o < nb; ++o)
+                for (int64_t i = 0; i < r; ++i)
+                  for (int64_t j = 0; j < tw; ++j)
+                    acc[(b0 + o) * K + (c * s.kh + ki0 + i) * s.kw + kj0 + j] += tile[(i * tw + j) * kBlock + o];
+            }
+            kj0 += tw;
+          }
+      }
+    }
+  }
+  std::copy(sums, sums + wsize, dw);
+  for (int64_t ch = 1; ch < chunks; ++ch) {
+    const float* p = sums + ch * wsize;
+#pragma omp simd
+    for (int64_t i = 0; i < wsize; ++i) dw[i] += p[i];
+  }
+}
 }  // namespace
 
 bool takes_forward(const ConvShape& s) {
@@ -357,6 +426,21 @@ void forward(const ConvShape& s, const float* x, const float* w, const float* bi
 #endif
   forward_as<Fp32>(s, x, w, bias, y, relu);
 }
+
+// Backward-weight adds each sample's tile into its chunk's dW, one add per L FMAs, and the
+// per-sample g transposition is O L: it wins where each sample has many outputs (cnn7's
+// conv2-4, ResNet-18's layers 1-2: 1.05-1.8x) and loses below 16x16 (ResNet-18 layers 3-4:
+// 0.5-0.8x; wong_small's 7x7, even).
+constexpr int64_t kMinWeightOutputs = 256;
+
+bool takes_backward_weight(const ConvShape& s) {
+  // FP32 only: at bf16 the im2col path's GEMM rounds the operands.
+  if (conv_algorithm() == ConvAlgorithm::im2col || math_precision() != MathPrecision::fp32 || !wins(s)) return false;
+  if (conv_algorithm() == ConvAlgorithm::automatic && s.oh * s.ow < kMinWeightOutputs) return false;
+  return supported_stride(s) && s.o >= kLanes && s.n > 0 && s.oh > 0 && s.ow > 0;
+}
+
+void backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) { backward_weight_fp32(s, x, g, dw); }
 
 void backward_input(const ConvShape& s, const float* g, const float* w, float* dx) {
 #if defined(__AVX512BF16__)

@@ -5,12 +5,15 @@
 
 namespace bulwark::cpu::direct {
 
-// Whether the direct kernels take this convolution's forward / backward-input pass (f32 only,
-// at fp32 math precision; the callers fall back to im2col + GEMM otherwise).
+// Whether the direct kernels take this convolution's forward / backward-input / backward-weight
+// pass (f32 tensors; fp32, or bf16 on a CPU with AVX512-BF16 for the first two; the callers
+// fall back to im2col + GEMM otherwise).
 bool takes_forward(const ConvShape& s);
 bool takes_backward_input(const ConvShape& s);
+bool takes_backward_weight(const ConvShape& s);
 
 void forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* y, bool relu);
 void backward_input(const ConvShape& s, const float* g, const float* w, float* dx);
+void backward_weight(const ConvShape& s, const float* x, const float* g, float* dw);
 
 }  // namespace bulwark::cpu::direct
