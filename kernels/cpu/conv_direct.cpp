@@ -24,9 +24,8 @@
 // stride-1 correlation of g with a ceil(KH/2) x ceil(KW/2) sub-kernel, written to every second
 // pixel of dx. (The im2col path computes W^T g into a column buffer and scatters it back.)
 //
-// Backward-weight (FP32) turns the tile around: its pixels are the taps of one input channel,
-// its vectors output channels, and it reduces over a sample's output pixels (see
-// backward_weight_fp32).
+// Backward-weight turns the tile around: its pixels are the taps of one input channel, its
+// vectors output channels, and it reduces over a sample's output pixels (backward_weight_as).
 //
 // Measured on the 2-core development VM (2 threads, batch 128), wong_small conv2 forward:
 // im2col + OpenBLAS 84 GFLOP/s, this kernel 151 GFLOP/s (docs/bench.md has every shape).
@@ -339,7 +338,7 @@ void backward_input_as(const ConvShape& s, const float* g, const float* w, float
   run(job, s.n, g, s.o * s.oh * s.ow, dx, nullptr, false, conv_flops(s));
 }
 
-// dW[o, c, ki, kj] = sum_n sum_p g[n, o, p] xpad[n, c, oy(p) S + ki, ox(p) S + kj], FP32.
+// dW[o, c, ki, kj] = sum_n sum_p g[n, o, p] xpad[n, c, oy(p) S + ki, ox(p) S + kj].
 //
 // The same tile with the roles turned: the tile's pixels are the taps (ki rows x kj columns of
 // one input channel), its vectors 16 output channels, and its reduction runs over the output
@@ -347,17 +346,26 @@ void backward_input_as(const ConvShape& s, const float* g, const float* w, float
 // one broadcast per tap, read from the padded sample at the pixel's window (koff[p]). A sample's
 // tile is added into the dW of its chunk of samples; chunks are fixed by the batch size (at
 // most 8) and added in order at the end, so the bits do not depend on the thread count.
-void backward_weight_fp32(const ConvShape& s, const float* x, const float* g, float* dw) {
+//
+// In BF16 a word pairs two output pixels of a row, (ox, ox + 1), the reduction's unit: g's
+// words hold g at both (the second 0 past an odd row's end), and the input's words the
+// padded sample at x and x + S, the two pixels' reads of one tap (a copy of the padded sample
+// with each value paired with its S-th right neighbour).
+template <class A>
+void backward_weight_as(const ConvShape& s, const float* x, const float* g, float* dw) {
+  using Word = typename A::Word;
+  constexpr int64_t kPixels = A::kChannels;  // output pixels per word
   const int64_t L = s.oh * s.ow, K = s.c * s.kh * s.kw, wsize = s.o * K;
+  const int64_t pairs_per_row = (s.ow + kPixels - 1) / kPixels, units = s.oh * pairs_per_row;
   const int64_t opad = round_up(s.o, kLanes), blocks = (s.o + kBlock - 1) / kBlock;
   const Padding pad{s.c, s.h, s.w, std::max(s.h + s.pad, (s.oh - 1) * s.stride + s.kh),
                     std::max(s.w + s.pad, (s.ow - 1) * s.stride + s.kw), s.pad, s.pad};
   thread_local std::vector<int32_t> koff;
   thread_local std::vector<float> partial;
-  koff.resize(static_cast<size_t>(L));
+  koff.resize(static_cast<size_t>(units));
   for (int64_t oy = 0; oy < s.oh; ++oy)
-    for (int64_t ox = 0; ox < s.ow; ++ox)
-      koff[static_cast<size_t>(oy * s.ow + ox)] = static_cast<int32_t>(oy * s.stride * pad.wp + ox * s.stride);
+    for (int64_t u = 0; u < pairs_per_row; ++u)
+      koff[static_cast<size_t>(oy * pairs_per_row + u)] = static_cast<int32_t>(oy * s.stride * pad.wp + u * kPixels * s.stride);
   const int64_t chunks = std::min<int64_t>(s.n, 8), per = (s.n + chunks - 1) / chunks;
   partial.assign(static_cast<size_t>(chunks * wsize), 0.0f);
   const int32_t* offsets = koff.data();
@@ -366,14 +374,34 @@ void backward_weight_fp32(const ConvShape& s, const float* x, const float* g, fl
   const int64_t col_chunks = (s.kw + kMaxTileWidth - 1) / kMaxTileWidth;
 #pragma omp parallel for schedule(static) if (chunks > 1 && conv_flops(s) >= kParallelFlops)
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    thread_local std::vector<float> gt;
+    thread_local std::vector<Word> gt, paired;
     float* acc = sums + ch * wsize;
     for (int64_t n = ch * per; n < std::min(s.n, (ch + 1) * per); ++n) {
-      gt.assign(static_cast<size_t>(L * opad), 0.0f);
+      gt.assign(static_cast<size_t>(units * opad), Word{});
       const float* gn = g + n * s.o * L;
       for (int64_t o = 0; o < s.o; ++o)
-        for (int64_t p = 0; p < L; ++p) gt[static_cast<size_t>(p * opad + o)] = gn[o * L + p];
-      const float* xp = padded_sample<Fp32>(pad, x + n * s.c * s.h * s.w);
+        for (int64_t oy = 0; oy < s.oh; ++oy)
+          for (int64_t u = 0; u < pairs_per_row; ++u) {
+            float v[kPixels];
+            for (int64_t i = 0; i < kPixels; ++i) {
+              const int64_t ox = u * kPixels + i;
+              v[i] = ox < s.ow ? gn[o * L + oy * s.ow + ox] : 0.0f;
+            }
+            gt[static_cast<size_t>((oy * pairs_per_row + u) * opad + o)] = A::pack(v);
+          }
+      const Word* xp = nullptr;
+      if constexpr (kPixels == 1) {
+        xp = padded_sample<A>(pad, x + n * s.c * s.h * s.w);
+      } else {
+        const float* flat = padded_sample<Fp32>(pad, x + n * s.c * s.h * s.w);
+        const int64_t size = s.c * pad.hp * pad.wp;
+        paired.resize(static_cast<size_t>(size));
+        for (int64_t i = 0; i < size; ++i) {
+          const float v[2] = {flat[i], i % pad.wp + s.stride < pad.wp ? flat[i + s.stride] : 0.0f};
+          paired[static_cast<size_t>(i)] = A::pack(v);
+        }
+        xp = paired.data();
+      }
       float* tile = tile_buffer(static_cast<size_t>(kMaxAccumulators * kBlock));
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t b0 = b * kBlock, nb = std::min<int64_t>(kBlock, s.o - b0);
@@ -384,8 +412,8 @@ void backward_weight_fp32(const ConvShape& s, const float* x, const float* g, fl
             const int rmax = std::min(kMaxTileRows, kMaxAccumulators / (nv * tw));
             for (int64_t ki0 = 0; ki0 < s.kh; ki0 += rmax) {
               const int r = static_cast<int>(std::min<int64_t>(rmax, s.kh - ki0));
-              tiles<Fp32>[nv - 1][0][tw - 1][r - 1](xp + (c * pad.hp + ki0) * pad.wp + kj0, pad.wp, offsets, L,
-                                                    gt.data() + b0, opad, tile, tw);
+              tiles<A>[nv - 1][0][tw - 1][r - 1](xp + (c * pad.hp + ki0) * pad.wp + kj0, pad.wp, offsets, units,
+                                                 gt.data() + b0, opad, tile, tw);
               for (int64_t o = 0; o < nb; ++o)
                 for (int64_t i = 0; i < r; ++i)
                   for (int64_t j = 0; j < tw; ++j)
@@ -434,13 +462,17 @@ void forward(const ConvShape& s, const float* x, const float* w, const float* bi
 constexpr int64_t kMinWeightOutputs = 256;
 
 bool takes_backward_weight(const ConvShape& s) {
-  // FP32 only: at bf16 the im2col path's GEMM rounds the operands.
-  if (conv_algorithm() == ConvAlgorithm::im2col || math_precision() != MathPrecision::fp32 || !wins(s)) return false;
+  if (conv_algorithm() == ConvAlgorithm::im2col || !has_arithmetic(math_precision()) || !wins(s)) return false;
   if (conv_algorithm() == ConvAlgorithm::automatic && s.oh * s.ow < kMinWeightOutputs) return false;
   return supported_stride(s) && s.o >= kLanes && s.n > 0 && s.oh > 0 && s.ow > 0;
 }
 
-void backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) { backward_weight_fp32(s, x, g, dw); }
+void backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) {
+#if defined(__AVX512BF16__)
+  if (math_precision() == MathPrecision::bf16) return backward_weight_as<Bf16>(s, x, g, dw);
+#endif
+  backward_weight_as<Fp32>(s, x, g, dw);
+}
 
 void backward_input(const ConvShape& s, const float* g, const float* w, float* dx) {
 #if defined(__AVX512BF16__)
