@@ -10,8 +10,11 @@ normalisation layer so the attack works in [0, 1] pixel space:
   wong_small  conv16 4x4/2 p1, conv32 4x4/2 p1, FC 100, FC 10 (ReLU between)       MNIST 1x28x28
   cnn7        conv 64, 64, 128/2, 128, 128 (3x3 p1, BatchNorm, ReLU), FC 512 (BatchNorm1d,
               ReLU), FC 10                                                          CIFAR 3x32x32
-Attacks: wong_small PGD-10 eps 0.3 alpha eps/4; cnn7 FGSM-RS (random start + one step) eps 8/255
-alpha 1.25 eps; both start from x + U(-eps, eps) clipped to [0, 1].
+  preact_resnet18  conv 3x3 64 (no bias), 4 layers of 2 pre-activation blocks (64/128/256/512,
+              stride 1/2/2/2; 1x1 strided shortcut convs where the shape changes), relu(bn),
+              global average pool, FC 10 (fast_adversarial's PreActResNet18)       CIFAR 3x32x32
+Attacks: wong_small PGD-10 eps 0.3 alpha eps/4; cnn7 and preact_resnet18 FGSM-RS (random start +
+one step) eps 8/255 alpha 1.25 eps; all start from x + U(-eps, eps) clipped to [0, 1].
 
 Run with Debian's python3 and torch 1.13 (CPU):
   /usr/bin/python3 bench/peer_pytorch.py [--model cnn7] [--threads 2] [--iters 10] [--json]
@@ -59,8 +62,36 @@ def cnn7(data):
         nn.Flatten(), nn.Linear(128 * 16 * 16, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 10))
 
 
+class PreActBlock(nn.Module):
+    """out = conv2(relu(bn2(conv1(a)))) + shortcut, a = relu(bn1(x)) (models/zoo.h)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False))
+                         if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        a = F.relu(self.bn1(x))
+        skip = self.shortcut(a) if self.shortcut is not None else x
+        return self.conv2(F.relu(self.bn2(self.conv1(a)))) + skip
+
+
+def preact_resnet18(data):
+    layers, cin = [], 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
+        cin = cout
+    return nn.Sequential(
+        Normalize(data["mean"], data["std"]), nn.Conv2d(3, 64, 3, padding=1, bias=False), *layers,
+        nn.BatchNorm2d(512), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
+
+
 MODELS = {"wong_small": (wong_small, MNIST, 10, 0.3, 0.25),
-          "cnn7": (cnn7, CIFAR, 1, 8 / 255, 1.25)}  # builder, data, attack steps, eps, alpha / eps
+          "cnn7": (cnn7, CIFAR, 1, 8 / 255, 1.25),
+          "preact_resnet18": (preact_resnet18, CIFAR, 1, 8 / 255, 1.25)}  # builder, data, attack steps, eps, alpha / eps
 
 
 def attack(model, x, y, eps, alpha, steps):
