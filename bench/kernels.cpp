@@ -41,21 +41,21 @@ void add(const std::string& name, benchmark::TimeUnit unit, Fn&& fn) {
 // A forward or backward-input row runs once per algorithm (im2col + GEMM, direct), and the
 // direct kernel once more at BF16 where the CPU has AVX512-BF16 (`--precision bf16`); the GEMM
 // rows once per precision. Both are process-wide settings, set for the row and put back after it.
-struct ConvScope {
+struct CpuKernelScope {
   cpu::ConvAlgorithm algorithm = cpu::conv_algorithm();
   MathPrecision precision = cpu::math_precision();
-  ConvScope(cpu::ConvAlgorithm a, MathPrecision p) {
+  CpuKernelScope(cpu::ConvAlgorithm a, MathPrecision p) {
     cpu::set_conv_algorithm(a);
     cpu::set_math_precision(p);
   }
-  ~ConvScope() {
+  ~CpuKernelScope() {
     cpu::set_conv_algorithm(algorithm);
     cpu::set_math_precision(precision);
   }
 };
 
 void gemm_bench(benchmark::State& state, const GemmCase& c, MathPrecision precision) {
-  const ConvScope scope(cpu::conv_algorithm(), precision);
+  const CpuKernelScope scope(cpu::conv_algorithm(), precision);
   const std::vector<float> a = random_floats(size_t(c.m * c.k)), b = random_floats(size_t(c.k * c.n));
   std::vector<float> out(size_t(c.m * c.n));
   for (auto _ : state) {
@@ -73,7 +73,7 @@ const char* pass_name(ConvPass p) {
 
 void conv_bench(benchmark::State& state, ConvPass pass, const ConvLayer& layer, cpu::ConvAlgorithm algorithm,
                 MathPrecision precision) {
-  const ConvScope scope(algorithm, precision);
+  const CpuKernelScope scope(algorithm, precision);
   const ConvShape& s = layer.shape;
   const std::vector<float> x = random_floats(size_t(s.n * s.c * s.h * s.w));
   const std::vector<float> w = random_floats(size_t(s.o * s.c * s.kh * s.kw));
@@ -216,7 +216,7 @@ bool register_cpu_benchmarks() {
     for (ConvPass pass : kConvPasses) {
       const std::string row = std::string("cpu_conv_") + pass_name(pass) + "/" + layer.name;
       auto takes = [&](MathPrecision p) {  // whether the direct kernel applies at all
-        const ConvScope forced(cpu::ConvAlgorithm::direct, p);
+        const CpuKernelScope forced(cpu::ConvAlgorithm::direct, p);
         return pass == ConvPass::forward          ? cpu::direct::takes_forward(layer.shape)
                : pass == ConvPass::backward_input ? cpu::direct::takes_backward_input(layer.shape)
                                                   : cpu::direct::takes_backward_weight(layer.shape);

@@ -119,6 +119,21 @@ float* tile_buffer(size_t n) {
   return buf.data();
 }
 
+// Covers a rows x cols grid with tiles for nv channel vectors: columns in balanced chunks of at
+// most kMaxTileWidth, rows in groups that keep nv * width * rows <= kMaxAccumulators; calls
+// tile(row0, col0, rows, width) for each.
+template <class F>
+void for_each_tile(int64_t rows, int64_t cols, int nv, F tile) {
+  const int64_t chunks = (cols + kMaxTileWidth - 1) / kMaxTileWidth;
+  const int64_t base = cols / chunks, extra = cols % chunks;
+  for (int64_t ch = 0, c0 = 0; ch < chunks; ++ch) {
+    const int tw = static_cast<int>(base + (ch < extra ? 1 : 0));
+    const int rmax = std::min(kMaxTileRows, kMaxAccumulators / (nv * tw));
+    for (int64_t r0 = 0; r0 < rows; r0 += rmax) tile(r0, c0, static_cast<int>(std::min<int64_t>(rmax, rows - r0)), tw);
+    c0 += tw;
+  }
+}
+
 // Output block [b0, b0 + nb) of one sample through every plan of the job, into dst (the
 // sample's [cout, dst_h, dst_w]); bias and ReLU in the transposing store.
 template <class A>
@@ -138,20 +153,12 @@ void run_block(const Job<A>& job, const typename A::Word* xp, int64_t b0, float*
       continue;
     }
     float* tile = tile_buffer(static_cast<size_t>(plan.oh * plan.ow * kBlock));
-    const int64_t chunks = (plan.ow + kMaxTileWidth - 1) / kMaxTileWidth;
-    const int64_t base = plan.ow / chunks, extra = plan.ow % chunks;
     const int64_t row_step = job.stride * wp;
-    for (int64_t ch = 0, ox0 = 0; ch < chunks; ++ch) {
-      const int tw = static_cast<int>(base + (ch < extra ? 1 : 0));
-      const int rmax = std::min(kMaxTileRows, kMaxAccumulators / (nv * tw));
-      for (int64_t oy = 0; oy < plan.oh; oy += rmax) {
-        const int r = static_cast<int>(std::min<int64_t>(rmax, plan.oh - oy));
-        tiles<A>[nv - 1][st - 1][tw - 1][r - 1](xp + plan.origin + oy * row_step + ox0 * job.stride, row_step,
-                                                plan.koff.data(), plan.taps, plan.wt.data() + b0, job.cout_pad,
-                                                tile + (oy * plan.ow + ox0) * kBlock, plan.ow);
-      }
-      ox0 += tw;
-    }
+    for_each_tile(plan.oh, plan.ow, nv, [&](int64_t oy, int64_t ox0, int r, int tw) {
+      tiles<A>[nv - 1][st - 1][tw - 1][r - 1](xp + plan.origin + oy * row_step + ox0 * job.stride, row_step,
+                                              plan.koff.data(), plan.taps, plan.wt.data() + b0, job.cout_pad,
+                                              tile + (oy * plan.ow + ox0) * kBlock, plan.ow);
+    });
     for (int64_t c = 0; c < nb; ++c) {
       const float b = bias ? bias[b0 + c] : 0.0f;
       float* out = dst + (b0 + c) * plane;
@@ -370,8 +377,6 @@ void backward_weight_as(const ConvShape& s, const float* x, const float* g, floa
   partial.assign(static_cast<size_t>(chunks * wsize), 0.0f);
   const int32_t* offsets = koff.data();
   float* sums = partial.data();
-  // column chunks of the kernel's width, as the forward splits output rows
-  const int64_t col_chunks = (s.kw + kMaxTileWidth - 1) / kMaxTileWidth;
 #pragma omp parallel for schedule(static) if (chunks > 1 && conv_flops(s) >= kParallelFlops)
   for (int64_t ch = 0; ch < chunks; ++ch) {
     thread_local std::vector<Word> gt, paired;
@@ -407,20 +412,14 @@ void backward_weight_as(const ConvShape& s, const float* x, const float* g, floa
         const int64_t b0 = b * kBlock, nb = std::min<int64_t>(kBlock, s.o - b0);
         const int nv = nb > kLanes ? 2 : 1;
         for (int64_t c = 0; c < s.c; ++c)
-          for (int64_t cc = 0, kj0 = 0; cc < col_chunks; ++cc) {
-            const int tw = static_cast<int>(s.kw / col_chunks + (cc < s.kw % col_chunks ? 1 : 0));
-            const int rmax = std::min(kMaxTileRows, kMaxAccumulators / (nv * tw));
-            for (int64_t ki0 = 0; ki0 < s.kh; ki0 += rmax) {
-              const int r = static_cast<int>(std::min<int64_t>(rmax, s.kh - ki0));
-              tiles<A>[nv - 1][0][tw - 1][r - 1](xp + (c * pad.hp + ki0) * pad.wp + kj0, pad.wp, offsets, units,
-                                                 gt.data() + b0, opad, tile, tw);
-              for (int64_t o = 0; o < nb; ++o)
-                for (int64_t i = 0; i < r; ++i)
-                  for (int64_t j = 0; j < tw; ++j)
-                    acc[(b0 + o) * K + (c * s.kh + ki0 + i) * s.kw + kj0 + j] += tile[(i * tw + j) * kBlock + o];
-            }
-            kj0 += tw;
-          }
+          for_each_tile(s.kh, s.kw, nv, [&](int64_t ki0, int64_t kj0, int r, int tw) {
+            tiles<A>[nv - 1][0][tw - 1][r - 1](xp + (c * pad.hp + ki0) * pad.wp + kj0, pad.wp, offsets, units,
+                                               gt.data() + b0, opad, tile, tw);
+            for (int64_t o = 0; o < nb; ++o)
+              for (int64_t i = 0; i < r; ++i)
+                for (int64_t j = 0; j < tw; ++j)
+                  acc[(b0 + o) * K + (c * s.kh + ki0 + i) * s.kw + kj0 + j] += tile[(i * tw + j) * kBlock + o];
+          });
       }
     }
   }
@@ -461,10 +460,8 @@ void forward(const ConvShape& s, const float* x, const float* w, const float* bi
 // 0.5-0.8x; wong_small's 7x7, even).
 constexpr int64_t kMinWeightOutputs = 256;
 
-bool takes_backward_weight(const ConvShape& s) {
-  if (conv_algorithm() == ConvAlgorithm::im2col || !has_arithmetic(math_precision()) || !wins(s)) return false;
-  if (conv_algorithm() == ConvAlgorithm::automatic && s.oh * s.ow < kMinWeightOutputs) return false;
-  return supported_stride(s) && s.o >= kLanes && s.n > 0 && s.oh > 0 && s.ow > 0;
+bool takes_backward_weight(const ConvShape& s) {  // the forward's conditions, and large maps
+  return takes_forward(s) && (conv_algorithm() == ConvAlgorithm::direct || s.oh * s.ow >= kMinWeightOutputs);
 }
 
 void backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) {

@@ -6,8 +6,8 @@
 namespace bulwark::cpu::direct {
 
 // Whether the direct kernels take this convolution's forward / backward-input / backward-weight
-// pass (f32 tensors; fp32, or bf16 on a CPU with AVX512-BF16 for the first two; the callers
-// fall back to im2col + GEMM otherwise).
+// pass (f32 tensors at fp32, or at bf16 on a CPU with AVX512-BF16; the callers fall back to
+// im2col + GEMM otherwise).
 bool takes_forward(const ConvShape& s);
 bool takes_backward_input(const ConvShape& s);
 bool takes_backward_weight(const ConvShape& s);
