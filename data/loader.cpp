@@ -69,6 +69,16 @@ void Loader::set_batch_hook(std::function<void(Batch&)> hook) {
   hook_ = std::move(hook);
 }
 
+void Loader::set_slice(int64_t begin, int64_t length) {
+  std::lock_guard lock(mutex_);
+  if (started_) throw std::logic_error(fmt::format("{}: Loader::set_slice after start_epoch", data_.name));
+  if (!drop_last_ || begin < 0 || length < 1 || begin + length > batch_size_)
+    throw std::invalid_argument(fmt::format("{}: a batch slice [{}, {}) needs drop_last and must lie in the batch of {}",
+                                            data_.name, begin, begin + length, batch_size_));
+  slice_begin_ = begin;
+  slice_length_ = length;
+}
+
 void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
   if (epoch < 0 || static_cast<uint64_t>(epoch) >= streams::kMaxEpoch)
     throw std::invalid_argument(fmt::format("{}: epoch {} is outside 0..2^24-1", data_.name, epoch));
@@ -153,8 +163,8 @@ void Loader::worker_loop() {
 }
 
 void Loader::build(const Job& job, Batch& b) const {
-  const int64_t first = job.index * batch_size_;
-  const int64_t count = std::min(batch_size_, data_.n - first);
+  const int64_t first = job.index * batch_size_ + slice_begin_;
+  const int64_t count = slice_length_ > 0 ? slice_length_ : std::min(batch_size_, data_.n - first);
   const int64_t size = data_.sample_size();
   b.n = count;
   b.c = data_.c;

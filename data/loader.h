@@ -61,6 +61,13 @@ class Loader {
   // exception raised while building the batch (the epoch then ends).
   bool next(Batch& out);
 
+  // Data parallelism (docs/distributed.md): every batch becomes rows [begin, begin + length) of
+  // the batch it would be, so each rank of a run takes its own part of the same global batch
+  // (same permutation, same per-sample augmentation). Needs drop_last (every part full) and
+  // 0 <= begin < begin + length <= batch_size; set before the first start_epoch(), else
+  // std::logic_error.
+  void set_slice(int64_t begin, int64_t length);
+
   // For tests (production code sets none): runs on the worker thread on each finished batch, to
   // inspect it or to fail inside the worker. Set before the first start_epoch(), else
   // std::logic_error; unset, it costs one test of an empty std::function per batch.
@@ -77,6 +84,7 @@ class Loader {
   const uint64_t seed_;
   const AugmentOptions augment_;
   const bool drop_last_;
+  int64_t slice_begin_ = 0, slice_length_ = 0;  // 0: the whole batch
 
   std::mutex mutex_;
   std::condition_variable work_cv_, ready_cv_;

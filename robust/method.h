@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/comm.h"
 #include "engine/rng.h"
 #include "engine/tensor.h"
 #include "models/module.h"
@@ -70,6 +71,10 @@ struct EpochEnd {
   const Tensor& probe_x;    // a fixed training batch (the first batch_size training samples,
   const Tensor& probe_y;    // on the model's device): the overfitting guard's probe
   std::map<std::string, double>& extra;  // the epoch's metrics.jsonl extras (r, G, threshold, ...)
+  // The run's ranks (engine/comm.h), for a rule whose signal is a sum over the epoch's samples
+  // (M+'s G): each rank saw only its part. Null on one process.
+  comm::Communicator* ranks = nullptr;
+  double sum_over_ranks(double value) const { return ranks ? ranks->sum(value) : value; }
 };
 
 enum class EpochVerdict {

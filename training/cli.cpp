@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/comm.h"
 #include "engine/npy.h"
 #include "engine/options.h"
 #include "engine/runtime.h"
@@ -325,15 +326,19 @@ CLI::App* add_eval_command(CLI::App& app, EvalArgs& a) {
 int run_train(CLI::App& cmd, TrainArgs& a) {
   const InterruptScope interrupts;  // Ctrl-C and SIGTERM save the run (training/interrupt.h)
   if (a.run.stop_after < 0) throw std::invalid_argument(fmt::format("--stop-after must be >= 0, got {}", a.run.stop_after));
+  // Started by mpirun (or another MPI launcher): this process is one rank of the run
+  // (docs/distributed.md). A build without MPI says so on every rank instead of training alone.
+  if (comm::launched_by_mpi()) comm::set_world(comm::make_mpi(config_from_args(a).comm_timeout));
   if (!a.resume.empty()) {
     const std::set<std::string> allowed{"--resume", "--threads", "--stop-after", "--quiet", "--profile", "--trace",
-                                        "--help"};
+                                        "--comm-timeout", "--help"};
     for (const CLI::Option* o : cmd.get_options())
       if (o->count() > 0 && !allowed.count(o->get_name()))
         throw std::invalid_argument(fmt::format("{} cannot be combined with --resume: a resumed run keeps the options "
                                                 "saved in its checkpoint (start a new run to change them)",
                                                 o->get_name()));
     resume(a.resume, a.run, config_from_args(a).threads);
+    comm::set_world(nullptr);  // MPI_Finalize
     return 0;
   }
   TrainConfig cfg = config_from_args(a);
@@ -343,6 +348,7 @@ int run_train(CLI::App& cmd, TrainArgs& a) {
     return 0;
   }
   train(std::move(cfg), a.run);
+  comm::set_world(nullptr);  // MPI_Finalize
   return 0;
 }
 
@@ -958,6 +964,24 @@ int run_docs(const DocsArgs& a) {
 
 }  // namespace
 
+namespace {
+// A failure one rank may meet alone (a diverged loss, a file it cannot read, a timed-out
+// collective): the message, then the whole job ends, instead of the other ranks waiting for this
+// one in their next collective. On one process: the message and the exit code.
+int rank_failed(const std::string& message, int code) {
+  comm::Communicator& ranks = comm::world();
+  if (!ranks.distributed()) {
+    fmt::print(stderr, "bulwark: {}\n", message);
+    return code;
+  }
+  fmt::print(stderr, "bulwark: rank {} of {}: {}\nbulwark: rank {} ends the job\n", ranks.rank(), ranks.size(), message,
+             ranks.rank());
+  std::fflush(stderr);
+  ranks.abort(code);
+  return code;  // not reached
+}
+}  // namespace
+
 int run_cli(int argc, char** argv) {
   CLI::App app{"bulwark: a from-scratch C++ tensor engine with fast adversarial and certified robust training"};
   app.name("bulwark");
@@ -993,15 +1017,19 @@ int run_cli(int argc, char** argv) {
     if (import_cmd->parsed()) return run_import(import_args);
     if (verify_cmd->parsed()) return run_verify(verify_args);
     return run_eval(eval_args);
-  } catch (const TrainingDiverged& e) {
+  } catch (const RanksDisagree& e) {
+    // Every rank throws this from the same collective: each says why, and MPI ends in order.
     fmt::print(stderr, "bulwark: error: {}\n", e.what());
-    return 1;
+    comm::set_world(nullptr);
+    return 2;
+  } catch (const TrainingDiverged& e) {
+    return rank_failed(fmt::format("error: {}", e.what()), 1);
   } catch (const TrainingInterrupted& e) {
     fmt::print(stderr, "bulwark: {}\n", e.what());
+    comm::set_world(nullptr);  // every rank stops at the same epoch's end
     return 128 + e.signal;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "bulwark: error: {}\n", e.what());
-    return 2;
+    return rank_failed(fmt::format("error: {}", e.what()), 2);
   }
 }
 

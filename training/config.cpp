@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <stdexcept>
 
 #include "data/idx.h"
 #include "engine/check.h"
+#include "engine/comm.h"
 #include "engine/json_field.h"
 #include "engine/runtime.h"
 #include "models/zoo.h"
@@ -108,6 +110,18 @@ std::vector<TrainOption> make_train_options() {
       [](auto& c) -> auto& { return c.epochs; });
   add("", Option::make("batch_size", "--batch-size", T::integer, "Training batch size").at_least(1),
       [](auto& c) -> auto& { return c.batch_size; });
+  add("",
+      Option::make("grad_accum", "--grad-accum", T::integer,
+                   "Micro-batches of --batch-size summed before each optimizer step (the step's batch is their "
+                   "total; with mpirun -np N, N times that); methods that step on every replay (free, DEAT) need 1")
+          .at_least(1),
+      [](auto& c) -> auto& { return c.grad_accum; });
+  add("",
+      Option::make("comm_timeout", "--comm-timeout", T::real,
+                   "Under mpirun: seconds a rank waits in a collective for the others before the run fails (a rank "
+                   "that died or hangs)")
+          .above(0),
+      [](auto& c) -> auto& { return c.comm_timeout; });
   add("",
       Option::make("eval_batch_size", "--eval-batch-size", T::integer, "Batch size of validation and test evaluation")
           .at_least(1),
@@ -231,6 +245,7 @@ ojson to_json(const TrainConfig& c) {
   const ModelInput& in = c.input;
   j["input"] = {{"channels", in.channels}, {"height", in.height}, {"width", in.width},
                 {"num_classes", in.num_classes}, {"mean", in.mean}, {"std", in.std}};
+  j["world_size"] = c.world_size;
   j["schedule"] = to_json(c.schedule);
   j["method"] = robust::to_json(c.method);
   return j;
@@ -263,6 +278,7 @@ TrainConfig config_from_json(const nlohmann::json& j) {
     resolve_schedule(c.schedule, c.epochs);  // a block from before schedules had options may lack its milestones
   }
   if (j.contains("method")) c.method = robust::method_config_from_json(j.at("method"));
+  read_json_field(j, "", "world_size", c.world_size);
   return c;
 }
 
@@ -308,6 +324,10 @@ void validate(const TrainConfig& c) {
   validate(c.optimizer);
   validate(c.schedule, c.epochs);
   robust::validate(c.method);
+  require(c.grad_accum == 1 || robust::method_registry().at(c.method.name).steps_once_per_batch,
+          fmt::format("--grad-accum {} with --method {}: it steps the optimizer on every replay of a batch, so its "
+                      "micro-batches cannot wait for each other; use --grad-accum 1 (mpirun -np N works with it)",
+                      c.grad_accum, c.method.name));
   require(c.precision == "fp32" || !robust::method_registry().at(c.method.name).certified,
           fmt::format("--precision {} with --method {}: verified bounds need f32 arithmetic (a product of rounded "
                       "inputs is not an upper bound of the f32 one); use --precision fp32",
@@ -322,6 +342,10 @@ std::string resolve_device(const std::string& requested, std::vector<std::string
   std::string why;
   const bool gpu = runtime::cuda_available(&why) && !runtime::cuda_emulated();
   if (runtime::cuda_emulated()) why = "this build's CUDA backend is the CPU emulator (no nvcc at build time)";
+  // The tests' bulwark-emulated runs whole trainings on the emulator as processes (under mpirun):
+  // they ask for it by name.
+  if (requested == "cuda" && runtime::cuda_emulated() && std::getenv("BULWARK_TEST_EMULATED_DEVICE") != nullptr)
+    return "cuda";
   if (requested == "cuda") {
     if (!gpu) throw std::invalid_argument(fmt::format("--device cuda: no usable GPU ({}); use --device cpu", why));
     return "cuda";
@@ -370,12 +394,21 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
   for (auto& n : resolve_schedule(c.schedule, c.epochs)) notes.push_back(std::move(n));
   for (auto& n : robust::resolve_method(c.method, DefaultScope{c.method.options, c.data.dataset, mnist_like, c.epochs}))
     notes.push_back(std::move(n));
-  if (c.threads == 0) c.threads = runtime::num_threads();
+  comm::Communicator& ranks = comm::world();
+  c.world_size = ranks.size();
+  if (c.threads == 0) {
+    // Ranks on one host share its cores.
+    c.threads = std::max(1, runtime::num_threads() / ranks.local_size());
+    if (ranks.local_size() > 1)
+      notes.push_back(fmt::format("--threads {}: the host's {} cores shared by its {} ranks", c.threads,
+                                  runtime::num_threads(), ranks.local_size()));
+  }
   c.device = resolve_device(c.device, notes);
   if (c.out.empty()) {
     const std::string base = fmt::format("runs/{}-{}-{}", timestamp(), c.model, c.data.dataset);
     c.out = base;
     for (int k = 2; std::filesystem::exists(c.out); ++k) c.out = fmt::format("{}-{}", base, k);
+    ranks.broadcast(c.out);  // rank 0's clock names the run
   }
   validate(c);
   return notes;

@@ -56,7 +56,10 @@ struct TrainConfig {
   ModelInput input;
   SgnOptions sgn;
   int64_t epochs = 5;
-  int64_t batch_size = 128;
+  int64_t batch_size = 128;  // per rank (docs/distributed.md): a step trains world_size x grad_accum x this
+  int64_t grad_accum = 1;    // micro-batches of batch_size each rank sums before one optimizer step
+  double comm_timeout = 600;  // seconds a collective waits for the other ranks before the run fails
+  int world_size = 1;         // ranks the run trains on: the launcher's (mpirun -np), not an option
   int64_t eval_batch_size = 500;
   double grad_clip = 0;  // clip the gradient's global L2 norm before each optimizer step (0 = off)
   OptimizerConfig optimizer;

@@ -124,9 +124,11 @@ std::shared_ptr<Module> build_model(const TrainConfig& cfg, Device device) {
 
 Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
     : cfg_(std::move(cfg)),
+      comm_(comm::world()),
+      layout_{comm_.size(), comm_.rank(), static_cast<int>(cfg_.grad_accum), cfg_.batch_size},
       data_(std::move(data)),
       options_(options),
-      progress_(options.quiet),
+      progress_(options.quiet || comm_.rank() > 0),
       device_(run_device(cfg_)),
       model_(build_model(cfg_, device_)),
       optimizer_(make_optimizer(cfg_.optimizer, model_->named_parameters())),
@@ -134,6 +136,13 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
       method_(robust::make_method(cfg_.method)),
       gen_(method_stream_seed(cfg_.seed)) {
   optimizer_->set_grad_clip(cfg_.grad_clip);
+  if (cfg_.world_size != comm_.size())
+    throw std::invalid_argument(fmt::format("the run was configured for {} rank{}, and {} were launched: a run keeps its "
+                                            "rank count (mpirun -np {})",
+                                            cfg_.world_size, cfg_.world_size == 1 ? "" : "s", comm_.size(),
+                                            cfg_.world_size));
+  if (layout_.parallel())
+    averager_ = std::make_unique<GradientAverager>(*optimizer_, model_->named_parameters(), comm_, layout_.accum);
   // The guard's probe: the first batch_size training samples, fixed for the whole run.
   const int64_t n = std::min(cfg_.batch_size, data_.train.n);
   probe_x_ = images_tensor(data_.train, 0, n).to(device_);
@@ -143,6 +152,9 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
   if (cfg_.cuda_graphs == "on") {
     if (device_ != Device::cuda)
       throw std::invalid_argument("--cuda-graphs on needs --device cuda (CUDA graphs replay GPU work)");
+    if (layout_.parallel())
+      throw std::invalid_argument("--cuda-graphs on with several ranks or --grad-accum: the captured step does not "
+                                  "include the gradient all-reduce; use --cuda-graphs off");
     if (!method_->capturable())
       throw std::invalid_argument(fmt::format(
           "--cuda-graphs on: the {} step cannot be replayed as a CUDA graph (it adapts on the host between batches or "
@@ -154,6 +166,7 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
     use_graphs_ = true;
   } else {
     use_graphs_ = cfg_.cuda_graphs == "auto" && device_ == Device::cuda && !runtime::cuda_emulated() &&
+                  !layout_.parallel() &&
                   method_->capturable() && !profiling;
   }
   const std::optional<std::vector<FusedLayer>> fusable_layers = fused_layers(*model_);
@@ -204,7 +217,7 @@ void Trainer::restore(const Checkpoint& c) {
     kept += line + "\n";
     history_.push_back(std::move(m));
   }
-  write_file_atomically(path("metrics.jsonl"), kept);
+  if (writes()) write_file_atomically(path("metrics.jsonl"), kept);
 }
 
 CheckpointState Trainer::checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const {
@@ -220,6 +233,30 @@ CheckpointState Trainer::checkpoint_state(int64_t epochs_done, const EpochMetric
   s.best_epoch = best_epoch_;
   s.metrics = m.to_json();
   return s;
+}
+
+void Trainer::train_batch(robust::StepContext& ctx, const Tensor& x, const Tensor& y) {
+  if (!layout_.parallel()) {
+    train_step(ctx, x, y);
+    return;
+  }
+  robust::StepContext micro{ctx.model, *averager_, ctx.gen, ctx.passes, ctx.log, ctx.epoch, ctx.batch};
+  micro.eps_scale = ctx.eps_scale;
+  micro.fused_attack = ctx.fused_attack;
+  const uint64_t base = gen_.offset();
+  const int64_t n = layout_.micro_batch;
+  const uint64_t stride = micro_batch_counters(n, x.numel() / x.size(0));
+  for (int a = 0; a < layout_.accum; ++a) {
+    averager_->begin_micro_batch(a);
+    const uint64_t start = base + static_cast<uint64_t>(layout_.global_micro(a)) * stride;
+    gen_.set_offset(start);
+    train_step(micro, x.slice(0, a * n, (a + 1) * n), y.slice(0, a * n, (a + 1) * n));
+    if (gen_.offset() - start > stride)
+      throw std::logic_error(fmt::format("the {} step drew {} Philox counters, more than a micro-batch's {} (one "
+                                         "random start): it cannot train on several ranks or with --grad-accum",
+                                         method_->name(), gen_.offset() - start, stride));
+  }
+  gen_.set_offset(base + static_cast<uint64_t>(layout_.micro_batches()) * stride);
 }
 
 void Trainer::add_logged_batches(EpochTotals& totals, int64_t epoch, int64_t batches,
@@ -327,7 +364,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     ctx.fused_attack = fused_attack_;
     {
       const profiler::Step step;
-      train_step(ctx, x, y);
+      train_batch(ctx, x, y);
     }
     ++done;
     if (read_every_batch || progress_.due(done, kDeviceReadSeconds)) {
@@ -337,14 +374,25 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                       static_cast<double>(totals.count) / seconds_since(t0));
     }
     test_interrupt_point("batch");
-    // After the epoch's last batch an interrupt waits for the epoch's own checkpoint (run()).
-    if (interrupt_signal() != 0 && b.index + 1 < batches) {
+    // After the epoch's last batch an interrupt waits for the epoch's own checkpoint (run()). The
+    // ranks of a parallel run see a signal at different batches: they all wait for the epoch's end.
+    if (interrupt_signal() != 0 && b.index + 1 < batches && !comm_.distributed()) {
       add_logged_batches(totals, epoch, batches, lr_of_batch);
       save_interrupted(epoch, b.index + 1, batches, totals, passes, seconds_before + seconds_since(t0),
                        cpu_seconds_before + process_cpu_seconds() - cpu0);
     }
   }
   add_logged_batches(totals, epoch, batches, lr_of_batch);  // on CUDA: waits for the epoch's last step
+  if (comm_.distributed()) {
+    // The epoch's sums over every rank's samples and passes (counted in passes of a micro-batch).
+    std::vector<double> sums{totals.loss_sum, static_cast<double>(totals.correct), static_cast<double>(totals.count),
+                             static_cast<double>(passes.fwd), static_cast<double>(passes.bwd)};
+    comm_.all_reduce_sum(sums);
+    totals = {sums[0], static_cast<int64_t>(sums[1]), static_cast<int64_t>(sums[2])};
+    passes.fwd = static_cast<int64_t>(sums[3]);
+    passes.bwd = static_cast<int64_t>(sums[4]);
+    broadcast_buffers(*model_, comm_);  // every rank validates rank 0's model
+  }
   const double train_seconds = seconds_since(t0);  // of this process (images_per_s)
   const int64_t count = totals.count;
 
@@ -372,6 +420,7 @@ EpochMetrics Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                                       .accuracy;
   }
   robust::EpochEnd end{*model_, gen_, epoch, m.train_acc, m.val_acc, probe_x_, probe_y_, m.extra};
+  if (comm_.distributed()) end.ranks = &comm_;
   stop_ = method_->on_epoch_end(end) == robust::EpochVerdict::stop_at_previous;
   model_->train();
   schedule_->on_epoch_end(m);
@@ -434,19 +483,30 @@ class RunProfile {
 }  // namespace
 
 RunSummary Trainer::run() {
-  RunProfile profile(options_, cfg_.out);
+  RunProfile profile(writes() ? options_ : RunOptions{}, cfg_.out);
   runtime::set_num_threads(cfg_.threads);
   if (device_ == Device::cuda) runtime::set_kernel_source(cfg_.kernels);
   const runtime::MathPrecisionScope precision(cfg_.precision);  // training, validation and the final test
-  loader_ = std::make_unique<data::Loader>(data_.train, cfg_.batch_size, true, cfg_.seed,
-                                           data::AugmentOptions{cfg_.data.crop_pad, cfg_.data.flip});
+  // A parallel run loads the global batch's part of this rank; the tail that would not fill a
+  // global batch is dropped (data_parallel.h).
+  loader_ = std::make_unique<data::Loader>(data_.train, layout_.global_batch(), true, cfg_.seed,
+                                           data::AugmentOptions{cfg_.data.crop_pad, cfg_.data.flip},
+                                           layout_.parallel());
+  if (layout_.parallel()) {
+    if (loader_->batches_per_epoch() == 0)
+      throw std::invalid_argument(fmt::format("{} training samples do not fill one global batch of {} ({} ranks x "
+                                              "--grad-accum {} x --batch-size {})",
+                                              data_.train.n, layout_.global_batch(), layout_.world, layout_.accum,
+                                              layout_.micro_batch));
+    loader_->set_slice(layout_.global_micro(0) * layout_.micro_batch, layout_.accum * layout_.micro_batch);
+  }
   const int64_t last_epoch = options_.stop_after > 0 ? std::min(options_.stop_after, cfg_.epochs) : cfg_.epochs;
   for (int64_t epoch = start_epoch_; epoch < last_epoch; ++epoch) {
     const EpochMetrics m = train_epoch(epoch, epoch == start_epoch_ ? start_batch_ : 0);
     if (stop_) {
       // The method's rule (Fast-AT's overfitting guard) rejected this epoch: record it, keep the
       // previous epoch's weights (last.safetensors still holds them) and end training there.
-      append_line(path("metrics.jsonl"), m.to_json().dump());
+      if (writes()) append_line(path("metrics.jsonl"), m.to_json().dump());
       progress_.end_epoch(m, cfg_.epochs);
       rejected_ = m;
       model_->load_state_dict(load_checkpoint(path("last.safetensors")).model);
@@ -458,18 +518,23 @@ RunSummary Trainer::run() {
       break;
     }
     history_.push_back(m);
-    append_line(path("metrics.jsonl"), m.to_json().dump());
     if (m.val_acc > best_val_acc_) {
       best_val_acc_ = m.val_acc;
       best_epoch_ = m.epoch;
-      save_checkpoint(path("best.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m));
+      if (writes()) save_checkpoint(path("best.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m));
     }
-    save_checkpoint(path("last.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m),
-                    [] { test_interrupt_point("checkpoint"); });
-    std::error_code ignored;
-    fs::remove(path(kInterruptedCheckpoint), ignored);  // last.safetensors is now ahead of it
+    if (writes()) {
+      append_line(path("metrics.jsonl"), m.to_json().dump());
+      save_checkpoint(path("last.safetensors"), *model_, *optimizer_, checkpoint_state(m.epoch, m),
+                      [] { test_interrupt_point("checkpoint"); });
+      std::error_code ignored;
+      fs::remove(path(kInterruptedCheckpoint), ignored);  // last.safetensors is now ahead of it
+    }
     progress_.end_epoch(m, cfg_.epochs);
-    if (const int signal = interrupt_signal(); signal != 0 && m.epoch < last_epoch)
+    // Every rank stops where any was interrupted (mpirun passes a signal to all of them).
+    int signal = interrupt_signal();
+    if (comm_.distributed() && comm_.sum(signal != 0 ? 1.0 : 0.0) > 0 && signal == 0) signal = 15;
+    if (signal != 0 && m.epoch < last_epoch)
       throw TrainingInterrupted(signal, fmt::format("interrupted by {} during epoch {}/{}, which was completed: {} "
                                                     "holds it\ncontinue with: bulwark train --resume {}",
                                                     signal_name(signal), m.epoch, cfg_.epochs,
@@ -512,7 +577,7 @@ RunSummary Trainer::run() {
     s.test_robust_acc = pgd_accuracy(*model_, data_.test, s.test_robust_size, cfg_.method.eps(),
                                         cfg_.final_attack_steps, cfg_.eval_batch_size, device_);
   }
-  write_file_atomically(path("summary.json"), s.to_json().dump(2) + "\n");
+  if (writes()) write_file_atomically(path("summary.json"), s.to_json().dump(2) + "\n");
   progress_.info(fmt::format("test accuracy {:.2f}% on {} samples of {} ({} parameters, {} training); run directory {}",
                              100 * s.test_acc, s.test_size, data_.test.name, s.num_parameters,
                              format_duration(s.seconds), cfg_.out));
@@ -526,7 +591,7 @@ RunSummary Trainer::run() {
 
 RunSummary train(TrainConfig cfg, const RunOptions& options) {
   const std::vector<std::string> notes = resolve_defaults(cfg);
-  Progress info(options.quiet);
+  Progress info(options.quiet || comm::world().rank() > 0);
   for (const auto& n : notes) info.info(n);
   if (fs::exists(fs::path(cfg.out) / "config.json"))
     throw std::invalid_argument(fmt::format("{} already holds a run (config.json); continue it with --resume {} or "
@@ -534,15 +599,24 @@ RunSummary train(TrainConfig cfg, const RunOptions& options) {
                                             cfg.out, cfg.out));
   RunData data = load_run_data(cfg);
   check_memory(cfg, data.train);  // before anything is written
-  std::error_code ec;
-  fs::create_directories(cfg.out, ec);
-  if (ec) throw std::runtime_error(fmt::format("cannot create the run directory {}: {}", cfg.out, ec.message()));
-  write_file_atomically((fs::path(cfg.out) / "config.json").string(), to_json(cfg).dump(2) + "\n");
-  std::ofstream((fs::path(cfg.out) / "metrics.jsonl").string(), std::ios::trunc);
+  comm::Communicator& ranks = comm::world();
+  check_same_config(to_json(cfg), ranks);  // also: no rank writes before every rank checked cfg.out
+  if (ranks.rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(cfg.out, ec);
+    if (ec) throw std::runtime_error(fmt::format("cannot create the run directory {}: {}", cfg.out, ec.message()));
+    write_file_atomically((fs::path(cfg.out) / "config.json").string(), to_json(cfg).dump(2) + "\n");
+    std::ofstream((fs::path(cfg.out) / "metrics.jsonl").string(), std::ios::trunc);
+  }
+  ranks.barrier();  // the run directory exists for every rank
   info.info(fmt::format("training {} on {} ({} train / {} val / {} test samples) for {} epoch{}, {} thread{}; run "
                         "directory {}",
                         cfg.model, cfg.data.dataset, data.train.n, data.val.n, data.test.n, cfg.epochs,
                         cfg.epochs == 1 ? "" : "s", cfg.threads, cfg.threads == 1 ? "" : "s", cfg.out));
+  if (ranks.size() > 1 || cfg.grad_accum > 1)
+    info.info(fmt::format("data parallel: {} rank{} ({}) x --grad-accum {} x --batch-size {} = {} samples a step",
+                          ranks.size(), ranks.size() == 1 ? "" : "s", ranks.backend(), cfg.grad_accum, cfg.batch_size,
+                          static_cast<int64_t>(ranks.size()) * cfg.grad_accum * cfg.batch_size));
   Trainer trainer(std::move(cfg), std::move(data), options);
   return trainer.run();
 }
@@ -598,9 +672,10 @@ RunSummary resume(const std::string& run_dir, const RunOptions& options, int thr
   cfg.out = run_dir;
   if (threads > 0) cfg.threads = threads;
   validate(cfg);
+  check_same_config(to_json(cfg), comm::world());
   RunData data = load_run_data(cfg);
   check_memory(cfg, data.train);
-  Progress info(options.quiet);
+  Progress info(options.quiet || comm::world().rank() > 0);
   if (ckpt.state.batch > 0)
     info.info(fmt::format("resuming {} in epoch {} of {}, at batch {}", run_dir, ckpt.state.epoch + 1, cfg.epochs,
                           ckpt.state.batch + 1));

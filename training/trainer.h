@@ -38,11 +38,13 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
+#include "engine/comm.h"
 #include "engine/rng.h"
 #include "engine/runtime.h"
 #include "models/module.h"
 #include "training/checkpoint.h"
 #include "training/config.h"
+#include "training/data_parallel.h"
 #include "training/datasets.h"
 #include "robust/method.h"
 #include "training/progress.h"
@@ -128,6 +130,10 @@ class Trainer {
   void train_step(robust::StepContext& ctx, const Tensor& x, const Tensor& y);
   void capture_step(robust::StepContext& ctx, const Tensor& x, const Tensor& y);
   CheckpointState checkpoint_state(int64_t epochs_done, const EpochMetrics& m) const;
+  // Trains the loader's batch: as it is, or (a parallel run) as this rank's micro-batches.
+  void train_batch(robust::StepContext& ctx, const Tensor& x, const Tensor& y);
+  // Rank 0 writes the run directory; the other ranks keep the same state and write nothing.
+  bool writes() const { return comm_.rank() == 0; }
   // On an interrupt after batch `next_batch - 1` of `epoch`: writes interrupted.safetensors with
   // the epoch's sums so far, and throws TrainingInterrupted.
   [[noreturn]] void save_interrupted(int64_t epoch, int64_t next_batch, int64_t batches, const EpochTotals& totals,
@@ -135,6 +141,8 @@ class Trainer {
   std::string path(const std::string& name) const;
 
   TrainConfig cfg_;
+  comm::Communicator& comm_;  // the run's ranks (comm::world())
+  ParallelLayout layout_;
   RunData data_;
   RunOptions options_;
   Progress progress_;
@@ -143,6 +151,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<robust::Method> method_;
+  std::unique_ptr<GradientAverager> averager_;  // a parallel run's update, in front of optimizer_
   robust::StepLog step_log_;  // the epoch's per-step loss and correct counts, on the device
   Tensor probe_x_, probe_y_;  // the method's fixed probe batch (robust::EpochEnd)
   bool stop_ = false;         // the method stopped training at the previous epoch's weights

@@ -9,6 +9,7 @@ namespace bulwark::robust {
 MethodInfo deat_d_method() {
   MethodInfo m;
   m.name = "deat-d";
+  m.steps_once_per_batch = false;  // a step on every replay
   m.title = "DEAT-d (Wang et al., ablation)";
   m.summary =
       "DEAT's replay with a fixed timetable instead of M+: r = min(floor(t / d) + 1, r_max) at epoch t, "

@@ -9,6 +9,7 @@ namespace bulwark::robust {
 MethodInfo deat_p_method() {
   MethodInfo m;
   m.name = "deat-p";
+  m.steps_once_per_batch = false;  // a step on every replay
   m.title = "DEAT-p (Wang et al., ablation)";
   m.summary =
       "DEAT's replay driven by training accuracy instead of M+: r += 1 after an epoch whose training accuracy "

@@ -12,6 +12,7 @@ namespace bulwark::robust {
 MethodInfo free_method() {
   MethodInfo m;
   m.name = "free";
+  m.steps_once_per_batch = false;  // a step on every replay
   m.title = "Free-AT (Shafahi et al. 2019)";
   m.summary =
       "Replays each batch m times from a zero perturbation; each replay's one backward gives both the weight "

@@ -15,6 +15,7 @@ namespace bulwark::robust {
 MethodInfo mplus_deat_method() {
   MethodInfo m;
   m.name = "mplus-deat";
+  m.steps_once_per_batch = false;  // a step on every replay
   m.title = "M+DEAT (Wang et al.)";
   m.summary =
       "Free-style replay from a uniform random start whose replay count r grows when the epoch's input-gradient "

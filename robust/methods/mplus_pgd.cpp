@@ -28,7 +28,7 @@ class MplusPgdTraining final : public Method {
   }
 
   EpochVerdict on_epoch_end(EpochEnd& end) override {
-    const double G = epoch_grad_l1(grad_l1_, batch_grad_l1_);
+    const double G = end.sum_over_ranks(epoch_grad_l1(grad_l1_, batch_grad_l1_));
     end.extra["r"] = rule_.r();
     end.extra["alpha"] = alpha_;
     end.extra["G"] = G;

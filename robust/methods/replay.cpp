@@ -25,7 +25,7 @@ void ReplayTraining::train_batch(StepContext& ctx, const Tensor& x, const Tensor
 
 EpochVerdict ReplayTraining::on_epoch_end(EpochEnd& end) {
   const int used = schedule_->r();
-  const double G = epoch_grad_l1(grad_l1_, batch_grad_l1_);
+  const double G = end.sum_over_ranks(epoch_grad_l1(grad_l1_, batch_grad_l1_));
   end.extra["r"] = used;
   end.extra["alpha"] = alpha_;
   end.extra["G"] = G;

@@ -1,0 +1,86 @@
+#pragma once
+// The ranks of a data-parallel run and the collectives they use (docs/distributed.md).
+//
+// A Communicator joins the processes of one run (the ranks, 0..size-1). The trainer needs four
+// collectives from it:
+//   all_reduce_sum  element-wise sums over ranks: the gradients of every step, the epoch's totals,
+//                   M+'s G; every rank gets the same result
+//   broadcast       rank 0's bytes to every rank: the resolved config (compared on each rank),
+//                   BatchNorm's running statistics, NCCL's unique id
+//   barrier         after rank 0 writes a checkpoint the others may read
+// Every call is made by every rank in the same order, like MPI's collectives.
+//
+// Implementations:
+//   single  one process (world() by default): every collective is the identity, so a run that
+//           is not launched by mpirun behaves exactly as before ranks existed
+//   mpi     Open MPI or another MPI (BULWARK_MPI builds, engine/comm_mpi.cpp): the CPU backend's
+//           all-reduce, the launcher's bootstrap, and the twin of NCCL where NCCL cannot run
+//   nccl    GPU-to-GPU all-reduce on the device's stream (CUDA builds with NCCL,
+//           kernels/cuda/comm_nccl.cu), bootstrapped over MPI
+// A collective that waits longer than the communicator's timeout (a rank died or hangs) throws
+// CommTimeout on the rank that waited, naming the collective, instead of waiting forever.
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace bulwark::comm {
+
+struct CommTimeout : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::string backend() const = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Ranks on this host, and this rank's index among them (its GPU).
+  virtual int local_rank() const { return 0; }
+  virtual int local_size() const { return 1; }
+
+  // In place, over ranks: element i becomes the sum of every rank's element i. Each rank's `t`
+  // has the same shape; f32, on any device (the MPI twin stages device memory through the host).
+  virtual void all_reduce_sum(Tensor& t) = 0;
+  virtual void all_reduce_sum(std::vector<double>& values) = 0;
+  // Rank 0's `bytes` replace every other rank's.
+  virtual void broadcast(std::string& bytes) = 0;
+  virtual void barrier() = 0;
+  // Ends the whole job at once (MPI_Abort), from a rank that cannot go on: the others would
+  // otherwise wait in their next collective until the timeout.
+  [[noreturn]] virtual void abort(int code) = 0;
+
+  double sum(double value) {
+    std::vector<double> v{value};
+    all_reduce_sum(v);
+    return v[0];
+  }
+  bool distributed() const { return size() > 1; }
+};
+
+// The process's communicator: single until set_world() installs another (the CLI does, when
+// launched by mpirun).
+Communicator& world();
+void set_world(std::unique_ptr<Communicator> comm);
+
+std::unique_ptr<Communicator> make_single();
+
+// Whether an MPI launcher (mpirun, srun with PMI) started this process: its environment says so.
+bool launched_by_mpi();
+// Whether this build can talk MPI (BULWARK_MPI) and NCCL (a CUDA build that found NCCL).
+bool mpi_built();
+bool nccl_built();
+
+// MPI_COMM_WORLD (initialising MPI): throws std::runtime_error in a build without MPI.
+// `timeout_seconds` bounds every collective (CommTimeout).
+std::unique_ptr<Communicator> make_mpi(double timeout_seconds);
+// An NCCL communicator over the ranks of `bootstrap` (rank 0 makes the unique id and broadcasts
+// it there), one GPU per rank (the local rank's): throws std::runtime_error where NCCL is not
+// built in or no GPU is usable.
+std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, double timeout_seconds);
+
+}  // namespace bulwark::comm
