@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 
+#include "engine/autograd.h"
+
 namespace bulwark::comm {
 
 namespace {
@@ -27,6 +29,15 @@ std::unique_ptr<Communicator>& world_slot() {
 }  // namespace
 
 std::unique_ptr<Communicator> make_single() { return std::make_unique<Single>(); }
+
+Tensor all_reduce_sum(const Tensor& t, Communicator& comm) {
+  Tensor out = t.detach().contiguous().clone();
+  comm.all_reduce_sum(out);
+  return record(out, "all_reduce_sum", {t}, [&comm](const Node&, const Tensor& g, const std::vector<bool>&) {
+    // Under create_graph the gradient keeps its history: the sum is recorded again.
+    return std::vector<Tensor>{all_reduce_sum(g, comm)};
+  });
+}
 
 Communicator& world() { return *world_slot(); }
 

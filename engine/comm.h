@@ -62,6 +62,11 @@ class Communicator {
   bool distributed() const { return size() > 1; }
 };
 
+// Differentiable all-reduce: every rank gets the sum of every rank's `t` (a copy; `t` is left
+// alone), and in the backward every rank's upstream gradients are summed the same way (each
+// rank's loss depends on every rank's input through the sum). Sync BatchNorm's statistics use it.
+Tensor all_reduce_sum(const Tensor& t, Communicator& comm);
+
 // The process's communicator: single until set_world() installs another (the CLI does, when
 // launched by mpirun).
 Communicator& world();

@@ -150,9 +150,37 @@ const Tensor& BatchNorm::checked(const Tensor& x) const {
   return x;
 }
 
+namespace {
+comm::Communicator* sync_ranks = nullptr;
+}  // namespace
+
+void set_batch_norm_sync(comm::Communicator* ranks) { sync_ranks = ranks; }
+comm::Communicator* batch_norm_sync() { return sync_ranks; }
+
+Tensor BatchNorm::normalized_over_ranks(const Tensor& x, bool relu, comm::Communicator& ranks) {
+  std::vector<int64_t> dims{0};
+  if (x.dim() == 4) dims = {0, 2, 3};
+  Shape per_channel(static_cast<size_t>(x.dim()), 1);
+  per_channel[1] = num_features;
+  const double count = ranks.sum(static_cast<double>(x.numel() / num_features));  // values per channel, all ranks
+  const Tensor mean = affine(all_reduce_sum(sum(x, dims), ranks), 1.0 / count, 0.0);
+  const Tensor centred = x - mean.reshape(per_channel);
+  const Tensor var = affine(all_reduce_sum(sum(centred * centred, dims), ranks), 1.0 / count, 0.0);
+  const Tensor y = centred * (weight / sqrt(affine(var, 1.0, eps))).reshape(per_channel) + bias.reshape(per_channel);
+  {
+    NoGradGuard no_grad;
+    running_mean.copy_(affine(running_mean, 1.0 - momentum, 0.0) + affine(mean, momentum, 0.0));
+    running_var.copy_(affine(running_var, 1.0 - momentum, 0.0) + affine(var, momentum * count / (count - 1), 0.0));
+  }
+  return relu ? bulwark::relu(y) : y;
+}
+
 Tensor BatchNorm::normalized(const Tensor& x, bool relu) {
-  Tensor out = (relu ? batch_norm_relu : batch_norm)(checked(x), weight, bias, running_mean, running_var,
-                                                     is_training(), momentum, eps);
+  comm::Communicator* ranks = batch_norm_sync();
+  Tensor out = is_training() && ranks != nullptr && ranks->distributed()
+                   ? normalized_over_ranks(checked(x), relu, *ranks)
+                   : (relu ? batch_norm_relu : batch_norm)(checked(x), weight, bias, running_mean, running_var,
+                                                           is_training(), momentum, eps);
   // Counted on the counter's device: reading it back (item()) made every training forward on
   // CUDA wait for the GPU once per BatchNorm layer, and a CUDA graph cannot capture a wait.
   // (One small launch; folding the increment into the statistics kernel is the next step.)

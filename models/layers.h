@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/comm.h"
 #include "engine/rng.h"
 #include "models/module.h"
 
@@ -74,6 +75,14 @@ class Conv2d : public Module {
 // statistics normalise and the running statistics move by `momentum` (running_var with the
 // unbiased batch variance); in eval mode the running statistics normalise. Buffers have
 // PyTorch's names; num_batches_tracked is an i32 scalar (PyTorch: int64) counting train steps.
+// Sync BatchNorm (--sync-bn; docs/distributed.md): while a communicator of several ranks is set,
+// every BatchNorm in training mode normalises with the mean and variance of all ranks' batches
+// together (two-pass, through the differentiable comm::all_reduce_sum, so the gradient flows to
+// every rank's samples) and updates its running statistics with them; eval mode is unchanged.
+// Composed of engine ops: slower than the fused kernel it replaces.
+void set_batch_norm_sync(comm::Communicator* ranks);
+comm::Communicator* batch_norm_sync();
+
 class BatchNorm : public Module {
  public:
   Tensor forward(const Tensor& x) override;
@@ -93,6 +102,7 @@ class BatchNorm : public Module {
  private:
   const Tensor& checked(const Tensor& x) const;  // x, or a shape error naming the layer
   Tensor normalized(const Tensor& x, bool relu);  // forward, and relu(forward) fused
+  Tensor normalized_over_ranks(const Tensor& x, bool relu, comm::Communicator& ranks);  // sync BatchNorm
   int64_t input_dims_;    // 2 for BatchNorm1d ([N, C]), 4 for BatchNorm2d ([N, C, H, W])
   Tensor scale_, shift_;  // the affine map of the last interval_forward, per channel, for CROWN
 };

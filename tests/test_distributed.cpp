@@ -24,6 +24,7 @@
 #include "engine/comm.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
+#include "models/layers.h"
 #include "training/data_parallel.h"
 #include "training/optim.h"
 
@@ -203,6 +204,77 @@ TEST_CASE("the gradient average sums micro-batches in order, divides once and st
   CHECK_THROWS_WITH(avg.step(), Contains("twice in one micro-batch"));
 }
 
+namespace {
+// Two ranks in one process for the op tests: the other rank holds exactly this rank's values, so
+// a sum over ranks is twice the value.
+class MirroredPair final : public comm::Communicator {
+ public:
+  std::string backend() const override { return "mirrored pair"; }
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void all_reduce_sum(Tensor& t) override { t.copy_(affine(t, 2.0, 0.0)); }
+  void all_reduce_sum(std::vector<double>& v) override {
+    for (double& x : v) x *= 2;
+  }
+  void broadcast(std::string&) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(int code) override { std::exit(code); }
+};
+}  // namespace
+
+TEST_CASE("sync BatchNorm on a rank is BatchNorm of every rank's batch together, values and gradients",
+          "[distributed][ops]") {
+  // Rank 0 holds x and (MirroredPair) rank 1 the same x: sync BatchNorm of x must equal the first
+  // half of plain BatchNorm over [x; x'] with x' = x, its gradient (both ranks' losses) that of
+  // the first half there, and the running statistics theirs.
+  Generator gen(3);
+  const Tensor x0 = rand_normal({5, 3, 4, 2}, 0.5, 2.0, gen);
+  const Tensor g0 = rand_normal({5, 3, 4, 2}, 0.0, 1.0, gen);
+  for (const bool relu : {false, true}) {
+    INFO("relu " << relu);
+    BatchNorm2d synced(3), plain(3);
+    for (BatchNorm2d* bn : {&synced, &plain}) {
+      bn->weight.copy_(Tensor::from_vector(std::vector<float>{1.5f, -0.5f, 0.75f}, {3}));
+      bn->bias.copy_(Tensor::from_vector(std::vector<float>{0.1f, 0.2f, -0.3f}, {3}));
+      bn->train();
+    }
+    MirroredPair pair;
+    Tensor xs = x0.clone().set_requires_grad(true);
+    set_batch_norm_sync(&pair);
+    const Tensor ys = relu ? *synced.forward_relu(xs) : synced.forward(xs);
+    set_batch_norm_sync(nullptr);
+    backward(sum(ys * g0));
+    Tensor xa = x0.clone().set_requires_grad(true), xb = x0.clone().set_requires_grad(true);
+    const Tensor both = concat({xa, xb}, 0);
+    const Tensor yp = relu ? *plain.forward_relu(both) : plain.forward(both);
+    backward(sum(yp * concat({g0, g0}, 0)));
+    const std::vector<float> a = ys.to_vector(), b = yp.slice(0, 0, 5).to_vector();
+    const std::vector<float> ga = xs.grad().to_vector(), gb = xa.grad().to_vector();
+    for (size_t i = 0; i < a.size(); ++i) {
+      REQUIRE(std::abs(a[i] - b[i]) < 2e-5f);
+      REQUIRE(std::abs(ga[i] - gb[i]) < 2e-4f);
+    }
+    // The weight's gradient is this rank's part: half of the whole batch's.
+    const std::vector<float> wa = synced.weight.grad().to_vector(), wb = plain.weight.grad().to_vector();
+    for (size_t c = 0; c < 3; ++c) CHECK(std::abs(wa[c] - wb[c] / 2) < 1e-3f * (1 + std::abs(wb[c])));
+    for (const auto& [sa, sb] : {std::pair{synced.running_mean, plain.running_mean},
+                                 std::pair{synced.running_var, plain.running_var}}) {
+      const std::vector<float> va = sa.to_vector(), vb = sb.to_vector();
+      for (size_t c = 0; c < 3; ++c) CHECK(std::abs(va[c] - vb[c]) < 1e-5f);
+    }
+  }
+}
+
+TEST_CASE("the differentiable all-reduce sums values and gradients over ranks", "[distributed][ops]") {
+  MirroredPair pair;
+  Tensor x = Tensor::from_vector(std::vector<float>{1.0f, -2.0f}, {2}).set_requires_grad(true);
+  const Tensor y = comm::all_reduce_sum(x * x, pair);
+  CHECK(y.to_vector() == std::vector<float>{2.0f, 8.0f});
+  CHECK(x.to_vector() == std::vector<float>{1.0f, -2.0f});
+  backward(sum(y));
+  CHECK(x.grad().to_vector() == std::vector<float>{4.0f, -8.0f});  // 2 ranks' losses x 2x
+}
+
 TEST_CASE("--grad-accum refuses methods that step on every replay, and data too small for a step",
           "[distributed][cli]") {
   Scratch s;
@@ -218,6 +290,12 @@ TEST_CASE("--grad-accum refuses methods that step on every replay, and data too 
             s.path);
   CHECK(r.code == 2);
   CHECK_THAT(r.err, Contains("training samples do not fill one global batch of 640"));
+  r = shell(train_command(BULWARK_BINARY, std::string(kSmallRun) + " --sync-bn --grad-accum 2 --out " +
+                                              (s.path / "sync").string(),
+                          1),
+            s.path);
+  CHECK(r.code == 2);
+  CHECK_THAT(r.err, Contains("--sync-bn with --grad-accum 2: a rank's micro-batches run one after another"));
 }
 
 TEST_CASE("two ranks train bit for bit what one process does accumulating their two micro-batches",
@@ -282,6 +360,35 @@ TEST_CASE("two ranks at batch B match one process at batch 2B within 0.2 points 
       }
     }
   }
+}
+
+TEST_CASE("with --sync-bn, two ranks at batch B train a BatchNorm model as one process at batch 2B",
+          "[distributed][mpi]") {
+  SKIP_WITHOUT_MPI();
+  if (!fashion_mnist_installed()) SKIP_BECAUSE("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)");
+  // cnn7 has a BatchNorm after each of its six hidden layers. Each rank's own statistics (the
+  // default) are those of 32 samples, not 64: that run is measurably another one.
+  Scratch s;
+  const std::string args =
+      "--dataset fashion-mnist --train-size 512 --val-size 1000 --test-size 100 --model cnn7 --epochs 1 "
+      "--method standard --schedule constant --optimizer sgd --lr 0.01 --robust-val-size 0 --final-attack-size 0 "
+      "--threads 1 --quiet --seed 2";
+  const fs::path synced = s.path / "synced", local = s.path / "local", plain = s.path / "plain";
+  Result r = shell(train_command(BULWARK_BINARY, args + " --batch-size 32 --sync-bn --out " + synced.string(), 2),
+                   s.path);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  r = shell(train_command(BULWARK_BINARY, args + " --batch-size 32 --out " + local.string(), 2), s.path);
+  REQUIRE(r.code == 0);
+  r = shell(train_command(BULWARK_BINARY, args + " --batch-size 64 --out " + plain.string(), 1), s.path);
+  REQUIRE(r.code == 0);
+  const double loss_synced = metrics(synced)[0].at("train_loss"), loss_local = metrics(local)[0].at("train_loss"),
+               loss_plain = metrics(plain)[0].at("train_loss");
+  INFO("train loss: sync " << loss_synced << ", local " << loss_local << ", one process " << loss_plain);
+  CHECK(std::abs(loss_synced - loss_plain) < 1e-3);
+  CHECK(std::abs(loss_local - loss_plain) > 1e-2);
+  CHECK(std::abs(metrics(synced)[0].at("val_acc").get<double>() - metrics(plain)[0].at("val_acc").get<double>()) <=
+        0.002 + 1e-12);
 }
 
 TEST_CASE("a two-rank run resumes bit for bit, and only on two ranks", "[distributed][mpi]") {

@@ -117,6 +117,11 @@ std::vector<TrainOption> make_train_options() {
           .at_least(1),
       [](auto& c) -> auto& { return c.grad_accum; });
   add("",
+      Option::make("sync_bn", "--sync-bn", T::flag,
+                   "Under mpirun: BatchNorm normalises with the statistics of every rank's batch together (default: "
+                   "each rank's own, as PyTorch's DistributedDataParallel); not with --grad-accum > 1"),
+      [](auto& c) -> auto& { return c.sync_bn; });
+  add("",
       Option::make("comm_timeout", "--comm-timeout", T::real,
                    "Under mpirun: seconds a rank waits in a collective for the others before the run fails (a rank "
                    "that died or hangs)")
@@ -328,6 +333,10 @@ void validate(const TrainConfig& c) {
           fmt::format("--grad-accum {} with --method {}: it steps the optimizer on every replay of a batch, so its "
                       "micro-batches cannot wait for each other; use --grad-accum 1 (mpirun -np N works with it)",
                       c.grad_accum, c.method.name));
+  require(!c.sync_bn || c.grad_accum == 1,
+          fmt::format("--sync-bn with --grad-accum {}: a rank's micro-batches run one after another, so the first "
+                      "cannot see the statistics of the next; use --grad-accum 1 and more ranks",
+                      c.grad_accum));
   require(c.precision == "fp32" || !robust::method_registry().at(c.method.name).certified,
           fmt::format("--precision {} with --method {}: verified bounds need f32 arithmetic (a product of rounded "
                       "inputs is not an upper bound of the f32 one); use --precision fp32",

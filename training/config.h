@@ -58,6 +58,7 @@ struct TrainConfig {
   int64_t epochs = 5;
   int64_t batch_size = 128;  // per rank (docs/distributed.md): a step trains world_size x grad_accum x this
   int64_t grad_accum = 1;    // micro-batches of batch_size each rank sums before one optimizer step
+  bool sync_bn = false;        // BatchNorm statistics over every rank's batch (models/layers.h)
   double comm_timeout = 600;  // seconds a collective waits for the other ranks before the run fails
   int world_size = 1;         // ranks the run trains on: the launcher's (mpirun -np), not an option
   int64_t eval_batch_size = 500;

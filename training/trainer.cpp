@@ -13,6 +13,7 @@
 #include "engine/json_field.h"
 #include "engine/runtime.h"
 #include "engine/safetensors.h"
+#include "models/layers.h"
 #include "models/zoo.h"
 #include "robust/attacks.h"
 #include "robust/registry.h"
@@ -482,8 +483,25 @@ class RunProfile {
 };
 }  // namespace
 
+namespace {
+// --sync-bn for the length of a run.
+class BatchNormSyncScope {
+ public:
+  BatchNormSyncScope(bool on, comm::Communicator& ranks) : previous_(batch_norm_sync()) {
+    if (on) set_batch_norm_sync(&ranks);
+  }
+  ~BatchNormSyncScope() { set_batch_norm_sync(previous_); }
+  BatchNormSyncScope(const BatchNormSyncScope&) = delete;
+  BatchNormSyncScope& operator=(const BatchNormSyncScope&) = delete;
+
+ private:
+  comm::Communicator* previous_;
+};
+}  // namespace
+
 RunSummary Trainer::run() {
   RunProfile profile(writes() ? options_ : RunOptions{}, cfg_.out);
+  const BatchNormSyncScope sync_bn(cfg_.sync_bn, comm_);
   runtime::set_num_threads(cfg_.threads);
   if (device_ == Device::cuda) runtime::set_kernel_source(cfg_.kernels);
   const runtime::MathPrecisionScope precision(cfg_.precision);  // training, validation and the final test
