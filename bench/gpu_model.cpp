@@ -50,21 +50,6 @@ robust::MethodConfig parse_method(const std::string& spec) {
   return cfg;
 }
 
-// Runs bulwark-bench-emu from this executable's folder with the same arguments; returns only on failure.
-int run_emulated_sibling(int argc, char** argv) {
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
-  const std::filesystem::path sibling = self.parent_path() / "bulwark-bench-emu";
-  std::vector<std::string> args{sibling.string(), "gpu-model"};
-  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
-  std::vector<char*> raw;
-  for (std::string& a : args) raw.push_back(a.data());
-  raw.push_back(nullptr);
-  ::execv(sibling.c_str(), raw.data());
-  throw std::runtime_error(fmt::format("gpu-model: no usable GPU, and the emulated twin {} cannot be run ({}): build "
-                                       "it with `cmake --build build --target bulwark-bench-emu`",
-                                       sibling.string(), std::strerror(errno)));
-}
-
 struct Family {
   int64_t launches = 0;
   double flops = 0, bytes = 0, seconds = 0, overhead = 0, compute = 0;
@@ -109,7 +94,7 @@ int gpu_model_main(int argc, char** argv) {
   app.add_option("--precision", precision, "GEMM/conv inputs: fp32, tf32 or bf16 (the model still counts FP32 peaks)")
       ->check(CLI::IsMember(runtime::math_precision_names()));
   CLI11_PARSE(app, argc, argv);
-  if (!runtime::cuda_emulated() && !runtime::cuda_available()) return run_emulated_sibling(argc, argv);
+  if (!runtime::cuda_emulated() && !runtime::cuda_available()) return run_emulated_twin("gpu-model", argc, argv);
   if (timed > 0 && runtime::cuda_emulated())
     throw std::invalid_argument("gpu-model: --time measures a GPU; this backend is the emulator (no GPU here)");
   runtime::set_kernel_source(source);

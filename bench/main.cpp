@@ -11,6 +11,8 @@
 //   bulwark-bench gpu-model [--model NAME]... [--method M]...  the modelled H100/A100 time of one training
 //                                                        step per method, from its kernel launches;
 //                                                        on a GPU, --time N measures the step beside it
+//   bulwark-bench scaling [--model NAME]...              the gradient all-reduce measured at 1 and 2 ranks
+//                                                        (mpirun), and modelled H100 scaling to 8 and 64 GPUs
 //
 // bench/compare.sh runs train-step next to bench/peer_pytorch.py and prints the ratio table;
 // docs/bench.md has the measured numbers and what limits them.
@@ -32,6 +34,7 @@ int mixtrain_step_main(int argc, char** argv);
 int sgn_step_main(int argc, char** argv);
 int gpu_model_main(int argc, char** argv);
 int eval_step_main(int argc, char** argv);
+int scaling_main(int argc, char** argv);
 }
 
 namespace {
@@ -95,6 +98,7 @@ void usage() {
       "       bulwark-bench eval-step [--model NAME]... [--batch N] [--threads N] [--json]\n"
       "       bulwark-bench sgn-step [--model NAME] [--method standard|pgd] [--steps K] [--batch N] [--threads N]\n"
       "       bulwark-bench gpu-model [--model NAME]... [--method NAME[:key=value,...]]... [--batch N] [--kernels N] [--list]\n"
+      "       bulwark-bench scaling [--model NAME]... [--method NAME]... [--batch N] [--reps N] [--json]\n"
       "                               [--time N] [--kernel-source ours|vendor|auto] [--precision fp32|tf32|bf16]\n"
       "run a subcommand with --help for its options\n");
 }
@@ -114,6 +118,7 @@ int main(int argc, char** argv) {
     if (command == "sgn-step") return bulwark::bench::sgn_step_main(argc - 1, argv + 1);
     if (command == "eval-step") return bulwark::bench::eval_step_main(argc - 1, argv + 1);
     if (command == "gpu-model") return bulwark::bench::gpu_model_main(argc - 1, argv + 1);
+    if (command == "scaling") return bulwark::bench::scaling_main(argc - 1, argv + 1);
     if (command == "kernels") {
       // --threads=N is ours; everything else goes to Google Benchmark.
       int threads = 2;

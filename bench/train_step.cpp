@@ -2,6 +2,10 @@
 #include "bench/train_step.h"
 
 #include <fmt/format.h>
+#include <filesystem>
+#include <cstring>
+#include <cerrno>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -241,6 +245,20 @@ BenchBatch bench_batch(const std::string& model, int64_t batch) {
   for (int64_t i = 0; i < batch; ++i) labels[i] = static_cast<int32_t>(i % 10);
   b.y = Tensor::from_vector(labels, {batch});
   return b;
+}
+
+int run_emulated_twin(const char* command, int argc, char** argv) {
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
+  const std::filesystem::path sibling = self.parent_path() / "bulwark-bench-emu";
+  std::vector<std::string> args{sibling.string(), command};
+  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  std::vector<char*> raw;
+  for (std::string& a : args) raw.push_back(a.data());
+  raw.push_back(nullptr);
+  ::execv(sibling.c_str(), raw.data());
+  throw std::runtime_error(fmt::format("{}: no usable GPU, and the emulated twin {} cannot be run ({}): build it with "
+                                       "`cmake --build build --target bulwark-bench-emu`",
+                                       command, sibling.string(), std::strerror(errno)));
 }
 
 training::OptimizerConfig bench_sgd() {

@@ -80,6 +80,10 @@ BenchBatch bench_batch(const std::string& model, int64_t batch);
 // Their optimizer: SGD 0.01, momentum 0.9, weight decay 5e-4.
 training::OptimizerConfig bench_sgd();
 double minimum(const std::vector<double>& v);
+// In a GPU build on a machine without a GPU (no emulator linked in): runs bulwark-bench-emu, the
+// same benches on the emulated backend, from this executable's folder with `command` and the
+// arguments; returns only on failure (throws).
+int run_emulated_twin(const char* command, int argc, char** argv);
 
 // A human-readable table of the phases, and one JSON line for scripts (bench/compare.sh).
 void print_train_step(const TrainStepResult& result);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/autograd.h"
@@ -28,7 +29,8 @@ void GradientAverager::step() {
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor g = params_[i].second.grad();
     if (!g.defined()) continue;
-    sums_[i] = sums_[i].defined() ? sums_[i] + g : g.clone();
+    // One micro-batch: its gradient is the sum (the bucket copies it before anything writes it).
+    sums_[i] = !sums_[i].defined() ? (accum_ == 1 ? g : g.clone()) : sums_[i] + g;
   }
   if (micro_ + 1 < accum_) return;
   reduce_into_grads();
@@ -36,34 +38,54 @@ void GradientAverager::step() {
   for (Tensor& s : sums_) s = Tensor();
 }
 
+namespace {
+// `t`'s values into dst (f32, any device), without an intermediate vector where it is host memory.
+void copy_out(const Tensor& t, float* dst) {
+  if (t.device() == Device::cpu && t.is_contiguous() && t.dtype() == DType::f32) {
+    std::memcpy(dst, t.data<float>(), static_cast<size_t>(t.numel()) * sizeof(float));
+    return;
+  }
+  const std::vector<float> v = t.to_vector();
+  std::memcpy(dst, v.data(), v.size() * sizeof(float));
+}
+}  // namespace
+
 void GradientAverager::reduce_into_grads() {
   int64_t total = 0;
   for (const auto& [name, p] : params_) total += p.numel();
   const int64_t n_params = static_cast<int64_t>(params_.size());
-  std::vector<float> bucket(static_cast<size_t>(total + n_params), 0.0f);
+  // The bucket stays allocated from step to step (a fresh one page-faulted its way through
+  // tens of MB every step).
+  if (!bucket_.defined() || bucket_.numel() != total + n_params) bucket_ = Tensor::empty({total + n_params});
+  float* data = bucket_.data<float>();
   int64_t at = 0;
   for (size_t i = 0; i < params_.size(); ++i) {
     const int64_t n = params_[i].second.numel();
-    if (sums_[i].defined()) {
-      const std::vector<float> v = sums_[i].to_vector();
-      std::memcpy(bucket.data() + at, v.data(), v.size() * sizeof(float));
-      bucket[static_cast<size_t>(total + static_cast<int64_t>(i))] = 1.0f;
-    }
+    if (sums_[i].defined())
+      copy_out(sums_[i], data + at);
+    else
+      std::fill(data + at, data + at + n, 0.0f);
+    data[total + static_cast<int64_t>(i)] = sums_[i].defined() ? 1.0f : 0.0f;
     at += n;
   }
-  Tensor shared = Tensor::from_vector(bucket, {total + n_params});
-  comm_.all_reduce_sum(shared);
-  const float* sum = shared.data<float>();
+  comm_.all_reduce_sum(bucket_);
   const float scale = 1.0f / static_cast<float>(comm_.size() * accum_);
   at = 0;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i].second;
     const int64_t n = p.numel();
-    p.zero_grad();
-    if (sum[total + static_cast<int64_t>(i)] > 0) {
-      std::vector<float> g(sum + at, sum + at + n);
-      for (float& v : g) v *= scale;
-      p.impl()->grad = Tensor::from_vector(g, p.shape()).to(p.device()).impl_ptr();
+    const Tensor own = p.grad();
+    if (data[total + static_cast<int64_t>(i)] == 0) {
+      p.zero_grad();
+    } else if (own.defined() && own.device() == Device::cpu && own.is_contiguous() && own.dtype() == DType::f32) {
+      // Into this rank's own gradient buffer, which backward made for this step: no allocation.
+      float* out = own.data<float>();
+      for (int64_t k = 0; k < n; ++k) out[k] = data[at + k] * scale;
+    } else {
+      Tensor g = Tensor::empty(p.shape(), DType::f32, Device::cpu);
+      float* out = g.data<float>();
+      for (int64_t k = 0; k < n; ++k) out[k] = data[at + k] * scale;
+      p.impl()->grad = g.to(p.device()).impl_ptr();
     }
     at += n;
   }

@@ -78,6 +78,7 @@ class GradientAverager final : public robust::ParameterUpdate {
   int micro_ = 0;
   int steps_in_micro_ = 0;
   std::vector<Tensor> sums_;  // per parameter, this rank's micro-batches so far (undefined: none)
+  Tensor bucket_;             // the gradients and flags that travel, kept from step to step
 };
 
 // Every rank must train the same run: rank 0's resolved config (its JSON) goes to every rank,
