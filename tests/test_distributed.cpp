@@ -471,3 +471,68 @@ TEST_CASE("ranks given different options, a rank that dies and a rank that hangs
                                         "for 3 s"));
   }
 }
+
+namespace {
+// Two network namespaces joined by a veth pair (10.77.<k>.1 and .2), each a "host" of its own
+// network stack, removed again on destruction. ok() is false, with why(), where they cannot be
+// made (not root, no iproute2, no CAP_NET_ADMIN in a container).
+class TwoHosts {
+ public:
+  explicit TwoHosts(const fs::path& dir) {
+    const std::string id = std::to_string(getpid() % 100000);
+    a_ = "bwa" + id, b_ = "bwb" + id;
+    subnet_ = "10.77." + std::to_string(getpid() % 250) + ".";
+    const std::string va = "bwva" + id, vb = "bwvb" + id;
+    const std::string script =
+        "set -e; ip netns add " + a_ + "; ip netns add " + b_ + "; ip link add " + va + " type veth peer name " + vb +
+        "; ip link set " + va + " netns " + a_ + "; ip link set " + vb + " netns " + b_ + "; ip -n " + a_ +
+        " addr add " + subnet_ + "1/24 dev " + va + "; ip -n " + b_ + " addr add " + subnet_ + "2/24 dev " + vb +
+        "; for n in " + a_ + " " + b_ + "; do ip -n $n link set lo up; done; ip -n " + a_ + " link set " + va +
+        " up; ip -n " + b_ + " link set " + vb + " up";
+    const Result r = shell("bash -c '" + script + "'", dir);
+    made_ = r.code == 0;
+    if (!made_) why_ = "network namespaces cannot be made here (" + r.err.substr(0, 200) + ")";
+    // mpirun starts the remote rank's daemon through this instead of ssh: in the other namespace.
+    agent_ = dir / "netns_agent.sh";
+    std::ofstream(agent_) << "#!/bin/sh\nshift\nexec ip netns exec " << b_ << " sh -c \"$*\"\n";
+    fs::permissions(agent_, fs::perms::owner_all);
+  }
+  ~TwoHosts() {
+    if (made_) std::system(("ip netns del " + a_ + "; ip netns del " + b_ + " > /dev/null 2>&1").c_str());
+  }
+  bool ok() const { return made_; }
+  const std::string& why() const { return why_; }
+  // mpirun in the first namespace, one rank there and one in the second, TCP between them.
+  std::string mpirun() const {
+#ifdef BULWARK_MPIEXEC
+    return "ip netns exec " + a_ + " '" + BULWARK_MPIEXEC + "' --allow-run-as-root --oversubscribe --bind-to none " +
+           "--mca plm_rsh_agent '" + agent_.string() + "' --mca btl self,tcp --mca btl_tcp_if_include " + subnet_ +
+           "0/24 --mca oob_tcp_if_include " + subnet_ + "0/24 --host " + subnet_ + "1," + subnet_ + "2 -np 2";
+#else
+    return "";
+#endif
+  }
+
+ private:
+  std::string a_, b_, subnet_, why_;
+  fs::path agent_;
+  bool made_ = false;
+};
+}  // namespace
+
+TEST_CASE("two ranks on two hosts (network namespaces, MPI over TCP) train what two ranks on one host do",
+          "[distributed][mpi]") {
+  SKIP_WITHOUT_MPI();
+  Scratch s;
+  TwoHosts hosts(s.path);
+  if (!hosts.ok()) SKIP_BECAUSE(hosts.why());
+  const std::string args = std::string(kSmallRun) + " --method pgd";
+  const fs::path apart = s.path / "apart", together = s.path / "together";
+  Result r = shell(hosts.mpirun() + " '" + BULWARK_BINARY + "' train " + args + " --out " + apart.string(), s.path);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  r = shell(train_command(BULWARK_BINARY, args + " --out " + together.string(), 2), s.path);
+  REQUIRE(r.code == 0);
+  require_same_weights(apart, together);
+  CHECK(metrics(apart)[1].at("val_acc") == metrics(together)[1].at("val_acc"));
+}
