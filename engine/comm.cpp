@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "engine/autograd.h"
+#include "kernels/cuda/cuda_kernels.h"
 
 namespace bulwark::comm {
 
@@ -58,21 +59,46 @@ bool mpi_built() {
 #endif
 }
 
-bool nccl_built() {
-#ifdef BULWARK_NCCL
-  return true;
-#else
-  return false;
-#endif
+bool nccl_built() { return cuda::nccl_built(); }
+
+namespace {
+// NCCL for the gradients on the GPU; the bootstrap communicator (MPI) for the rest.
+class Nccl final : public Communicator {
+ public:
+  explicit Nccl(std::unique_ptr<Communicator> bootstrap) : boot_(std::move(bootstrap)) {
+    std::string id = boot_->rank() == 0 ? cuda::nccl_unique_id() : std::string();
+    boot_->broadcast(id);
+    cuda::nccl_init(id, boot_->rank(), boot_->size());
+  }
+  ~Nccl() override { cuda::nccl_finalize(); }
+  std::string backend() const override { return "nccl+" + boot_->backend(); }
+  int rank() const override { return boot_->rank(); }
+  int size() const override { return boot_->size(); }
+  int local_rank() const override { return boot_->local_rank(); }
+  int local_size() const override { return boot_->local_size(); }
+  void all_reduce_sum(Tensor& t) override {
+    if (t.device() != Device::cuda || !t.is_contiguous() || t.dtype() != DType::f32) return boot_->all_reduce_sum(t);
+    cuda::nccl_all_reduce_sum(t.data<float>(), t.numel());
+  }
+  void all_reduce_sum(std::vector<double>& v) override { boot_->all_reduce_sum(v); }
+  void broadcast(std::string& bytes) override { boot_->broadcast(bytes); }
+  void barrier() override { boot_->barrier(); }
+  [[noreturn]] void abort(int code) override {
+    boot_->abort(code);
+    std::exit(code);  // not reached
+  }
+
+ private:
+  std::unique_ptr<Communicator> boot_;
+};
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl(std::unique_ptr<Communicator> bootstrap) {
+  if (!nccl_built())
+    throw std::runtime_error(cuda::emulated() ? "NCCL cannot run on the emulated CUDA backend: use the MPI communicator"
+                                              : "this build has no NCCL (a CUDA build finds it beside the toolkit)");
+  return std::make_unique<Nccl>(std::move(bootstrap));
 }
 
 }  // namespace bulwark::comm
 
-#ifndef BULWARK_NCCL
-namespace bulwark::comm {
-std::unique_ptr<Communicator> make_nccl(Communicator&, double) {
-  throw std::runtime_error(
-      "this bulwark was built without NCCL (a CUDA build finds it beside the CUDA toolkit): use --comm mpi");
-}
-}  // namespace bulwark::comm
-#endif

@@ -16,7 +16,7 @@
 //   mpi     Open MPI or another MPI (BULWARK_MPI builds, engine/comm_mpi.cpp): the CPU backend's
 //           all-reduce, the launcher's bootstrap, and the twin of NCCL where NCCL cannot run
 //   nccl    GPU-to-GPU all-reduce on the device's stream (CUDA builds with NCCL,
-//           kernels/cuda/comm_nccl.cu), bootstrapped over MPI
+//           kernels/cuda/nccl.cu), bootstrapped over MPI, which keeps the other collectives
 // A collective that waits longer than the communicator's timeout (a rank died or hangs) throws
 // CommTimeout on the rank that waited, naming the collective, instead of waiting forever.
 #include <cstdint>
@@ -84,8 +84,10 @@ bool nccl_built();
 // `timeout_seconds` bounds every collective (CommTimeout).
 std::unique_ptr<Communicator> make_mpi(double timeout_seconds);
 // An NCCL communicator over the ranks of `bootstrap` (rank 0 makes the unique id and broadcasts
-// it there), one GPU per rank (the local rank's): throws std::runtime_error where NCCL is not
-// built in or no GPU is usable.
-std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, double timeout_seconds);
+// it there), one GPU per rank (runtime::cuda_select_device first): its all_reduce_sum of a CUDA
+// tensor is ncclAllReduce on the device's stream; everything else (sums of host values,
+// broadcasts, barriers, the timeout) stays with `bootstrap`. Throws std::runtime_error where NCCL
+// is not built in (nccl_built()) or cannot run (the emulator).
+std::unique_ptr<Communicator> make_nccl(std::unique_ptr<Communicator> bootstrap);
 
 }  // namespace bulwark::comm

@@ -18,6 +18,7 @@ int64_t cuda_free_memory() {
   return static_cast<int64_t>(free_bytes);
 }
 bool cuda_emulated() { return cuda::emulated(); }
+void cuda_select_device(int local_rank) { cuda::select_device(local_rank); }
 void cuda_synchronize() { cuda::synchronize(); }
 bool cuda_set_record_only(bool on) { return cuda::set_record_only(on); }
 

@@ -26,6 +26,9 @@ bool cuda_available(std::string* why = nullptr);
 // True when this build's CUDA backend is the emulator (kernels/emu): its kernels run on the CPU,
 // so it is never a GPU, though cuda_available() says true for the tests' sake.
 bool cuda_emulated();
+// This process's GPU on a host with several: local_rank modulo the device count (a data-parallel
+// rank's; engine/comm.h). Before the first allocation; a no-op on the emulator.
+void cuda_select_device(int local_rank);
 // Waits for the device's queued work (cudaDeviceSynchronize); raises deferred kernel errors.
 // Host timers around GPU work need it before they are read.
 void cuda_synchronize();

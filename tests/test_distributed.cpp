@@ -536,3 +536,12 @@ TEST_CASE("two ranks on two hosts (network namespaces, MPI over TCP) train what 
   require_same_weights(apart, together);
   CHECK(metrics(apart)[1].at("val_acc") == metrics(together)[1].at("val_acc"));
 }
+
+TEST_CASE("the NCCL communicator is the real build's; the emulated backend says so and keeps MPI's",
+          "[distributed]") {
+  // The tests run the emulated backend, where NCCL cannot run: the trainer's ranks use the MPI
+  // communicator (its all-reduce stages device memory through the host: the emulated-CUDA
+  // mpirun case above) and make_nccl refuses.
+  CHECK_FALSE(comm::nccl_built());
+  CHECK_THROWS_WITH(comm::make_nccl(comm::make_single()), Contains("NCCL cannot run on the emulated CUDA backend"));
+}

@@ -328,7 +328,14 @@ int run_train(CLI::App& cmd, TrainArgs& a) {
   if (a.run.stop_after < 0) throw std::invalid_argument(fmt::format("--stop-after must be >= 0, got {}", a.run.stop_after));
   // Started by mpirun (or another MPI launcher): this process is one rank of the run
   // (docs/distributed.md). A build without MPI says so on every rank instead of training alone.
-  if (comm::launched_by_mpi()) comm::set_world(comm::make_mpi(config_from_args(a).comm_timeout));
+  if (comm::launched_by_mpi()) {
+    const TrainConfig given = config_from_args(a);
+    std::unique_ptr<comm::Communicator> ranks = comm::make_mpi(given.comm_timeout);
+    // On GPUs: one per rank (its local index), and NCCL for the gradients where it is built in.
+    const bool gpu = given.device != "cpu" && runtime::cuda_available() && !runtime::cuda_emulated();
+    if (gpu) runtime::cuda_select_device(ranks->local_rank());
+    comm::set_world(gpu && comm::nccl_built() ? comm::make_nccl(std::move(ranks)) : std::move(ranks));
+  }
   if (!a.resume.empty()) {
     const std::set<std::string> allowed{"--resume", "--threads", "--stop-after", "--quiet", "--profile", "--trace",
                                         "--comm-timeout", "--help"};

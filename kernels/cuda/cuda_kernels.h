@@ -51,6 +51,20 @@ TimingEvent record_timing_event();
 double timing_elapsed_ms(TimingEvent from, TimingEvent to);
 void release_timing_events();
 
+// This process's GPU: the rank's local index modulo the devices there (cudaSetDevice), before
+// anything is allocated; a no-op in the emulated backend.
+void select_device(int local_rank);
+
+// ---- NCCL (nccl.cu) ----
+// The gradient all-reduce between GPUs (engine/comm.h's NCCL communicator). nccl_built(): a real
+// build that found NCCL; elsewhere the other calls throw. One communicator per process: rank 0's
+// nccl_unique_id() reaches every rank (over MPI) before each calls nccl_init.
+bool nccl_built();
+std::string nccl_unique_id();
+void nccl_init(const std::string& id, int rank, int size);
+void nccl_all_reduce_sum(float* device_data, int64_t n);  // in place, queued on current_stream()
+void nccl_finalize();
+
 // ---- CUDA Graphs (runtime.cu) ----
 // Capture of this thread's queued work into a graph, replayed later with one launch. Between
 // begin_capture and end_capture nothing runs: launches and copies are recorded (on a capture

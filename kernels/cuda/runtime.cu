@@ -286,6 +286,19 @@ bool device_available(std::string* why) {
   return true;
 }
 
+void select_device(int local_rank) {
+#if !defined(BULWARK_EMU)
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+    return;
+  }
+  check_cuda(cudaSetDevice(local_rank % count), "cudaSetDevice");
+#else
+  (void)local_rank;
+#endif
+}
+
 bool emulated() {
 #if defined(BULWARK_EMU)
   return true;

@@ -1,0 +1,83 @@
+// The gradient all-reduce between GPUs, on NCCL (docs/distributed.md): the one NCCL call site,
+// behind the raw-pointer launchers of cuda_kernels.h, wrapped by engine/comm.cpp's NCCL
+// communicator. NCCL's ring all-reduce reduces each chunk on one rank and passes the result on,
+// so every rank ends with the same bits, which the trainer's equal-weights contract needs.
+//
+// Real build, NCCL found (BULWARK_NCCL): ncclCommInitRank from a unique id that rank 0 makes and
+// MPI broadcasts; ncclAllReduce in place on current_stream(), so the sum is ordered after the
+// backward that wrote the gradients and before the optimizer kernel that reads them, and the host
+// does not wait. The emulated backend and a build without NCCL: nccl_built() is false and the
+// calls throw; the MPI communicator (the "twin") sums through host memory there instead.
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/cuda_kernels.h"
+
+#if defined(BULWARK_NCCL) && !defined(BULWARK_EMU)
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "kernels/cuda/common.cuh"
+#endif
+
+namespace bulwark::cuda {
+
+#if defined(BULWARK_NCCL) && !defined(BULWARK_EMU)
+namespace {
+ncclComm_t g_comm = nullptr;
+
+void check_nccl(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess)
+    throw std::runtime_error(std::string("NCCL ") + what + " failed: " + ncclGetErrorString(r) +
+                             " (NCCL_DEBUG=INFO says more)");
+}
+}  // namespace
+
+bool nccl_built() { return true; }
+
+std::string nccl_unique_id() {
+  ncclUniqueId id;
+  check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+  return std::string(id.internal, sizeof id.internal);
+}
+
+void nccl_init(const std::string& id, int rank, int size) {
+  if (id.size() != sizeof(ncclUniqueId::internal))
+    throw std::invalid_argument("nccl_init: the unique id is " + std::to_string(id.size()) + " bytes, not " +
+                                std::to_string(sizeof(ncclUniqueId::internal)));
+  ncclUniqueId uid;
+  std::copy(id.begin(), id.end(), uid.internal);
+  check_nccl(ncclCommInitRank(&g_comm, size, uid, rank), "ncclCommInitRank");
+}
+
+void nccl_all_reduce_sum(float* data, int64_t n) {
+  if (g_comm == nullptr) throw std::logic_error("nccl_all_reduce_sum before nccl_init");
+  check_nccl(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat, ncclSum, g_comm, current_stream()),
+             "ncclAllReduce");
+}
+
+void nccl_finalize() {
+  if (g_comm == nullptr) return;
+  ncclCommDestroy(g_comm);
+  g_comm = nullptr;
+}
+
+#else
+
+namespace {
+[[noreturn]] void no_nccl() {
+  throw std::runtime_error(emulated() ? "NCCL does not run on the emulated CUDA backend (the MPI communicator sums "
+                                        "there)"
+                                      : "this build has no NCCL (a CUDA build finds it beside the toolkit)");
+}
+}  // namespace
+
+bool nccl_built() { return false; }
+std::string nccl_unique_id() { no_nccl(); }
+void nccl_init(const std::string&, int, int) { no_nccl(); }
+void nccl_all_reduce_sum(float*, int64_t) { no_nccl(); }
+void nccl_finalize() {}
+
+#endif
+
+}  // namespace bulwark::cuda
