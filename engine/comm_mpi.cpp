@@ -65,33 +65,33 @@ class Mpi final : public Communicator {
   void all_reduce_sum(Tensor& t) override {
     if (t.dtype() != DType::f32) throw std::invalid_argument("all_reduce_sum: f32 tensors only");
     if (t.device() == Device::cpu && t.is_contiguous()) {
-      sum_in_place(t.data<float>(), t.numel(), MPI_FLOAT, "all-reduce");
+      sum_in_place(t.data<float>(), t.numel(), MPI_FLOAT, "an all-reduce");
       return;
     }
     std::vector<float> host = t.to_vector();  // device memory (the emulator's too) through the host
-    sum_in_place(host.data(), static_cast<int64_t>(host.size()), MPI_FLOAT, "all-reduce");
+    sum_in_place(host.data(), static_cast<int64_t>(host.size()), MPI_FLOAT, "an all-reduce");
     t.copy_(Tensor::from_vector(host, t.shape()).to(t.device()));
   }
   void all_reduce_sum(std::vector<double>& v) override {
-    sum_in_place(v.data(), static_cast<int64_t>(v.size()), MPI_DOUBLE, "all-reduce");
+    sum_in_place(v.data(), static_cast<int64_t>(v.size()), MPI_DOUBLE, "an all-reduce");
   }
   void broadcast(std::string& bytes) override {
     uint64_t n = bytes.size();
     MPI_Request r;
     check(MPI_Ibcast(&n, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD, &r), "MPI_Ibcast");
-    wait(r, "broadcast");
+    wait(r, "a broadcast");
     bytes.resize(n);
     for (uint64_t at = 0; at < n; at += kChunk) {
       check(MPI_Ibcast(bytes.data() + at, static_cast<int>(std::min<uint64_t>(kChunk, n - at)), MPI_CHAR, 0,
                        MPI_COMM_WORLD, &r),
             "MPI_Ibcast");
-      wait(r, "broadcast");
+      wait(r, "a broadcast");
     }
   }
   void barrier() override {
     MPI_Request r;
     check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
-    wait(r, "barrier");
+    wait(r, "a barrier");
   }
   [[noreturn]] void abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
@@ -133,9 +133,9 @@ class Mpi final : public Communicator {
       if (done) return;
       const auto now = Clock::now();
       if (now > deadline)
-        throw CommTimeout(fmt::format("rank {} of {}: no answer from the other ranks in a {} for {:g} s: a rank died, "
+        throw CommTimeout(fmt::format("no answer from the other ranks in {} for {:g} s: a rank died, "
                                       "hangs or runs other options (--comm-timeout sets the limit)",
-                                      rank_, size_, what, timeout_));
+                                      what, timeout_));
       if (now - start < kSpin) {
         std::this_thread::yield();
         continue;

@@ -467,7 +467,7 @@ TEST_CASE("ranks given different options, a rank that dies and a rank that hangs
                            s.path);
     CHECK(r.code != 0);
     CHECK(r.seconds < 60);
-    CHECK_THAT(r.err, Contains("rank 0 of 2: error: rank 0 of 2: no answer from the other ranks in a all-reduce "
+    CHECK_THAT(r.err, Contains("rank 0 of 2: error: no answer from the other ranks in an all-reduce "
                                         "for 3 s"));
   }
 }
