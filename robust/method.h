@@ -59,6 +59,11 @@ struct StepContext {
   // The trainer's --fused-attack: the attacks of counted_attack run fused where they can
   // (AttackOptions::fused).
   bool fused_attack = false;
+  // --grad-accum for a method that steps on every replay (MethodInfo::steps_once_per_batch
+  // false): the batch is this many micro-batches of `micro_batch` rows, and each of its steps
+  // sums the gradients of all of them (zero_grad before the first, step after the last). 0: the
+  // batch is one. The other methods get one micro-batch at a time from the trainer.
+  int64_t micro_batch = 0;
 };
 
 // What a method sees after an epoch's training and validation.

@@ -85,16 +85,20 @@ Option gamma_mplus_option() {
 }
 
 Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool input_grad) {
+  return train_on(ctx, x_train, y, input_grad, true, true);
+}
+
+Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool input_grad, bool first, bool last) {
   Tensor input = x_train.detach();
   if (input_grad) input.set_requires_grad(true);
-  ctx.optimizer.zero_grad();
+  if (first) ctx.optimizer.zero_grad();
   const Tensor logits = ctx.model(input);
   const LossAndCorrect out = cross_entropy_and_correct(logits, y);
   const Module::PassCost cost = ctx.model.pass_cost();
   ctx.passes.fwd += cost.forward;
   backward(out.loss);
   ctx.passes.bwd += cost.forward_backward + cost.backward;
-  ctx.optimizer.step();
+  if (last) ctx.optimizer.step();
   ctx.log.record(out.loss, out.correct, x_train.size(0));
   return input_grad ? input.grad() : Tensor();
 }

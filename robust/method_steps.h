@@ -50,6 +50,9 @@ Option gamma_mplus_option();
 // grad_x L, which is returned (Free-AT's and DEAT's perturbation step, M+PGD's G); else an
 // undefined tensor.
 Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool input_grad);
+// The same for one micro-batch of a step that sums several (StepContext::micro_batch): the
+// gradients are zeroed only before the `first` and the optimizer steps only after the `last`.
+Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool input_grad, bool first, bool last);
 
 // An L-inf attack with one random start.
 AttackOptions linf_attack(AttackKind kind, double eps, double alpha, int steps);

@@ -23,8 +23,9 @@ struct MethodInfo {
   std::string summary;          // what it does, its paper, and the options that reproduce the paper's setting
   bool adversarial = true;      // trains on attacked inputs (prints its eps/alpha choices)
   bool certified = false;       // trains on verified bounds: validation also reports verified accuracy
-  // One optimizer step per batch (--grad-accum can split the batch); Free-AT and DEAT step on
-  // every replay of it.
+  // One optimizer step per batch: under --grad-accum the trainer hands it one micro-batch at a
+  // time. Free-AT and DEAT step on every replay, and sum a step's micro-batches themselves
+  // (StepContext::micro_batch).
   bool steps_once_per_batch = true;
   std::vector<Option> options;  // every option, eps first (robust/method_steps.h has the shared ones)
   std::function<std::unique_ptr<Method>(const OptionValues&)> make;  // from resolved, checked values

@@ -113,7 +113,7 @@ std::vector<TrainOption> make_train_options() {
   add("",
       Option::make("grad_accum", "--grad-accum", T::integer,
                    "Micro-batches of --batch-size summed before each optimizer step (the step's batch is their "
-                   "total; with mpirun -np N, N times that); methods that step on every replay (free, DEAT) need 1")
+                   "total; with mpirun -np N, N times that); free and DEAT sum each replay's")
           .at_least(1),
       [](auto& c) -> auto& { return c.grad_accum; });
   add("",
@@ -329,10 +329,6 @@ void validate(const TrainConfig& c) {
   validate(c.optimizer);
   validate(c.schedule, c.epochs);
   robust::validate(c.method);
-  require(c.grad_accum == 1 || robust::method_registry().at(c.method.name).steps_once_per_batch,
-          fmt::format("--grad-accum {} with --method {}: it steps the optimizer on every replay of a batch, so its "
-                      "micro-batches cannot wait for each other; use --grad-accum 1 (mpirun -np N works with it)",
-                      c.grad_accum, c.method.name));
   require(!c.sync_bn || c.grad_accum == 1,
           fmt::format("--sync-bn with --grad-accum {}: a rank's micro-batches run one after another, so the first "
                       "cannot see the statistics of the next; use --grad-accum 1 and more ranks",

@@ -16,21 +16,28 @@ GradientAverager::GradientAverager(robust::ParameterUpdate& optimizer, NamedTens
 void GradientAverager::begin_micro_batch(int a) {
   micro_ = a;
   steps_in_micro_ = 0;
+  summed_by_method_ = false;
   if (a == 0)
     for (Tensor& s : sums_) s = Tensor();
+}
+
+void GradientAverager::begin_summed_batch() {
+  begin_micro_batch(accum_ - 1);
+  summed_by_method_ = true;
 }
 
 void GradientAverager::zero_grad() { optimizer_.zero_grad(); }
 
 void GradientAverager::step() {
-  if (++steps_in_micro_ > 1 && accum_ > 1)
+  if (++steps_in_micro_ > 1 && accum_ > 1 && !summed_by_method_)
     throw std::logic_error("--grad-accum: the method stepped the optimizer twice in one micro-batch");
   NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor g = params_[i].second.grad();
     if (!g.defined()) continue;
-    // One micro-batch: its gradient is the sum (the bucket copies it before anything writes it).
-    sums_[i] = !sums_[i].defined() ? (accum_ == 1 ? g : g.clone()) : sums_[i] + g;
+    // One micro-batch (or a method's own sum): its gradient is the sum (the bucket copies it
+    // before anything writes it).
+    sums_[i] = !sums_[i].defined() ? (accum_ == 1 || summed_by_method_ ? g : g.clone()) : sums_[i] + g;
   }
   if (micro_ + 1 < accum_) return;
   reduce_into_grads();

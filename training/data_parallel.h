@@ -21,8 +21,10 @@
 // sum of two floats does not depend on the order), which the tests check.
 //
 // Methods that step the optimizer more than once per batch (Free-AT and DEAT replay a batch and
-// step on every replay) run on several ranks, every step averaged over them, but not with
-// --grad-accum > 1: a replay's step would have to wait for the other micro-batches' replays.
+// step on every replay) get this rank's A micro-batches at once (StepContext::micro_batch): each
+// replay runs on every micro-batch with its own perturbation, the gradients summed by backward in
+// micro-batch order, then the step, averaged over ranks. The draws and sums are those above, so
+// the same equality holds for them.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -61,7 +63,11 @@ struct ParallelLayout {
 class GradientAverager final : public robust::ParameterUpdate {
  public:
   GradientAverager(robust::ParameterUpdate& optimizer, NamedTensors params, comm::Communicator& comm, int accum);
+  // Micro-batch a of this rank's step: its step() adds to the sum, the last one's reduces.
   void begin_micro_batch(int a);
+  // A batch whose method sums this rank's micro-batches itself (the replay methods): every
+  // step() reduces what backward summed, however many the batch takes.
+  void begin_summed_batch();
   void zero_grad() override;
   void step() override;
 
@@ -77,6 +83,7 @@ class GradientAverager final : public robust::ParameterUpdate {
   int accum_;
   int micro_ = 0;
   int steps_in_micro_ = 0;
+  bool summed_by_method_ = false;
   std::vector<Tensor> sums_;  // per parameter, this rank's micro-batches so far (undefined: none)
   Tensor bucket_;             // the gradients and flags that travel, kept from step to step
 };

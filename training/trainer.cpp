@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <csignal>
 #include <ctime>
 #include <cmath>
 #include <filesystem>
@@ -144,6 +145,7 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
                                             cfg_.world_size));
   if (layout_.parallel())
     averager_ = std::make_unique<GradientAverager>(*optimizer_, model_->named_parameters(), comm_, layout_.accum);
+  steps_once_per_batch_ = robust::method_registry().at(cfg_.method.name).steps_once_per_batch;
   // The guard's probe: the first batch_size training samples, fixed for the whole run.
   const int64_t n = std::min(cfg_.batch_size, data_.train.n);
   probe_x_ = images_tensor(data_.train, 0, n).to(device_);
@@ -247,6 +249,19 @@ void Trainer::train_batch(robust::StepContext& ctx, const Tensor& x, const Tenso
   const uint64_t base = gen_.offset();
   const int64_t n = layout_.micro_batch;
   const uint64_t stride = micro_batch_counters(n, x.numel() / x.size(0));
+  if (!steps_once_per_batch_) {
+    // A replay method takes the rank's micro-batches at once and sums them itself.
+    averager_->begin_summed_batch();
+    micro.micro_batch = n;
+    const uint64_t start = base + static_cast<uint64_t>(layout_.global_micro(0)) * stride;
+    gen_.set_offset(start);
+    train_step(micro, x, y);
+    if (gen_.offset() - start > stride * static_cast<uint64_t>(layout_.accum))
+      throw std::logic_error(fmt::format("the {} step drew {} Philox counters, more than its micro-batches' {}",
+                                         method_->name(), gen_.offset() - start, stride * layout_.accum));
+    gen_.set_offset(base + static_cast<uint64_t>(layout_.micro_batches()) * stride);
+    return;
+  }
   for (int a = 0; a < layout_.accum; ++a) {
     averager_->begin_micro_batch(a);
     const uint64_t start = base + static_cast<uint64_t>(layout_.global_micro(a)) * stride;
@@ -551,7 +566,7 @@ RunSummary Trainer::run() {
     progress_.end_epoch(m, cfg_.epochs);
     // Every rank stops where any was interrupted (mpirun passes a signal to all of them).
     int signal = interrupt_signal();
-    if (comm_.distributed() && comm_.sum(signal != 0 ? 1.0 : 0.0) > 0 && signal == 0) signal = 15;
+    if (comm_.distributed() && comm_.sum(signal != 0 ? 1.0 : 0.0) > 0 && signal == 0) signal = SIGTERM;
     if (signal != 0 && m.epoch < last_epoch)
       throw TrainingInterrupted(signal, fmt::format("interrupted by {} during epoch {}/{}, which was completed: {} "
                                                     "holds it\ncontinue with: bulwark train --resume {}",

@@ -152,6 +152,7 @@ class Trainer {
   std::unique_ptr<LrSchedule> schedule_;
   std::unique_ptr<robust::Method> method_;
   std::unique_ptr<GradientAverager> averager_;  // a parallel run's update, in front of optimizer_
+  bool steps_once_per_batch_ = true;             // else the method sums a rank's micro-batches itself
   robust::StepLog step_log_;  // the epoch's per-step loss and correct counts, on the device
   Tensor probe_x_, probe_y_;  // the method's fixed probe batch (robust::EpochEnd)
   bool stop_ = false;         // the method stopped training at the previous epoch's weights
