@@ -123,6 +123,25 @@ void require_same_weights(const fs::path& a, const fs::path& b) {
     WARN("SKIPPED: " << (why));  \
     return;                      \
   } while (false)
+// Both runs wrote `epochs` lines of metrics.jsonl, equal in each of `keys`.
+void require_equal_metrics(const fs::path& a, const fs::path& b, size_t epochs, const std::vector<std::string>& keys) {
+  const auto ma = metrics(a), mb = metrics(b);
+  REQUIRE(ma.size() == epochs);
+  REQUIRE(mb.size() == epochs);
+  for (size_t e = 0; e < epochs; ++e)
+    for (const std::string& k : keys) {
+      INFO("epoch " << e + 1 << ", " << k);
+      CHECK(ma[e].at(k) == mb[e].at(k));
+    }
+}
+
+// `bulwark train <args>` on `ranks` ranks, which must succeed.
+void train_ok(const std::string& binary, const std::string& args, int ranks, const fs::path& dir) {
+  const Result r = shell(train_command(binary, args, ranks), dir);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+}
+
 #define SKIP_WITHOUT_MPI() \
   if (!kHaveMpi) SKIP_BECAUSE("Open MPI was not found when this was built (apt-get install libopenmpi-dev openmpi-bin)")
 
@@ -300,22 +319,14 @@ TEST_CASE("two ranks train bit for bit what one process does accumulating their 
       Scratch s;
       const std::string args = std::string(kSmallRun) + " --method " + method;
       const fs::path ranks = s.path / "ranks", accum = s.path / "accum";
-      Result r = shell(train_command(BULWARK_BINARY, args + " --out " + ranks.string(), 2), s.path);
-      INFO(r.err);
-      REQUIRE(r.code == 0);
-      r = shell(train_command(BULWARK_BINARY, args + " --grad-accum 2 --out " + accum.string(), 1), s.path);
-      REQUIRE(r.code == 0);
+      train_ok(BULWARK_BINARY, args + " --out " + ranks.string(), 2, s.path);
+      train_ok(BULWARK_BINARY, args + " --grad-accum 2 --out " + accum.string(), 1, s.path);
       require_same_weights(ranks, accum);
+      require_equal_metrics(ranks, accum, 2, {"val_acc", "train_acc", "fwd_passes", "bwd_passes"});
+      // The epoch's loss: the same terms, summed per rank first.
       const auto mr = metrics(ranks), ma = metrics(accum);
-      REQUIRE(mr.size() == 2);
-      REQUIRE(ma.size() == 2);
-      for (size_t e = 0; e < 2; ++e) {
-        CHECK(mr[e].at("val_acc") == ma[e].at("val_acc"));
-        CHECK(mr[e].at("train_acc") == ma[e].at("train_acc"));
-        CHECK(mr[e].at("fwd_passes") == ma[e].at("fwd_passes"));
-        // The epoch's loss: the same terms, summed per rank first.
+      for (size_t e = 0; e < 2; ++e)
         CHECK(std::abs(mr[e].at("train_loss").get<double>() - ma[e].at("train_loss").get<double>()) < 1e-12);
-      }
       const nlohmann::json cfg = nlohmann::json::parse(slurp(ranks / "config.json"));
       CHECK(cfg.at("world_size") == 2);
       CHECK_FALSE(fs::exists(ranks / "rank1"));
@@ -340,11 +351,8 @@ TEST_CASE("two ranks at batch B match one process at batch 2B within 0.2 points 
           "--quiet --seed 2 --method " +
           method;
       const fs::path ranks = s.path / "ranks", plain = s.path / "plain";
-      Result r = shell(train_command(BULWARK_BINARY, args + " --batch-size 32 --out " + ranks.string(), 2), s.path);
-      INFO(r.err);
-      REQUIRE(r.code == 0);
-      r = shell(train_command(BULWARK_BINARY, args + " --batch-size 64 --out " + plain.string(), 1), s.path);
-      REQUIRE(r.code == 0);
+      train_ok(BULWARK_BINARY, args + " --batch-size 32 --out " + ranks.string(), 2, s.path);
+      train_ok(BULWARK_BINARY, args + " --batch-size 64 --out " + plain.string(), 1, s.path);
       const auto mr = metrics(ranks), mp = metrics(plain);
       REQUIRE(mr.size() == 2);
       REQUIRE(mp.size() == 2);
@@ -368,14 +376,9 @@ TEST_CASE("with --sync-bn, two ranks at batch B train a BatchNorm model as one p
       "--method standard --schedule constant --optimizer sgd --lr 0.01 --robust-val-size 0 --final-attack-size 0 "
       "--threads 1 --quiet --seed 2";
   const fs::path synced = s.path / "synced", local = s.path / "local", plain = s.path / "plain";
-  Result r = shell(train_command(BULWARK_BINARY, args + " --batch-size 32 --sync-bn --out " + synced.string(), 2),
-                   s.path);
-  INFO(r.err);
-  REQUIRE(r.code == 0);
-  r = shell(train_command(BULWARK_BINARY, args + " --batch-size 32 --out " + local.string(), 2), s.path);
-  REQUIRE(r.code == 0);
-  r = shell(train_command(BULWARK_BINARY, args + " --batch-size 64 --out " + plain.string(), 1), s.path);
-  REQUIRE(r.code == 0);
+  train_ok(BULWARK_BINARY, args + " --batch-size 32 --sync-bn --out " + synced.string(), 2, s.path);
+  train_ok(BULWARK_BINARY, args + " --batch-size 32 --out " + local.string(), 2, s.path);
+  train_ok(BULWARK_BINARY, args + " --batch-size 64 --out " + plain.string(), 1, s.path);
   const double loss_synced = metrics(synced)[0].at("train_loss"), loss_local = metrics(local)[0].at("train_loss"),
                loss_plain = metrics(plain)[0].at("train_loss");
   INFO("train loss: sync " << loss_synced << ", local " << loss_local << ", one process " << loss_plain);
@@ -390,25 +393,15 @@ TEST_CASE("a two-rank run resumes bit for bit, and only on two ranks", "[distrib
   Scratch s;
   const std::string args = std::string(kSmallRun) + " --method mplus-deat --epochs 3";
   const fs::path whole = s.path / "whole", parts = s.path / "parts";
-  Result r = shell(train_command(BULWARK_BINARY, args + " --out " + whole.string(), 2), s.path);
-  INFO(r.err);
-  REQUIRE(r.code == 0);
-  r = shell(train_command(BULWARK_BINARY, args + " --stop-after 1 --out " + parts.string(), 2), s.path);
-  REQUIRE(r.code == 0);
-  r = shell(train_command(BULWARK_BINARY, "--resume " + parts.string() + " --quiet", 1), s.path);
+  train_ok(BULWARK_BINARY, args + " --out " + whole.string(), 2, s.path);
+  train_ok(BULWARK_BINARY, args + " --stop-after 1 --out " + parts.string(), 2, s.path);
+  Result r = shell(train_command(BULWARK_BINARY, "--resume " + parts.string() + " --quiet", 1), s.path);
   CHECK(r.code == 2);
   CHECK_THAT(r.err, Contains("the run was configured for 2 ranks, and 1 were launched"));
   r = shell(train_command(BULWARK_BINARY, "--resume " + parts.string() + " --quiet", 2), s.path);
   REQUIRE(r.code == 0);
   require_same_weights(whole, parts);
-  const auto mw = metrics(whole), mp = metrics(parts);
-  REQUIRE(mw.size() == 3);
-  REQUIRE(mp.size() == 3);
-  for (size_t e = 0; e < 3; ++e) {
-    CHECK(mw[e].at("val_acc") == mp[e].at("val_acc"));
-    CHECK(mw[e].at("G") == mp[e].at("G"));  // M+'s signal, summed over ranks
-    CHECK(mw[e].at("r") == mp[e].at("r"));
-  }
+  require_equal_metrics(whole, parts, 3, {"val_acc", "G", "r"});  // G: M+'s signal, summed over ranks
 }
 
 TEST_CASE("two ranks on the emulated CUDA backend match one accumulating process", "[distributed][mpi][emulated-cuda]") {
@@ -419,13 +412,13 @@ TEST_CASE("two ranks on the emulated CUDA backend match one accumulating process
       "--method pgd --steps 2 --robust-val-size 0 --final-attack-size 0 --threads 1 --quiet --device cuda "
       "--cuda-graphs off";
   const fs::path ranks = s.path / "ranks", accum = s.path / "accum";
-  const std::string emulated = "BULWARK_TEST_EMULATED_DEVICE=1 ";
-  Result r = shell(emulated + train_command(BULWARK_EMULATED_BINARY, args + " --out " + ranks.string(), 2), s.path);
-  INFO(r.err);
-  REQUIRE(r.code == 0);
-  r = shell(emulated + train_command(BULWARK_EMULATED_BINARY, args + " --grad-accum 2 --out " + accum.string(), 1),
-            s.path);
-  REQUIRE(r.code == 0);
+  // The emulator is no GPU: the CLI takes --device cuda on it only when asked by name.
+  struct EmulatedDevice {
+    EmulatedDevice() { setenv("BULWARK_TEST_EMULATED_DEVICE", "1", 1); }
+    ~EmulatedDevice() { unsetenv("BULWARK_TEST_EMULATED_DEVICE"); }
+  } emulated;
+  train_ok(BULWARK_EMULATED_BINARY, args + " --out " + ranks.string(), 2, s.path);
+  train_ok(BULWARK_EMULATED_BINARY, args + " --grad-accum 2 --out " + accum.string(), 1, s.path);
   require_same_weights(ranks, accum);
   CHECK(nlohmann::json::parse(slurp(ranks / "config.json")).at("device") == "cuda");
 }
@@ -525,8 +518,7 @@ TEST_CASE("two ranks on two hosts (network namespaces, MPI over TCP) train what 
   Result r = shell(hosts.mpirun() + " '" + BULWARK_BINARY + "' train " + args + " --out " + apart.string(), s.path);
   INFO(r.err);
   REQUIRE(r.code == 0);
-  r = shell(train_command(BULWARK_BINARY, args + " --out " + together.string(), 2), s.path);
-  REQUIRE(r.code == 0);
+  train_ok(BULWARK_BINARY, args + " --out " + together.string(), 2, s.path);
   require_same_weights(apart, together);
   CHECK(metrics(apart)[1].at("val_acc") == metrics(together)[1].at("val_acc"));
 }
