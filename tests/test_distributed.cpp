@@ -294,7 +294,7 @@ TEST_CASE("the differentiable all-reduce sums values and gradients over ranks", 
   CHECK(x.grad().to_vector() == std::vector<float>{4.0f, -8.0f});  // 2 ranks' losses x 2x
 }
 
-TEST_CASE("--grad-accum refuses data too small for a step, and --sync-bn beside it", "[distributed][cli]") {
+TEST_CASE("the trainer refuses data too small for a global batch, and --sync-bn with --grad-accum", "[distributed][cli]") {
   Scratch s;
   Result r = shell(train_command(BULWARK_BINARY, std::string(kSmallRun) + " --method standard --grad-accum 20 --out " +
                                               (s.path / "big").string(),
