@@ -84,15 +84,14 @@ void GradientAverager::reduce_into_grads() {
     const Tensor own = p.grad();
     if (data[total + static_cast<int64_t>(i)] == 0) {
       p.zero_grad();
-    } else if (own.defined() && own.device() == Device::cpu && own.is_contiguous() && own.dtype() == DType::f32) {
-      // Into this rank's own gradient buffer, which backward made for this step: no allocation.
-      float* out = own.data<float>();
-      for (int64_t k = 0; k < n; ++k) out[k] = data[at + k] * scale;
     } else {
-      Tensor g = Tensor::empty(p.shape(), DType::f32, Device::cpu);
+      // Into this rank's own gradient buffer where backward made one on the host (no allocation),
+      // else into a new one moved to the parameter's device.
+      const bool in_place = own.defined() && own.device() == Device::cpu && own.is_contiguous() && own.dtype() == DType::f32;
+      const Tensor g = in_place ? own : Tensor::empty(p.shape(), DType::f32, Device::cpu);
       float* out = g.data<float>();
       for (int64_t k = 0; k < n; ++k) out[k] = data[at + k] * scale;
-      p.impl()->grad = g.to(p.device()).impl_ptr();
+      if (!in_place) p.impl()->grad = g.to(p.device()).impl_ptr();
     }
     at += n;
   }
