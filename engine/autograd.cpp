@@ -52,15 +52,21 @@ void accumulate(GradMap& grads, TensorImpl* key, const Tensor& g) {
     it->second = add(it->second, g);
 }
 
+// Called with a target and its gradient (moved out of the map) once no node left to run adds
+// to it; targets whose gradient is complete only at the end stay in the returned map.
+using TargetDone = std::function<void(const Tensor& target, Tensor grad)>;
+
 // Runs the backward pass from `outputs` and returns the gradient map restricted to what
 // reaches a target. `is_target(impl)` selects the tensors whose gradients are wanted.
 template <class IsTarget>
 GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tensor>& grad_outputs,
-                     bool create_graph, IsTarget is_target) {
+                     bool create_graph, IsTarget is_target, const TargetDone& on_done = {}) {
   const std::vector<Node*> order = topo_order(outputs);
 
-  // needed[node]: some target is reachable from the node's inputs.
+  // needed[node]: some target is reachable from the node's inputs. consumers[target]: the
+  // needed nodes' edges into a leaf target still to run (only counted for on_done).
   std::unordered_map<Node*, bool> node_needed;
+  std::unordered_map<TensorImpl*, int> consumers;
   auto input_needed = [&](const Tensor& t) {
     if (is_target(t.impl())) return true;
     Node* fn = t.impl()->grad_fn.get();
@@ -70,6 +76,9 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
     bool any = false;
     for (const Tensor& in : n->inputs) any = any || input_needed(in);
     node_needed[n] = any;
+    if (on_done && any)
+      for (const Tensor& in : n->inputs)
+        if (in.defined() && !in.impl()->grad_fn && is_target(in.impl())) ++consumers[in.impl()];
   }
 
   GradMap grads;
@@ -87,13 +96,24 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
   GradModeGuard mode(create_graph);
   const profiler::BackwardScope gradient_sums;  // kernels between nodes: the gradients' sums
   const bool by_op = g_record_grads_by_op;
-  for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    Node* node = *it;
-    if (!node_needed[node]) continue;
+  // After a node ran (or had nothing to pass on): the leaf targets it was the last consumer of.
+  auto release_inputs = [&](const Node* node) {
+    for (const Tensor& in : node->inputs) {
+      auto c = in.defined() ? consumers.find(in.impl()) : consumers.end();
+      if (c == consumers.end() || --c->second > 0) continue;
+      consumers.erase(c);
+      auto git = grads.find(in.impl());
+      if (git == grads.end()) continue;
+      Tensor g = std::move(git->second);
+      grads.erase(git);
+      if (g.defined()) on_done(in, std::move(g));
+    }
+  };
+  auto run_node = [&](Node* node) {
     const Tensor out = node->output();
-    if (!out.defined()) continue;
+    if (!out.defined()) return;
     auto git = grads.find(out.impl());
-    if (git == grads.end() || !git->second.defined()) continue;
+    if (git == grads.end() || !git->second.defined()) return;
     const Tensor g = git->second;
     if (!is_target(out.impl())) grads.erase(git);  // no longer needed: free it early
 
@@ -117,7 +137,7 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
         acc = acc.detach().clone();
       node->accumulate_into(acc, g);
       if (by_op) ++g_stats.grads_computed[node->op + "[0]"];
-      continue;
+      return;
     }
     std::vector<Tensor> in_grads = node->backward(*node, g, needs);
     const profiler::BackwardScope sums;
@@ -132,6 +152,12 @@ GradMap run_backward(const std::vector<Tensor>& outputs, const std::vector<Tenso
                                            in_grads[i].str(), in.str()));
       accumulate(grads, in.impl(), in_grads[i]);
     }
+  };
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node* node = *it;
+    if (!node_needed[node]) continue;
+    run_node(node);
+    if (on_done) release_inputs(node);
   }
   return grads;
 }
@@ -221,19 +247,29 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   return result;
 }
 
-void backward(const Tensor& loss, const Tensor& grad_output, bool create_graph) {
+void backward(const Tensor& loss, const Tensor& grad_output, bool create_graph, const GradientReady& on_ready) {
   if (!loss.requires_grad()) throw std::invalid_argument("backward: the loss does not require grad");
   auto is_leaf_param = [](TensorImpl* t) { return t->requires_grad && t->grad_fn == nullptr; };
-  GradMap grads = run_backward({loss}, {grad_output}, create_graph, is_leaf_param);
-  GradModeGuard mode(create_graph);
-  for (auto& [impl, g] : grads) {
-    if (!is_leaf_param(impl) || !g.defined()) continue;
+  auto write = [&](TensorImpl* impl, const Tensor& g) {
+    GradModeGuard mode(create_graph);
     const Tensor gg = owned_gradient(g, create_graph);
     if (impl->grad)
       impl->grad = add(Tensor(impl->grad), gg).impl_ptr();
     else
       impl->grad = gg.impl_ptr();
-  }
+  };
+  TargetDone on_done;
+  if (on_ready)
+    on_done = [&](const Tensor& leaf, Tensor g) {
+      write(leaf.impl(), g);
+      g = Tensor();  // owned_gradient may have kept it as the .grad: only that holds it now
+      on_ready(leaf);
+    };
+  GradMap grads = run_backward({loss}, {grad_output}, create_graph, is_leaf_param, on_done);
+  // Leaves given their gradient only at the end (or every leaf, without on_ready). The loss
+  // itself may be a leaf: no tensor holds it here, so it is written but not announced.
+  for (auto& [impl, g] : grads)
+    if (is_leaf_param(impl) && g.defined()) write(impl, g);
 }
 
 }  // namespace bulwark

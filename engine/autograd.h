@@ -79,7 +79,15 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
                          bool allow_unused = false);
 
 // Accumulates d loss / d leaf into leaf.grad() for every leaf that requires grad.
-void backward(const Tensor& loss, const Tensor& grad_output = Tensor(), bool create_graph = false);
+//
+// `on_ready(leaf)`, when given, is called once for each leaf whose gradient this pass wrote,
+// as soon as it is final: when the last node that consumes the leaf has run, which for the
+// parameters of a network's last layers is long before the walk ends (the order is that of
+// the walk, so the same on every run of one graph). A data-parallel update starts summing
+// those gradients over ranks while the backward still runs (training/data_parallel.h).
+using GradientReady = std::function<void(const Tensor& leaf)>;
+void backward(const Tensor& loss, const Tensor& grad_output = Tensor(), bool create_graph = false,
+              const GradientReady& on_ready = {});
 
 // Counts Node::backward invocations on this thread since start (tests use it to prove
 // selectivity). nodes_run and inputs_skipped are two integer increments and always counted.

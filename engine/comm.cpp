@@ -31,6 +31,17 @@ std::unique_ptr<Communicator>& world_slot() {
 
 std::unique_ptr<Communicator> make_single() { return std::make_unique<Single>(); }
 
+namespace {
+struct DoneSum final : PendingSum {
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<PendingSum> Communicator::start_all_reduce_sum(Tensor t) {
+  all_reduce_sum(t);
+  return std::make_unique<DoneSum>();
+}
+
 Tensor all_reduce_sum(const Tensor& t, Communicator& comm) {
   Tensor out = t.detach().contiguous().clone();
   comm.all_reduce_sum(out);
@@ -81,6 +92,26 @@ class Nccl final : public Communicator {
     cuda::nccl_all_reduce_sum(t.data<float>(), t.numel());
   }
   void all_reduce_sum(std::vector<double>& v) override { boot_->all_reduce_sum(v); }
+  // On a side stream that waits for what the device's stream queued so far (the gradients);
+  // wait() makes the device's stream wait for the sum.
+  std::unique_ptr<PendingSum> start_all_reduce_sum(Tensor t) override {
+    if (t.device() != Device::cuda || !t.is_contiguous() || t.dtype() != DType::f32)
+      return boot_->start_all_reduce_sum(std::move(t));
+    struct OnSideStream final : PendingSum {
+      Tensor t;  // its memory stays allocated until the device's stream waited for the sum
+      void* done = nullptr;
+      ~OnSideStream() override { wait(); }
+      void wait() override {
+        if (done) cuda::nccl_join(done);
+        done = nullptr;
+      }
+    };
+    auto pending = std::make_unique<OnSideStream>();
+    pending->done = cuda::nccl_all_reduce_sum_async(t.data<float>(), t.numel());
+    pending->t = std::move(t);
+    return pending;
+  }
+  void progress() override { boot_->progress(); }
   void broadcast(std::string& bytes) override { boot_->broadcast(bytes); }
   void barrier() override { boot_->barrier(); }
   [[noreturn]] void abort(int code) override {

@@ -33,6 +33,15 @@ struct CommTimeout : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A sum started by Communicator::start_all_reduce_sum.
+class PendingSum {
+ public:
+  virtual ~PendingSum() = default;
+  // Returns once the sum is in the tensor; on a GPU, once the device's stream is ordered after
+  // it (what runs there next sees the sum; the host does not wait).
+  virtual void wait() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -47,6 +56,14 @@ class Communicator {
   // has the same shape; f32, on any device (the MPI twin stages device memory through the host).
   virtual void all_reduce_sum(Tensor& t) = 0;
   virtual void all_reduce_sum(std::vector<double>& values) = 0;
+  // all_reduce_sum(t) that returns before the sum is done: the caller computes while it moves
+  // (the backward, while its first gradients are summed) and waits before reading `t`. Sums run
+  // in the order they were started, on every rank alike; a blocking collective first finishes
+  // those started before it. Where the transport needs the host to move data (MPI over shared
+  // memory or TCP), progress() gives it a turn; the caller calls it now and then. By default the
+  // sum is done at once.
+  virtual std::unique_ptr<PendingSum> start_all_reduce_sum(Tensor t);
+  virtual void progress() {}
   // Rank 0's `bytes` replace every other rank's.
   virtual void broadcast(std::string& bytes) = 0;
   virtual void barrier() = 0;

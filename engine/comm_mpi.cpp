@@ -14,6 +14,8 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <deque>
+#include <memory>
 #include <thread>
 #endif
 
@@ -62,20 +64,68 @@ class Mpi final : public Communicator {
   int local_rank() const override { return local_rank_; }
   int local_size() const override { return local_size_; }
 
-  void all_reduce_sum(Tensor& t) override {
-    if (t.dtype() != DType::f32) throw std::invalid_argument("all_reduce_sum: f32 tensors only");
-    if (t.device() == Device::cpu && t.is_contiguous()) {
-      sum_in_place(t.data<float>(), t.numel(), MPI_FLOAT, "an all-reduce");
-      return;
-    }
-    std::vector<float> host = t.to_vector();  // device memory (the emulator's too) through the host
-    sum_in_place(host.data(), static_cast<int64_t>(host.size()), MPI_FLOAT, "an all-reduce");
-    t.copy_(Tensor::from_vector(host, t.shape()).to(t.device()));
-  }
+  void all_reduce_sum(Tensor& t) override { start_all_reduce_sum(t)->wait(); }
   void all_reduce_sum(std::vector<double>& v) override {
-    sum_in_place(v.data(), static_cast<int64_t>(v.size()), MPI_DOUBLE, "an all-reduce");
+    auto job = std::make_shared<Sum>();
+    job->data = reinterpret_cast<char*>(v.data());
+    job->n = static_cast<int64_t>(v.size());
+    job->type = MPI_DOUBLE;
+    job->size = sizeof(double);
+    enqueue(job);
+    finish(*job, "an all-reduce");
+  }
+  std::unique_ptr<PendingSum> start_all_reduce_sum(Tensor t) override {
+    if (t.dtype() != DType::f32) throw std::invalid_argument("all_reduce_sum: f32 tensors only");
+    auto job = std::make_shared<Sum>();
+    if (t.device() == Device::cpu && t.is_contiguous()) {
+      job->data = reinterpret_cast<char*>(t.data<float>());
+    } else {
+      job->staged = t.to_vector();  // device memory (the emulator's too) through the host
+      job->data = reinterpret_cast<char*>(job->staged.data());
+    }
+    job->n = t.numel();
+    job->type = MPI_FLOAT;
+    job->size = sizeof(float);
+    job->t = std::move(t);
+    enqueue(job);
+    struct Pending final : PendingSum {
+      Mpi* mpi;
+      std::shared_ptr<Sum> job;
+      void wait() override { mpi->finish(*job, "an all-reduce"); }
+    };
+    auto pending = std::make_unique<Pending>();
+    pending->mpi = this;
+    pending->job = std::move(job);
+    return pending;
+  }
+  // Moves the sums in the queue along as far as they go without waiting.
+  void progress() override {
+    while (!queue_.empty()) {
+      Sum& j = *queue_.front();
+      if (!j.in_flight) {
+        start_piece(j);
+        continue;
+      }
+      int done = 0;
+      check(MPI_Test(&j.request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      if (!done) return;
+      j.in_flight = false;
+      if (!j.broadcasting) {
+        j.broadcasting = true;  // rank 0 has this piece's sum: now every rank gets it
+        start_piece(j);
+        continue;
+      }
+      j.broadcasting = false;
+      j.at += piece(j);
+      if (j.at < j.n) continue;
+      if (!j.staged.empty()) j.t.copy_(Tensor::from_vector(j.staged, j.t.shape()).to(j.t.device()));
+      j.done = true;
+      j.t = Tensor();
+      queue_.pop_front();
+    }
   }
   void broadcast(std::string& bytes) override {
+    drain();
     uint64_t n = bytes.size();
     MPI_Request r;
     check(MPI_Ibcast(&n, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD, &r), "MPI_Ibcast");
@@ -89,6 +139,7 @@ class Mpi final : public Communicator {
     }
   }
   void barrier() override {
+    drain();
     MPI_Request r;
     check(MPI_Ibarrier(MPI_COMM_WORLD, &r), "MPI_Ibarrier");
     wait(r, "a barrier");
@@ -104,33 +155,69 @@ class Mpi final : public Communicator {
   // of 1 ms sleeps between its fragments). MPI counts are int in any case.
   static constexpr int64_t kChunk = int64_t{1} << 18;
 
-  template <class T>
-  void sum_in_place(T* data, int64_t n, MPI_Datatype type, const char* what) {
-    for (int64_t at = 0; at < n; at += kChunk) {
-      const int count = static_cast<int>(std::min(kChunk, n - at));
-      MPI_Request r;
-      check(MPI_Ireduce(rank_ == 0 ? MPI_IN_PLACE : data + at, data + at, count, type, MPI_SUM, 0, MPI_COMM_WORLD, &r),
+  // One sum in the queue: piece by piece, MPI_Ireduce to rank 0 then MPI_Ibcast. One request is
+  // in flight at a time, the queue's first, so every rank starts its collectives in one order.
+  struct Sum {
+    Tensor t;                   // the tensor summed (held until done)
+    std::vector<float> staged;  // its values on the host, for device memory
+    char* data = nullptr;
+    int64_t n = 0, at = 0;  // elements, and those done
+    MPI_Datatype type = MPI_FLOAT;
+    size_t size = sizeof(float);
+    MPI_Request request = MPI_REQUEST_NULL;
+    bool in_flight = false, broadcasting = false, done = false;
+  };
+  static int piece(const Sum& j) { return static_cast<int>(std::min(kChunk, j.n - j.at)); }
+
+  void start_piece(Sum& j) {
+    char* at = j.data + j.at * static_cast<int64_t>(j.size);
+    if (!j.broadcasting)
+      check(MPI_Ireduce(rank_ == 0 ? MPI_IN_PLACE : at, at, piece(j), j.type, MPI_SUM, 0, MPI_COMM_WORLD, &j.request),
             "MPI_Ireduce");
-      wait(r, what);
-      check(MPI_Ibcast(data + at, count, type, 0, MPI_COMM_WORLD, &r), "MPI_Ibcast");
-      wait(r, what);
-    }
+    else
+      check(MPI_Ibcast(at, piece(j), j.type, 0, MPI_COMM_WORLD, &j.request), "MPI_Ibcast");
+    j.in_flight = true;
   }
 
-  // Polls `r` until it completes or the timeout passes. Shared-memory transports move a message
-  // in fragments, each needing a poll, so the first kSpin of a wait polls back to back (yielding
+  void enqueue(const std::shared_ptr<Sum>& job) {
+    if (job->n == 0) {
+      job->done = true;
+      return;
+    }
+    queue_.push_back(job);
+    progress();
+  }
+  void finish(const Sum& job, const char* what) {
+    wait_until([&] {
+      progress();
+      return job.done;
+    }, what);
+  }
+  // Every sum started so far, before a collective outside the queue.
+  void drain() {
+    if (!queue_.empty()) finish(*queue_.back(), "an all-reduce");
+  }
+  void wait(MPI_Request& r, const char* what) {
+    wait_until([&] {
+      int done = 0;
+      check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      return done != 0;
+    }, what);
+  }
+
+  // Polls until `done()` or the timeout passes. Shared-memory transports move a message in
+  // fragments, each needing a poll, so the first kSpin of a wait polls back to back (yielding
   // the core to a rank that computes); a longer wait (the others are still computing) sleeps
   // between polls, 1 ms at most, and leaves the cores to them.
-  void wait(MPI_Request& r, const char* what) {
+  template <class Done>
+  void wait_until(Done done, const char* what) {
     using Clock = std::chrono::steady_clock;
     constexpr auto kSpin = std::chrono::milliseconds(20);
     const auto start = Clock::now();
     const auto deadline = start + std::chrono::duration<double>(timeout_);
     auto pause = std::chrono::microseconds(20);
     for (;;) {
-      int done = 0;
-      check(MPI_Test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
-      if (done) return;
+      if (done()) return;
       const auto now = Clock::now();
       if (now > deadline)
         throw CommTimeout(fmt::format("no answer from the other ranks in {} for {:g} s: a rank died, "
@@ -145,6 +232,7 @@ class Mpi final : public Communicator {
     }
   }
 
+  std::deque<std::shared_ptr<Sum>> queue_;
   double timeout_;
   bool owns_mpi_ = false;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;

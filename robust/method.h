@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/autograd.h"
 #include "engine/comm.h"
 #include "engine/rng.h"
 #include "engine/tensor.h"
@@ -44,6 +45,13 @@ class ParameterUpdate {
   virtual ~ParameterUpdate() = default;
   virtual void zero_grad() = 0;
   virtual void step() = 0;  // one update of every parameter that has a gradient
+  // backward(loss) into the parameters' gradients. `step_follows`: the next call is step(), with
+  // no other backward before it, so the gradients this backward completes are the ones the step
+  // uses (a data-parallel update starts summing them over ranks while the backward still runs).
+  virtual void backward(const Tensor& loss, bool step_follows) {
+    (void)step_follows;
+    bulwark::backward(loss);
+  }
 };
 
 struct StepContext {

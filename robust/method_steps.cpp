@@ -96,7 +96,7 @@ Tensor train_on(StepContext& ctx, const Tensor& x_train, const Tensor& y, bool i
   const LossAndCorrect out = cross_entropy_and_correct(logits, y);
   const Module::PassCost cost = ctx.model.pass_cost();
   ctx.passes.fwd += cost.forward;
-  backward(out.loss);
+  ctx.optimizer.backward(out.loss, last);
   ctx.passes.bwd += cost.forward_backward + cost.backward;
   if (last) ctx.optimizer.step();
   ctx.log.record(out.loss, out.correct, x_train.size(0));

@@ -2,6 +2,8 @@
 // storage, error messages; the op harness checked against deliberately broken ops; Philox
 // against the Random123 known-answer vectors.
 #include <catch2/catch.hpp>
+
+#include <algorithm>
 #include <string>
 
 #include "engine/ops.h"
@@ -205,6 +207,54 @@ TEST_CASE("autograd: leaves never share gradient storage", "[autograd]") {
   Tensor gy = y.grad();
   gy.fill_(5.0);
   CHECK(seed.to_vector_f64() == std::vector<double>{2, 2, 2, 2});
+}
+
+TEST_CASE("autograd: backward announces each leaf's gradient once, as soon as it is final", "[autograd]") {
+  // A chain h_{k+1} = relu(h_k * w_k) + h_k * 0.5, w_2 used once more at the end: the last
+  // layer's weight is final after a few nodes, the first layer's only at the end. Each
+  // announcement must come with the leaf's .grad written and equal to its final value.
+  std::vector<Tensor> w;
+  for (int k = 0; k < 4; ++k) w.push_back(leaf(random({5}, 20 + k)));
+  const Tensor x = random({5}, 31), unused = leaf(random({5}, 32));
+  const auto loss = [&] {
+    Tensor h = x;
+    for (size_t k = 0; k < 4; ++k) h = relu(h * w[k]) + h * 0.5;
+    return sum(h * w[2]);
+  };
+  backward(loss());
+  std::vector<Tensor> final_grads;
+  for (Tensor& t : w) {
+    final_grads.push_back(t.grad().clone());
+    t.zero_grad();
+  }
+
+  std::vector<int> order;
+  std::vector<int64_t> nodes_at;
+  const int64_t nodes_before = backward_stats().nodes_run;
+  backward(loss(), Tensor(), false, [&](const Tensor& t) {
+    for (size_t k = 0; k < 4; ++k)
+      if (t.impl() == w[k].impl()) {
+        order.push_back(static_cast<int>(k));
+        REQUIRE(t.grad().defined());
+        CHECK(max_abs_diff(t.grad(), final_grads[k]) == 0.0);
+      }
+    CHECK(t.impl() != unused.impl());
+    nodes_at.push_back(backward_stats().nodes_run - nodes_before);
+  });
+  const int64_t nodes = backward_stats().nodes_run - nodes_before;
+  CHECK(order == std::vector<int>{3, 2, 1, 0});  // w_2 once both its uses are in
+  REQUIRE(nodes_at.size() == 4);
+  CHECK(nodes_at.front() < nodes / 2);  // the last layer's weight long before the walk ends
+  for (size_t k = 0; k < 4; ++k) CHECK(max_abs_diff(w[k].grad(), final_grads[k]) == 0.0);
+  CHECK_FALSE(unused.grad().defined());
+  // A gradient already there is added to, then announced.
+  int announced = 0;
+  backward(loss(), Tensor(), false, [&](const Tensor& t) {
+    if (t.impl() != w[0].impl()) return;
+    ++announced;
+    CHECK(max_abs_diff(t.grad(), final_grads[0] * 2.0) == 0.0);
+  });
+  CHECK(announced == 1);
 }
 
 TEST_CASE("autograd: NoGradGuard records nothing and nests", "[autograd]") {

@@ -226,7 +226,7 @@ TEST_CASE("the gradient average sums micro-batches in order, divides once and st
 namespace {
 // Two ranks in one process for the op tests: the other rank holds exactly this rank's values, so
 // a sum over ranks is twice the value.
-class MirroredPair final : public comm::Communicator {
+class MirroredPair : public comm::Communicator {
  public:
   std::string backend() const override { return "mirrored pair"; }
   int rank() const override { return 0; }
@@ -240,6 +240,114 @@ class MirroredPair final : public comm::Communicator {
   [[noreturn]] void abort(int code) override { std::exit(code); }
 };
 }  // namespace
+
+namespace {
+// MirroredPair that records each asynchronous sum: when it started (backward nodes run so far),
+// how long it was, and whether it had been waited for when the step read the gradients.
+class RecordingPair final : public MirroredPair {
+ public:
+  struct Sent {
+    int64_t nodes_run, numel;
+    bool waited = false;
+  };
+  std::vector<Sent> sent;
+  std::unique_ptr<comm::PendingSum> start_all_reduce_sum(Tensor t) override {
+    sent.push_back({backward_stats().nodes_run, t.numel()});
+    // The sum appears only when waited for, so a step that read a bucket early would see it unsummed.
+    struct Pending final : comm::PendingSum {
+      RecordingPair* pair;
+      size_t index;
+      Tensor t;
+      void wait() override {
+        pair->all_reduce_sum(t);
+        pair->sent[index].waited = true;
+      }
+    };
+    auto p = std::make_unique<Pending>();
+    p->pair = this;
+    p->index = sent.size() - 1;
+    p->t = std::move(t);
+    return p;
+  }
+};
+
+// An optimizer that records the gradients it steps with.
+struct GradientsRecorder : robust::ParameterUpdate {
+  NamedTensors params;
+  std::vector<std::vector<std::vector<float>>> stepped;  // per step, per parameter
+  void zero_grad() override {
+    for (auto& [name, p] : params) p.zero_grad();
+  }
+  void step() override {
+    stepped.emplace_back();
+    for (auto& [name, p] : params) stepped.back().push_back(p.grad().defined() ? p.grad().to_vector() : std::vector<float>{});
+  }
+};
+}  // namespace
+
+TEST_CASE("the gradient average sends its buckets while the backward runs, in order, and sums what one bucket does",
+          "[distributed]") {
+  // `spare` (registered first, so in the last bucket) gets no gradient; then six layers of 1,000
+  // weights. Buckets of 8,000 bytes: {w5, w4}, {w3, w2}, {w1, w0}, {spare}, the last of which
+  // can only go in step().
+  struct Run {
+    std::vector<std::vector<std::vector<float>>> stepped;
+    std::vector<std::vector<size_t>> buckets;
+    int sent_early = 0;
+    int64_t first_backward_start = 0, first_backward_nodes = 0;
+  };
+  const auto run = [](int64_t bucket_bytes, int accum, RecordingPair& pair) {
+    Generator gen(5), data(9);
+    GradientsRecorder opt;
+    opt.params.emplace_back("spare", Tensor::zeros({10}).set_requires_grad(true));
+    for (int k = 0; k < 6; ++k)
+      opt.params.emplace_back("w" + std::to_string(k), rand_normal({1000}, 0.0, 1.0, gen).set_requires_grad(true));
+    training::GradientAverager avg(opt, opt.params, pair, accum, bucket_bytes);
+    Run r;
+    r.buckets = avg.buckets();
+    for (int step = 0; step < 2; ++step)
+      for (int a = 0; a < accum; ++a) {
+        avg.begin_micro_batch(a);
+        avg.zero_grad();
+        Tensor h = rand_normal({1000}, 0.0, 1.0, data);
+        for (size_t k = 1; k <= 6; ++k) h = relu(h * opt.params[k].second) + h * 0.5;
+        const size_t sent_before = pair.sent.size();
+        const int64_t start = backward_stats().nodes_run;
+        avg.backward(sum(h * h), true);
+        if (step == 0 && a + 1 == accum) {
+          r.first_backward_start = start;
+          r.first_backward_nodes = backward_stats().nodes_run - start;
+        }
+        if (a + 1 < accum) CHECK(pair.sent.size() == sent_before);  // nothing goes before the last micro-batch
+        avg.step();
+      }
+    r.stepped = opt.stepped;
+    r.sent_early = avg.sent_during_backward();
+    return r;
+  };
+  for (const int accum : {1, 2}) {
+    INFO("--grad-accum " << accum);
+    RecordingPair many, one;
+    const Run by_buckets = run(8000, accum, many), by_one = run(int64_t{1} << 30, accum, one);
+    CHECK(by_buckets.buckets == std::vector<std::vector<size_t>>{{6, 5}, {4, 3}, {2, 1}, {0}});
+    REQUIRE(many.sent.size() == 8);  // 2 steps x 4 buckets
+    CHECK(by_buckets.sent_early == 3);
+    for (size_t b = 0; b < 4; ++b) CHECK(many.sent[b].numel == (b < 3 ? 2000 : 10));
+    for (const auto& sent : many.sent) CHECK(sent.waited);
+    // The first bucket left after the loss's 2 nodes and the last two layers' 4 each: 10 of 25
+    // (the first layer's h * 0.5 records none: h is data).
+    CHECK(by_buckets.first_backward_nodes == 25);
+    CHECK(many.sent[0].nodes_run - by_buckets.first_backward_start == 10);
+    CHECK(many.sent[1].nodes_run > many.sent[0].nodes_run);
+    CHECK(many.sent[2].nodes_run > many.sent[1].nodes_run);
+    REQUIRE(one.sent.size() == 2);
+    CHECK(by_one.sent_early == 0);  // `spare` is in the one bucket: it goes in step()
+    REQUIRE(by_buckets.stepped.size() == 2);
+    CHECK(by_buckets.stepped == by_one.stepped);  // bit for bit
+    CHECK(by_buckets.stepped[0][0].empty());      // no rank gave `spare` a gradient: it has none
+    CHECK(by_buckets.stepped[0][1].size() == 1000);
+  }
+}
 
 TEST_CASE("sync BatchNorm on a rank is BatchNorm of every rank's batch together, values and gradients",
           "[distributed][ops]") {
@@ -294,20 +402,29 @@ TEST_CASE("the differentiable all-reduce sums values and gradients over ranks", 
   CHECK(x.grad().to_vector() == std::vector<float>{4.0f, -8.0f});  // 2 ranks' losses x 2x
 }
 
-TEST_CASE("the trainer refuses data too small for a global batch, and --sync-bn with --grad-accum", "[distributed][cli]") {
+TEST_CASE("the trainer refuses data too small for a global batch, --sync-bn with --grad-accum, and a global batch "
+          "the micro-batches do not divide",
+          "[distributed][cli]") {
   Scratch s;
-  Result r = shell(train_command(BULWARK_BINARY, std::string(kSmallRun) + " --method standard --grad-accum 20 --out " +
-                                              (s.path / "big").string(),
-                          1),
+  // One process with `options` on the small run: refused, saying `why`.
+  const auto refused = [&](const std::string& options, const std::string& why) {
+    const Result r = shell(train_command(BULWARK_BINARY, std::string(kSmallRun) + " " + options + " --out " +
+                                                            (s.path / "run").string(),
+                                         1),
+                           s.path);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.err, Contains(why));
+  };
+  refused("--method standard --grad-accum 20", "training samples do not fill one global batch of 640");
+  refused("--sync-bn --grad-accum 2", "--sync-bn with --grad-accum 2: a rank's micro-batches run one after another");
+  // --global-batch-size sets the per-rank batch, or says why it cannot.
+  refused("--global-batch-size 100 --grad-accum 3",
+          "--global-batch-size 100 over 1 rank x --grad-accum 3: 100 is not a multiple of 3");
+  const Result r =
+      shell(train_command(BULWARK_BINARY, std::string(kSmallRun) + " --global-batch-size 96 --grad-accum 2 --dry-run", 1),
             s.path);
-  CHECK(r.code == 2);
-  CHECK_THAT(r.err, Contains("training samples do not fill one global batch of 640"));
-  r = shell(train_command(BULWARK_BINARY, std::string(kSmallRun) + " --sync-bn --grad-accum 2 --out " +
-                                              (s.path / "sync").string(),
-                          1),
-            s.path);
-  CHECK(r.code == 2);
-  CHECK_THAT(r.err, Contains("--sync-bn with --grad-accum 2: a rank's micro-batches run one after another"));
+  REQUIRE(r.code == 0);
+  CHECK_THAT(r.err, Contains("\"batch_size\": 48,"));
 }
 
 TEST_CASE("two ranks train bit for bit what one process does accumulating their two micro-batches",
@@ -323,6 +440,13 @@ TEST_CASE("two ranks train bit for bit what one process does accumulating their 
       train_ok(BULWARK_BINARY, args + " --grad-accum 2 --out " + accum.string(), 1, s.path);
       require_same_weights(ranks, accum);
       require_equal_metrics(ranks, accum, 2, {"val_acc", "train_acc", "fwd_passes", "bwd_passes"});
+      if (method == "pgd") {
+        // Buckets of 10 kB: each parameter its own, sent while the backward runs (the first
+        // layer's 1.2 MB in MPI pieces); the same bits as one bucket.
+        const fs::path small = s.path / "small-buckets";
+        train_ok(BULWARK_BINARY, args + " --bucket-mb 0.01 --out " + small.string(), 2, s.path);
+        require_same_weights(small, accum);
+      }
       // The epoch's loss: the same terms, summed per rank first.
       const auto mr = metrics(ranks), ma = metrics(accum);
       for (size_t e = 0; e < 2; ++e)
@@ -437,6 +561,14 @@ TEST_CASE("ranks given different options, a rank that dies and a rank that hangs
     CHECK_THAT(r.err, Contains("rank 1 of 2 was given another run than rank 0: 'seed' is 2 here and 1 on rank 0"));
     CHECK_THAT(r.err, Contains("rank 0 of 2: 1 other rank got options different from rank 0's"));
     CHECK_FALSE(fs::exists(s.path / "a"));  // nothing written
+  }
+  SECTION("a global batch the ranks do not divide") {
+    const Result r = shell(kMpirun + " -np 2 " + bin + args + " --global-batch-size 65 --out " + (s.path / "g").string(),
+                           s.path);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.err, Contains("of 2: error: --global-batch-size 65 over 2 ranks x --grad-accum 1: 65 is not a "
+                               "multiple of 2; choose a global batch that is (e.g. 64)"));
+    CHECK_FALSE(fs::exists(s.path / "g"));
   }
   SECTION("a rank killed in training") {
     const Result r = shell(kMpirun + " -np 1 " + bin + args + " --out " + (s.path / "b").string() +

@@ -128,6 +128,19 @@ std::vector<TrainOption> make_train_options() {
           .above(0),
       [](auto& c) -> auto& { return c.comm_timeout; });
   add("",
+      Option::make("bucket_mb", "--bucket-mb", T::real,
+                   "Under mpirun (or --grad-accum): gradients go over the ranks in buckets of about this many MB, "
+                   "each sent as soon as the backward has finished its gradients (larger than the model: one, "
+                   "after the backward)")
+          .above(0),
+      [](auto& c) -> auto& { return c.bucket_mb; });
+  add("",
+      Option::make("global_batch_size", "--global-batch-size", T::integer,
+                   "Samples a step trains over all ranks and micro-batches: sets --batch-size to this / (ranks x "
+                   "--grad-accum), which must divide it (0: use --batch-size)")
+          .at_least(0),
+      [](auto& c) -> auto& { return c.global_batch_size; });
+  add("",
       Option::make("eval_batch_size", "--eval-batch-size", T::integer, "Batch size of validation and test evaluation")
           .at_least(1),
       [](auto& c) -> auto& { return c.eval_batch_size; });
@@ -401,6 +414,17 @@ std::vector<std::string> resolve_defaults(TrainConfig& c) {
     notes.push_back(std::move(n));
   comm::Communicator& ranks = comm::world();
   c.world_size = ranks.size();
+  if (c.global_batch_size > 0) {
+    const int64_t parts = c.world_size * c.grad_accum;
+    require(c.global_batch_size % parts == 0,
+            fmt::format("--global-batch-size {} over {} rank{} x --grad-accum {}: {} is not a multiple of {}; choose a "
+                        "global batch that is (e.g. {}) or another rank count",
+                        c.global_batch_size, c.world_size, c.world_size == 1 ? "" : "s", c.grad_accum,
+                        c.global_batch_size, parts, std::max<int64_t>(1, c.global_batch_size / parts) * parts));
+    c.batch_size = c.global_batch_size / parts;
+    notes.push_back(fmt::format("--batch-size {}: --global-batch-size {} over {} rank{} x --grad-accum {}", c.batch_size,
+                                c.global_batch_size, c.world_size, c.world_size == 1 ? "" : "s", c.grad_accum));
+  }
   if (c.threads == 0) {
     // Ranks on one host share its cores.
     c.threads = std::max(1, runtime::num_threads() / ranks.local_size());

@@ -60,6 +60,8 @@ struct TrainConfig {
   int64_t grad_accum = 1;    // micro-batches of batch_size each rank sums before one optimizer step
   bool sync_bn = false;        // BatchNorm statistics over every rank's batch (models/layers.h)
   double comm_timeout = 600;  // seconds a collective waits for the other ranks before the run fails
+  double bucket_mb = 25;      // gradient buckets summed over ranks while the backward goes on (MB each)
+  int64_t global_batch_size = 0;  // > 0: batch_size becomes this / (world_size x grad_accum)
   int world_size = 1;         // ranks the run trains on: the launcher's (mpirun -np), not an option
   int64_t eval_batch_size = 500;
   double grad_clip = 0;  // clip the gradient's global L2 norm before each optimizer step (0 = off)

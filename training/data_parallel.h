@@ -27,6 +27,7 @@
 // the same equality holds for them.
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -60,21 +61,49 @@ struct ParallelLayout {
 // method's step() of micro-batch a adds the gradients to this rank's sum; that of the last
 // micro-batch sums over ranks, divides by the micro-batch count and steps the optimizer. With
 // accum 1 every step() is a step of every rank (Free-AT's replays).
+//
+// The sum over ranks starts during the backward that precedes a reducing step(). The
+// parameters are grouped into buckets of about `bucket_bytes`, in reverse order (the order the
+// backward completes their gradients: the last layer's first). As the backward finishes a
+// parameter's gradient (autograd's on_ready) it is copied into its bucket; a bucket whose
+// gradients are all in is sent (Communicator::start_all_reduce_sum) while the backward goes on
+// with the layers below. Buckets are sent in bucket order on every rank, one after the other
+// (a collective's order must match across ranks), whatever order their gradients came in.
+// step() sends what is left (parameters this backward gave no gradient), waits for every
+// bucket, divides, and steps. The sums are those of the one-bucket exchange, element by
+// element, so the bits do not depend on the bucket size.
 class GradientAverager final : public robust::ParameterUpdate {
  public:
-  GradientAverager(robust::ParameterUpdate& optimizer, NamedTensors params, comm::Communicator& comm, int accum);
+  static constexpr int64_t kDefaultBucketBytes = int64_t{25} << 20;  // PyTorch DDP's 25 MB
+  GradientAverager(robust::ParameterUpdate& optimizer, NamedTensors params, comm::Communicator& comm, int accum,
+                   int64_t bucket_bytes = kDefaultBucketBytes);
   // Micro-batch a of this rank's step: its step() adds to the sum, the last one's reduces.
   void begin_micro_batch(int a);
   // A batch whose method sums this rank's micro-batches itself (the replay methods): every
   // step() reduces what backward summed, however many the batch takes.
   void begin_summed_batch();
   void zero_grad() override;
+  void backward(const Tensor& loss, bool step_follows) override;
   void step() override;
 
+  // Parameter indices (in `params` order) of each bucket, in the order buckets are sent.
+  const std::vector<std::vector<size_t>>& buckets() const { return bucket_params_; }
+  // How many buckets the last reducing backward sent before it returned (the rest went in step()).
+  int sent_during_backward() const { return sent_during_backward_; }
+
  private:
-  // Every rank's sums, averaged, become the parameters' gradients. One buffer (one collective):
-  // the gradients, then a 0/1 flag per parameter (whether any micro-batch gave it a gradient, so
-  // one that none did stays without one, as the optimizer expects).
+  struct Bucket {
+    Tensor data;  // its parameters' summed gradients, back to back, on their device
+    int filled = 0;
+    std::unique_ptr<comm::PendingSum> pending;  // set once sent
+  };
+  bool reduces_now() const { return micro_ + 1 >= accum_; }
+  // Parameter i's gradient is complete: add it to this rank's sum, and, where the sum is
+  // final, into its bucket (sending the buckets that are full, in order).
+  void add_gradient(size_t i, bool final);
+  void send_full_buckets();
+  Bucket& bucket_of(size_t i);  // parameter i's bucket, its buffer allocated
+  // Every bucket sent and summed; the flags say which parameters any rank gave a gradient.
   void reduce_into_grads();
 
   robust::ParameterUpdate& optimizer_;
@@ -84,8 +113,15 @@ class GradientAverager final : public robust::ParameterUpdate {
   int micro_ = 0;
   int steps_in_micro_ = 0;
   bool summed_by_method_ = false;
-  std::vector<Tensor> sums_;  // per parameter, this rank's micro-batches so far (undefined: none)
-  Tensor bucket_;             // the gradients and flags that travel, kept from step to step
+  std::vector<Tensor> sums_;   // per parameter, this rank's micro-batches so far (undefined: none)
+  std::vector<bool> in_bucket_;  // per parameter: its final sum is in its bucket
+  std::vector<std::vector<size_t>> bucket_params_;
+  std::vector<size_t> bucket_of_;   // per parameter
+  std::vector<int64_t> offset_;     // per parameter, within its bucket
+  std::vector<Bucket> buckets_;
+  std::unordered_map<const TensorImpl*, size_t> index_;  // parameter -> its index
+  size_t next_to_send_ = 0;
+  int sent_during_backward_ = 0;
 };
 
 // Every rank must train the same run: rank 0's resolved config (its JSON) goes to every rank,

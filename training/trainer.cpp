@@ -144,7 +144,8 @@ Trainer::Trainer(TrainConfig cfg, RunData data, RunOptions options)
                                             cfg_.world_size, cfg_.world_size == 1 ? "" : "s", comm_.size(),
                                             cfg_.world_size));
   if (layout_.parallel())
-    averager_ = std::make_unique<GradientAverager>(*optimizer_, model_->named_parameters(), comm_, layout_.accum);
+    averager_ = std::make_unique<GradientAverager>(*optimizer_, model_->named_parameters(), comm_, layout_.accum,
+                                                   static_cast<int64_t>(cfg_.bucket_mb * 1e6));
   steps_once_per_batch_ = robust::method_registry().at(cfg_.method.name).steps_once_per_batch;
   // The guard's probe: the first batch_size training samples, fixed for the whole run.
   const int64_t n = std::min(cfg_.batch_size, data_.train.n);

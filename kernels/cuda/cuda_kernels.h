@@ -63,6 +63,10 @@ bool nccl_built();
 std::string nccl_unique_id();
 void nccl_init(const std::string& id, int rank, int size);
 void nccl_all_reduce_sum(float* device_data, int64_t n);  // in place, queued on current_stream()
+// The same on NCCL's side stream, after what current_stream() queued so far; returns a token
+// for nccl_join, which makes current_stream() wait for the sum (the host never waits).
+void* nccl_all_reduce_sum_async(float* device_data, int64_t n);
+void nccl_join(void* token);
 void nccl_finalize();
 
 // ---- CUDA Graphs (runtime.cu) ----

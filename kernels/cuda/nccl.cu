@@ -25,6 +25,7 @@ namespace bulwark::cuda {
 #if defined(BULWARK_NCCL) && !defined(BULWARK_EMU)
 namespace {
 ncclComm_t g_comm = nullptr;
+cudaStream_t g_side = nullptr;  // the asynchronous sums' stream
 
 void check_nccl(ncclResult_t r, const char* what) {
   if (r != ncclSuccess)
@@ -56,8 +57,36 @@ void nccl_all_reduce_sum(float* data, int64_t n) {
              "ncclAllReduce");
 }
 
+// A sum started while the backward still queues kernels: the side stream waits for an event
+// recorded after the bucket's copies, NCCL runs there, and an event marks its end. Kernels
+// queued on current_stream() meanwhile (the rest of the backward) overlap with it.
+void* nccl_all_reduce_sum_async(float* data, int64_t n) {
+  if (g_comm == nullptr) throw std::logic_error("nccl_all_reduce_sum_async before nccl_init");
+  if (g_side == nullptr) check_cuda(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking), "cudaStreamCreate");
+  cudaEvent_t ready = nullptr, done = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventRecord(ready, current_stream()), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(g_side, ready, 0), "cudaStreamWaitEvent");
+  check_cuda(cudaEventDestroy(ready), "cudaEventDestroy");  // released once it has happened
+  check_nccl(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat, ncclSum, g_comm, g_side), "ncclAllReduce");
+  check_cuda(cudaEventRecord(done, g_side), "cudaEventRecord");
+  return done;
+}
+
+void nccl_join(void* token) {
+  auto done = static_cast<cudaEvent_t>(token);
+  check_cuda(cudaStreamWaitEvent(current_stream(), done, 0), "cudaStreamWaitEvent");
+  check_cuda(cudaEventDestroy(done), "cudaEventDestroy");
+}
+
 void nccl_finalize() {
   if (g_comm == nullptr) return;
+  if (g_side != nullptr) {
+    cudaStreamSynchronize(g_side);
+    cudaStreamDestroy(g_side);
+    g_side = nullptr;
+  }
   ncclCommDestroy(g_comm);
   g_comm = nullptr;
 }
@@ -76,6 +105,8 @@ bool nccl_built() { return false; }
 std::string nccl_unique_id() { no_nccl(); }
 void nccl_init(const std::string&, int, int) { no_nccl(); }
 void nccl_all_reduce_sum(float*, int64_t) { no_nccl(); }
+void* nccl_all_reduce_sum_async(float*, int64_t) { no_nccl(); }
+void nccl_join(void*) { no_nccl(); }
 void nccl_finalize() {}
 
 #endif

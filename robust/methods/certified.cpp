@@ -52,7 +52,7 @@ class BoundTraining final : public Method {
     const Tensor loss = cross_entropy(logits, y) * kappa_ + cross_entropy(worst, y) * (1 - kappa_);
     const int64_t passes = beta_ > 0 ? 3 : 2;  // clean, interval, and CROWN's backward pass
     ctx.passes.fwd += passes;
-    backward(loss);
+    ctx.optimizer.backward(loss, true);
     ctx.passes.bwd += passes;
     ctx.optimizer.step();
     ctx.log.record(loss, correct_predictions(logits, y), x.size(0));

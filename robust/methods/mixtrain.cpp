@@ -136,7 +136,7 @@ class MixTrain final : public Method {
     }
     ++batches_;
     ctx.passes.fwd += passes;
-    backward(loss);
+    ctx.optimizer.backward(loss, true);
     ctx.passes.bwd += passes;
     ctx.optimizer.step();
     ctx.log.record(loss, correct_predictions(logits, y), n);
