@@ -3,7 +3,9 @@
 // Measured, here: the gradient all-reduce of one step on the CPU backend, the trainer's own path
 // (training::GradientAverager: the gradients copied into one bucket, summed over ranks by MPI,
 // averaged and handed back), at 1 rank (the copies alone) and at 2 ranks, the second by running
-// this bench under `mpirun -np 2` itself. The two ranks share this machine's cores and memory.
+// this bench under `mpirun -np 2` itself; and, at 2 ranks, a whole step (forward, backward,
+// average) with --bucket-mb buckets sent while the backward runs against one bucket sent after
+// it. The two ranks share this machine's cores and memory.
 //
 // Modelled, for GPUs: per model and method, one step's H100 time at --batch per GPU from the GPU
 // cost model (training/gpu_model.h; record-only emulator where there is no GPU) against the ring
@@ -31,6 +33,7 @@
 
 #include "bench/train_step.h"
 #include "engine/comm.h"
+#include "engine/ops.h"
 #include "engine/runtime.h"
 #include "training/data_parallel.h"
 #include "training/gpu_model.h"
@@ -80,20 +83,52 @@ double allreduce_ms(const std::string& model_name, int reps, comm::Communicator&
   return ms[ms.size() / 2];
 }
 
+// Median milliseconds of a training step's forward, backward and gradient average (no update)
+// at `batch` samples a rank, with buckets of `bucket_bytes` (sent during the backward) and with
+// one bucket (sent after it), timed alternately: {buckets, one bucket}.
+std::pair<double, double> step_ms(const std::string& model_name, int64_t batch, int reps, int64_t bucket_bytes,
+                                  comm::Communicator& ranks) {
+  const BenchBatch b = bench_batch(model_name, batch);
+  std::shared_ptr<Module> model = make_model(model_name, b.model);
+  const NamedTensors params = model->named_parameters();
+  NoUpdate none;
+  training::GradientAverager buckets(none, params, ranks, 1, bucket_bytes), one(none, params, ranks, 1, int64_t{1} << 40);
+  std::vector<double> ms[2];
+  for (int r = 0; r < reps + 1; ++r)
+    for (int k = 0; k < 2; ++k) {
+      training::GradientAverager& average = k == 0 ? buckets : one;
+      for (const auto& [name, p] : params) Tensor(p).zero_grad();
+      ranks.barrier();
+      const auto t0 = std::chrono::steady_clock::now();
+      average.begin_micro_batch(0);
+      average.backward(cross_entropy((*model)(b.x), b.y), true);
+      average.step();
+      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (r > 0) ms[k].push_back(t);  // the first allocates
+    }
+  for (auto& v : ms) std::sort(v.begin(), v.end());
+  return {ms[0][ms[0].size() / 2], ms[1][ms[1].size() / 2]};
+}
+
+struct TwoRanks {
+  double allreduce_ms = 0, step_buckets_ms = 0, step_one_bucket_ms = 0;
+};
+
 // The 2-rank figures: this executable under mpirun, one JSON line per model from rank 0.
-std::map<std::string, double> measure_two_ranks(const std::vector<std::string>& models, int reps, std::string& why) {
+std::map<std::string, TwoRanks> measure_two_ranks(const std::vector<std::string>& models, int reps, int64_t step_batch,
+                                                  double bucket_mb, std::string& why) {
 #ifdef BULWARK_MPIEXEC
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   std::string cmd = fmt::format("'{}' --allow-run-as-root --oversubscribe --bind-to none -np 2 '{}' scaling --reps {} "
-                                "--measure-under-mpi",
-                                BULWARK_MPIEXEC, self, reps);
+                                "--step-batch {} --bucket-mb {} --measure-under-mpi",
+                                BULWARK_MPIEXEC, self, reps, step_batch, bucket_mb);
   for (const std::string& m : models) cmd += " --model " + m;
   FILE* pipe = ::popen((cmd + " 2>&1").c_str(), "r");
   if (pipe == nullptr) {
     why = "popen failed";
     return {};
   }
-  std::map<std::string, double> out;
+  std::map<std::string, TwoRanks> out;
   std::string text;
   std::array<char, 4096> buf{};
   while (std::fgets(buf.data(), static_cast<int>(buf.size()), pipe) != nullptr) text += buf.data();
@@ -104,12 +139,13 @@ std::map<std::string, double> measure_two_ranks(const std::vector<std::string>& 
     const std::string line = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
     at = end == std::string::npos ? text.size() : end + 1;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_object() && j.contains("allreduce_ms")) out[j.at("model")] = j.at("allreduce_ms");
+    if (j.is_object() && j.contains("allreduce_ms"))
+      out[j.at("model")] = {j.at("allreduce_ms"), j.at("step_buckets_ms"), j.at("step_one_bucket_ms")};
   }
   if (status != 0 || out.size() != models.size()) why = "mpirun failed: " + text.substr(0, 400);
   return out;
 #else
-  (void)models, (void)reps;
+  (void)models, (void)reps, (void)step_batch, (void)bucket_mb;
   why = "this build has no MPI (apt-get install libopenmpi-dev openmpi-bin, then rebuild)";
   return {};
 #endif
@@ -122,7 +158,8 @@ int scaling_main(int argc, char** argv) {
                "the modelled scaling of H100s over NVLink and InfiniBand"};
   std::vector<std::string> models{"wong_large", "cnn7", "preact_resnet18"};
   std::vector<std::string> methods{"standard", "pgd"};
-  int64_t batch = 128;
+  int64_t batch = 128, step_batch = 8;
+  double bucket_mb = 25;
   int reps = 20;
   bool under_mpi = false, json = false;
   app.add_option("--model", models, "zoo models (default: wong_large, cnn7, preact_resnet18)");
@@ -130,6 +167,10 @@ int scaling_main(int argc, char** argv) {
   app.add_option("--batch", batch, "batch size per GPU of the modelled steps")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   app.add_option("--reps", reps, "all-reduces timed per model (the median is reported)")->check(CLI::Range(1, 10000));
+  app.add_option("--step-batch", step_batch, "samples per rank of the measured 2-rank training steps")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  app.add_option("--bucket-mb", bucket_mb, "bucket size of the measured steps' overlapped all-reduce (as train's)")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--json", json, "one JSON line per row instead of the tables");
   app.add_flag("--measure-under-mpi", under_mpi, "(internal) this process is a rank of the 2-rank measurement");
   CLI11_PARSE(app, argc, argv);
@@ -140,7 +181,11 @@ int scaling_main(int argc, char** argv) {
     runtime::set_num_threads(1);
     for (const std::string& m : models) {
       const double ms = allreduce_ms(m, reps, ranks);
-      if (ranks.rank() == 0) fmt::print("{}\n", nlohmann::json{{"model", m}, {"allreduce_ms", ms}}.dump());
+      const auto [buckets, one] = step_ms(m, step_batch, reps, static_cast<int64_t>(bucket_mb * 1e6), ranks);
+      if (ranks.rank() == 0)
+        fmt::print("{}\n", nlohmann::json{{"model", m}, {"allreduce_ms", ms}, {"step_buckets_ms", buckets},
+                                          {"step_one_bucket_ms", one}}
+                               .dump());
     }
     comm::set_world(nullptr);
     return 0;
@@ -150,28 +195,46 @@ int scaling_main(int argc, char** argv) {
 
   // Measured.
   std::string why;
-  const std::map<std::string, double> two = measure_two_ranks(models, reps, why);
+  const std::map<std::string, TwoRanks> two = measure_two_ranks(models, reps, step_batch, bucket_mb, why);
   if (!json) {
     fmt::print("measured: the gradient all-reduce of one step on this CPU (GradientAverager: bucket copies + MPI "
-               "reduce/broadcast), median of {}\n",
-               reps);
-    fmt::print("{:<16} {:>10} {:>9} {:>13} {:>13}\n", "model", "params", "grad MB", "1 rank ms", "2 ranks ms");
+               "reduce/broadcast), median of {}; and a 2-rank step (forward, backward, average; batch {} a rank, "
+               "1 thread each) with {:g} MB buckets sent during the backward vs one bucket after it\n",
+               reps, step_batch, bucket_mb);
+    fmt::print("{:<16} {:>10} {:>9} {:>11} {:>11} {:>10} {:>13} {:>13}\n", "model", "params", "grad MB", "1 rank ms",
+               "2 ranks ms", "buckets", "step ms", "1-bucket ms");
   }
   for (const std::string& m : models) {
     const BenchBatch b = bench_batch(m, 1);
     const int64_t params = make_model(m, b.model)->num_parameters();
     const double one = allreduce_ms(m, reps, comm::world());
     const auto it = two.find(m);
+    const auto measured = [&](double TwoRanks::*field) {
+      return it == two.end() ? nlohmann::json() : nlohmann::json(it->second.*field);
+    };
+    const auto cell = [&](double TwoRanks::*field) {
+      return it == two.end() ? std::string("-") : fmt::format("{:.2f}", it->second.*field);
+    };
+    NoUpdate none;
+    const size_t n_buckets =
+        training::GradientAverager(none, make_model(m, b.model)->named_parameters(), comm::world(), 1,
+                                   static_cast<int64_t>(bucket_mb * 1e6))
+            .buckets()
+            .size();
     if (json)
       fmt::print("{}\n", nlohmann::json{{"measured", true},
                                         {"model", m},
                                         {"params", params},
                                         {"rank1_ms", one},
-                                        {"rank2_ms", it == two.end() ? nlohmann::json() : nlohmann::json(it->second)}}
+                                        {"rank2_ms", measured(&TwoRanks::allreduce_ms)},
+                                        {"buckets", n_buckets},
+                                        {"rank2_step_ms", measured(&TwoRanks::step_buckets_ms)},
+                                        {"rank2_step_one_bucket_ms", measured(&TwoRanks::step_one_bucket_ms)}}
                              .dump());
     else
-      fmt::print("{:<16} {:>10} {:>9.1f} {:>13.2f} {:>13}\n", m, params, 4.0 * static_cast<double>(params) / 1e6, one,
-                 it == two.end() ? std::string("-") : fmt::format("{:.2f}", it->second));
+      fmt::print("{:<16} {:>10} {:>9.1f} {:>11.2f} {:>11} {:>10} {:>13} {:>13}\n", m, params,
+                 4.0 * static_cast<double>(params) / 1e6, one, cell(&TwoRanks::allreduce_ms), n_buckets,
+                 cell(&TwoRanks::step_buckets_ms), cell(&TwoRanks::step_one_bucket_ms));
   }
   if (!json && !why.empty()) fmt::print("2 ranks not measured: {}\n", why);
 

@@ -6,7 +6,9 @@
 // Real build, NCCL found (BULWARK_NCCL): ncclCommInitRank from a unique id that rank 0 makes and
 // MPI broadcasts; ncclAllReduce in place on current_stream(), so the sum is ordered after the
 // backward that wrote the gradients and before the optimizer kernel that reads them, and the host
-// does not wait. The emulated backend and a build without NCCL: nccl_built() is false and the
+// does not wait. The gradient buckets (training/data_parallel.h) use the asynchronous form: the
+// sum runs on a side stream that waits for an event after the bucket's copies, so it overlaps
+// the rest of the backward on current_stream(), which waits for its end event before the step. The emulated backend and a build without NCCL: nccl_built() is false and the
 // calls throw; the MPI communicator (the "twin") sums through host memory there instead.
 #include <stdexcept>
 #include <string>
