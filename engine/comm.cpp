@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 
+#include <fmt/format.h>
+
 #include "engine/autograd.h"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -76,7 +78,8 @@ namespace {
 // NCCL for the gradients on the GPU; the bootstrap communicator (MPI) for the rest.
 class Nccl final : public Communicator {
  public:
-  explicit Nccl(std::unique_ptr<Communicator> bootstrap) : boot_(std::move(bootstrap)) {
+  Nccl(std::unique_ptr<Communicator> bootstrap, double timeout_seconds)
+      : boot_(std::move(bootstrap)), timeout_(timeout_seconds) {
     std::string id = boot_->rank() == 0 ? cuda::nccl_unique_id() : std::string();
     boot_->broadcast(id);
     cuda::nccl_init(id, boot_->rank(), boot_->size());
@@ -91,7 +94,10 @@ class Nccl final : public Communicator {
     if (t.device() != Device::cuda || !t.is_contiguous() || t.dtype() != DType::f32) return boot_->all_reduce_sum(t);
     cuda::nccl_all_reduce_sum(t.data<float>(), t.numel());
   }
-  void all_reduce_sum(std::vector<double>& v) override { boot_->all_reduce_sum(v); }
+  void all_reduce_sum(std::vector<double>& v) override {
+    nccl_settled();
+    boot_->all_reduce_sum(v);
+  }
   // On a side stream that waits for what the device's stream queued so far (the gradients);
   // wait() makes the device's stream wait for the sum.
   std::unique_ptr<PendingSum> start_all_reduce_sum(Tensor t) override {
@@ -112,23 +118,36 @@ class Nccl final : public Communicator {
     return pending;
   }
   void progress() override { boot_->progress(); }
-  void broadcast(std::string& bytes) override { boot_->broadcast(bytes); }
-  void barrier() override { boot_->barrier(); }
+  void broadcast(std::string& bytes) override {
+    nccl_settled();
+    boot_->broadcast(bytes);
+  }
+  void barrier() override {
+    nccl_settled();
+    boot_->barrier();
+  }
   [[noreturn]] void abort(int code) override {
     boot_->abort(code);
     std::exit(code);  // not reached
   }
 
  private:
+  void nccl_settled() {
+    const std::string failure = cuda::nccl_wait_idle(timeout_);
+    if (!failure.empty())
+      throw CommTimeout(fmt::format("NCCL {}: a rank died or hangs (--comm-timeout sets the limit)", failure));
+  }
+
   std::unique_ptr<Communicator> boot_;
+  double timeout_;
 };
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl(std::unique_ptr<Communicator> bootstrap) {
+std::unique_ptr<Communicator> make_nccl(std::unique_ptr<Communicator> bootstrap, double timeout_seconds) {
   if (!nccl_built())
     throw std::runtime_error(cuda::emulated() ? "NCCL cannot run on the emulated CUDA backend: use the MPI communicator"
                                               : "this build has no NCCL (a CUDA build finds it beside the toolkit)");
-  return std::make_unique<Nccl>(std::move(bootstrap));
+  return std::make_unique<Nccl>(std::move(bootstrap), timeout_seconds);
 }
 
 }  // namespace bulwark::comm

@@ -104,7 +104,10 @@ std::unique_ptr<Communicator> make_mpi(double timeout_seconds);
 // it there), one GPU per rank (runtime::cuda_select_device first): its all_reduce_sum of a CUDA
 // tensor is ncclAllReduce on the device's stream; everything else (sums of host values,
 // broadcasts, barriers, the timeout) stays with `bootstrap`. Throws std::runtime_error where NCCL
-// is not built in (nccl_built()) or cannot run (the emulator).
-std::unique_ptr<Communicator> make_nccl(std::unique_ptr<Communicator> bootstrap);
+// is not built in (nccl_built()) or cannot run (the emulator). NCCL's kernels have no timeout:
+// before each collective of `bootstrap` (the epoch's sums, which the host waits for anyway) the
+// host waits for NCCL's work so far, at most `timeout_seconds`, and an error NCCL reports (a
+// peer lost) or the timeout aborts the NCCL communicator and throws CommTimeout.
+std::unique_ptr<Communicator> make_nccl(std::unique_ptr<Communicator> bootstrap, double timeout_seconds);
 
 }  // namespace bulwark::comm

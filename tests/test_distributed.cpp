@@ -661,5 +661,5 @@ TEST_CASE("the NCCL communicator is the real build's; the emulated backend says 
   // communicator (its all-reduce stages device memory through the host: the emulated-CUDA
   // mpirun case above) and make_nccl refuses.
   CHECK_FALSE(comm::nccl_built());
-  CHECK_THROWS_WITH(comm::make_nccl(comm::make_single()), Contains("NCCL cannot run on the emulated CUDA backend"));
+  CHECK_THROWS_WITH(comm::make_nccl(comm::make_single(), 60), Contains("NCCL cannot run on the emulated CUDA backend"));
 }

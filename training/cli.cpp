@@ -334,7 +334,7 @@ int run_train(CLI::App& cmd, TrainArgs& a) {
     // On GPUs: one per rank (its local index), and NCCL for the gradients where it is built in.
     const bool gpu = given.device != "cpu" && runtime::cuda_available() && !runtime::cuda_emulated();
     if (gpu) runtime::cuda_select_device(ranks->local_rank());
-    comm::set_world(gpu && comm::nccl_built() ? comm::make_nccl(std::move(ranks)) : std::move(ranks));
+    comm::set_world(gpu && comm::nccl_built() ? comm::make_nccl(std::move(ranks), given.comm_timeout) : std::move(ranks));
   }
   if (!a.resume.empty()) {
     const std::set<std::string> allowed{"--resume", "--threads", "--stop-after", "--quiet", "--profile", "--trace",

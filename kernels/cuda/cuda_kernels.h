@@ -67,6 +67,9 @@ void nccl_all_reduce_sum(float* device_data, int64_t n);  // in place, queued on
 // for nccl_join, which makes current_stream() wait for the sum (the host never waits).
 void* nccl_all_reduce_sum_async(float* device_data, int64_t n);
 void nccl_join(void* token);
+// Waits on the host until the NCCL work issued so far has finished: "" when it has, else why not
+// (NCCL reported an error, or `timeout_seconds` passed), the communicator then aborted.
+std::string nccl_wait_idle(double timeout_seconds);
 void nccl_finalize();
 
 // ---- CUDA Graphs (runtime.cu) ----

@@ -19,6 +19,9 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <chrono>
+#include <thread>
+
 #include "kernels/cuda/common.cuh"
 #endif
 
@@ -28,6 +31,12 @@ namespace bulwark::cuda {
 namespace {
 ncclComm_t g_comm = nullptr;
 cudaStream_t g_side = nullptr;  // the asynchronous sums' stream
+cudaEvent_t g_last = nullptr;   // recorded after the latest NCCL call
+
+void mark_last(cudaStream_t s) {
+  if (g_last == nullptr) check_cuda(cudaEventCreateWithFlags(&g_last, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(cudaEventRecord(g_last, s), "cudaEventRecord");
+}
 
 void check_nccl(ncclResult_t r, const char* what) {
   if (r != ncclSuccess)
@@ -57,6 +66,7 @@ void nccl_all_reduce_sum(float* data, int64_t n) {
   if (g_comm == nullptr) throw std::logic_error("nccl_all_reduce_sum before nccl_init");
   check_nccl(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat, ncclSum, g_comm, current_stream()),
              "ncclAllReduce");
+  mark_last(current_stream());
 }
 
 // A sum started while the backward still queues kernels: the side stream waits for an event
@@ -73,7 +83,33 @@ void* nccl_all_reduce_sum_async(float* data, int64_t n) {
   check_cuda(cudaEventDestroy(ready), "cudaEventDestroy");  // released once it has happened
   check_nccl(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat, ncclSum, g_comm, g_side), "ncclAllReduce");
   check_cuda(cudaEventRecord(done, g_side), "cudaEventRecord");
+  mark_last(g_side);
   return done;
+}
+
+// NCCL's kernels spin until every peer joins: a dead peer would hang the next host wait. So the
+// host polls the last call's event and NCCL's asynchronous error, sleeping 1 ms between polls.
+std::string nccl_wait_idle(double timeout_seconds) {
+  if (g_comm == nullptr || g_last == nullptr) return "";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
+  for (;;) {
+    const cudaError_t state = cudaEventQuery(g_last);
+    if (state == cudaSuccess) return "";
+    if (state != cudaErrorNotReady) check_cuda(state, "cudaEventQuery");
+    ncclResult_t async = ncclSuccess;
+    check_nccl(ncclCommGetAsyncError(g_comm, &async), "ncclCommGetAsyncError");
+    std::string failure;
+    if (async != ncclSuccess && async != ncclInProgress)
+      failure = std::string("reported ") + ncclGetErrorString(async);
+    else if (std::chrono::steady_clock::now() > deadline)
+      failure = "gave no answer for " + std::to_string(static_cast<int64_t>(timeout_seconds)) + " s";
+    if (!failure.empty()) {
+      ncclCommAbort(g_comm);  // frees the spinning kernels
+      g_comm = nullptr;
+      return failure;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 void nccl_join(void* token) {
@@ -88,6 +124,10 @@ void nccl_finalize() {
     cudaStreamSynchronize(g_side);
     cudaStreamDestroy(g_side);
     g_side = nullptr;
+  }
+  if (g_last != nullptr) {
+    cudaEventDestroy(g_last);
+    g_last = nullptr;
   }
   ncclCommDestroy(g_comm);
   g_comm = nullptr;
@@ -109,6 +149,7 @@ void nccl_init(const std::string&, int, int) { no_nccl(); }
 void nccl_all_reduce_sum(float*, int64_t) { no_nccl(); }
 void* nccl_all_reduce_sum_async(float*, int64_t) { no_nccl(); }
 void nccl_join(void*) { no_nccl(); }
+std::string nccl_wait_idle(double) { no_nccl(); }
 void nccl_finalize() {}
 
 #endif
