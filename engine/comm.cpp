@@ -73,6 +73,7 @@ bool mpi_built() {
 }
 
 bool nccl_built() { return cuda::nccl_built(); }
+bool nccl_loads(std::string* status) { return cuda::nccl_load(status); }
 
 namespace {
 // NCCL for the gradients on the GPU; the bootstrap communicator (MPI) for the rest.
@@ -147,6 +148,7 @@ std::unique_ptr<Communicator> make_nccl(std::unique_ptr<Communicator> bootstrap,
   if (!nccl_built())
     throw std::runtime_error(cuda::emulated() ? "NCCL cannot run on the emulated CUDA backend: use the MPI communicator"
                                               : "this build has no NCCL (a CUDA build finds it beside the toolkit)");
+  if (std::string why; !nccl_loads(&why)) throw std::runtime_error(why);
   return std::make_unique<Nccl>(std::move(bootstrap), timeout_seconds);
 }
 

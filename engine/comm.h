@@ -96,6 +96,11 @@ bool launched_by_mpi();
 // Whether this build can talk MPI (BULWARK_MPI) and NCCL (a CUDA build that found NCCL).
 bool mpi_built();
 bool nccl_built();
+// The MPI library's own version line ("" in a build without MPI).
+std::string mpi_library();
+// Whether NCCL's library loads (it is opened at run time, not linked): `status` says its version
+// and file, or why not (not built in, the emulator, the file missing).
+bool nccl_loads(std::string* status);
 
 // MPI_COMM_WORLD (initialising MPI): throws std::runtime_error in a build without MPI.
 // `timeout_seconds` bounds every collective (CommTimeout).

@@ -262,6 +262,14 @@ class Mpi final : public Communicator {
 
 std::unique_ptr<Communicator> make_mpi(double timeout_seconds) { return std::make_unique<Mpi>(timeout_seconds); }
 
+std::string mpi_library() {
+  char text[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  MPI_Get_library_version(text, &len);  // callable before MPI_Init
+  const std::string v(text, static_cast<size_t>(len));
+  return v.substr(0, v.find_first_of(",\n"));
+}
+
 #else
 
 std::unique_ptr<Communicator> make_mpi(double) {
@@ -269,6 +277,8 @@ std::unique_ptr<Communicator> make_mpi(double) {
       "this bulwark was built without MPI, so its ranks cannot talk to each other: install Open MPI "
       "(apt-get install libopenmpi-dev openmpi-bin) and build again (cmake -DBULWARK_MPI=ON)");
 }
+
+std::string mpi_library() { return ""; }
 
 #endif
 

@@ -655,6 +655,34 @@ TEST_CASE("two ranks on two hosts (network namespaces, MPI over TCP) train what 
   CHECK(metrics(apart)[1].at("val_acc") == metrics(together)[1].at("val_acc"));
 }
 
+TEST_CASE("bulwark info names the NCCL it opens, or why it cannot, and the MPI it was built with", "[distributed][cli]") {
+  Scratch s;
+  const Result plain = shell("'" + std::string(BULWARK_BINARY) + "' info", s.path);
+  INFO(plain.err);
+  REQUIRE(plain.code == 0);
+  CHECK_THAT(plain.err, Contains("CUDA"));
+  if (kHaveMpi) CHECK_THAT(plain.err, Contains("MPI       Open MPI v"));
+  if (plain.err.find("NCCL      NCCL 2.") == std::string::npos) {
+    CHECK_THAT(plain.err, Contains("NCCL      not available: this build has no NCCL"));
+    SKIP_BECAUSE("this bulwark was built without NCCL (a CUDA build finds it beside the toolkit)");
+  }
+  // NCCL is opened at run time: the binary starts without it and says what is wrong.
+  const auto with_library = [&](const std::string& path) {
+    const Result r = shell("BULWARK_NCCL_LIBRARY='" + path + "' '" + std::string(BULWARK_BINARY) + "' info", s.path);
+    CHECK(r.code == 0);
+    return r.err;
+  };
+  CHECK_THAT(with_library("/nonexistent/libnccl.so.2"),
+             Contains("NCCL      not available: NCCL could not be loaded (/nonexistent/libnccl.so.2: cannot open shared "
+                      "object file") &&
+                 Contains("set BULWARK_NCCL_LIBRARY to its libnccl.so.2"));
+  const fs::path fake = s.path / "libnccl.so.2";
+  std::ofstream(fake) << std::string(4096, 'x');
+  CHECK_THAT(with_library(fake.string()),
+             Contains("NCCL could not be loaded (" + fake.string() + ": invalid ELF header)"));
+  CHECK_THAT(with_library("libm.so.6"), Contains("libm.so.6: it has no ncclGetUniqueId (an NCCL older than 2.4?)"));
+}
+
 TEST_CASE("the NCCL communicator is the real build's; the emulated backend says so and keeps MPI's",
           "[distributed]") {
   // The tests run the emulated backend, where NCCL cannot run: the trainer's ranks use the MPI

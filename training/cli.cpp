@@ -969,6 +969,31 @@ int run_docs(const DocsArgs& a) {
   return 0;
 }
 
+// `bulwark info`: what this build and machine can run, the first thing to look at when a GPU or
+// a multi-process run does not start.
+int run_info() {
+  fmt::print("bulwark: what this build can run here\n");
+  fmt::print("  {:<9} {} (OpenMP; --threads)\n", "threads", runtime::num_threads());
+  std::string why;
+  std::string cuda;
+  if (runtime::cuda_emulated())
+    cuda = "the emulated backend (kernels/cuda run on the CPU through the emulator)";
+  else if (runtime::cuda_available(&why))
+    cuda = "a GPU (--device cuda)";
+  else
+    cuda = why.empty() ? "no GPU" : fmt::format("no GPU ({})", why);
+  fmt::print("  {:<9} {}\n", "CUDA", cuda);
+  const std::string mpi = comm::mpi_library();
+  fmt::print("  {:<9} {}\n", "MPI",
+             mpi.empty() ? "not built in (apt-get install libopenmpi-dev openmpi-bin, then build again)"
+                         : mpi + " (mpirun -np N bulwark train ...)");
+  std::string nccl;
+  const bool loads = comm::nccl_loads(&nccl);
+  fmt::print("  {:<9} {}{}\n", "NCCL", loads ? "" : "not available: ", nccl);
+  fmt::print("  {:<9} {}\n", "launch", comm::launched_by_mpi() ? "a rank of an MPI job" : "a single process");
+  return 0;
+}
+
 }  // namespace
 
 namespace {
@@ -1003,6 +1028,8 @@ int run_cli(int argc, char** argv) {
   CLI::App* import_cmd = add_import_command(app, import_args);
   DocsArgs docs_args;
   CLI::App* docs_cmd = add_docs_command(app, docs_args);
+  CLI::App* info_cmd = app.add_subcommand("info", "What this build can run here: threads, the CUDA backend and GPU, MPI "
+                                                  "and NCCL (their versions, or why they are missing)");
 
   try {
     app.parse(argc, argv);
@@ -1021,6 +1048,7 @@ int run_cli(int argc, char** argv) {
   try {
     if (train_cmd->parsed()) return run_train(*train_cmd, train_args);
     if (docs_cmd->parsed()) return run_docs(docs_args);
+    if (info_cmd->parsed()) return run_info();
     if (import_cmd->parsed()) return run_import(import_args);
     if (verify_cmd->parsed()) return run_verify(verify_args);
     return run_eval(eval_args);

@@ -60,6 +60,9 @@ void select_device(int local_rank);
 // build that found NCCL; elsewhere the other calls throw. One communicator per process: rank 0's
 // nccl_unique_id() reaches every rank (over MPI) before each calls nccl_init.
 bool nccl_built();
+// Opens NCCL's library (once; BULWARK_NCCL_LIBRARY names it, else the loader's search and the one
+// found at build time): true when loaded, `status` its version and file, or why it is not.
+bool nccl_load(std::string* status);
 std::string nccl_unique_id();
 void nccl_init(const std::string& id, int rank, int size);
 void nccl_all_reduce_sum(float* device_data, int64_t n);  // in place, queued on current_stream()
