@@ -132,7 +132,8 @@ std::vector<TrainOption> make_train_options() {
                    "Under mpirun (or --grad-accum): gradients go over the ranks in buckets of about this many MB, "
                    "each sent as soon as the backward has finished its gradients (larger than the model: one, "
                    "after the backward)")
-          .above(0),
+          .above(0)
+          .at_most(1e6),
       [](auto& c) -> auto& { return c.bucket_mb; });
   add("",
       Option::make("global_batch_size", "--global-batch-size", T::integer,
