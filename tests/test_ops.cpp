@@ -1170,7 +1170,8 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][con
   // the shapes where it wins): partial channel blocks (O and C not multiples of 16 or 32), output
   // rows split into uneven tile columns, the tile's row remainder, stride-2 parity classes of
   // 1, 2 and 3 taps and of none (1x1 stride 2), padding up to KH - 1, non-square kernels; for
-  // backward-weight, tap tiles split by rows and columns and more samples than its 8 chunks.
+  // backward-weight, tap tiles split by rows and columns and samples in several groups, the
+  // last one short.
   const std::vector<ConvCfg> cfgs = {
       {1, 16, 9, 9, 17, 3, 1, 1, true, false},           // O = 17: one 2-vector block, mostly padding
       {3, 19, 14, 14, 33, 4, 2, 1, true, false},         // wong_small's conv2 with odd channels: blocks 32 + 1
@@ -1180,7 +1181,8 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][con
       {2, 17, 9, 9, 16, 1, 2, 0, true, false},           // 1x1 stride 2: three classes get no tap
       {1, 16, 33, 31, 16, 3, 2, 1, true, false},         // stride 2, 16-wide output, odd input
       {2, 16, 4, 4, 20, 4, 1, 1, false, false},          // kernel as large as the input
-      {11, 16, 6, 6, 16, 9, 1, 4, true, false},          // 9-wide kernel: two tap columns; 11 samples in 8 chunks
+      {11, 16, 6, 6, 16, 9, 1, 4, true, false},          // 9-wide kernel: two tap columns
+      {11, 16, 24, 24, 16, 3, 1, 1, true, false},        // backward-weight: groups of 7 and 4 samples (576 pixels each)
   };
   const CpuConvSettings restore;
   cpu::set_conv_algorithm(cpu::ConvAlgorithm::direct);
@@ -1246,6 +1248,7 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels in BF16 (AVX512-BF16)", "[ops
       {1, 20, 15, 16, 17, 5, 2, 2, true, false},         // 5x5 stride 2, O = 17
       {2, 17, 9, 9, 16, 1, 2, 0, true, false},           // 1x1 stride 2: empty classes; O = 16 odd pairs
       {11, 16, 6, 7, 16, 3, 1, 1, true, false},          // odd output rows (7 wide): a last pixel paired with 0
+      {11, 16, 32, 40, 16, 3, 1, 1, false, false},       // backward-weight: groups of 6 and 5 samples (640 words each)
   };
   Generator gen(11);
   for (const ConvCfg& cfg : cfgs) {
@@ -1857,11 +1860,23 @@ TEST_CASE("ops: CPU kernels give the same bits on 1 and 2 threads", "[ops]") {
     return std::vector<Tensor>{y, conv2d_backward_input(y, w, x.shape(), {2, 1}), conv2d_backward_weight(x, y, w.shape(), {2, 1}),
                                sum(big), sum(big, {0, 2}), sum(big, {1}), matmul(m1, m2), add(x, b.reshape({1, 16, 1, 1}).slice(1, 0, 8))};
   };
+  // The direct backward-weight: every dW entry is one thread's, summed over sample groups in order.
+  const Tensor xd = rand({11, 16, 24, 24}), gd = rand({11, 16, 24, 24});
+  const auto run_direct = [&] {
+    const CpuConvSettings restore;
+    cpu::set_conv_algorithm(cpu::ConvAlgorithm::direct);
+    std::vector<Tensor> out = {conv2d_backward_weight(xd, gd, {16, 16, 3, 3}, {1, 1})};
+    cpu::set_math_precision(MathPrecision::bf16);
+    out.push_back(conv2d_backward_weight(xd, gd, {16, 16, 3, 3}, {1, 1}));
+    return out;
+  };
   const int before = cpu::num_threads();
   cpu::set_num_threads(1);
-  const std::vector<Tensor> one = run();
+  std::vector<Tensor> one = run();
+  for (const Tensor& t : run_direct()) one.push_back(t);
   cpu::set_num_threads(2);
-  const std::vector<Tensor> two = run();
+  std::vector<Tensor> two = run();
+  for (const Tensor& t : run_direct()) two.push_back(t);
   cpu::set_num_threads(before);
   for (size_t i = 0; i < one.size(); ++i) {
     INFO("result " << i);

@@ -241,12 +241,15 @@ bool supported_stride(const ConvShape& s) { return s.stride == 1 || s.stride == 
 // as the FMAs; and, in FP32, on 4x4 outputs (ResNet-18 layer 4), where a tile of 8 pixels
 // streams a 590 KB weight block from L2 for 8 x 32 outputs. In BF16 the block is half the size
 // and the im2col path pays for rounding copies, so the direct kernel wins there too.
+// Backward-weight reduces over a group of samples, so the map's size does not matter to it:
+// it takes every shape with many taps (ResNet-18 layer 4 in FP32: 96 -> 190 GFLOP/s).
 constexpr int64_t kMinTaps = 144;    // C KH KW
 constexpr int64_t kMinOutputs = 36;  // OH OW per sample, in FP32
+bool many_taps(const ConvShape& s) { return s.kh * s.kw > 1 && s.c * s.kh * s.kw >= kMinTaps; }
 bool wins(const ConvShape& s) {
   if (conv_algorithm() == ConvAlgorithm::direct) return true;
   const bool fp32 = math_precision() == MathPrecision::fp32;
-  return s.kh * s.kw > 1 && s.c * s.kh * s.kw >= kMinTaps && (!fp32 || s.oh * s.ow >= kMinOutputs);
+  return many_taps(s) && (!fp32 || s.oh * s.ow >= kMinOutputs);
 }
 
 // The precisions the kernels compute: fp32 always, bf16 where the compiler targets AVX512-BF16
@@ -349,93 +352,131 @@ void backward_input_as(const ConvShape& s, const float* g, const float* w, float
 //
 // The same tile with the roles turned: the tile's pixels are the taps (ki rows x kj columns of
 // one input channel), its vectors 16 output channels, and its reduction runs over the output
-// pixels p of a sample: per pixel, NV vectors of g (g transposed to [p][o] once per sample) and
-// one broadcast per tap, read from the padded sample at the pixel's window (koff[p]). A sample's
-// tile is added into the dW of its chunk of samples; chunks are fixed by the batch size (at
-// most 8) and added in order at the end, so the bits do not depend on the thread count.
+// pixels p of a group of samples: per pixel, NV vectors of g (g transposed to [p][o]) and one
+// broadcast per tap, read from the pixel's padded sample at its window (koff[p]).
+//
+// The group is what makes small maps pay: a 4x4 map (ResNet-18's layer 4) has 16 pixels a
+// sample, so a tile reduced over one sample did 16 steps and then an add per accumulator (the
+// first version: 43-59 GFLOP/s). A group holds samples up to kGroupPixels reduction steps, so
+// every tile runs thousands of steps; its g block (kGroupPixels x 32 channels, 512 KB) stays in
+// L2 while the tile walks the input channels. Each work item, (channel block, input channel),
+// owns its dW entries and adds the groups' tiles in group order, so the bits do not depend on
+// the thread count; the groups are cut by the shape alone.
 //
 // In BF16 a word pairs two output pixels of a row, (ox, ox + 1), the reduction's unit: g's
 // words hold g at both (the second 0 past an odd row's end), and the input's words the
-// padded sample at x and x + S, the two pixels' reads of one tap (a copy of the padded sample
-// with each value paired with its S-th right neighbour).
+// padded sample at x and x + S, the two pixels' reads of one tap (each value paired with its
+// S-th right neighbour).
+constexpr int64_t kGroupPixels = 4096;  // reduction steps (words of g) per group of samples
+
+// Samples per group for `units` reduction steps a sample, within int32 tap offsets.
+int64_t samples_per_group(int64_t units, int64_t sample_words, int64_t n) {
+  const int64_t by_offsets = std::max<int64_t>(1, (int64_t{1} << 30) / std::max<int64_t>(sample_words, 1));
+  return std::clamp<int64_t>(kGroupPixels / std::max<int64_t>(units, 1), 1, std::max<int64_t>(std::min(n, by_offsets), 1));
+}
+
 template <class A>
 void backward_weight_as(const ConvShape& s, const float* x, const float* g, float* dw) {
   using Word = typename A::Word;
   constexpr int64_t kPixels = A::kChannels;  // output pixels per word
-  const int64_t L = s.oh * s.ow, K = s.c * s.kh * s.kw, wsize = s.o * K;
+  const int64_t L = s.oh * s.ow, K = s.c * s.kh * s.kw;
+  if (s.n == 0) {
+    std::fill(dw, dw + s.o * K, 0.0f);
+    return;
+  }
   const int64_t pairs_per_row = (s.ow + kPixels - 1) / kPixels, units = s.oh * pairs_per_row;
   const int64_t opad = round_up(s.o, kLanes), blocks = (s.o + kBlock - 1) / kBlock;
   const Padding pad{s.c, s.h, s.w, std::max(s.h + s.pad, (s.oh - 1) * s.stride + s.kh),
                     std::max(s.w + s.pad, (s.ow - 1) * s.stride + s.kw), s.pad, s.pad};
+  const int64_t plane = pad.hp * pad.wp, sample_words = s.c * plane;
+  const int64_t group = samples_per_group(units, sample_words, s.n);
   thread_local std::vector<int32_t> koff;
-  thread_local std::vector<float> partial;
-  koff.resize(static_cast<size_t>(units));
-  for (int64_t oy = 0; oy < s.oh; ++oy)
-    for (int64_t u = 0; u < pairs_per_row; ++u)
-      koff[static_cast<size_t>(oy * pairs_per_row + u)] = static_cast<int32_t>(oy * s.stride * pad.wp + u * kPixels * s.stride);
-  const int64_t chunks = std::min<int64_t>(s.n, 8), per = (s.n + chunks - 1) / chunks;
-  partial.assign(static_cast<size_t>(chunks * wsize), 0.0f);
+  thread_local std::vector<Word> xg, gt;  // the group's padded samples; its g as [unit][opad]
+  koff.resize(static_cast<size_t>(group * units));
+  for (int64_t i = 0; i < group; ++i)
+    for (int64_t oy = 0; oy < s.oh; ++oy)
+      for (int64_t u = 0; u < pairs_per_row; ++u)
+        koff[static_cast<size_t>((i * s.oh + oy) * pairs_per_row + u)] =
+            static_cast<int32_t>(i * sample_words + oy * s.stride * pad.wp + u * kPixels * s.stride);
+  xg.resize(static_cast<size_t>(group * sample_words));
+  gt.resize(static_cast<size_t>(group * units * opad));
   const int32_t* offsets = koff.data();
-  float* sums = partial.data();
-#pragma omp parallel for schedule(static) if (chunks > 1 && conv_flops(s) >= kParallelFlops)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    thread_local std::vector<Word> gt, paired;
-    float* acc = sums + ch * wsize;
-    for (int64_t n = ch * per; n < std::min(s.n, (ch + 1) * per); ++n) {
-      gt.assign(static_cast<size_t>(units * opad), Word{});
-      const float* gn = g + n * s.o * L;
-      for (int64_t o = 0; o < s.o; ++o)
+  Word* xw = xg.data();
+  Word* gw = gt.data();
+  const int64_t items = blocks * s.c;
+#pragma omp parallel if (items > 1 && conv_flops(s) >= kParallelFlops)
+  for (int64_t n0 = 0; n0 < s.n; n0 += group) {
+    const int64_t gs = std::min(group, s.n - n0);
+    // The group's padded input planes (sample, channel); in BF16 each value paired with the
+    // one S columns to its right, built from a zero-padded row.
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < gs * s.c; ++i) {
+      const float* src = x + n0 * s.c * s.h * s.w + i * s.h * s.w;
+      Word* out = xw + i * plane;
+      thread_local std::vector<float> padded_row;
+      padded_row.assign(static_cast<size_t>(pad.wp + s.stride), 0.0f);
+      float* row = padded_row.data();
+      for (int64_t r = 0; r < pad.hp; ++r, out += pad.wp) {
+        const int64_t y = r - pad.top;
+        if (y < 0 || y >= s.h) {
+          std::fill(out, out + pad.wp, Word{});
+          continue;
+        }
+        std::copy(src + y * s.w, src + (y + 1) * s.w, row + pad.left);
+        for (int64_t j = 0; j < pad.wp; ++j) {
+          const float v[2] = {row[j], row[j + s.stride]};
+          out[j] = A::pack(v);
+        }
+      }
+    }
+    // g transposed to [unit][opad], a unit's kPixels pixels of a row packed in one word; read
+    // plane by plane (16 channels of a sample per item, contiguous in g), written across the
+    // rows of the transposition.
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < gs * (opad / kLanes); ++i) {
+      const int64_t sample = i / (opad / kLanes), o0 = i % (opad / kLanes) * kLanes;
+      const float* gn = g + (n0 + sample) * s.o * L;
+      Word* rows = gw + sample * units * opad;
+      for (int64_t o = o0; o < o0 + kLanes; ++o)
         for (int64_t oy = 0; oy < s.oh; ++oy)
           for (int64_t u = 0; u < pairs_per_row; ++u) {
             float v[kPixels];
-            for (int64_t i = 0; i < kPixels; ++i) {
-              const int64_t ox = u * kPixels + i;
-              v[i] = ox < s.ow ? gn[o * L + oy * s.ow + ox] : 0.0f;
+            for (int64_t k = 0; k < kPixels; ++k) {
+              const int64_t ox = u * kPixels + k;
+              v[k] = o < s.o && ox < s.ow ? gn[o * L + oy * s.ow + ox] : 0.0f;
             }
-            gt[static_cast<size_t>((oy * pairs_per_row + u) * opad + o)] = A::pack(v);
+            rows[(oy * pairs_per_row + u) * opad + o] = A::pack(v);
           }
-      const Word* xp = nullptr;
-      if constexpr (kPixels == 1) {
-        xp = padded_sample<A>(pad, x + n * s.c * s.h * s.w);
-      } else {
-        const float* flat = padded_sample<Fp32>(pad, x + n * s.c * s.h * s.w);
-        const int64_t size = s.c * pad.hp * pad.wp;
-        paired.resize(static_cast<size_t>(size));
-        for (int64_t i = 0; i < size; ++i) {
-          const float v[2] = {flat[i], i % pad.wp + s.stride < pad.wp ? flat[i + s.stride] : 0.0f};
-          paired[static_cast<size_t>(i)] = A::pack(v);
-        }
-        xp = paired.data();
-      }
+    }
+    // Each item's tiles, reduced over the group's units and added into its own dW entries.
+#pragma omp for schedule(static)
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t b0 = it / s.c * kBlock, c = it % s.c, nb = std::min<int64_t>(kBlock, s.o - b0);
+      const int nv = nb > kLanes ? 2 : 1;
       float* tile = tile_buffer(static_cast<size_t>(kMaxAccumulators * kBlock));
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t b0 = b * kBlock, nb = std::min<int64_t>(kBlock, s.o - b0);
-        const int nv = nb > kLanes ? 2 : 1;
-        for (int64_t c = 0; c < s.c; ++c)
-          for_each_tile(s.kh, s.kw, nv, [&](int64_t ki0, int64_t kj0, int r, int tw) {
-            tiles<A>[nv - 1][0][tw - 1][r - 1](xp + (c * pad.hp + ki0) * pad.wp + kj0, pad.wp, offsets, units,
-                                               gt.data() + b0, opad, tile, tw);
-            for (int64_t o = 0; o < nb; ++o)
-              for (int64_t i = 0; i < r; ++i)
-                for (int64_t j = 0; j < tw; ++j)
-                  acc[(b0 + o) * K + (c * s.kh + ki0 + i) * s.kw + kj0 + j] += tile[(i * tw + j) * kBlock + o];
-          });
-      }
+      for_each_tile(s.kh, s.kw, nv, [&](int64_t ki0, int64_t kj0, int r, int tw) {
+        tiles<A>[nv - 1][0][tw - 1][r - 1](xw + (c * pad.hp + ki0) * pad.wp + kj0, pad.wp, offsets, gs * units,
+                                           gw + b0, opad, tile, tw);
+        for (int64_t o = 0; o < nb; ++o)
+          for (int64_t i = 0; i < r; ++i)
+            for (int64_t j = 0; j < tw; ++j) {
+              float& d = dw[(b0 + o) * K + (c * s.kh + ki0 + i) * s.kw + kj0 + j];
+              const float v = tile[(i * tw + j) * kBlock + o];
+              d = n0 == 0 ? v : d + v;
+            }
+      });
     }
   }
-  std::copy(sums, sums + wsize, dw);
-  for (int64_t ch = 1; ch < chunks; ++ch) {
-    const float* p = sums + ch * wsize;
-#pragma omp simd
-    for (int64_t i = 0; i < wsize; ++i) dw[i] += p[i];
-  }
+}
+// The conditions every pass shares: a precision the kernels compute, a stride they handle,
+// at least one vector of output channels.
+bool applies(const ConvShape& s) {
+  return conv_algorithm() != ConvAlgorithm::im2col && has_arithmetic(math_precision()) && supported_stride(s) &&
+         s.o >= kLanes && s.n > 0 && s.oh > 0 && s.ow > 0;
 }
 }  // namespace
 
-bool takes_forward(const ConvShape& s) {
-  if (conv_algorithm() == ConvAlgorithm::im2col || !has_arithmetic(math_precision()) || !wins(s)) return false;
-  return supported_stride(s) && s.o >= kLanes && s.n > 0 && s.oh > 0 && s.ow > 0;
-}
+bool takes_forward(const ConvShape& s) { return applies(s) && wins(s); }
 
 bool takes_backward_input(const ConvShape& s) {
   if (conv_algorithm() == ConvAlgorithm::im2col || !has_arithmetic(math_precision()) || !wins(s)) return false;
@@ -454,14 +495,8 @@ void forward(const ConvShape& s, const float* x, const float* w, const float* bi
   forward_as<Fp32>(s, x, w, bias, y, relu);
 }
 
-// Backward-weight adds each sample's tile into its chunk's dW, one add per L FMAs, and the
-// per-sample g transposition is O L: it wins where each sample has many outputs (cnn7's
-// conv2-4, ResNet-18's layers 1-2: 1.05-1.8x) and loses below 16x16 (ResNet-18 layers 3-4:
-// 0.5-0.8x; wong_small's 7x7, even).
-constexpr int64_t kMinWeightOutputs = 256;
-
-bool takes_backward_weight(const ConvShape& s) {  // the forward's conditions, and large maps
-  return takes_forward(s) && (conv_algorithm() == ConvAlgorithm::direct || s.oh * s.ow >= kMinWeightOutputs);
+bool takes_backward_weight(const ConvShape& s) {
+  return applies(s) && (conv_algorithm() == ConvAlgorithm::direct || many_taps(s));
 }
 
 void backward_weight(const ConvShape& s, const float* x, const float* g, float* dw) {
