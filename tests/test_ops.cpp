@@ -1183,6 +1183,11 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels at awkward sizes", "[ops][con
       {2, 16, 4, 4, 20, 4, 1, 1, false, false},          // kernel as large as the input
       {11, 16, 6, 6, 16, 9, 1, 4, true, false},          // 9-wide kernel: two tap columns
       {11, 16, 24, 24, 16, 3, 1, 1, true, false},        // backward-weight: groups of 7 and 4 samples (576 pixels each)
+      // block-major order (weights past 512 KB, over twice blocks x padded sample): forward with
+      // W = 576 taps x 256 x 4 B, O = 250 (a last block of 26); backward-input at stride 2, four
+      // classes' weights of 2,250 taps x 64
+      {3, 64, 4, 4, 250, 3, 1, 1, true, false},
+      {3, 64, 7, 7, 250, 3, 2, 1, false, false},
   };
   const CpuConvSettings restore;
   cpu::set_conv_algorithm(cpu::ConvAlgorithm::direct);
@@ -1249,6 +1254,7 @@ TEST_CASE("ops: conv2d on the CPU's direct kernels in BF16 (AVX512-BF16)", "[ops
       {2, 17, 9, 9, 16, 1, 2, 0, true, false},           // 1x1 stride 2: empty classes; O = 16 odd pairs
       {11, 16, 6, 7, 16, 3, 1, 1, true, false},          // odd output rows (7 wide): a last pixel paired with 0
       {11, 16, 32, 40, 16, 3, 1, 1, false, false},       // backward-weight: groups of 6 and 5 samples (640 words each)
+      {3, 128, 4, 4, 250, 3, 1, 1, true, false},         // block-major forward: 576 words x 256 x 4 B of weights
   };
   Generator gen(11);
   for (const ConvCfg& cfg : cfgs) {
