@@ -508,6 +508,7 @@ void backward_weight_as(const ConvShape& s, const float* x, const float* g, floa
     }
   }
 }
+
 // The conditions every pass shares: a precision the kernels compute, a stride they handle,
 // at least one vector of output channels.
 bool applies(const ConvShape& s) {
