@@ -269,12 +269,12 @@ bulwark::training::TrainConfig graph_config(const std::string& out, const std::s
   TrainConfig c;
   c.model = "wong_small";
   c.data.dataset = "synthetic";
-  c.data.train_size = 4 * 16 + 5;  // four full batches and a short one (eager: another shape)
-  c.data.val_size = 16;
-  c.data.test_size = 16;
+  c.data.train_size = 4 * 8 + 5;  // four full batches and a short one (eager: another shape)
+  c.data.val_size = 8;
+  c.data.test_size = 8;
   c.epochs = 2;
-  c.batch_size = 16;
-  c.eval_batch_size = 16;
+  c.batch_size = 8;  // the emulator runs every kernel on the CPU: the smallest batch that shows it
+  c.eval_batch_size = 8;
   c.optimizer.name = optimizer;
   c.optimizer.lr = optimizer == "adam" ? 1e-3 : 0.05;
   c.method.name = method;
