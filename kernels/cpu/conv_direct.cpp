@@ -81,13 +81,19 @@ struct Job {
   int nplans;
 };
 
+// Words in a padded sample: [cin / kChannels, hp, wp].
+template <class A>
+int64_t padded_words(const Padding& p) {
+  return (p.cin + A::kChannels - 1) / A::kChannels * p.hp * p.wp;
+}
+
 // Sample `src` into `out`, its padded copy: [cin / kChannels, hp, wp] words. Bf16 pairs
 // channels 2c and 2c + 1 in one word (an odd last channel pairs with a zero). The border is
 // written only when `border` is set: the interior is all that differs between samples.
 template <class A>
 void pad_sample(const Padding& p, const float* src, typename A::Word* out, bool border) {
   const int64_t planes = (p.cin + A::kChannels - 1) / A::kChannels;
-  if (border) std::fill(out, out + planes * p.hp * p.wp, typename A::Word{});
+  if (border) std::fill(out, out + padded_words<A>(p), typename A::Word{});
   const int64_t rows = std::min(p.h, p.hp - p.top), cols = std::min(p.w, p.wp - p.left);
   for (int64_t c = 0; c < planes; ++c)
     for (int64_t i = 0; i < rows; ++i) {
@@ -111,7 +117,7 @@ template <class A>
 const typename A::Word* padded_sample(const Padding& p, const float* src) {
   thread_local std::vector<typename A::Word> buf;
   thread_local Padding last{};
-  const size_t size = static_cast<size_t>((p.cin + A::kChannels - 1) / A::kChannels * p.hp * p.wp);
+  const size_t size = static_cast<size_t>(padded_words<A>(p));
   if (buf.size() < size) buf.resize(size);
   pad_sample<A>(p, src, buf.data(), !(last == p));
   last = p;
@@ -197,7 +203,7 @@ void run(const Job<A>& job, int64_t n, const float* src, int64_t src_size, float
   const int64_t blocks = (job.cout + kBlock - 1) / kBlock, items = n * blocks;
   const int64_t dst_size = job.cout * job.dst_h * job.dst_w;
   const bool parallel = items > 1 && flops >= kParallelFlops;
-  const int64_t sample_words = (job.pad.cin + A::kChannels - 1) / A::kChannels * job.pad.hp * job.pad.wp;
+  const int64_t sample_words = padded_words<A>(job.pad);
   const int64_t word = sizeof(typename A::Word);
   int64_t weight_bytes = 0;
   for (int pi = 0; pi < job.nplans; ++pi) weight_bytes += job.plans[pi].taps * job.cout_pad * word;
@@ -419,11 +425,7 @@ template <class A>
 void backward_weight_as(const ConvShape& s, const float* x, const float* g, float* dw) {
   using Word = typename A::Word;
   constexpr int64_t kPixels = A::kChannels;  // output pixels per word
-  const int64_t L = s.oh * s.ow, K = s.c * s.kh * s.kw;
-  if (s.n == 0) {
-    std::fill(dw, dw + s.o * K, 0.0f);
-    return;
-  }
+  const int64_t L = s.oh * s.ow, K = s.c * s.kh * s.kw;  // s.n > 0 (takes_backward_weight)
   const int64_t pairs_per_row = (s.ow + kPixels - 1) / kPixels, units = s.oh * pairs_per_row;
   const int64_t opad = round_up(s.o, kLanes), blocks = (s.o + kBlock - 1) / kBlock;
   const Padding pad{s.c, s.h, s.w, std::max(s.h + s.pad, (s.oh - 1) * s.stride + s.kh),
